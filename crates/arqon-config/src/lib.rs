@@ -1,0 +1,29 @@
+//! ArqonBus configuration. This layer owns the typed settings ([`Config`] and
+//! one struct per `[section]`), their defaults (the limits of PROTOCOL.md
+//! section 7), loading them from defaults, then an optional TOML file, then
+//! `ARQON_*` environment variables ([`Config::load`], [`Config::from_env`]),
+//! and validating the result ([`Config::validate`]). Mistakes fail start-up
+//! with a [`ConfigError`] that names the key and the value: an unknown key or
+//! variable is an error, never silently ignored.
+//!
+//! It depends on no arqon crate except `arqon-protocol` (for [`Role`]); the
+//! server reads a `Config` and hands each part to the layer that needs it.
+//!
+//! # Layout
+//!
+//! - `settings`: the structs, their defaults and [`Config::validate`].
+//! - `load`: [`Config::load`] and [`Config::from_env`], the layering and the
+//!   strict per-value type check.
+//! - `error`: [`ConfigError`].
+//!
+//! The reference of every key is docs/configuration.md; a test keeps it in
+//! step with the defaults here.
+//!
+//! [`Role`]: arqon_protocol::Role
+
+mod error;
+mod load;
+mod settings;
+
+pub use error::ConfigError;
+pub use settings::{AuthConfig, ChannelsConfig, Config, LimitsConfig, ServerConfig, StorageBackend, StorageConfig};

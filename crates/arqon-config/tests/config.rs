@@ -1,0 +1,339 @@
+//! Loading, layering, error messages and validation of `arqon_config::Config`,
+//! and the checks that keep docs/configuration.md in step with the code.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+
+use arqon_config::{ChannelsConfig, Config, ConfigError, LimitsConfig, ServerConfig, StorageBackend};
+use arqon_protocol::Role;
+
+/// The configuration reference, compiled in so that editing it reruns the check.
+const REFERENCE: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../../docs/configuration.md"));
+
+fn vars(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(name, value)| (name.to_string(), value.to_string())).collect()
+}
+
+fn toml_file(text: &str) -> tempfile::NamedTempFile {
+    let mut file = tempfile::Builder::new().suffix(".toml").tempfile().expect("create a temporary file");
+    file.write_all(text.as_bytes()).expect("write the temporary file");
+    file
+}
+
+fn load_env(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+    Config::load(None, vars(pairs))
+}
+
+fn load_toml(text: &str) -> Result<Config, ConfigError> {
+    Config::load(Some(toml_file(text).path()), vars(&[]))
+}
+
+/// Asserts that `result` failed and that its message contains every part.
+fn assert_fails_naming(result: Result<Config, ConfigError>, parts: &[&str]) -> ConfigError {
+    let error = result.expect_err("loading should have failed");
+    let message = error.to_string();
+    for part in parts {
+        assert!(message.contains(part), "{message:?} should contain {part:?}");
+    }
+    error
+}
+
+#[test]
+fn defaults_are_protocol_section_7() {
+    let config = Config::default();
+    assert_eq!(
+        config.limits,
+        LimitsConfig {
+            max_message_bytes: 1_048_576,
+            rate_per_s: 100,
+            burst: 200,
+            outbound_queue: 1024,
+            member_events_max: 1000,
+            history_per_channel: 1000,
+        }
+    );
+    assert_eq!(
+        config.server,
+        ServerConfig { host: "127.0.0.1".to_owned(), port: 9100, heartbeat_s: 20, shutdown_grace_ms: 5000 }
+    );
+    assert_eq!(config.channels, ChannelsConfig { auto_create: true });
+    assert_eq!(config.auth.default_role, Role::User);
+    assert_eq!(config.storage.backend, StorageBackend::Memory);
+    assert_eq!(config.storage.backend.to_string(), "memory");
+}
+
+#[test]
+fn no_file_and_no_variables_give_the_valid_defaults() {
+    let config = load_env(&[]).unwrap();
+    assert_eq!(config, Config::default());
+    config.validate().unwrap();
+    assert_eq!(config.listen_addr(), "127.0.0.1:9100".parse().unwrap());
+}
+
+#[test]
+fn file_overrides_defaults_key_by_key() {
+    let config = load_toml(
+        r#"
+        [server]
+        port = 9200
+        [limits]
+        rate_per_s = 0
+        burst = 0
+        [auth]
+        default_role = "admin"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.server.port, 9200);
+    assert_eq!(config.server.host, "127.0.0.1", "keys the file leaves out keep their defaults");
+    assert_eq!((config.limits.rate_per_s, config.limits.burst), (0, 0), "burst 0 is fine while unlimited");
+    assert_eq!(config.auth.default_role, Role::Admin);
+    assert_eq!(config.limits.outbound_queue, 1024);
+    assert_eq!(config.channels, ChannelsConfig::default());
+}
+
+#[test]
+fn environment_overrides_the_file() {
+    let file = toml_file("[server]\nhost = \"0.0.0.0\"\nport = 9200\n");
+    let config = Config::load(Some(file.path()), vars(&[("ARQON_SERVER__PORT", "9300")])).unwrap();
+    assert_eq!(config.server.port, 9300);
+    assert_eq!(config.server.host, "0.0.0.0", "the file still sets what the environment does not");
+}
+
+#[test]
+fn environment_sets_each_type_of_key() {
+    let config = load_env(&[
+        ("ARQON_SERVER__HOST", "::1"),
+        ("ARQON_SERVER__PORT", "9200"),
+        ("ARQON_LIMITS__RATE_PER_S", "0"),
+        ("ARQON_LIMITS__MAX_MESSAGE_BYTES", "65536"),
+        ("ARQON_CHANNELS__AUTO_CREATE", "false"),
+        ("ARQON_AUTH__DEFAULT_ROLE", "guest"),
+        ("ARQON_STORAGE__BACKEND", "memory"),
+    ])
+    .unwrap();
+    assert_eq!(config.listen_addr(), "[::1]:9200".parse().unwrap());
+    assert_eq!(config.limits.rate_per_s, 0);
+    assert_eq!(config.limits.max_message_bytes, 65536);
+    assert!(!config.channels.auto_create);
+    assert_eq!(config.auth.default_role, Role::Guest);
+    assert_eq!(config.storage.backend, StorageBackend::Memory);
+}
+
+#[test]
+fn log_variables_and_other_variables_are_ignored() {
+    let config = load_env(&[
+        ("ARQON_LOG", "arqon=debug"),
+        ("ARQON_LOG_FORMAT", "json"),
+        ("PATH", "/usr/bin"),
+        ("SERVER__PORT", "1"),
+    ])
+    .unwrap();
+    assert_eq!(config, Config::default());
+}
+
+#[test]
+fn unknown_variable_fails_naming_it() {
+    for var in [
+        "ARQON_SERVER__PROT",
+        "ARQON_SERVER_PORT",
+        "ARQON_SERVR__PORT",
+        "ARQON_SERVER",
+        "ARQON_SERVER__PORT__MAX",
+        "ARQON_LOGS",
+    ] {
+        let error = assert_fails_naming(load_env(&[(var, "1")]), &[var]);
+        assert!(matches!(&error, ConfigError::UnknownVar { var: named } if named == var), "{error:?}");
+    }
+}
+
+#[test]
+fn unknown_file_key_fails_naming_it_and_the_file() {
+    for (text, key) in [
+        ("[server]\nprot = 9100\n", "`server.prot`"),
+        ("[servr]\nport = 9100\n", "`servr`"),
+        ("[bogus]\n", "`bogus`"),
+        ("log = \"debug\"\n", "`log`"),
+    ] {
+        let file = toml_file(text);
+        let error =
+            assert_fails_naming(Config::load(Some(file.path()), vars(&[])), &[key, &file.path().display().to_string()]);
+        assert!(matches!(error, ConfigError::UnknownKey { .. }), "{error:?}");
+    }
+}
+
+#[test]
+fn bad_variable_value_names_key_value_and_variable() {
+    for (var, value, key, more) in [
+        ("ARQON_SERVER__PORT", "abc", "server.port", &["u16"][..]),
+        ("ARQON_SERVER__PORT", "70000", "server.port", &["u16"]),
+        ("ARQON_SERVER__PORT", "-1", "server.port", &[]),
+        ("ARQON_SERVER__HEARTBEAT_S", "1.5", "server.heartbeat_s", &[]),
+        ("ARQON_LIMITS__BURST", "", "limits.burst", &[]),
+        ("ARQON_CHANNELS__AUTO_CREATE", "yes", "channels.auto_create", &["boolean"]),
+        ("ARQON_AUTH__DEFAULT_ROLE", "root", "auth.default_role", &["guest", "user", "admin"]),
+        ("ARQON_AUTH__DEFAULT_ROLE", "GUEST", "auth.default_role", &["guest"]),
+        ("ARQON_STORAGE__BACKEND", "redis", "storage.backend", &["memory"]),
+    ] {
+        let quoted = format!("`{key}`");
+        let parts: Vec<&str> = [&quoted, value, var].into_iter().chain(more.iter().copied()).collect();
+        let error = assert_fails_naming(load_env(&[(var, value)]), &parts);
+        assert!(matches!(error, ConfigError::BadValue { .. }), "{error:?}");
+    }
+}
+
+#[test]
+fn bad_file_value_names_key_value_and_file() {
+    for (text, key, value, more) in [
+        ("[server]\nport = 70000", "server.port", "70000", &["u16"][..]),
+        ("[server]\nport = \"9100\"", "server.port", "\"9100\"", &[]),
+        ("[server]\nhost = 127", "server.host", "127", &["string"]),
+        ("[server]\nheartbeat_s = 1.5", "server.heartbeat_s", "1.5", &[]),
+        ("[limits]\nmax_message_bytes = -5", "limits.max_message_bytes", "-5", &[]),
+        ("[channels]\nauto_create = \"yes\"", "channels.auto_create", "\"yes\"", &[]),
+        ("[auth]\ndefault_role = \"root\"", "auth.default_role", "\"root\"", &["guest", "user", "admin"]),
+        ("[storage]\nbackend = \"redis\"", "storage.backend", "\"redis\"", &["memory"]),
+        ("server = 3", "server", "3", &["table"]),
+        ("[server]\nport = [9100]", "server.port", "[9100]", &["single value"]),
+        ("[server.port]\nmin = 1", "server.port", "{ min = 1 }", &["single value"]),
+    ] {
+        let file = toml_file(text);
+        let (quoted, path) = (format!("`{key}`"), file.path().display().to_string());
+        let parts: Vec<&str> = [&quoted, value, &path].into_iter().chain(more.iter().copied()).collect();
+        let error = assert_fails_naming(Config::load(Some(file.path()), vars(&[])), &parts);
+        assert!(matches!(error, ConfigError::BadValue { .. }), "{error:?}");
+    }
+}
+
+#[test]
+fn each_validation_rule_names_key_and_value() {
+    for (env, key, value) in [
+        (&[("ARQON_SERVER__HOST", "localhost")][..], "server.host", "\"localhost\""),
+        (&[("ARQON_SERVER__HEARTBEAT_S", "0")], "server.heartbeat_s", "0"),
+        (&[("ARQON_SERVER__SHUTDOWN_GRACE_MS", "60001")], "server.shutdown_grace_ms", "60001"),
+        (&[("ARQON_LIMITS__MAX_MESSAGE_BYTES", "255")], "limits.max_message_bytes", "255"),
+        (&[("ARQON_LIMITS__MAX_MESSAGE_BYTES", "67108865")], "limits.max_message_bytes", "67108865"),
+        (&[("ARQON_LIMITS__RATE_PER_S", "10"), ("ARQON_LIMITS__BURST", "0")], "limits.burst", "0"),
+        (&[("ARQON_LIMITS__OUTBOUND_QUEUE", "15")], "limits.outbound_queue", "15"),
+        (&[("ARQON_LIMITS__HISTORY_PER_CHANNEL", "0")], "limits.history_per_channel", "0"),
+    ] {
+        let quoted = format!("`{key}`");
+        let error = assert_fails_naming(load_env(env), &[&quoted, value]);
+        assert!(
+            matches!(&error, ConfigError::Invalid { key: named, value: shown, .. } if *named == key && shown == value),
+            "{error:?}"
+        );
+    }
+}
+
+#[test]
+fn validation_bounds_are_inclusive() {
+    let config = load_env(&[
+        ("ARQON_SERVER__HOST", "::"),
+        ("ARQON_SERVER__PORT", "0"),
+        ("ARQON_SERVER__HEARTBEAT_S", "1"),
+        ("ARQON_SERVER__SHUTDOWN_GRACE_MS", "60000"),
+        ("ARQON_LIMITS__MAX_MESSAGE_BYTES", "67108864"),
+        ("ARQON_LIMITS__RATE_PER_S", "1"),
+        ("ARQON_LIMITS__BURST", "1"),
+        ("ARQON_LIMITS__OUTBOUND_QUEUE", "16"),
+        ("ARQON_LIMITS__HISTORY_PER_CHANNEL", "1"),
+    ])
+    .unwrap();
+    assert_eq!(config.listen_addr(), "[::]:0".parse().unwrap());
+    let smallest = load_env(&[("ARQON_LIMITS__MAX_MESSAGE_BYTES", "256")]).unwrap();
+    assert_eq!(smallest.limits.max_message_bytes, 256);
+}
+
+#[test]
+fn validate_checks_a_config_built_in_code() {
+    let mut config = Config::default();
+    config.server.host = "example.com".to_owned();
+    let error = config.validate().unwrap_err();
+    assert!(error.to_string().contains("`server.host`") && error.to_string().contains("example.com"), "{error}");
+    // Unvalidated, the bad host falls back to loopback instead of panicking.
+    assert_eq!(config.listen_addr(), "127.0.0.1:9100".parse().unwrap());
+}
+
+#[test]
+fn missing_file_fails_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("arqonbus.toml");
+    let error = assert_fails_naming(Config::load(Some(&path), vars(&[])), &[&path.display().to_string()]);
+    assert!(matches!(error, ConfigError::Read { .. }), "{error:?}");
+    // from_env passes the path on the same way.
+    let error = Config::from_env(Some(&path)).unwrap_err();
+    assert!(matches!(error, ConfigError::Read { path: named, .. } if named == path));
+}
+
+#[test]
+fn malformed_toml_fails_naming_the_file() {
+    let file = toml_file("[server\nport = 9100\n");
+    let error = assert_fails_naming(
+        Config::load(Some(file.path()), vars(&[])),
+        &[&file.path().display().to_string(), "line 1"],
+    );
+    assert!(matches!(error, ConfigError::Parse { .. }), "{error:?}");
+}
+
+/// Every key of `Config::default()`, dotted, with its default as written in
+/// the docs (text without quotes).
+fn default_keys() -> BTreeMap<String, String> {
+    let serde_json::Value::Object(sections) = serde_json::to_value(Config::default()).expect("Config serializes")
+    else {
+        panic!("Config serializes to a map");
+    };
+    let mut keys = BTreeMap::new();
+    for (section, fields) in sections {
+        let serde_json::Value::Object(fields) = fields else { panic!("[{section}] serializes to a map") };
+        for (field, value) in fields {
+            let shown = match value {
+                serde_json::Value::String(text) => text,
+                other => other.to_string(),
+            };
+            keys.insert(format!("{section}.{field}"), shown);
+        }
+    }
+    keys
+}
+
+#[test]
+fn reference_table_lists_every_key_with_its_variable_and_default() {
+    // Rows of the reference table: | `key` | `VAR` | type | `default` ... | meaning |
+    let rows: BTreeMap<&str, Vec<&str>> = REFERENCE
+        .lines()
+        .filter(|line| line.starts_with("| `"))
+        .map(|line| {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            (cells[1].trim_matches('`'), cells)
+        })
+        .collect();
+    let defaults = default_keys();
+    assert_eq!(rows.keys().copied().collect::<Vec<_>>(), defaults.keys().map(String::as_str).collect::<Vec<_>>());
+    for (key, default) in &defaults {
+        let cells = &rows[key.as_str()];
+        let var = format!("`ARQON_{}`", key.to_uppercase().replace('.', "__"));
+        assert_eq!(cells[2], var, "variable of {key}");
+        assert!(
+            cells[4].starts_with(&format!("`{default}`")),
+            "default of {key}: docs say {}, code {default}",
+            cells[4]
+        );
+    }
+}
+
+#[test]
+fn sample_file_in_the_docs_loads_to_the_defaults() {
+    let start = REFERENCE.find("```toml\n").expect("the docs have a TOML sample") + "```toml\n".len();
+    let length = REFERENCE[start..].find("```").expect("the sample is closed");
+    let file = toml_file(&REFERENCE[start..start + length]);
+    assert_eq!(Config::load(Some(file.path()), vars(&[])).unwrap(), Config::default());
+    // Loading fills in what is missing, so check separately that it spells out every key.
+    let sample = &REFERENCE[start..start + length];
+    for key in default_keys().keys() {
+        let (section, field) = key.split_once('.').unwrap();
+        let at = sample.find(&format!("[{section}]\n")).unwrap_or_else(|| panic!("sample lacks [{section}]"));
+        let body = sample[at + 1..].split("\n[").next().unwrap();
+        assert!(body.lines().any(|line| line.starts_with(&format!("{field} = "))), "sample lacks {key}");
+    }
+}

@@ -1,0 +1,298 @@
+//! Server frames: built once as JSON bytes, then shared (cheap clones) by
+//! every receiver and by history.
+
+use std::fmt;
+
+use bytes::Bytes;
+use serde::Serialize;
+use serde_json::value::RawValue;
+
+use crate::{ClientId, ErrorCode, MessageId, Name, PROTOCOL_VERSION, Timestamp};
+
+/// One encoded server frame: a complete JSON envelope, UTF-8.
+///
+/// Cloning shares the bytes; a message delivered to a thousand members and
+/// kept in history exists once in memory.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Frame(Bytes);
+
+impl Frame {
+    /// Wraps text already known to be one complete envelope (e.g. read back
+    /// from a storage backend).
+    pub fn from_text(text: impl Into<String>) -> Self {
+        Frame(Bytes::from(text.into()))
+    }
+
+    /// Wraps bytes from a storage backend, checking they are UTF-8.
+    pub fn from_utf8(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
+        std::str::from_utf8(&bytes)?;
+        Ok(Frame(bytes))
+    }
+
+    /// The encoded JSON, as bytes.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// The encoded JSON.
+    pub fn as_str(&self) -> &str {
+        // Every constructor guarantees UTF-8; the fallback is unreachable.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the frame is empty (never true for an encoded envelope).
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Frame {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("Frame").field(&self.as_str()).finish()
+    }
+}
+
+/// Writes an envelope field by field; keeps the JSON well-formed by
+/// construction (every value is a validated token, an escaped string or raw
+/// JSON that was parsed on the way in).
+struct Writer {
+    out: Vec<u8>,
+}
+
+impl Writer {
+    fn start(capacity: usize, id: MessageId, kind: &str, timestamp: Timestamp) -> Self {
+        let mut out = Vec::with_capacity(capacity + 128);
+        out.extend_from_slice(b"{\"version\":");
+        out.extend_from_slice(PROTOCOL_VERSION.to_string().as_bytes());
+        out.extend_from_slice(b",\"id\":\"");
+        id.write_to(&mut out);
+        out.extend_from_slice(b"\",\"type\":\"");
+        out.extend_from_slice(kind.as_bytes());
+        out.extend_from_slice(b"\",\"timestamp\":\"");
+        timestamp.write_to(&mut out);
+        out.push(b'"');
+        Writer { out }
+    }
+
+    fn key(&mut self, key: &str) {
+        self.out.extend_from_slice(b",\"");
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    /// A value that needs no escaping: names and ids.
+    fn token(&mut self, key: &str, value: &str) {
+        self.key(key);
+        self.out.push(b'"');
+        self.out.extend_from_slice(value.as_bytes());
+        self.out.push(b'"');
+    }
+
+    fn id(&mut self, key: &str, write: impl FnOnce(&mut Vec<u8>)) {
+        self.key(key);
+        self.out.push(b'"');
+        write(&mut self.out);
+        self.out.push(b'"');
+    }
+
+    fn raw(&mut self, key: &str, raw: &str) {
+        self.key(key);
+        self.out.extend_from_slice(raw.as_bytes());
+    }
+
+    fn serialized(&mut self, key: &str, value: &impl Serialize) {
+        self.key(key);
+        if serde_json::to_writer(&mut self.out, value).is_err() {
+            // Our payload types serialize infallibly; keep the frame valid regardless.
+            self.out.extend_from_slice(b"null");
+        }
+    }
+
+    fn finish(mut self) -> Frame {
+        self.out.push(b'}');
+        Frame(Bytes::from(self.out))
+    }
+}
+
+/// A `type: message` frame as delivered (and stored).
+#[derive(Debug, Clone, Copy)]
+pub struct MessageFrame<'a> {
+    /// The message id (the client's, or one the server assigned).
+    pub id: MessageId,
+    /// Server time of receipt.
+    pub timestamp: Timestamp,
+    /// The sender.
+    pub from: ClientId,
+    /// Target room, for channel and room-wide messages.
+    pub room: Option<&'a Name>,
+    /// Target channel, for channel messages.
+    pub channel: Option<&'a Name>,
+    /// The body, untouched.
+    pub payload: Option<&'a RawValue>,
+    /// Pass-through metadata, untouched.
+    pub meta: Option<&'a RawValue>,
+}
+
+impl MessageFrame<'_> {
+    /// Encodes the frame once.
+    pub fn encode(&self) -> Frame {
+        let hint = self.payload.map_or(0, |p| p.get().len()) + self.meta.map_or(0, |m| m.get().len());
+        let mut w = Writer::start(hint, self.id, "message", self.timestamp);
+        if let Some(room) = self.room {
+            w.token("room", room.as_str());
+        }
+        if let Some(channel) = self.channel {
+            w.token("channel", channel.as_str());
+        }
+        w.id("from", |out| self.from.write_to(out));
+        if let Some(payload) = self.payload {
+            w.raw("payload", payload.get());
+        }
+        if let Some(meta) = self.meta {
+            w.raw("meta", meta.get());
+        }
+        w.finish()
+    }
+}
+
+/// A `type: response` answering the frame `request_id`.
+pub fn response(id: MessageId, timestamp: Timestamp, request_id: Option<MessageId>, payload: &impl Serialize) -> Frame {
+    let mut w = Writer::start(64, id, "response", timestamp);
+    if let Some(request_id) = request_id {
+        w.id("request_id", |out| request_id.write_to(out));
+    }
+    w.serialized("payload", payload);
+    w.finish()
+}
+
+/// A `type: response` whose payload is `{"messages":[…]}` built from stored
+/// frames, without re-parsing them.
+pub fn messages_response(id: MessageId, timestamp: Timestamp, request_id: Option<MessageId>, messages: &[Frame]) -> Frame {
+    let total: usize = messages.iter().map(|m| m.len() + 1).sum();
+    let mut w = Writer::start(total + 16, id, "response", timestamp);
+    if let Some(request_id) = request_id {
+        w.id("request_id", |out| request_id.write_to(out));
+    }
+    w.key("payload");
+    w.out.extend_from_slice(b"{\"messages\":[");
+    for (i, message) in messages.iter().enumerate() {
+        if i > 0 {
+            w.out.push(b',');
+        }
+        w.out.extend_from_slice(message.bytes());
+    }
+    w.out.extend_from_slice(b"]}");
+    w.finish()
+}
+
+/// A `type: event`; `payload` must serialize to an object with an `event` field.
+pub fn event(id: MessageId, timestamp: Timestamp, payload: &impl Serialize) -> Frame {
+    let mut w = Writer::start(64, id, "event", timestamp);
+    w.serialized("payload", payload);
+    w.finish()
+}
+
+/// The `error` object of an error frame.
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    code: &'static str,
+    message: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    retry_after_ms: Option<u64>,
+}
+
+/// A `type: error` frame.
+pub fn error(
+    id: MessageId,
+    timestamp: Timestamp,
+    request_id: Option<MessageId>,
+    code: ErrorCode,
+    message: &str,
+    retry_after_ms: Option<u64>,
+) -> Frame {
+    let mut w = Writer::start(message.len() + 32, id, "error", timestamp);
+    if let Some(request_id) = request_id {
+        w.id("request_id", |out| request_id.write_to(out));
+    }
+    w.serialized(
+        "error",
+        &ErrorBody {
+            code: code.as_str(),
+            message,
+            retry_after_ms,
+        },
+    );
+    w.finish()
+}
+
+/// The `shutdown` event.
+pub fn shutdown_event(id: MessageId, timestamp: Timestamp, reason: &str) -> Frame {
+    #[derive(Serialize)]
+    struct Shutdown<'a> {
+        event: &'static str,
+        reason: &'a str,
+    }
+    event(id, timestamp, &Shutdown { event: "shutdown", reason })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::IdGenerator;
+
+    fn parse(frame: &Frame) -> serde_json::Value {
+        serde_json::from_str(frame.as_str()).unwrap()
+    }
+
+    #[test]
+    fn message_frame_is_valid_json_with_payload_untouched() {
+        let mut ids = IdGenerator::new();
+        let room = Name::parse("r").unwrap();
+        let channel = Name::parse("c").unwrap();
+        let payload: Box<RawValue> = serde_json::from_str(r#"{ "b" : 1.50, "a":"\u00e9" }"#).unwrap();
+        let frame = MessageFrame {
+            id: ids.message_id(),
+            timestamp: Timestamp::from_unix_ms(0),
+            from: ids.client_id(),
+            room: Some(&room),
+            channel: Some(&channel),
+            payload: Some(&payload),
+            meta: None,
+        }
+        .encode();
+        assert!(frame.as_str().contains(r#""payload":{ "b" : 1.50, "a":"\u00e9" }"#));
+        let v = parse(&frame);
+        assert_eq!(v["type"], "message");
+        assert_eq!(v["version"], 1);
+        assert_eq!(v["room"], "r");
+        assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
+    }
+
+    #[test]
+    fn error_frame_escapes_its_message() {
+        let mut ids = IdGenerator::new();
+        let rid = ids.message_id();
+        let frame = error(ids.message_id(), Timestamp::now(), Some(rid), ErrorCode::RateLimited, "a \"quoted\"\nline", Some(12));
+        let v = parse(&frame);
+        assert_eq!(v["error"]["code"], "RATE_LIMITED");
+        assert_eq!(v["error"]["message"], "a \"quoted\"\nline");
+        assert_eq!(v["error"]["retry_after_ms"], 12);
+        assert_eq!(v["request_id"], rid.to_string());
+    }
+
+    #[test]
+    fn messages_response_embeds_frames() {
+        let mut ids = IdGenerator::new();
+        let stored = vec![Frame::from_text(r#"{"a":1}"#), Frame::from_text(r#"{"b":2}"#)];
+        let v = parse(&messages_response(ids.message_id(), Timestamp::now(), None, &stored));
+        assert_eq!(v["payload"]["messages"][1]["b"], 2);
+        assert!(v.get("request_id").is_none());
+        let v = parse(&messages_response(ids.message_id(), Timestamp::now(), None, &[]));
+        assert_eq!(v["payload"]["messages"].as_array().unwrap().len(), 0);
+    }
+}

@@ -1,0 +1,203 @@
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use ulid::Ulid;
+
+use crate::{ErrorCode, ProtocolError};
+
+const PREFIX: &str = "arq_";
+const ULID_LEN: usize = 26;
+/// `arq_` + 26 characters.
+const ID_LEN: usize = PREFIX.len() + ULID_LEN;
+
+/// Parses `arq_` + an upper-case Crockford ULID, strictly.
+fn parse_ulid(text: &str) -> Option<Ulid> {
+    let body = text.strip_prefix(PREFIX)?;
+    if text.len() != ID_LEN {
+        return None;
+    }
+    let bytes = body.as_bytes();
+    // The first character carries only 3 bits: anything above '7' overflows 128 bits.
+    if bytes[0] > b'7' {
+        return None;
+    }
+    // `Ulid::from_string` also accepts lower case and I/L/O aliases; the
+    // contract does not, so check the alphabet first.
+    let upper_crockford =
+        |b: &u8| matches!(b, b'0'..=b'9' | b'A'..=b'H' | b'J' | b'K' | b'M' | b'N' | b'P'..=b'T' | b'V'..=b'Z');
+    if !bytes.iter().all(upper_crockford) {
+        return None;
+    }
+    Ulid::from_string(body).ok()
+}
+
+macro_rules! arq_id {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(Ulid);
+
+        impl $name {
+            /// Parses the wire form, `arq_` + 26 upper-case Crockford base32 characters.
+            pub fn parse(text: &str) -> Result<Self, ProtocolError> {
+                parse_ulid(text).map($name).ok_or_else(|| {
+                    ProtocolError::new(
+                        ErrorCode::InvalidId,
+                        format!(concat!("invalid ", $what, " {:?}: expected arq_ followed by a 26-character upper-case ULID"), text),
+                    )
+                })
+            }
+
+            /// Wraps a ULID.
+            pub const fn from_ulid(ulid: Ulid) -> Self {
+                $name(ulid)
+            }
+
+            /// The ULID inside.
+            pub const fn ulid(self) -> Ulid {
+                self.0
+            }
+
+            /// Writes the wire form into `out` without allocating.
+            pub fn write_to(self, out: &mut Vec<u8>) {
+                out.extend_from_slice(PREFIX.as_bytes());
+                let mut buf = [0u8; ULID_LEN];
+                out.extend_from_slice(self.0.array_to_str(&mut buf).as_bytes());
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                let mut buf = [0u8; ULID_LEN];
+                f.write_str(PREFIX)?;
+                f.write_str(self.0.array_to_str(&mut buf))
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                fmt::Display::fmt(self, f)
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = ProtocolError;
+            fn from_str(s: &str) -> Result<Self, Self::Err> {
+                $name::parse(s)
+            }
+        }
+
+        impl Serialize for $name {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.collect_str(self)
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $name {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = std::borrow::Cow::<'de, str>::deserialize(deserializer)?;
+                $name::parse(&text).map_err(serde::de::Error::custom)
+            }
+        }
+    };
+}
+
+arq_id!(
+    /// The id of a message or frame: `arq_` + ULID.
+    MessageId,
+    "id"
+);
+arq_id!(
+    /// The id of a connected client: shaped like a message id.
+    ClientId,
+    "client id"
+);
+
+/// Monotonic id source: ids from one generator sort in the order made, even
+/// within one millisecond.
+///
+/// Not shared: each connection owns one, so id generation takes no lock.
+#[derive(Default)]
+pub struct IdGenerator {
+    inner: ulid::Generator,
+}
+
+impl fmt::Debug for IdGenerator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdGenerator").finish_non_exhaustive()
+    }
+}
+
+impl IdGenerator {
+    /// A fresh generator.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The next ULID; strictly greater than the previous one.
+    pub fn next_ulid(&mut self) -> Ulid {
+        // `generate` fails only when 2^80 ids were made in one millisecond;
+        // a fresh random ULID is the sane fallback.
+        self.inner.generate().unwrap_or_else(|_| Ulid::new())
+    }
+
+    /// The next message id.
+    pub fn message_id(&mut self) -> MessageId {
+        MessageId(self.next_ulid())
+    }
+
+    /// The next client id.
+    pub fn client_id(&mut self) -> ClientId {
+        ClientId(self.next_ulid())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_contract_example() {
+        let id = MessageId::parse("arq_01JDQ8Z6W3T7M5KX2C9V4B8N1P").unwrap();
+        assert_eq!(id.to_string(), "arq_01JDQ8Z6W3T7M5KX2C9V4B8N1P");
+    }
+
+    #[test]
+    fn rejects_malformed_ids() {
+        for bad in [
+            "",
+            "arq_",
+            "01JDQ8Z6W3T7M5KX2C9V4B8N1P",
+            "arq_01jdq8z6w3t7m5kx2c9v4b8n1p",
+            "arq_01JDQ8Z6W3T7M5KX2C9V4B8N1",
+            "arq_01JDQ8Z6W3T7M5KX2C9V4B8N1PP",
+            "arq_81JDQ8Z6W3T7M5KX2C9V4B8N1P",
+            "arq_01JDQ8Z6W3T7M5KX2C9V4B8NIP",
+            "msg_01JDQ8Z6W3T7M5KX2C9V4B8N1P",
+            "arq_01JDQ8Z6W3T7M5KX2C9V4B8N1é",
+        ] {
+            let err = MessageId::parse(bad).unwrap_err();
+            assert_eq!(err.code, ErrorCode::InvalidId, "{bad}");
+        }
+    }
+
+    #[test]
+    fn generator_is_monotonic() {
+        let mut ids = IdGenerator::new();
+        let mut last = ids.message_id();
+        for _ in 0..10_000 {
+            let next = ids.message_id();
+            assert!(next > last);
+            last = next;
+        }
+    }
+
+    #[test]
+    fn write_to_matches_display() {
+        let id = IdGenerator::new().message_id();
+        let mut out = Vec::new();
+        id.write_to(&mut out);
+        assert_eq!(String::from_utf8(out).unwrap(), id.to_string());
+    }
+}

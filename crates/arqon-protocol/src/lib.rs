@@ -1,0 +1,50 @@
+//! The ArqonBus wire protocol, version 1: what travels over the socket and
+//! nothing else.
+//!
+//! This crate owns the envelope (decoding a client frame, encoding every frame
+//! the server sends), message and client ids (`arq_` + ULID), room and channel
+//! names, timestamps, roles and the error codes of the contract. It performs no
+//! I/O, spawns nothing and depends on no other arqon crate, so clients, tools
+//! and third-party backends can pin it alone.
+//!
+//! # Layout
+//!
+//! - [`MessageId`], [`ClientId`], [`IdGenerator`]: `arq_`-prefixed ULIDs.
+//! - [`Name`], [`ChannelKey`]: validated room and channel names.
+//! - [`Timestamp`]: RFC 3339 UTC with milliseconds.
+//! - [`decode`]: a client's text frame to a [`ClientFrame`], or a
+//!   [`ProtocolError`] carrying the wire [`ErrorCode`] to report.
+//! - [`Frame`] and the builders in [`encode`]: server frames, serialized once
+//!   and shared by every receiver.
+//! - [`Outbound`], [`CloseReason`]: what a connection's outbound queue
+//!   carries; plain data shared by the routing and transport layers.
+
+mod decode;
+pub mod encode;
+mod error;
+mod id;
+mod name;
+mod outbound;
+mod role;
+mod timestamp;
+
+pub use decode::{ClientFrame, FrameBody, Target, decode, extract_id};
+pub use encode::Frame;
+pub use error::{ErrorCode, ProtocolError};
+pub use id::{ClientId, IdGenerator, MessageId};
+pub use name::{ChannelKey, Name};
+pub use outbound::{CloseReason, Outbound};
+pub use role::Role;
+pub use timestamp::Timestamp;
+
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: i64 = 1;
+
+/// Most `meta` keys a client may attach to a message.
+pub const MAX_META_KEYS: usize = 16;
+
+/// How far (seconds) a client-supplied timestamp may lie from server time.
+pub const MAX_CLOCK_SKEW_S: i64 = 300;
+
+/// `serde_json::value::RawValue`, re-exported: payloads travel as raw JSON.
+pub use serde_json::value::RawValue;

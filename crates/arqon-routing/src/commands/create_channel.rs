@@ -1,0 +1,33 @@
+//! `create_channel`: makes a channel (idempotent).
+
+use arqon_protocol::{Name, Role};
+use serde::Serialize;
+
+use super::{Args, Ctx, Kind, ROOM_CHANNEL, Spec};
+use crate::RoutingError;
+
+pub(crate) static SPEC: Spec = Spec {
+    name: "create_channel",
+    description: "Creates a channel; created is false if it already existed.",
+    role: Role::User,
+    args: &ROOM_CHANNEL,
+    kind: Kind::CreateChannel,
+};
+
+#[derive(Serialize)]
+struct Created<'a> {
+    room: &'a Name,
+    channel: &'a Name,
+    created: bool,
+}
+
+pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
+    let key = args.channel_key()?;
+    let (_, created) = ctx.session.router.clone().ensure_channel(&key, true).await?;
+    ctx.respond(&Created {
+        room: &key.room,
+        channel: &key.channel,
+        created,
+    });
+    Ok(())
+}

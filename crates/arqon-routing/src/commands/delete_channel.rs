@@ -1,0 +1,55 @@
+//! `delete_channel`: removes a channel and its history; members are told.
+
+use arqon_protocol::{Name, Role, Timestamp, encode};
+use serde::Serialize;
+
+use super::{Args, Ctx, Kind, ROOM_CHANNEL, Spec};
+use crate::RoutingError;
+
+pub(crate) static SPEC: Spec = Spec {
+    name: "delete_channel",
+    description: "Deletes a channel and its history; its members get a channel_deleted event.",
+    role: Role::Admin,
+    args: &ROOM_CHANNEL,
+    kind: Kind::DeleteChannel,
+};
+
+#[derive(Serialize)]
+struct Deleted<'a> {
+    room: &'a Name,
+    channel: &'a Name,
+    deleted: bool,
+}
+
+#[derive(Serialize)]
+struct ChannelDeleted<'a> {
+    event: &'static str,
+    room: &'a Name,
+    channel: &'a Name,
+}
+
+pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
+    let key = args.channel_key()?;
+    let router = ctx.session.router.clone();
+    let members = router.delete_channel(&key).await?;
+    ctx.session.joined.remove(&key);
+    if let Some(broker) = router.broker() {
+        broker.interest(&key, 0);
+    }
+    ctx.respond(&Deleted {
+        room: &key.room,
+        channel: &key.channel,
+        deleted: true,
+    });
+    let event = ChannelDeleted {
+        event: "channel_deleted",
+        room: &key.room,
+        channel: &key.channel,
+    };
+    // One frame, shared by every former member.
+    let frame = encode::event(ctx.session.ids.message_id(), Timestamp::now(), &event);
+    for member in members {
+        member.outlet.push(arqon_protocol::Outbound::Frame(frame.clone()));
+    }
+    Ok(())
+}

@@ -1,0 +1,36 @@
+//! `history`: the newest kept messages of a channel, oldest first.
+
+use arqon_protocol::{Frame, Role, Timestamp, encode};
+
+use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec};
+use crate::RoutingError;
+use crate::router::not_found;
+
+/// `limit` when the client gives none.
+const DEFAULT_LIMIT: u64 = 50;
+
+pub(crate) static SPEC: Spec = Spec {
+    name: "history",
+    description: "The newest `limit` (1..1000, default 50) messages older than `before` (or overall), oldest first.",
+    role: Role::Guest,
+    args: &[
+        ROOM,
+        CHANNEL,
+        ArgSpec::optional("limit", ArgKind::Limit, "how many messages, 1 to 1000 (default 50)"),
+        ArgSpec::optional("before", ArgKind::MessageId, "only messages stored before this one"),
+    ],
+    kind: Kind::History,
+};
+
+pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
+    let key = args.channel_key()?;
+    let router = ctx.session.router.clone();
+    router.lookup(&key).ok_or_else(|| not_found(&key))?;
+    let limit = usize::try_from(args.int("limit").unwrap_or(DEFAULT_LIMIT)).unwrap_or(usize::MAX);
+    let messages = router.inner.storage.history(&key, limit, args.message_id("before")).await?;
+    let frames: Vec<Frame> = messages.into_iter().map(|m| m.frame).collect();
+    // Stored frames are embedded as they are, never re-parsed.
+    let frame = encode::messages_response(ctx.session.ids.message_id(), Timestamp::now(), ctx.request_id, &frames);
+    ctx.session.push(frame);
+    Ok(())
+}

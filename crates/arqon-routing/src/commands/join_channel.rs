@@ -1,0 +1,104 @@
+//! `join_channel`: membership, with an optional gap-free replay.
+
+use arqon_protocol::{ChannelKey, ClientId, Name, Outbound, Role, Timestamp, encode};
+use serde::Serialize;
+
+use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec};
+use crate::RoutingError;
+use crate::router::not_found;
+
+pub(crate) static SPEC: Spec = Spec {
+    name: "join_channel",
+    description: "Joins a channel. With `since`, every stored message after that id is sent right after the \
+                  response and before any live message.",
+    role: Role::Guest,
+    args: &[
+        ROOM,
+        CHANNEL,
+        ArgSpec::optional("since", ArgKind::MessageId, "replay every stored message after this one"),
+    ],
+    kind: Kind::JoinChannel,
+};
+
+#[derive(Serialize)]
+struct Joined<'a> {
+    room: &'a Name,
+    channel: &'a Name,
+    members: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    truncated: Option<bool>,
+}
+
+/// `member_joined` / `member_left`.
+#[derive(Serialize)]
+pub(crate) struct MemberEvent<'a> {
+    pub(crate) event: &'static str,
+    pub(crate) room: &'a Name,
+    pub(crate) channel: &'a Name,
+    pub(crate) client_id: ClientId,
+}
+
+pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
+    let key = args.channel_key()?;
+    let router = ctx.session.router.clone();
+    // Auto-create on join is for those who may create channels at all.
+    let may_create = router.inner.config.auto_create && ctx.session.role() >= Role::User;
+    let (channel, _) = router.ensure_channel(&key, may_create).await?;
+    let (added, members) = {
+        // Holding the channel's order lock: no message is appended or
+        // delivered between the replay read and the membership change, so
+        // the replay and live traffic neither overlap nor leave a gap.
+        let _order = channel.order.lock().await;
+        if channel.is_deleted() {
+            return Err(not_found(&key).into());
+        }
+        let replay = match args.message_id("since") {
+            Some(since) => Some(router.inner.storage.since(&key, since).await?),
+            None => None,
+        };
+        let (added, members) = channel.add(&ctx.session.client);
+        ctx.session.joined.insert(key.clone());
+        ctx.respond(&Joined {
+            room: &key.room,
+            channel: &key.channel,
+            members,
+            truncated: replay.as_ref().map(|r| r.truncated),
+        });
+        if let Some(replay) = replay.filter(|r| !r.messages.is_empty()) {
+            let frames = replay.messages.into_iter().map(|m| m.frame).collect();
+            ctx.session.client.outlet.push(Outbound::Batch(frames));
+        }
+        (added, members)
+    };
+    if added {
+        if let Some(broker) = router.broker() {
+            broker.interest(&key, members);
+        }
+        announce(ctx, &key, "member_joined", members);
+    }
+    Ok(())
+}
+
+/// Tells the other members that the caller joined or left, unless the
+/// channel is too large for member events.
+pub(crate) fn announce(ctx: &mut Ctx<'_>, key: &ChannelKey, event: &'static str, members: usize) {
+    let session = &mut *ctx.session;
+    announce_from(session, key, event, members);
+}
+
+pub(crate) fn announce_from(session: &mut crate::Session, key: &ChannelKey, event: &'static str, members: usize) {
+    if members > session.router.inner.config.member_events_max {
+        return;
+    }
+    let Some(channel) = session.router.lookup(key) else {
+        return;
+    };
+    let payload = MemberEvent {
+        event,
+        room: &key.room,
+        channel: &key.channel,
+        client_id: session.client.id,
+    };
+    let frame = encode::event(session.ids.message_id(), Timestamp::now(), &payload);
+    channel.deliver(&frame, Some(session.client.id));
+}

@@ -1,0 +1,106 @@
+//! The built-in commands: one table (read by `help` and by dispatch), one
+//! module per command, and the shared argument parser.
+
+mod args;
+mod channel_info;
+mod create_channel;
+mod delete_channel;
+mod help;
+mod history;
+mod join_channel;
+pub(crate) mod leave;
+mod list_channels;
+mod ping;
+mod publish;
+mod status;
+
+use arqon_protocol::encode;
+use arqon_protocol::{MessageId, Role, Timestamp};
+use serde::Serialize;
+
+pub(crate) use args::{ArgKind, ArgSpec, Args};
+
+use crate::RoutingError;
+use crate::session::Session;
+
+/// Which command; dispatch is one `match` on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Ping,
+    Status,
+    Help,
+    CreateChannel,
+    DeleteChannel,
+    JoinChannel,
+    LeaveChannel,
+    ListChannels,
+    ChannelInfo,
+    History,
+    Publish,
+}
+
+/// A command's entry in the table.
+#[derive(Debug)]
+pub(crate) struct Spec {
+    pub(crate) name: &'static str,
+    pub(crate) description: &'static str,
+    pub(crate) role: Role,
+    pub(crate) args: &'static [ArgSpec],
+    pub(crate) kind: Kind,
+}
+
+/// Every command, in the order `help` lists them.
+pub(crate) static COMMANDS: [&Spec; 11] = [
+    &ping::SPEC,
+    &status::SPEC,
+    &help::SPEC,
+    &create_channel::SPEC,
+    &delete_channel::SPEC,
+    &join_channel::SPEC,
+    &leave::SPEC,
+    &list_channels::SPEC,
+    &channel_info::SPEC,
+    &history::SPEC,
+    &publish::SPEC,
+];
+
+pub(crate) fn find(name: &str) -> Option<&'static Spec> {
+    COMMANDS.iter().copied().find(|spec| spec.name == name)
+}
+
+/// What a running command may use: the caller's session and the id to answer.
+pub(crate) struct Ctx<'s> {
+    pub(crate) session: &'s mut Session,
+    pub(crate) request_id: Option<MessageId>,
+    pub(crate) now: Timestamp,
+}
+
+impl Ctx<'_> {
+    /// Queues the command's one response.
+    pub(crate) fn respond(&mut self, payload: &impl Serialize) {
+        let frame = encode::response(self.session.ids.message_id(), Timestamp::now(), self.request_id, payload);
+        self.session.push(frame);
+    }
+}
+
+/// Runs a command whose args parsed and whose role check passed.
+pub(crate) async fn run(spec: &Spec, ctx: &mut Ctx<'_>, args: Args<'_>) -> Result<(), RoutingError> {
+    match spec.kind {
+        Kind::Ping => ping::run(ctx),
+        Kind::Status => status::run(ctx),
+        Kind::Help => help::run(ctx),
+        Kind::CreateChannel => create_channel::run(ctx, &args).await,
+        Kind::DeleteChannel => delete_channel::run(ctx, &args).await,
+        Kind::JoinChannel => join_channel::run(ctx, &args).await,
+        Kind::LeaveChannel => leave::run(ctx, &args),
+        Kind::ListChannels => list_channels::run(ctx, &args),
+        Kind::ChannelInfo => channel_info::run(ctx, &args).await,
+        Kind::History => history::run(ctx, &args).await,
+        Kind::Publish => publish::run(ctx, &args).await,
+    }
+}
+
+/// The `room` + `channel` pair most commands take.
+const ROOM: ArgSpec = ArgSpec::required("room", ArgKind::Name, "room name");
+const CHANNEL: ArgSpec = ArgSpec::required("channel", ArgKind::Name, "channel name within the room");
+const ROOM_CHANNEL: [ArgSpec; 2] = [ROOM, CHANNEL];

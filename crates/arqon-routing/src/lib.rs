@@ -1,0 +1,55 @@
+//! The ArqonBus core: who is connected, which channels exist, who is in
+//! them, and where each frame goes. Usable with no network at all.
+//!
+//! This layer owns the client registry, rooms and channels, the router (every
+//! routing rule of PROTOCOL.md section 3), the command executor (section 4),
+//! role checks, per-client rate limiting and each client's bounded outbound
+//! queue. It depends on `arqon-protocol` and on the `Storage` trait of
+//! `arqon-storage`; it knows nothing of sockets, HTTP or configuration files,
+//! so a service can embed it and feed it frames from anywhere.
+//!
+//! # Layout
+//!
+//! - [`Router`]: the bus; [`Router::connect`] registers a client and returns
+//!   its [`Session`] (feed it frames) and [`Inbox`] (deliver what comes out).
+//! - [`RouterConfig`]: limits and policies.
+//! - [`Broker`]: the seam for cross-node fan-out.
+//! - [`RoutingError`]: this layer's error.
+//!
+//! # Embedding
+//!
+//! ```
+//! use std::sync::Arc;
+//! use arqon_protocol::Role;
+//! use arqon_routing::{Identity, Router, RouterConfig};
+//! use arqon_storage::MemoryStorage;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let router = Router::new(RouterConfig::default(), Arc::new(MemoryStorage::new(1000)));
+//! let (mut session, mut inbox) = router
+//!     .connect(Identity { role: Role::User, client_id: None })
+//!     .expect("fresh client id");
+//! session.handle_text(r#"{"type":"command","command":"ping"}"#).await;
+//! let _welcome = inbox.frames.recv().await;
+//! let pong = inbox.frames.recv().await;
+//! assert!(format!("{pong:?}").contains("pong"));
+//! # }
+//! ```
+
+mod broker;
+mod channel;
+mod client;
+mod commands;
+mod config;
+mod error;
+mod outlet;
+mod rate;
+mod router;
+mod session;
+
+pub use broker::{Broker, Delivery};
+pub use config::RouterConfig;
+pub use error::RoutingError;
+pub use outlet::Inbox;
+pub use router::{BusCounts, ChannelSummary, Identity, Router};
+pub use session::Session;

@@ -1,0 +1,86 @@
+//! The sending half of a connection's bounded outbound queue.
+
+use std::sync::Arc;
+
+use arqon_protocol::{CloseReason, Outbound};
+use tokio::sync::{mpsc, watch};
+
+/// Where the bus puts frames for one client, and how it asks the transport
+/// to close that client.
+#[derive(Debug, Clone)]
+pub(crate) struct Outlet {
+    tx: mpsc::Sender<Outbound>,
+    close: Arc<watch::Sender<Option<CloseReason>>>,
+}
+
+/// The receiving half, handed to the transport: frames to write, and the
+/// reason to close (set at most once).
+#[derive(Debug)]
+pub struct Inbox {
+    /// Frames to write, in order.
+    pub frames: mpsc::Receiver<Outbound>,
+    /// Becomes `Some` when the bus wants the connection closed.
+    pub close: watch::Receiver<Option<CloseReason>>,
+}
+
+impl Outlet {
+    /// A queue of `capacity` items (PROTOCOL.md section 7: 1,024 by default).
+    ///
+    /// Overflow policy: a push that finds the queue full never waits and never
+    /// drops silently; it closes *this* client with 1008 (slow consumer), so
+    /// one stalled reader cannot slow a publisher or grow memory.
+    pub(crate) fn new(capacity: usize) -> (Outlet, Inbox) {
+        let (tx, frames) = mpsc::channel(capacity.max(1));
+        let (close_tx, close) = watch::channel(None);
+        (
+            Outlet {
+                tx,
+                close: Arc::new(close_tx),
+            },
+            Inbox { frames, close },
+        )
+    }
+
+    /// Queues an item; returns false if it was not queued (the client is gone
+    /// or has just been closed as a slow consumer).
+    pub(crate) fn push(&self, item: Outbound) -> bool {
+        match self.tx.try_send(item) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.close(CloseReason::SLOW_CONSUMER);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Asks the transport to close the connection; the first reason wins.
+    pub(crate) fn close(&self, reason: CloseReason) {
+        self.close.send_if_modified(|current| {
+            if current.is_some() {
+                return false;
+            }
+            *current = Some(reason);
+            true
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arqon_protocol::Frame;
+
+    #[test]
+    fn overflow_closes_with_1008_and_first_reason_wins() {
+        let (outlet, inbox) = Outlet::new(2);
+        let frame = || Outbound::Frame(Frame::from_text("{}"));
+        assert!(outlet.push(frame()));
+        assert!(outlet.push(frame()));
+        assert!(inbox.close.borrow().is_none());
+        assert!(!outlet.push(frame()));
+        assert_eq!(*inbox.close.borrow(), Some(CloseReason::SLOW_CONSUMER));
+        outlet.close(CloseReason::SHUTDOWN);
+        assert_eq!(*inbox.close.borrow(), Some(CloseReason::SLOW_CONSUMER));
+    }
+}

@@ -1,0 +1,251 @@
+//! One connected client's view of the bus: reads its frames, answers them.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use arqon_protocol::encode::{self, MessageFrame};
+use arqon_protocol::{
+    ChannelKey, ClientFrame, ClientId, CloseReason, ErrorCode, Frame, FrameBody, IdGenerator, MessageId, Outbound,
+    ProtocolError, RawValue, Role, Target, Timestamp,
+};
+use serde::Serialize;
+
+use crate::client::ClientEntry;
+use crate::commands;
+use crate::rate::TokenBucket;
+use crate::router::Router;
+
+/// A connected client's session. Feed it every frame the client sends; it
+/// answers through the client's [`Inbox`](crate::Inbox). Dropping it
+/// disconnects the client (leaving its channels).
+#[derive(Debug)]
+pub struct Session {
+    pub(crate) router: Router,
+    pub(crate) client: Arc<ClientEntry>,
+    pub(crate) ids: IdGenerator,
+    /// Channels joined through this session. May hold channels deleted since
+    /// (leaving those is a no-op).
+    pub(crate) joined: HashSet<ChannelKey>,
+    bucket: TokenBucket,
+}
+
+#[derive(Serialize)]
+struct Welcome<'a> {
+    event: &'static str,
+    client_id: ClientId,
+    role: Role,
+    server_version: &'a str,
+    heartbeat_s: u64,
+    limits: WelcomeLimits,
+}
+
+#[derive(Serialize)]
+struct WelcomeLimits {
+    max_message_bytes: usize,
+    rate_per_s: u32,
+    burst: u32,
+}
+
+impl Session {
+    pub(crate) fn new(router: Router, client: Arc<ClientEntry>) -> Self {
+        let config = &router.inner.config;
+        let bucket = TokenBucket::new(config.rate_per_s, config.burst);
+        Session {
+            router,
+            client,
+            ids: IdGenerator::new(),
+            joined: HashSet::new(),
+            bucket,
+        }
+    }
+
+    /// This client's id.
+    pub fn client_id(&self) -> ClientId {
+        self.client.id
+    }
+
+    /// This client's role.
+    pub fn role(&self) -> Role {
+        self.client.role
+    }
+
+    pub(crate) fn send_welcome(&self) {
+        let config = &self.router.inner.config;
+        let mut ids = IdGenerator::new();
+        let welcome = Welcome {
+            event: "welcome",
+            client_id: self.client.id,
+            role: self.client.role,
+            server_version: &config.server_version,
+            heartbeat_s: config.heartbeat_s,
+            limits: WelcomeLimits {
+                max_message_bytes: config.max_message_bytes,
+                rate_per_s: config.rate_per_s,
+                burst: config.burst,
+            },
+        };
+        self.push(encode::event(ids.message_id(), Timestamp::now(), &welcome));
+    }
+
+    /// Handles one text frame from the client.
+    pub async fn handle_text(&mut self, text: &str) {
+        if let Err(wait) = self.bucket.take() {
+            // Checked before parsing; the id is recovered only to let the
+            // client correlate the refusal.
+            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+            let error = ProtocolError::new(ErrorCode::RateLimited, "rate limit exceeded; frame not processed")
+                .with_request_id(arqon_protocol::extract_id(text));
+            self.send_error_with(&error, Some(retry_after_ms));
+            return;
+        }
+        let now = Timestamp::now();
+        let frame = match arqon_protocol::decode(text, now) {
+            Ok(frame) => frame,
+            Err(error) => return self.send_error(&error),
+        };
+        let request_id = frame.id;
+        if let Err(error) = self.dispatch(frame, now).await {
+            self.send_error(&error.with_request_id(request_id));
+        }
+    }
+
+    /// Answers a binary frame: not part of the protocol.
+    pub fn handle_binary(&mut self) {
+        self.send_error(&ProtocolError::new(
+            ErrorCode::UnsupportedFrame,
+            "binary frames are not supported; send JSON text frames",
+        ));
+    }
+
+    /// Answers a frame over `max_message_bytes` (best effort: the transport
+    /// closes with 1009 right after).
+    pub fn handle_oversize(&mut self) {
+        let limit = self.router.inner.config.max_message_bytes;
+        self.send_error(&ProtocolError::new(
+            ErrorCode::MessageTooLarge,
+            format!("frame exceeds max_message_bytes ({limit})"),
+        ));
+        self.client.outlet.close(CloseReason::TOO_LARGE);
+    }
+
+    async fn dispatch(&mut self, frame: ClientFrame<'_>, now: Timestamp) -> Result<(), ProtocolError> {
+        match frame.body {
+            FrameBody::Command { ref name, args } => {
+                let Some(command) = commands::find(name) else {
+                    return Err(ProtocolError::new(
+                        ErrorCode::UnknownCommand,
+                        format!("unknown command {name:?}; send \"help\" for the list"),
+                    ));
+                };
+                let args = commands::Args::parse(args, command.args)?;
+                if !frame.from_is(self.client.id) {
+                    return Err(spoofed_from());
+                }
+                if self.client.role < command.role {
+                    return Err(ProtocolError::new(
+                        ErrorCode::Forbidden,
+                        format!("{} needs role {} (you are {})", command.name, command.role, self.client.role),
+                    ));
+                }
+                let mut ctx = commands::Ctx {
+                    session: self,
+                    request_id: frame.id,
+                    now,
+                };
+                commands::run(command, &mut ctx, args).await.map_err(|e| e.into_protocol())
+            }
+            FrameBody::Message { ref target, payload } => {
+                if !frame.from_is(self.client.id) {
+                    return Err(spoofed_from());
+                }
+                self.require(Role::User, "sending messages")?;
+                let id = frame.id.unwrap_or_else(|| self.ids.message_id());
+                self.send_message(target, id, now, payload, frame.meta)
+                    .await
+                    .map(|_| ())
+            }
+        }
+    }
+
+    /// Routes a message; shared by fire-and-forget messages and `publish`.
+    pub(crate) async fn send_message(
+        &mut self,
+        target: &Target,
+        id: MessageId,
+        now: Timestamp,
+        payload: Option<&RawValue>,
+        meta: Option<&RawValue>,
+    ) -> Result<MessageId, ProtocolError> {
+        let router = self.router.clone();
+        let mut frame = MessageFrame {
+            id,
+            timestamp: now,
+            from: self.client.id,
+            room: None,
+            channel: None,
+            payload,
+            meta,
+        };
+        let result = match target {
+            Target::Channel(key) => {
+                let may_create = router.inner.config.auto_create;
+                let (channel, _) = router.ensure_channel(key, may_create).await.map_err(|e| e.into_protocol())?;
+                frame.room = Some(&key.room);
+                frame.channel = Some(&key.channel);
+                router.publish(&channel, self.client.id, id, frame.encode()).await.map(|_| ())
+            }
+            Target::Room(room) => {
+                frame.room = Some(room);
+                router.publish_room(room, self.client.id, frame.encode()).map(|_| ())
+            }
+            Target::Client(to) => router.publish_direct(*to, frame.encode()).map(|_| ()),
+        };
+        result.map(|()| id).map_err(|e| e.into_protocol())
+    }
+
+    pub(crate) fn require(&self, role: Role, what: &str) -> Result<(), ProtocolError> {
+        if self.client.role >= role {
+            Ok(())
+        } else {
+            Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!("{what} needs role {role} (you are {})", self.client.role),
+            ))
+        }
+    }
+
+    /// Queues a frame for this client.
+    pub(crate) fn push(&self, frame: Frame) {
+        self.client.outlet.push(Outbound::Frame(frame));
+    }
+
+    fn send_error(&mut self, error: &ProtocolError) {
+        self.send_error_with(error, None);
+    }
+
+    fn send_error_with(&mut self, error: &ProtocolError, retry_after_ms: Option<u64>) {
+        let frame = encode::error(
+            self.ids.message_id(),
+            Timestamp::now(),
+            error.request_id,
+            error.code,
+            &error.message,
+            retry_after_ms,
+        );
+        self.push(frame);
+    }
+}
+
+fn spoofed_from() -> ProtocolError {
+    ProtocolError::new(ErrorCode::Forbidden, "from must be your own client id (or absent)")
+}
+
+impl Drop for Session {
+    fn drop(&mut self) {
+        let joined: Vec<ChannelKey> = self.joined.drain().collect();
+        for key in joined {
+            commands::leave::leave_quietly(self, &key);
+        }
+        self.router.unregister(self.client.id);
+    }
+}

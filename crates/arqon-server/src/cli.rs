@@ -1,0 +1,156 @@
+//! The `arqonbus` command line: arguments, logging, signals.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use arqon_telemetry::LogFormat;
+
+use crate::{Bus, Config, ServerError};
+
+const USAGE: &str = "\
+ArqonBus: a small, fast real-time message bus over WebSocket.
+
+Usage: arqonbus [--config PATH]
+
+Options:
+  -c, --config PATH   read settings from a TOML file (see docs/configuration.md)
+  -h, --help          print this help
+  -V, --version       print the version
+
+Every setting can also be given as an environment variable, e.g.
+ARQON_SERVER__PORT=9200 or ARQON_LIMITS__RATE_PER_S=0 (these win over the file).
+Logging: ARQON_LOG (filter, e.g. \"info\" or \"arqon=debug\"), ARQON_LOG_FORMAT (pretty|json).
+";
+
+/// What the command line asked for.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Command {
+    /// Run the server.
+    Run {
+        /// `--config PATH`, if given.
+        config: Option<PathBuf>,
+    },
+    /// Print help.
+    Help,
+    /// Print the version.
+    Version,
+}
+
+/// Parses the arguments after the program name.
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ServerError> {
+    let mut args = args.into_iter();
+    let mut config = None;
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-h" | "--help" => return Ok(Command::Help),
+            "-V" | "--version" => return Ok(Command::Version),
+            "-c" | "--config" => match args.next() {
+                Some(path) => config = Some(PathBuf::from(path)),
+                None => return Err(ServerError::Usage(format!("{arg} needs a path\n\n{USAGE}"))),
+            },
+            other => match other.strip_prefix("--config=") {
+                Some(path) => config = Some(PathBuf::from(path)),
+                None => return Err(ServerError::Usage(format!("unknown argument {other:?}\n\n{USAGE}"))),
+            },
+        }
+    }
+    Ok(Command::Run { config })
+}
+
+/// The whole program: parse, set up logging, serve until SIGINT/SIGTERM.
+pub fn main() -> ExitCode {
+    match parse_args(std::env::args().skip(1)) {
+        Ok(Command::Help) => {
+            print!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Version) => {
+            println!("arqonbus {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Ok(Command::Run { config }) => match run(config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("arqonbus: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Err(e) => {
+            eprintln!("arqonbus: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(config_path: Option<PathBuf>) -> Result<(), ServerError> {
+    let config = Config::from_env(config_path.as_deref())?;
+    let format = match std::env::var("ARQON_LOG_FORMAT") {
+        Ok(format) => format.parse::<LogFormat>()?,
+        Err(_) => LogFormat::default(),
+    };
+    arqon_telemetry::init_logging(std::env::var("ARQON_LOG").ok().as_deref(), format)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| ServerError::Usage(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(async {
+        let bus = Bus::bind(&config).await?;
+        // One machine-readable line on stdout: scripts and tests wait for it
+        // (with port 0 it is the only way to learn the port).
+        let mut stdout = std::io::stdout();
+        let _ = writeln!(stdout, "ArqonBus listening on ws://{}/ws", bus.local_addr());
+        let _ = stdout.flush();
+        bus.serve(shutdown_signal()).await
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutdown requested");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Command, ServerError> {
+        parse_args(args.iter().map(|s| (*s).to_owned()))
+    }
+
+    #[test]
+    fn parses_the_documented_forms() {
+        assert_eq!(parse(&[]).unwrap(), Command::Run { config: None });
+        assert_eq!(parse(&["--config", "a.toml"]).unwrap(), Command::Run { config: Some("a.toml".into()) });
+        assert_eq!(parse(&["-c", "a.toml"]).unwrap(), Command::Run { config: Some("a.toml".into()) });
+        assert_eq!(parse(&["--config=a.toml"]).unwrap(), Command::Run { config: Some("a.toml".into()) });
+        assert_eq!(parse(&["--help"]).unwrap(), Command::Help);
+        assert_eq!(parse(&["-V"]).unwrap(), Command::Version);
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        assert!(matches!(parse(&["--config"]), Err(ServerError::Usage(_))));
+        assert!(matches!(parse(&["--port", "1"]), Err(ServerError::Usage(_))));
+    }
+}

@@ -1,0 +1,159 @@
+//! Channel history for ArqonBus: the [`Storage`] trait and its backends.
+//!
+//! This layer owns what is kept about channels: their records (name,
+//! creation time) and each channel's bounded message history, in the order the
+//! bus stored it. It knows nothing of connections, routing or sockets, and
+//! depends only on `arqon-protocol`; a third-party backend crate needs nothing
+//! but this trait and the protocol types.
+//!
+//! # Layout
+//!
+//! - [`Storage`]: the trait every backend implements, with its contract.
+//! - [`MemoryStorage`]: the default backend, a bounded log per channel.
+//! - [`StoredMessage`], [`ChannelRecord`], [`ChannelStats`], [`Appended`],
+//!   [`Since`]: the data the trait speaks.
+//! - [`StorageError`]: the one error type of this layer.
+//! - [`async_trait`](macro@async_trait): re-exported, so a backend crate
+//!   implements [`Storage`] with nothing but this crate and `arqon-protocol`.
+//!   `tests/conformance.rs` holds the suite every backend must pass, with a
+//!   third-party backend as an example.
+
+mod memory;
+
+use arqon_protocol::{ChannelKey, Frame, MessageId, Timestamp};
+
+pub use memory::MemoryStorage;
+
+/// The attribute [`Storage`] is declared with, re-exported so that a backend
+/// crate implements the trait with the very same macro version and needs no
+/// dependency beyond this crate and `arqon-protocol`.
+pub use async_trait::async_trait;
+
+/// One message as kept in history: its id and the exact frame delivered live.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The message id (unique within its channel's kept history).
+    pub id: MessageId,
+    /// The envelope exactly as delivered (`type: message`).
+    pub frame: Frame,
+}
+
+/// What a backend records about a channel.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelRecord {
+    /// The channel's address.
+    pub key: ChannelKey,
+    /// When the channel was first created.
+    pub created_at: Timestamp,
+}
+
+/// Counters shown by `channel_info`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ChannelStats {
+    /// Messages currently kept.
+    pub stored: u64,
+    /// The newest kept message, if any.
+    pub last_id: Option<MessageId>,
+}
+
+/// The outcome of [`Storage::append`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Appended {
+    /// The message was stored as the channel's newest.
+    Stored,
+    /// A message with this id is already kept: nothing was stored (a retry).
+    Duplicate,
+}
+
+/// The messages stored after a cursor, for `join_channel` with `since`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Since {
+    /// Every kept message after the cursor, oldest first.
+    pub messages: Vec<StoredMessage>,
+    /// True when the cursor is no longer (or never was) kept, so `messages`
+    /// is everything kept and some messages may be missing before it.
+    pub truncated: bool,
+}
+
+/// Health as reported by `status`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    /// Backend name, e.g. `"memory"` or `"redis"`.
+    pub backend: &'static str,
+    /// Whether the backend can serve reads and writes right now.
+    pub healthy: bool,
+}
+
+/// Everything that can go wrong in this layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StorageError {
+    /// `history` was given a `before` cursor that is not in the kept history.
+    #[error("message {0} is not in the kept history")]
+    UnknownCursor(MessageId),
+    /// The backend cannot serve the request right now (e.g. Redis is down).
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
+    /// The backend answered with something it should not have.
+    #[error("storage backend error: {0}")]
+    Backend(String),
+}
+
+/// A history backend.
+///
+/// # Contract
+///
+/// Every backend must hold these, and the conformance suite in this crate's
+/// tests checks them:
+///
+/// - Order is append order per channel, never id order.
+/// - `append` of an id already kept in that channel returns
+///   [`Appended::Duplicate`] and changes nothing.
+/// - History is bounded per channel; the oldest messages go first.
+/// - `history(limit, before)` returns the newest `limit` messages strictly
+///   older than `before` (or the newest overall), oldest first; a `before`
+///   that is not kept is [`StorageError::UnknownCursor`].
+/// - `since(after)` returns every kept message after `after`, oldest first;
+///   an unknown cursor returns everything kept with `truncated: true`.
+/// - A channel that was never appended to has empty history, not an error.
+/// - Methods may be called concurrently; the router serializes appends to one
+///   channel, so a backend need not order concurrent appends to one channel.
+#[async_trait]
+pub trait Storage: Send + Sync + 'static {
+    /// Records a channel. Idempotent: if it exists, returns its original
+    /// record and `false`.
+    async fn create_channel(
+        &self,
+        key: &ChannelKey,
+        created_at: Timestamp,
+    ) -> Result<(ChannelRecord, bool), StorageError>;
+
+    /// Every recorded channel (loaded by the bus at start-up).
+    async fn channels(&self) -> Result<Vec<ChannelRecord>, StorageError>;
+
+    /// Forgets a channel and its history. Returns whether it existed.
+    async fn delete_channel(&self, key: &ChannelKey) -> Result<bool, StorageError>;
+
+    /// Appends a message as the channel's newest.
+    async fn append(
+        &self,
+        key: &ChannelKey,
+        message: StoredMessage,
+    ) -> Result<Appended, StorageError>;
+
+    /// The newest `limit` messages older than `before` (or overall), oldest first.
+    async fn history(
+        &self,
+        key: &ChannelKey,
+        limit: usize,
+        before: Option<MessageId>,
+    ) -> Result<Vec<StoredMessage>, StorageError>;
+
+    /// Every kept message after `after`, oldest first.
+    async fn since(&self, key: &ChannelKey, after: MessageId) -> Result<Since, StorageError>;
+
+    /// How many messages are kept and the newest id.
+    async fn stats(&self, key: &ChannelKey) -> Result<ChannelStats, StorageError>;
+
+    /// Backend name and current health.
+    fn health(&self) -> Health;
+}

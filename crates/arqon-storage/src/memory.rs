@@ -1,0 +1,381 @@
+//! The in-memory backend: one bounded log per channel, lost on restart.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+
+use arqon_protocol::{ChannelKey, MessageId, Timestamp};
+use async_trait::async_trait;
+use dashmap::DashMap;
+use dashmap::mapref::entry::Entry;
+use parking_lot::Mutex;
+
+use crate::{
+    Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage,
+};
+
+/// The default backend: each channel keeps its newest messages in memory.
+///
+/// Channels live in a sharded map, and each channel's log sits behind its own
+/// mutex, so appends to different channels never wait on one another. Every
+/// operation is a short critical section with no await inside; the methods
+/// are `async` only because [`Storage`] is.
+///
+/// Cursor lookups (`before`, `since`, duplicate detection) go through a
+/// per-channel id index, so they cost O(1) whatever the history length.
+pub struct MemoryStorage {
+    /// Most messages kept per channel.
+    max_per_channel: usize,
+    /// Channel records, as given to [`Storage::create_channel`].
+    records: DashMap<ChannelKey, ChannelRecord>,
+    /// Channel logs. Kept apart from `records` because `append` may create a
+    /// log for a channel that was never recorded. The `Arc` lets a caller
+    /// clone the log out and release the map's shard lock before locking it.
+    logs: DashMap<ChannelKey, Arc<Mutex<Log>>>,
+}
+
+impl MemoryStorage {
+    /// The bus default for [`MemoryStorage::new`]: 1,000 messages per channel
+    /// (PROTOCOL.md §7).
+    pub const DEFAULT_MAX_PER_CHANNEL: usize = 1_000;
+
+    /// A backend keeping at most `max_per_channel` messages per channel; the
+    /// bus default is [`MemoryStorage::DEFAULT_MAX_PER_CHANNEL`] (1,000).
+    ///
+    /// When a channel's log is full, each append evicts its oldest message.
+    /// `0` keeps no history at all: appends succeed and are dropped at once.
+    pub fn new(max_per_channel: usize) -> Self {
+        MemoryStorage {
+            max_per_channel,
+            records: DashMap::new(),
+            logs: DashMap::new(),
+        }
+    }
+
+    /// The channel's log, if it has one; the shard lock is released on return.
+    fn log(&self, key: &ChannelKey) -> Option<Arc<Mutex<Log>>> {
+        self.logs.get(key).map(|log| Arc::clone(log.value()))
+    }
+
+    /// The channel's log, created empty if missing.
+    fn log_or_create(&self, key: &ChannelKey) -> Arc<Mutex<Log>> {
+        // The read path first: creating takes the shard's write lock.
+        if let Some(log) = self.log(key) {
+            return log;
+        }
+        let log = self.logs.entry(key.clone()).or_insert_with(|| {
+            // Capacity policy: bounded at `max_per_channel`, evicting the
+            // oldest message on overflow (see `Log::push`). Memory per channel
+            // grows with use, not up front, so idle channels stay cheap.
+            Arc::new(Mutex::new(Log::default()))
+        });
+        Arc::clone(log.value())
+    }
+}
+
+impl Default for MemoryStorage {
+    /// A backend with the bus default of 1,000 messages per channel.
+    fn default() -> Self {
+        MemoryStorage::new(MemoryStorage::DEFAULT_MAX_PER_CHANNEL)
+    }
+}
+
+impl fmt::Debug for MemoryStorage {
+    // Summarised: dumping every kept message would be useless and huge.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStorage")
+            .field("max_per_channel", &self.max_per_channel)
+            .field("channels", &self.records.len())
+            .field("logs", &self.logs.len())
+            .finish()
+    }
+}
+
+/// One channel's history, oldest first.
+///
+/// Every message gets a sequence number, one more than the previous append's.
+/// Since eviction only ever removes the front, the kept sequence numbers are
+/// contiguous: the message with sequence `s` sits at position `s - first_seq`.
+/// That is what turns an id into a position in O(1) through `index`.
+#[derive(Default)]
+struct Log {
+    /// Kept messages in append order.
+    entries: VecDeque<StoredMessage>,
+    /// Sequence number of `entries[0]`.
+    first_seq: u64,
+    /// Every kept id to its sequence number; exactly the ids in `entries`.
+    index: HashMap<MessageId, u64>,
+}
+
+impl Log {
+    /// Position of a kept id in `entries`.
+    fn position(&self, id: &MessageId) -> Option<usize> {
+        // Sequence numbers of kept entries are >= first_seq and < first_seq + len,
+        // so the difference always fits in usize.
+        self.index
+            .get(id)
+            .and_then(|&seq| usize::try_from(seq - self.first_seq).ok())
+    }
+
+    /// Appends as newest unless the id is kept, then evicts down to `max`.
+    fn push(&mut self, message: StoredMessage, max: usize) -> Appended {
+        if self.index.contains_key(&message.id) {
+            return Appended::Duplicate;
+        }
+        let seq = self.first_seq + self.entries.len() as u64;
+        self.index.insert(message.id, seq);
+        self.entries.push_back(message);
+        while self.entries.len() > max
+            && let Some(oldest) = self.entries.pop_front()
+        {
+            self.index.remove(&oldest.id);
+            self.first_seq += 1;
+        }
+        Appended::Stored
+    }
+
+    /// The newest `limit` messages before `end` (a position), oldest first.
+    fn newest_before(&self, end: usize, limit: usize) -> Vec<StoredMessage> {
+        self.entries
+            .range(end.saturating_sub(limit)..end)
+            .cloned()
+            .collect()
+    }
+}
+
+#[async_trait]
+impl Storage for MemoryStorage {
+    async fn create_channel(
+        &self,
+        key: &ChannelKey,
+        created_at: Timestamp,
+    ) -> Result<(ChannelRecord, bool), StorageError> {
+        Ok(match self.records.entry(key.clone()) {
+            Entry::Occupied(existing) => (existing.get().clone(), false),
+            Entry::Vacant(slot) => {
+                let record = ChannelRecord {
+                    key: key.clone(),
+                    created_at,
+                };
+                slot.insert(record.clone());
+                (record, true)
+            }
+        })
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelRecord>, StorageError> {
+        let mut records: Vec<ChannelRecord> =
+            self.records.iter().map(|r| r.value().clone()).collect();
+        // The map iterates in hash order; sorted output keeps listings stable.
+        records.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(records)
+    }
+
+    async fn delete_channel(&self, key: &ChannelKey) -> Result<bool, StorageError> {
+        let record = self.records.remove(key);
+        let log = self.logs.remove(key);
+        Ok(record.is_some() || log.is_some())
+    }
+
+    async fn append(
+        &self,
+        key: &ChannelKey,
+        message: StoredMessage,
+    ) -> Result<Appended, StorageError> {
+        let log = self.log_or_create(key);
+        let appended = log.lock().push(message, self.max_per_channel);
+        Ok(appended)
+    }
+
+    async fn history(
+        &self,
+        key: &ChannelKey,
+        limit: usize,
+        before: Option<MessageId>,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        let Some(log) = self.log(key) else {
+            // No log: nothing is kept, so a cursor cannot name a kept message.
+            return match before {
+                Some(id) => Err(StorageError::UnknownCursor(id)),
+                None => Ok(Vec::new()),
+            };
+        };
+        let log = log.lock();
+        let end = match before {
+            Some(id) => log.position(&id).ok_or(StorageError::UnknownCursor(id))?,
+            None => log.entries.len(),
+        };
+        Ok(log.newest_before(end, limit))
+    }
+
+    async fn since(&self, key: &ChannelKey, after: MessageId) -> Result<Since, StorageError> {
+        let Some(log) = self.log(key) else {
+            return Ok(Since {
+                messages: Vec::new(),
+                truncated: true,
+            });
+        };
+        let log = log.lock();
+        let (start, truncated) = match log.position(&after) {
+            Some(at) => (at + 1, false),
+            None => (0, true),
+        };
+        Ok(Since {
+            messages: log.entries.range(start..).cloned().collect(),
+            truncated,
+        })
+    }
+
+    async fn stats(&self, key: &ChannelKey) -> Result<ChannelStats, StorageError> {
+        Ok(self.log(key).map_or_else(ChannelStats::default, |log| {
+            let log = log.lock();
+            ChannelStats {
+                stored: log.entries.len() as u64,
+                last_id: log.entries.back().map(|m| m.id),
+            }
+        }))
+    }
+
+    fn health(&self) -> Health {
+        Health {
+            backend: "memory",
+            healthy: true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arqon_protocol::{Frame, IdGenerator};
+
+    use super::*;
+
+    fn message(id: MessageId) -> StoredMessage {
+        StoredMessage {
+            id,
+            frame: Frame::from_text(format!(r#"{{"id":"{id}","type":"message"}}"#)),
+        }
+    }
+
+    fn ids(n: usize) -> Vec<MessageId> {
+        let mut generator = IdGenerator::new();
+        (0..n).map(|_| generator.message_id()).collect()
+    }
+
+    /// Checks the invariant that makes O(1) cursors correct: the index holds
+    /// exactly the kept ids, each mapped to its position plus `first_seq`.
+    fn assert_index_consistent(log: &Log) {
+        assert_eq!(log.index.len(), log.entries.len());
+        for (at, kept) in log.entries.iter().enumerate() {
+            assert_eq!(log.index.get(&kept.id), Some(&(log.first_seq + at as u64)));
+            assert_eq!(log.position(&kept.id), Some(at));
+        }
+    }
+
+    #[test]
+    fn full_log_evicts_oldest_first() {
+        let ids = ids(5);
+        let mut log = Log::default();
+        for &id in &ids {
+            assert_eq!(log.push(message(id), 3), Appended::Stored);
+        }
+        let kept: Vec<MessageId> = log.entries.iter().map(|m| m.id).collect();
+        assert_eq!(kept, ids[2..]);
+        assert_eq!(log.first_seq, 2);
+    }
+
+    #[test]
+    fn index_follows_eviction() {
+        let ids = ids(25);
+        let mut log = Log::default();
+        for &id in &ids {
+            log.push(message(id), 10);
+            assert_index_consistent(&log);
+        }
+        for evicted in &ids[..15] {
+            assert_eq!(log.position(evicted), None);
+        }
+        assert_eq!(log.position(&ids[15]), Some(0));
+        assert_eq!(log.position(&ids[24]), Some(9));
+    }
+
+    #[test]
+    fn evicted_id_can_be_stored_again() {
+        // Duplicate detection covers the kept history only (PROTOCOL.md §3).
+        let ids = ids(3);
+        let mut log = Log::default();
+        for &id in &ids {
+            log.push(message(id), 2);
+        }
+        assert_eq!(log.push(message(ids[0]), 2), Appended::Stored);
+        assert_eq!(log.entries.back().map(|m| m.id), Some(ids[0]));
+        assert_index_consistent(&log);
+    }
+
+    #[test]
+    fn duplicate_changes_nothing() {
+        let ids = ids(3);
+        let mut log = Log::default();
+        for &id in &ids {
+            log.push(message(id), 10);
+        }
+        let altered = StoredMessage {
+            id: ids[1],
+            frame: Frame::from_text("{}"),
+        };
+        assert_eq!(log.push(altered, 10), Appended::Duplicate);
+        let kept: Vec<StoredMessage> = log.entries.iter().cloned().collect();
+        let expected: Vec<StoredMessage> = ids.iter().map(|&id| message(id)).collect();
+        assert_eq!(kept, expected);
+        assert_index_consistent(&log);
+    }
+
+    #[test]
+    fn zero_capacity_keeps_nothing() {
+        let ids = ids(2);
+        let mut log = Log::default();
+        for &id in &ids {
+            assert_eq!(log.push(message(id), 0), Appended::Stored);
+        }
+        assert!(log.entries.is_empty());
+        assert!(log.index.is_empty());
+    }
+
+    #[test]
+    fn newest_before_clamps_to_the_start() {
+        let ids = ids(4);
+        let mut log = Log::default();
+        for &id in &ids {
+            log.push(message(id), 10);
+        }
+        let got: Vec<MessageId> = log.newest_before(3, 2).iter().map(|m| m.id).collect();
+        assert_eq!(got, ids[1..3]);
+        let got: Vec<MessageId> = log.newest_before(3, 100).iter().map(|m| m.id).collect();
+        assert_eq!(got, ids[..3]);
+        assert!(log.newest_before(0, 5).is_empty());
+    }
+
+    #[tokio::test]
+    async fn reports_memory_backend_and_default_capacity() {
+        let storage = MemoryStorage::default();
+        assert_eq!(
+            storage.health(),
+            Health {
+                backend: "memory",
+                healthy: true
+            }
+        );
+        assert_eq!(storage.max_per_channel, 1_000);
+    }
+
+    #[tokio::test]
+    async fn delete_drops_an_unrecorded_log() {
+        // `append` creates a log without a record; delete must still free it.
+        let storage = MemoryStorage::new(10);
+        let key = ChannelKey::parse("room", "chan").unwrap();
+        storage.append(&key, message(ids(1)[0])).await.unwrap();
+        assert!(storage.delete_channel(&key).await.unwrap());
+        assert!(storage.logs.is_empty());
+        assert!(!storage.delete_channel(&key).await.unwrap());
+    }
+}

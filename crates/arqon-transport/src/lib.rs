@@ -1,0 +1,132 @@
+//! The network edge of ArqonBus: WebSocket listening and one reader plus one
+//! writer task per connection.
+//!
+//! This layer owns sockets and the WebSocket protocol: the upgrade (with a
+//! deadline and path check), frame size limits (close 1009), heartbeat pings
+//! and idle close, batching queued frames into few writes, and graceful
+//! shutdown (the `shutdown` event, then close 1001). It does not know what a
+//! frame means: an [`Acceptor`] decides who may connect and a [`Connection`]
+//! handles each text frame, so the same loop serves the bus, a test echo or a
+//! compliance harness. It depends only on `arqon-protocol`, never on routing.
+//!
+//! # Layout
+//!
+//! - [`serve`]: the accept loop; shutdown is an argument.
+//! - [`Acceptor`], [`Connection`], [`Accepted`], [`UpgradeRequest`],
+//!   [`Refusal`]: what the embedding layer implements and returns.
+//! - [`TransportConfig`]: limits and timings.
+//! - [`TransportError`]: this layer's error.
+
+mod connection;
+mod server;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use arqon_protocol::{CloseReason, Outbound};
+use tokio::sync::{mpsc, watch};
+
+pub use server::serve;
+pub use tokio_tungstenite::tungstenite::http::HeaderMap;
+
+/// Limits and timings of the WebSocket listener.
+#[derive(Debug, Clone)]
+pub struct TransportConfig {
+    /// Largest frame (and message) a client may send. Default: 1 MiB.
+    pub max_message_bytes: usize,
+    /// Ping interval; a connection silent for two intervals is closed.
+    /// Default: 20 s.
+    pub heartbeat: Duration,
+    /// Time a client has to complete the WebSocket upgrade. Default: 10 s.
+    pub upgrade_timeout: Duration,
+    /// How long shutdown waits for connections to drain and close, and how
+    /// long a close frame may take to write. Default: 5 s.
+    pub shutdown_grace: Duration,
+    /// Per-connection read buffer, allocated up front: small keeps idle
+    /// connections cheap. Default: 4 KiB.
+    pub read_buffer_bytes: usize,
+    /// Frames written per flush at most, so one busy connection cannot starve
+    /// its heartbeat. Default: 64.
+    pub write_batch: usize,
+}
+
+impl Default for TransportConfig {
+    fn default() -> Self {
+        TransportConfig {
+            max_message_bytes: 1_048_576,
+            heartbeat: Duration::from_secs(20),
+            upgrade_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(5),
+            read_buffer_bytes: 4096,
+            write_batch: 64,
+        }
+    }
+}
+
+/// What the client asked for when upgrading.
+#[derive(Debug)]
+pub struct UpgradeRequest<'a> {
+    /// Request path, e.g. `/ws`.
+    pub path: &'a str,
+    /// Raw query string, if any (e.g. `token=…`).
+    pub query: Option<&'a str>,
+    /// Request headers.
+    pub headers: &'a HeaderMap,
+    /// The peer's address.
+    pub peer: SocketAddr,
+}
+
+/// Why an upgrade is refused: an HTTP status and a JSON error body
+/// `{"error":{"code":…,"message":…}}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// HTTP status code.
+    pub status: u16,
+    /// Wire error code, e.g. `UNAUTHORIZED`.
+    pub code: &'static str,
+    /// Explanation for the client.
+    pub message: String,
+}
+
+/// A connection the acceptor let in: its handler and the two receivers the
+/// writer task drains.
+#[derive(Debug)]
+pub struct Accepted<C> {
+    /// Handles the client's frames.
+    pub conn: C,
+    /// Frames to write to the client, in order (a bounded queue).
+    pub frames: mpsc::Receiver<Outbound>,
+    /// Becomes `Some` when the connection must be closed with that reason.
+    pub close: watch::Receiver<Option<CloseReason>>,
+}
+
+/// Decides, per upgrade request, whether a client may connect.
+pub trait Acceptor: Send + Sync + 'static {
+    /// The per-connection handler.
+    type Conn: Connection;
+
+    /// Admits or refuses a client. Runs during the handshake; must not block.
+    fn accept(&self, request: &UpgradeRequest<'_>) -> Result<Accepted<Self::Conn>, Refusal>;
+}
+
+/// Handles one client's frames. Dropping it means the client is gone.
+pub trait Connection: Send + 'static {
+    /// A text frame arrived.
+    fn on_text(&mut self, text: &str) -> impl Future<Output = ()> + Send;
+
+    /// A binary frame arrived.
+    fn on_binary(&mut self);
+
+    /// A frame over `max_message_bytes` arrived; the transport closes with
+    /// 1009 after writing whatever this queues.
+    fn on_oversize(&mut self);
+}
+
+/// Everything that can go wrong in the transport layer.
+#[derive(Debug, thiserror::Error)]
+pub enum TransportError {
+    /// Socket-level failure (e.g. the listener could not accept).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+}

@@ -1,0 +1,169 @@
+//! The accept loop and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
+use tokio_tungstenite::tungstenite::http::{self, StatusCode};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+
+use crate::connection::run_connection;
+use crate::{Accepted, Acceptor, Refusal, TransportConfig, TransportError, UpgradeRequest};
+
+/// Serves WebSocket clients on `listener` until `shutdown` resolves, then
+/// tells every connection to close (the `shutdown` event, close 1001) and
+/// waits at most `config.shutdown_grace` for them.
+pub async fn serve<A: Acceptor>(
+    listener: TcpListener,
+    acceptor: Arc<A>,
+    config: TransportConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), TransportError> {
+    let config = Arc::new(config);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    let acceptor = Arc::clone(&acceptor);
+                    let config = Arc::clone(&config);
+                    let stop = stop_rx.clone();
+                    connections.spawn(async move {
+                        handle(stream, peer, acceptor, config, stop).await;
+                    });
+                }
+                // Running out of file descriptors must not end the server:
+                // log it, back off briefly, keep serving those connected.
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                }
+            },
+            // Reap finished connections so the set stays as small as the live count.
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    let drained = tokio::time::timeout(config.shutdown_grace, async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(remaining = connections.len(), "shutdown grace elapsed; dropping connections");
+        connections.abort_all();
+    }
+    Ok(())
+}
+
+fn ws_config(config: &TransportConfig) -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(config.read_buffer_bytes)
+        .max_message_size(Some(config.max_message_bytes))
+        .max_frame_size(Some(config.max_message_bytes))
+}
+
+#[allow(clippy::result_large_err)]
+fn refusal_response(refusal: &Refusal) -> ErrorResponse {
+    let body = format!(
+        "{{\"error\":{{\"code\":{},\"message\":{}}}}}",
+        json_string(refusal.code),
+        json_string(&refusal.message)
+    );
+    let mut response = http::Response::new(Some(body));
+    *response.status_mut() = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
+    response
+        .headers_mut()
+        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response
+}
+
+fn json_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+async fn handle<A: Acceptor>(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    acceptor: Arc<A>,
+    config: Arc<TransportConfig>,
+    stop: watch::Receiver<bool>,
+) {
+    // Small frames must not wait for Nagle's algorithm.
+    let _ = stream.set_nodelay(true);
+    let mut admitted: Option<Accepted<A::Conn>> = None;
+    // The callback's signature is tungstenite's; its error type is large by design.
+    #[allow(clippy::result_large_err)]
+    let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+        let path = request.uri().path();
+        if path != "/ws" && path != "/" {
+            return Err(refusal_response(&Refusal {
+                status: 404,
+                code: "NOT_FOUND",
+                message: format!("no WebSocket endpoint at {path}; use /ws"),
+            }));
+        }
+        let upgrade = UpgradeRequest {
+            path,
+            query: request.uri().query(),
+            headers: request.headers(),
+            peer,
+        };
+        match acceptor.accept(&upgrade) {
+            Ok(accepted) => {
+                admitted = Some(accepted);
+                Ok(response)
+            }
+            Err(refusal) => Err(refusal_response(&refusal)),
+        }
+    };
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(&config)));
+    let ws = match tokio::time::timeout(config.upgrade_timeout, handshake).await {
+        Ok(Ok(ws)) => ws,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "upgrade failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "upgrade deadline elapsed");
+            return;
+        }
+    };
+    // The callback ran (the handshake succeeded), so `admitted` is set.
+    let Some(accepted) = admitted else { return };
+    run_connection(ws, accepted, &config, stop).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusal_body_is_json() {
+        let response = refusal_response(&Refusal {
+            status: 401,
+            code: "UNAUTHORIZED",
+            message: "bad \"token\"\n".to_owned(),
+        });
+        assert_eq!(response.status(), 401);
+        let body = response.body().clone().unwrap();
+        assert_eq!(body, r#"{"error":{"code":"UNAUTHORIZED","message":"bad \"token\"\u000a"}}"#);
+    }
+}

@@ -1,0 +1,99 @@
+//! Slow consumers, heartbeats and shutdown.
+
+use std::time::Duration;
+
+use arqon_e2e::{Closed, TestClient, TestServer, test_config};
+use serde_json::json;
+use tokio::net::TcpSocket;
+
+/// A client whose socket buffers are tiny, so that not reading fills the
+/// server's queue quickly.
+async fn stubborn_client(server: &TestServer) -> TestClient {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (ws, _) = tokio_tungstenite::client_async(server.url(), tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap();
+    TestClient::from_ws(ws).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_is_closed_with_1008_and_others_get_everything() {
+    let mut config = test_config();
+    config.limits.outbound_queue = 64;
+    let server = TestServer::start_with(config).await;
+    let mut slow = stubborn_client(&server).await;
+    let (mut fast, mut publisher) = (server.client().await, server.client().await);
+    slow.join("load", "c").await;
+    fast.join("load", "c").await;
+    let payload = "p".repeat(2048);
+    const N: usize = 3000;
+    let reader = tokio::spawn(async move {
+        for i in 0..N {
+            let msg = fast.recv_message().await;
+            assert_eq!(msg["payload"]["i"], i);
+        }
+        fast
+    });
+    for i in 0..N {
+        publisher.publish_ff("load", "c", json!({"i": i, "pad": payload})).await;
+    }
+    let _fast = reader.await.unwrap();
+    let (_, closed) = slow.drain_until_closed().await;
+    assert_eq!(closed, Closed::Code(1008));
+    let status = publisher.ok("status", json!({})).await;
+    assert_eq!(status["connections"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_client_is_closed_after_two_heartbeats_and_a_live_one_is_not() {
+    let mut config = test_config();
+    config.server.heartbeat_s = 1;
+    let server = TestServer::start_with(config).await;
+    let mut silent = server.client().await;
+    let mut live = server.client().await;
+    assert_eq!(live.welcome["payload"]["heartbeat_s"], 1);
+    // `live` reads (and so answers pings) while `silent` does not.
+    let keep = tokio::spawn(async move {
+        live.expect_silence(Duration::from_millis(3500)).await;
+        live.ok("ping", json!({})).await;
+    });
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let closed = silent.closed().await;
+    assert!(matches!(closed, Closed::Eof | Closed::Code(_)), "{closed:?}");
+    keep.await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_sends_the_event_then_closes_with_1001() {
+    let server = TestServer::start().await;
+    let (mut a, mut b) = (server.client().await, server.client().await);
+    a.join("r", "c").await;
+    b.join("r", "c").await;
+    a.publish_ff("r", "c", json!("last words")).await;
+    a.ok("ping", json!({})).await;
+    server.shutdown().await;
+    for client in [&mut a, &mut b] {
+        let (frames, closed) = client.drain_until_closed().await;
+        assert_eq!(closed, Closed::Code(1001));
+        let last = frames.last().unwrap();
+        assert_eq!(last["payload"]["event"], "shutdown", "{frames:?}");
+        assert!(last["payload"]["reason"].is_string());
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_are_refused_and_both_endpoints_work() {
+    let server = TestServer::start().await;
+    let err = tokio_tungstenite::connect_async(format!("ws://{}/nope", server.addr)).await.unwrap_err();
+    match err {
+        tokio_tungstenite::tungstenite::Error::Http(response) => {
+            assert_eq!(response.status(), 404);
+            let body = String::from_utf8(response.body().clone().unwrap()).unwrap();
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["error"]["code"], "NOT_FOUND");
+        }
+        other => panic!("expected HTTP 404, got {other:?}"),
+    }
+    let mut root = TestClient::connect(&format!("ws://{}/", server.addr)).await;
+    assert_eq!(root.ok("ping", json!({})).await["pong"], true);
+}

@@ -1,0 +1,9 @@
+//! End-to-end tests: a real server on 127.0.0.1 port 0, real WebSocket
+//! clients, every rule of PROTOCOL.md checked on the wire.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod commands;
+mod errors;
+mod lifecycle;
+mod routing;
