@@ -14,6 +14,7 @@
 //! - [`ServerError`]: this crate's error.
 
 mod bridge;
+mod storage;
 pub mod cli;
 
 use std::future::Future;
@@ -22,9 +23,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use arqon_config::Config;
-use arqon_config::StorageBackend;
 use arqon_routing::{Router, RouterConfig};
-use arqon_storage::{MemoryStorage, Storage};
 use arqon_transport::TransportConfig;
 use tokio::net::TcpListener;
 
@@ -72,9 +71,7 @@ impl Bus {
     /// Builds storage and router from `config` and binds the WebSocket
     /// listener.
     pub async fn bind(config: &Config) -> Result<Bus, ServerError> {
-        let storage: Arc<dyn Storage> = match config.storage.backend {
-            StorageBackend::Memory => Arc::new(MemoryStorage::new(config.limits.history_per_channel)),
-        };
+        let storage = storage::open_storage(config).await?;
         let router = Router::new(router_config(config), storage);
         let restored = router.restore().await?;
         if restored > 0 {
