@@ -5,5 +5,6 @@
 
 mod commands;
 mod errors;
+mod layers;
 mod lifecycle;
 mod routing;

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The whole ArqonBus test suite: lints, every Rust test, the Python SDK tests.
+# Installs what it needs (redis-server, Python packages) by itself.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export CARGO_TERM_COLOR=never
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "tools"
+if ! command -v redis-server >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+    fi
+fi
+if command -v redis-server >/dev/null 2>&1; then
+    redis-server --version
+elif [ "${CI:-}" = "true" ]; then
+    echo "redis-server is required in CI and could not be installed" >&2
+    exit 1
+else
+    echo "note: redis-server not found; Redis tests will say they are skipped" >&2
+fi
+
+step "format"
+cargo fmt --all -- --check
+
+step "clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build the server binary"
+cargo build --locked -p arqonbus
+
+step "cargo test"
+cargo test --workspace --locked
+
+if [ -f sdks/python/run_tests.sh ]; then
+    step "python SDK"
+    ARQONBUS_BIN="$PWD/target/debug/arqonbus" bash sdks/python/run_tests.sh
+fi
