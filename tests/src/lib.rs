@@ -30,14 +30,31 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 pub fn test_config() -> Config {
     let mut config = Config::default();
     config.server.port = 0;
+    config.monitoring.port = 0;
     config.limits.rate_per_s = 0;
     config
+}
+
+/// A bare HTTP/1.1 GET (or other method) against `addr`; returns status and body.
+pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::time::timeout(TIMEOUT, TcpStream::connect(addr)).await.expect("connect in time").unwrap();
+    let request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Length: 0\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut raw)).await.expect("response in time").unwrap();
+    let text = String::from_utf8(raw).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").expect("a complete response");
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).expect("a status line");
+    (status, body.to_owned())
 }
 
 /// A running in-process server.
 #[derive(Debug)]
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The monitoring listener, if enabled.
+    pub monitoring: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<()>>,
 }
@@ -50,6 +67,7 @@ impl TestServer {
     pub async fn start_with(config: Config) -> TestServer {
         let bus = Bus::bind(&config).await.expect("bind");
         let addr = bus.local_addr();
+        let monitoring = bus.monitoring_addr();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             bus.serve(async {
@@ -58,7 +76,7 @@ impl TestServer {
             .await
             .expect("serve");
         });
-        TestServer { addr, stop: Some(stop), task: Some(task) }
+        TestServer { addr, monitoring, stop: Some(stop), task: Some(task) }
     }
 
     pub fn url(&self) -> String {
@@ -69,11 +87,16 @@ impl TestServer {
         TestClient::connect(&self.url()).await
     }
 
-    /// Asks the server to shut down and waits until it has.
-    pub async fn shutdown(mut self) {
+    /// Asks the server to shut down without waiting for it.
+    pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
+    }
+
+    /// Asks the server to shut down and waits until it has.
+    pub async fn shutdown(mut self) {
+        self.begin_shutdown();
         if let Some(task) = self.task.take() {
             tokio::time::timeout(TIMEOUT, task).await.expect("server stops in time").expect("server task");
         }

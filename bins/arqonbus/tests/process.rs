@@ -17,6 +17,7 @@ fn arqonbus() -> Command {
     command
         .env_remove("ARQON_LOG")
         .env("ARQON_SERVER__PORT", "0")
+        .env("ARQON_MONITORING__PORT", "0")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -113,4 +114,36 @@ async fn a_port_in_use_is_a_clear_error() {
         .unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("cannot listen on"), "{}", String::from_utf8_lossy(&output.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_logs_are_one_object_per_line_with_the_client_id() {
+    let mut command = arqonbus();
+    command.env("ARQON_LOG_FORMAT", "json").env("ARQON_LOG", "debug");
+    let mut child = command.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(TIMEOUT, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let url = line.strip_prefix("ArqonBus listening on ").unwrap().to_owned();
+    let mut client = TestClient::connect(&url).await;
+    client.ok("ping", json!({})).await;
+    client.send_text("oops").await;
+    client.recv().await;
+    signal(&child, "TERM");
+    let output = tokio::time::timeout(TIMEOUT, child.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let mut saw_client = false;
+    for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
+        let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+        assert!(value.is_object() && value["level"].is_string(), "{line}");
+        saw_client |= line.contains(&client.id);
+    }
+    assert!(saw_client, "no log line names the client:\n{stderr}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_log_format_fails_start_up() {
+    let output = arqonbus().env("ARQON_LOG_FORMAT", "xml").output().await.unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ARQON_LOG_FORMAT"));
 }

@@ -23,7 +23,11 @@
 
 mod error;
 mod load;
+mod security;
 mod settings;
 
 pub use error::ConfigError;
-pub use settings::{AuthConfig, ChannelsConfig, Config, LimitsConfig, ServerConfig, StorageBackend, StorageConfig};
+pub use security::{AuthConfig, AuthMode, JwtAlgorithm, JwtConfig, RoleRate, RoleRates, StaticToken, TlsSettings};
+pub use settings::{
+    ChannelsConfig, Config, LimitsConfig, MonitoringConfig, ServerConfig, StorageBackend, StorageConfig,
+};

@@ -2,13 +2,10 @@
 //! every value type-checked strictly, then the whole validated.
 
 use std::collections::BTreeMap;
-use std::iter;
 use std::path::Path;
 
 use config::{File, FileFormat, Map, Source, Value, ValueKind};
 use serde::Deserialize;
-use serde::de::IntoDeserializer;
-use serde::de::value::{Error as StrictError, MapDeserializer};
 
 use crate::{Config, ConfigError};
 
@@ -78,13 +75,40 @@ impl Config {
 }
 
 fn schema() -> Result<Schema, ConfigError> {
-    let defaults = config::Config::try_from(&Config::default()).map_err(ConfigError::Load)?;
-    defaults
-        .collect()
-        .map_err(ConfigError::Load)?
+    // Through JSON rather than the `config` crate, which drops empty lists
+    // and tables (`auth.tokens = []` must still be a known key).
+    let defaults = serde_json::to_value(Config::default())
+        .map_err(|e| ConfigError::Load(config::ConfigError::Message(e.to_string())))?;
+    let serde_json::Value::Object(sections) = defaults else {
+        return Err(ConfigError::Load(config::ConfigError::Message("defaults are not a table".to_owned())));
+    };
+    Ok(sections
         .into_iter()
-        .map(|(section, keys)| Ok((section, keys.into_table().map_err(ConfigError::Load)?)))
-        .collect()
+        .map(|(section, fields)| {
+            let keys = match fields {
+                serde_json::Value::Object(fields) => fields.into_iter().map(|(k, v)| (k, from_json(v))).collect(),
+                _ => Map::new(),
+            };
+            (section, keys)
+        })
+        .collect())
+}
+
+fn from_json(value: serde_json::Value) -> Value {
+    use serde_json::Value as Json;
+    let kind = match value {
+        Json::Null => ValueKind::Nil,
+        Json::Bool(b) => ValueKind::Boolean(b),
+        Json::Number(n) => match (n.as_i64(), n.as_u64()) {
+            (Some(i), _) => ValueKind::I64(i),
+            (None, Some(u)) => ValueKind::U64(u),
+            _ => ValueKind::Float(n.as_f64().unwrap_or_default()),
+        },
+        Json::String(text) => ValueKind::String(text),
+        Json::Array(items) => ValueKind::Array(items.into_iter().map(from_json).collect()),
+        Json::Object(fields) => ValueKind::Table(fields.into_iter().map(|(k, v)| (k, from_json(v))).collect()),
+    };
+    Value::new(None, kind)
 }
 
 /// The `ARQON_` variables that set keys, as key → (variable, value).
@@ -118,6 +142,10 @@ fn typed(text: String, default: &ValueKind) -> ValueKind {
         ValueKind::I64(_) | ValueKind::I128(_) | ValueKind::U64(_) | ValueKind::U128(_) => {
             text.parse().map(ValueKind::I64).or_else(|_| text.parse().map(ValueKind::U64)).ok()
         }
+        // A list from the environment is comma-separated: `a,b`.
+        ValueKind::Array(_) => Some(ValueKind::Array(
+            text.split(',').map(str::trim).filter(|t| !t.is_empty()).map(|t| Value::new(None, t.to_owned())).collect(),
+        )),
         _ => None,
     };
     parsed.unwrap_or(ValueKind::String(text))
@@ -157,30 +185,36 @@ fn check(given: &Map<String, Value>, schema: &Schema, origin: impl Fn(&str) -> S
     Ok(())
 }
 
-/// Reads one value as its field's type with serde's own strict deserializers.
+/// Reads one value as its field's type, strictly.
 ///
 /// The `config` crate's deserializer is lenient where start-up should fail:
 /// it rounds 1.5 into an integer, reads `true` as 1 and 7 as "7", and names no
 /// allowed values for an enum. Deserializing a `Config` that holds only this
-/// one value gives serde's standard messages instead ("invalid value: integer
-/// `70000`, expected u16", "unknown variant `root`, expected one of `guest`,
-/// `user`, `admin`").
+/// one value, as JSON, gives serde's standard messages instead ("invalid
+/// value: integer `70000`, expected u16", "unknown variant `root`, expected
+/// one of `guest`, `user`, `admin`") and checks lists and tables (such as
+/// `auth.tokens`) field by field, unknown fields included.
 fn strict_check(section: &str, field: &str, value: &ValueKind) -> Result<(), String> {
-    fn read<'de, V: IntoDeserializer<'de, StrictError>>(section: &str, field: &str, value: V) -> Result<(), String> {
-        let keys = MapDeserializer::new(iter::once((field, value)));
-        let sections = MapDeserializer::new(iter::once((section, keys)));
-        Config::deserialize(sections).map(drop).map_err(|error| error.to_string())
-    }
+    let mut keys = serde_json::Map::new();
+    keys.insert(field.to_owned(), to_json(value));
+    let mut sections = serde_json::Map::new();
+    sections.insert(section.to_owned(), serde_json::Value::Object(keys));
+    Config::deserialize(serde_json::Value::Object(sections)).map(drop).map_err(|error| error.to_string())
+}
+
+fn to_json(value: &ValueKind) -> serde_json::Value {
+    use serde_json::Value as Json;
     match value {
-        ValueKind::String(text) => read(section, field, text.as_str()),
-        ValueKind::Boolean(b) => read(section, field, *b),
-        ValueKind::I64(n) => read(section, field, *n),
-        ValueKind::I128(n) => read(section, field, *n),
-        ValueKind::U64(n) => read(section, field, *n),
-        ValueKind::U128(n) => read(section, field, *n),
-        ValueKind::Float(x) => read(section, field, *x),
-        // TOML has no null, and no key takes a list or a table (yet).
-        ValueKind::Nil | ValueKind::Array(_) | ValueKind::Table(_) => Err("expected a single value".to_owned()),
+        ValueKind::Nil => Json::Null,
+        ValueKind::Boolean(b) => Json::from(*b),
+        ValueKind::I64(n) => Json::from(*n),
+        ValueKind::U64(n) => Json::from(*n),
+        ValueKind::I128(n) => i64::try_from(*n).map_or_else(|_| Json::from(n.to_string()), Json::from),
+        ValueKind::U128(n) => u64::try_from(*n).map_or_else(|_| Json::from(n.to_string()), Json::from),
+        ValueKind::Float(x) => Json::from(*x),
+        ValueKind::String(text) => Json::from(text.as_str()),
+        ValueKind::Array(items) => Json::Array(items.iter().map(|item| to_json(&item.kind)).collect()),
+        ValueKind::Table(table) => Json::Object(table.iter().map(|(k, v)| (k.clone(), to_json(&v.kind))).collect()),
     }
 }
 

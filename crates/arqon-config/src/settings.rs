@@ -4,10 +4,10 @@
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
-use arqon_protocol::Role;
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
+use crate::security::{AuthConfig, AuthMode, JwtAlgorithm, RoleRates, TlsSettings};
 
 /// Smallest accepted `limits.max_message_bytes`: room for an envelope with a
 /// short payload, so a typo such as `1` cannot make every frame too large.
@@ -36,6 +36,32 @@ pub struct Config {
     pub auth: AuthConfig,
     /// Where channel history is kept. Default: see [`StorageConfig`].
     pub storage: StorageConfig,
+    /// The HTTP monitoring listener. Default: see [`MonitoringConfig`].
+    pub monitoring: MonitoringConfig,
+    /// TLS for the WebSocket listener. Default: off.
+    pub tls: TlsSettings,
+}
+
+/// `[monitoring]`: health, readiness, status, metrics and telemetry over HTTP.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MonitoringConfig {
+    /// Whether the monitoring listener runs at all. Default: `true`.
+    pub enabled: bool,
+    /// IP address of the monitoring listener; keep it private, the endpoints
+    /// are unauthenticated. Default: `127.0.0.1`.
+    pub host: String,
+    /// TCP port of the monitoring listener; `0` picks any free port. Default: `9101`.
+    pub port: u16,
+    /// Telemetry events buffered for observers; one that falls further behind
+    /// misses the oldest and gets a `dropped` event. At least 1. Default: `4096`.
+    pub telemetry_buffer: usize,
+}
+
+impl Default for MonitoringConfig {
+    fn default() -> Self {
+        Self { enabled: true, host: "127.0.0.1".to_owned(), port: 9101, telemetry_buffer: 4096 }
+    }
 }
 
 /// `[server]`: the listening socket and connection lifecycle.
@@ -53,11 +79,33 @@ pub struct ServerConfig {
     /// Milliseconds that connections get to drain on shutdown before they are
     /// dropped. At most 60000. Default: `5000`.
     pub shutdown_grace_ms: u64,
+    /// Milliseconds a client has to complete TLS and the WebSocket upgrade
+    /// (defeats half-open "slowloris" connections). At least 100. Default: `10000`.
+    pub upgrade_timeout_ms: u64,
+    /// Open connections at most; over it upgrades get HTTP 503. 0: no limit.
+    /// Default: `100000`.
+    pub max_connections: usize,
+    /// Open connections per client IP at most; over it upgrades get HTTP 429.
+    /// 0: no limit. Default: `1000`.
+    pub max_connections_per_ip: usize,
+    /// Browser origins (`https://app.example`) allowed to open a WebSocket;
+    /// `*` allows any. Empty: no origin check. Requests without an `Origin`
+    /// header (non-browser clients) always pass. Default: empty.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for ServerConfig {
     fn default() -> Self {
-        Self { host: "127.0.0.1".to_owned(), port: 9100, heartbeat_s: 20, shutdown_grace_ms: 5000 }
+        Self {
+            host: "127.0.0.1".to_owned(),
+            port: 9100,
+            heartbeat_s: 20,
+            shutdown_grace_ms: 5000,
+            upgrade_timeout_ms: 10_000,
+            max_connections: 100_000,
+            max_connections_per_ip: 1000,
+            allowed_origins: Vec::new(),
+        }
     }
 }
 
@@ -83,6 +131,13 @@ pub struct LimitsConfig {
     pub member_events_max: usize,
     /// Messages of history kept per channel. At least 1. Default: `1000`.
     pub history_per_channel: usize,
+    /// Consecutive rate-limited frames after which a client is closed with
+    /// 1008 (repeated abuse); 0: never. Default: `100`.
+    pub abuse_limit: u32,
+    /// Per-role rate overrides, e.g. `[limits.roles.guest]` with `rate_per_s`
+    /// and `burst`; a role not listed uses `rate_per_s` and `burst`.
+    /// Default: none.
+    pub roles: RoleRates,
 }
 
 impl Default for LimitsConfig {
@@ -94,6 +149,8 @@ impl Default for LimitsConfig {
             outbound_queue: 1024,
             member_events_max: 1000,
             history_per_channel: 1000,
+            abuse_limit: 100,
+            roles: RoleRates::new(),
         }
     }
 }
@@ -110,21 +167,6 @@ pub struct ChannelsConfig {
 impl Default for ChannelsConfig {
     fn default() -> Self {
         Self { auto_create: true }
-    }
-}
-
-/// `[auth]`: identities and roles.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct AuthConfig {
-    /// Role of a client that presents no credentials: `guest`, `user` or
-    /// `admin`. Default: `user`.
-    pub default_role: Role,
-}
-
-impl Default for AuthConfig {
-    fn default() -> Self {
-        Self { default_role: Role::User }
     }
 }
 
@@ -176,6 +218,12 @@ impl Config {
             format!("{:?}", server.host),
             "must be an IP address such as 127.0.0.1 or ::1 (host names are not resolved)",
         )?;
+        rule(
+            self.monitoring.host.parse::<IpAddr>().is_ok(),
+            "monitoring.host",
+            format!("{:?}", self.monitoring.host),
+            "must be an IP address such as 127.0.0.1 or ::1 (host names are not resolved)",
+        )?;
         rule(server.heartbeat_s >= 1, "server.heartbeat_s", server.heartbeat_s, "must be at least 1")?;
         rule(
             server.shutdown_grace_ms <= MAX_SHUTDOWN_GRACE_MS,
@@ -202,6 +250,61 @@ impl Config {
             "must be at least 16",
         )?;
         rule(
+            self.monitoring.telemetry_buffer >= 1,
+            "monitoring.telemetry_buffer",
+            self.monitoring.telemetry_buffer,
+            "must be at least 1",
+        )?;
+        rule(
+            server.upgrade_timeout_ms >= 100,
+            "server.upgrade_timeout_ms",
+            server.upgrade_timeout_ms,
+            "must be at least 100",
+        )?;
+        if let Some(origin) = server.allowed_origins.iter().find(|o| o.trim().is_empty()) {
+            rule(false, "server.allowed_origins", format!("{origin:?}"), "entries must not be empty")?;
+        }
+        for (role, rate) in &limits.roles {
+            rule(
+                rate.rate_per_s == 0 || rate.burst >= 1,
+                "limits.roles",
+                format!("{role}: burst {}", rate.burst),
+                "burst must be at least 1 while rate_per_s is above 0",
+            )?;
+        }
+        rule(
+            self.tls.cert.is_empty() == self.tls.key.is_empty(),
+            "tls",
+            format!("cert {:?}, key {:?}", self.tls.cert, self.tls.key),
+            "set both tls.cert and tls.key, or neither",
+        )?;
+        let auth = &self.auth;
+        rule(
+            auth.mode != AuthMode::Token || !auth.tokens.is_empty(),
+            "auth.tokens",
+            "[]",
+            "auth.mode = \"token\" needs at least one [[auth.tokens]] entry",
+        )?;
+        if let Some(token) = auth.tokens.iter().find(|t| t.token.is_empty()) {
+            rule(false, "auth.tokens", format!("role {}", token.role), "a token must not be empty")?;
+        }
+        if auth.mode == AuthMode::Jwt {
+            match auth.jwt.algorithm {
+                JwtAlgorithm::HS256 => rule(
+                    !auth.jwt.secret.is_empty(),
+                    "auth.jwt.secret",
+                    "\"\"",
+                    "HS256 needs a secret",
+                )?,
+                JwtAlgorithm::RS256 => rule(
+                    !auth.jwt.public_key_file.is_empty(),
+                    "auth.jwt.public_key_file",
+                    "\"\"",
+                    "RS256 needs the path of a PEM public key",
+                )?,
+            }
+        }
+        rule(
             limits.history_per_channel >= 1,
             "limits.history_per_channel",
             limits.history_per_channel,
@@ -217,6 +320,12 @@ impl Config {
     pub fn listen_addr(&self) -> SocketAddr {
         let ip = self.server.host.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         SocketAddr::new(ip, self.server.port)
+    }
+
+    /// The monitoring listener's address (same fallback as [`Config::listen_addr`]).
+    pub fn monitoring_addr(&self) -> SocketAddr {
+        let ip = self.monitoring.host.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
+        SocketAddr::new(ip, self.monitoring.port)
     }
 }
 

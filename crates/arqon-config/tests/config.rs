@@ -50,11 +50,22 @@ fn defaults_are_protocol_section_7() {
             outbound_queue: 1024,
             member_events_max: 1000,
             history_per_channel: 1000,
+            abuse_limit: 100,
+            roles: Default::default(),
         }
     );
     assert_eq!(
         config.server,
-        ServerConfig { host: "127.0.0.1".to_owned(), port: 9100, heartbeat_s: 20, shutdown_grace_ms: 5000 }
+        ServerConfig {
+            host: "127.0.0.1".to_owned(),
+            port: 9100,
+            heartbeat_s: 20,
+            shutdown_grace_ms: 5000,
+            upgrade_timeout_ms: 10_000,
+            max_connections: 100_000,
+            max_connections_per_ip: 1000,
+            allowed_origins: Vec::new(),
+        }
     );
     assert_eq!(config.channels, ChannelsConfig { auto_create: true });
     assert_eq!(config.auth.default_role, Role::User);
@@ -194,8 +205,8 @@ fn bad_file_value_names_key_value_and_file() {
         ("[auth]\ndefault_role = \"root\"", "auth.default_role", "\"root\"", &["guest", "user", "admin"]),
         ("[storage]\nbackend = \"redis\"", "storage.backend", "\"redis\"", &["memory"]),
         ("server = 3", "server", "3", &["table"]),
-        ("[server]\nport = [9100]", "server.port", "[9100]", &["single value"]),
-        ("[server.port]\nmin = 1", "server.port", "{ min = 1 }", &["single value"]),
+        ("[server]\nport = [9100]", "server.port", "[9100]", &["invalid type: sequence, expected u16"]),
+        ("[server.port]\nmin = 1", "server.port", "{ min = 1 }", &["invalid type: map, expected u16"]),
     ] {
         let file = toml_file(text);
         let (quoted, path) = (format!("`{key}`"), file.path().display().to_string());

@@ -14,6 +14,7 @@
 //!   its [`Session`] (feed it frames) and [`Inbox`] (deliver what comes out).
 //! - [`RouterConfig`]: limits and policies.
 //! - [`Broker`]: the seam for cross-node fan-out.
+//! - [`Observer`], [`BusEvent`]: the seam for metrics and telemetry.
 //! - [`RoutingError`]: this layer's error.
 //!
 //! # Embedding
@@ -42,6 +43,7 @@ mod client;
 mod commands;
 mod config;
 mod error;
+mod observer;
 mod outlet;
 mod rate;
 mod router;
@@ -50,6 +52,7 @@ mod session;
 pub use broker::{Broker, Delivery};
 pub use config::RouterConfig;
 pub use error::RoutingError;
+pub use observer::{BusEvent, FrameKind, NoObserver, Observer};
 pub use outlet::Inbox;
-pub use router::{BusCounts, ChannelSummary, Identity, Router};
+pub use router::{BusCounts, ChannelSummary, Identity, Router, RouterBuilder};
 pub use session::Session;

@@ -2,8 +2,10 @@
 
 use std::sync::Arc;
 
-use arqon_protocol::{CloseReason, Outbound};
+use arqon_protocol::{ClientId, CloseReason, Outbound};
 use tokio::sync::{mpsc, watch};
+
+use crate::observer::{BusEvent, Observer};
 
 /// Where the bus puts frames for one client, and how it asks the transport
 /// to close that client.
@@ -11,6 +13,8 @@ use tokio::sync::{mpsc, watch};
 pub(crate) struct Outlet {
     tx: mpsc::Sender<Outbound>,
     close: Arc<watch::Sender<Option<CloseReason>>>,
+    client: ClientId,
+    observer: Arc<dyn Observer>,
 }
 
 /// The receiving half, handed to the transport: frames to write, and the
@@ -29,16 +33,15 @@ impl Outlet {
     /// Overflow policy: a push that finds the queue full never waits and never
     /// drops silently; it closes *this* client with 1008 (slow consumer), so
     /// one stalled reader cannot slow a publisher or grow memory.
-    pub(crate) fn new(capacity: usize) -> (Outlet, Inbox) {
+    pub(crate) fn new(capacity: usize, client: ClientId, observer: Arc<dyn Observer>) -> (Outlet, Inbox) {
         let (tx, frames) = mpsc::channel(capacity.max(1));
         let (close_tx, close) = watch::channel(None);
-        (
-            Outlet {
-                tx,
-                close: Arc::new(close_tx),
-            },
-            Inbox { frames, close },
-        )
+        (Outlet { tx, close: Arc::new(close_tx), client, observer }, Inbox { frames, close })
+    }
+
+    /// Frames queued and not yet taken by the writer.
+    pub(crate) fn queued(&self) -> usize {
+        self.tx.max_capacity() - self.tx.capacity()
     }
 
     /// Queues an item; returns false if it was not queued (the client is gone
@@ -56,24 +59,28 @@ impl Outlet {
 
     /// Asks the transport to close the connection; the first reason wins.
     pub(crate) fn close(&self, reason: CloseReason) {
-        self.close.send_if_modified(|current| {
+        let changed = self.close.send_if_modified(|current| {
             if current.is_some() {
                 return false;
             }
             *current = Some(reason);
             true
         });
+        if changed && reason == CloseReason::SLOW_CONSUMER {
+            self.observer.observe(&BusEvent::SlowConsumer { client_id: self.client });
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::observer::NoObserver;
     use arqon_protocol::Frame;
 
     #[test]
     fn overflow_closes_with_1008_and_first_reason_wins() {
-        let (outlet, inbox) = Outlet::new(2);
+        let (outlet, inbox) = Outlet::new(2, arqon_protocol::IdGenerator::new().client_id(), Arc::new(NoObserver));
         let frame = || Outbound::Frame(Frame::from_text("{}"));
         assert!(outlet.push(frame()));
         assert!(outlet.push(frame()));

@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::broker::{Broker, Delivery};
 use crate::channel::Channel;
 use crate::client::ClientEntry;
+use crate::observer::{BusEvent, NoObserver, Observer};
 use crate::outlet::{Inbox, Outlet};
 use crate::session::Session;
 use crate::{RouterConfig, RoutingError};
@@ -48,6 +49,50 @@ pub struct ChannelSummary {
     pub members: usize,
 }
 
+/// Builds a [`Router`] with optional parts.
+pub struct RouterBuilder {
+    config: RouterConfig,
+    storage: Arc<dyn Storage>,
+    broker: Option<Arc<dyn Broker>>,
+    observer: Arc<dyn Observer>,
+}
+
+impl std::fmt::Debug for RouterBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RouterBuilder").field("config", &self.config).finish_non_exhaustive()
+    }
+}
+
+impl RouterBuilder {
+    /// Forwards traffic to other nodes through `broker`.
+    pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Reports every [`BusEvent`] to `observer` (metrics, telemetry).
+    pub fn observer(mut self, observer: Arc<dyn Observer>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// The bus.
+    pub fn build(self) -> Router {
+        Router {
+            inner: Arc::new(Inner {
+                config: self.config,
+                storage: self.storage,
+                clients: DashMap::new(),
+                rooms: DashMap::new(),
+                client_ids: Mutex::new(IdGenerator::new()),
+                started: Instant::now(),
+                broker: self.broker,
+                observer: self.observer,
+            }),
+        }
+    }
+}
+
 /// The message bus, without any network: clone it freely (it is a handle).
 #[derive(Debug, Clone)]
 pub struct Router {
@@ -63,6 +108,7 @@ pub(crate) struct Inner {
     client_ids: Mutex<IdGenerator>,
     pub(crate) started: Instant,
     broker: Option<Arc<dyn Broker>>,
+    pub(crate) observer: Arc<dyn Observer>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -76,29 +122,25 @@ impl std::fmt::Debug for Inner {
 }
 
 impl Router {
-    /// A bus over `storage`, alone on this node.
+    /// A bus over `storage`, alone on this node, observed by no one.
     pub fn new(config: RouterConfig, storage: Arc<dyn Storage>) -> Self {
-        Self::build(config, storage, None)
+        Self::builder(config, storage).build()
     }
 
     /// A bus over `storage` that also forwards traffic through `broker` to
     /// other nodes (see [`Broker`]).
     pub fn with_broker(config: RouterConfig, storage: Arc<dyn Storage>, broker: Arc<dyn Broker>) -> Self {
-        Self::build(config, storage, Some(broker))
+        Self::builder(config, storage).broker(broker).build()
     }
 
-    fn build(config: RouterConfig, storage: Arc<dyn Storage>, broker: Option<Arc<dyn Broker>>) -> Self {
-        Router {
-            inner: Arc::new(Inner {
-                config,
-                storage,
-                clients: DashMap::new(),
-                rooms: DashMap::new(),
-                client_ids: Mutex::new(IdGenerator::new()),
-                started: Instant::now(),
-                broker,
-            }),
-        }
+    /// Starts building a bus with optional parts.
+    pub fn builder(config: RouterConfig, storage: Arc<dyn Storage>) -> RouterBuilder {
+        RouterBuilder { config, storage, broker: None, observer: Arc::new(NoObserver) }
+    }
+
+    /// Frames queued towards all clients, not yet written.
+    pub fn queued_frames(&self) -> usize {
+        self.inner.clients.iter().map(|c| c.outlet.queued()).sum()
     }
 
     /// Loads the channels the storage backend remembers (after a restart);
@@ -125,18 +167,15 @@ impl Router {
             Some(id) => id,
             None => self.inner.client_ids.lock().client_id(),
         };
-        let (outlet, inbox) = Outlet::new(self.inner.config.outbound_queue);
-        let entry = Arc::new(ClientEntry {
-            id,
-            role: identity.role,
-            outlet,
-        });
+        let (outlet, inbox) = Outlet::new(self.inner.config.outbound_queue, id, Arc::clone(&self.inner.observer));
+        let entry = Arc::new(ClientEntry { id, role: identity.role, outlet });
         match self.inner.clients.entry(id) {
             dashmap::Entry::Occupied(_) => return Err(RoutingError::DuplicateClient(id)),
             dashmap::Entry::Vacant(slot) => {
                 slot.insert(Arc::clone(&entry));
             }
         }
+        self.inner.observer.observe(&BusEvent::ConnectionOpened { client_id: id, role: identity.role });
         let session = Session::new(self.clone(), entry);
         session.send_welcome();
         Ok((session, inbox))
@@ -149,21 +188,14 @@ impl Router {
             rooms += 1;
             channels += room.len();
         }
-        BusCounts {
-            connections: self.inner.clients.len(),
-            rooms,
-            channels,
-        }
+        BusCounts { connections: self.inner.clients.len(), rooms, channels }
     }
 
     /// Every channel (optionally of one room), sorted by room then channel.
     pub fn channels(&self, room: Option<&Name>) -> Vec<ChannelSummary> {
         let mut out = Vec::new();
         let mut collect = |channels: &HashMap<Name, Arc<Channel>>| {
-            out.extend(channels.values().map(|c| ChannelSummary {
-                key: c.key.clone(),
-                members: c.member_count(),
-            }));
+            out.extend(channels.values().map(|c| ChannelSummary { key: c.key.clone(), members: c.member_count() }));
         };
         match room {
             Some(room) => {
@@ -191,9 +223,9 @@ impl Router {
     /// this node's local clients. Never forwards it again.
     pub fn deliver_from_broker(&self, delivery: &Delivery) -> usize {
         match delivery {
-            Delivery::Channel { key, frame, from } => self
-                .lookup(key)
-                .map_or(0, |channel| channel.deliver(frame, Some(*from))),
+            Delivery::Channel { key, frame, from } => {
+                self.lookup(key).map_or(0, |channel| channel.deliver(frame, Some(*from)))
+            }
             Delivery::Room { room, frame, from } => self.deliver_room_local(room, frame, Some(*from)),
             Delivery::Direct { to, frame } => self.deliver_direct_local(*to, frame),
         }
@@ -229,6 +261,7 @@ impl Router {
             }
         };
         if created {
+            self.inner.observer.observe(&BusEvent::ChannelCreated { key });
             // The live channel exists from here on; persisting the record is
             // for restarts, so a failure is logged, not fatal.
             if let Err(e) = self.inner.storage.create_channel(key, channel.created_at).await {
@@ -251,20 +284,13 @@ impl Router {
         if channel.is_deleted() {
             return Err(not_found(&channel.key).into());
         }
-        let stored = StoredMessage {
-            id,
-            frame: frame.clone(),
-        };
+        let stored = StoredMessage { id, frame: frame.clone() };
         if self.inner.storage.append(&channel.key, stored).await? == Appended::Duplicate {
             return Ok(None);
         }
         let delivered = channel.deliver(&frame, Some(from));
         if let Some(broker) = &self.inner.broker {
-            broker.forward(Delivery::Channel {
-                key: channel.key.clone(),
-                frame,
-                from,
-            });
+            broker.forward(Delivery::Channel { key: channel.key.clone(), frame, from });
         }
         Ok(Some(delivered))
     }
@@ -276,11 +302,7 @@ impl Router {
         }
         let delivered = self.deliver_room_local(room, &frame, Some(from));
         if let Some(broker) = &self.inner.broker {
-            broker.forward(Delivery::Room {
-                room: room.clone(),
-                frame,
-                from,
-            });
+            broker.forward(Delivery::Room { room: room.clone(), frame, from });
         }
         Ok(delivered)
     }
@@ -312,10 +334,7 @@ impl Router {
                 }
             });
         }
-        reached
-            .values()
-            .filter(|m| m.outlet.push(Outbound::Frame(frame.clone())))
-            .count()
+        reached.values().filter(|m| m.outlet.push(Outbound::Frame(frame.clone()))).count()
     }
 
     fn deliver_direct_local(&self, to: ClientId, frame: &Frame) -> usize {
@@ -330,12 +349,18 @@ impl Router {
         let channel = self.lookup(key).ok_or_else(|| not_found(key))?;
         let members = {
             let _order = channel.order.lock().await;
+            // A racing delete got here first (and the key may name a new
+            // channel by now, which is not ours to remove).
+            if channel.is_deleted() {
+                return Err(not_found(key).into());
+            }
             if let Some(mut room) = self.inner.rooms.get_mut(&key.room) {
                 room.remove(&key.channel);
             }
             self.inner.rooms.remove_if(&key.room, |_, channels| channels.is_empty());
             channel.retire()
         };
+        self.inner.observer.observe(&BusEvent::ChannelDeleted { key });
         self.inner.storage.delete_channel(key).await?;
         Ok(members)
     }

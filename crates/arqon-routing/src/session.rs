@@ -12,6 +12,7 @@ use serde::Serialize;
 
 use crate::client::ClientEntry;
 use crate::commands;
+use crate::observer::{BusEvent, FrameKind};
 use crate::rate::TokenBucket;
 use crate::router::Router;
 
@@ -27,6 +28,8 @@ pub struct Session {
     /// (leaving those is a no-op).
     pub(crate) joined: HashSet<ChannelKey>,
     bucket: TokenBucket,
+    /// When the frame being handled arrived (for routing latency).
+    received: std::time::Instant,
 }
 
 #[derive(Serialize)]
@@ -56,6 +59,7 @@ impl Session {
             ids: IdGenerator::new(),
             joined: HashSet::new(),
             bucket,
+            received: std::time::Instant::now(),
         }
     }
 
@@ -89,7 +93,9 @@ impl Session {
 
     /// Handles one text frame from the client.
     pub async fn handle_text(&mut self, text: &str) {
+        self.received = std::time::Instant::now();
         if let Err(wait) = self.bucket.take() {
+            self.observe(&BusEvent::RateLimited { client_id: self.client.id });
             // Checked before parsing; the id is recovered only to let the
             // client correlate the refusal.
             let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -101,8 +107,16 @@ impl Session {
         let now = Timestamp::now();
         let frame = match arqon_protocol::decode(text, now) {
             Ok(frame) => frame,
-            Err(error) => return self.send_error(&error),
+            Err(error) => {
+                self.observe(&BusEvent::FrameReceived { kind: FrameKind::Invalid });
+                return self.send_error(&error);
+            }
         };
+        let kind = match frame.body {
+            FrameBody::Message { .. } => FrameKind::Message,
+            FrameBody::Command { .. } => FrameKind::Command,
+        };
+        self.observe(&BusEvent::FrameReceived { kind });
         let request_id = frame.id;
         if let Err(error) = self.dispatch(frame, now).await {
             self.send_error(&error.with_request_id(request_id));
@@ -111,6 +125,7 @@ impl Session {
 
     /// Answers a binary frame: not part of the protocol.
     pub fn handle_binary(&mut self) {
+        self.observe(&BusEvent::FrameReceived { kind: FrameKind::Binary });
         self.send_error(&ProtocolError::new(
             ErrorCode::UnsupportedFrame,
             "binary frames are not supported; send JSON text frames",
@@ -120,6 +135,7 @@ impl Session {
     /// Answers a frame over `max_message_bytes` (best effort: the transport
     /// closes with 1009 right after).
     pub fn handle_oversize(&mut self) {
+        self.observe(&BusEvent::FrameReceived { kind: FrameKind::Oversize });
         let limit = self.router.inner.config.max_message_bytes;
         self.send_error(&ProtocolError::new(
             ErrorCode::MessageTooLarge,
@@ -147,12 +163,15 @@ impl Session {
                         format!("{} needs role {} (you are {})", command.name, command.role, self.client.role),
                     ));
                 }
-                let mut ctx = commands::Ctx {
-                    session: self,
-                    request_id: frame.id,
-                    now,
-                };
-                commands::run(command, &mut ctx, args).await.map_err(|e| e.into_protocol())
+                let started = std::time::Instant::now();
+                let mut ctx = commands::Ctx { session: self, request_id: frame.id, now };
+                let result = commands::run(command, &mut ctx, args).await.map_err(|e| e.into_protocol());
+                self.observe(&BusEvent::CommandExecuted {
+                    command: command.name,
+                    error: result.as_ref().err().map(|e| e.code),
+                    duration: started.elapsed(),
+                });
+                result
             }
             FrameBody::Message { ref target, payload } => {
                 if !frame.from_is(self.client.id) {
@@ -160,9 +179,7 @@ impl Session {
                 }
                 self.require(Role::User, "sending messages")?;
                 let id = frame.id.unwrap_or_else(|| self.ids.message_id());
-                self.send_message(target, id, now, payload, frame.meta)
-                    .await
-                    .map(|_| ())
+                self.send_message(target, id, now, payload, frame.meta).await.map(|_| ())
             }
         }
     }
@@ -177,30 +194,33 @@ impl Session {
         meta: Option<&RawValue>,
     ) -> Result<MessageId, ProtocolError> {
         let router = self.router.clone();
-        let mut frame = MessageFrame {
-            id,
-            timestamp: now,
-            from: self.client.id,
-            room: None,
-            channel: None,
-            payload,
-            meta,
+        let mut frame =
+            MessageFrame { id, timestamp: now, from: self.client.id, room: None, channel: None, payload, meta };
+        let (room, channel) = match target {
+            Target::Channel(key) => (Some(&key.room), Some(&key.channel)),
+            Target::Room(room) => (Some(room), None),
+            Target::Client(_) => (None, None),
         };
-        let result = match target {
+        frame.room = room;
+        frame.channel = channel;
+        let encoded = frame.encode();
+        let bytes = encoded.len();
+        let fanout = match target {
             Target::Channel(key) => {
                 let may_create = router.inner.config.auto_create;
                 let (channel, _) = router.ensure_channel(key, may_create).await.map_err(|e| e.into_protocol())?;
-                frame.room = Some(&key.room);
-                frame.channel = Some(&key.channel);
-                router.publish(&channel, self.client.id, id, frame.encode()).await.map(|_| ())
+                router.publish(&channel, self.client.id, id, encoded).await
             }
-            Target::Room(room) => {
-                frame.room = Some(room);
-                router.publish_room(room, self.client.id, frame.encode()).map(|_| ())
-            }
-            Target::Client(to) => router.publish_direct(*to, frame.encode()).map(|_| ()),
-        };
-        result.map(|()| id).map_err(|e| e.into_protocol())
+            Target::Room(room) => router.publish_room(room, self.client.id, encoded).map(Some),
+            Target::Client(to) => router.publish_direct(*to, encoded).map(Some),
+        }
+        .map_err(|e| e.into_protocol())?;
+        // A retry (None) was neither stored nor delivered: nothing was routed.
+        if let Some(fanout) = fanout {
+            let latency = self.received.elapsed();
+            self.observe(&BusEvent::MessageRouted { room, channel, fanout, bytes, latency });
+        }
+        Ok(id)
     }
 
     pub(crate) fn require(&self, role: Role, what: &str) -> Result<(), ProtocolError> {
@@ -224,6 +244,7 @@ impl Session {
     }
 
     fn send_error_with(&mut self, error: &ProtocolError, retry_after_ms: Option<u64>) {
+        self.observe(&BusEvent::Error { client_id: self.client.id, code: error.code });
         let frame = encode::error(
             self.ids.message_id(),
             Timestamp::now(),
@@ -233,6 +254,12 @@ impl Session {
             retry_after_ms,
         );
         self.push(frame);
+    }
+}
+
+impl Session {
+    fn observe(&self, event: &BusEvent<'_>) {
+        self.router.inner.observer.observe(event);
     }
 }
 
@@ -247,5 +274,6 @@ impl Drop for Session {
             commands::leave::leave_quietly(self, &key);
         }
         self.router.unregister(self.client.id);
+        self.observe(&BusEvent::ConnectionClosed { client_id: self.client.id });
     }
 }

@@ -3,6 +3,7 @@
 use arqon_protocol::Role;
 use arqon_routing::{Identity, Router, Session};
 use arqon_transport::{Accepted, Acceptor, Connection, Refusal, UpgradeRequest};
+use tracing::Instrument;
 
 /// Admits WebSocket clients into the bus.
 #[derive(Debug)]
@@ -17,14 +18,18 @@ impl BusAcceptor {
     }
 }
 
-/// One client's session, driven by the transport.
+/// One client's session, driven by the transport, inside a span that
+/// carries the client id (so every log line of the connection names it).
 #[derive(Debug)]
-pub(crate) struct SessionConn(Session);
+pub(crate) struct SessionConn {
+    session: Session,
+    span: tracing::Span,
+}
 
 impl Acceptor for BusAcceptor {
     type Conn = SessionConn;
 
-    fn accept(&self, _request: &UpgradeRequest<'_>) -> Result<Accepted<SessionConn>, Refusal> {
+    fn accept(&self, request: &UpgradeRequest<'_>) -> Result<Accepted<SessionConn>, Refusal> {
         let identity = Identity {
             role: self.default_role,
             client_id: None,
@@ -34,9 +39,10 @@ impl Acceptor for BusAcceptor {
             code: "FORBIDDEN",
             message: e.to_string(),
         })?;
-        tracing::debug!(client_id = %session.client_id(), "client connected");
+        let span = tracing::info_span!("connection", client_id = %session.client_id(), peer = %request.peer);
+        span.in_scope(|| tracing::debug!(role = %session.role(), "client connected"));
         Ok(Accepted {
-            conn: SessionConn(session),
+            conn: SessionConn { session, span },
             frames: inbox.frames,
             close: inbox.close,
         })
@@ -45,14 +51,25 @@ impl Acceptor for BusAcceptor {
 
 impl Connection for SessionConn {
     async fn on_text(&mut self, text: &str) {
-        self.0.handle_text(text).await;
+        let span = self.span.clone();
+        self.session.handle_text(text).instrument(span).await;
     }
 
-    fn on_binary(&mut self) {
-        self.0.handle_binary();
+    fn on_binary(&mut self, _data: &[u8]) {
+        let _entered = self.span.enter();
+        self.session.handle_binary();
     }
 
     fn on_oversize(&mut self) {
-        self.0.handle_oversize();
+        let _entered = self.span.enter();
+        tracing::debug!("frame over max_message_bytes; closing with 1009");
+        self.session.handle_oversize();
+    }
+}
+
+impl Drop for SessionConn {
+    fn drop(&mut self) {
+        let _entered = self.span.enter();
+        tracing::debug!("client disconnected");
     }
 }

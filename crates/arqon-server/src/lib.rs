@@ -14,12 +14,16 @@
 //! - [`ServerError`]: this crate's error.
 
 mod bridge;
+mod instrumented;
+mod monitor;
+mod observer;
 mod storage;
 pub mod cli;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use arqon_config::Config;
@@ -28,6 +32,9 @@ use arqon_transport::TransportConfig;
 use tokio::net::TcpListener;
 
 use crate::bridge::BusAcceptor;
+use crate::instrumented::Instrumented;
+use crate::monitor::BusMonitor;
+use crate::observer::Telemetry;
 
 /// Everything that can stop the server from starting or running.
 #[derive(Debug, thiserror::Error)]
@@ -63,33 +70,50 @@ pub enum ServerError {
 pub struct Bus {
     router: Router,
     listener: TcpListener,
+    monitoring: Option<TcpListener>,
     transport: TransportConfig,
     default_role: arqon_protocol::Role,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Bus {
     /// Builds storage and router from `config` and binds the WebSocket
     /// listener.
     pub async fn bind(config: &Config) -> Result<Bus, ServerError> {
+        let telemetry = Arc::new(Telemetry::new(config.monitoring.telemetry_buffer));
         let storage = storage::open_storage(config).await?;
-        let router = Router::new(router_config(config), storage);
+        let storage: Arc<dyn arqon_storage::Storage> = Arc::new(Instrumented::new(storage, Arc::clone(&telemetry)));
+        let router = Router::builder(router_config(config), storage).observer(telemetry.clone()).build();
         let restored = router.restore().await?;
         if restored > 0 {
             tracing::info!(channels = restored, "restored channels from storage");
         }
         let addr = config.listen_addr();
         let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let monitoring = if config.monitoring.enabled {
+            let addr = config.monitoring_addr();
+            Some(TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?)
+        } else {
+            None
+        };
         Ok(Bus {
             router,
             listener,
+            monitoring,
             transport: transport_config(config),
             default_role: config.auth.default_role,
+            telemetry,
         })
     }
 
     /// The address clients connect to.
     pub fn local_addr(&self) -> SocketAddr {
         self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The monitoring listener's address, if it is enabled.
+    pub fn monitoring_addr(&self) -> Option<SocketAddr> {
+        self.monitoring.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     /// The router, for embedding or inspection.
@@ -100,11 +124,65 @@ impl Bus {
     /// Serves until `shutdown` resolves, then closes every connection
     /// (the `shutdown` event, close 1001) within the configured grace.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let acceptor = Arc::new(BusAcceptor::new(self.router.clone(), self.default_role));
-        tracing::info!(addr = %self.local_addr(), "serving WebSocket clients");
-        arqon_transport::serve(self.listener, acceptor, self.transport, shutdown).await?;
+        let Bus { router, listener, monitoring, transport, default_role, telemetry } = self;
+        let accepting = Arc::new(AtomicBool::new(false));
+        let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
+        let monitor_task = monitoring.map(|listener| {
+            tracing::info!(addr = ?listener.local_addr().ok(), "serving monitoring endpoints");
+            let monitor = Arc::new(BusMonitor {
+                router: router.clone(),
+                telemetry: Arc::clone(&telemetry),
+                accepting: Arc::clone(&accepting),
+            });
+            let mut stopped = stopped_rx.clone();
+            tokio::spawn(arqon_transport::serve_monitoring(listener, monitor, async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            }))
+        });
+        let health_task = tokio::spawn(watch_storage_health(router.clone(), Arc::clone(&telemetry), stopped_rx));
+        let acceptor = Arc::new(BusAcceptor::new(router.clone(), default_role));
+        tracing::info!(addr = ?listener.local_addr().ok(), "serving WebSocket clients");
+        accepting.store(true, Ordering::Release);
+        let flag = Arc::clone(&accepting);
+        let result = arqon_transport::serve(listener, acceptor, transport, async move {
+            shutdown.await;
+            // Not ready from the first moment of shutdown, while connections drain.
+            flag.store(false, Ordering::Release);
+        })
+        .await;
+        let _ = stopped_tx.send(true);
+        if let Some(task) = monitor_task {
+            let _ = task.await;
+        }
+        let _ = health_task.await;
         tracing::info!("stopped");
-        Ok(())
+        Ok(result?)
+    }
+}
+
+/// Polls storage health, so that a degradation or a recovery shows up in the
+/// metrics, the telemetry stream and the log once, when it happens.
+async fn watch_storage_health(router: Router, telemetry: Arc<Telemetry>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+    let mut healthy = router.storage_health().healthy;
+    telemetry.metrics.set_storage_healthy(healthy);
+    let mut tick = tokio::time::interval(Duration::from_millis(500));
+    loop {
+        tokio::select! {
+            _ = stopped.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let health = router.storage_health();
+        if health.healthy != healthy {
+            healthy = health.healthy;
+            telemetry.metrics.set_storage_healthy(healthy);
+            let event = if healthy { "storage_recovered" } else { "storage_degraded" };
+            if healthy {
+                tracing::info!(backend = health.backend, "storage recovered");
+            } else {
+                tracing::warn!(backend = health.backend, "storage degraded; serving from memory");
+            }
+            telemetry.hub.publish(event, serde_json::json!({"backend": health.backend}));
+        }
     }
 }
 

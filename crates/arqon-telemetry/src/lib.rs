@@ -1,9 +1,24 @@
-//! Observability for ArqonBus: log set-up (and, as they land, metrics and
-//! the telemetry event stream).
+//! Observability for ArqonBus: log set-up, Prometheus metrics and the live
+//! telemetry event stream.
 //!
-//! This layer owns how the process reports on itself. It depends on no other
-//! arqon crate: the layers below emit `tracing` events and never configure a
-//! subscriber themselves; the server calls [`init_logging`] once.
+//! This layer owns how the process reports on itself. It depends only on
+//! `arqon-protocol` (for error codes and timestamps) and knows nothing of
+//! routing or sockets: the server translates bus events into calls on
+//! [`BusMetrics`] and [`TelemetryHub`]. The layers below emit `tracing` events
+//! and never configure a subscriber themselves; the server calls
+//! [`init_logging`] once.
+//!
+//! # Layout
+//!
+//! - [`init_logging`], [`LogFormat`]: `ARQON_LOG` / `ARQON_LOG_FORMAT`.
+//! - [`BusMetrics`]: every metric, with handles registered up front.
+//! - [`TelemetryHub`]: the bounded, lossy-and-says-so event broadcast.
+
+mod metrics;
+mod stream;
+
+pub use metrics::{BusMetrics, FRAME_KINDS};
+pub use stream::{DEFAULT_CAPACITY, EVENT_TYPES, TelemetryHub, parse_filter};
 
 use std::fmt;
 use std::str::FromStr;

@@ -78,7 +78,7 @@ pub(crate) async fn run_connection<S, C>(
                 last_seen.touch();
                 match message {
                     Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
-                    Some(Ok(Message::Binary(_))) => conn.on_binary(),
+                    Some(Ok(Message::Binary(data))) => conn.on_binary(&data),
                     // tungstenite answers pings itself; any frame counts as life.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(_))) | None => break,

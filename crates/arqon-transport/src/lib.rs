@@ -14,10 +14,15 @@
 //! - [`serve`]: the accept loop; shutdown is an argument.
 //! - [`Acceptor`], [`Connection`], [`Accepted`], [`UpgradeRequest`],
 //!   [`Refusal`]: what the embedding layer implements and returns.
+//! - [`serve_monitoring`], [`Monitor`]: the HTTP monitoring listener
+//!   (health, readiness, status, metrics, telemetry WebSocket).
 //! - [`TransportConfig`]: limits and timings.
 //! - [`TransportError`]: this layer's error.
 
+mod admission;
 mod connection;
+mod http;
+mod tls;
 mod server;
 
 use std::future::Future;
@@ -27,7 +32,9 @@ use std::time::Duration;
 use arqon_protocol::{CloseReason, Outbound};
 use tokio::sync::{mpsc, watch};
 
+pub use http::{Monitor, TextStream, serve_monitoring};
 pub use server::serve;
+pub use tls::{TlsConfig, tls_config};
 pub use tokio_tungstenite::tungstenite::http::HeaderMap;
 
 /// Limits and timings of the WebSocket listener.
@@ -49,6 +56,18 @@ pub struct TransportConfig {
     /// Frames written per flush at most, so one busy connection cannot starve
     /// its heartbeat. Default: 64.
     pub write_batch: usize,
+    /// Open connections at most (0: no limit); over it, upgrades get HTTP
+    /// 503. Default: 100000.
+    pub max_connections: usize,
+    /// Open connections per client IP at most (0: no limit); over it,
+    /// upgrades get HTTP 429. Default: 1000.
+    pub max_connections_per_ip: usize,
+    /// Browser origins allowed to connect (`*` for any). Empty: no check.
+    /// Requests without an `Origin` header (non-browser clients) always pass.
+    /// Default: empty.
+    pub allowed_origins: Vec<String>,
+    /// TLS: when set, the listener speaks `wss://`. Default: none.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for TransportConfig {
@@ -60,6 +79,10 @@ impl Default for TransportConfig {
             shutdown_grace: Duration::from_secs(5),
             read_buffer_bytes: 4096,
             write_batch: 64,
+            max_connections: 100_000,
+            max_connections_per_ip: 1000,
+            allowed_origins: Vec::new(),
+            tls: None,
         }
     }
 }
@@ -116,7 +139,7 @@ pub trait Connection: Send + 'static {
     fn on_text(&mut self, text: &str) -> impl Future<Output = ()> + Send;
 
     /// A binary frame arrived.
-    fn on_binary(&mut self);
+    fn on_binary(&mut self, data: &[u8]);
 
     /// A frame over `max_message_bytes` arrived; the transport closes with
     /// 1009 after writing whatever this queues.
@@ -129,4 +152,7 @@ pub enum TransportError {
     /// Socket-level failure (e.g. the listener could not accept).
     #[error("I/O error: {0}")]
     Io(#[from] std::io::Error),
+    /// The TLS certificate or key could not be used.
+    #[error("TLS: {0}")]
+    Tls(String),
 }

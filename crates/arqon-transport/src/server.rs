@@ -10,6 +10,7 @@ use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, 
 use tokio_tungstenite::tungstenite::http::{self, StatusCode};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
+use crate::admission::{Admission, Slot, check_origin};
 use crate::connection::run_connection;
 use crate::{Accepted, Acceptor, Refusal, TransportConfig, TransportError, UpgradeRequest};
 
@@ -23,6 +24,7 @@ pub async fn serve<A: Acceptor>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TransportError> {
     let config = Arc::new(config);
+    let admission = Arc::new(Admission::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -34,8 +36,9 @@ pub async fn serve<A: Acceptor>(
                     let acceptor = Arc::clone(&acceptor);
                     let config = Arc::clone(&config);
                     let stop = stop_rx.clone();
+                    let slot = admission.admit(peer.ip(), &config);
                     connections.spawn(async move {
-                        handle(stream, peer, acceptor, config, stop).await;
+                        handle(stream, peer, slot, acceptor, config, stop).await;
                     });
                 }
                 // Running out of file descriptors must not end the server:
@@ -102,13 +105,43 @@ fn json_string(text: &str) -> String {
 async fn handle<A: Acceptor>(
     stream: TcpStream,
     peer: std::net::SocketAddr,
+    slot: Result<Slot, Refusal>,
     acceptor: Arc<A>,
     config: Arc<TransportConfig>,
     stop: watch::Receiver<bool>,
 ) {
     // Small frames must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
+    // One deadline covers TLS and the WebSocket upgrade: a client that opens
+    // a socket and goes quiet (slowloris) loses its slot when it expires.
+    let deadline = tokio::time::Instant::now() + config.upgrade_timeout;
+    match &config.tls {
+        None => upgrade(stream, peer, slot, acceptor, &config, stop, deadline).await,
+        Some(tls) => {
+            let tls_acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.0));
+            match tokio::time::timeout_at(deadline, tls_acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => upgrade(stream, peer, slot, acceptor, &config, stop, deadline).await,
+                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+                Err(_) => tracing::debug!(%peer, "TLS handshake deadline elapsed"),
+            }
+        }
+    }
+}
+
+async fn upgrade<S, A>(
+    stream: S,
+    peer: std::net::SocketAddr,
+    slot: Result<Slot, Refusal>,
+    acceptor: Arc<A>,
+    config: &TransportConfig,
+    stop: watch::Receiver<bool>,
+    deadline: tokio::time::Instant,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    A: Acceptor,
+{
     let mut admitted: Option<Accepted<A::Conn>> = None;
+    let refused_by_limit = slot.as_ref().err().cloned();
     // The callback's signature is tungstenite's; its error type is large by design.
     #[allow(clippy::result_large_err)]
     let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
@@ -120,12 +153,12 @@ async fn handle<A: Acceptor>(
                 message: format!("no WebSocket endpoint at {path}; use /ws"),
             }));
         }
-        let upgrade = UpgradeRequest {
-            path,
-            query: request.uri().query(),
-            headers: request.headers(),
-            peer,
-        };
+        if let Some(refusal) = refused_by_limit {
+            return Err(refusal_response(&refusal));
+        }
+        let origin = request.headers().get(http::header::ORIGIN).and_then(|v| v.to_str().ok());
+        check_origin(origin, &config.allowed_origins).map_err(|r| refusal_response(&r))?;
+        let upgrade = UpgradeRequest { path, query: request.uri().query(), headers: request.headers(), peer };
         match acceptor.accept(&upgrade) {
             Ok(accepted) => {
                 admitted = Some(accepted);
@@ -134,8 +167,8 @@ async fn handle<A: Acceptor>(
             Err(refusal) => Err(refusal_response(&refusal)),
         }
     };
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(&config)));
-    let ws = match tokio::time::timeout(config.upgrade_timeout, handshake).await {
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(config)));
+    let ws = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "upgrade failed");
@@ -148,7 +181,9 @@ async fn handle<A: Acceptor>(
     };
     // The callback ran (the handshake succeeded), so `admitted` is set.
     let Some(accepted) = admitted else { return };
-    run_connection(ws, accepted, &config, stop).await;
+    // The slot is held for the connection's whole life.
+    let _slot = slot;
+    run_connection(ws, accepted, config, stop).await;
 }
 
 #[cfg(test)]

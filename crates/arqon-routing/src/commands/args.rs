@@ -35,21 +35,11 @@ pub(crate) struct ArgSpec {
 
 impl ArgSpec {
     pub(crate) const fn required(name: &'static str, kind: ArgKind, description: &'static str) -> Self {
-        ArgSpec {
-            name,
-            kind,
-            required: true,
-            description,
-        }
+        ArgSpec { name, kind, required: true, description }
     }
 
     pub(crate) const fn optional(name: &'static str, kind: ArgKind, description: &'static str) -> Self {
-        ArgSpec {
-            name,
-            kind,
-            required: false,
-            description,
-        }
+        ArgSpec { name, kind, required: false, description }
     }
 }
 
@@ -78,7 +68,9 @@ impl<'a> Args<'a> {
     /// Checks `raw` (an object, or absent) against `specs`.
     pub(crate) fn parse(raw: Option<&'a RawValue>, specs: &'static [ArgSpec]) -> Result<Self, ProtocolError> {
         let given: BTreeMap<Cow<'a, str>, &'a RawValue> = match raw {
-            Some(raw) => serde_json::from_str(raw.get()).map_err(|e| invalid(format!("args must be an object: {e}")))?,
+            Some(raw) => {
+                serde_json::from_str(raw.get()).map_err(|e| invalid(format!("args must be an object: {e}")))?
+            }
             None => BTreeMap::new(),
         };
         // Names first: INVALID_NAME outranks INVALID_ARGS.

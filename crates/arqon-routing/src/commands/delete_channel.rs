@@ -36,16 +36,8 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     if let Some(broker) = router.broker() {
         broker.interest(&key, 0);
     }
-    ctx.respond(&Deleted {
-        room: &key.room,
-        channel: &key.channel,
-        deleted: true,
-    });
-    let event = ChannelDeleted {
-        event: "channel_deleted",
-        room: &key.room,
-        channel: &key.channel,
-    };
+    ctx.respond(&Deleted { room: &key.room, channel: &key.channel, deleted: true });
+    let event = ChannelDeleted { event: "channel_deleted", room: &key.room, channel: &key.channel };
     // One frame, shared by every former member.
     let frame = encode::event(ctx.session.ids.message_id(), Timestamp::now(), &event);
     for member in members {

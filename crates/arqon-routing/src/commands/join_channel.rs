@@ -93,12 +93,7 @@ pub(crate) fn announce_from(session: &mut crate::Session, key: &ChannelKey, even
     let Some(channel) = session.router.lookup(key) else {
         return;
     };
-    let payload = MemberEvent {
-        event,
-        room: &key.room,
-        channel: &key.channel,
-        client_id: session.client.id,
-    };
+    let payload = MemberEvent { event, room: &key.room, channel: &key.channel, client_id: session.client.id };
     let frame = encode::event(session.ids.message_id(), Timestamp::now(), &payload);
     channel.deliver(&frame, Some(session.client.id));
 }

@@ -27,11 +27,7 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError
     let key = args.channel_key()?;
     ctx.session.joined.remove(&key);
     let left = leave_quietly(ctx.session, &key);
-    ctx.respond(&Left {
-        room: &key.room,
-        channel: &key.channel,
-        left,
-    });
+    ctx.respond(&Left { room: &key.room, channel: &key.channel, left });
     Ok(())
 }
 

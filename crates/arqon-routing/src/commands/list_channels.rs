@@ -32,11 +32,7 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError
         .router
         .channels(args.name("room"))
         .into_iter()
-        .map(|c| Entry {
-            room: c.key.room,
-            channel: c.key.channel,
-            members: c.members,
-        })
+        .map(|c| Entry { room: c.key.room, channel: c.key.channel, members: c.members })
         .collect();
     ctx.respond(&List { channels });
     Ok(())

@@ -29,10 +29,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     let target = Target::Channel(args.channel_key()?);
     let id = ctx.request_id.unwrap_or_else(|| ctx.session.ids.message_id());
     let now = ctx.now;
-    let id = ctx
-        .session
-        .send_message(&target, id, now, args.raw("payload"), args.raw("meta"))
-        .await?;
+    let id = ctx.session.send_message(&target, id, now, args.raw("payload"), args.raw("meta")).await?;
     ctx.respond(&Published { id });
     Ok(())
 }

@@ -40,10 +40,7 @@ pub(crate) fn run(ctx: &mut Ctx<'_>) -> Result<(), RoutingError> {
         connections: counts.connections,
         rooms: counts.rooms,
         channels: counts.channels,
-        storage: StorageStatus {
-            backend: health.backend,
-            healthy: health.healthy,
-        },
+        storage: StorageStatus { backend: health.backend, healthy: health.healthy },
     });
     Ok(())
 }

@@ -1,0 +1,120 @@
+//! The seam through which the bus reports what happens in it.
+
+use std::time::Duration;
+
+use arqon_protocol::{ChannelKey, ClientId, ErrorCode, Name, Role};
+
+/// What kind of frame a client sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FrameKind {
+    /// A decoded `type: message`.
+    Message,
+    /// A decoded `type: command`.
+    Command,
+    /// A text frame that failed decoding.
+    Invalid,
+    /// A binary frame.
+    Binary,
+    /// A frame over `max_message_bytes`.
+    Oversize,
+}
+
+impl FrameKind {
+    /// The label used in metrics and telemetry.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FrameKind::Message => "message",
+            FrameKind::Command => "command",
+            FrameKind::Invalid => "invalid",
+            FrameKind::Binary => "binary",
+            FrameKind::Oversize => "oversize",
+        }
+    }
+}
+
+/// Something that happened in the bus.
+#[derive(Debug, Clone)]
+pub enum BusEvent<'a> {
+    /// A client connected.
+    ConnectionOpened {
+        /// Its id.
+        client_id: ClientId,
+        /// Its role.
+        role: Role,
+    },
+    /// A client disconnected.
+    ConnectionClosed {
+        /// Its id.
+        client_id: ClientId,
+    },
+    /// A frame arrived.
+    FrameReceived {
+        /// What kind.
+        kind: FrameKind,
+    },
+    /// A message was delivered (queued) to `fanout` clients.
+    MessageRouted {
+        /// Target room (channel and room-wide messages).
+        room: Option<&'a Name>,
+        /// Target channel (channel messages).
+        channel: Option<&'a Name>,
+        /// Clients reached on this node.
+        fanout: usize,
+        /// Encoded frame size.
+        bytes: usize,
+        /// From frame receipt to the last delivery queued.
+        latency: Duration,
+    },
+    /// A command finished.
+    CommandExecuted {
+        /// Its name.
+        command: &'static str,
+        /// `None` on success, else the error code sent.
+        error: Option<ErrorCode>,
+        /// How long it ran.
+        duration: Duration,
+    },
+    /// An error frame was sent to a client.
+    Error {
+        /// The client.
+        client_id: ClientId,
+        /// The code.
+        code: ErrorCode,
+    },
+    /// A client was refused a frame by its rate limit.
+    RateLimited {
+        /// The client.
+        client_id: ClientId,
+    },
+    /// A client was closed because its outbound queue overflowed.
+    SlowConsumer {
+        /// The client.
+        client_id: ClientId,
+    },
+    /// A channel was created.
+    ChannelCreated {
+        /// Which.
+        key: &'a ChannelKey,
+    },
+    /// A channel was deleted.
+    ChannelDeleted {
+        /// Which.
+        key: &'a ChannelKey,
+    },
+}
+
+/// Receives every [`BusEvent`]. Called inline on the bus's hot path: it must
+/// be cheap and must never block (count with atomics; hand off, bounded,
+/// anything heavier).
+pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
+    /// Something happened.
+    fn observe(&self, event: &BusEvent<'_>);
+}
+
+/// The default: observes nothing.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoObserver;
+
+impl Observer for NoObserver {
+    fn observe(&self, _event: &BusEvent<'_>) {}
+}

@@ -1,0 +1,74 @@
+//! What the monitoring endpoints report.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use arqon_routing::Router;
+use arqon_transport::{Monitor, TextStream};
+use serde_json::json;
+
+use crate::observer::Telemetry;
+
+/// The server's answers to `/ready`, `/status`, `/metrics` and `/telemetry`.
+#[derive(Debug)]
+pub(crate) struct BusMonitor {
+    pub(crate) router: Router,
+    pub(crate) telemetry: Arc<Telemetry>,
+    /// True from the moment the bus accepts clients until shutdown begins.
+    pub(crate) accepting: Arc<AtomicBool>,
+}
+
+impl BusMonitor {
+    fn storage(&self) -> serde_json::Value {
+        let health = self.router.storage_health();
+        json!({"backend": health.backend, "healthy": health.healthy})
+    }
+}
+
+impl Monitor for BusMonitor {
+    fn ready(&self) -> bool {
+        self.accepting.load(Ordering::Acquire)
+    }
+
+    fn readiness(&self) -> String {
+        let ready = self.ready();
+        // A degraded storage is reported, not hidden; the bus still serves.
+        json!({"status": if ready { "ready" } else { "unavailable" }, "accepting": ready, "storage": self.storage()})
+            .to_string()
+    }
+
+    fn status(&self) -> String {
+        let counts = self.router.counts();
+        let channels: Vec<_> = self
+            .router
+            .channels(None)
+            .into_iter()
+            .map(|c| json!({"room": c.key.room, "channel": c.key.channel, "members": c.members}))
+            .collect();
+        json!({
+            "version": env!("CARGO_PKG_VERSION"),
+            "uptime_s": self.router.uptime_s(),
+            "connections": counts.connections,
+            "rooms": counts.rooms,
+            "channels": channels,
+            "messages": {
+                "in": self.telemetry.messages_in.load(Ordering::Relaxed),
+                "out": self.telemetry.messages_out.load(Ordering::Relaxed),
+            },
+            "storage": self.storage(),
+        })
+        .to_string()
+    }
+
+    fn metrics(&self) -> String {
+        // Sampled at scrape time: summing queues is too costly per message.
+        self.telemetry.metrics.set_queue_depth(self.router.queued_frames());
+        self.telemetry.metrics.set_storage_healthy(self.router.storage_health().healthy);
+        self.telemetry.metrics.render()
+    }
+
+    fn telemetry(&self, query: Option<&str>) -> Result<TextStream, String> {
+        let only = arqon_telemetry::parse_filter(query)?;
+        Ok(Box::pin(self.telemetry.hub.subscribe(only)))
+    }
+}

@@ -1,0 +1,114 @@
+//! Turns bus events into metrics and telemetry events.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use arqon_routing::{BusEvent, Observer};
+use arqon_telemetry::{BusMetrics, TelemetryHub};
+use serde_json::json;
+
+/// The server's observer: every bus event updates the metrics (atomics) and,
+/// only while someone watches, becomes a telemetry event.
+#[derive(Debug)]
+pub(crate) struct Telemetry {
+    pub(crate) metrics: BusMetrics,
+    pub(crate) hub: TelemetryHub,
+    /// Message frames received (for `/status`).
+    pub(crate) messages_in: AtomicU64,
+    /// Message deliveries queued (for `/status`).
+    pub(crate) messages_out: AtomicU64,
+}
+
+impl Telemetry {
+    pub(crate) fn new(telemetry_buffer: usize) -> Self {
+        Telemetry {
+            metrics: arqon_telemetry::BusMetrics::new(),
+            hub: TelemetryHub::new(telemetry_buffer),
+            messages_in: AtomicU64::new(0),
+            messages_out: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Observer for Telemetry {
+    fn observe(&self, event: &BusEvent<'_>) {
+        let observed = self.hub.is_observed();
+        match *event {
+            BusEvent::ConnectionOpened { client_id, role } => {
+                self.metrics.connection_opened();
+                if observed {
+                    self.hub.publish("connection_opened", json!({"client_id": client_id, "role": role}));
+                }
+            }
+            BusEvent::ConnectionClosed { client_id } => {
+                self.metrics.connection_closed();
+                if observed {
+                    self.hub.publish("connection_closed", json!({"client_id": client_id}));
+                }
+            }
+            BusEvent::FrameReceived { kind } => {
+                self.metrics.frame_received(kind.as_str());
+                if kind == arqon_routing::FrameKind::Message {
+                    self.messages_in.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            BusEvent::MessageRouted { room, channel, fanout, bytes, latency } => {
+                self.metrics.message_routed(fanout, latency);
+                self.messages_out.fetch_add(fanout as u64, Ordering::Relaxed);
+                if observed {
+                    self.hub.publish(
+                        "message_routed",
+                        json!({
+                            "room": room.map(|r| r.as_str()),
+                            "channel": channel.map(|c| c.as_str()),
+                            "fanout": fanout,
+                            "bytes": bytes,
+                            "latency_us": u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                        }),
+                    );
+                }
+            }
+            BusEvent::CommandExecuted { command, error, duration } => {
+                let outcome = error.map_or("ok", |code| code.as_str());
+                self.metrics.command_executed(command, outcome, duration);
+                if observed {
+                    self.hub.publish(
+                        "command_executed",
+                        json!({
+                            "command": command,
+                            "outcome": outcome,
+                            "duration_us": u64::try_from(duration.as_micros()).unwrap_or(u64::MAX),
+                        }),
+                    );
+                }
+            }
+            BusEvent::Error { client_id, code } => {
+                self.metrics.error(code);
+                if observed {
+                    self.hub.publish("error", json!({"client_id": client_id, "code": code.as_str()}));
+                }
+            }
+            BusEvent::RateLimited { client_id } => {
+                self.metrics.rate_limited();
+                if observed {
+                    self.hub.publish("rate_limited", json!({"client_id": client_id}));
+                }
+            }
+            BusEvent::SlowConsumer { client_id } => {
+                self.metrics.slow_consumer();
+                if observed {
+                    self.hub.publish("slow_consumer", json!({"client_id": client_id}));
+                }
+            }
+            BusEvent::ChannelCreated { key } => {
+                if observed {
+                    self.hub.publish("channel_created", json!({"room": key.room, "channel": key.channel}));
+                }
+            }
+            BusEvent::ChannelDeleted { key } => {
+                if observed {
+                    self.hub.publish("channel_deleted", json!({"room": key.room, "channel": key.channel}));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,221 @@
+//! Prometheus metrics of one bus, recorded through the `metrics` facade.
+
+use std::fmt;
+use std::time::Duration;
+
+use arqon_protocol::ErrorCode;
+use metrics::{Counter, Gauge, Histogram, Recorder};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Frame kinds counted by `arqon_frames_received_total{type}`.
+pub const FRAME_KINDS: [&str; 5] = ["message", "command", "invalid", "binary", "oversize"];
+
+/// Every metric of one bus, with handles registered up front.
+///
+/// Each bus owns its own recorder (not the process-global one), so two buses
+/// in one process (tests, embedding) never mix their numbers. Recording
+/// through a handle is an atomic operation: no registry lookup and no lock
+/// shared by connections on the hot path.
+pub struct BusMetrics {
+    recorder: PrometheusRecorder,
+    handle: PrometheusHandle,
+    connections: Gauge,
+    opened: Counter,
+    closed: Counter,
+    frames: [Counter; FRAME_KINDS.len()],
+    delivered: Counter,
+    routed: Counter,
+    fanout: Histogram,
+    latency: Histogram,
+    errors: [Counter; ErrorCode::ALL.len()],
+    rate_limited: Counter,
+    slow_consumers: Counter,
+    queue_depth: Gauge,
+    storage_healthy: Gauge,
+}
+
+impl fmt::Debug for BusMetrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BusMetrics").finish_non_exhaustive()
+    }
+}
+
+/// Buckets for routing and command latency, in seconds (50 µs to 1 s).
+const LATENCY_BUCKETS: [f64; 12] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0];
+/// Buckets for fan-out (members reached per message).
+const FANOUT_BUCKETS: [f64; 10] = [0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 10000.0];
+
+impl Default for BusMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl BusMetrics {
+    /// A fresh set of metrics, all at zero.
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &LATENCY_BUCKETS)
+            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("arqon_message_fanout".to_owned()), &FANOUT_BUCKETS))
+            .map(PrometheusBuilder::build_recorder)
+            // Only fails on empty bucket lists, which ours are not.
+            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let handle = recorder.handle();
+        let mut metrics = metrics::with_local_recorder(&recorder, || {
+            metrics::describe_gauge!("arqon_connections", "Connected WebSocket clients.");
+            metrics::describe_counter!("arqon_frames_received_total", "Frames received from clients, by type.");
+            metrics::describe_counter!("arqon_messages_delivered_total", "Message deliveries queued to clients.");
+            metrics::describe_histogram!("arqon_message_fanout", "Clients reached per routed message.");
+            metrics::describe_histogram!(
+                "arqon_routing_latency_seconds",
+                "From frame receipt to delivery queued, per routed message."
+            );
+            metrics::describe_histogram!("arqon_command_duration_seconds", "Command execution time.");
+            metrics::describe_counter!("arqon_errors_total", "Error frames sent, by code.");
+            metrics::describe_gauge!("arqon_outbound_queue_depth", "Frames queued towards all clients.");
+            metrics::describe_gauge!("arqon_storage_healthy", "1 while the storage backend is healthy.");
+            BusMetrics {
+                connections: metrics::gauge!("arqon_connections"),
+                opened: metrics::counter!("arqon_connections_opened_total"),
+                closed: metrics::counter!("arqon_connections_closed_total"),
+                frames: FRAME_KINDS.map(|kind| metrics::counter!("arqon_frames_received_total", "type" => kind)),
+                delivered: metrics::counter!("arqon_messages_delivered_total"),
+                routed: metrics::counter!("arqon_messages_routed_total"),
+                fanout: metrics::histogram!("arqon_message_fanout"),
+                latency: metrics::histogram!("arqon_routing_latency_seconds"),
+                errors: ErrorCode::ALL.map(|code| metrics::counter!("arqon_errors_total", "code" => code.as_str())),
+                rate_limited: metrics::counter!("arqon_rate_limited_total"),
+                slow_consumers: metrics::counter!("arqon_slow_consumer_disconnects_total"),
+                queue_depth: metrics::gauge!("arqon_outbound_queue_depth"),
+                storage_healthy: metrics::gauge!("arqon_storage_healthy"),
+                recorder: PrometheusBuilder::new().build_recorder(),
+                handle: handle.clone(),
+            }
+        });
+        metrics.recorder = recorder;
+        metrics.handle = handle;
+        metrics
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// A client connected.
+    pub fn connection_opened(&self) {
+        self.opened.increment(1);
+        self.connections.increment(1.0);
+    }
+
+    /// A client disconnected.
+    pub fn connection_closed(&self) {
+        self.closed.increment(1);
+        self.connections.decrement(1.0);
+    }
+
+    /// A frame arrived; `kind` is one of [`FRAME_KINDS`].
+    pub fn frame_received(&self, kind: &str) {
+        if let Some(i) = FRAME_KINDS.iter().position(|k| *k == kind) {
+            self.frames[i].increment(1);
+        }
+    }
+
+    /// A message was routed to `fanout` clients after `latency`.
+    pub fn message_routed(&self, fanout: usize, latency: Duration) {
+        self.routed.increment(1);
+        self.delivered.increment(fanout as u64);
+        self.fanout.record(fanout as f64);
+        self.latency.record(latency.as_secs_f64());
+    }
+
+    /// A command ran; `outcome` is `ok` or an error code.
+    pub fn command_executed(&self, command: &'static str, outcome: &'static str, duration: Duration) {
+        // Commands are not the hot path: a lazily registered handle is fine.
+        let labels = [("command", command), ("outcome", outcome)];
+        let histogram = self.recorder.register_histogram(
+            &metrics::Key::from_parts("arqon_command_duration_seconds", &labels[..]),
+            &metrics::Metadata::new(module_path!(), metrics::Level::INFO, None),
+        );
+        histogram.record(duration.as_secs_f64());
+    }
+
+    /// An error frame was sent.
+    pub fn error(&self, code: ErrorCode) {
+        if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
+            self.errors[i].increment(1);
+        }
+    }
+
+    /// A frame was refused by the rate limit.
+    pub fn rate_limited(&self) {
+        self.rate_limited.increment(1);
+    }
+
+    /// A client was closed as a slow consumer.
+    pub fn slow_consumer(&self) {
+        self.slow_consumers.increment(1);
+    }
+
+    /// Sets the outbound queue depth (sampled when scraped).
+    pub fn set_queue_depth(&self, frames: usize) {
+        self.queue_depth.set(frames as f64);
+    }
+
+    /// Sets whether storage is healthy.
+    pub fn set_storage_healthy(&self, healthy: bool) {
+        self.storage_healthy.set(if healthy { 1.0 } else { 0.0 });
+    }
+
+    /// Counts one storage operation (`op` e.g. `append`) and whether it failed.
+    pub fn storage_op(&self, op: &'static str, ok: bool) {
+        let name = if ok { "arqon_storage_operations_total" } else { "arqon_storage_failures_total" };
+        let labels = [("op", op)];
+        let counter = self.recorder.register_counter(
+            &metrics::Key::from_parts(name, &labels[..]),
+            &metrics::Metadata::new(module_path!(), metrics::Level::INFO, None),
+        );
+        counter.increment(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(exposition: &str, series: &str) -> Option<f64> {
+        exposition
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    #[test]
+    fn records_and_renders() {
+        let m = BusMetrics::new();
+        m.connection_opened();
+        m.connection_opened();
+        m.connection_closed();
+        m.frame_received("command");
+        m.message_routed(3, Duration::from_micros(120));
+        m.error(ErrorCode::NotFound);
+        m.command_executed("ping", "ok", Duration::from_micros(10));
+        m.storage_op("append", true);
+        let text = m.render();
+        assert_eq!(value(&text, "arqon_connections"), Some(1.0), "{text}");
+        assert_eq!(value(&text, "arqon_connections_opened_total"), Some(2.0));
+        assert_eq!(value(&text, r#"arqon_frames_received_total{type="command"}"#), Some(1.0));
+        assert_eq!(value(&text, "arqon_messages_delivered_total"), Some(3.0));
+        assert_eq!(value(&text, r#"arqon_errors_total{code="NOT_FOUND"}"#), Some(1.0));
+        assert_eq!(value(&text, r#"arqon_command_duration_seconds_count{command="ping",outcome="ok"}"#), Some(1.0));
+        assert_eq!(value(&text, r#"arqon_storage_operations_total{op="append"}"#), Some(1.0));
+    }
+
+    #[test]
+    fn two_buses_do_not_share_numbers() {
+        let (a, b) = (BusMetrics::new(), BusMetrics::new());
+        a.connection_opened();
+        assert_eq!(value(&b.render(), "arqon_connections_opened_total"), Some(0.0));
+    }
+}

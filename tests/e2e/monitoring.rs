@@ -1,0 +1,246 @@
+//! Issue 5: health, readiness, status, metrics and the telemetry stream.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use arqon_e2e::{TIMEOUT, TestServer, http, test_config};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use tokio::net::TcpSocket;
+use tokio_tungstenite::tungstenite::Message;
+
+fn metric(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+async fn scrape(addr: SocketAddr) -> String {
+    let (status, body) = http(addr, "GET", "/metrics").await;
+    assert_eq!(status, 200);
+    body
+}
+
+/// Scrapes until `series` reaches `value` (disconnects are counted when the
+/// server notices them, a moment after the client leaves).
+async fn wait_for_metric(addr: SocketAddr, series: &str, value: f64) -> String {
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let text = scrape(addr).await;
+        if metric(&text, series) == Some(value) {
+            return text;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{series} never reached {value}:\n{text}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_a_known_sequence_exactly() {
+    let server = TestServer::start().await;
+    let mon = server.monitoring.unwrap();
+    let (mut a, mut b, c) = (server.client().await, server.client().await, server.client().await);
+    a.join("m", "c").await;
+    b.join("m", "c").await;
+    for i in 0..3 {
+        a.publish_ff("m", "c", json!(i)).await;
+    }
+    for _ in 0..3 {
+        b.recv_message().await;
+    }
+    a.err("dance", json!({})).await;
+    a.send_text("not json").await;
+    a.recv_where(|v| v["type"] == "error").await;
+    drop(c);
+    let text = wait_for_metric(mon, "arqon_connections_closed_total", 1.0).await;
+    assert_eq!(metric(&text, "arqon_connections_opened_total"), Some(3.0), "{text}");
+    assert_eq!(metric(&text, "arqon_connections"), Some(2.0));
+    assert_eq!(metric(&text, r#"arqon_frames_received_total{type="message"}"#), Some(3.0));
+    // join, join, dance
+    assert_eq!(metric(&text, r#"arqon_frames_received_total{type="command"}"#), Some(3.0));
+    assert_eq!(metric(&text, r#"arqon_frames_received_total{type="invalid"}"#), Some(1.0));
+    assert_eq!(metric(&text, "arqon_messages_routed_total"), Some(3.0));
+    assert_eq!(metric(&text, "arqon_messages_delivered_total"), Some(3.0));
+    assert_eq!(metric(&text, "arqon_message_fanout_count"), Some(3.0));
+    assert_eq!(metric(&text, "arqon_routing_latency_seconds_count"), Some(3.0));
+    assert_eq!(metric(&text, r#"arqon_errors_total{code="UNKNOWN_COMMAND"}"#), Some(1.0));
+    assert_eq!(metric(&text, r#"arqon_errors_total{code="INVALID_JSON"}"#), Some(1.0));
+    assert_eq!(metric(&text, r#"arqon_errors_total{code="NOT_FOUND"}"#), Some(0.0));
+    assert_eq!(
+        metric(&text, r#"arqon_command_duration_seconds_count{command="join_channel",outcome="ok"}"#),
+        Some(2.0)
+    );
+    assert_eq!(metric(&text, r#"arqon_storage_operations_total{op="append"}"#), Some(3.0));
+    assert_eq!(metric(&text, "arqon_storage_healthy"), Some(1.0));
+    assert_eq!(metric(&text, "arqon_rate_limited_total"), Some(0.0));
+    assert_eq!(metric(&text, "arqon_slow_consumer_disconnects_total"), Some(0.0));
+    assert!(metric(&text, "arqon_outbound_queue_depth").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_status_and_http_errors() {
+    let server = TestServer::start().await;
+    let mon = server.monitoring.unwrap();
+    let mut a = server.client().await;
+    a.join("s", "one").await;
+    let (status, body) = http(mon, "GET", "/health").await;
+    assert_eq!((status, body.as_str()), (200, r#"{"status":"ok"}"#));
+    let (status, body) = http(mon, "GET", "/ready").await;
+    assert_eq!(status, 200);
+    let ready: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ready["storage"], json!({"backend": "memory", "healthy": true}));
+    a.publish_ff("s", "one", json!(1)).await;
+    a.ok("ping", json!({})).await;
+    let (status, body) = http(mon, "GET", "/status").await;
+    assert_eq!(status, 200);
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert!(s["version"].is_string() && s["uptime_s"].is_u64());
+    assert_eq!(s["connections"], 1);
+    assert_eq!(s["rooms"], 1);
+    assert_eq!(s["channels"], json!([{"room": "s", "channel": "one", "members": 1}]));
+    assert_eq!(s["messages"]["in"], 1);
+    assert_eq!(s["storage"]["backend"], "memory");
+    let (status, body) = http(mon, "GET", "/nope").await;
+    assert_eq!(status, 404);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], "NOT_FOUND");
+    let (status, body) = http(mon, "POST", "/health").await;
+    assert_eq!(status, 405);
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["error"]["code"], "METHOD_NOT_ALLOWED");
+    let (status, _) = http(mon, "GET", "/telemetry").await;
+    assert_eq!(status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_is_503_while_shutting_down() {
+    let mut config = test_config();
+    config.server.shutdown_grace_ms = 3000;
+    let mut server = TestServer::start_with(config).await;
+    let mon = server.monitoring.unwrap();
+    // A client that never reads keeps the server draining for the grace period.
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(server.addr).await.unwrap();
+    let (stubborn, _) = tokio_tungstenite::client_async(server.url(), tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap();
+    let mut publisher = server.client().await;
+    let mut member = arqon_e2e::TestClient::from_ws(stubborn).await;
+    member.join("d", "c").await;
+    for i in 0..300 {
+        publisher.publish_ff("d", "c", json!({"i": i, "pad": "x".repeat(1000)})).await;
+    }
+    publisher.ok("ping", json!({})).await;
+    assert_eq!(http(mon, "GET", "/ready").await.0, 200);
+    server.begin_shutdown();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let (status, body) = http(mon, "GET", "/ready").await;
+        if status == 503 {
+            assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["accepting"], false);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never became unready");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(member);
+}
+
+async fn telemetry(mon: SocketAddr, query: &str) -> arqon_e2e::Ws {
+    let (ws, _) = tokio_tungstenite::connect_async(format!("ws://{mon}/telemetry{query}")).await.unwrap();
+    ws
+}
+
+async fn next_event(ws: &mut arqon_e2e::Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(TIMEOUT, ws.next()).await.expect("event in time").unwrap().unwrap();
+        if let Message::Text(text) = msg {
+            return serde_json::from_str(text.as_str()).unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn telemetry_observer_sees_a_known_sequence_in_order() {
+    let server = TestServer::start().await;
+    let mon = server.monitoring.unwrap();
+    let mut all = telemetry(mon, "").await;
+    let mut errors = telemetry(mon, "?events=error").await;
+    // Give the upgrade a moment to subscribe before events happen.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut a = server.client().await;
+    let mut b = server.client().await;
+    a.join("t", "c").await;
+    b.join("t", "c").await;
+    a.publish_ff("t", "c", json!("hello")).await;
+    b.recv_message().await;
+    a.err("dance", json!({})).await;
+    let b_id = b.id.clone();
+    drop(b);
+    let expected = [
+        ("connection_opened", Some(a.id.clone())),
+        ("connection_opened", Some(b_id.clone())),
+        ("channel_created", None),
+        ("command_executed", None),
+        ("command_executed", None),
+        ("message_routed", None),
+        // An unknown command never runs: an error, no command_executed.
+        ("error", Some(a.id.clone())),
+        ("connection_closed", Some(b_id)),
+    ];
+    for (name, client) in expected {
+        let event = next_event(&mut all).await;
+        assert_eq!(event["event"], name, "{event}");
+        assert!(event["timestamp"].is_string());
+        if let Some(client) = client {
+            assert_eq!(event["client_id"], client.as_str(), "{event}");
+        }
+        if name == "message_routed" {
+            assert_eq!(event["fanout"], 1);
+            assert_eq!(event["room"], "t");
+            assert!(event["bytes"].as_u64().unwrap() > 0 && event["latency_us"].is_u64());
+        }
+    }
+    let only = next_event(&mut errors).await;
+    assert_eq!((only["event"].as_str(), only["code"].as_str()), (Some("error"), Some("UNKNOWN_COMMAND")));
+    let (status, body) = http(mon, "GET", "/telemetry?events=bogus").await;
+    assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_observer_is_told_what_it_dropped_and_slows_no_one() {
+    let mut config = test_config();
+    config.monitoring.telemetry_buffer = 64;
+    let server = TestServer::start_with(config).await;
+    let mon = server.monitoring.unwrap();
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let stream = socket.connect(mon).await.unwrap();
+    let (mut stalled, _) = tokio_tungstenite::client_async(format!("ws://{mon}/telemetry?events=message_routed"), stream).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let (mut publisher, mut reader) = (server.client().await, server.client().await);
+    reader.join("x", "c").await;
+    const N: u64 = 5_000;
+    let send = tokio::spawn(async move {
+        for i in 0..N {
+            publisher.publish_ff("x", "c", json!(i)).await;
+        }
+        publisher
+    });
+    for i in 0..N {
+        assert_eq!(reader.recv_message().await["payload"], i);
+    }
+    send.await.unwrap();
+    // The observer resumes: somewhere in what it reads is the count it missed.
+    let mut dropped = None;
+    for _ in 0..N {
+        let msg = tokio::time::timeout(TIMEOUT, stalled.next()).await.expect("event in time").unwrap().unwrap();
+        let Message::Text(text) = msg else { continue };
+        let event: Value = serde_json::from_str(text.as_str()).unwrap();
+        if event["event"] == "dropped" {
+            dropped = Some(event);
+            break;
+        }
+    }
+    let dropped = dropped.expect("a dropped event");
+    assert!(dropped["count"].as_u64().unwrap() > 0, "{dropped}");
+}
