@@ -12,8 +12,7 @@ use serde::de::{Deserializer, IgnoredAny};
 use serde_json::value::RawValue;
 
 use crate::{
-    ChannelKey, ClientId, ErrorCode, MAX_META_KEYS, MessageId, Name, PROTOCOL_VERSION, ProtocolError,
-    Timestamp,
+    ChannelKey, ClientId, ErrorCode, MAX_META_KEYS, MessageId, Name, PROTOCOL_VERSION, ProtocolError, Timestamp,
 };
 
 /// Where a client's `message` goes.
@@ -144,17 +143,21 @@ fn classify_failure(text: &str, err: &serde_json::Error) -> ProtocolError {
     let value: serde_json::Value = match serde_json::from_str(text) {
         Ok(value) => value,
         Err(parse) => {
-            return ProtocolError::new(ErrorCode::InvalidJson, format!("frame is not valid JSON: {parse}"));
+            // Too deep for a `Value` is still JSON whose id may be readable.
+            return ProtocolError::new(ErrorCode::InvalidJson, format!("frame is not valid JSON: {parse}"))
+                .with_request_id(extract_id(text));
         }
     };
     let Some(object) = value.as_object() else {
         return ProtocolError::new(ErrorCode::InvalidJson, "frame is not a JSON object");
     };
-    let request_id = object
-        .get("id")
-        .and_then(serde_json::Value::as_str)
-        .and_then(|id| MessageId::parse(id).ok());
-    envelope_error(format!("invalid envelope: {err}")).with_request_id(request_id)
+    let request_id = object.get("id").and_then(serde_json::Value::as_str).and_then(|id| MessageId::parse(id).ok());
+    // Nesting the fast path refuses first: INVALID_JSON outranks INVALID_ENVELOPE.
+    let too_deep = ["payload", "args"]
+        .into_iter()
+        .filter_map(|field| object.get(field))
+        .find_map(|raw| check_depth(&raw.to_string()).err());
+    too_deep.unwrap_or_else(|| envelope_error(format!("invalid envelope: {err}"))).with_request_id(request_id)
 }
 
 fn check<'a>(wire: Wire<'a>, now: Timestamp) -> Result<ClientFrame<'a>, ProtocolError> {
@@ -231,10 +234,7 @@ fn check<'a>(wire: Wire<'a>, now: Timestamp) -> Result<ClientFrame<'a>, Protocol
     }
     // 5. INVALID_NAME (command arguments are checked by each command).
     let body = if is_command {
-        FrameBody::Command {
-            name: wire.command.unwrap_or_default(),
-            args: wire.args,
-        }
+        FrameBody::Command { name: wire.command.unwrap_or_default(), args: wire.args }
     } else {
         let target = match (to, wire.room.as_deref(), wire.channel.as_deref()) {
             (Some(client), _, _) => Target::Client(client),
@@ -242,22 +242,16 @@ fn check<'a>(wire: Wire<'a>, now: Timestamp) -> Result<ClientFrame<'a>, Protocol
             (None, Some(room), None) => Target::Room(Name::parse(room)?),
             (None, None, _) => return Err(envelope_error("a message needs a target")),
         };
-        FrameBody::Message {
-            target,
-            payload: wire.payload,
-        }
+        FrameBody::Message { target, payload: wire.payload }
     };
-    Ok(ClientFrame {
-        id,
-        body,
-        meta: wire.meta,
-        from: wire.from,
-    })
+    Ok(ClientFrame { id, body, meta: wire.meta, from: wire.from })
 }
 
-/// Deepest nesting accepted inside `payload` and `args`: serde_json's own
-/// limit for parsed values, so that no receiver chokes on what we forward.
-pub(crate) const MAX_DEPTH: usize = 128;
+/// Deepest nesting accepted inside `payload` and `args`, so that no receiver
+/// chokes on what we forward: serde_json parses at most 127 levels, and a
+/// payload sits 4 levels down in the deepest frame that carries it (a
+/// `history` response: response, `payload`, `messages`, the envelope).
+pub(crate) const MAX_DEPTH: usize = 127 - 4;
 
 /// Raw values are skipped by serde_json without a depth limit; forwarding a
 /// 10,000-deep payload would crash receivers that parse recursively.
@@ -299,10 +293,7 @@ fn check_meta(meta: &RawValue) -> Result<(), ProtocolError> {
     let map: BTreeMap<Cow<'_, str>, Cow<'_, str>> = serde_json::from_str(meta.get())
         .map_err(|e| envelope_error(format!("meta must be an object of strings: {e}")))?;
     if map.len() > MAX_META_KEYS {
-        return Err(envelope_error(format!(
-            "meta has {} keys; at most {MAX_META_KEYS} are allowed",
-            map.len()
-        )));
+        return Err(envelope_error(format!("meta has {} keys; at most {MAX_META_KEYS} are allowed", map.len())));
     }
     Ok(())
 }
@@ -325,9 +316,7 @@ mod tests {
     fn decodes_a_channel_message_without_copying_the_payload() {
         let text = r#"{"type":"message","room":"r","channel":"c","payload":{"a":[1,2]},"meta":{"trace":"x"}}"#;
         let frame = decode(text, now()).unwrap();
-        let FrameBody::Message { target, payload } = frame.body else {
-            panic!("not a message")
-        };
+        let FrameBody::Message { target, payload } = frame.body else { panic!("not a message") };
         assert_eq!(target, Target::Channel(ChannelKey::parse("r", "c").unwrap()));
         assert_eq!(payload.unwrap().get(), r#"{"a":[1,2]}"#);
         assert_eq!(frame.meta.unwrap().get(), r#"{"trace":"x"}"#);
@@ -402,11 +391,7 @@ mod tests {
 
     #[test]
     fn deep_nesting_is_an_error_not_a_crash() {
-        let deep = format!(
-            r#"{{"type":"message","room":"r","payload":{}{}}}"#,
-            "[".repeat(10_000),
-            "]".repeat(10_000)
-        );
+        let deep = format!(r#"{{"type":"message","room":"r","payload":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
         assert_eq!(code(&deep), ErrorCode::InvalidJson);
         let ok = format!(
             r#"{{"type":"message","room":"r","payload":{}"[[[\\"{}}}"#,

@@ -172,7 +172,12 @@ pub fn response(id: MessageId, timestamp: Timestamp, request_id: Option<MessageI
 
 /// A `type: response` whose payload is `{"messages":[…]}` built from stored
 /// frames, without re-parsing them.
-pub fn messages_response(id: MessageId, timestamp: Timestamp, request_id: Option<MessageId>, messages: &[Frame]) -> Frame {
+pub fn messages_response(
+    id: MessageId,
+    timestamp: Timestamp,
+    request_id: Option<MessageId>,
+    messages: &[Frame],
+) -> Frame {
     let total: usize = messages.iter().map(|m| m.len() + 1).sum();
     let mut w = Writer::start(total + 16, id, "response", timestamp);
     if let Some(request_id) = request_id {
@@ -219,14 +224,7 @@ pub fn error(
     if let Some(request_id) = request_id {
         w.id("request_id", |out| request_id.write_to(out));
     }
-    w.serialized(
-        "error",
-        &ErrorBody {
-            code: code.as_str(),
-            message,
-            retry_after_ms,
-        },
-    );
+    w.serialized("error", &ErrorBody { code: code.as_str(), message, retry_after_ms });
     w.finish()
 }
 
@@ -277,7 +275,14 @@ mod tests {
     fn error_frame_escapes_its_message() {
         let mut ids = IdGenerator::new();
         let rid = ids.message_id();
-        let frame = error(ids.message_id(), Timestamp::now(), Some(rid), ErrorCode::RateLimited, "a \"quoted\"\nline", Some(12));
+        let frame = error(
+            ids.message_id(),
+            Timestamp::now(),
+            Some(rid),
+            ErrorCode::RateLimited,
+            "a \"quoted\"\nline",
+            Some(12),
+        );
         let v = parse(&frame);
         assert_eq!(v["error"]["code"], "RATE_LIMITED");
         assert_eq!(v["error"]["message"], "a \"quoted\"\nline");

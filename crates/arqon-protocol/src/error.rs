@@ -113,11 +113,7 @@ pub struct ProtocolError {
 impl ProtocolError {
     /// An error with no request id attached yet.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ProtocolError {
-            code,
-            message: message.into(),
-            request_id: None,
-        }
+        ProtocolError { code, message: message.into(), request_id: None }
     }
 
     /// Attaches the id of the frame being answered.

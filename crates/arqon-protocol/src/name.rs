@@ -19,9 +19,7 @@ impl Name {
     pub fn parse(text: &str) -> Result<Self, ProtocolError> {
         let valid = !text.is_empty()
             && text.len() <= MAX_NAME_LEN
-            && text
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+            && text.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
         if valid {
             Ok(Name(Arc::from(text)))
         } else {
@@ -86,10 +84,7 @@ impl ChannelKey {
 
     /// Validates both names.
     pub fn parse(room: &str, channel: &str) -> Result<Self, ProtocolError> {
-        Ok(ChannelKey {
-            room: Name::parse(room)?,
-            channel: Name::parse(channel)?,
-        })
+        Ok(ChannelKey { room: Name::parse(room)?, channel: Name::parse(channel)? })
     }
 }
 

@@ -24,23 +24,13 @@ pub struct CloseReason {
 
 impl CloseReason {
     /// 1001: the server is shutting down.
-    pub const SHUTDOWN: CloseReason = CloseReason {
-        code: 1001,
-        reason: "server shutting down",
-    };
+    pub const SHUTDOWN: CloseReason = CloseReason { code: 1001, reason: "server shutting down" };
     /// 1008: the client's outbound queue overflowed.
-    pub const SLOW_CONSUMER: CloseReason = CloseReason {
-        code: 1008,
-        reason: "slow consumer",
-    };
+    pub const SLOW_CONSUMER: CloseReason = CloseReason { code: 1008, reason: "slow consumer" };
     /// 1008: the client kept breaking the rules (e.g. the rate limit).
-    pub const ABUSE: CloseReason = CloseReason {
-        code: 1008,
-        reason: "repeated abuse",
-    };
+    pub const ABUSE: CloseReason = CloseReason { code: 1008, reason: "repeated abuse" };
+    /// 1008: the client's credentials expired while it was connected.
+    pub const TOKEN_EXPIRED: CloseReason = CloseReason { code: 1008, reason: "token expired" };
     /// 1009: a frame over `max_message_bytes`.
-    pub const TOO_LARGE: CloseReason = CloseReason {
-        code: 1009,
-        reason: "message too large",
-    };
+    pub const TOO_LARGE: CloseReason = CloseReason { code: 1009, reason: "message too large" };
 }

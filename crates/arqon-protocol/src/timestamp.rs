@@ -39,10 +39,7 @@ impl Timestamp {
     /// Parses any RFC 3339 timestamp (any offset, any fraction).
     pub fn parse(text: &str) -> Result<Self, ProtocolError> {
         let parsed = OffsetDateTime::parse(text, &Rfc3339).map_err(|e| {
-            ProtocolError::new(
-                ErrorCode::InvalidTimestamp,
-                format!("timestamp {text:?} is not RFC 3339: {e}"),
-            )
+            ProtocolError::new(ErrorCode::InvalidTimestamp, format!("timestamp {text:?} is not RFC 3339: {e}"))
         })?;
         let unix_ms = i64::try_from(parsed.unix_timestamp_nanos() / 1_000_000).map_err(|_| {
             ProtocolError::new(ErrorCode::InvalidTimestamp, format!("timestamp {text:?} is out of range"))
@@ -57,7 +54,10 @@ impl Timestamp {
         if skew_ms > MAX_CLOCK_SKEW_S * 1000 {
             return Err(ProtocolError::new(
                 ErrorCode::InvalidTimestamp,
-                format!("timestamp {text:?} is {} s away from server time (at most {MAX_CLOCK_SKEW_S} s)", skew_ms / 1000),
+                format!(
+                    "timestamp {text:?} is {} s away from server time (at most {MAX_CLOCK_SKEW_S} s)",
+                    skew_ms / 1000
+                ),
             ));
         }
         Ok(ts)

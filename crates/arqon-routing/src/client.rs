@@ -1,6 +1,8 @@
 //! What the bus knows about one connected client.
 
-use arqon_protocol::{ClientId, Role};
+use std::collections::HashSet;
+
+use arqon_protocol::{ClientId, Name, Role};
 
 use crate::outlet::Outlet;
 
@@ -9,5 +11,28 @@ use crate::outlet::Outlet;
 pub(crate) struct ClientEntry {
     pub(crate) id: ClientId,
     pub(crate) role: Role,
+    pub(crate) rooms: RoomAccess,
     pub(crate) outlet: Outlet,
+}
+
+/// Which rooms a client may join, publish to and read (e.g. a JWT's `rooms`
+/// claim). Enforced here, in routing, so an embedded router is as safe as the
+/// server.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum RoomAccess {
+    /// Every room.
+    #[default]
+    All,
+    /// Only these rooms.
+    Only(HashSet<Name>),
+}
+
+impl RoomAccess {
+    /// Whether `room` is allowed.
+    pub fn allows(&self, room: &Name) -> bool {
+        match self {
+            RoomAccess::All => true,
+            RoomAccess::Only(rooms) => rooms.contains(room),
+        }
+    }
 }

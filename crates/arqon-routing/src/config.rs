@@ -1,3 +1,17 @@
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use arqon_protocol::Role;
+
+/// A token-bucket rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Frames per second; 0 means unlimited.
+    pub rate_per_s: u32,
+    /// Frames at once above the rate.
+    pub burst: u32,
+}
+
 /// Limits and policies of one router. Plain data; the server fills it from
 /// the configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +34,20 @@ pub struct RouterConfig {
     pub heartbeat_s: u64,
     /// Reported in `welcome` and `status`. Default: this crate's version.
     pub server_version: String,
+    /// Per-role overrides of `rate_per_s`/`burst`. Default: none.
+    pub role_rates: BTreeMap<Role, RateLimit>,
+    /// Consecutive rate-limited frames after which a client is closed with
+    /// 1008; 0: never. Default: 100.
+    pub abuse_limit: u32,
+    /// Time between `token_expired` and the close. Default: 2 s.
+    pub expiry_grace: Duration,
+}
+
+impl RouterConfig {
+    /// The rate that applies to `role`.
+    pub fn rate_for(&self, role: Role) -> RateLimit {
+        self.role_rates.get(&role).copied().unwrap_or(RateLimit { rate_per_s: self.rate_per_s, burst: self.burst })
+    }
 }
 
 impl Default for RouterConfig {
@@ -33,6 +61,9 @@ impl Default for RouterConfig {
             max_message_bytes: 1_048_576,
             heartbeat_s: 20,
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
+            role_rates: BTreeMap::new(),
+            abuse_limit: 100,
+            expiry_grace: Duration::from_secs(2),
         }
     }
 }

@@ -28,7 +28,7 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let router = Router::new(RouterConfig::default(), Arc::new(MemoryStorage::new(1000)));
 //! let (mut session, mut inbox) = router
-//!     .connect(Identity { role: Role::User, client_id: None })
+//!     .connect(Identity::new(Role::User))
 //!     .expect("fresh client id");
 //! session.handle_text(r#"{"type":"command","command":"ping"}"#).await;
 //! let _welcome = inbox.frames.recv().await;
@@ -50,7 +50,8 @@ mod router;
 mod session;
 
 pub use broker::{Broker, Delivery};
-pub use config::RouterConfig;
+pub use client::RoomAccess;
+pub use config::{RateLimit, RouterConfig};
 pub use error::RoutingError;
 pub use observer::{BusEvent, FrameKind, NoObserver, Observer};
 pub use outlet::Inbox;

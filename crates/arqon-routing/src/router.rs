@@ -13,7 +13,7 @@ use tokio::time::Instant;
 
 use crate::broker::{Broker, Delivery};
 use crate::channel::Channel;
-use crate::client::ClientEntry;
+use crate::client::{ClientEntry, RoomAccess};
 use crate::observer::{BusEvent, NoObserver, Observer};
 use crate::outlet::{Inbox, Outlet};
 use crate::session::Session;
@@ -27,6 +27,19 @@ pub struct Identity {
     pub role: Role,
     /// A fixed client id (e.g. a token's subject); `None` assigns a fresh one.
     pub client_id: Option<ClientId>,
+    /// Rooms the client may use. Default: all.
+    pub rooms: RoomAccess,
+    /// Time left before the client's credentials expire; when it runs out
+    /// the client gets a `token_expired` event and, after
+    /// [`RouterConfig::expiry_grace`], is closed with 1008.
+    pub expires_in: Option<std::time::Duration>,
+}
+
+impl Identity {
+    /// An identity with `role`, a fresh id, every room, no expiry.
+    pub fn new(role: Role) -> Self {
+        Identity { role, client_id: None, rooms: RoomAccess::All, expires_in: None }
+    }
 }
 
 /// Counts shown by `status` and by monitoring.
@@ -168,7 +181,7 @@ impl Router {
             None => self.inner.client_ids.lock().client_id(),
         };
         let (outlet, inbox) = Outlet::new(self.inner.config.outbound_queue, id, Arc::clone(&self.inner.observer));
-        let entry = Arc::new(ClientEntry { id, role: identity.role, outlet });
+        let entry = Arc::new(ClientEntry { id, role: identity.role, rooms: identity.rooms, outlet });
         match self.inner.clients.entry(id) {
             dashmap::Entry::Occupied(_) => return Err(RoutingError::DuplicateClient(id)),
             dashmap::Entry::Vacant(slot) => {
@@ -176,6 +189,9 @@ impl Router {
             }
         }
         self.inner.observer.observe(&BusEvent::ConnectionOpened { client_id: id, role: identity.role });
+        if let Some(expires_in) = identity.expires_in {
+            tokio::spawn(expire(Arc::downgrade(&entry), expires_in, self.inner.config.expiry_grace));
+        }
         let session = Session::new(self.clone(), entry);
         session.send_welcome();
         Ok((session, inbox))
@@ -354,6 +370,9 @@ impl Router {
             if channel.is_deleted() {
                 return Err(not_found(key).into());
             }
+            // History first: if the backend refuses, nothing has changed yet
+            // and no member loses its membership without being told.
+            self.inner.storage.delete_channel(key).await?;
             if let Some(mut room) = self.inner.rooms.get_mut(&key.room) {
                 room.remove(&key.channel);
             }
@@ -361,7 +380,6 @@ impl Router {
             channel.retire()
         };
         self.inner.observer.observe(&BusEvent::ChannelDeleted { key });
-        self.inner.storage.delete_channel(key).await?;
         Ok(members)
     }
 
@@ -371,6 +389,28 @@ impl Router {
 
     pub(crate) fn broker(&self) -> Option<&Arc<dyn Broker>> {
         self.inner.broker.as_ref()
+    }
+}
+
+/// Tells a client its credentials expired, then closes it after `grace`.
+/// Holds no strong reference: a client that leaves first is simply gone.
+async fn expire(client: std::sync::Weak<ClientEntry>, after: std::time::Duration, grace: std::time::Duration) {
+    tokio::time::sleep(after).await;
+    let Some(entry) = client.upgrade() else { return };
+    #[derive(serde::Serialize)]
+    struct TokenExpired {
+        event: &'static str,
+    }
+    let frame = arqon_protocol::encode::event(
+        IdGenerator::new().message_id(),
+        Timestamp::now(),
+        &TokenExpired { event: "token_expired" },
+    );
+    entry.outlet.push(Outbound::Frame(frame));
+    drop(entry);
+    tokio::time::sleep(grace).await;
+    if let Some(entry) = client.upgrade() {
+        entry.outlet.close(arqon_protocol::CloseReason::TOKEN_EXPIRED);
     }
 }
 

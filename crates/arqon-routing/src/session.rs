@@ -30,6 +30,8 @@ pub struct Session {
     bucket: TokenBucket,
     /// When the frame being handled arrived (for routing latency).
     received: std::time::Instant,
+    /// Rate-limited frames since the last accepted one.
+    refused_in_a_row: u32,
 }
 
 #[derive(Serialize)]
@@ -51,8 +53,8 @@ struct WelcomeLimits {
 
 impl Session {
     pub(crate) fn new(router: Router, client: Arc<ClientEntry>) -> Self {
-        let config = &router.inner.config;
-        let bucket = TokenBucket::new(config.rate_per_s, config.burst);
+        let rate = router.inner.config.rate_for(client.role);
+        let bucket = TokenBucket::new(rate.rate_per_s, rate.burst);
         Session {
             router,
             client,
@@ -60,6 +62,7 @@ impl Session {
             joined: HashSet::new(),
             bucket,
             received: std::time::Instant::now(),
+            refused_in_a_row: 0,
         }
     }
 
@@ -84,8 +87,8 @@ impl Session {
             heartbeat_s: config.heartbeat_s,
             limits: WelcomeLimits {
                 max_message_bytes: config.max_message_bytes,
-                rate_per_s: config.rate_per_s,
-                burst: config.burst,
+                rate_per_s: config.rate_for(self.client.role).rate_per_s,
+                burst: config.rate_for(self.client.role).burst,
             },
         };
         self.push(encode::event(ids.message_id(), Timestamp::now(), &welcome));
@@ -102,8 +105,15 @@ impl Session {
             let error = ProtocolError::new(ErrorCode::RateLimited, "rate limit exceeded; frame not processed")
                 .with_request_id(arqon_protocol::extract_id(text));
             self.send_error_with(&error, Some(retry_after_ms));
+            self.refused_in_a_row = self.refused_in_a_row.saturating_add(1);
+            let limit = self.router.inner.config.abuse_limit;
+            if limit > 0 && self.refused_in_a_row >= limit {
+                tracing::info!(client_id = %self.client.id, "closing a client that kept exceeding its rate limit");
+                self.client.outlet.close(CloseReason::ABUSE);
+            }
             return;
         }
+        self.refused_in_a_row = 0;
         let now = Timestamp::now();
         let frame = match arqon_protocol::decode(text, now) {
             Ok(frame) => frame,
@@ -201,6 +211,9 @@ impl Session {
             Target::Room(room) => (Some(room), None),
             Target::Client(_) => (None, None),
         };
+        if let Some(room) = room {
+            self.require_room(room)?;
+        }
         frame.room = room;
         frame.channel = channel;
         let encoded = frame.encode();
@@ -221,6 +234,15 @@ impl Session {
             self.observe(&BusEvent::MessageRouted { room, channel, fanout, bytes, latency });
         }
         Ok(id)
+    }
+
+    /// Checks the client's room access (e.g. a token's `rooms` claim).
+    pub(crate) fn require_room(&self, room: &arqon_protocol::Name) -> Result<(), ProtocolError> {
+        if self.client.rooms.allows(room) {
+            Ok(())
+        } else {
+            Err(ProtocolError::new(ErrorCode::Forbidden, format!("your credentials do not allow room {room}")))
+        }
     }
 
     pub(crate) fn require(&self, role: Role, what: &str) -> Result<(), ProtocolError> {

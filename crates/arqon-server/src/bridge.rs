@@ -1,20 +1,23 @@
 //! Adapts the router to the transport: who may connect, and where frames go.
 
-use arqon_protocol::Role;
-use arqon_routing::{Identity, Router, Session};
+use std::sync::Arc;
+
+use arqon_routing::{Router, Session};
 use arqon_transport::{Accepted, Acceptor, Connection, Refusal, UpgradeRequest};
 use tracing::Instrument;
+
+use crate::auth::Authenticator;
 
 /// Admits WebSocket clients into the bus.
 #[derive(Debug)]
 pub(crate) struct BusAcceptor {
     router: Router,
-    default_role: Role,
+    authenticator: Arc<Authenticator>,
 }
 
 impl BusAcceptor {
-    pub(crate) fn new(router: Router, default_role: Role) -> Self {
-        BusAcceptor { router, default_role }
+    pub(crate) fn new(router: Router, authenticator: Arc<Authenticator>) -> Self {
+        BusAcceptor { router, authenticator }
     }
 }
 
@@ -30,10 +33,7 @@ impl Acceptor for BusAcceptor {
     type Conn = SessionConn;
 
     fn accept(&self, request: &UpgradeRequest<'_>) -> Result<Accepted<SessionConn>, Refusal> {
-        let identity = Identity {
-            role: self.default_role,
-            client_id: None,
-        };
+        let identity = self.authenticator.identify(request)?;
         let (session, inbox) = self.router.connect(identity).map_err(|e| Refusal {
             status: 409,
             code: "FORBIDDEN",

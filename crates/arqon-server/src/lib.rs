@@ -13,6 +13,7 @@
 //! - [`cli`]: the `arqonbus` command line (`--config`, `--help`).
 //! - [`ServerError`]: this crate's error.
 
+mod auth;
 mod bridge;
 mod instrumented;
 mod monitor;
@@ -27,7 +28,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use arqon_config::Config;
-use arqon_routing::{Router, RouterConfig};
+use arqon_routing::{RateLimit, Router, RouterConfig};
 use arqon_transport::TransportConfig;
 use tokio::net::TcpListener;
 
@@ -59,6 +60,12 @@ pub enum ServerError {
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] arqon_transport::TransportError),
+    /// Authentication could not be set up (e.g. an unreadable key file).
+    #[error("{0}")]
+    Auth(String),
+    /// TLS could not be set up.
+    #[error("TLS: {0}")]
+    Tls(String),
     /// A bad command line.
     #[error("{0}")]
     Usage(String),
@@ -72,7 +79,7 @@ pub struct Bus {
     listener: TcpListener,
     monitoring: Option<TcpListener>,
     transport: TransportConfig,
-    default_role: arqon_protocol::Role,
+    authenticator: Arc<auth::Authenticator>,
     telemetry: Arc<Telemetry>,
 }
 
@@ -100,8 +107,8 @@ impl Bus {
             router,
             listener,
             monitoring,
-            transport: transport_config(config),
-            default_role: config.auth.default_role,
+            transport: transport_config(config)?,
+            authenticator: Arc::new(auth::Authenticator::from_config(&config.auth)?),
             telemetry,
         })
     }
@@ -124,7 +131,7 @@ impl Bus {
     /// Serves until `shutdown` resolves, then closes every connection
     /// (the `shutdown` event, close 1001) within the configured grace.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Bus { router, listener, monitoring, transport, default_role, telemetry } = self;
+        let Bus { router, listener, monitoring, transport, authenticator, telemetry } = self;
         let accepting = Arc::new(AtomicBool::new(false));
         let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
         let monitor_task = monitoring.map(|listener| {
@@ -140,7 +147,7 @@ impl Bus {
             }))
         });
         let health_task = tokio::spawn(watch_storage_health(router.clone(), Arc::clone(&telemetry), stopped_rx));
-        let acceptor = Arc::new(BusAcceptor::new(router.clone(), default_role));
+        let acceptor = Arc::new(BusAcceptor::new(router.clone(), authenticator));
         tracing::info!(addr = ?listener.local_addr().ok(), "serving WebSocket clients");
         accepting.store(true, Ordering::Release);
         let flag = Arc::clone(&accepting);
@@ -196,14 +203,34 @@ fn router_config(config: &Config) -> RouterConfig {
         max_message_bytes: config.limits.max_message_bytes,
         heartbeat_s: config.server.heartbeat_s,
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
+        role_rates: config
+            .limits
+            .roles
+            .iter()
+            .map(|(role, rate)| (*role, RateLimit { rate_per_s: rate.rate_per_s, burst: rate.burst }))
+            .collect(),
+        abuse_limit: config.limits.abuse_limit,
+        expiry_grace: Duration::from_millis(config.auth.expiry_grace_ms),
     }
 }
 
-fn transport_config(config: &Config) -> TransportConfig {
-    TransportConfig {
+fn transport_config(config: &Config) -> Result<TransportConfig, ServerError> {
+    let tls = if config.tls.enabled() {
+        let read = |path: &str| std::fs::read(path).map_err(|e| ServerError::Tls(format!("cannot read {path:?}: {e}")));
+        let (cert, key) = (read(&config.tls.cert)?, read(&config.tls.key)?);
+        Some(arqon_transport::tls_config(&cert, &key).map_err(|e| ServerError::Tls(e.to_string()))?)
+    } else {
+        None
+    };
+    Ok(TransportConfig {
         max_message_bytes: config.limits.max_message_bytes,
         heartbeat: Duration::from_secs(config.server.heartbeat_s),
         shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
+        upgrade_timeout: Duration::from_millis(config.server.upgrade_timeout_ms),
+        max_connections: config.server.max_connections,
+        max_connections_per_ip: config.server.max_connections_per_ip,
+        allowed_origins: config.server.allowed_origins.clone(),
+        tls,
         ..TransportConfig::default()
-    }
+    })
 }

@@ -27,6 +27,7 @@ struct Info<'a> {
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let key = args.channel_key()?;
+    ctx.session.require_room(&key.room)?;
     let router = ctx.session.router.clone();
     let channel = router.lookup(&key).ok_or_else(|| not_found(&key))?;
     let stats = router.inner.storage.stats(&key).await?;

@@ -23,6 +23,7 @@ struct Created<'a> {
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let key = args.channel_key()?;
+    ctx.session.require_room(&key.room)?;
     let (_, created) = ctx.session.router.clone().ensure_channel(&key, true).await?;
     ctx.respond(&Created { room: &key.room, channel: &key.channel, created });
     Ok(())

@@ -30,6 +30,7 @@ struct ChannelDeleted<'a> {
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let key = args.channel_key()?;
+    ctx.session.require_room(&key.room)?;
     let router = ctx.session.router.clone();
     let members = router.delete_channel(&key).await?;
     ctx.session.joined.remove(&key);

@@ -24,6 +24,7 @@ pub(crate) static SPEC: Spec = Spec {
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let key = args.channel_key()?;
+    ctx.session.require_room(&key.room)?;
     let router = ctx.session.router.clone();
     router.lookup(&key).ok_or_else(|| not_found(&key))?;
     let limit = usize::try_from(args.int("limit").unwrap_or(DEFAULT_LIMIT)).unwrap_or(usize::MAX);

@@ -40,6 +40,7 @@ pub(crate) struct MemberEvent<'a> {
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let key = args.channel_key()?;
+    ctx.session.require_room(&key.room)?;
     let router = ctx.session.router.clone();
     // Auto-create on join is for those who may create channels at all.
     let may_create = router.inner.config.auto_create && ctx.session.role() >= Role::User;

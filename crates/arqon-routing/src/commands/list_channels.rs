@@ -32,6 +32,8 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError
         .router
         .channels(args.name("room"))
         .into_iter()
+        // A client limited to some rooms sees only those.
+        .filter(|c| ctx.session.client.rooms.allows(&c.key.room))
         .map(|c| Entry { room: c.key.room, channel: c.key.channel, members: c.members })
         .collect();
     ctx.respond(&List { channels });

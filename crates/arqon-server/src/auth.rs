@@ -1,0 +1,234 @@
+//! Authentication: credentials on the upgrade request to an [`Identity`].
+//!
+//! Authorization (roles, the `rooms` claim) is enforced in routing; this
+//! module only establishes who the client is.
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use arqon_config::{AuthConfig, AuthMode, JwtAlgorithm, StaticToken};
+use arqon_protocol::{ClientId, Name, Role};
+use arqon_routing::{Identity, RoomAccess};
+use arqon_transport::{Refusal, UpgradeRequest};
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+use crate::ServerError;
+
+/// Turns credentials into identities, per `auth.mode`.
+pub(crate) enum Authenticator {
+    /// Everyone gets the default role.
+    Open { role: Role },
+    /// Static tokens.
+    Tokens { tokens: Vec<StaticToken>, allow_anonymous: bool },
+    /// JSON Web Tokens.
+    Jwt { key: Box<DecodingKey>, validation: Box<Validation>, allow_anonymous: bool },
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Authenticator::Open { .. } => "Authenticator::Open",
+            Authenticator::Tokens { .. } => "Authenticator::Tokens",
+            Authenticator::Jwt { .. } => "Authenticator::Jwt",
+        })
+    }
+}
+
+/// The claims ArqonBus reads from a JWT.
+#[derive(Debug, Deserialize)]
+struct Claims {
+    sub: Option<String>,
+    role: Option<Role>,
+    exp: Option<u64>,
+    rooms: Option<RoomsClaim>,
+}
+
+/// `rooms`: a list of room names, or `"*"` for all.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RoomsClaim {
+    All(String),
+    Some(Vec<String>),
+}
+
+fn unauthorized(message: impl Into<String>) -> Refusal {
+    Refusal { status: 401, code: "UNAUTHORIZED", message: message.into() }
+}
+
+impl Authenticator {
+    /// Builds the authenticator; reads the RS256 key file now, so a bad
+    /// path fails start-up rather than every connection.
+    pub(crate) fn from_config(auth: &AuthConfig) -> Result<Self, ServerError> {
+        Ok(match auth.mode {
+            AuthMode::None => Authenticator::Open { role: auth.default_role },
+            AuthMode::Token => {
+                Authenticator::Tokens { tokens: auth.tokens.clone(), allow_anonymous: auth.allow_anonymous }
+            }
+            AuthMode::Jwt => {
+                let (key, algorithm) = match auth.jwt.algorithm {
+                    JwtAlgorithm::HS256 => {
+                        let key = DecodingKey::from_secret(auth.jwt.secret.as_bytes())
+                            .map_err(|e| ServerError::Auth(format!("auth.jwt.secret: {e}")))?;
+                        (key, Algorithm::HS256)
+                    }
+                    JwtAlgorithm::RS256 => {
+                        let path = &auth.jwt.public_key_file;
+                        let pem = std::fs::read(path)
+                            .map_err(|e| ServerError::Auth(format!("auth.jwt.public_key_file {path:?}: {e}")))?;
+                        let key = DecodingKey::from_rsa_pem(&pem)
+                            .map_err(|e| ServerError::Auth(format!("auth.jwt.public_key_file {path:?}: {e}")))?;
+                        (key, Algorithm::RS256)
+                    }
+                };
+                let mut validation = Validation::new(algorithm);
+                validation.leeway = auth.jwt.leeway_s;
+                validation.validate_nbf = true;
+                validation.validate_aud = false;
+                validation.required_spec_claims = HashSet::new();
+                Authenticator::Jwt {
+                    key: Box::new(key),
+                    validation: Box::new(validation),
+                    allow_anonymous: auth.allow_anonymous,
+                }
+            }
+        })
+    }
+
+    /// Who is connecting, or why not.
+    pub(crate) fn identify(&self, request: &UpgradeRequest<'_>) -> Result<Identity, Refusal> {
+        let credentials = credentials(request);
+        match self {
+            Authenticator::Open { role } => Ok(Identity::new(*role)),
+            Authenticator::Tokens { tokens, allow_anonymous } => {
+                let Some(given) = credentials else { return anonymous(*allow_anonymous) };
+                let token = tokens
+                    .iter()
+                    .find(|t| constant_time_eq(t.token.as_bytes(), given.as_bytes()))
+                    .ok_or_else(|| unauthorized("unknown token"))?;
+                let mut identity = Identity::new(token.role);
+                if !token.client.is_empty() {
+                    identity.client_id = Some(client_id_for(&token.client));
+                }
+                identity.rooms = room_access(&token.rooms);
+                Ok(identity)
+            }
+            Authenticator::Jwt { key, validation, allow_anonymous } => {
+                let Some(given) = credentials else { return anonymous(*allow_anonymous) };
+                let data = jsonwebtoken::decode::<Claims>(&given, key, validation)
+                    .map_err(|e| unauthorized(format!("invalid token: {e}")))?;
+                let claims = data.claims;
+                let mut identity = Identity::new(claims.role.unwrap_or(Role::User));
+                identity.client_id = claims.sub.as_deref().map(client_id_for);
+                identity.rooms = match &claims.rooms {
+                    None => RoomAccess::All,
+                    Some(RoomsClaim::All(star)) if star == "*" => RoomAccess::All,
+                    Some(RoomsClaim::All(one)) => room_access(std::slice::from_ref(one)),
+                    Some(RoomsClaim::Some(rooms)) => room_access(rooms),
+                };
+                if let Some(exp) = claims.exp {
+                    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+                    // Validation already refused a token past exp + leeway.
+                    identity.expires_in = Some(Duration::from_secs(exp.saturating_sub(now)));
+                }
+                Ok(identity)
+            }
+        }
+    }
+}
+
+fn anonymous(allowed: bool) -> Result<Identity, Refusal> {
+    if allowed { Ok(Identity::new(Role::Guest)) } else { Err(unauthorized("credentials required")) }
+}
+
+/// `Authorization: Bearer …`, else `?token=…` (browsers cannot set headers).
+fn credentials(request: &UpgradeRequest<'_>) -> Option<String> {
+    let header = request
+        .headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|v| v.trim().to_owned());
+    header.or_else(|| {
+        request.query?.split('&').find_map(|pair| pair.strip_prefix("token=").map(percent_decode))
+    })
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+                match hex.and_then(|h| u8::from_str_radix(h, 16).ok()) {
+                    Some(byte) => {
+                        out.push(byte);
+                        i += 3;
+                        continue;
+                    }
+                    None => out.push(b'%'),
+                }
+            }
+            b'+' => out.push(b' '),
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A client id from a token: the subject itself when it is an `arq_` id,
+/// else a stable id derived from it (the same name always maps to the same
+/// id, so others can address the client directly).
+pub(crate) fn client_id_for(subject: &str) -> ClientId {
+    if let Ok(id) = ClientId::parse(subject) {
+        return id;
+    }
+    let digest = Sha256::digest(subject.as_bytes());
+    let mut bytes = [0u8; 16];
+    bytes.copy_from_slice(&digest[..16]);
+    ClientId::from_ulid(ulid::Ulid::from_bytes(bytes))
+}
+
+fn room_access(rooms: &[String]) -> RoomAccess {
+    if rooms.is_empty() || rooms.iter().any(|r| r == "*") {
+        return RoomAccess::All;
+    }
+    // Names that are not valid room names can never match a room.
+    RoomAccess::Only(rooms.iter().filter_map(|r| Name::parse(r).ok()).collect())
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_map_to_stable_ids() {
+        let id = "arq_01JDQ8Z6W3T7M5KX2C9V4B8N1P";
+        assert_eq!(client_id_for(id).to_string(), id);
+        assert_eq!(client_id_for("alice"), client_id_for("alice"));
+        assert_ne!(client_id_for("alice"), client_id_for("bob"));
+    }
+
+    #[test]
+    fn query_tokens_are_percent_decoded() {
+        assert_eq!(percent_decode("a%2Bb%3D%3D"), "a+b==");
+        assert_eq!(percent_decode("plain"), "plain");
+        assert_eq!(percent_decode("bad%zz"), "bad%zz");
+        assert_eq!(percent_decode("end%4"), "end%4");
+    }
+
+    #[test]
+    fn tokens_compare_exactly() {
+        assert!(constant_time_eq(b"secret", b"secret"));
+        assert!(!constant_time_eq(b"secret", b"secreT"));
+        assert!(!constant_time_eq(b"secret", b"secrets"));
+    }
+}
