@@ -118,6 +118,15 @@ fn envelope_error(message: impl Into<String>) -> ProtocolError {
 /// On failure the error carries the code to report (the first that applies,
 /// in the contract's order) and the frame's id when it was valid.
 pub fn decode(text: &str, now: Timestamp) -> Result<ClientFrame<'_>, ProtocolError> {
+    // serde also reads a struct from an array, field by field: without this
+    // check `[1,null,"message",null,"r"]` would pass for an envelope.
+    if !is_object_text(text) {
+        let message = match serde_json::from_str::<IgnoredAny>(text) {
+            Ok(_) => "frame is not a JSON object".to_owned(),
+            Err(parse) => format!("frame is not valid JSON: {parse}"),
+        };
+        return Err(ProtocolError::new(ErrorCode::InvalidJson, message));
+    }
     let wire: Wire<'_> = match serde_json::from_str(text) {
         Ok(wire) => wire,
         Err(err) => return Err(classify_failure(text, &err)),
@@ -134,8 +143,16 @@ pub fn extract_id(text: &str) -> Option<MessageId> {
         #[serde(borrow)]
         id: Option<Cow<'a, str>>,
     }
+    if !is_object_text(text) {
+        return None;
+    }
     let only: IdOnly<'_> = serde_json::from_str(text).ok()?;
     MessageId::parse(&only.id?).ok()
+}
+
+/// Whether `text` can only be a JSON object (if it is JSON at all).
+fn is_object_text(text: &str) -> bool {
+    text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{')
 }
 
 /// Why the fast path failed: not JSON / not an object, or a bad envelope.

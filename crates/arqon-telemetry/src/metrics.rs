@@ -7,6 +7,9 @@ use arqon_protocol::ErrorCode;
 use metrics::{Counter, Gauge, Histogram, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+/// Storage operations counted by `arqon_storage_operations_total{op}`.
+pub const STORAGE_OPS: [&str; 7] = ["create_channel", "channels", "delete_channel", "append", "history", "since", "stats"];
+
 /// Frame kinds counted by `arqon_frames_received_total{type}`.
 pub const FRAME_KINDS: [&str; 5] = ["message", "command", "invalid", "binary", "oversize"];
 
@@ -32,6 +35,8 @@ pub struct BusMetrics {
     slow_consumers: Counter,
     queue_depth: Gauge,
     storage_healthy: Gauge,
+    storage_ok: [Counter; STORAGE_OPS.len()],
+    storage_failed: [Counter; STORAGE_OPS.len()],
 }
 
 impl fmt::Debug for BusMetrics {
@@ -88,6 +93,8 @@ impl BusMetrics {
                 slow_consumers: metrics::counter!("arqon_slow_consumer_disconnects_total"),
                 queue_depth: metrics::gauge!("arqon_outbound_queue_depth"),
                 storage_healthy: metrics::gauge!("arqon_storage_healthy"),
+                storage_ok: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_operations_total", "op" => op)),
+                storage_failed: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_failures_total", "op" => op)),
                 recorder: PrometheusBuilder::new().build_recorder(),
                 handle: handle.clone(),
             }
@@ -167,15 +174,12 @@ impl BusMetrics {
         self.storage_healthy.set(if healthy { 1.0 } else { 0.0 });
     }
 
-    /// Counts one storage operation (`op` e.g. `append`) and whether it failed.
-    pub fn storage_op(&self, op: &'static str, ok: bool) {
-        let name = if ok { "arqon_storage_operations_total" } else { "arqon_storage_failures_total" };
-        let labels = [("op", op)];
-        let counter = self.recorder.register_counter(
-            &metrics::Key::from_parts(name, &labels[..]),
-            &metrics::Metadata::new(module_path!(), metrics::Level::INFO, None),
-        );
-        counter.increment(1);
+    /// Counts one storage operation (`op`, one of [`STORAGE_OPS`]) and
+    /// whether it failed. Pre-registered: appends are on the message path.
+    pub fn storage_op(&self, op: &str, ok: bool) {
+        if let Some(i) = STORAGE_OPS.iter().position(|o| *o == op) {
+            if ok { &self.storage_ok[i] } else { &self.storage_failed[i] }.increment(1);
+        }
     }
 }
 

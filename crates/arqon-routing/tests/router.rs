@@ -1,0 +1,1634 @@
+//! The bus core driven through its public API with no network: routing (PROTOCOL.md section 3),
+//! commands (section 4), events (section 5), roles, limits, and the `Broker` and `Storage` seams.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arqon_protocol::{
+    ChannelKey, ClientId, CloseReason, ErrorCode, Frame, IdGenerator, MessageId, Outbound, Role, Timestamp,
+};
+use arqon_routing::{Broker, Delivery, Identity, Inbox, Router, RouterConfig, RoutingError, Session};
+use arqon_storage::{
+    Appended, ChannelRecord, ChannelStats, Health, MemoryStorage, Since, Storage, StorageError, StoredMessage,
+    async_trait,
+};
+use serde_json::{Value, json};
+
+// ---------------------------------------------------------------------------
+// Harness
+// ---------------------------------------------------------------------------
+
+/// Longest wait for a frame that should already be queued.
+const WAIT: Duration = Duration::from_secs(5);
+
+/// Defaults, without the rate limit (tests send many frames at once).
+fn config() -> RouterConfig {
+    RouterConfig { rate_per_s: 0, ..RouterConfig::default() }
+}
+
+fn router() -> Router {
+    router_with(config())
+}
+
+fn router_with(config: RouterConfig) -> Router {
+    Router::new(config, Arc::new(MemoryStorage::new(1000)))
+}
+
+/// Parses a server frame and checks what every server frame must carry.
+fn parse_frame(frame: &Frame) -> Value {
+    let v: Value = serde_json::from_str(frame.as_str()).unwrap_or_else(|e| panic!("not JSON ({e}): {frame:?}"));
+    assert_eq!(v["version"], 1, "{v}");
+    MessageId::parse(v["id"].as_str().unwrap_or_default()).unwrap_or_else(|e| panic!("{e}: {v}"));
+    let ts = v["timestamp"].as_str().unwrap_or_else(|| panic!("no timestamp: {v}"));
+    assert!(ts.len() == 24 && ts.ends_with('Z'), "{v}");
+    Timestamp::parse(ts).unwrap();
+    match v["type"].as_str() {
+        Some("message" | "response" | "event") => {}
+        Some("error") => {
+            let code = v["error"]["code"].as_str().unwrap_or_else(|| panic!("no code: {v}"));
+            assert!(ErrorCode::from_wire(code).is_some(), "{v}");
+            assert!(v["error"]["message"].is_string(), "{v}");
+        }
+        _ => panic!("bad type: {v}"),
+    }
+    v
+}
+
+/// One connected client: its session, its inbox, and an id source for the
+/// frames it sends.
+struct Client {
+    session: Session,
+    inbox: Inbox,
+    id: ClientId,
+    ids: IdGenerator,
+}
+
+impl Client {
+    /// Connects and consumes (and checks) the `welcome` event.
+    fn connect(router: &Router, role: Role) -> Client {
+        let (session, inbox) = router.connect(Identity::new(role)).unwrap();
+        let id = session.client_id();
+        assert_eq!(session.role(), role);
+        let mut client = Client { session, inbox, id, ids: IdGenerator::new() };
+        let welcome = client.try_next().expect("welcome is queued at connect");
+        assert_eq!(welcome["type"], "event");
+        assert_eq!(welcome["payload"]["event"], "welcome");
+        assert_eq!(welcome["payload"]["client_id"], id.to_string());
+        assert_eq!(welcome["payload"]["role"], role.as_str());
+        client
+    }
+
+    fn id_str(&self) -> String {
+        self.id.to_string()
+    }
+
+    fn new_id(&mut self) -> MessageId {
+        self.ids.message_id()
+    }
+
+    async fn send(&mut self, json: &str) {
+        self.session.handle_text(json).await;
+    }
+
+    async fn send_value(&mut self, frame: Value) {
+        self.send(&frame.to_string()).await;
+    }
+
+    async fn next_outbound(&mut self) -> Outbound {
+        tokio::time::timeout(WAIT, self.inbox.frames.recv())
+            .await
+            .expect("no frame arrived in time")
+            .expect("inbox closed")
+    }
+
+    /// The next frame (it must be a single frame, not a batch).
+    async fn next(&mut self) -> Value {
+        match self.next_outbound().await {
+            Outbound::Frame(frame) => parse_frame(&frame),
+            Outbound::Batch(frames) => panic!("expected one frame, got a batch of {}", frames.len()),
+            Outbound::Binary(data) => panic!("the bus never sends binary, got {} bytes", data.len()),
+        }
+    }
+
+    /// The next frame if one is queued.
+    fn try_next(&mut self) -> Option<Value> {
+        match self.inbox.frames.try_recv() {
+            Ok(Outbound::Frame(frame)) => Some(parse_frame(&frame)),
+            Ok(Outbound::Batch(frames)) => panic!("expected one frame, got a batch of {}", frames.len()),
+            Ok(Outbound::Binary(data)) => panic!("the bus never sends binary, got {} bytes", data.len()),
+            Err(_) => None,
+        }
+    }
+
+    fn assert_quiet(&mut self) {
+        if let Some(frame) = self.try_next() {
+            panic!("unexpected frame: {frame}");
+        }
+    }
+
+    /// Sends a command with a fresh id; returns its one answer, checked to
+    /// carry that id as `request_id`.
+    async fn command(&mut self, name: &str, args: Value) -> Value {
+        let id = self.new_id();
+        self.send_value(json!({"type": "command", "id": id.to_string(), "command": name, "args": args})).await;
+        let reply = self.next().await;
+        assert_eq!(reply["request_id"], id.to_string(), "{reply}");
+        assert!(matches!(reply["type"].as_str(), Some("response" | "error")), "{reply}");
+        reply
+    }
+
+    /// A command that must succeed; returns its payload.
+    async fn ok(&mut self, name: &str, args: Value) -> Value {
+        let reply = self.command(name, args).await;
+        assert_eq!(reply["type"], "response", "{name} failed: {reply}");
+        reply["payload"].clone()
+    }
+
+    /// A command that must fail; returns its error object.
+    async fn fail(&mut self, name: &str, args: Value) -> Value {
+        let reply = self.command(name, args).await;
+        assert_eq!(reply["type"], "error", "{name} succeeded: {reply}");
+        reply["error"].clone()
+    }
+
+    /// Discards everything queued so far.
+    fn drain(&mut self) {
+        while self.try_next().is_some() {}
+    }
+
+    async fn create(&mut self, room: &str, channel: &str) {
+        self.ok("create_channel", json!({"room": room, "channel": channel})).await;
+    }
+
+    async fn join(&mut self, room: &str, channel: &str) -> Value {
+        self.ok("join_channel", json!({"room": room, "channel": channel})).await
+    }
+
+    /// Publishes with the `publish` command; returns the message id.
+    async fn publish(&mut self, room: &str, channel: &str, payload: Value) -> MessageId {
+        let reply = self.ok("publish", json!({"room": room, "channel": channel, "payload": payload})).await;
+        MessageId::parse(reply["id"].as_str().unwrap()).unwrap()
+    }
+
+    /// Sends a fire-and-forget message; returns the error it got, if any.
+    async fn message(&mut self, frame: Value) -> Option<Value> {
+        let mut frame = frame;
+        frame["type"] = json!("message");
+        self.send_value(frame).await;
+        self.try_next()
+    }
+}
+
+fn code(error_frame: &Value) -> &str {
+    error_frame["error"]["code"].as_str().unwrap_or_else(|| panic!("not an error: {error_frame}"))
+}
+
+fn key(room: &str, channel: &str) -> ChannelKey {
+    ChannelKey::parse(room, channel).unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Routing (section 3)
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn channel_message_reaches_every_member_but_the_sender() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::Guest);
+    let mut c = Client::connect(&router, Role::Guest);
+    let mut d = Client::connect(&router, Role::User);
+    a.join("r", "c").await;
+    b.join("r", "c").await;
+    c.join("r", "c").await;
+    d.create("r", "other").await;
+    d.join("r", "other").await;
+    a.drain(); // member_joined of b and c
+    b.drain(); // member_joined of c
+
+    let id = a.new_id();
+    let sent = json!({"id": id.to_string(), "room": "r", "channel": "c", "payload": {"n": [1, 2.5, "x"]}, "meta": {"trace": "t1"}});
+    assert!(a.message(sent).await.is_none());
+    for member in [&mut b, &mut c] {
+        let got = member.next().await;
+        assert_eq!(got["type"], "message");
+        assert_eq!(got["id"], id.to_string());
+        assert_eq!(got["from"], a.id_str());
+        assert_eq!(got["room"], "r");
+        assert_eq!(got["channel"], "c");
+        assert_eq!(got["payload"], json!({"n": [1, 2.5, "x"]}));
+        assert_eq!(got["meta"], json!({"trace": "t1"}));
+        assert!(got.get("to").is_none());
+        member.assert_quiet();
+    }
+    a.assert_quiet();
+    d.assert_quiet();
+
+    // A client's timestamp is checked, then replaced by server time.
+    let theirs = Timestamp::from_unix_ms(Timestamp::now().unix_ms() - 200_000).to_string();
+    let before = Timestamp::now();
+    assert!(a.message(json!({"room": "r", "channel": "c", "timestamp": theirs})).await.is_none());
+    let got = b.next().await;
+    assert!(Timestamp::parse(got["timestamp"].as_str().unwrap()).unwrap() >= before, "{got}");
+    c.next().await;
+    let stale = Timestamp::from_unix_ms(Timestamp::now().unix_ms() - 400_000).to_string();
+    let error = a.message(json!({"room": "r", "channel": "c", "timestamp": stale})).await.unwrap();
+    assert_eq!(code(&error), "INVALID_TIMESTAMP");
+    b.assert_quiet();
+
+    // Without an id the bus assigns one; without a payload none is delivered.
+    assert!(a.message(json!({"room": "r", "channel": "c"})).await.is_none());
+    let got = b.next().await;
+    assert_ne!(got["id"], id.to_string());
+    assert!(got.get("payload").is_none());
+    assert_eq!(c.next().await["id"], got["id"]);
+}
+
+#[tokio::test]
+async fn publishing_needs_no_membership_and_auto_creates() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    assert!(a.message(json!({"room": "new", "channel": "c", "payload": 1})).await.is_none());
+    let list = a.ok("list_channels", json!({})).await;
+    assert_eq!(list["channels"], json!([{"room": "new", "channel": "c", "members": 0}]));
+    // Channel messages are stored.
+    let history = a.ok("history", json!({"room": "new", "channel": "c"})).await;
+    assert_eq!(history["messages"][0]["payload"], 1);
+
+    let router = router_with(RouterConfig { auto_create: false, ..config() });
+    let mut a = Client::connect(&router, Role::User);
+    let error = a.message(json!({"room": "r", "channel": "c", "payload": 1})).await.unwrap();
+    assert_eq!(code(&error), "NOT_FOUND");
+    let error = a.fail("publish", json!({"room": "r", "channel": "c", "payload": 1})).await;
+    assert_eq!(error["code"], "NOT_FOUND");
+    assert_eq!(router.counts().channels, 0);
+}
+
+#[tokio::test]
+async fn room_message_reaches_each_member_of_the_room_once() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::User);
+    let mut c = Client::connect(&router, Role::User);
+    let mut d = Client::connect(&router, Role::User);
+    a.join("r", "c1").await;
+    b.join("r", "c1").await;
+    b.join("r", "c2").await;
+    c.join("r", "c2").await;
+    d.join("elsewhere", "c1").await;
+    a.drain();
+    b.drain();
+
+    let id = a.new_id();
+    assert!(a.message(json!({"id": id.to_string(), "room": "r", "payload": "all"})).await.is_none());
+    for member in [&mut b, &mut c] {
+        let got = member.next().await;
+        assert_eq!(got["id"], id.to_string());
+        assert_eq!(got["room"], "r");
+        assert!(got.get("channel").is_none(), "{got}");
+        assert_eq!(got["from"], a.id_str());
+        assert_eq!(got["payload"], "all");
+        member.assert_quiet(); // b is in two channels of the room: still once
+    }
+    a.assert_quiet();
+    d.assert_quiet();
+
+    // Live only: not in any channel's history.
+    for channel in ["c1", "c2"] {
+        let history = a.ok("history", json!({"room": "r", "channel": channel})).await;
+        assert_eq!(history["messages"], json!([]));
+    }
+    // A room with no channels.
+    let error = a.message(json!({"room": "empty", "payload": 1})).await.unwrap();
+    assert_eq!(code(&error), "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn direct_message_reaches_that_client_only() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::Guest);
+    let mut c = Client::connect(&router, Role::Guest);
+    a.create("r", "c").await;
+    c.join("r", "c").await;
+    let mut a_in = Client::connect(&router, Role::Guest);
+    a_in.join("r", "c").await;
+
+    let id = a.new_id();
+    assert!(a.message(json!({"id": id.to_string(), "to": b.id_str(), "payload": {"hi": true}})).await.is_none());
+    let got = b.next().await;
+    assert_eq!(got["type"], "message");
+    assert_eq!(got["id"], id.to_string());
+    assert_eq!(got["from"], a.id_str());
+    assert_eq!(got["payload"], json!({"hi": true}));
+    assert!(got.get("room").is_none() && got.get("channel").is_none() && got.get("to").is_none(), "{got}");
+    b.assert_quiet();
+    a.assert_quiet();
+    c.drain(); // member_joined of a_in
+    c.assert_quiet();
+
+    // Nobody with that id.
+    let nobody = IdGenerator::new().client_id();
+    let id = a.new_id();
+    let error = a.message(json!({"id": id.to_string(), "to": nobody.to_string()})).await.unwrap();
+    assert_eq!(code(&error), "NOT_FOUND");
+    assert_eq!(error["request_id"], id.to_string());
+}
+
+#[tokio::test]
+async fn impossible_targets_are_invalid_envelopes() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::Admin);
+    let mut b = Client::connect(&router, Role::Guest);
+    let to = b.id_str();
+    for frame in [
+        json!({}),
+        json!({"payload": 1}),
+        json!({"to": to, "room": "r"}),
+        json!({"to": to, "channel": "c"}),
+        json!({"to": to, "room": "r", "channel": "c"}),
+        json!({"channel": "c"}),
+    ] {
+        let id = a.new_id();
+        let mut frame = frame;
+        frame["id"] = json!(id.to_string());
+        let error = a.message(frame.clone()).await.unwrap_or_else(|| panic!("{frame} accepted"));
+        assert_eq!(code(&error), "INVALID_ENVELOPE", "{frame}");
+        assert_eq!(error["request_id"], id.to_string(), "{frame}");
+    }
+    b.assert_quiet();
+    // The connection stays usable.
+    assert_eq!(a.ok("ping", json!({})).await, json!({"pong": true}));
+}
+
+#[tokio::test]
+async fn decode_errors_are_reported_with_their_request_id() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    a.send("not json").await;
+    let error = a.next().await;
+    assert_eq!(code(&error), "INVALID_JSON");
+    assert!(error.get("request_id").is_none());
+    let id = a.new_id();
+    a.send(&format!(r#"{{"type":"message","id":"{id}","room":"r","version":2}}"#)).await;
+    let error = a.next().await;
+    assert_eq!(code(&error), "UNSUPPORTED_VERSION");
+    assert_eq!(error["request_id"], id.to_string());
+    a.send(r#"{"type":"message","room":"bad name"}"#).await;
+    assert_eq!(code(&a.next().await), "INVALID_NAME");
+    a.session.handle_binary();
+    assert_eq!(code(&a.next().await), "UNSUPPORTED_FRAME");
+    assert!(a.inbox.close.borrow().is_none());
+    a.session.handle_oversize();
+    assert_eq!(code(&a.next().await), "MESSAGE_TOO_LARGE");
+    assert_eq!(*a.inbox.close.borrow(), Some(CloseReason::TOO_LARGE));
+}
+
+#[tokio::test]
+async fn from_must_be_the_sender() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::User);
+    b.join("r", "c").await;
+    let error = a.message(json!({"room": "r", "channel": "c", "from": b.id_str(), "payload": 1})).await.unwrap();
+    assert_eq!(code(&error), "FORBIDDEN");
+    let id = a.new_id();
+    a.send_value(json!({"type": "command", "id": id.to_string(), "command": "ping", "from": b.id_str()})).await;
+    let error = a.next().await;
+    assert_eq!(code(&error), "FORBIDDEN");
+    assert_eq!(error["request_id"], id.to_string());
+    b.assert_quiet();
+    // Its own id is fine.
+    assert!(a.message(json!({"room": "r", "channel": "c", "from": a.id_str(), "payload": 2})).await.is_none());
+    assert_eq!(b.next().await["payload"], 2);
+}
+
+#[tokio::test]
+async fn a_retried_message_is_neither_stored_nor_delivered_again() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::Guest);
+    a.create("r", "c").await;
+    b.join("r", "c").await;
+
+    let id = a.new_id();
+    let frame = json!({"id": id.to_string(), "room": "r", "channel": "c", "payload": "once"});
+    assert!(a.message(frame.clone()).await.is_none());
+    assert!(a.message(frame).await.is_none());
+    assert_eq!(b.next().await["id"], id.to_string());
+    b.assert_quiet();
+
+    // `publish`: the command's id is the message id; a retry gets the same answer.
+    let pid = a.new_id();
+    let publish = json!({"type": "command", "id": pid.to_string(), "command": "publish",
+        "args": {"room": "r", "channel": "c", "payload": "acked"}});
+    for _ in 0..2 {
+        a.send_value(publish.clone()).await;
+        let reply = a.next().await;
+        assert_eq!(reply["type"], "response");
+        assert_eq!(reply["request_id"], pid.to_string());
+        assert_eq!(reply["payload"], json!({"id": pid.to_string()}));
+    }
+    assert_eq!(b.next().await["id"], pid.to_string());
+    b.assert_quiet();
+    let history = a.ok("history", json!({"room": "r", "channel": "c"})).await;
+    let ids: Vec<&Value> = history["messages"].as_array().unwrap().iter().map(|m| &m["id"]).collect();
+    assert_eq!(ids, [&json!(id.to_string()), &json!(pid.to_string())]);
+}
+
+#[tokio::test]
+async fn one_senders_messages_arrive_in_order() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::Guest);
+    a.create("r", "c").await;
+    b.join("r", "c").await;
+    for n in 0..200 {
+        assert!(a.message(json!({"room": "r", "channel": "c", "payload": n})).await.is_none());
+    }
+    for n in 0..200 {
+        assert_eq!(b.next().await["payload"], n);
+    }
+    b.assert_quiet();
+}
+
+// ---------------------------------------------------------------------------
+// Commands (section 4)
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn ping_status_and_help() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::Guest);
+    let mut u = Client::connect(&router, Role::User);
+    assert_eq!(a.ok("ping", json!({})).await, json!({"pong": true}));
+    // `args` may be left out.
+    let id = a.new_id();
+    a.send_value(json!({"type": "command", "id": id.to_string(), "command": "ping"})).await;
+    assert_eq!(a.next().await["payload"], json!({"pong": true}));
+
+    u.join("r", "c1").await;
+    u.join("r", "c2").await;
+    u.join("s", "c1").await;
+    let status = a.ok("status", json!({})).await;
+    assert_eq!(status["version"], RouterConfig::default().server_version);
+    assert!(status["uptime_s"].is_u64(), "{status}");
+    assert_eq!(status["connections"], 2);
+    assert_eq!(status["rooms"], 2);
+    assert_eq!(status["channels"], 3);
+    assert_eq!(status["storage"], json!({"backend": "memory", "healthy": true}));
+    drop(u);
+    assert_eq!(a.ok("status", json!({})).await["connections"], 1);
+
+    let help = a.ok("help", json!({})).await;
+    let names: Vec<&str> = help["commands"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "ping",
+            "status",
+            "help",
+            "create_channel",
+            "delete_channel",
+            "join_channel",
+            "leave_channel",
+            "list_channels",
+            "channel_info",
+            "history",
+            "publish"
+        ]
+    );
+    for command in help["commands"].as_array().unwrap() {
+        assert!(command["description"].as_str().is_some_and(|d| !d.is_empty()), "{command}");
+        assert!(command["args"].is_array(), "{command}");
+        assert_eq!(command["allowed"], command["role"] == "guest", "{command}");
+    }
+    let history = &help["commands"][9];
+    let arg_names: Vec<&str> =
+        history["args"].as_array().unwrap().iter().map(|a| a["name"].as_str().unwrap()).collect();
+    assert_eq!(arg_names, ["room", "channel", "limit", "before"]);
+}
+
+#[tokio::test]
+async fn create_join_leave_list_and_info() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut g = Client::connect(&router, Role::Guest);
+
+    let created = a.ok("create_channel", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(created, json!({"room": "r", "channel": "c", "created": true}));
+    let again = a.ok("create_channel", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(again, json!({"room": "r", "channel": "c", "created": false}));
+
+    assert_eq!(a.join("r", "c").await, json!({"room": "r", "channel": "c", "members": 1}));
+    assert_eq!(g.join("r", "c").await, json!({"room": "r", "channel": "c", "members": 2}));
+    // Joining twice changes nothing.
+    assert_eq!(g.join("r", "c").await["members"], 2);
+    assert_eq!(a.next().await["payload"]["event"], "member_joined");
+    a.assert_quiet();
+    a.ok("create_channel", json!({"room": "a", "channel": "z"})).await;
+    a.ok("create_channel", json!({"room": "r", "channel": "b"})).await;
+
+    let list = g.ok("list_channels", json!({})).await;
+    assert_eq!(
+        list["channels"],
+        json!([
+            {"room": "a", "channel": "z", "members": 0},
+            {"room": "r", "channel": "b", "members": 0},
+            {"room": "r", "channel": "c", "members": 2},
+        ])
+    );
+    let list = g.ok("list_channels", json!({"room": "r"})).await;
+    assert_eq!(list["channels"].as_array().unwrap().len(), 2);
+    assert_eq!(g.ok("list_channels", json!({"room": "none"})).await, json!({"channels": []}));
+
+    let before = Timestamp::now();
+    let published = a.publish("r", "c", json!(1)).await;
+    assert_eq!(g.next().await["id"], published.to_string());
+    let info = g.ok("channel_info", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(info["room"], "r");
+    assert_eq!(info["channel"], "c");
+    assert_eq!(info["members"], 2);
+    assert_eq!(info["stored"], 1);
+    assert_eq!(info["last_id"], published.to_string());
+    let created_at = Timestamp::parse(info["created_at"].as_str().unwrap()).unwrap();
+    assert!(created_at <= before, "{info}");
+    let empty = g.ok("channel_info", json!({"room": "r", "channel": "b"})).await;
+    assert_eq!(empty["stored"], 0);
+    assert_eq!(empty["last_id"], Value::Null);
+    assert_eq!(g.fail("channel_info", json!({"room": "r", "channel": "nope"})).await["code"], "NOT_FOUND");
+
+    assert_eq!(
+        g.ok("leave_channel", json!({"room": "r", "channel": "c"})).await,
+        json!({"room": "r", "channel": "c", "left": true})
+    );
+    assert_eq!(g.ok("leave_channel", json!({"room": "r", "channel": "c"})).await["left"], false);
+    assert_eq!(g.ok("leave_channel", json!({"room": "r", "channel": "nope"})).await["left"], false);
+    assert_eq!(g.ok("channel_info", json!({"room": "r", "channel": "c"})).await["members"], 1);
+    // A message after leaving does not reach the former member.
+    assert_eq!(a.next().await["payload"]["event"], "member_left");
+    g.assert_quiet();
+    a.publish("r", "c", json!(2)).await;
+    g.assert_quiet();
+}
+
+#[tokio::test]
+async fn join_auto_creates_for_users_only() {
+    let router = router();
+    let mut g = Client::connect(&router, Role::Guest);
+    let mut u = Client::connect(&router, Role::User);
+    assert_eq!(g.fail("join_channel", json!({"room": "r", "channel": "c"})).await["code"], "NOT_FOUND");
+    assert_eq!(router.counts().channels, 0);
+    assert_eq!(u.join("r", "c").await["members"], 1);
+    assert_eq!(g.join("r", "c").await["members"], 2);
+
+    let router = router_with(RouterConfig { auto_create: false, ..config() });
+    let mut u = Client::connect(&router, Role::User);
+    assert_eq!(u.fail("join_channel", json!({"room": "r", "channel": "c"})).await["code"], "NOT_FOUND");
+    // create_channel works regardless.
+    u.ok("create_channel", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(u.join("r", "c").await["members"], 1);
+}
+
+#[tokio::test]
+async fn history_is_storage_order_with_limit_and_before() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::Guest);
+    a.create("r", "c").await;
+    b.join("r", "c").await;
+    // Ids not in time order: history follows the order the bus stored them.
+    let mut ids: Vec<MessageId> = (0..6).map(|_| a.new_id()).collect();
+    ids.reverse();
+    let mut live = Vec::new();
+    for (n, id) in ids.iter().enumerate() {
+        a.send_value(json!({"type": "message", "id": id.to_string(), "room": "r", "channel": "c", "payload": n, "meta": {"n": n.to_string()}})).await;
+        live.push(b.next().await);
+    }
+    let history = b.ok("history", json!({"room": "r", "channel": "c"})).await;
+    // Stored messages are the envelopes exactly as delivered live.
+    assert_eq!(history["messages"], Value::Array(live.clone()));
+
+    let history = b.ok("history", json!({"room": "r", "channel": "c", "limit": 2})).await;
+    assert_eq!(history["messages"], json!(live[4..]));
+    let history = b.ok("history", json!({"room": "r", "channel": "c", "limit": 2, "before": ids[3].to_string()})).await;
+    assert_eq!(history["messages"], json!(live[1..3]));
+    let history = b.ok("history", json!({"room": "r", "channel": "c", "before": ids[0].to_string()})).await;
+    assert_eq!(history["messages"], json!([]));
+
+    let unknown = IdGenerator::new().message_id();
+    let error = b.fail("history", json!({"room": "r", "channel": "c", "before": unknown.to_string()})).await;
+    assert_eq!(error["code"], "NOT_FOUND");
+    for limit in [json!(0), json!(1001), json!("5"), json!(-1), json!(2.5)] {
+        let error = b.fail("history", json!({"room": "r", "channel": "c", "limit": limit})).await;
+        assert_eq!(error["code"], "INVALID_ARGS", "{limit}");
+        assert!(error["message"].as_str().unwrap().contains("limit"), "{error}");
+    }
+    assert_eq!(b.ok("history", json!({"room": "r", "channel": "c", "limit": 1000})).await["messages"], json!(live));
+    assert_eq!(b.fail("history", json!({"room": "r", "channel": "none"})).await["code"], "NOT_FOUND");
+
+    // The default limit is 50, newest kept.
+    for n in 0..60 {
+        a.publish("r", "d", json!(n)).await;
+    }
+    let history = b.ok("history", json!({"room": "r", "channel": "d"})).await;
+    let payloads: Vec<Value> = history["messages"].as_array().unwrap().iter().map(|m| m["payload"].clone()).collect();
+    assert_eq!(payloads, (10..60).map(|n| json!(n)).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn publish_answers_with_the_id_once_delivered() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::Guest);
+    a.create("r", "c").await;
+    b.join("r", "c").await;
+    let id = a.new_id();
+    a.send_value(json!({"type": "command", "id": id.to_string(), "command": "publish",
+        "args": {"room": "r", "channel": "c", "payload": [null, {"deep": true}], "meta": {"k": "v"}}}))
+        .await;
+    let reply = a.next().await;
+    assert_eq!(reply["type"], "response");
+    assert_eq!(reply["payload"], json!({"id": id.to_string()}));
+    let got = b.next().await;
+    assert_eq!(got["id"], id.to_string());
+    assert_eq!(got["from"], a.id_str());
+    assert_eq!(got["room"], "r");
+    assert_eq!(got["channel"], "c");
+    assert_eq!(got["payload"], json!([null, {"deep": true}]));
+    assert_eq!(got["meta"], json!({"k": "v"}));
+
+    // Without a command id, the bus assigns the message id.
+    a.send(r#"{"type":"command","command":"publish","args":{"room":"r","channel":"c","payload":null}}"#).await;
+    let reply = a.next().await;
+    assert!(reply.get("request_id").is_none());
+    let got = b.next().await;
+    assert_eq!(reply["payload"]["id"], got["id"]);
+    assert_eq!(got["payload"], Value::Null);
+}
+
+#[tokio::test]
+async fn command_errors_follow_the_contract() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::Admin);
+    assert_eq!(a.fail("nope", json!({})).await["code"], "UNKNOWN_COMMAND");
+    // UNKNOWN_COMMAND outranks bad names and args.
+    assert_eq!(a.fail("nope", json!({"room": "bad name"})).await["code"], "UNKNOWN_COMMAND");
+    for (command, args, expected, field) in [
+        ("create_channel", json!({"room": "r"}), "INVALID_ARGS", "channel"),
+        ("create_channel", json!({"room": "r", "channel": 5}), "INVALID_ARGS", "channel"),
+        ("create_channel", json!({"room": "r", "channel": "c", "extra": 1}), "INVALID_ARGS", "extra"),
+        ("ping", json!({"x": 1}), "INVALID_ARGS", "x"),
+        ("publish", json!({"room": "r", "channel": "c"}), "INVALID_ARGS", "payload"),
+        ("publish", json!({"room": "r", "channel": "c", "payload": 1, "meta": {"a": 1}}), "INVALID_ARGS", "meta"),
+        ("join_channel", json!({"room": "r", "channel": "c", "since": "yesterday"}), "INVALID_ARGS", "since"),
+        ("create_channel", json!({"room": "r", "channel": "bad name"}), "INVALID_NAME", "bad name"),
+        ("list_channels", json!({"room": "x/y"}), "INVALID_NAME", "x/y"),
+        // INVALID_NAME outranks INVALID_ARGS.
+        ("history", json!({"room": "a b", "limit": 0, "extra": true}), "INVALID_NAME", "a b"),
+    ] {
+        let error = a.fail(command, args.clone()).await;
+        assert_eq!(error["code"], expected, "{command} {args}");
+        assert!(error["message"].as_str().unwrap().contains(field), "{command} {args}: {error}");
+    }
+    // INVALID_ARGS outranks FORBIDDEN.
+    let mut g = Client::connect(&router, Role::Guest);
+    assert_eq!(g.fail("delete_channel", json!({"room": "r"})).await["code"], "INVALID_ARGS");
+    assert_eq!(g.fail("delete_channel", json!({"room": "r", "channel": "c"})).await["code"], "FORBIDDEN");
+    // FORBIDDEN outranks NOT_FOUND.
+    assert_eq!(a.fail("delete_channel", json!({"room": "r", "channel": "c"})).await["code"], "NOT_FOUND");
+}
+
+#[tokio::test]
+async fn delete_channel_tells_its_members_and_ends_their_membership() {
+    let router = router();
+    let mut admin = Client::connect(&router, Role::Admin);
+    let mut b = Client::connect(&router, Role::User);
+    let mut c = Client::connect(&router, Role::Guest);
+    b.join("r", "c").await;
+    c.join("r", "c").await;
+    admin.join("r", "keep").await;
+    b.drain(); // member_joined of c
+    b.publish("r", "c", json!("old")).await;
+    c.drain(); // the message
+
+    let deleted = admin.ok("delete_channel", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(deleted, json!({"room": "r", "channel": "c", "deleted": true}));
+    for member in [&mut b, &mut c] {
+        let event = member.next().await;
+        assert_eq!(event["type"], "event");
+        assert_eq!(event["payload"], json!({"event": "channel_deleted", "room": "r", "channel": "c"}));
+        member.assert_quiet();
+    }
+    admin.assert_quiet(); // not a member
+    assert_eq!(admin.fail("delete_channel", json!({"room": "r", "channel": "c"})).await["code"], "NOT_FOUND");
+    assert_eq!(admin.fail("channel_info", json!({"room": "r", "channel": "c"})).await["code"], "NOT_FOUND");
+    assert_eq!(
+        admin.ok("list_channels", json!({})).await["channels"],
+        json!([{"room": "r", "channel": "keep", "members": 1}])
+    );
+
+    // Re-created, it is a new, empty channel: no members, no history.
+    admin.ok("create_channel", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(admin.ok("channel_info", json!({"room": "r", "channel": "c"})).await["members"], 0);
+    assert_eq!(admin.ok("history", json!({"room": "r", "channel": "c"})).await["messages"], json!([]));
+    admin.publish("r", "c", json!("new")).await;
+    b.assert_quiet();
+    c.assert_quiet();
+    // A former member disconnecting leaves nothing behind and tells nobody.
+    let mut d = Client::connect(&router, Role::Guest);
+    d.join("r", "c").await;
+    drop(b);
+    d.assert_quiet();
+    assert_eq!(d.ok("channel_info", json!({"room": "r", "channel": "c"})).await["members"], 1);
+
+    // An admin deleting a channel it is in gets the event too, after the response.
+    admin.join("r", "c").await;
+    d.drain(); // member_joined of admin
+    admin.ok("delete_channel", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(admin.next().await["payload"]["event"], "channel_deleted");
+    assert_eq!(d.next().await["payload"]["event"], "channel_deleted");
+    assert_eq!(router.counts().rooms, 1);
+}
+
+// ---------------------------------------------------------------------------
+// Roles
+// ---------------------------------------------------------------------------
+
+/// One thing a client can do, and the least role that may do it.
+struct Op {
+    name: &'static str,
+    least: Role,
+    /// The frame to send, given the id of a connected guest member of `r/c`.
+    frame: fn(&str) -> Value,
+}
+
+fn ops() -> Vec<Op> {
+    fn cmd(command: &str, args: Value) -> Value {
+        json!({"type": "command", "command": command, "args": args})
+    }
+    vec![
+        Op { name: "ping", least: Role::Guest, frame: |_| cmd("ping", json!({})) },
+        Op { name: "status", least: Role::Guest, frame: |_| cmd("status", json!({})) },
+        Op { name: "help", least: Role::Guest, frame: |_| cmd("help", json!({})) },
+        Op {
+            name: "create_channel",
+            least: Role::User,
+            frame: |_| cmd("create_channel", json!({"room": "r", "channel": "new"})),
+        },
+        Op {
+            name: "delete_channel",
+            least: Role::Admin,
+            frame: |_| cmd("delete_channel", json!({"room": "r", "channel": "c"})),
+        },
+        Op {
+            name: "join_channel",
+            least: Role::Guest,
+            frame: |_| cmd("join_channel", json!({"room": "r", "channel": "c"})),
+        },
+        Op {
+            name: "leave_channel",
+            least: Role::Guest,
+            frame: |_| cmd("leave_channel", json!({"room": "r", "channel": "c"})),
+        },
+        Op { name: "list_channels", least: Role::Guest, frame: |_| cmd("list_channels", json!({})) },
+        Op {
+            name: "channel_info",
+            least: Role::Guest,
+            frame: |_| cmd("channel_info", json!({"room": "r", "channel": "c"})),
+        },
+        Op { name: "history", least: Role::Guest, frame: |_| cmd("history", json!({"room": "r", "channel": "c"})) },
+        Op {
+            name: "publish",
+            least: Role::User,
+            frame: |_| cmd("publish", json!({"room": "r", "channel": "c", "payload": 1})),
+        },
+        Op {
+            name: "message to a channel",
+            least: Role::User,
+            frame: |_| json!({"type": "message", "room": "r", "channel": "c", "payload": 1}),
+        },
+        Op {
+            name: "message to a room",
+            least: Role::User,
+            frame: |_| json!({"type": "message", "room": "r", "payload": 1}),
+        },
+        Op {
+            name: "direct message",
+            least: Role::User,
+            frame: |to| json!({"type": "message", "to": to, "payload": 1}),
+        },
+    ]
+}
+
+#[tokio::test]
+async fn each_role_may_do_exactly_what_its_rank_allows() {
+    for role in [Role::Guest, Role::User, Role::Admin] {
+        for op in ops() {
+            let router = router();
+            let mut admin = Client::connect(&router, Role::Admin);
+            admin.ok("create_channel", json!({"room": "r", "channel": "c"})).await;
+            let mut target = Client::connect(&router, Role::Guest);
+            target.join("r", "c").await;
+            let mut client = Client::connect(&router, role);
+
+            let id = client.new_id();
+            let mut frame = (op.frame)(&target.id_str());
+            frame["id"] = json!(id.to_string());
+            client.send_value(frame).await;
+            let reply = client.try_next();
+            let what = format!("{} as {role}", op.name);
+            if role >= op.least {
+                match reply {
+                    // Commands answer; allowed messages are silent and arrive.
+                    Some(reply) => assert_eq!(reply["type"], "response", "{what}: {reply}"),
+                    None => {
+                        assert!(op.name.contains("message"), "{what}: no answer");
+                        let got = target.next().await;
+                        assert_eq!(got["id"], id.to_string(), "{what}");
+                    }
+                }
+            } else {
+                let reply = reply.unwrap_or_else(|| panic!("{what}: no answer"));
+                assert_eq!(code(&reply), "FORBIDDEN", "{what}");
+                assert_eq!(reply["request_id"], id.to_string(), "{what}");
+                target.assert_quiet();
+                // Refused: nothing happened.
+                assert_eq!(router.counts().channels, 1, "{what}");
+            }
+        }
+
+        // `help` agrees with the table.
+        let router = router();
+        let mut client = Client::connect(&router, role);
+        let help = client.ok("help", json!({})).await;
+        for op in ops().iter().filter(|op| !op.name.contains("message")) {
+            let entry = help["commands"].as_array().unwrap().iter().find(|c| c["name"] == op.name).unwrap();
+            assert_eq!(entry["role"], op.least.as_str(), "{}", op.name);
+            assert_eq!(entry["allowed"], role >= op.least, "{} as {role}", op.name);
+        }
+    }
+}
+
+#[tokio::test]
+async fn auto_create_needs_role_user() {
+    for (role, expected) in [(Role::Guest, "FORBIDDEN"), (Role::User, "ok"), (Role::Admin, "ok")] {
+        let router = router();
+        let mut client = Client::connect(&router, role);
+        let outcome = client.message(json!({"room": "fresh", "channel": "c", "payload": 1})).await;
+        assert_eq!(outcome.as_ref().map_or("ok", code), expected, "message as {role}");
+        let reply = client.command("publish", json!({"room": "fresh", "channel": "d", "payload": 1})).await;
+        assert_eq!(if reply["type"] == "error" { code(&reply) } else { "ok" }, expected, "publish as {role}");
+        // Joining a missing channel: guests get NOT_FOUND, not FORBIDDEN.
+        let reply = client.command("join_channel", json!({"room": "fresh", "channel": "e"})).await;
+        let expected = if role == Role::Guest { "NOT_FOUND" } else { "ok" };
+        assert_eq!(if reply["type"] == "error" { code(&reply) } else { "ok" }, expected, "join as {role}");
+    }
+}
+
+#[tokio::test]
+async fn a_client_id_is_connected_once() {
+    let router = router();
+    let id = IdGenerator::new().client_id();
+    let (first, _inbox) = router.connect(Identity { client_id: Some(id), ..Identity::new(Role::User) }).unwrap();
+    assert_eq!(first.client_id(), id);
+    let err = router.connect(Identity { client_id: Some(id), ..Identity::new(Role::User) }).unwrap_err();
+    assert!(matches!(err, RoutingError::DuplicateClient(dup) if dup == id), "{err:?}");
+    assert_eq!(router.counts().connections, 1);
+    drop(first);
+    assert_eq!(router.counts().connections, 0);
+    assert!(router.connect(Identity { client_id: Some(id), ..Identity::new(Role::User) }).is_ok());
+}
+
+// ---------------------------------------------------------------------------
+// join_channel with since
+// ---------------------------------------------------------------------------
+
+/// Reads the answer to a `join_channel` with `since`, then the replay batch
+/// that must follow it at once (if any); returns (response payload, replayed).
+async fn join_since(client: &mut Client, room: &str, channel: &str, since: MessageId) -> (Value, Vec<Value>) {
+    let payload =
+        client.ok("join_channel", json!({"room": room, "channel": channel, "since": since.to_string()})).await;
+    let replayed = match client.inbox.frames.try_recv() {
+        Ok(Outbound::Batch(frames)) => {
+            assert!(!frames.is_empty(), "empty batch");
+            frames.iter().map(parse_frame).collect()
+        }
+        Ok(Outbound::Frame(frame)) => panic!("expected the replay batch, got {frame:?}"),
+        Ok(Outbound::Binary(data)) => panic!("the bus never sends binary, got {} bytes", data.len()),
+        Err(_) => Vec::new(),
+    };
+    (payload, replayed)
+}
+
+#[tokio::test]
+async fn join_since_replays_stored_messages_as_one_batch_before_live_ones() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut watcher = Client::connect(&router, Role::Guest);
+    a.create("r", "c").await;
+    watcher.join("r", "c").await;
+    let mut ids = Vec::new();
+    let mut live = Vec::new();
+    for n in 0..10 {
+        ids.push(a.publish("r", "c", json!(n)).await);
+        live.push(watcher.next().await);
+    }
+
+    let mut b = Client::connect(&router, Role::Guest);
+    let (payload, replayed) = join_since(&mut b, "r", "c", ids[3]).await;
+    assert_eq!(payload["members"], 2);
+    assert_ne!(payload["truncated"], true);
+    // Exactly what was delivered live after the cursor, as it was delivered.
+    assert_eq!(replayed, live[4..]);
+    a.publish("r", "c", json!("live")).await;
+    assert_eq!(b.next().await["payload"], "live");
+    b.assert_quiet();
+
+    // Since the newest: nothing to replay, no batch.
+    let newest = a.publish("r", "c", json!("newest")).await;
+    let mut c = Client::connect(&router, Role::Guest);
+    let (_, replayed) = join_since(&mut c, "r", "c", newest).await;
+    assert!(replayed.is_empty());
+    c.assert_quiet();
+
+    // An unknown cursor: everything kept, flagged as truncated.
+    let mut d = Client::connect(&router, Role::Guest);
+    let (payload, replayed) = join_since(&mut d, "r", "c", IdGenerator::new().message_id()).await;
+    assert_eq!(payload["truncated"], true);
+    assert_eq!(replayed.len(), 12);
+    assert_eq!(replayed[..10], live[..]);
+}
+
+#[tokio::test]
+async fn join_since_an_evicted_cursor_is_truncated() {
+    let router = Router::new(config(), Arc::new(MemoryStorage::new(3)));
+    let mut a = Client::connect(&router, Role::User);
+    let mut ids = Vec::new();
+    for n in 0..6 {
+        ids.push(a.publish("r", "c", json!(n)).await);
+    }
+    let mut b = Client::connect(&router, Role::Guest);
+    let (payload, replayed) = join_since(&mut b, "r", "c", ids[1]).await;
+    assert_eq!(payload["truncated"], true);
+    let got: Vec<&Value> = replayed.iter().map(|m| &m["payload"]).collect();
+    assert_eq!(got, [&json!(3), &json!(4), &json!(5)]);
+    let (payload, replayed) = join_since(&mut b, "r", "c", ids[4]).await;
+    assert_ne!(payload["truncated"], true);
+    assert_eq!(replayed.len(), 1);
+    assert_eq!(replayed[0]["id"], ids[5].to_string());
+}
+
+#[tokio::test]
+async fn a_replay_takes_one_queue_slot() {
+    let router = router_with(RouterConfig { outbound_queue: 8, ..config() });
+    let mut a = Client::connect(&router, Role::User);
+    let first = a.publish("r", "c", json!(0)).await;
+    for n in 1..=40 {
+        a.publish("r", "c", json!(n)).await;
+    }
+    let mut b = Client::connect(&router, Role::Guest);
+    let (_, replayed) = join_since(&mut b, "r", "c", first).await;
+    assert_eq!(replayed.len(), 40);
+    assert!(b.inbox.close.borrow().is_none());
+    a.publish("r", "c", json!("live")).await;
+    assert_eq!(b.next().await["payload"], "live");
+}
+
+/// Memory storage that yields to the scheduler inside every call, so that
+/// publishers and joiners interleave at the storage await points.
+struct Yielding(MemoryStorage);
+
+#[async_trait]
+impl Storage for Yielding {
+    async fn create_channel(&self, key: &ChannelKey, at: Timestamp) -> Result<(ChannelRecord, bool), StorageError> {
+        tokio::task::yield_now().await;
+        self.0.create_channel(key, at).await
+    }
+    async fn channels(&self) -> Result<Vec<ChannelRecord>, StorageError> {
+        self.0.channels().await
+    }
+    async fn delete_channel(&self, key: &ChannelKey) -> Result<bool, StorageError> {
+        self.0.delete_channel(key).await
+    }
+    async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
+        tokio::task::yield_now().await;
+        let appended = self.0.append(key, message).await;
+        tokio::task::yield_now().await;
+        appended
+    }
+    async fn history(
+        &self,
+        key: &ChannelKey,
+        limit: usize,
+        before: Option<MessageId>,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        self.0.history(key, limit, before).await
+    }
+    async fn since(&self, key: &ChannelKey, after: MessageId) -> Result<Since, StorageError> {
+        tokio::task::yield_now().await;
+        let since = self.0.since(key, after).await;
+        tokio::task::yield_now().await;
+        since
+    }
+    async fn stats(&self, key: &ChannelKey) -> Result<ChannelStats, StorageError> {
+        self.0.stats(key).await
+    }
+    fn health(&self) -> Health {
+        self.0.health()
+    }
+}
+
+#[tokio::test]
+async fn join_since_during_publishing_misses_nothing_and_repeats_nothing() {
+    const N: usize = 40;
+    let mut replay_sizes = Vec::new();
+    for delay in 0..N {
+        let router = Router::new(config(), Arc::new(Yielding(MemoryStorage::new(1000))));
+        let mut a = Client::connect(&router, Role::User);
+        let mut b = Client::connect(&router, Role::Guest);
+        let ids: Vec<MessageId> = (0..=N).map(|_| a.new_id()).collect();
+        let send =
+            |id: MessageId| json!({"type": "message", "id": id.to_string(), "room": "r", "channel": "c"}).to_string();
+        a.send(&send(ids[0])).await;
+
+        let publisher = async {
+            for &id in &ids[1..] {
+                a.send(&send(id)).await;
+            }
+        };
+        let joiner = async {
+            for _ in 0..delay {
+                tokio::task::yield_now().await;
+            }
+            join_since(&mut b, "r", "c", ids[0]).await
+        };
+        let ((), (payload, replayed)) = tokio::join!(publisher, joiner);
+        assert_eq!(payload["members"], 1);
+        let mut seen: Vec<String> = replayed.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+        while let Some(frame) = b.try_next() {
+            seen.push(frame["id"].as_str().unwrap().to_owned());
+        }
+        let expected: Vec<String> = ids[1..].iter().map(ToString::to_string).collect();
+        assert_eq!(seen, expected, "joined after {delay} yields ({} replayed)", replayed.len());
+        a.assert_quiet();
+        replay_sizes.push(replayed.len());
+    }
+    // The joins really landed mid-stream, with and without a replay.
+    assert!(replay_sizes.iter().any(|&n| 0 < n && n < N), "{replay_sizes:?}");
+}
+
+#[tokio::test]
+async fn racing_deletes_and_a_re_create_leave_no_member_behind() {
+    for delay in 0..24 {
+        let router = Router::new(config(), Arc::new(Yielding(MemoryStorage::new(1000))));
+        let mut p = Client::connect(&router, Role::User);
+        let mut d1 = Client::connect(&router, Role::Admin);
+        let mut d2 = Client::connect(&router, Role::Admin);
+        let mut x = Client::connect(&router, Role::User);
+        p.create("r", "c").await;
+        let rc = json!({"room": "r", "channel": "c"});
+        // The publish holds the channel's order lock across the storage
+        // await, so both deletes queue up behind it.
+        let publish = async { p.publish("r", "c", json!(1)).await };
+        let delete1 = async { d1.command("delete_channel", rc.clone()).await };
+        let join = async {
+            for _ in 0..delay {
+                tokio::task::yield_now().await;
+            }
+            x.command("join_channel", rc.clone()).await
+        };
+        let delete2 = async {
+            tokio::task::yield_now().await;
+            d2.command("delete_channel", rc.clone()).await
+        };
+        let (_, first, joined, second) = tokio::join!(publish, delete1, join, delete2);
+        assert_eq!(first["type"], "response", "{first}");
+        if joined["type"] == "error" {
+            // The join lost the race against a delete: no membership at all.
+            assert_eq!(code(&joined), "NOT_FOUND");
+            assert_eq!(second["type"], "error", "delay {delay}: both deletes succeeded: {second}");
+            x.assert_quiet();
+            continue;
+        }
+
+        // Whatever the interleaving: a client that was not told its channel
+        // is gone is a member of the live channel.
+        let mut told = false;
+        while let Some(frame) = x.try_next() {
+            told |= frame["payload"]["event"] == "channel_deleted";
+        }
+        if !told {
+            let info = p.command("channel_info", rc.clone()).await;
+            assert_eq!(info["payload"]["members"], 1, "delay {delay}: joined {joined}, second delete {second}: {info}");
+            p.publish("r", "c", json!("still there")).await;
+            assert_eq!(x.next().await["payload"], "still there", "delay {delay}");
+        }
+        // One channel, one successful delete.
+        if second["type"] == "response" {
+            assert!(told, "delay {delay}: the second delete succeeded without deleting x's channel");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Member events (section 5)
+// ---------------------------------------------------------------------------
+
+fn member_event(event: &str, key: &str, client: &Client) -> Value {
+    let (room, channel) = key.split_once('/').unwrap();
+    json!({"event": event, "room": room, "channel": channel, "client_id": client.id_str()})
+}
+
+#[tokio::test]
+async fn members_hear_of_joins_leaves_and_disconnects_but_never_of_themselves() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::Guest);
+    let mut other = Client::connect(&router, Role::User);
+    a.join("r", "c").await;
+    other.create("r", "x").await;
+    other.join("r", "x").await;
+
+    b.join("r", "c").await;
+    let event = a.next().await;
+    assert_eq!(event["type"], "event");
+    assert_eq!(event["payload"], member_event("member_joined", "r/c", &b));
+    b.assert_quiet();
+    other.assert_quiet();
+
+    b.ok("leave_channel", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(a.next().await["payload"], member_event("member_left", "r/c", &b));
+    b.assert_quiet();
+
+    b.join("r", "c").await;
+    b.join("r", "x").await;
+    assert_eq!(a.next().await["payload"], member_event("member_joined", "r/c", &b));
+    assert_eq!(other.next().await["payload"], member_event("member_joined", "r/x", &b));
+    let b_event = member_event("member_left", "r/c", &b);
+    let b_event_x = member_event("member_left", "r/x", &b);
+    drop(b);
+    assert_eq!(a.next().await["payload"], b_event);
+    assert_eq!(other.next().await["payload"], b_event_x);
+    a.assert_quiet();
+    other.assert_quiet();
+    assert_eq!(a.ok("channel_info", json!({"room": "r", "channel": "c"})).await["members"], 1);
+}
+
+#[tokio::test]
+async fn member_events_stop_above_the_cutoff() {
+    let router = router_with(RouterConfig { member_events_max: 2, ..config() });
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::Guest);
+    let mut c = Client::connect(&router, Role::Guest);
+    a.join("r", "c").await;
+    b.join("r", "c").await; // 2 members: announced
+    assert_eq!(a.next().await["payload"]["event"], "member_joined");
+    c.join("r", "c").await; // 3 members: silent
+    a.assert_quiet();
+    b.assert_quiet();
+    let mut d = Client::connect(&router, Role::Guest);
+    d.join("r", "c").await; // 4: silent
+    drop(d); // 3 left: silent
+    a.assert_quiet();
+    b.assert_quiet();
+    c.assert_quiet();
+    c.ok("leave_channel", json!({"room": "r", "channel": "c"})).await; // 2 left: announced again
+    assert_eq!(a.next().await["payload"], member_event("member_left", "r/c", &c));
+    assert_eq!(b.next().await["payload"], member_event("member_left", "r/c", &c));
+}
+
+// ---------------------------------------------------------------------------
+// Limits (sections 6 and 7)
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_slow_consumer_is_closed_and_the_others_get_everything() {
+    let router = router_with(RouterConfig { outbound_queue: 8, ..config() });
+    let mut publisher = Client::connect(&router, Role::User);
+    publisher.create("r", "c").await;
+    let mut slow = Client::connect(&router, Role::Guest);
+    slow.join("r", "c").await; // the slow client reads up to here, then never again
+    let mut fast = Client::connect(&router, Role::Guest);
+    fast.join("r", "c").await;
+    for n in 0..50 {
+        assert!(publisher.message(json!({"room": "r", "channel": "c", "payload": n})).await.is_none());
+        assert_eq!(fast.next().await["payload"], n);
+    }
+    fast.assert_quiet();
+    assert_eq!(*slow.inbox.close.borrow(), Some(CloseReason::SLOW_CONSUMER));
+    assert!(fast.inbox.close.borrow().is_none());
+    assert!(publisher.inbox.close.borrow().is_none());
+    // Exactly the queue's capacity was kept for it: the member event, then messages 0..7.
+    assert_eq!(slow.inbox.frames.len(), 8);
+    assert_eq!(slow.try_next().unwrap()["payload"]["event"], "member_joined");
+    for n in 0..7 {
+        assert_eq!(slow.try_next().unwrap()["payload"], n);
+    }
+    slow.assert_quiet();
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_refuses_over_the_burst_until_time_passes() {
+    let router = router_with(RouterConfig { rate_per_s: 10, burst: 5, ..config() });
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::User);
+    b.join("r", "c").await;
+    for _ in 0..4 {
+        assert_eq!(a.ok("ping", json!({})).await, json!({"pong": true}));
+    }
+    assert!(a.message(json!({"room": "r", "channel": "c", "payload": 5})).await.is_none());
+    assert_eq!(b.next().await["payload"], 5);
+
+    // The 6th: refused before parsing, not processed.
+    let id = a.new_id();
+    let error = a.message(json!({"id": id.to_string(), "room": "r", "channel": "c", "payload": 6})).await.unwrap();
+    assert_eq!(code(&error), "RATE_LIMITED");
+    assert_eq!(error["request_id"], id.to_string());
+    let retry_after_ms = error["error"]["retry_after_ms"].as_u64().unwrap();
+    assert!((1..=100).contains(&retry_after_ms), "{error}");
+    b.assert_quiet();
+    a.send("not even json").await;
+    assert_eq!(code(&a.next().await), "RATE_LIMITED");
+
+    tokio::time::advance(Duration::from_millis(retry_after_ms)).await;
+    assert_eq!(a.ok("ping", json!({})).await, json!({"pong": true}));
+    assert_eq!(a.fail("ping", json!({})).await["code"], "RATE_LIMITED");
+
+    // A long pause refills the bucket up to the burst, no further.
+    tokio::time::advance(Duration::from_secs(60)).await;
+    for _ in 0..5 {
+        assert_eq!(a.ok("ping", json!({})).await, json!({"pong": true}));
+    }
+    assert_eq!(a.fail("ping", json!({})).await["code"], "RATE_LIMITED");
+    // Steady state: one frame per 100 ms.
+    for _ in 0..3 {
+        tokio::time::advance(Duration::from_millis(100)).await;
+        assert_eq!(a.ok("ping", json!({})).await, json!({"pong": true}));
+    }
+    assert!(a.inbox.close.borrow().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_zero_is_unlimited_and_welcome_says_so() {
+    let router = router_with(RouterConfig { rate_per_s: 0, burst: 5, ..config() });
+    let (mut session, mut inbox) = router.connect(Identity::new(Role::Guest)).unwrap();
+    let Some(Outbound::Frame(welcome)) = inbox.frames.recv().await else { panic!("no welcome") };
+    let welcome = parse_frame(&welcome);
+    assert_eq!(welcome["payload"]["limits"]["rate_per_s"], 0);
+    assert_eq!(welcome["payload"]["limits"]["max_message_bytes"], 1_048_576);
+    assert_eq!(welcome["payload"]["heartbeat_s"], 20);
+    assert_eq!(welcome["payload"]["server_version"], RouterConfig::default().server_version);
+    for _ in 0..500 {
+        session.handle_text(r#"{"type":"command","command":"ping"}"#).await;
+        let Some(Outbound::Frame(frame)) = inbox.frames.recv().await else { panic!("no answer") };
+        assert_eq!(parse_frame(&frame)["type"], "response");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The Broker seam
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Default)]
+struct FakeBroker {
+    forwarded: Mutex<Vec<Delivery>>,
+    interest: Mutex<Vec<(ChannelKey, usize)>>,
+    /// A client connected to "another node".
+    remote: Mutex<Option<ClientId>>,
+}
+
+impl Broker for FakeBroker {
+    fn forward(&self, delivery: Delivery) {
+        self.forwarded.lock().unwrap().push(delivery);
+    }
+    fn knows_client(&self, id: ClientId) -> bool {
+        *self.remote.lock().unwrap() == Some(id)
+    }
+    fn interest(&self, key: &ChannelKey, local_members: usize) {
+        self.interest.lock().unwrap().push((key.clone(), local_members));
+    }
+}
+
+impl FakeBroker {
+    fn take_forwarded(&self) -> Vec<Delivery> {
+        std::mem::take(&mut *self.forwarded.lock().unwrap())
+    }
+    fn take_interest(&self) -> Vec<(ChannelKey, usize)> {
+        std::mem::take(&mut *self.interest.lock().unwrap())
+    }
+}
+
+#[tokio::test]
+async fn broker_gets_one_forward_per_channel_or_room_publish() {
+    let broker = Arc::new(FakeBroker::default());
+    let router = Router::with_broker(config(), Arc::new(MemoryStorage::new(1000)), broker.clone());
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::User);
+    b.join("r", "c").await;
+    broker.take_interest();
+
+    let id = a.new_id();
+    let frame = json!({"id": id.to_string(), "room": "r", "channel": "c", "payload": 1});
+    assert!(a.message(frame.clone()).await.is_none());
+    assert!(a.message(frame).await.is_none()); // a retry: not forwarded again
+    let delivered = b.next().await;
+    let forwarded = broker.take_forwarded();
+    assert_eq!(forwarded.len(), 1, "{forwarded:?}");
+    let Delivery::Channel { key: k, frame, from } = &forwarded[0] else { panic!("{forwarded:?}") };
+    assert_eq!(*k, key("r", "c"));
+    assert_eq!(*from, a.id);
+    assert_eq!(parse_frame(frame), delivered);
+
+    let published = a.publish("r", "c", json!(2)).await;
+    b.next().await;
+    let forwarded = broker.take_forwarded();
+    assert!(
+        matches!(&forwarded[..], [Delivery::Channel { frame, .. }] if parse_frame(frame)["id"] == published.to_string())
+    );
+
+    assert!(a.message(json!({"room": "r", "payload": 3})).await.is_none());
+    let delivered = b.next().await;
+    let forwarded = broker.take_forwarded();
+    let [Delivery::Room { room, frame, from }] = &forwarded[..] else { panic!("{forwarded:?}") };
+    assert_eq!(room.as_str(), "r");
+    assert_eq!(*from, a.id);
+    assert_eq!(parse_frame(frame), delivered);
+
+    // Direct to a local client: delivered here, not forwarded.
+    assert!(a.message(json!({"to": b.id_str(), "payload": 4})).await.is_none());
+    assert_eq!(b.next().await["payload"], 4);
+    assert!(broker.take_forwarded().is_empty());
+    // Direct to a client the broker knows: forwarded; to one nobody knows: NOT_FOUND.
+    let remote = IdGenerator::new().client_id();
+    *broker.remote.lock().unwrap() = Some(remote);
+    assert!(a.message(json!({"to": remote.to_string(), "payload": 5})).await.is_none());
+    let forwarded = broker.take_forwarded();
+    let [Delivery::Direct { to, frame }] = &forwarded[..] else { panic!("{forwarded:?}") };
+    assert_eq!(*to, remote);
+    assert_eq!(parse_frame(frame)["payload"], 5);
+    let error = a.message(json!({"to": IdGenerator::new().client_id().to_string()})).await.unwrap();
+    assert_eq!(code(&error), "NOT_FOUND");
+    assert!(broker.take_forwarded().is_empty());
+    // Refused frames forward nothing.
+    let mut g = Client::connect(&router, Role::Guest);
+    assert_eq!(code(&g.message(json!({"room": "r", "channel": "c"})).await.unwrap()), "FORBIDDEN");
+    assert!(broker.take_forwarded().is_empty());
+}
+
+#[tokio::test]
+async fn broker_hears_local_membership_changes() {
+    let broker = Arc::new(FakeBroker::default());
+    let router = Router::with_broker(config(), Arc::new(MemoryStorage::new(1000)), broker.clone());
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::User);
+    let mut admin = Client::connect(&router, Role::Admin);
+    let rc = key("r", "c");
+    a.join("r", "c").await;
+    b.join("r", "c").await;
+    b.join("r", "c").await; // already a member: no change
+    assert_eq!(broker.take_interest(), [(rc.clone(), 1), (rc.clone(), 2)]);
+    a.drain();
+    a.ok("leave_channel", json!({"room": "r", "channel": "c"})).await;
+    a.ok("leave_channel", json!({"room": "r", "channel": "c"})).await; // not a member: no change
+    assert_eq!(broker.take_interest(), [(rc.clone(), 1)]);
+    drop(b);
+    assert_eq!(broker.take_interest(), [(rc.clone(), 0)]);
+
+    a.join("r", "c").await;
+    b = Client::connect(&router, Role::User);
+    b.join("r", "d").await;
+    broker.take_interest();
+    admin.ok("delete_channel", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(broker.take_interest(), [(rc.clone(), 0)]);
+    drop(a); // its channel is gone: nothing more to say
+    assert!(broker.take_interest().is_empty());
+    drop(b);
+    assert_eq!(broker.take_interest(), [(key("r", "d"), 0)]);
+}
+
+#[tokio::test]
+async fn deliveries_from_the_broker_reach_local_members_except_the_sender() {
+    let broker = Arc::new(FakeBroker::default());
+    let router = Router::with_broker(config(), Arc::new(MemoryStorage::new(1000)), broker.clone());
+    let mut a = Client::connect(&router, Role::Guest);
+    let mut b = Client::connect(&router, Role::Guest);
+    let mut c = Client::connect(&router, Role::User);
+    let mut elsewhere = Client::connect(&router, Role::User);
+    c.join("r", "c").await;
+    c.create("r", "d").await;
+    a.join("r", "c").await;
+    b.join("r", "c").await;
+    b.join("r", "d").await;
+    elsewhere.join("s", "c").await;
+    for client in [&mut a, &mut b, &mut c] {
+        client.drain();
+    }
+    broker.take_forwarded();
+
+    // A frame encoded on another node, sent there by `b` (say, after a reconnect).
+    let mut ids = IdGenerator::new();
+    let rc = key("r", "c");
+    let b_id = b.id;
+    let remote_frame = move |ids: &mut IdGenerator, room: &ChannelKey, channel: bool| {
+        arqon_protocol::encode::MessageFrame {
+            id: ids.message_id(),
+            timestamp: Timestamp::now(),
+            from: b_id,
+            room: Some(&room.room),
+            channel: channel.then_some(&room.channel),
+            payload: None,
+            meta: None,
+        }
+        .encode()
+    };
+    let frame = remote_frame(&mut ids, &rc, true);
+    let n = router.deliver_from_broker(&Delivery::Channel { key: rc.clone(), frame: frame.clone(), from: b.id });
+    assert_eq!(n, 2);
+    for member in [&mut a, &mut c] {
+        assert_eq!(member.next().await, parse_frame(&frame));
+        member.assert_quiet();
+    }
+    b.assert_quiet();
+    elsewhere.assert_quiet();
+
+    let frame = remote_frame(&mut ids, &rc, false);
+    let n = router.deliver_from_broker(&Delivery::Room { room: rc.room.clone(), frame: frame.clone(), from: a.id });
+    assert_eq!(n, 2); // b once, although in two channels; c
+    assert_eq!(b.next().await, parse_frame(&frame));
+    assert_eq!(c.next().await, parse_frame(&frame));
+    a.assert_quiet();
+    b.assert_quiet();
+
+    let frame = remote_frame(&mut ids, &rc, false);
+    assert_eq!(router.deliver_from_broker(&Delivery::Direct { to: elsewhere.id, frame: frame.clone() }), 1);
+    assert_eq!(elsewhere.next().await, parse_frame(&frame));
+    let nobody = IdGenerator::new().client_id();
+    assert_eq!(router.deliver_from_broker(&Delivery::Direct { to: nobody, frame: frame.clone() }), 0);
+    let missing = key("r", "missing");
+    assert_eq!(router.deliver_from_broker(&Delivery::Channel { key: missing, frame, from: b.id }), 0);
+    // Never forwarded again, and never stored.
+    assert!(broker.take_forwarded().is_empty());
+    assert_eq!(c.ok("history", json!({"room": "r", "channel": "c"})).await["messages"], json!([]));
+}
+
+// ---------------------------------------------------------------------------
+// The Storage seam
+// ---------------------------------------------------------------------------
+
+/// A backend that is down for writes.
+struct Down;
+
+#[async_trait]
+impl Storage for Down {
+    async fn create_channel(&self, key: &ChannelKey, at: Timestamp) -> Result<(ChannelRecord, bool), StorageError> {
+        Ok((ChannelRecord { key: key.clone(), created_at: at }, true))
+    }
+    async fn channels(&self) -> Result<Vec<ChannelRecord>, StorageError> {
+        Ok(Vec::new())
+    }
+    async fn delete_channel(&self, _key: &ChannelKey) -> Result<bool, StorageError> {
+        Ok(true)
+    }
+    async fn append(&self, _key: &ChannelKey, _message: StoredMessage) -> Result<Appended, StorageError> {
+        Err(StorageError::Unavailable("redis is down".into()))
+    }
+    async fn history(
+        &self,
+        _key: &ChannelKey,
+        _limit: usize,
+        _before: Option<MessageId>,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        Err(StorageError::Unavailable("redis is down".into()))
+    }
+    async fn since(&self, _key: &ChannelKey, _after: MessageId) -> Result<Since, StorageError> {
+        Err(StorageError::Unavailable("redis is down".into()))
+    }
+    async fn stats(&self, _key: &ChannelKey) -> Result<ChannelStats, StorageError> {
+        Ok(ChannelStats::default())
+    }
+    fn health(&self) -> Health {
+        Health::new("down", false)
+    }
+}
+
+#[tokio::test]
+async fn a_failing_append_is_storage_unavailable_and_delivers_nothing() {
+    let router = Router::new(config(), Arc::new(Down));
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::User);
+    b.join("r", "c").await;
+
+    let error = a.fail("publish", json!({"room": "r", "channel": "c", "payload": 1})).await;
+    assert_eq!(error["code"], "STORAGE_UNAVAILABLE");
+    let id = a.new_id();
+    let error = a.message(json!({"id": id.to_string(), "room": "r", "channel": "c", "payload": 2})).await.unwrap();
+    assert_eq!(code(&error), "STORAGE_UNAVAILABLE");
+    assert_eq!(error["request_id"], id.to_string());
+    b.assert_quiet();
+    assert_eq!(a.fail("history", json!({"room": "r", "channel": "c"})).await["code"], "STORAGE_UNAVAILABLE");
+    // Joining with a cursor needs history: refused, and no membership change.
+    let mut c = Client::connect(&router, Role::Guest);
+    let since = IdGenerator::new().message_id().to_string();
+    let error = c.fail("join_channel", json!({"room": "r", "channel": "c", "since": since})).await;
+    assert_eq!(error["code"], "STORAGE_UNAVAILABLE");
+    b.assert_quiet();
+    assert_eq!(c.ok("channel_info", json!({"room": "r", "channel": "c"})).await["members"], 1);
+    // Live-only traffic does not need storage.
+    assert!(a.message(json!({"room": "r", "payload": 3})).await.is_none());
+    assert_eq!(b.next().await["payload"], 3);
+    assert_eq!(a.ok("status", json!({})).await["storage"], json!({"backend": "down", "healthy": false}));
+}
+
+#[tokio::test]
+async fn a_new_router_over_the_same_storage_restores_channels_and_history() {
+    let storage = Arc::new(MemoryStorage::new(1000));
+    let first = Router::new(config(), storage.clone());
+    let mut a = Client::connect(&first, Role::User);
+    a.create("r", "empty").await;
+    let id = a.publish("r", "c", json!("kept")).await;
+    let info = a.ok("channel_info", json!({"room": "r", "channel": "c"})).await;
+    drop(a);
+
+    let second = Router::new(config(), storage);
+    assert_eq!(second.counts().channels, 0);
+    assert_eq!(second.restore().await.unwrap(), 2);
+    let mut b = Client::connect(&second, Role::Guest);
+    let list = b.ok("list_channels", json!({})).await;
+    assert_eq!(
+        list["channels"],
+        json!([{"room": "r", "channel": "c", "members": 0}, {"room": "r", "channel": "empty", "members": 0}])
+    );
+    let restored = b.ok("channel_info", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(restored["created_at"], info["created_at"]);
+    assert_eq!(restored["last_id"], id.to_string());
+    let history = b.ok("history", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(history["messages"][0]["payload"], "kept");
+}
+
+#[tokio::test(start_paused = true)]
+async fn uptime_follows_the_clock() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::Guest);
+    assert_eq!(a.ok("status", json!({})).await["uptime_s"], 0);
+    tokio::time::advance(Duration::from_secs(90)).await;
+    assert_eq!(a.ok("status", json!({})).await["uptime_s"], 90);
+    assert_eq!(router.uptime_s(), 90);
+}
+
+/// Memory storage that cannot delete.
+struct Undeletable(MemoryStorage);
+
+#[async_trait]
+impl Storage for Undeletable {
+    async fn create_channel(&self, key: &ChannelKey, at: Timestamp) -> Result<(ChannelRecord, bool), StorageError> {
+        self.0.create_channel(key, at).await
+    }
+    async fn channels(&self) -> Result<Vec<ChannelRecord>, StorageError> {
+        self.0.channels().await
+    }
+    async fn delete_channel(&self, _key: &ChannelKey) -> Result<bool, StorageError> {
+        Err(StorageError::Unavailable("redis is down".into()))
+    }
+    async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
+        self.0.append(key, message).await
+    }
+    async fn history(
+        &self,
+        key: &ChannelKey,
+        limit: usize,
+        before: Option<MessageId>,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        self.0.history(key, limit, before).await
+    }
+    async fn since(&self, key: &ChannelKey, after: MessageId) -> Result<Since, StorageError> {
+        self.0.since(key, after).await
+    }
+    async fn stats(&self, key: &ChannelKey) -> Result<ChannelStats, StorageError> {
+        self.0.stats(key).await
+    }
+    fn health(&self) -> Health {
+        self.0.health()
+    }
+}
+
+#[tokio::test]
+async fn a_delete_the_storage_refuses_changes_nothing() {
+    let router = Router::new(config(), Arc::new(Undeletable(MemoryStorage::new(1000))));
+    let mut admin = Client::connect(&router, Role::Admin);
+    let mut b = Client::connect(&router, Role::User);
+    b.join("r", "c").await;
+    b.publish("r", "c", json!("before")).await;
+
+    let error = admin.fail("delete_channel", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(error["code"], "STORAGE_UNAVAILABLE");
+    // Not deleted, so nobody is told, and every member still is one.
+    b.assert_quiet();
+    let info = admin.ok("channel_info", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(info["members"], 1);
+    assert_eq!(info["stored"], 1);
+    admin.publish("r", "c", json!("after")).await;
+    assert_eq!(b.next().await["payload"], "after");
+}
