@@ -1,6 +1,6 @@
 //! The seam where a cross-node broker plugs in.
 
-use arqon_protocol::{ChannelKey, ClientId, Frame, Name};
+use arqon_protocol::{ChannelKey, ClientId, Frame, Name, Timestamp};
 
 /// Traffic crossing nodes: an already-encoded frame and where it goes.
 #[derive(Debug, Clone)]
@@ -37,8 +37,13 @@ pub enum Delivery {
 /// The router delivers to its local members itself and hands every channel,
 /// room and remote-direct delivery to the broker, which sends it to the other
 /// nodes; they call [`Router::deliver_from_broker`](crate::Router::deliver_from_broker).
-/// Implementations must not block: queue internally (bounded) and report
-/// overflow in their own metrics.
+/// It also tells the broker about local clients, memberships and channel
+/// changes, so the broker can keep the cluster's view (who is where, how many
+/// members a channel has on other nodes, which channels exist) and answer the
+/// router's questions from a local cache.
+///
+/// Every method is called inline on the bus's paths and must not block:
+/// queue internally (bounded) and report overflow in the broker's metrics.
 pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// Sends a delivery to the other nodes.
     fn forward(&self, delivery: Delivery);
@@ -47,6 +52,26 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     fn knows_client(&self, id: ClientId) -> bool;
 
     /// This node's local membership of `key` changed to `local_members`, so
-    /// the broker can subscribe to or drop the channel's cross-node traffic.
+    /// the broker can subscribe to or drop the channel's cross-node traffic
+    /// and publish the count.
     fn interest(&self, key: &ChannelKey, local_members: usize);
+
+    /// Members of `key` connected to other nodes (for cluster-wide counts).
+    fn remote_members(&self, _key: &ChannelKey) -> usize {
+        0
+    }
+
+    /// A client connected to this node.
+    fn client_connected(&self, _id: ClientId) {}
+
+    /// A client of this node disconnected.
+    fn client_disconnected(&self, _id: ClientId) {}
+
+    /// A channel was created on this node; other nodes should know it.
+    /// (Not called for channels learnt through
+    /// [`Router::channel_created_elsewhere`](crate::Router::channel_created_elsewhere).)
+    fn channel_created(&self, _key: &ChannelKey, _created_at: Timestamp) {}
+
+    /// A channel was deleted on this node; other nodes must drop it.
+    fn channel_deleted(&self, _key: &ChannelKey) {}
 }

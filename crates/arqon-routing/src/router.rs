@@ -189,6 +189,9 @@ impl Router {
             }
         }
         self.inner.observer.observe(&BusEvent::ConnectionOpened { client_id: id, role: identity.role });
+        if let Some(broker) = &self.inner.broker {
+            broker.client_connected(id);
+        }
         if let Some(expires_in) = identity.expires_in {
             tokio::spawn(expire(Arc::downgrade(&entry), expires_in, self.inner.config.expiry_grace));
         }
@@ -211,7 +214,10 @@ impl Router {
     pub fn channels(&self, room: Option<&Name>) -> Vec<ChannelSummary> {
         let mut out = Vec::new();
         let mut collect = |channels: &HashMap<Name, Arc<Channel>>| {
-            out.extend(channels.values().map(|c| ChannelSummary { key: c.key.clone(), members: c.member_count() }));
+            out.extend(channels.values().map(|c| ChannelSummary {
+                key: c.key.clone(),
+                members: self.cluster_members(&c.key, c.member_count()),
+            }));
         };
         match room {
             Some(room) => {
@@ -247,6 +253,52 @@ impl Router {
         }
     }
 
+    /// Another node created a channel: make it known here (no storage write,
+    /// nothing forwarded back).
+    pub fn channel_created_elsewhere(&self, key: &ChannelKey, created_at: Timestamp) {
+        self.inner
+            .rooms
+            .entry(key.room.clone())
+            .or_default()
+            .entry(key.channel.clone())
+            .or_insert_with(|| Arc::new(Channel::new(key.clone(), created_at)));
+    }
+
+    /// Another node deleted a channel (and its history): drop it here and
+    /// tell its local members with `channel_deleted`. Returns how many were told.
+    pub async fn channel_deleted_elsewhere(&self, key: &ChannelKey) -> usize {
+        let Some(channel) = self.lookup(key) else { return 0 };
+        let members = {
+            let _order = channel.order.lock().await;
+            if channel.is_deleted() {
+                return 0;
+            }
+            if let Some(mut room) = self.inner.rooms.get_mut(&key.room) {
+                room.remove(&key.channel);
+            }
+            self.inner.rooms.remove_if(&key.room, |_, channels| channels.is_empty());
+            channel.retire()
+        };
+        self.inner.observer.observe(&BusEvent::ChannelDeleted { key });
+        #[derive(serde::Serialize)]
+        struct ChannelDeleted<'a> {
+            event: &'static str,
+            room: &'a Name,
+            channel: &'a Name,
+        }
+        let frame = arqon_protocol::encode::event(
+            IdGenerator::new().message_id(),
+            Timestamp::now(),
+            &ChannelDeleted { event: "channel_deleted", room: &key.room, channel: &key.channel },
+        );
+        members.iter().filter(|m| m.outlet.push(Outbound::Frame(frame.clone()))).count()
+    }
+
+    /// Members of `key` on this node plus, with a broker, on the others.
+    pub(crate) fn cluster_members(&self, key: &ChannelKey, local: usize) -> usize {
+        local + self.inner.broker.as_ref().map_or(0, |b| b.remote_members(key))
+    }
+
     // ---- internals used by sessions and commands ----
 
     pub(crate) fn lookup(&self, key: &ChannelKey) -> Option<Arc<Channel>> {
@@ -278,6 +330,9 @@ impl Router {
         };
         if created {
             self.inner.observer.observe(&BusEvent::ChannelCreated { key });
+            if let Some(broker) = &self.inner.broker {
+                broker.channel_created(key, channel.created_at);
+            }
             // The live channel exists from here on; persisting the record is
             // for restarts, so a failure is logged, not fatal.
             if let Err(e) = self.inner.storage.create_channel(key, channel.created_at).await {
@@ -380,11 +435,17 @@ impl Router {
             channel.retire()
         };
         self.inner.observer.observe(&BusEvent::ChannelDeleted { key });
+        if let Some(broker) = &self.inner.broker {
+            broker.channel_deleted(key);
+        }
         Ok(members)
     }
 
     pub(crate) fn unregister(&self, id: ClientId) {
         self.inner.clients.remove(&id);
+        if let Some(broker) = &self.inner.broker {
+            broker.client_disconnected(id);
+        }
     }
 
     pub(crate) fn broker(&self) -> Option<&Arc<dyn Broker>> {

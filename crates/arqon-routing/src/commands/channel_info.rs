@@ -34,7 +34,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     ctx.respond(&Info {
         room: &key.room,
         channel: &key.channel,
-        members: channel.member_count(),
+        members: router.cluster_members(&key, channel.member_count()),
         created_at: channel.created_at,
         stored: stats.stored,
         last_id: stats.last_id,

@@ -62,7 +62,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
         ctx.respond(&Joined {
             room: &key.room,
             channel: &key.channel,
-            members,
+            members: router.cluster_members(&key, members),
             truncated: replay.as_ref().map(|r| r.truncated),
         });
         if let Some(replay) = replay.filter(|r| !r.messages.is_empty()) {
