@@ -1,0 +1,123 @@
+//! The one error type of the client.
+
+use std::time::Duration;
+
+use arqon_protocol::{ErrorCode, ProtocolError};
+
+/// Everything that can go wrong talking to the bus.
+///
+/// Cheap to clone, so one failure can be reported to every request it
+/// affects. Server-side refusals keep their wire [`ErrorCode`]; match on
+/// [`ClientError::code`] to branch on them.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The bus refused the request with an `error` frame (PROTOCOL.md
+    /// section 6), or the client refused it locally for a reason the bus
+    /// would have given the same code for (an invalid room or channel name).
+    #[error("{code}: {message}")]
+    Rejected {
+        /// The wire error code.
+        code: ErrorCode,
+        /// The bus's explanation, safe to show a user.
+        message: String,
+        /// With `RATE_LIMITED`: how long to wait before retrying.
+        retry_after_ms: Option<u64>,
+    },
+    /// No answer arrived within the request (or connect) timeout. The
+    /// request may still have been applied by the bus.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection dropped while the request was in flight; the bus may or
+    /// may not have applied it. The client is reconnecting (unless
+    /// [`ClientOptions::reconnect`](crate::ClientOptions::reconnect) is off).
+    #[error("connection lost before the answer arrived")]
+    ConnectionLost,
+    /// The client was closed (by [`Client::close`](crate::Client::close), by
+    /// dropping every handle, or because it gave up reconnecting).
+    #[error("client closed")]
+    Closed,
+    /// The WebSocket layer failed: connect refused, handshake rejected, I/O
+    /// error, a URL it cannot use.
+    #[error("transport: {0}")]
+    Transport(String),
+    /// The bus answered with something this client cannot read (a frame or a
+    /// payload that does not match PROTOCOL.md).
+    #[error("unexpected answer from the bus: {0}")]
+    Decode(String),
+    /// A payload or argument could not be serialized to JSON (for example a
+    /// map with non-string keys).
+    #[error("cannot encode the request: {0}")]
+    Encode(String),
+}
+
+impl ClientError {
+    /// The wire error code, for [`ClientError::Rejected`].
+    pub fn code(&self) -> Option<ErrorCode> {
+        match self {
+            ClientError::Rejected { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// A rejection with no retry hint.
+    pub(crate) fn rejected(code: ErrorCode, message: impl Into<String>) -> Self {
+        ClientError::Rejected { code, message: message.into(), retry_after_ms: None }
+    }
+}
+
+impl From<ProtocolError> for ClientError {
+    fn from(err: ProtocolError) -> Self {
+        ClientError::rejected(err.code, err.message)
+    }
+}
+
+impl From<tokio_tungstenite::tungstenite::Error> for ClientError {
+    fn from(err: tokio_tungstenite::tungstenite::Error) -> Self {
+        use tokio_tungstenite::tungstenite::Error;
+        match err {
+            // The bus refuses an upgrade with an HTTP status and a JSON error
+            // body (PROTOCOL.md section 1): surface its code, e.g. UNAUTHORIZED.
+            Error::Http(response) => {
+                let status = response.status();
+                let body = response.body().as_deref().unwrap_or_default();
+                match parse_error_body(body) {
+                    Some(rejected) => rejected,
+                    None => ClientError::Transport(format!("upgrade refused with HTTP {status}")),
+                }
+            }
+            other => ClientError::Transport(other.to_string()),
+        }
+    }
+}
+
+/// `{"error":{"code":…,"message":…}}`, as sent with a refused upgrade.
+fn parse_error_body(body: &[u8]) -> Option<ClientError> {
+    #[derive(serde::Deserialize)]
+    struct Body {
+        error: WireError,
+    }
+    let body: Body = serde_json::from_slice(body).ok()?;
+    Some(body.error.into_client_error())
+}
+
+/// The `error` object of an `error` frame.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct WireError {
+    code: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    retry_after_ms: Option<u64>,
+}
+
+impl WireError {
+    pub(crate) fn into_client_error(self) -> ClientError {
+        // A code newer than this client is kept readable rather than dropped.
+        let (code, message) = match ErrorCode::from_wire(&self.code) {
+            Some(code) => (code, self.message),
+            None => (ErrorCode::Internal, format!("{} (unknown code {})", self.message, self.code)),
+        };
+        ClientError::Rejected { code, message, retry_after_ms: self.retry_after_ms }
+    }
+}
