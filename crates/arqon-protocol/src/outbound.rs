@@ -1,3 +1,5 @@
+use bytes::Bytes;
+
 use crate::Frame;
 
 /// One item of a connection's outbound queue.
@@ -11,6 +13,11 @@ pub enum Outbound {
     Frame(Frame),
     /// Frames to write back to back, in order.
     Batch(Vec<Frame>),
+    /// A binary WebSocket message. The bus itself never sends binary (every
+    /// envelope is a text frame); this variant exists for harnesses built on
+    /// the transport, such as the echo server the Autobahn|Testsuite runs
+    /// against.
+    Binary(Bytes),
 }
 
 /// Why the bus closes a connection, as a WebSocket close code and reason.

@@ -73,11 +73,7 @@ impl Admission {
 pub(crate) fn check_origin(origin: Option<&str>, allowed: &[String]) -> Result<(), Refusal> {
     match origin {
         Some(origin) if !allowed.is_empty() && !allowed.iter().any(|a| a == "*" || a.eq_ignore_ascii_case(origin)) => {
-            Err(Refusal {
-                status: 403,
-                code: "FORBIDDEN",
-                message: format!("origin {origin} is not allowed"),
-            })
+            Err(Refusal { status: 403, code: "FORBIDDEN", message: format!("origin {origin} is not allowed") })
         }
         _ => Ok(()),
     }

@@ -5,13 +5,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use arqon_protocol::{CloseReason, Frame, IdGenerator, Outbound, Timestamp, encode};
-use futures_util::stream::SplitSink;
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::CapacityError;
+use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
@@ -37,6 +37,25 @@ impl LastSeen {
     }
 }
 
+/// RFC 6455 7.4.1: a text message that is not UTF-8.
+const INVALID_UTF8: CloseReason = CloseReason { code: 1007, reason: "invalid UTF-8" };
+/// RFC 6455 7.4.1: a frame that breaks the protocol (reserved bits or
+/// opcodes, a fragmented or oversized control frame, a stray continuation).
+const PROTOCOL_ERROR: CloseReason = CloseReason { code: 1002, reason: "protocol violation" };
+
+/// How the reader's loop ended.
+enum End<S> {
+    /// The connection is gone (TCP closed or failed without a handshake).
+    Gone,
+    /// The client sent a close frame; tungstenite queued the reply.
+    ClientClosed,
+    /// The client broke a rule that ends the connection with this close.
+    Failed(CloseReason),
+    /// The writer finished first (the bus closed the connection, shutdown,
+    /// idle timeout, or a write failed).
+    WriterDone(Option<WriterEnd<S>>),
+}
+
 /// Runs a connection to its end. Returns when the client is gone, the bus
 /// closed it, or shutdown finished with it.
 pub(crate) async fn run_connection<S, C>(
@@ -48,31 +67,27 @@ pub(crate) async fn run_connection<S, C>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     C: Connection,
 {
-    let Accepted {
-        mut conn,
-        frames,
-        close,
-    } = accepted;
+    let Accepted { mut conn, frames, close } = accepted;
     let (sink, mut stream) = ws.split();
-    let last_seen = Arc::new(LastSeen {
-        origin: Instant::now(),
-        ms: AtomicU64::new(0),
-    });
-    let (oversize_tx, oversize_rx) = watch::channel(false);
+    let last_seen = Arc::new(LastSeen { origin: Instant::now(), ms: AtomicU64::new(0) });
+    // The reader tells the writer to close after a read error that calls for
+    // a close frame (1002, 1007, 1009).
+    let (failed_tx, failed_rx) = watch::channel(None);
+    let grace = config.shutdown_grace;
     let writer = Writer {
         sink,
         frames,
         close,
         stop,
-        oversize: oversize_rx,
+        failed: failed_rx,
         last_seen: Arc::clone(&last_seen),
         heartbeat: config.heartbeat,
-        grace: config.shutdown_grace,
+        grace,
         batch: config.write_batch.max(1),
         ids: IdGenerator::new(),
     };
     let mut writer = tokio::spawn(writer.run());
-    loop {
+    let end = loop {
         tokio::select! {
             message = stream.next() => {
                 last_seen.touch();
@@ -81,35 +96,116 @@ pub(crate) async fn run_connection<S, C>(
                     Some(Ok(Message::Binary(data))) => conn.on_binary(&data),
                     // tungstenite answers pings itself; any frame counts as life.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) | None => break,
-                    Some(Err(WsError::Capacity(CapacityError::MessageTooLong { .. }))) => {
-                        conn.on_oversize();
-                        // The writer flushes the error and closes with 1009.
-                        let _ = oversize_tx.send(true);
-                        let _ = (&mut writer).await;
-                        return;
-                    }
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "read failed");
-                        break;
-                    }
+                    Some(Ok(Message::Close(_))) => break End::ClientClosed,
+                    None => break End::Gone,
+                    Some(Err(e)) => match close_for(&e) {
+                        Some(reason) => {
+                            tracing::debug!(error = %e, code = reason.code, "closing a connection that broke the protocol");
+                            if reason == CloseReason::TOO_LARGE {
+                                conn.on_oversize();
+                            }
+                            break End::Failed(reason);
+                        }
+                        None => {
+                            tracing::debug!(error = %e, "read failed");
+                            break End::Gone;
+                        }
+                    },
                 }
             }
-            _ = &mut writer => return,
+            done = &mut writer => break End::WriterDone(done.ok()),
         }
+    };
+    // Once the connection is ending, the bus forgets the client at once
+    // (dropping its handler); only the socket waits for the handshake, for
+    // at most the grace period.
+    match end {
+        // Nothing more can be delivered: stop the writer.
+        End::Gone => writer.abort(),
+        End::ClientClosed => {
+            drop(conn);
+            // Reading on makes tungstenite write its queued close reply and
+            // then end the stream, so the server closes TCP after a clean
+            // handshake (RFC 6455 7.1.1) instead of dropping it mid-way.
+            let _ = tokio::time::timeout(grace, drain(&mut stream)).await;
+            writer.abort();
+        }
+        End::Failed(reason) => {
+            // The writer flushes what is queued (e.g. the MESSAGE_TOO_LARGE
+            // error) and the close frame. The read half is unusable after an
+            // error (tokio-tungstenite fuses it), so the close reply is
+            // awaited on the raw socket.
+            let _ = failed_tx.send(Some(reason));
+            let done = writer.await;
+            drop(conn);
+            if let Ok(done) = done {
+                linger(done.sink, stream, grace).await;
+            }
+        }
+        End::WriterDone(Some(done)) if done.sent_close => {
+            drop(conn);
+            // We started the closing handshake: wait for the client's reply,
+            // discarding whatever it sent meanwhile.
+            let _ = tokio::time::timeout(grace, drain(&mut stream)).await;
+        }
+        End::WriterDone(_) => {}
     }
-    // The client left: stop the writer (nothing more can be delivered).
-    writer.abort();
+}
+
+/// The close a read error calls for, or `None` when the peer is simply gone.
+fn close_for(error: &WsError) -> Option<CloseReason> {
+    match error {
+        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some(CloseReason::TOO_LARGE),
+        WsError::Utf8(_) => Some(INVALID_UTF8),
+        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
+        WsError::Protocol(_) => Some(PROTOCOL_ERROR),
+        _ => None,
+    }
+}
+
+/// Reads until the stream ends; tungstenite answers or completes the closing
+/// handshake as it reads.
+async fn drain<S>(stream: &mut SplitStream<WebSocketStream<S>>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    while stream.next().await.is_some() {}
+}
+
+/// Closes the socket after the close frame went out: shuts down our sending
+/// side, then reads and discards until the client closes too (or `grace`
+/// elapses). Closing a socket with unread input resets the connection, and a
+/// reset can destroy the close frame (and the error before it) on its way to
+/// the client; that is what an oversize message leaves behind.
+async fn linger<S>(sink: Sink<S>, stream: SplitStream<WebSocketStream<S>>, grace: Duration)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let Ok(mut ws) = sink.reunite(stream) else { return };
+    let io = ws.get_mut();
+    let _ = tokio::time::timeout(grace, async {
+        let _ = io.shutdown().await;
+        let mut buf = vec![0; 4096];
+        while let Ok(1..) = io.read(&mut buf).await {}
+    })
+    .await;
 }
 
 type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
+
+/// What the writer hands back when it stops: the write half (the reader may
+/// need it to reunite the socket) and whether a close frame went out.
+struct WriterEnd<S> {
+    sink: Sink<S>,
+    sent_close: bool,
+}
 
 struct Writer<S> {
     sink: Sink<S>,
     frames: mpsc::Receiver<Outbound>,
     close: watch::Receiver<Option<CloseReason>>,
     stop: watch::Receiver<bool>,
-    oversize: watch::Receiver<bool>,
+    failed: watch::Receiver<Option<CloseReason>>,
     last_seen: Arc<LastSeen>,
     heartbeat: Duration,
     grace: Duration,
@@ -129,7 +225,7 @@ impl<S> Writer<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    async fn run(mut self) {
+    async fn run(mut self) -> WriterEnd<S> {
         let mut ticker = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let reason = loop {
@@ -138,19 +234,21 @@ where
                 _ = self.close.changed() => {
                     if let Some(reason) = *self.close.borrow_and_update() { break reason; }
                 }
-                _ = self.oversize.changed() => break CloseReason::TOO_LARGE,
+                _ = self.failed.changed() => {
+                    if let Some(reason) = *self.failed.borrow_and_update() { break reason; }
+                }
                 _ = self.stop.changed() => break CloseReason::SHUTDOWN,
                 item = self.frames.recv() => match item {
-                    Some(item) => if self.write_batch(item).await.is_err() { return; },
+                    Some(item) => if self.write_batch(item).await.is_err() { return self.end(false); },
                     // Every sender is gone: the bus forgot this client.
-                    None => return,
+                    None => return self.end(false),
                 },
                 _ = ticker.tick() => {
                     if self.last_seen.idle() > self.heartbeat * 2 {
                         tracing::debug!("closing idle connection");
-                        return;
+                        return self.end(false);
                     }
-                    if self.sink.send(Message::Ping(Default::default())).await.is_err() { return; }
+                    if self.sink.send(Message::Ping(Default::default())).await.is_err() { return self.end(false); }
                 }
             }
         };
@@ -171,19 +269,27 @@ where
                     self.sink.feed(text(frame)).await?;
                 }
             }
-            let close = CloseFrame {
-                code: CloseCode::from(reason.code),
-                reason: reason.reason.into(),
-            };
+            let close = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
             self.sink.send(Message::Close(Some(close))).await?;
-            // Wait for the client's close reply (or give up with the grace).
+            // The reader waits for the client's close reply.
             Ok::<(), WsError>(())
         };
-        match tokio::time::timeout(grace, finish).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::debug!(error = %e, "close failed"),
-            Err(_) => tracing::debug!("close frame not written within the grace period"),
-        }
+        let sent_close = match tokio::time::timeout(grace, finish).await {
+            Ok(Ok(())) => true,
+            Ok(Err(e)) => {
+                tracing::debug!(error = %e, "close failed");
+                false
+            }
+            Err(_) => {
+                tracing::debug!("close frame not written within the grace period");
+                false
+            }
+        };
+        self.end(sent_close)
+    }
+
+    fn end(self, sent_close: bool) -> WriterEnd<S> {
+        WriterEnd { sink: self.sink, sent_close }
     }
 
     async fn feed(&mut self, item: Outbound) -> Result<(), WsError> {
@@ -195,6 +301,7 @@ where
                 }
                 Ok(())
             }
+            Outbound::Binary(data) => self.sink.feed(Message::Binary(data)).await,
         }
     }
 

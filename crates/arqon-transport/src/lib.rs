@@ -2,12 +2,15 @@
 //! writer task per connection.
 //!
 //! This layer owns sockets and the WebSocket protocol: the upgrade (with a
-//! deadline and path check), frame size limits (close 1009), heartbeat pings
-//! and idle close, batching queued frames into few writes, and graceful
-//! shutdown (the `shutdown` event, then close 1001). It does not know what a
-//! frame means: an [`Acceptor`] decides who may connect and a [`Connection`]
-//! handles each text frame, so the same loop serves the bus, a test echo or a
-//! compliance harness. It depends only on `arqon-protocol`, never on routing.
+//! deadline and path check), frame size limits (close 1009), protocol
+//! violations (close 1002; invalid UTF-8, 1007), the closing handshake in both
+//! directions, heartbeat pings and idle close, batching queued frames into few
+//! writes, and graceful shutdown (the `shutdown` event, then close 1001). It
+//! does not know what a frame means: an [`Acceptor`] decides who may connect
+//! and a [`Connection`] handles each text frame, so the same loop serves the
+//! bus, a test echo or a compliance harness (`examples/echo.rs`, which
+//! `scripts/autobahn.sh` runs the Autobahn|Testsuite against). It depends
+//! only on `arqon-protocol`, never on routing.
 //!
 //! # Layout
 //!
@@ -22,8 +25,8 @@
 mod admission;
 mod connection;
 mod http;
-mod tls;
 mod server;
+mod tls;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -54,10 +54,8 @@ pub async fn serve<A: Acceptor>(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    let drained = tokio::time::timeout(config.shutdown_grace, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
+    let drained =
+        tokio::time::timeout(config.shutdown_grace, async { while connections.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!(remaining = connections.len(), "shutdown grace elapsed; dropping connections");
         connections.abort_all();
@@ -81,9 +79,7 @@ fn refusal_response(refusal: &Refusal) -> ErrorResponse {
     );
     let mut response = http::Response::new(Some(body));
     *response.status_mut() = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
 }
 
@@ -192,11 +188,8 @@ mod tests {
 
     #[test]
     fn refusal_body_is_json() {
-        let response = refusal_response(&Refusal {
-            status: 401,
-            code: "UNAUTHORIZED",
-            message: "bad \"token\"\n".to_owned(),
-        });
+        let response =
+            refusal_response(&Refusal { status: 401, code: "UNAUTHORIZED", message: "bad \"token\"\n".to_owned() });
         assert_eq!(response.status(), 401);
         let body = response.body().clone().unwrap();
         assert_eq!(body, r#"{"error":{"code":"UNAUTHORIZED","message":"bad \"token\"\u000a"}}"#);
