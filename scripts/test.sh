@@ -34,6 +34,9 @@ cargo build --locked -p arqonbus
 step "cargo test"
 cargo test --workspace --locked
 
+step "WebSocket compliance (Autobahn fuzzingclient)"
+bash scripts/autobahn.sh
+
 if [ -f sdks/python/run_tests.sh ]; then
     step "python SDK"
     ARQONBUS_BIN="$PWD/target/debug/arqonbus" bash sdks/python/run_tests.sh
