@@ -27,13 +27,25 @@ async fn ping_status_help() {
     assert_eq!(status["connections"], 1);
     assert_eq!(status["rooms"], 1);
     assert_eq!(status["channels"], 1);
-    assert_eq!(status["storage"], json!({"backend": "memory", "healthy": true}));
+    assert_eq!(status["storage"], json!({"backend": "memory", "healthy": true, "journaled": 0, "refused": 0}));
     let help = a.ok("help", json!({})).await;
     let commands = help["commands"].as_array().unwrap();
     let names: Vec<&str> = commands.iter().map(|c| c["name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["ping", "status", "help", "create_channel", "delete_channel", "join_channel", "leave_channel", "list_channels", "channel_info", "history", "publish"]
+        [
+            "ping",
+            "status",
+            "help",
+            "create_channel",
+            "delete_channel",
+            "join_channel",
+            "leave_channel",
+            "list_channels",
+            "channel_info",
+            "history",
+            "publish"
+        ]
     );
     for c in commands {
         assert!(c["description"].is_string() && c["args"].is_array() && c["role"].is_string(), "{c}");
@@ -61,13 +73,19 @@ async fn welcome_reports_identity_and_limits() {
 async fn create_list_info_leave_delete() {
     let server = TestServer::start_with(admin_config()).await;
     let (mut admin, mut member) = (server.client().await, server.client().await);
-    assert_eq!(admin.ok("create_channel", json!({"room": "r1", "channel": "a"})).await, json!({"room": "r1", "channel": "a", "created": true}));
+    assert_eq!(
+        admin.ok("create_channel", json!({"room": "r1", "channel": "a"})).await,
+        json!({"room": "r1", "channel": "a", "created": true})
+    );
     assert_eq!(admin.ok("create_channel", json!({"room": "r1", "channel": "a"})).await["created"], false);
     admin.ok("create_channel", json!({"room": "r2", "channel": "b"})).await;
     let joined = member.join("r1", "a").await;
     assert_eq!(joined, json!({"room": "r1", "channel": "a", "members": 1}));
     let all = admin.ok("list_channels", json!({})).await;
-    assert_eq!(all, json!({"channels": [{"room": "r1", "channel": "a", "members": 1}, {"room": "r2", "channel": "b", "members": 0}]}));
+    assert_eq!(
+        all,
+        json!({"channels": [{"room": "r1", "channel": "a", "members": 1}, {"room": "r2", "channel": "b", "members": 0}]})
+    );
     let r2 = admin.ok("list_channels", json!({"room": "r2"})).await;
     assert_eq!(r2, json!({"channels": [{"room": "r2", "channel": "b", "members": 0}]}));
     member.publish_ff("r1", "a", json!("x")).await;
@@ -78,7 +96,10 @@ async fn create_list_info_leave_delete() {
     assert_eq!(info["last_id"], sent["id"]);
     assert!(info["created_at"].as_str().unwrap().ends_with('Z'));
     assert_eq!(admin.err("channel_info", json!({"room": "r1", "channel": "zzz"})).await, "NOT_FOUND");
-    assert_eq!(member.ok("leave_channel", json!({"room": "r1", "channel": "a"})).await, json!({"room": "r1", "channel": "a", "left": true}));
+    assert_eq!(
+        member.ok("leave_channel", json!({"room": "r1", "channel": "a"})).await,
+        json!({"room": "r1", "channel": "a", "left": true})
+    );
     assert_eq!(member.ok("leave_channel", json!({"room": "r1", "channel": "a"})).await["left"], false);
     member.join("r1", "a").await;
     let deleted = admin.ok("delete_channel", json!({"room": "r1", "channel": "a"})).await;
@@ -178,7 +199,10 @@ async fn history_with_limit_and_before() {
     assert_eq!(ids(&before["messages"]), vec![json!(17), json!(18), json!(19)]);
     let start = a.ok("history", json!({"room": "h", "channel": "c", "limit": 1000, "before": sent[2]})).await;
     assert_eq!(ids(&start["messages"]), vec![json!(0), json!(1)]);
-    assert_eq!(a.err("history", json!({"room": "h", "channel": "c", "before": "arq_01JDQ8Z6W3T7M5KX2C9V4B8N1P"})).await, "NOT_FOUND");
+    assert_eq!(
+        a.err("history", json!({"room": "h", "channel": "c", "before": "arq_01JDQ8Z6W3T7M5KX2C9V4B8N1P"})).await,
+        "NOT_FOUND"
+    );
     assert_eq!(a.err("history", json!({"room": "h", "channel": "c", "limit": 0})).await, "INVALID_ARGS");
     assert_eq!(a.err("history", json!({"room": "h", "channel": "c", "limit": 1001})).await, "INVALID_ARGS");
 }
@@ -238,7 +262,9 @@ async fn join_since_an_unknown_id_replays_everything_kept_and_says_truncated() {
     for i in 0..15 {
         publisher.ok("publish", json!({"room": "t", "channel": "c", "payload": i})).await;
     }
-    let joined = reader.ok("join_channel", json!({"room": "t", "channel": "c", "since": "arq_01JDQ8Z6W3T7M5KX2C9V4B8N1P"})).await;
+    let joined = reader
+        .ok("join_channel", json!({"room": "t", "channel": "c", "since": "arq_01JDQ8Z6W3T7M5KX2C9V4B8N1P"}))
+        .await;
     assert_eq!(joined["truncated"], true);
     for i in 5..15 {
         assert_eq!(reader.recv_message().await["payload"], i);

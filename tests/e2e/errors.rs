@@ -44,7 +44,10 @@ async fn every_envelope_error_is_reported_and_the_connection_survives() {
         (r#"{"type":"message","room":"no spaces","payload":1}"#.into(), "INVALID_NAME"),
         (r#"{"type":"command","command":"join_channel","args":{"room":"r/x","channel":"c"}}"#.into(), "INVALID_NAME"),
         (r#"{"type":"command","command":"join_channel","args":{"room":"r"}}"#.into(), "INVALID_ARGS"),
-        (r#"{"type":"command","command":"history","args":{"room":"r","channel":"c","limit":"ten"}}"#.into(), "INVALID_ARGS"),
+        (
+            r#"{"type":"command","command":"history","args":{"room":"r","channel":"c","limit":"ten"}}"#.into(),
+            "INVALID_ARGS",
+        ),
         (spoofed, "FORBIDDEN"),
         (r#"{"type":"command","command":"channel_info","args":{"room":"r","channel":"missing"}}"#.into(), "NOT_FOUND"),
         (format!(r#"{{"type":"message","to":"{VALID_ID}","payload":1}}"#), "NOT_FOUND"),
@@ -101,7 +104,11 @@ async fn deeply_nested_json_and_huge_strings_get_an_error_not_a_crash() {
     let server = TestServer::start().await;
     let (mut a, mut watcher) = (server.client().await, server.client().await);
     watcher.join("err", "watch").await;
-    let deep = format!(r#"{{"type":"message","room":"r","channel":"c","payload":{}{}}}"#, "[".repeat(10_000), "]".repeat(10_000));
+    let deep = format!(
+        r#"{{"type":"message","room":"r","channel":"c","payload":{}{}}}"#,
+        "[".repeat(10_000),
+        "]".repeat(10_000)
+    );
     refused(&mut a, &mut watcher, &deep, "INVALID_JSON").await;
     let deep_envelope = "[".repeat(10_000);
     refused(&mut a, &mut watcher, &deep_envelope, "INVALID_JSON").await;

@@ -7,4 +7,7 @@ mod commands;
 mod errors;
 mod layers;
 mod lifecycle;
+mod monitoring;
+mod redis;
 mod routing;
+mod security;

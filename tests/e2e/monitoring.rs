@@ -90,7 +90,7 @@ async fn health_status_and_http_errors() {
     let (status, body) = http(mon, "GET", "/ready").await;
     assert_eq!(status, 200);
     let ready: Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(ready["storage"], json!({"backend": "memory", "healthy": true}));
+    assert_eq!(ready["storage"], json!({"backend": "memory", "healthy": true, "journaled": 0, "refused": 0}));
     a.publish_ff("s", "one", json!(1)).await;
     a.ok("ping", json!({})).await;
     let (status, body) = http(mon, "GET", "/status").await;
@@ -122,7 +122,8 @@ async fn ready_is_503_while_shutting_down() {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(server.addr).await.unwrap();
-    let (stubborn, _) = tokio_tungstenite::client_async(server.url(), tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap();
+    let (stubborn, _) =
+        tokio_tungstenite::client_async(server.url(), tokio_tungstenite::MaybeTlsStream::Plain(stream)).await.unwrap();
     let mut publisher = server.client().await;
     let mut member = arqon_e2e::TestClient::from_ws(stubborn).await;
     member.join("d", "c").await;
@@ -215,7 +216,8 @@ async fn a_stalled_observer_is_told_what_it_dropped_and_slows_no_one() {
     let socket = TcpSocket::new_v4().unwrap();
     socket.set_recv_buffer_size(4096).unwrap();
     let stream = socket.connect(mon).await.unwrap();
-    let (mut stalled, _) = tokio_tungstenite::client_async(format!("ws://{mon}/telemetry?events=message_routed"), stream).await.unwrap();
+    let (mut stalled, _) =
+        tokio_tungstenite::client_async(format!("ws://{mon}/telemetry?events=message_routed"), stream).await.unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (mut publisher, mut reader) = (server.client().await, server.client().await);
     reader.join("x", "c").await;

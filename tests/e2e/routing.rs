@@ -10,7 +10,8 @@ const QUIET: Duration = Duration::from_millis(300);
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn channel_message_reaches_members_but_not_sender_or_outsiders() {
     let server = TestServer::start().await;
-    let (mut a, mut b, mut c, mut outsider) = (server.client().await, server.client().await, server.client().await, server.client().await);
+    let (mut a, mut b, mut c, mut outsider) =
+        (server.client().await, server.client().await, server.client().await, server.client().await);
     for client in [&mut a, &mut b, &mut c] {
         client.join("lobby", "chat").await;
     }
@@ -38,7 +39,8 @@ async fn channel_message_reaches_members_but_not_sender_or_outsiders() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn room_message_reaches_each_member_once_and_is_not_stored() {
     let server = TestServer::start().await;
-    let (mut sender, mut both, mut one, mut elsewhere) = (server.client().await, server.client().await, server.client().await, server.client().await);
+    let (mut sender, mut both, mut one, mut elsewhere) =
+        (server.client().await, server.client().await, server.client().await, server.client().await);
     one.join("house", "garden").await;
     both.join("house", "kitchen").await;
     both.join("house", "garden").await;

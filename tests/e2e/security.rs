@@ -60,7 +60,12 @@ fn token_config() -> arqon_config::Config {
     config.auth.mode = AuthMode::Token;
     config.auth.tokens = vec![
         StaticToken { token: "admin-token".into(), role: Role::Admin, client: String::new(), rooms: vec![] },
-        StaticToken { token: "alice-token".into(), role: Role::User, client: "alice".into(), rooms: vec!["lobby".into()] },
+        StaticToken {
+            token: "alice-token".into(),
+            role: Role::User,
+            client: "alice".into(),
+            rooms: vec!["lobby".into()],
+        },
     ];
     config
 }
@@ -217,16 +222,44 @@ async fn every_role_against_every_command_and_message_kind() {
             ("status", json!({"type": "command", "command": "status"}), Role::Guest),
             ("help", json!({"type": "command", "command": "help"}), Role::Guest),
             ("list_channels", json!({"type": "command", "command": "list_channels"}), Role::Guest),
-            ("channel_info", json!({"type": "command", "command": "channel_info", "args": {"room": "r", "channel": "c"}}), Role::Guest),
-            ("history", json!({"type": "command", "command": "history", "args": {"room": "r", "channel": "c"}}), Role::Guest),
-            ("join_channel", json!({"type": "command", "command": "join_channel", "args": {"room": "r", "channel": "c"}}), Role::Guest),
-            ("leave_channel", json!({"type": "command", "command": "leave_channel", "args": {"room": "r", "channel": "c"}}), Role::Guest),
-            ("create_channel", json!({"type": "command", "command": "create_channel", "args": {"room": "r", "channel": "new"}}), Role::User),
-            ("publish", json!({"type": "command", "command": "publish", "args": {"room": "r", "channel": "c", "payload": 1}}), Role::User),
+            (
+                "channel_info",
+                json!({"type": "command", "command": "channel_info", "args": {"room": "r", "channel": "c"}}),
+                Role::Guest,
+            ),
+            (
+                "history",
+                json!({"type": "command", "command": "history", "args": {"room": "r", "channel": "c"}}),
+                Role::Guest,
+            ),
+            (
+                "join_channel",
+                json!({"type": "command", "command": "join_channel", "args": {"room": "r", "channel": "c"}}),
+                Role::Guest,
+            ),
+            (
+                "leave_channel",
+                json!({"type": "command", "command": "leave_channel", "args": {"room": "r", "channel": "c"}}),
+                Role::Guest,
+            ),
+            (
+                "create_channel",
+                json!({"type": "command", "command": "create_channel", "args": {"room": "r", "channel": "new"}}),
+                Role::User,
+            ),
+            (
+                "publish",
+                json!({"type": "command", "command": "publish", "args": {"room": "r", "channel": "c", "payload": 1}}),
+                Role::User,
+            ),
             ("channel message", json!({"type": "message", "room": "r", "channel": "c", "payload": 1}), Role::User),
             ("room message", json!({"type": "message", "room": "r", "payload": 1}), Role::User),
             ("direct message", json!({"type": "message", "to": peer.id, "payload": 1}), Role::User),
-            ("delete_channel", json!({"type": "command", "command": "delete_channel", "args": {"room": "r", "channel": "c"}}), Role::Admin),
+            (
+                "delete_channel",
+                json!({"type": "command", "command": "delete_channel", "args": {"room": "r", "channel": "c"}}),
+                Role::Admin,
+            ),
         ];
         for (name, mut frame, least) in cases {
             let is_message = frame["type"] == "message";
@@ -267,7 +300,12 @@ async fn persistent_abuse_of_the_rate_limit_closes_1008() {
     assert_eq!(closed, Closed::Code(1008));
     let limited = frames.iter().filter(|f| f["error"]["code"] == "RATE_LIMITED").count();
     assert!(limited >= 20, "{limited} refusals before the close");
-    assert!(frames.iter().filter(|f| f["error"]["code"] == "RATE_LIMITED").all(|f| f["error"]["retry_after_ms"].as_u64() >= Some(1)));
+    assert!(
+        frames
+            .iter()
+            .filter(|f| f["error"]["code"] == "RATE_LIMITED")
+            .all(|f| f["error"]["retry_after_ms"].as_u64() >= Some(1))
+    );
     assert_eq!(bystander.ok("ping", json!({})).await["pong"], true);
 }
 
@@ -371,7 +409,9 @@ async fn tls_round_trip() {
     let mut ws = ws;
     let welcome = ws.next().await.unwrap().unwrap();
     assert!(welcome.to_text().unwrap().contains("welcome"));
-    ws.send(Message::text(r#"{"type":"command","command":"ping","id":"arq_01JDQ8Z6W3T7M5KX2C9V4B8N1P"}"#)).await.unwrap();
+    ws.send(Message::text(r#"{"type":"command","command":"ping","id":"arq_01JDQ8Z6W3T7M5KX2C9V4B8N1P"}"#))
+        .await
+        .unwrap();
     let pong = ws.next().await.unwrap().unwrap();
     assert!(pong.to_text().unwrap().contains("\"pong\":true"), "{pong}");
     // Plain WebSocket to a TLS listener does not get in.
@@ -396,9 +436,24 @@ impl XorShift {
 
 /// A malformed frame: random bytes, broken JSON, wrong types, bad fields.
 fn malformed(rng: &mut XorShift) -> String {
-    const FIELDS: [&str; 14] =
-        ["version", "id", "type", "timestamp", "room", "channel", "to", "from", "command", "args", "payload", "meta", "request_id", "error"];
-    const VALUES: [&str; 12] = ["1", "2", "-1", "null", "true", "\"\"", "\"arq_x\"", "[]", "{}", "\"message\"", "\"command\"", "1e309"];
+    const FIELDS: [&str; 14] = [
+        "version",
+        "id",
+        "type",
+        "timestamp",
+        "room",
+        "channel",
+        "to",
+        "from",
+        "command",
+        "args",
+        "payload",
+        "meta",
+        "request_id",
+        "error",
+    ];
+    const VALUES: [&str; 12] =
+        ["1", "2", "-1", "null", "true", "\"\"", "\"arq_x\"", "[]", "{}", "\"message\"", "\"command\"", "1e309"];
     match rng.below(4) {
         0 => (0..rng.below(64)).map(|_| char::from(32 + rng.below(95) as u8)).collect(),
         1 => {

@@ -7,6 +7,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
+pub mod redis;
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -143,7 +145,13 @@ impl TestClient {
     }
 
     pub async fn from_ws(ws: Ws) -> TestClient {
-        let mut client = TestClient { ws, id: String::new(), welcome: Value::Null, ids: IdGenerator::new(), pending: VecDeque::new() };
+        let mut client = TestClient {
+            ws,
+            id: String::new(),
+            welcome: Value::Null,
+            ids: IdGenerator::new(),
+            pending: VecDeque::new(),
+        };
         let welcome = client.recv().await;
         assert_eq!(welcome["type"], "event", "{welcome}");
         assert_eq!(welcome["payload"]["event"], "welcome", "{welcome}");

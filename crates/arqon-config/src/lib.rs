@@ -12,6 +12,8 @@
 //! # Layout
 //!
 //! - `settings`: the structs, their defaults and [`Config::validate`].
+//!   Settings are `[section]` then key, or one level deeper for a part of a
+//!   section (`[storage.redis]`).
 //! - `load`: [`Config::load`] and [`Config::from_env`], the layering and the
 //!   strict per-value type check.
 //! - `error`: [`ConfigError`].
@@ -29,5 +31,5 @@ mod settings;
 pub use error::ConfigError;
 pub use security::{AuthConfig, AuthMode, JwtAlgorithm, JwtConfig, RoleRate, RoleRates, StaticToken, TlsSettings};
 pub use settings::{
-    ChannelsConfig, Config, LimitsConfig, MonitoringConfig, ServerConfig, StorageBackend, StorageConfig,
+    ChannelsConfig, Config, LimitsConfig, MonitoringConfig, RedisConfig, ServerConfig, StorageBackend, StorageConfig,
 };

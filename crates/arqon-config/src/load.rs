@@ -14,10 +14,11 @@ const ENV_PREFIX: &str = "ARQON_";
 /// `ARQON_` variables that the log set-up reads: skipped here, not rejected.
 const LOG_VARS: [&str; 2] = ["ARQON_LOG", "ARQON_LOG_FORMAT"];
 
-/// Each section's keys with their default values. Files and variables are
-/// checked against it; it is serialized from `Config::default()`, so a field
-/// added to a struct is known here at once.
-type Schema = BTreeMap<String, Map<String, Value>>;
+/// Every key with its default value, as a tree of tables: `[section]` then
+/// key, or `[section.part]` then key. Files and variables are checked against
+/// it; it is serialized from `Config::default()`, so a field added to a
+/// struct is known here at once.
+type Schema = Map<String, Value>;
 
 impl Config {
     /// Defaults, then the TOML file at `path` (if `Some`; a file named
@@ -79,19 +80,32 @@ fn schema() -> Result<Schema, ConfigError> {
     // and tables (`auth.tokens = []` must still be a known key).
     let defaults = serde_json::to_value(Config::default())
         .map_err(|e| ConfigError::Load(config::ConfigError::Message(e.to_string())))?;
-    let serde_json::Value::Object(sections) = defaults else {
-        return Err(ConfigError::Load(config::ConfigError::Message("defaults are not a table".to_owned())));
-    };
-    Ok(sections
-        .into_iter()
-        .map(|(section, fields)| {
-            let keys = match fields {
-                serde_json::Value::Object(fields) => fields.into_iter().map(|(k, v)| (k, from_json(v))).collect(),
-                _ => Map::new(),
-            };
-            (section, keys)
-        })
-        .collect())
+    match from_json(defaults).kind {
+        ValueKind::Table(sections) => Ok(sections),
+        _ => Err(ConfigError::Load(config::ConfigError::Message("defaults are not a table".to_owned()))),
+    }
+}
+
+/// Whether a default is a table of settings, checked key by key: a struct
+/// such as `[storage.redis]`. An empty default table is a free-form map
+/// (`limits.roles`), checked as one value like any other setting.
+fn is_section(default: &Value) -> bool {
+    matches!(&default.kind, ValueKind::Table(keys) if !keys.is_empty())
+}
+
+/// The default of a dotted key that names a setting (not a section).
+fn leaf<'a>(schema: &'a Schema, key: &str) -> Option<&'a Value> {
+    let mut table = schema;
+    let mut parts = key.split('.').peekable();
+    while let Some(part) = parts.next() {
+        let value = table.get(part)?;
+        match (&value.kind, parts.peek()) {
+            (ValueKind::Table(inner), Some(_)) if is_section(value) => table = inner,
+            (_, None) if !is_section(value) => return Some(value),
+            _ => return None,
+        }
+    }
+    None
 }
 
 fn from_json(value: serde_json::Value) -> Value {
@@ -122,10 +136,10 @@ fn setting_vars(
         if LOG_VARS.contains(&var.as_str()) {
             continue;
         }
-        // ARQON_SERVER__PORT sets server.port, the key as written in TOML.
+        // ARQON_SERVER__PORT sets server.port, the key as written in TOML;
+        // ARQON_STORAGE__REDIS__URL sets storage.redis.url.
         let key = name.to_lowercase().replace("__", ".");
-        let default = key.split_once('.').and_then(|(section, field)| schema.get(section)?.get(field));
-        let Some(default) = default else { return Err(ConfigError::UnknownVar { var }) };
+        let Some(default) = leaf(schema, &key) else { return Err(ConfigError::UnknownVar { var }) };
         let value = typed(text, &default.kind);
         vars.insert(key, (var, value));
     }
@@ -159,26 +173,38 @@ fn read_toml(path: &Path) -> Result<config::Config, ConfigError> {
         .map_err(|error| ConfigError::Parse { path: path.to_owned(), message: error.to_string().trim_end().to_owned() })
 }
 
-/// Checks every given value against the schema: no unknown keys, and each
-/// value of its field's type. Settings are two levels deep, `[section]` then
-/// key. Sorted, so that of several mistakes the same one is reported each run.
+/// Checks every given value against the schema: no unknown keys, a table
+/// where the schema has one, and each value of its field's type. Sorted, so
+/// that of several mistakes the same one is reported each run.
 fn check(given: &Map<String, Value>, schema: &Schema, origin: impl Fn(&str) -> String) -> Result<(), ConfigError> {
-    for (section, value) in given.iter().collect::<BTreeMap<_, _>>() {
-        let Some(defaults) = schema.get(section) else {
-            return Err(ConfigError::UnknownKey { key: section.clone(), origin: origin(section) });
+    check_table(given, schema, None, &origin)
+}
+
+/// [`check`] for the table at `prefix` (`None`: the top level of sections).
+fn check_table(
+    given: &Map<String, Value>,
+    schema: &Schema,
+    prefix: Option<&str>,
+    origin: &dyn Fn(&str) -> String,
+) -> Result<(), ConfigError> {
+    for (field, value) in given.iter().collect::<BTreeMap<_, _>>() {
+        let key = prefix.map_or_else(|| field.clone(), |prefix| format!("{prefix}.{field}"));
+        let Some(default) = schema.get(field) else {
+            return Err(ConfigError::UnknownKey { origin: origin(&key), key });
         };
-        let ValueKind::Table(keys) = &value.kind else {
-            let reason = format!("expected a table of keys, [{section}]");
-            return Err(bad_value(section.clone(), &value.kind, origin(section), reason));
-        };
-        for (field, value) in keys.iter().collect::<BTreeMap<_, _>>() {
-            let key = format!("{section}.{field}");
-            if !defaults.contains_key(field) {
-                return Err(ConfigError::UnknownKey { origin: origin(&key), key });
+        match (&default.kind, &value.kind) {
+            (ValueKind::Table(defaults), ValueKind::Table(keys)) if is_section(default) => {
+                check_table(keys, defaults, Some(&key), origin)?;
             }
-            if let Err(reason) = strict_check(section, field, &value.kind) {
-                let origin = origin(&key);
-                return Err(bad_value(key, &value.kind, origin, reason));
+            (_, _) if is_section(default) || prefix.is_none() => {
+                let reason = format!("expected a table of keys, [{key}]");
+                return Err(bad_value(key.clone(), &value.kind, origin(&key), reason));
+            }
+            (_, _) => {
+                if let Err(reason) = strict_check(&key, &value.kind) {
+                    let origin = origin(&key);
+                    return Err(bad_value(key, &value.kind, origin, reason));
+                }
             }
         }
     }
@@ -194,12 +220,12 @@ fn check(given: &Map<String, Value>, schema: &Schema, origin: impl Fn(&str) -> S
 /// value: integer `70000`, expected u16", "unknown variant `root`, expected
 /// one of `guest`, `user`, `admin`") and checks lists and tables (such as
 /// `auth.tokens`) field by field, unknown fields included.
-fn strict_check(section: &str, field: &str, value: &ValueKind) -> Result<(), String> {
-    let mut keys = serde_json::Map::new();
-    keys.insert(field.to_owned(), to_json(value));
-    let mut sections = serde_json::Map::new();
-    sections.insert(section.to_owned(), serde_json::Value::Object(keys));
-    Config::deserialize(serde_json::Value::Object(sections)).map(drop).map_err(|error| error.to_string())
+fn strict_check(key: &str, value: &ValueKind) -> Result<(), String> {
+    // `storage.redis.url` becomes {"storage": {"redis": {"url": value}}}.
+    let nested = key.rsplit('.').fold(to_json(value), |inner, part| {
+        serde_json::Value::Object(serde_json::Map::from_iter([(part.to_owned(), inner)]))
+    });
+    Config::deserialize(nested).map(drop).map_err(|error| error.to_string())
 }
 
 fn to_json(value: &ValueKind) -> serde_json::Value {

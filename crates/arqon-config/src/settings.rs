@@ -21,6 +21,9 @@ const MIN_OUTBOUND_QUEUE: usize = 16;
 /// Longest accepted `server.shutdown_grace_ms`: a stop that hangs for over a
 /// minute outlives the patience of every process supervisor.
 const MAX_SHUTDOWN_GRACE_MS: u64 = 60_000;
+/// Most accepted `storage.redis.pool_size`: each connection costs Redis a
+/// client slot, and the bus gains nothing from more.
+const MAX_REDIS_POOL: usize = 64;
 
 /// All ArqonBus settings, one field per `[section]` of the TOML file.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
@@ -174,8 +177,59 @@ impl Default for ChannelsConfig {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Which backend keeps channel history. Default: `memory`.
+    /// Which backend keeps channel history: `memory` or `redis`. Default: `memory`.
     pub backend: StorageBackend,
+    /// The Redis backend, read when `backend` is `redis`. Default: see [`RedisConfig`].
+    pub redis: RedisConfig,
+}
+
+/// `[storage.redis]`: where the Redis backend keeps history, and how the bus
+/// rides out a Redis outage (docs/storage.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedisConfig {
+    /// Server, as `redis://[[user]:password@]host[:port][/db]` (TLS,
+    /// `rediss://`, is not built in). Default: `redis://127.0.0.1:6379`.
+    pub url: String,
+    /// Prefix of every key the bus writes, so that several buses or other
+    /// applications can share one Redis. Not empty, no spaces.
+    /// Default: `arqon:`.
+    pub key_prefix: String,
+    /// Messages kept per channel; older ones are trimmed. At least 1.
+    /// Default: `10000`.
+    pub max_len: usize,
+    /// Milliseconds start-up waits for Redis; past it the bus starts anyway,
+    /// degraded, and connects when Redis answers. At least 1. Default: `2000`.
+    pub connect_timeout_ms: u64,
+    /// Longest one Redis command may take, in milliseconds; past it the
+    /// command fails (it is not retried) and the bus degrades. At least 1.
+    /// Default: `1000`.
+    pub command_timeout_ms: u64,
+    /// Connections to Redis. 1 to 64. Default: `2`.
+    pub pool_size: usize,
+    /// Most messages held in memory, over all channels, while Redis is
+    /// unreachable; past it publishing fails with `STORAGE_UNAVAILABLE`.
+    /// `0` refuses every publish during an outage. Default: `100000`.
+    pub journal_capacity: usize,
+    /// Newest messages per channel also kept in memory, to answer `history`
+    /// and `join_channel` `since` during an outage. At most `max_len`.
+    /// Default: `1000`.
+    pub cache_per_channel: usize,
+}
+
+impl Default for RedisConfig {
+    fn default() -> Self {
+        Self {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            key_prefix: "arqon:".to_owned(),
+            max_len: 10_000,
+            connect_timeout_ms: 2000,
+            command_timeout_ms: 1000,
+            pool_size: 2,
+            journal_capacity: 100_000,
+            cache_per_channel: 1000,
+        }
+    }
 }
 
 /// A history backend, named in lower case in TOML and the environment.
@@ -188,6 +242,9 @@ pub enum StorageBackend {
     /// In-process memory; history is lost on restart.
     #[default]
     Memory,
+    /// Redis Streams (`[storage.redis]`); history survives restarts, and a
+    /// Redis outage is ridden out in memory.
+    Redis,
 }
 
 impl StorageBackend {
@@ -195,6 +252,7 @@ impl StorageBackend {
     pub const fn as_str(self) -> &'static str {
         match self {
             StorageBackend::Memory => "memory",
+            StorageBackend::Redis => "redis",
         }
     }
 }
@@ -290,12 +348,9 @@ impl Config {
         }
         if auth.mode == AuthMode::Jwt {
             match auth.jwt.algorithm {
-                JwtAlgorithm::HS256 => rule(
-                    !auth.jwt.secret.is_empty(),
-                    "auth.jwt.secret",
-                    "\"\"",
-                    "HS256 needs a secret",
-                )?,
+                JwtAlgorithm::HS256 => {
+                    rule(!auth.jwt.secret.is_empty(), "auth.jwt.secret", "\"\"", "HS256 needs a secret")?
+                }
                 JwtAlgorithm::RS256 => rule(
                     !auth.jwt.public_key_file.is_empty(),
                     "auth.jwt.public_key_file",
@@ -309,7 +364,8 @@ impl Config {
             "limits.history_per_channel",
             limits.history_per_channel,
             "must be at least 1",
-        )
+        )?;
+        self.storage.redis.validate()
     }
 
     /// The address to listen on: `server.host` and `server.port`.
@@ -326,6 +382,50 @@ impl Config {
     pub fn monitoring_addr(&self) -> SocketAddr {
         let ip = self.monitoring.host.parse().unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
         SocketAddr::new(ip, self.monitoring.port)
+    }
+}
+
+impl RedisConfig {
+    /// The rules of `[storage.redis]`, checked whichever backend is chosen so
+    /// that a mistake shows before the day Redis is switched on.
+    fn validate(&self) -> Result<(), ConfigError> {
+        rule(
+            self.url.starts_with("redis://"),
+            "storage.redis.url",
+            format!("{:?}", self.url),
+            "must start with redis:// (rediss:// and other schemes are not supported)",
+        )?;
+        rule(
+            !self.key_prefix.is_empty() && !self.key_prefix.contains(char::is_whitespace),
+            "storage.redis.key_prefix",
+            format!("{:?}", self.key_prefix),
+            "must not be empty or contain spaces",
+        )?;
+        rule(self.max_len >= 1, "storage.redis.max_len", self.max_len, "must be at least 1")?;
+        rule(
+            self.connect_timeout_ms >= 1,
+            "storage.redis.connect_timeout_ms",
+            self.connect_timeout_ms,
+            "must be at least 1",
+        )?;
+        rule(
+            self.command_timeout_ms >= 1,
+            "storage.redis.command_timeout_ms",
+            self.command_timeout_ms,
+            "must be at least 1",
+        )?;
+        rule(
+            (1..=MAX_REDIS_POOL).contains(&self.pool_size),
+            "storage.redis.pool_size",
+            self.pool_size,
+            "must be between 1 and 64",
+        )?;
+        rule(
+            self.cache_per_channel <= self.max_len,
+            "storage.redis.cache_per_channel",
+            self.cache_per_channel,
+            "must be at most storage.redis.max_len",
+        )
     }
 }
 

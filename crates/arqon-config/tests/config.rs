@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use arqon_config::{ChannelsConfig, Config, ConfigError, LimitsConfig, ServerConfig, StorageBackend};
+use arqon_config::{ChannelsConfig, Config, ConfigError, LimitsConfig, RedisConfig, ServerConfig, StorageBackend};
 use arqon_protocol::Role;
 
 /// The configuration reference, compiled in so that editing it reruns the check.
@@ -184,7 +184,9 @@ fn bad_variable_value_names_key_value_and_variable() {
         ("ARQON_CHANNELS__AUTO_CREATE", "yes", "channels.auto_create", &["boolean"]),
         ("ARQON_AUTH__DEFAULT_ROLE", "root", "auth.default_role", &["guest", "user", "admin"]),
         ("ARQON_AUTH__DEFAULT_ROLE", "GUEST", "auth.default_role", &["guest"]),
-        ("ARQON_STORAGE__BACKEND", "redis", "storage.backend", &["memory"]),
+        ("ARQON_STORAGE__BACKEND", "mongo", "storage.backend", &["memory", "redis"]),
+        ("ARQON_STORAGE__REDIS__MAX_LEN", "many", "storage.redis.max_len", &[]),
+        ("ARQON_STORAGE__REDIS__POOL_SIZE", "-2", "storage.redis.pool_size", &[]),
     ] {
         let quoted = format!("`{key}`");
         let parts: Vec<&str> = [&quoted, value, var].into_iter().chain(more.iter().copied()).collect();
@@ -203,7 +205,9 @@ fn bad_file_value_names_key_value_and_file() {
         ("[limits]\nmax_message_bytes = -5", "limits.max_message_bytes", "-5", &[]),
         ("[channels]\nauto_create = \"yes\"", "channels.auto_create", "\"yes\"", &[]),
         ("[auth]\ndefault_role = \"root\"", "auth.default_role", "\"root\"", &["guest", "user", "admin"]),
-        ("[storage]\nbackend = \"redis\"", "storage.backend", "\"redis\"", &["memory"]),
+        ("[storage]\nbackend = \"mongo\"", "storage.backend", "\"mongo\"", &["memory", "redis"]),
+        ("[storage.redis]\nurl = 6379", "storage.redis.url", "6379", &["string"]),
+        ("[storage]\nredis = \"redis://x\"", "storage.redis", "\"redis://x\"", &["table"]),
         ("server = 3", "server", "3", &["table"]),
         ("[server]\nport = [9100]", "server.port", "[9100]", &["invalid type: sequence, expected u16"]),
         ("[server.port]\nmin = 1", "server.port", "{ min = 1 }", &["invalid type: map, expected u16"]),
@@ -288,23 +292,28 @@ fn malformed_toml_fails_naming_the_file() {
 }
 
 /// Every key of `Config::default()`, dotted, with its default as written in
-/// the docs (text without quotes).
+/// the docs (text without quotes). A sub-table with keys of its own, such as
+/// `[storage.redis]`, is listed key by key; an empty one (a free-form map such
+/// as `limits.roles`) is one key.
 fn default_keys() -> BTreeMap<String, String> {
-    let serde_json::Value::Object(sections) = serde_json::to_value(Config::default()).expect("Config serializes")
-    else {
-        panic!("Config serializes to a map");
-    };
-    let mut keys = BTreeMap::new();
-    for (section, fields) in sections {
-        let serde_json::Value::Object(fields) = fields else { panic!("[{section}] serializes to a map") };
-        for (field, value) in fields {
-            let shown = match value {
-                serde_json::Value::String(text) => text,
-                other => other.to_string(),
-            };
-            keys.insert(format!("{section}.{field}"), shown);
+    fn flatten(prefix: &str, value: serde_json::Value, keys: &mut BTreeMap<String, String>) {
+        match value {
+            serde_json::Value::Object(fields) if !fields.is_empty() => {
+                for (field, value) in fields {
+                    let key = if prefix.is_empty() { field } else { format!("{prefix}.{field}") };
+                    flatten(&key, value, keys);
+                }
+            }
+            serde_json::Value::String(text) => {
+                keys.insert(prefix.to_owned(), text);
+            }
+            other => {
+                keys.insert(prefix.to_owned(), other.to_string());
+            }
         }
     }
+    let mut keys = BTreeMap::new();
+    flatten("", serde_json::to_value(Config::default()).expect("Config serializes"), &mut keys);
     keys
 }
 
@@ -342,9 +351,99 @@ fn sample_file_in_the_docs_loads_to_the_defaults() {
     // Loading fills in what is missing, so check separately that it spells out every key.
     let sample = &REFERENCE[start..start + length];
     for key in default_keys().keys() {
-        let (section, field) = key.split_once('.').unwrap();
+        let (section, field) = key.rsplit_once('.').unwrap();
         let at = sample.find(&format!("[{section}]\n")).unwrap_or_else(|| panic!("sample lacks [{section}]"));
         let body = sample[at + 1..].split("\n[").next().unwrap();
         assert!(body.lines().any(|line| line.starts_with(&format!("{field} = "))), "sample lacks {key}");
     }
+}
+
+#[test]
+fn redis_settings_load_from_the_file_and_from_nested_variables() {
+    let file = toml_file(
+        r#"
+        [storage]
+        backend = "redis"
+        [storage.redis]
+        url = "redis://10.0.0.5:6380/2"
+        max_len = 500
+        cache_per_channel = 500
+        pool_size = 4
+        "#,
+    );
+    let env = vars(&[("ARQON_STORAGE__REDIS__KEY_PREFIX", "bus-a:"), ("ARQON_STORAGE__REDIS__POOL_SIZE", "8")]);
+    let config = Config::load(Some(file.path()), env).unwrap();
+    assert_eq!(config.storage.backend, StorageBackend::Redis);
+    assert_eq!(config.storage.backend.to_string(), "redis");
+    assert_eq!(
+        config.storage.redis,
+        RedisConfig {
+            url: "redis://10.0.0.5:6380/2".to_owned(),
+            key_prefix: "bus-a:".to_owned(),
+            max_len: 500,
+            pool_size: 8,
+            cache_per_channel: 500,
+            ..RedisConfig::default()
+        },
+        "keys left out keep their defaults; the environment wins"
+    );
+    // Any section with keys of its own reads nested variables, e.g. a secret.
+    let config = load_env(&[("ARQON_AUTH__JWT__SECRET", "s3cret")]).unwrap();
+    assert_eq!(config.auth.jwt.secret, "s3cret");
+}
+
+#[test]
+fn redis_defaults_are_documented_values() {
+    assert_eq!(
+        Config::default().storage.redis,
+        RedisConfig {
+            url: "redis://127.0.0.1:6379".to_owned(),
+            key_prefix: "arqon:".to_owned(),
+            max_len: 10_000,
+            connect_timeout_ms: 2000,
+            command_timeout_ms: 1000,
+            pool_size: 2,
+            journal_capacity: 100_000,
+            cache_per_channel: 1000,
+        }
+    );
+}
+
+#[test]
+fn unknown_nested_keys_and_variables_fail_naming_them() {
+    let file = toml_file("[storage.redis]\nulr = \"redis://x\"\n");
+    let error = assert_fails_naming(Config::load(Some(file.path()), vars(&[])), &["`storage.redis.ulr`"]);
+    assert!(matches!(error, ConfigError::UnknownKey { .. }), "{error:?}");
+    for var in ["ARQON_STORAGE__REDIS__ULR", "ARQON_STORAGE__REDIS", "ARQON_STORAGE__REDIS__URL__HOST"] {
+        let error = assert_fails_naming(load_env(&[(var, "1")]), &[var]);
+        assert!(matches!(error, ConfigError::UnknownVar { .. }), "{error:?}");
+    }
+}
+
+#[test]
+fn each_redis_rule_names_key_and_value() {
+    for (env, key, value) in [
+        (&[("ARQON_STORAGE__REDIS__URL", "rediss://h:6379")][..], "storage.redis.url", "\"rediss://h:6379\""),
+        (&[("ARQON_STORAGE__REDIS__URL", "127.0.0.1:6379")], "storage.redis.url", "\"127.0.0.1:6379\""),
+        (&[("ARQON_STORAGE__REDIS__KEY_PREFIX", "a b")], "storage.redis.key_prefix", "\"a b\""),
+        (&[("ARQON_STORAGE__REDIS__MAX_LEN", "0")], "storage.redis.max_len", "0"),
+        (&[("ARQON_STORAGE__REDIS__CONNECT_TIMEOUT_MS", "0")], "storage.redis.connect_timeout_ms", "0"),
+        (&[("ARQON_STORAGE__REDIS__COMMAND_TIMEOUT_MS", "0")], "storage.redis.command_timeout_ms", "0"),
+        (&[("ARQON_STORAGE__REDIS__POOL_SIZE", "0")], "storage.redis.pool_size", "0"),
+        (&[("ARQON_STORAGE__REDIS__POOL_SIZE", "65")], "storage.redis.pool_size", "65"),
+        (&[("ARQON_STORAGE__REDIS__CACHE_PER_CHANNEL", "10001")], "storage.redis.cache_per_channel", "10001"),
+    ] {
+        let quoted = format!("`{key}`");
+        let error = assert_fails_naming(load_env(env), &[&quoted, value]);
+        assert!(matches!(&error, ConfigError::Invalid { key: named, .. } if *named == key), "{error:?}");
+    }
+    // The bounds themselves are accepted; an empty journal is allowed (refuse at once).
+    let config = load_env(&[
+        ("ARQON_STORAGE__REDIS__POOL_SIZE", "64"),
+        ("ARQON_STORAGE__REDIS__MAX_LEN", "1"),
+        ("ARQON_STORAGE__REDIS__CACHE_PER_CHANNEL", "1"),
+        ("ARQON_STORAGE__REDIS__JOURNAL_CAPACITY", "0"),
+    ])
+    .unwrap();
+    assert_eq!((config.storage.redis.pool_size, config.storage.redis.journal_capacity), (64, 0));
 }

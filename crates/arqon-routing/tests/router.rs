@@ -478,7 +478,7 @@ async fn ping_status_and_help() {
     assert_eq!(status["connections"], 2);
     assert_eq!(status["rooms"], 2);
     assert_eq!(status["channels"], 3);
-    assert_eq!(status["storage"], json!({"backend": "memory", "healthy": true}));
+    assert_eq!(status["storage"], json!({"backend": "memory", "healthy": true, "journaled": 0, "refused": 0}));
     drop(u);
     assert_eq!(a.ok("status", json!({})).await["connections"], 1);
 

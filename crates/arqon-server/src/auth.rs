@@ -150,9 +150,7 @@ fn credentials(request: &UpgradeRequest<'_>) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
         .map(|v| v.trim().to_owned());
-    header.or_else(|| {
-        request.query?.split('&').find_map(|pair| pair.strip_prefix("token=").map(percent_decode))
-    })
+    header.or_else(|| request.query?.split('&').find_map(|pair| pair.strip_prefix("token=").map(percent_decode)))
 }
 
 fn percent_decode(text: &str) -> String {

@@ -36,7 +36,11 @@ impl Instrumented {
 
 #[async_trait]
 impl Storage for Instrumented {
-    async fn create_channel(&self, key: &ChannelKey, created_at: Timestamp) -> Result<(ChannelRecord, bool), StorageError> {
+    async fn create_channel(
+        &self,
+        key: &ChannelKey,
+        created_at: Timestamp,
+    ) -> Result<(ChannelRecord, bool), StorageError> {
         self.count("create_channel", self.inner.create_channel(key, created_at).await)
     }
 
@@ -71,5 +75,9 @@ impl Storage for Instrumented {
 
     fn health(&self) -> Health {
         self.inner.health()
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.inner.ping().await
     }
 }

@@ -15,11 +15,11 @@
 
 mod auth;
 mod bridge;
+pub mod cli;
 mod instrumented;
 mod monitor;
 mod observer;
 mod storage;
-pub mod cli;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -57,6 +57,10 @@ pub enum ServerError {
     /// Restoring state from storage failed.
     #[error(transparent)]
     Routing(#[from] arqon_routing::RoutingError),
+    /// The storage backend could not be opened (e.g. a Redis URL that does
+    /// not parse; an unreachable Redis is not an error).
+    #[error(transparent)]
+    Storage(#[from] arqon_storage::StorageError),
     /// The transport failed.
     #[error(transparent)]
     Transport(#[from] arqon_transport::TransportError),
@@ -169,7 +173,11 @@ impl Bus {
 
 /// Polls storage health, so that a degradation or a recovery shows up in the
 /// metrics, the telemetry stream and the log once, when it happens.
-async fn watch_storage_health(router: Router, telemetry: Arc<Telemetry>, mut stopped: tokio::sync::watch::Receiver<bool>) {
+async fn watch_storage_health(
+    router: Router,
+    telemetry: Arc<Telemetry>,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) {
     let mut healthy = router.storage_health().healthy;
     telemetry.metrics.set_storage_healthy(healthy);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
@@ -185,6 +193,11 @@ async fn watch_storage_health(router: Router, telemetry: Arc<Telemetry>, mut sto
             let event = if healthy { "storage_recovered" } else { "storage_degraded" };
             if healthy {
                 tracing::info!(backend = health.backend, "storage recovered");
+                // Channels recorded while it was away (or before a start-up
+                // with it down) become known now; restoring is idempotent.
+                if let Err(e) = router.restore().await {
+                    tracing::warn!(error = %e, "could not reload channels after storage recovered");
+                }
             } else {
                 tracing::warn!(backend = health.backend, "storage degraded; serving from memory");
             }

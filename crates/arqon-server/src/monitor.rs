@@ -21,7 +21,12 @@ pub(crate) struct BusMonitor {
 impl BusMonitor {
     fn storage(&self) -> serde_json::Value {
         let health = self.router.storage_health();
-        json!({"backend": health.backend, "healthy": health.healthy})
+        json!({
+            "backend": health.backend,
+            "healthy": health.healthy,
+            "journaled": health.journaled,
+            "refused": health.refused,
+        })
     }
 }
 

@@ -10,6 +10,12 @@
 //!
 //! - [`Storage`]: the trait every backend implements, with its contract.
 //! - [`MemoryStorage`]: the default backend, a bounded log per channel.
+//! - [`RedisStorage`]: history in Redis Streams, one stream per channel, so
+//!   that it survives a restart of the bus ([`RedisOptions`]).
+//! - [`FallbackStorage`]: the degradation wrapper over any backend: while
+//!   the backend is unreachable it keeps accepting appends into a bounded
+//!   journal and writes them back, in order, when the backend returns
+//!   ([`FallbackOptions`]).
 //! - [`StoredMessage`], [`ChannelRecord`], [`ChannelStats`], [`Appended`],
 //!   [`Since`]: the data the trait speaks.
 //! - [`StorageError`]: the one error type of this layer.
@@ -17,12 +23,19 @@
 //!   implements [`Storage`] with nothing but this crate and `arqon-protocol`.
 //!   `tests/conformance.rs` holds the suite every backend must pass, with a
 //!   third-party backend as an example.
+//!
+//! docs/storage.md describes the backends, the Redis key layout and the
+//! degradation rules for operators and for authors of new backends.
 
+mod fallback;
 mod memory;
+mod redis;
 
 use arqon_protocol::{ChannelKey, Frame, MessageId, Timestamp};
 
+pub use fallback::{FallbackOptions, FallbackStorage};
 pub use memory::MemoryStorage;
+pub use redis::{RedisOptions, RedisStorage};
 
 /// The attribute [`Storage`] is declared with, re-exported so that a backend
 /// crate implements the trait with the very same macro version and needs no
@@ -76,12 +89,29 @@ pub struct Since {
 }
 
 /// Health as reported by `status`.
+///
+/// Build one with [`Health::new`]; the struct is `non_exhaustive` so that
+/// counters can be added without breaking backends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Health {
     /// Backend name, e.g. `"memory"` or `"redis"`.
     pub backend: &'static str,
     /// Whether the backend can serve reads and writes right now.
     pub healthy: bool,
+    /// Messages accepted but not yet written to the backend (held in the
+    /// [`FallbackStorage`] journal). Always 0 for a plain backend.
+    pub journaled: u64,
+    /// Appends refused since start because the journal was full. Always 0
+    /// for a plain backend.
+    pub refused: u64,
+}
+
+impl Health {
+    /// A backend's health with no journal: both counters zero.
+    pub const fn new(backend: &'static str, healthy: bool) -> Self {
+        Health { backend, healthy, journaled: 0, refused: 0 }
+    }
 }
 
 /// Everything that can go wrong in this layer.
@@ -134,11 +164,7 @@ pub trait Storage: Send + Sync + 'static {
     async fn delete_channel(&self, key: &ChannelKey) -> Result<bool, StorageError>;
 
     /// Appends a message as the channel's newest.
-    async fn append(
-        &self,
-        key: &ChannelKey,
-        message: StoredMessage,
-    ) -> Result<Appended, StorageError>;
+    async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError>;
 
     /// The newest `limit` messages older than `before` (or overall), oldest first.
     async fn history(
@@ -156,4 +182,13 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Backend name and current health.
     fn health(&self) -> Health;
+
+    /// Checks that the backend answers right now, with one cheap round trip
+    /// (Redis: `PING`). [`FallbackStorage`] calls it to learn that a failed
+    /// backend is back before it writes its journal there.
+    ///
+    /// The default, for backends that cannot fail, answers `Ok` at once.
+    async fn ping(&self) -> Result<(), StorageError> {
+        Ok(())
+    }
 }

@@ -10,9 +10,7 @@ use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
 use parking_lot::Mutex;
 
-use crate::{
-    Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage,
-};
+use crate::{Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage};
 
 /// The default backend: each channel keeps its newest messages in memory.
 ///
@@ -45,11 +43,7 @@ impl MemoryStorage {
     /// When a channel's log is full, each append evicts its oldest message.
     /// `0` keeps no history at all: appends succeed and are dropped at once.
     pub fn new(max_per_channel: usize) -> Self {
-        MemoryStorage {
-            max_per_channel,
-            records: DashMap::new(),
-            logs: DashMap::new(),
-        }
+        MemoryStorage { max_per_channel, records: DashMap::new(), logs: DashMap::new() }
     }
 
     /// The channel's log, if it has one; the shard lock is released on return.
@@ -112,9 +106,7 @@ impl Log {
     fn position(&self, id: &MessageId) -> Option<usize> {
         // Sequence numbers of kept entries are >= first_seq and < first_seq + len,
         // so the difference always fits in usize.
-        self.index
-            .get(id)
-            .and_then(|&seq| usize::try_from(seq - self.first_seq).ok())
+        self.index.get(id).and_then(|&seq| usize::try_from(seq - self.first_seq).ok())
     }
 
     /// Appends as newest unless the id is kept, then evicts down to `max`.
@@ -136,10 +128,7 @@ impl Log {
 
     /// The newest `limit` messages before `end` (a position), oldest first.
     fn newest_before(&self, end: usize, limit: usize) -> Vec<StoredMessage> {
-        self.entries
-            .range(end.saturating_sub(limit)..end)
-            .cloned()
-            .collect()
+        self.entries.range(end.saturating_sub(limit)..end).cloned().collect()
     }
 }
 
@@ -153,10 +142,7 @@ impl Storage for MemoryStorage {
         Ok(match self.records.entry(key.clone()) {
             Entry::Occupied(existing) => (existing.get().clone(), false),
             Entry::Vacant(slot) => {
-                let record = ChannelRecord {
-                    key: key.clone(),
-                    created_at,
-                };
+                let record = ChannelRecord { key: key.clone(), created_at };
                 slot.insert(record.clone());
                 (record, true)
             }
@@ -164,8 +150,7 @@ impl Storage for MemoryStorage {
     }
 
     async fn channels(&self) -> Result<Vec<ChannelRecord>, StorageError> {
-        let mut records: Vec<ChannelRecord> =
-            self.records.iter().map(|r| r.value().clone()).collect();
+        let mut records: Vec<ChannelRecord> = self.records.iter().map(|r| r.value().clone()).collect();
         // The map iterates in hash order; sorted output keeps listings stable.
         records.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(records)
@@ -177,11 +162,7 @@ impl Storage for MemoryStorage {
         Ok(record.is_some() || log.is_some())
     }
 
-    async fn append(
-        &self,
-        key: &ChannelKey,
-        message: StoredMessage,
-    ) -> Result<Appended, StorageError> {
+    async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
         let log = self.log_or_create(key);
         let appended = log.lock().push(message, self.max_per_channel);
         Ok(appended)
@@ -210,37 +191,25 @@ impl Storage for MemoryStorage {
 
     async fn since(&self, key: &ChannelKey, after: MessageId) -> Result<Since, StorageError> {
         let Some(log) = self.log(key) else {
-            return Ok(Since {
-                messages: Vec::new(),
-                truncated: true,
-            });
+            return Ok(Since { messages: Vec::new(), truncated: true });
         };
         let log = log.lock();
         let (start, truncated) = match log.position(&after) {
             Some(at) => (at + 1, false),
             None => (0, true),
         };
-        Ok(Since {
-            messages: log.entries.range(start..).cloned().collect(),
-            truncated,
-        })
+        Ok(Since { messages: log.entries.range(start..).cloned().collect(), truncated })
     }
 
     async fn stats(&self, key: &ChannelKey) -> Result<ChannelStats, StorageError> {
         Ok(self.log(key).map_or_else(ChannelStats::default, |log| {
             let log = log.lock();
-            ChannelStats {
-                stored: log.entries.len() as u64,
-                last_id: log.entries.back().map(|m| m.id),
-            }
+            ChannelStats { stored: log.entries.len() as u64, last_id: log.entries.back().map(|m| m.id) }
         }))
     }
 
     fn health(&self) -> Health {
-        Health {
-            backend: "memory",
-            healthy: true,
-        }
+        Health::new("memory", true)
     }
 }
 
@@ -251,10 +220,7 @@ mod tests {
     use super::*;
 
     fn message(id: MessageId) -> StoredMessage {
-        StoredMessage {
-            id,
-            frame: Frame::from_text(format!(r#"{{"id":"{id}","type":"message"}}"#)),
-        }
+        StoredMessage { id, frame: Frame::from_text(format!(r#"{{"id":"{id}","type":"message"}}"#)) }
     }
 
     fn ids(n: usize) -> Vec<MessageId> {
@@ -319,10 +285,7 @@ mod tests {
         for &id in &ids {
             log.push(message(id), 10);
         }
-        let altered = StoredMessage {
-            id: ids[1],
-            frame: Frame::from_text("{}"),
-        };
+        let altered = StoredMessage { id: ids[1], frame: Frame::from_text("{}") };
         assert_eq!(log.push(altered, 10), Appended::Duplicate);
         let kept: Vec<StoredMessage> = log.entries.iter().cloned().collect();
         let expected: Vec<StoredMessage> = ids.iter().map(|&id| message(id)).collect();
@@ -358,13 +321,7 @@ mod tests {
     #[tokio::test]
     async fn reports_memory_backend_and_default_capacity() {
         let storage = MemoryStorage::default();
-        assert_eq!(
-            storage.health(),
-            Health {
-                backend: "memory",
-                healthy: true
-            }
-        );
+        assert_eq!(storage.health(), Health::new("memory", true));
         assert_eq!(storage.max_per_channel, 1_000);
     }
 

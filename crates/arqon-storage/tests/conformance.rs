@@ -9,8 +9,14 @@
 //!
 //! Every check appends ids in an order that is not id order, so a backend that
 //! sorts by id instead of keeping append order fails everywhere.
+//!
+//! The Redis backends spawn a redis-server of their own per check (see
+//! `support`); without one installed they skip with a notice, except under
+//! `CI=true`, where they fail.
 
 #![allow(clippy::unwrap_used)]
+
+mod support;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -18,8 +24,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arqon_protocol::encode::MessageFrame;
 use arqon_protocol::{ChannelKey, IdGenerator, MessageId, Timestamp};
 use arqon_storage::{
-    Appended, ChannelRecord, ChannelStats, Health, MemoryStorage, Since, Storage, StorageError,
-    StoredMessage, async_trait,
+    Appended, ChannelRecord, ChannelStats, FallbackOptions, FallbackStorage, Health, MemoryStorage, Since, Storage,
+    StorageError, StoredMessage, async_trait,
 };
 
 // ---------------------------------------------------------------------------
@@ -70,11 +76,7 @@ async fn fill(storage: &dyn Storage, key: &ChannelKey, ids: &[MessageId]) -> Vec
     let mut stored = Vec::with_capacity(ids.len());
     for &id in ids {
         let msg = message(key, id);
-        assert_eq!(
-            storage.append(key, msg.clone()).await.unwrap(),
-            Appended::Stored,
-            "append {id}"
-        );
+        assert_eq!(storage.append(key, msg.clone()).await.unwrap(), Appended::Stored, "append {id}");
         stored.push(msg);
     }
     stored
@@ -102,10 +104,7 @@ async fn append_order_is_kept(new: &impl AsyncFn(usize) -> Arc<dyn Storage>) {
     assert_eq!(all(&*storage, &chan).await, stored);
     let since = storage.since(&chan, ids[4]).await.unwrap();
     assert_eq!(since.messages, stored[5..]);
-    assert_eq!(
-        storage.stats(&chan).await.unwrap().last_id,
-        ids.last().copied()
-    );
+    assert_eq!(storage.stats(&chan).await.unwrap().last_id, ids.last().copied());
 }
 
 /// A kept id is a retry: `Duplicate`, nothing stored, order unchanged.
@@ -118,20 +117,11 @@ async fn duplicate_changes_nothing(new: &impl AsyncFn(usize) -> Arc<dyn Storage>
     for &again in [ids[0], ids[2], ids[4]].iter() {
         // A retry may carry a different frame; the kept one must win.
         let retry = message(&key("r", "elsewhere"), again);
-        assert_eq!(
-            storage.append(&chan, retry).await.unwrap(),
-            Appended::Duplicate
-        );
+        assert_eq!(storage.append(&chan, retry).await.unwrap(), Appended::Duplicate);
     }
     assert_eq!(all(&*storage, &chan).await, stored);
     let stats = storage.stats(&chan).await.unwrap();
-    assert_eq!(
-        stats,
-        ChannelStats {
-            stored: 5,
-            last_id: Some(ids[4])
-        }
-    );
+    assert_eq!(stats, ChannelStats { stored: 5, last_id: Some(ids[4]) });
 }
 
 /// A full channel evicts its oldest message; cursors naming it are unknown.
@@ -140,45 +130,20 @@ async fn history_is_bounded(new: &impl AsyncFn(usize) -> Arc<dyn Storage>) {
     let chan = key("r", "bounded");
     let ids = ids_out_of_order(11);
     let stored = fill(&*storage, &chan, &ids[..10]).await;
-    assert_eq!(
-        all(&*storage, &chan).await,
-        stored,
-        "exactly full: nothing evicted yet"
-    );
+    assert_eq!(all(&*storage, &chan).await, stored, "exactly full: nothing evicted yet");
 
     fill(&*storage, &chan, &ids[10..]).await;
     let kept = all(&*storage, &chan).await;
     assert_eq!(ids_of(&kept), ids[1..]);
-    assert_eq!(
-        storage.stats(&chan).await.unwrap(),
-        ChannelStats {
-            stored: 10,
-            last_id: Some(ids[10])
-        }
-    );
+    assert_eq!(storage.stats(&chan).await.unwrap(), ChannelStats { stored: 10, last_id: Some(ids[10]) });
 
     let evicted = ids[0];
-    assert_eq!(
-        storage.history(&chan, 5, Some(evicted)).await,
-        Err(StorageError::UnknownCursor(evicted))
-    );
+    assert_eq!(storage.history(&chan, 5, Some(evicted)).await, Err(StorageError::UnknownCursor(evicted)));
     let since = storage.since(&chan, evicted).await.unwrap();
-    assert_eq!(
-        since,
-        Since {
-            messages: kept.clone(),
-            truncated: true
-        }
-    );
+    assert_eq!(since, Since { messages: kept.clone(), truncated: true });
     // The oldest kept message is still a valid cursor.
     let since = storage.since(&chan, ids[1]).await.unwrap();
-    assert_eq!(
-        since,
-        Since {
-            messages: kept[1..].to_vec(),
-            truncated: false
-        }
-    );
+    assert_eq!(since, Since { messages: kept[1..].to_vec(), truncated: false });
 }
 
 /// `history(limit, before)`: the newest `limit` strictly older, oldest first.
@@ -191,23 +156,11 @@ async fn history_limit_and_before(new: &impl AsyncFn(usize) -> Arc<dyn Storage>)
     let history = |limit, before| storage.history(&chan, limit, before);
     assert_eq!(history(3, None).await.unwrap(), stored[7..]);
     assert_eq!(history(10, None).await.unwrap(), stored);
-    assert_eq!(
-        history(50, None).await.unwrap(),
-        stored,
-        "limit beyond what is kept"
-    );
+    assert_eq!(history(50, None).await.unwrap(), stored, "limit beyond what is kept");
     assert_eq!(history(3, Some(ids[6])).await.unwrap(), stored[3..6]);
     assert_eq!(history(1, Some(ids[9])).await.unwrap(), stored[8..9]);
-    assert_eq!(
-        history(50, Some(ids[6])).await.unwrap(),
-        stored[..6],
-        "limit beyond what is older"
-    );
-    assert_eq!(
-        history(5, Some(ids[0])).await.unwrap(),
-        Vec::new(),
-        "nothing older than the oldest"
-    );
+    assert_eq!(history(50, Some(ids[6])).await.unwrap(), stored[..6], "limit beyond what is older");
+    assert_eq!(history(5, Some(ids[0])).await.unwrap(), Vec::new(), "nothing older than the oldest");
 
     // Paging backwards with `before` = oldest of the previous page covers all, once.
     let mut pages = Vec::new();
@@ -221,10 +174,7 @@ async fn history_limit_and_before(new: &impl AsyncFn(usize) -> Arc<dyn Storage>)
     assert_eq!(pages, stored);
 
     let unknown = stranger();
-    assert_eq!(
-        history(3, Some(unknown)).await,
-        Err(StorageError::UnknownCursor(unknown))
-    );
+    assert_eq!(history(3, Some(unknown)).await, Err(StorageError::UnknownCursor(unknown)));
 }
 
 /// `since(after)`: exactly the messages after a kept cursor, not truncated.
@@ -235,31 +185,11 @@ async fn since_returns_what_follows(new: &impl AsyncFn(usize) -> Arc<dyn Storage
     let stored = fill(&*storage, &chan, &ids).await;
 
     let since = storage.since(&chan, ids[2]).await.unwrap();
-    assert_eq!(
-        since,
-        Since {
-            messages: stored[3..].to_vec(),
-            truncated: false
-        }
-    );
+    assert_eq!(since, Since { messages: stored[3..].to_vec(), truncated: false });
     let since = storage.since(&chan, ids[7]).await.unwrap();
-    assert_eq!(
-        since,
-        Since {
-            messages: Vec::new(),
-            truncated: false
-        },
-        "cursor is the newest"
-    );
+    assert_eq!(since, Since { messages: Vec::new(), truncated: false }, "cursor is the newest");
     let since = storage.since(&chan, stranger()).await.unwrap();
-    assert_eq!(
-        since,
-        Since {
-            messages: stored,
-            truncated: true
-        },
-        "cursor never kept"
-    );
+    assert_eq!(since, Since { messages: stored, truncated: true }, "cursor never kept");
 }
 
 /// `stats`: how many are kept and the newest (last appended) id.
@@ -270,13 +200,7 @@ async fn stats_count_and_newest(new: &impl AsyncFn(usize) -> Arc<dyn Storage>) {
     for (n, &id) in ids.iter().enumerate() {
         fill(&*storage, &chan, &[id]).await;
         let stats = storage.stats(&chan).await.unwrap();
-        assert_eq!(
-            stats,
-            ChannelStats {
-                stored: n as u64 + 1,
-                last_id: Some(id)
-            }
-        );
+        assert_eq!(stats, ChannelStats { stored: n as u64 + 1, last_id: Some(id) });
     }
 }
 
@@ -286,44 +210,22 @@ async fn create_channel_is_idempotent(new: &impl AsyncFn(usize) -> Arc<dyn Stora
     let chan = key("r", "created");
     let first = Timestamp::from_unix_ms(1_000);
     let later = Timestamp::from_unix_ms(2_000);
-    let original = ChannelRecord {
-        key: chan.clone(),
-        created_at: first,
-    };
+    let original = ChannelRecord { key: chan.clone(), created_at: first };
 
-    assert_eq!(
-        storage.create_channel(&chan, first).await.unwrap(),
-        (original.clone(), true)
-    );
-    assert_eq!(
-        storage.create_channel(&chan, later).await.unwrap(),
-        (original.clone(), false)
-    );
+    assert_eq!(storage.create_channel(&chan, first).await.unwrap(), (original.clone(), true));
+    assert_eq!(storage.create_channel(&chan, later).await.unwrap(), (original.clone(), false));
     assert_eq!(storage.channels().await.unwrap(), vec![original]);
 }
 
 /// `channels` lists every record, across rooms.
 async fn channels_lists_every_record(new: &impl AsyncFn(usize) -> Arc<dyn Storage>) {
     let storage = new(100).await;
-    assert_eq!(
-        storage.channels().await.unwrap(),
-        Vec::new(),
-        "a fresh backend has none"
-    );
+    assert_eq!(storage.channels().await.unwrap(), Vec::new(), "a fresh backend has none");
 
     let mut expected = Vec::new();
-    for (n, (room, channel)) in [("a", "one"), ("a", "two"), ("b", "one")]
-        .into_iter()
-        .enumerate()
-    {
-        let record = ChannelRecord {
-            key: key(room, channel),
-            created_at: Timestamp::from_unix_ms(n as i64),
-        };
-        storage
-            .create_channel(&record.key, record.created_at)
-            .await
-            .unwrap();
+    for (n, (room, channel)) in [("a", "one"), ("a", "two"), ("b", "one")].into_iter().enumerate() {
+        let record = ChannelRecord { key: key(room, channel), created_at: Timestamp::from_unix_ms(n as i64) };
+        storage.create_channel(&record.key, record.created_at).await.unwrap();
         expected.push(record);
     }
     // The trait promises no listing order.
@@ -338,10 +240,7 @@ async fn delete_channel_forgets_everything(new: &impl AsyncFn(usize) -> Arc<dyn 
     let doomed = key("r", "doomed");
     let survivor = key("r", "survivor");
     for chan in [&doomed, &survivor] {
-        storage
-            .create_channel(chan, Timestamp::from_unix_ms(5))
-            .await
-            .unwrap();
+        storage.create_channel(chan, Timestamp::from_unix_ms(5)).await.unwrap();
     }
     let ids = ids_out_of_order(4);
     fill(&*storage, &doomed, &ids).await;
@@ -349,34 +248,12 @@ async fn delete_channel_forgets_everything(new: &impl AsyncFn(usize) -> Arc<dyn 
 
     assert!(storage.delete_channel(&doomed).await.unwrap());
     assert_eq!(all(&*storage, &doomed).await, Vec::new());
-    assert_eq!(
-        storage.stats(&doomed).await.unwrap(),
-        ChannelStats::default()
-    );
-    assert_eq!(
-        storage.since(&doomed, ids[0]).await.unwrap(),
-        Since {
-            messages: Vec::new(),
-            truncated: true
-        }
-    );
-    let listed: Vec<ChannelKey> = storage
-        .channels()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|r| r.key)
-        .collect();
+    assert_eq!(storage.stats(&doomed).await.unwrap(), ChannelStats::default());
+    assert_eq!(storage.since(&doomed, ids[0]).await.unwrap(), Since { messages: Vec::new(), truncated: true });
+    let listed: Vec<ChannelKey> = storage.channels().await.unwrap().into_iter().map(|r| r.key).collect();
     assert_eq!(listed, vec![survivor.clone()]);
-    assert!(
-        !storage.delete_channel(&doomed).await.unwrap(),
-        "second delete"
-    );
-    assert_eq!(
-        all(&*storage, &survivor).await,
-        kept,
-        "other channels untouched"
-    );
+    assert!(!storage.delete_channel(&doomed).await.unwrap(), "second delete");
+    assert_eq!(all(&*storage, &survivor).await, kept, "other channels untouched");
 
     // A deleted channel starts from scratch: its old ids are not duplicates.
     let created = Timestamp::from_unix_ms(9);
@@ -392,35 +269,17 @@ async fn unknown_channel_is_empty(new: &impl AsyncFn(usize) -> Arc<dyn Storage>)
     let ghost = key("r", "ghost");
 
     assert_eq!(storage.history(&ghost, 50, None).await.unwrap(), Vec::new());
-    assert_eq!(
-        storage.stats(&ghost).await.unwrap(),
-        ChannelStats::default()
-    );
-    assert_eq!(
-        storage.since(&ghost, stranger()).await.unwrap(),
-        Since {
-            messages: Vec::new(),
-            truncated: true
-        }
-    );
+    assert_eq!(storage.stats(&ghost).await.unwrap(), ChannelStats::default());
+    assert_eq!(storage.since(&ghost, stranger()).await.unwrap(), Since { messages: Vec::new(), truncated: true });
     // A cursor cannot name a kept message where nothing is kept.
     let cursor = stranger();
-    assert_eq!(
-        storage.history(&ghost, 50, Some(cursor)).await,
-        Err(StorageError::UnknownCursor(cursor))
-    );
+    assert_eq!(storage.history(&ghost, 50, Some(cursor)).await, Err(StorageError::UnknownCursor(cursor)));
     assert!(!storage.delete_channel(&ghost).await.unwrap());
 
     // Recorded but never appended to: the same.
-    storage
-        .create_channel(&ghost, Timestamp::from_unix_ms(0))
-        .await
-        .unwrap();
+    storage.create_channel(&ghost, Timestamp::from_unix_ms(0)).await.unwrap();
     assert_eq!(storage.history(&ghost, 50, None).await.unwrap(), Vec::new());
-    assert_eq!(
-        storage.stats(&ghost).await.unwrap(),
-        ChannelStats::default()
-    );
+    assert_eq!(storage.stats(&ghost).await.unwrap(), ChannelStats::default());
 }
 
 /// Channels share nothing: history, cursors, duplicates, capacity.
@@ -437,28 +296,15 @@ async fn channels_are_isolated(new: &impl AsyncFn(usize) -> Arc<dyn Storage>) {
     let right_kept = fill(&*storage, &right, &ids[..1]).await;
     let other_kept = fill(&*storage, &other_room, &ids[1..]).await;
 
-    assert_eq!(
-        all(&*storage, &left).await,
-        left_kept,
-        "three and not evicted by the others"
-    );
+    assert_eq!(all(&*storage, &left).await, left_kept, "three and not evicted by the others");
     assert_eq!(all(&*storage, &right).await, right_kept);
     assert_eq!(all(&*storage, &other_room).await, other_kept);
 
     let only_left = ids_out_of_order(1)[0];
     fill(&*storage, &left, &[only_left]).await;
-    assert_eq!(
-        storage.history(&right, 5, Some(only_left)).await,
-        Err(StorageError::UnknownCursor(only_left))
-    );
+    assert_eq!(storage.history(&right, 5, Some(only_left)).await, Err(StorageError::UnknownCursor(only_left)));
     assert!(storage.since(&right, only_left).await.unwrap().truncated);
-    assert_eq!(
-        storage.stats(&right).await.unwrap(),
-        ChannelStats {
-            stored: 1,
-            last_id: Some(ids[0])
-        }
-    );
+    assert_eq!(storage.stats(&right).await.unwrap(), ChannelStats { stored: 1, last_id: Some(ids[0]) });
 }
 
 /// Appends to different channels from many tasks at once all land, in order.
@@ -493,17 +339,20 @@ async fn concurrent_appends_all_land(new: &impl AsyncFn(usize) -> Arc<dyn Storag
 
 /// A fresh backend reports itself healthy, under a name.
 async fn fresh_backend_is_healthy(new: &impl AsyncFn(usize) -> Arc<dyn Storage>) {
-    let Health { backend, healthy } = new(100).await.health();
-    assert!(!backend.is_empty());
-    assert!(healthy, "{backend}");
+    let health = new(100).await.health();
+    assert!(!health.backend.is_empty());
+    assert!(health.healthy, "{}", health.backend);
+    assert_eq!((health.journaled, health.refused), (0, 0), "{}", health.backend);
 }
 
 /// One `#[tokio::test]` per check for a backend, in a module named after it.
+/// With `requires AVAILABLE,` before the factory, each test first calls
+/// `AVAILABLE(test name)` and returns early (skips) when it is false.
 ///
 /// Adding a check: write the function above and add its name here.
 macro_rules! conformance {
-    ($backend:ident, $factory:expr) => {
-        conformance!(@each $backend, $factory, [
+    (@list $backend:ident, $available:expr, $factory:expr) => {
+        conformance!(@each $backend, $available, $factory, [
             append_order_is_kept,
             duplicate_changes_nothing,
             history_is_bounded,
@@ -519,16 +368,25 @@ macro_rules! conformance {
             fresh_backend_is_healthy,
         ]);
     };
-    (@each $backend:ident, $factory:expr, [$($check:ident),* $(,)?]) => {
+    (@each $backend:ident, $available:expr, $factory:expr, [$($check:ident),* $(,)?]) => {
         mod $backend {
             use super::*;
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $check() {
+                    if !($available)(concat!(stringify!($backend), "::", stringify!($check))) {
+                        return;
+                    }
                     super::$check(&$factory).await;
                 }
             )*
         }
+    };
+    ($backend:ident, requires $available:path, $factory:expr) => {
+        conformance!(@list $backend, $available, $factory);
+    };
+    ($backend:ident, $factory:expr) => {
+        conformance!(@list $backend, (|_: &str| true), $factory);
     };
 }
 
@@ -556,10 +414,7 @@ struct VecState {
 
 impl VecStorage {
     fn new(capacity: usize) -> Self {
-        VecStorage {
-            capacity,
-            state: Mutex::default(),
-        }
+        VecStorage { capacity, state: Mutex::default() }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, VecState> {
@@ -579,10 +434,7 @@ impl Storage for VecStorage {
         if let Some(existing) = state.records.iter().find(|r| &r.key == key) {
             return Ok((existing.clone(), false));
         }
-        let record = ChannelRecord {
-            key: key.clone(),
-            created_at,
-        };
+        let record = ChannelRecord { key: key.clone(), created_at };
         state.records.push(record.clone());
         Ok((record, true))
     }
@@ -599,11 +451,7 @@ impl Storage for VecStorage {
         Ok(had_log || state.records.len() != records_before)
     }
 
-    async fn append(
-        &self,
-        key: &ChannelKey,
-        message: StoredMessage,
-    ) -> Result<Appended, StorageError> {
+    async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
         let mut state = self.state();
         let log = state.logs.entry(key.clone()).or_default();
         if log.iter().any(|m| m.id == message.id) {
@@ -624,10 +472,7 @@ impl Storage for VecStorage {
         let state = self.state();
         let log = state.logs.get(key).map_or(&[][..], Vec::as_slice);
         let end = match before {
-            Some(id) => log
-                .iter()
-                .position(|m| m.id == id)
-                .ok_or(StorageError::UnknownCursor(id))?,
+            Some(id) => log.iter().position(|m| m.id == id).ok_or(StorageError::UnknownCursor(id))?,
             None => log.len(),
         };
         Ok(log[end.saturating_sub(limit)..end].to_vec())
@@ -637,31 +482,19 @@ impl Storage for VecStorage {
         let state = self.state();
         let log = state.logs.get(key).map_or(&[][..], Vec::as_slice);
         Ok(match log.iter().position(|m| m.id == after) {
-            Some(at) => Since {
-                messages: log[at + 1..].to_vec(),
-                truncated: false,
-            },
-            None => Since {
-                messages: log.to_vec(),
-                truncated: true,
-            },
+            Some(at) => Since { messages: log[at + 1..].to_vec(), truncated: false },
+            None => Since { messages: log.to_vec(), truncated: true },
         })
     }
 
     async fn stats(&self, key: &ChannelKey) -> Result<ChannelStats, StorageError> {
         let state = self.state();
         let log = state.logs.get(key).map_or(&[][..], Vec::as_slice);
-        Ok(ChannelStats {
-            stored: log.len() as u64,
-            last_id: log.last().map(|m| m.id),
-        })
+        Ok(ChannelStats { stored: log.len() as u64, last_id: log.last().map(|m| m.id) })
     }
 
     fn health(&self) -> Health {
-        Health {
-            backend: "vec",
-            healthy: true,
-        }
+        Health::new("vec", true)
     }
 }
 
@@ -669,11 +502,11 @@ impl Storage for VecStorage {
 // The backends under test: one line each
 // ---------------------------------------------------------------------------
 
-conformance!(
-    memory,
-    async |capacity| Arc::new(MemoryStorage::new(capacity)) as Arc<dyn Storage>
-);
-conformance!(
-    third_party_vec,
-    async |capacity| Arc::new(VecStorage::new(capacity)) as Arc<dyn Storage>
-);
+conformance!(memory, async |capacity| Arc::new(MemoryStorage::new(capacity)) as Arc<dyn Storage>);
+conformance!(third_party_vec, async |capacity| Arc::new(VecStorage::new(capacity)) as Arc<dyn Storage>);
+conformance!(fallback_over_memory, async |capacity| {
+    let options = FallbackOptions { max_len: capacity, ..FallbackOptions::default() };
+    Arc::new(FallbackStorage::new(Arc::new(MemoryStorage::new(capacity)), options)) as Arc<dyn Storage>
+});
+conformance!(redis, requires support::redis_available, support::redis_backend);
+conformance!(fallback_over_redis, requires support::redis_available, support::fallback_over_redis);

@@ -84,10 +84,9 @@ pub const DEFAULT_FILTER: &str = "warn,arqon=info,arqonbus=info";
 /// [`DEFAULT_FILTER`].
 pub fn init_logging(filter: Option<&str>, format: LogFormat) -> Result<(), TelemetryError> {
     let directives = filter.unwrap_or(DEFAULT_FILTER);
-    let filter = EnvFilter::builder().parse(directives).map_err(|e| TelemetryError::BadFilter {
-        filter: directives.to_owned(),
-        reason: e.to_string(),
-    })?;
+    let filter = EnvFilter::builder()
+        .parse(directives)
+        .map_err(|e| TelemetryError::BadFilter { filter: directives.to_owned(), reason: e.to_string() })?;
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let result = match format {
         LogFormat::Pretty => builder.try_init(),

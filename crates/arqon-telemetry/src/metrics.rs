@@ -8,7 +8,8 @@ use metrics::{Counter, Gauge, Histogram, Recorder};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
 /// Storage operations counted by `arqon_storage_operations_total{op}`.
-pub const STORAGE_OPS: [&str; 7] = ["create_channel", "channels", "delete_channel", "append", "history", "since", "stats"];
+pub const STORAGE_OPS: [&str; 7] =
+    ["create_channel", "channels", "delete_channel", "append", "history", "since", "stats"];
 
 /// Frame kinds counted by `arqon_frames_received_total{type}`.
 pub const FRAME_KINDS: [&str; 5] = ["message", "command", "invalid", "binary", "oversize"];
@@ -46,7 +47,8 @@ impl fmt::Debug for BusMetrics {
 }
 
 /// Buckets for routing and command latency, in seconds (50 µs to 1 s).
-const LATENCY_BUCKETS: [f64; 12] = [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0];
+const LATENCY_BUCKETS: [f64; 12] =
+    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0];
 /// Buckets for fan-out (members reached per message).
 const FANOUT_BUCKETS: [f64; 10] = [0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 10000.0];
 

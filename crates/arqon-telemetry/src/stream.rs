@@ -156,7 +156,10 @@ mod tests {
     #[test]
     fn filters_parse() {
         assert_eq!(parse_filter(None).unwrap(), None);
-        assert_eq!(parse_filter(Some("events=error,rate_limited")).unwrap(), Some(vec!["error".into(), "rate_limited".into()]));
+        assert_eq!(
+            parse_filter(Some("events=error,rate_limited")).unwrap(),
+            Some(vec!["error".into(), "rate_limited".into()])
+        );
         assert!(parse_filter(Some("events=bogus")).is_err());
     }
 }

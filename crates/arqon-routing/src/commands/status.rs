@@ -28,6 +28,10 @@ struct Status<'a> {
 struct StorageStatus {
     backend: &'static str,
     healthy: bool,
+    /// Messages accepted while the backend was down, not yet written to it.
+    journaled: u64,
+    /// Publishes refused because that journal was full.
+    refused: u64,
 }
 
 pub(crate) fn run(ctx: &mut Ctx<'_>) -> Result<(), RoutingError> {
@@ -40,7 +44,12 @@ pub(crate) fn run(ctx: &mut Ctx<'_>) -> Result<(), RoutingError> {
         connections: counts.connections,
         rooms: counts.rooms,
         channels: counts.channels,
-        storage: StorageStatus { backend: health.backend, healthy: health.healthy },
+        storage: StorageStatus {
+            backend: health.backend,
+            healthy: health.healthy,
+            journaled: health.journaled,
+            refused: health.refused,
+        },
     });
     Ok(())
 }

@@ -1,0 +1,738 @@
+//! The degradation wrapper: a backend outage never stops the bus and never
+//! loses an accepted message.
+//!
+//! # States
+//!
+//! - **Up**: every operation goes to the backend. Each successful append is
+//!   also copied into a small per-channel cache in memory (the newest
+//!   [`FallbackOptions::cache_per_channel`] messages).
+//! - **Down**: entered on the first failed operation (or at start-up when
+//!   the backend is unreachable), logged once. Appends go to the *journal*,
+//!   in memory, and are accepted at once; reads are answered from the cache
+//!   and the journal when that answer is exact, else they fail with
+//!   [`StorageError::Unavailable`]. A background task pings the backend
+//!   every [`FallbackOptions::retry_interval`].
+//! - **Recovering**: the backend answers again; the task writes the journal
+//!   back channel by channel, oldest first. A channel with nothing journaled
+//!   uses the backend directly again; one that still has journaled messages
+//!   keeps journaling, behind them, so its order never changes. Once the
+//!   whole journal is written the state is Up again (logged once). A failure
+//!   on the way goes back to Down; what was written stays written.
+//!
+//! The journal is bounded by [`FallbackOptions::journal_capacity`] messages
+//! in all. When it is full, appends are *refused* with
+//! [`StorageError::Unavailable`] (the bus answers `STORAGE_UNAVAILABLE` and
+//! does not deliver the message), counted in [`Health::refused`]: the bus
+//! never accepts a message it may later have to drop.
+//!
+//! docs/storage.md states the same rules for operators, with the exact
+//! answers of `history` and `join_channel since` while degraded.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, Ordering};
+use std::time::Duration;
+
+use arqon_protocol::{ChannelKey, MessageId, Timestamp};
+use async_trait::async_trait;
+use dashmap::DashMap;
+use tokio::sync::{Mutex, Notify};
+use tokio::task::JoinHandle;
+
+use crate::{Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage};
+
+/// Every operation goes to the backend.
+const UP: u8 = 0;
+/// The backend failed: appends are journaled, reads served from memory.
+const DOWN: u8 = 1;
+/// The backend answers again and the journal is being written back.
+const RECOVERING: u8 = 2;
+
+/// How much [`FallbackStorage`] holds in memory, and how often it retries.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FallbackOptions {
+    /// Most messages journaled at once, over all channels, while the backend
+    /// is unreachable. An append beyond it is refused with
+    /// [`StorageError::Unavailable`] and counted in [`Health::refused`].
+    /// `0` journals nothing: every append is refused while the backend is
+    /// down. Default: `100000`.
+    pub journal_capacity: usize,
+    /// Newest messages per channel kept in memory while the backend is up,
+    /// to answer `history` and `since` during an outage. `0` keeps none:
+    /// reads then fail while the backend is down, except within the journal.
+    /// Capped at `max_len`. Default: `1000`.
+    pub cache_per_channel: usize,
+    /// The backend's own bound on messages per channel, so that answers from
+    /// memory keep exactly what the backend would. Default: `10000` (the
+    /// Redis default).
+    pub max_len: usize,
+    /// Pause between two attempts to reach a backend that failed.
+    /// Default: 250 ms.
+    pub retry_interval: Duration,
+}
+
+impl Default for FallbackOptions {
+    fn default() -> Self {
+        FallbackOptions {
+            journal_capacity: 100_000,
+            cache_per_channel: 1_000,
+            max_len: 10_000,
+            retry_interval: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A wrapper over any [`Storage`] that keeps the bus accepting and
+/// delivering while that backend is unreachable, and writes everything back
+/// to it, in order, when it returns.
+///
+/// See the module documentation above (and docs/storage.md) for the states
+/// and the exact answers while degraded. [`Storage::health`] reports
+/// `healthy: false` from the first failure until the journal is written back,
+/// and carries the journal's size and the count of refused appends.
+///
+/// The journal lives in this process: if the bus stops while the backend is
+/// still down, journaled messages are lost, and an error log says how many.
+pub struct FallbackStorage {
+    shared: Arc<Shared>,
+    /// The task that pings a failed backend and writes the journal back.
+    supervisor: JoinHandle<()>,
+}
+
+impl fmt::Debug for FallbackStorage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FallbackStorage")
+            .field("backend", &self.shared.primary.health().backend)
+            .field("state", &self.shared.state())
+            .field("journaled", &self.shared.journaled.load(Ordering::Relaxed))
+            .field("refused", &self.shared.refused.load(Ordering::Relaxed))
+            .field("channels", &self.shared.mirrors.len())
+            .finish()
+    }
+}
+
+impl FallbackStorage {
+    /// Wraps `primary`. Starts Down (and logs it) if `primary` reports itself
+    /// unhealthy. Must be called within a Tokio runtime: it spawns the task
+    /// that watches over the backend, which stops when this value is dropped.
+    pub fn new(primary: Arc<dyn Storage>, mut options: FallbackOptions) -> Self {
+        options.cache_per_channel = options.cache_per_channel.min(options.max_len);
+        let backend = primary.health().backend;
+        let up = primary.health().healthy;
+        let shared = Arc::new(Shared {
+            primary,
+            options,
+            state: AtomicU8::new(if up { UP } else { DOWN }),
+            journaled: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            journal_full: AtomicBool::new(false),
+            mirrors: DashMap::new(),
+            records: DashMap::new(),
+            wake: Notify::new(),
+        });
+        if !up {
+            tracing::warn!(backend, "storage backend unavailable at start-up: journaling appends until it answers");
+        }
+        let supervisor = tokio::spawn(supervise(Arc::clone(&shared)));
+        FallbackStorage { shared, supervisor }
+    }
+}
+
+impl Drop for FallbackStorage {
+    fn drop(&mut self) {
+        self.supervisor.abort();
+        let journaled = self.shared.journaled.load(Ordering::SeqCst);
+        if journaled > 0 {
+            tracing::error!(
+                journaled,
+                backend = self.shared.primary.health().backend,
+                "storage closed while the backend was unreachable: journaled messages were never written and are lost"
+            );
+        }
+    }
+}
+
+/// State shared by the storage handle and its supervisor task.
+struct Shared {
+    primary: Arc<dyn Storage>,
+    options: FallbackOptions,
+    /// [`UP`], [`DOWN`] or [`RECOVERING`].
+    state: AtomicU8,
+    /// Messages in the journal, over all channels; at most
+    /// `options.journal_capacity` (reserved before a message is journaled).
+    journaled: AtomicU64,
+    /// Appends refused because the journal was full.
+    refused: AtomicU64,
+    /// Whether the journal is full, so that it is logged once per episode.
+    journal_full: AtomicBool,
+    /// What this process knows of each channel's history. An entry is made
+    /// on a channel's first append or record change; reads do not make one.
+    /// Capacity: the cache part is bounded per channel, the journal part by
+    /// `journaled`.
+    mirrors: DashMap<ChannelKey, Arc<Mutex<Mirror>>>,
+    /// Channel records as last seen from (or sent to) the backend, served
+    /// by `channels` while it is down.
+    records: DashMap<ChannelKey, ChannelRecord>,
+    /// Wakes the supervisor when the state leaves Up.
+    wake: Notify,
+}
+
+impl Shared {
+    fn state(&self) -> u8 {
+        self.state.load(Ordering::SeqCst)
+    }
+
+    fn mirror(&self, key: &ChannelKey) -> Arc<Mutex<Mirror>> {
+        if let Some(mirror) = self.mirrors.get(key) {
+            return Arc::clone(mirror.value());
+        }
+        Arc::clone(self.mirrors.entry(key.clone()).or_default().value())
+    }
+
+    fn existing_mirror(&self, key: &ChannelKey) -> Option<Arc<Mutex<Mirror>>> {
+        self.mirrors.get(key).map(|mirror| Arc::clone(mirror.value()))
+    }
+
+    /// Enters Down after a failed backend operation; logs only the
+    /// transition from Up, never each failure.
+    fn degrade(&self, error: &StorageError) {
+        match self.state.swap(DOWN, Ordering::SeqCst) {
+            UP => {
+                tracing::warn!(
+                    backend = self.primary.health().backend,
+                    %error,
+                    "storage backend unavailable: journaling appends in memory until it is back"
+                );
+                self.wake.notify_one();
+            }
+            RECOVERING => tracing::debug!(%error, "storage backend failed again while the journal was written back"),
+            _ => {}
+        }
+    }
+
+    /// Reserves room for one journaled message, or counts a refusal.
+    fn reserve(&self) -> bool {
+        let capacity = self.options.journal_capacity as u64;
+        let reserved = self
+            .journaled
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < capacity).then_some(n + 1))
+            .is_ok();
+        if !reserved {
+            self.refused.fetch_add(1, Ordering::SeqCst);
+            if !self.journal_full.swap(true, Ordering::SeqCst) {
+                tracing::error!(
+                    capacity,
+                    "storage journal is full: appends are refused with STORAGE_UNAVAILABLE until the backend is back"
+                );
+            }
+        }
+        reserved
+    }
+
+    /// Releases `n` journal places.
+    fn release(&self, n: u64) {
+        self.journaled.fetch_sub(n, Ordering::SeqCst);
+        if self.journal_full.load(Ordering::SeqCst)
+            && self.journaled.load(Ordering::SeqCst) < self.options.journal_capacity as u64
+            && self.journal_full.swap(false, Ordering::SeqCst)
+        {
+            tracing::info!("storage journal has room again: appends are accepted");
+        }
+    }
+
+    /// Whether operations on this channel may go to the backend: it is not
+    /// known to be down, and nothing of this channel waits in the journal.
+    fn direct(&self, mirror: &Mirror) -> bool {
+        self.state() != DOWN && !mirror.has_work()
+    }
+
+    /// Loads the backend's newest messages into the channel's cache and
+    /// learns how many it keeps; journaled messages stay behind them.
+    async fn seed(&self, key: &ChannelKey, mirror: &mut Mirror) -> Result<(), StorageError> {
+        let capacity = self.options.cache_per_channel;
+        let kept = if capacity == 0 { Vec::new() } else { self.primary.history(key, capacity, None).await? };
+        let count = if kept.len() < capacity { kept.len() as u64 } else { self.primary.stats(key).await?.stored };
+        mirror.reseed(kept, count, capacity);
+        Ok(())
+    }
+
+    async fn append_direct(
+        &self,
+        key: &ChannelKey,
+        mirror: &mut Mirror,
+        message: &StoredMessage,
+    ) -> Result<Appended, StorageError> {
+        if !mirror.seeded {
+            self.seed(key, mirror).await?;
+        }
+        let appended = self.primary.append(key, message.clone()).await?;
+        if appended == Appended::Stored {
+            mirror.push(message.clone());
+            mirror.confirm_newest(&self.options);
+        }
+        Ok(appended)
+    }
+
+    /// Accepts a message into the journal (or recognises a retry).
+    fn journal(&self, mirror: &mut Mirror, message: StoredMessage) -> Result<Appended, StorageError> {
+        if mirror.kept_position(&message.id, self.options.max_len).is_some() {
+            return Ok(Appended::Duplicate);
+        }
+        if !self.reserve() {
+            return Err(StorageError::Unavailable(format!(
+                "the backend is unreachable and the journal is full ({} messages)",
+                self.options.journal_capacity
+            )));
+        }
+        mirror.push(message);
+        mirror.pending += 1;
+        Ok(Appended::Stored)
+    }
+
+    /// Writes every channel's journaled work back; returns how many
+    /// messages were written.
+    async fn flush_all(&self) -> Result<u64, StorageError> {
+        let mirrors: Vec<(ChannelKey, Arc<Mutex<Mirror>>)> =
+            self.mirrors.iter().map(|entry| (entry.key().clone(), Arc::clone(entry.value()))).collect();
+        let mut written = 0;
+        for (key, mirror) in mirrors {
+            written += self.flush_channel(&key, &mirror).await?;
+        }
+        Ok(written)
+    }
+
+    /// Writes one channel's journal back, oldest first: a pending deletion,
+    /// then a pending record, then the messages. The lock is taken per
+    /// message, so appends to the channel wait for one backend call at most
+    /// (and journal behind what is left).
+    async fn flush_channel(&self, key: &ChannelKey, mirror: &Mutex<Mirror>) -> Result<u64, StorageError> {
+        let mut written = 0;
+        let mut duplicates = false;
+        loop {
+            let mut guard = mirror.lock().await;
+            let m = &mut *guard;
+            if m.delete_pending {
+                self.primary.delete_channel(key).await?;
+                m.delete_pending = false;
+            }
+            if let Some(created_at) = m.create_pending {
+                let (record, _) = self.primary.create_channel(key, created_at).await?;
+                self.records.insert(key.clone(), record);
+                m.create_pending = None;
+            }
+            let Some(next) = m.oldest_pending().cloned() else {
+                if duplicates {
+                    // A duplicate was a message that had reached the backend
+                    // after all (its reply was lost), or an id the backend
+                    // kept from before: reload the cache so that it is again
+                    // exactly the backend's newest messages.
+                    if let Err(error) = self.seed(key, m).await {
+                        m.forget_cache();
+                        return Err(error);
+                    }
+                }
+                return Ok(written);
+            };
+            duplicates |= self.primary.append(key, next).await? == Appended::Duplicate;
+            m.pending -= 1;
+            m.confirm_newest(&self.options);
+            self.release(1);
+            written += 1;
+        }
+    }
+}
+
+/// Watches over the backend: sleeps while Up; while Down, pings it every
+/// `retry_interval` and, once it answers, writes the journal back.
+async fn supervise(shared: Arc<Shared>) {
+    loop {
+        if shared.state() == UP {
+            // A `degrade` between the check and the wait leaves a permit, so
+            // no wake-up is lost.
+            shared.wake.notified().await;
+            continue;
+        }
+        tokio::time::sleep(shared.options.retry_interval).await;
+        if shared.primary.ping().await.is_err() {
+            continue;
+        }
+        if shared.state.compare_exchange(DOWN, RECOVERING, Ordering::SeqCst, Ordering::SeqCst).is_ok() {
+            tracing::debug!(
+                journaled = shared.journaled.load(Ordering::SeqCst),
+                "storage backend answers again: writing the journal back"
+            );
+        }
+        match shared.flush_all().await {
+            Ok(written) => {
+                // Only the journal being empty *and* no failure since the
+                // flush started (state still Recovering) makes us healthy.
+                if shared.journaled.load(Ordering::SeqCst) == 0
+                    && shared.state.compare_exchange(RECOVERING, UP, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+                {
+                    tracing::info!(
+                        backend = shared.primary.health().backend,
+                        written,
+                        refused = shared.refused.load(Ordering::SeqCst),
+                        "storage backend healthy again: journal written back"
+                    );
+                }
+            }
+            Err(error) => shared.degrade(&error),
+        }
+    }
+}
+
+fn partial() -> StorageError {
+    StorageError::Unavailable(
+        "the backend is unreachable and the answer reaches past the messages held in memory".to_owned(),
+    )
+}
+
+/// One channel as this process knows it: a contiguous run of its newest
+/// messages, oldest first. The front part (the *cache*) is known to be in
+/// the backend; the last `pending` entries (the *journal*) are not yet.
+///
+/// Positions work as in the memory backend: every entry has a sequence
+/// number, contiguous from `first_seq`, and `index` maps ids to them.
+#[derive(Debug, Default)]
+struct Mirror {
+    entries: VecDeque<StoredMessage>,
+    first_seq: u64,
+    index: HashMap<MessageId, u64>,
+    /// How many of the newest entries are journaled, not yet in the backend.
+    pending: usize,
+    /// Messages the backend keeps for this channel, if known: learnt when
+    /// the cache is seeded and counted forward on each write.
+    primary_count: Option<u64>,
+    /// Whether the cache was loaded from the backend (else it may be
+    /// missing older messages the backend keeps, and `primary_count` is
+    /// unknown).
+    seeded: bool,
+    /// The channel was deleted while the backend was down.
+    delete_pending: bool,
+    /// The channel was recorded while the backend was down.
+    create_pending: Option<Timestamp>,
+}
+
+impl Mirror {
+    fn has_work(&self) -> bool {
+        self.pending > 0 || self.delete_pending || self.create_pending.is_some()
+    }
+
+    /// Entries known to be in the backend.
+    fn cached(&self) -> usize {
+        self.entries.len() - self.pending
+    }
+
+    fn oldest_pending(&self) -> Option<&StoredMessage> {
+        self.entries.get(self.cached()).filter(|_| self.pending > 0)
+    }
+
+    fn position(&self, id: &MessageId) -> Option<usize> {
+        self.index.get(id).and_then(|&seq| usize::try_from(seq - self.first_seq).ok())
+    }
+
+    /// First position inside the kept window (the newest `max_len`).
+    fn window_start(&self, max_len: usize) -> usize {
+        self.entries.len().saturating_sub(max_len)
+    }
+
+    /// Position of a kept id: one inside the window.
+    fn kept_position(&self, id: &MessageId, max_len: usize) -> Option<usize> {
+        self.position(id).filter(|&at| at >= self.window_start(max_len))
+    }
+
+    /// Whether the entries hold the channel's whole kept history: the
+    /// window is full, or the cache holds everything the backend keeps.
+    fn complete(&self, max_len: usize) -> bool {
+        self.entries.len() >= max_len || self.primary_count == Some(self.cached() as u64)
+    }
+
+    fn push(&mut self, message: StoredMessage) {
+        let seq = self.first_seq + self.entries.len() as u64;
+        self.index.insert(message.id, seq);
+        self.entries.push_back(message);
+    }
+
+    /// The backend now keeps one more message of this channel: the newest
+    /// cached entry. Evicts the cache down to its capacity.
+    fn confirm_newest(&mut self, options: &FallbackOptions) {
+        self.primary_count = self.primary_count.map(|n| (n + 1).min(options.max_len as u64));
+        self.evict(options.cache_per_channel);
+    }
+
+    /// Drops the oldest cached entries beyond `capacity`; journaled entries
+    /// are never evicted.
+    fn evict(&mut self, capacity: usize) {
+        while self.cached() > capacity {
+            self.pop_front();
+        }
+    }
+
+    fn pop_front(&mut self) {
+        if let Some(oldest) = self.entries.pop_front() {
+            // The id may have been appended again later (after leaving the
+            // window); only forget it if the index still points here.
+            if self.index.get(&oldest.id) == Some(&self.first_seq) {
+                self.index.remove(&oldest.id);
+            }
+            self.first_seq += 1;
+        }
+    }
+
+    /// Replaces the cache with `kept` (the backend's newest, oldest first),
+    /// of `count` kept in all, keeping the journal behind it.
+    fn reseed(&mut self, kept: Vec<StoredMessage>, count: u64, capacity: usize) {
+        let journal: Vec<StoredMessage> = self.entries.drain(self.cached()..).collect();
+        self.entries.clear();
+        self.index.clear();
+        self.first_seq = 0;
+        kept.into_iter().chain(journal).for_each(|message| self.push(message));
+        self.primary_count = Some(count);
+        self.seeded = true;
+        self.evict(capacity);
+    }
+
+    /// Drops the cache (it may not match the backend); the journal stays.
+    fn forget_cache(&mut self) {
+        while self.cached() > 0 {
+            self.pop_front();
+        }
+        self.primary_count = None;
+        self.seeded = false;
+    }
+
+    /// Forgets everything: the channel was deleted, so the backend will keep
+    /// nothing of it (once a pending deletion is written).
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.index.clear();
+        self.first_seq = 0;
+        self.pending = 0;
+        self.primary_count = Some(0);
+        self.seeded = true;
+        self.create_pending = None;
+    }
+
+    fn history(
+        &self,
+        limit: usize,
+        before: Option<MessageId>,
+        max_len: usize,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        let (complete, start_of_window) = (self.complete(max_len), self.window_start(max_len));
+        let end = match before {
+            None => self.entries.len(),
+            Some(id) => match self.kept_position(&id, max_len) {
+                Some(at) => at,
+                None if complete => return Err(StorageError::UnknownCursor(id)),
+                None => return Err(partial()),
+            },
+        };
+        let start = end.saturating_sub(limit).max(start_of_window);
+        if end - start < limit && !complete {
+            // Older messages may exist in the backend only.
+            return Err(partial());
+        }
+        Ok(self.entries.range(start..end).cloned().collect())
+    }
+
+    fn since(&self, after: &MessageId, max_len: usize) -> Result<Since, StorageError> {
+        match self.kept_position(after, max_len) {
+            Some(at) => Ok(Since { messages: self.entries.range(at + 1..).cloned().collect(), truncated: false }),
+            None if self.complete(max_len) => Ok(Since {
+                messages: self.entries.range(self.window_start(max_len)..).cloned().collect(),
+                truncated: true,
+            }),
+            None => Err(partial()),
+        }
+    }
+
+    fn stats(&self, max_len: usize) -> Result<ChannelStats, StorageError> {
+        let stored = if self.complete(max_len) {
+            (self.entries.len() - self.window_start(max_len)) as u64
+        } else {
+            let kept = self.primary_count.ok_or_else(partial)?;
+            (kept + self.pending as u64).min(max_len as u64)
+        };
+        let last_id = self.entries.back().map(|message| message.id);
+        if stored > 0 && last_id.is_none() {
+            return Err(partial());
+        }
+        Ok(ChannelStats { stored, last_id })
+    }
+}
+
+impl FallbackStorage {
+    /// Where a read of this channel goes: to the backend when its answer is
+    /// complete there (`true`), else to memory. Returns the channel's mirror,
+    /// if this process has one, for the memory answer.
+    async fn route(&self, key: &ChannelKey) -> (Option<Arc<Mutex<Mirror>>>, bool) {
+        let mirror = self.shared.existing_mirror(key);
+        let direct = match &mirror {
+            Some(mirror) => self.shared.direct(&*mirror.lock().await),
+            None => self.shared.state() != DOWN,
+        };
+        (mirror, direct)
+    }
+
+    /// The backend's answer unless it failed (which degrades); `None` means
+    /// "answer from memory".
+    fn backend_answer<T>(&self, answer: Result<T, StorageError>) -> Option<Result<T, StorageError>> {
+        match answer {
+            Err(error @ (StorageError::Unavailable(_) | StorageError::Backend(_))) => {
+                self.shared.degrade(&error);
+                None
+            }
+            answer => Some(answer),
+        }
+    }
+}
+
+/// Answers from the channel's mirror; a channel this process holds nothing
+/// of cannot be answered while the backend is down.
+async fn from_memory<T>(
+    mirror: Option<Arc<Mutex<Mirror>>>,
+    answer: impl FnOnce(&Mirror) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
+    match mirror {
+        Some(mirror) => answer(&*mirror.lock().await),
+        None => Err(partial()),
+    }
+}
+
+#[async_trait]
+impl Storage for FallbackStorage {
+    async fn create_channel(
+        &self,
+        key: &ChannelKey,
+        created_at: Timestamp,
+    ) -> Result<(ChannelRecord, bool), StorageError> {
+        let shared = &self.shared;
+        let mirror = shared.mirror(key);
+        let mut m = mirror.lock().await;
+        if shared.direct(&m) {
+            match shared.primary.create_channel(key, created_at).await {
+                Ok((record, created)) => {
+                    shared.records.insert(key.clone(), record.clone());
+                    return Ok((record, created));
+                }
+                Err(error) => shared.degrade(&error),
+            }
+        }
+        if let Some(known) = shared.records.get(key) {
+            return Ok((known.clone(), false));
+        }
+        let record = ChannelRecord { key: key.clone(), created_at };
+        shared.records.insert(key.clone(), record.clone());
+        m.create_pending = Some(created_at);
+        Ok((record, true))
+    }
+
+    async fn channels(&self) -> Result<Vec<ChannelRecord>, StorageError> {
+        let shared = &self.shared;
+        if shared.state() == UP {
+            match shared.primary.channels().await {
+                Ok(records) => {
+                    for record in &records {
+                        shared.records.insert(record.key.clone(), record.clone());
+                    }
+                    return Ok(records);
+                }
+                Err(error) => shared.degrade(&error),
+            }
+        }
+        let mut records: Vec<ChannelRecord> = shared.records.iter().map(|r| r.value().clone()).collect();
+        records.sort_by(|a, b| a.key.cmp(&b.key));
+        tracing::warn!(
+            known = records.len(),
+            "storage backend unavailable: listing only the channels this process has seen"
+        );
+        Ok(records)
+    }
+
+    async fn delete_channel(&self, key: &ChannelKey) -> Result<bool, StorageError> {
+        let shared = &self.shared;
+        let mirror = shared.mirror(key);
+        let mut m = mirror.lock().await;
+        if shared.direct(&m) {
+            match shared.primary.delete_channel(key).await {
+                Ok(existed) => {
+                    shared.records.remove(key);
+                    m.clear();
+                    return Ok(existed);
+                }
+                Err(error) => shared.degrade(&error),
+            }
+        }
+        // Journaled messages of a deleted channel need not be written.
+        shared.release(m.pending as u64);
+        shared.records.remove(key);
+        m.clear();
+        m.delete_pending = true;
+        // Whether the backend had it cannot be known now; the bus deletes
+        // only channels it knows, so report it as existing.
+        Ok(true)
+    }
+
+    async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
+        let shared = &self.shared;
+        let mirror = shared.mirror(key);
+        let mut m = mirror.lock().await;
+        if shared.direct(&m) {
+            match shared.append_direct(key, &mut m, &message).await {
+                Ok(appended) => return Ok(appended),
+                // The message may or may not have reached the backend: it is
+                // journaled, and the backend's dedupe by id settles it when
+                // the journal is written back.
+                Err(error) => shared.degrade(&error),
+            }
+        }
+        shared.journal(&mut m, message)
+    }
+
+    async fn history(
+        &self,
+        key: &ChannelKey,
+        limit: usize,
+        before: Option<MessageId>,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        let (mirror, direct) = self.route(key).await;
+        if direct && let Some(answer) = self.backend_answer(self.shared.primary.history(key, limit, before).await) {
+            return answer;
+        }
+        let max_len = self.shared.options.max_len;
+        from_memory(mirror, |m| m.history(limit, before, max_len)).await
+    }
+
+    async fn since(&self, key: &ChannelKey, after: MessageId) -> Result<Since, StorageError> {
+        let (mirror, direct) = self.route(key).await;
+        if direct && let Some(answer) = self.backend_answer(self.shared.primary.since(key, after).await) {
+            return answer;
+        }
+        let max_len = self.shared.options.max_len;
+        from_memory(mirror, |m| m.since(&after, max_len)).await
+    }
+
+    async fn stats(&self, key: &ChannelKey) -> Result<ChannelStats, StorageError> {
+        let (mirror, direct) = self.route(key).await;
+        if direct && let Some(answer) = self.backend_answer(self.shared.primary.stats(key).await) {
+            return answer;
+        }
+        let max_len = self.shared.options.max_len;
+        from_memory(mirror, |m| m.stats(max_len)).await
+    }
+
+    fn health(&self) -> Health {
+        let shared = &self.shared;
+        let mut health = Health::new(shared.primary.health().backend, shared.state() == UP);
+        health.journaled = shared.journaled.load(Ordering::SeqCst);
+        health.refused = shared.refused.load(Ordering::SeqCst);
+        health
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.shared.primary.ping().await
+    }
+}

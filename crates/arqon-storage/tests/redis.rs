@@ -1,0 +1,158 @@
+//! The Redis backend against a real redis-server: the key layout and its
+//! trimming, and how it behaves when Redis is frozen, absent at start-up or
+//! restarted. (The storage contract itself is checked by the conformance
+//! suite.) Each test spawns its own redis-server; without one installed the
+//! tests skip with a notice, except under `CI=true`, where they fail.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use arqon_protocol::{ChannelKey, Timestamp};
+use arqon_storage::{Appended, ChannelRecord, ChannelStats, RedisOptions, RedisStorage, Storage, StorageError};
+use support::{RedisProcess, fresh_ids, ids, message, redis_available, redis_options, start_redis, until_ping};
+
+/// Slack over a timeout for a slow, busy machine.
+const SLACK: Duration = Duration::from_millis(1500);
+
+fn key(channel: &str) -> ChannelKey {
+    ChannelKey::parse("r", channel).unwrap()
+}
+
+async fn append_all(storage: &dyn Storage, key: &ChannelKey, ids: &[arqon_protocol::MessageId]) {
+    for &id in ids {
+        assert_eq!(storage.append(key, message(key, id)).await.unwrap(), Appended::Stored, "append {id}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_stay_under_the_prefix_and_the_id_set_is_trimmed_exactly() {
+    if !redis_available("keys_stay_under_the_prefix_and_the_id_set_is_trimmed_exactly") {
+        return;
+    }
+    let redis = start_redis();
+    let options = RedisOptions { key_prefix: "bus1:".to_owned(), ..redis_options(&redis, 5) };
+    let storage = RedisStorage::connect(options).await.unwrap();
+    let chan = key("c");
+    storage.create_channel(&chan, Timestamp::from_unix_ms(7)).await.unwrap();
+    let all = fresh_ids(300);
+    append_all(&storage, &chan, &all).await;
+
+    assert_eq!(redis.command(&["DBSIZE"]), ":4", "registry, stream, id set, counter");
+    assert_eq!(redis.command(&["HGET", "bus1:channels", "r:c"]), "$1");
+    assert_eq!(redis.command(&["ZCARD", "bus1:ids:{r:c}"]), ":5", "the id set holds exactly the kept ids");
+    let stream_len: usize = redis.command(&["XLEN", "bus1:log:{r:c}"])[1..].parse().unwrap();
+    assert!((5..300).contains(&stream_len), "MAXLEN ~ trims whole nodes: {stream_len}");
+    // Whatever the stream still holds physically, reads see exactly the window.
+    assert_eq!(ids(&storage.history(&chan, 1000, None).await.unwrap()), all[295..]);
+    assert_eq!(storage.stats(&chan).await.unwrap(), ChannelStats { stored: 5, last_id: Some(all[299]) });
+    assert_eq!(storage.history(&chan, 10, Some(all[294])).await, Err(StorageError::UnknownCursor(all[294])));
+    assert!(storage.since(&chan, all[294]).await.unwrap().truncated);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_fails_within_the_command_timeout_and_the_late_write_is_deduped() {
+    if !redis_available("a_frozen_redis_fails_within_the_command_timeout_and_the_late_write_is_deduped") {
+        return;
+    }
+    let redis = start_redis();
+    let timeout = Duration::from_millis(300);
+    let storage =
+        RedisStorage::connect(RedisOptions { command_timeout: timeout, ..redis_options(&redis, 100) }).await.unwrap();
+    let chan = key("c");
+    let all = fresh_ids(3);
+    append_all(&storage, &chan, &all[..1]).await;
+
+    redis.stop();
+    let started = Instant::now();
+    let result = storage.append(&chan, message(&chan, all[1])).await;
+    assert!(matches!(result, Err(StorageError::Unavailable(_))), "{result:?}");
+    assert!(started.elapsed() < timeout + SLACK, "append took {:?}", started.elapsed());
+    assert!(!storage.health().healthy);
+    let started = Instant::now();
+    assert!(matches!(storage.history(&chan, 10, None).await, Err(StorageError::Unavailable(_))));
+    assert!(started.elapsed() < timeout + SLACK, "history took {:?}", started.elapsed());
+
+    redis.cont();
+    until_ping(&storage).await;
+    assert!(storage.health().healthy);
+    // The timed-out append had reached Redis's socket and ran on thaw:
+    // sending it again is recognised, so it is stored once.
+    assert_eq!(storage.append(&chan, message(&chan, all[1])).await.unwrap(), Appended::Duplicate);
+    append_all(&storage, &chan, &all[2..]).await;
+    assert_eq!(ids(&storage.history(&chan, 10, None).await.unwrap()), all);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_at_start_up_is_not_an_error_and_is_joined_later() {
+    if !redis_available("redis_down_at_start_up_is_not_an_error_and_is_joined_later") {
+        return;
+    }
+    let mut redis = RedisProcess::reserve();
+    let options = RedisOptions { connect_timeout: Duration::from_millis(300), ..redis_options(&redis, 100) };
+    let started = Instant::now();
+    let storage = RedisStorage::connect(options).await.unwrap();
+    assert!(started.elapsed() < Duration::from_millis(300) + SLACK, "connect took {:?}", started.elapsed());
+    assert!(!storage.health().healthy);
+    let chan = key("c");
+    let all = fresh_ids(1);
+    let started = Instant::now();
+    assert!(matches!(storage.append(&chan, message(&chan, all[0])).await, Err(StorageError::Unavailable(_))));
+    assert!(started.elapsed() < SLACK, "fails fast while disconnected: {:?}", started.elapsed());
+
+    tokio::task::block_in_place(|| redis.restart());
+    until_ping(&storage).await;
+    append_all(&storage, &chan, &all).await;
+    assert!(storage.health().healthy);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn history_and_channels_survive_a_redis_restart_and_a_new_client() {
+    if !redis_available("history_and_channels_survive_a_redis_restart_and_a_new_client") {
+        return;
+    }
+    let mut redis = tokio::task::block_in_place(RedisProcess::start_durable);
+    let options = redis_options(&redis, 100);
+    let storage = RedisStorage::connect(options.clone()).await.unwrap();
+    let chan = key("c");
+    let record = ChannelRecord { key: chan.clone(), created_at: Timestamp::from_unix_ms(1_700_000_000_123) };
+    storage.create_channel(&chan, record.created_at).await.unwrap();
+    let all = fresh_ids(11);
+    append_all(&storage, &chan, &all[..10]).await;
+
+    redis.kill();
+    assert!(matches!(storage.append(&chan, message(&chan, all[10])).await, Err(StorageError::Unavailable(_))));
+    tokio::task::block_in_place(|| redis.restart());
+    until_ping(&storage).await;
+    // The restarted Redis has no scripts cached: EVALSHA falls back to EVAL.
+    assert_eq!(ids(&storage.history(&chan, 50, None).await.unwrap()), all[..10]);
+    append_all(&storage, &chan, &all[10..]).await;
+
+    // Another client, as a restarted bus would be, sees the same.
+    let again = RedisStorage::connect(options).await.unwrap();
+    assert_eq!(again.channels().await.unwrap(), vec![record]);
+    assert_eq!(ids(&again.history(&chan, 50, None).await.unwrap()), all);
+    let since = again.since(&chan, all[4]).await.unwrap();
+    assert_eq!((ids(&since.messages), since.truncated), (all[5..].to_vec(), false));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_larger_max_len_later_reveals_nothing_already_trimmed() {
+    if !redis_available("a_larger_max_len_later_reveals_nothing_already_trimmed") {
+        return;
+    }
+    let redis = start_redis();
+    let small = redis_options(&redis, 5);
+    let storage = RedisStorage::connect(small.clone()).await.unwrap();
+    let chan = key("c");
+    let all = fresh_ids(11);
+    append_all(&storage, &chan, &all[..10]).await;
+
+    let larger = RedisStorage::connect(RedisOptions { max_len: 8, ..small }).await.unwrap();
+    assert_eq!(ids(&larger.history(&chan, 50, None).await.unwrap()), all[5..10]);
+    assert_eq!(larger.stats(&chan).await.unwrap().stored, 5);
+    append_all(&larger, &chan, &all[10..]).await;
+    assert_eq!(ids(&larger.history(&chan, 50, None).await.unwrap()), all[5..]);
+}

@@ -1,0 +1,135 @@
+//! Shared by this crate's integration tests: real redis-server processes
+//! (the end-to-end harness's `RedisProcess`, included by path so that these
+//! tests need not build the server) and backends that own theirs.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use arqon_protocol::{ChannelKey, MessageId, Timestamp};
+use arqon_storage::{
+    Appended, ChannelRecord, ChannelStats, FallbackOptions, FallbackStorage, Health, RedisOptions, RedisStorage, Since,
+    Storage, StorageError, StoredMessage, async_trait,
+};
+
+#[path = "../../../../tests/src/redis.rs"]
+#[allow(unreachable_pub, dead_code)]
+mod redis_process;
+
+pub use redis_process::{RedisProcess, redis_available};
+
+/// Options for a test backend on `redis`: short timeouts, a key prefix of
+/// its own (so that several backends may share one server).
+pub fn redis_options(redis: &RedisProcess, max_len: usize) -> RedisOptions {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    RedisOptions {
+        url: redis.url(),
+        key_prefix: format!("test{}:", NEXT.fetch_add(1, Ordering::Relaxed)),
+        max_len,
+        connect_timeout: Duration::from_secs(5),
+        command_timeout: Duration::from_secs(2),
+        pool_size: 2,
+    }
+}
+
+/// Starts a redis-server (blocking this worker briefly, so the runtime must
+/// be multi-threaded).
+pub fn start_redis() -> RedisProcess {
+    tokio::task::block_in_place(RedisProcess::start)
+}
+
+/// A backend that owns the redis-server it talks to: dropping it (at the end
+/// of a test) stops the server.
+#[derive(Debug)]
+pub struct Owning<S> {
+    pub storage: S,
+    pub redis: RedisProcess,
+}
+
+/// A fresh Redis backend on a redis-server of its own.
+pub async fn redis_backend(capacity: usize) -> Arc<dyn Storage> {
+    let redis = start_redis();
+    let storage = RedisStorage::connect(redis_options(&redis, capacity)).await.unwrap();
+    Arc::new(Owning { storage, redis })
+}
+
+/// The degradation wrapper over a fresh Redis backend, as the server runs it.
+pub async fn fallback_over_redis(capacity: usize) -> Arc<dyn Storage> {
+    let redis = start_redis();
+    let primary = RedisStorage::connect(redis_options(&redis, capacity)).await.unwrap();
+    let options = FallbackOptions { max_len: capacity, ..FallbackOptions::default() };
+    Arc::new(Owning { storage: FallbackStorage::new(Arc::new(primary), options), redis })
+}
+
+#[async_trait]
+impl<S: Storage + std::fmt::Debug> Storage for Owning<S> {
+    async fn create_channel(&self, key: &ChannelKey, at: Timestamp) -> Result<(ChannelRecord, bool), StorageError> {
+        self.storage.create_channel(key, at).await
+    }
+    async fn channels(&self) -> Result<Vec<ChannelRecord>, StorageError> {
+        self.storage.channels().await
+    }
+    async fn delete_channel(&self, key: &ChannelKey) -> Result<bool, StorageError> {
+        self.storage.delete_channel(key).await
+    }
+    async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
+        self.storage.append(key, message).await
+    }
+    async fn history(
+        &self,
+        key: &ChannelKey,
+        limit: usize,
+        before: Option<MessageId>,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        self.storage.history(key, limit, before).await
+    }
+    async fn since(&self, key: &ChannelKey, after: MessageId) -> Result<Since, StorageError> {
+        self.storage.since(key, after).await
+    }
+    async fn stats(&self, key: &ChannelKey) -> Result<ChannelStats, StorageError> {
+        self.storage.stats(key).await
+    }
+    fn health(&self) -> Health {
+        self.storage.health()
+    }
+    async fn ping(&self) -> Result<(), StorageError> {
+        self.storage.ping().await
+    }
+}
+
+/// A message as the bus would store it: the real encoded envelope.
+pub fn message(key: &ChannelKey, id: MessageId) -> StoredMessage {
+    let frame = arqon_protocol::encode::MessageFrame {
+        id,
+        timestamp: Timestamp::from_unix_ms(1_700_000_000_000),
+        from: arqon_protocol::IdGenerator::new().client_id(),
+        room: Some(&key.room),
+        channel: Some(&key.channel),
+        payload: None,
+        meta: None,
+    }
+    .encode();
+    StoredMessage { id, frame }
+}
+
+/// `n` fresh ids, in creation order.
+pub fn fresh_ids(n: usize) -> Vec<MessageId> {
+    let mut generator = arqon_protocol::IdGenerator::new();
+    (0..n).map(|_| generator.message_id()).collect()
+}
+
+/// The ids of `messages`, in order.
+pub fn ids(messages: &[StoredMessage]) -> Vec<MessageId> {
+    messages.iter().map(|m| m.id).collect()
+}
+
+/// Waits (at most 15 s) until `storage` answers a ping.
+pub async fn until_ping(storage: &dyn Storage) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while storage.ping().await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "no answer in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
