@@ -1,0 +1,398 @@
+//! Command-line parsing: scenarios, their options and defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::BenchError;
+
+pub(crate) const USAGE: &str = "\
+arqon-bench: load generator for ArqonBus (protocol v1 over WebSocket).
+
+Usage:
+  arqon-bench SCENARIO [OPTIONS]
+  arqon-bench summarize RESULTS.jsonl [--out TABLE.md]
+
+Scenarios (defaults in brackets):
+  fanout    1 publisher -> N subscribers, M messages at max rate
+            [--subscribers 100 --messages 20000]
+  fanin     P publishers -> 1 subscriber, K messages each at max rate
+            [--publishers 50 --messages 2000]
+  latency   fixed rate R msg/s to N subscribers for D seconds
+            [--rate 1000 --duration 5 --subscribers 100]
+  conns     C idle connections, each joined to a channel; with --server-pid
+            reports the server's RSS per connection [--connections 5000]
+  commands  ping, or join_channel + leave_channel, round trips at a fixed rate
+            [--command ping --rate 1000 --duration 5]
+
+Common options:
+  --url URL            bus endpoint, an IP literal [ws://127.0.0.1:9100/ws]
+  --timeout SECS       hard bound on the whole run, set-up included [60]
+  --server-pid PID     read the server's RSS and CPU time from /proc
+  --threads N          tokio worker threads [available CPUs]
+  --per-ip N           connections per local source address 127.0.0.x, from
+                       127.0.0.1 up (0: let the OS pick) [1000]
+  --label TEXT         configuration name in the results [scenario + sizes]
+  --target TEXT        the goal, copied into the results table
+  --allow-loss         exit 0 even when messages were lost or errors occurred
+  --room NAME, --channel NAME   where the traffic goes [bench / c]
+
+fanout, fanin, latency:
+  --subscribers N --publishers P --messages M (per publisher)
+  --payload BYTES      payload size [256]
+  --rate R             messages/s per publisher (fanout/fanin: unlimited)
+  --duration SECS      latency: messages = rate x duration
+  --window W           at most W messages in flight between the publishers and
+                       the slowest subscriber, below the bus's outbound queue
+                       (1,024) so max rate does not trip slow-consumer closes;
+                       0 = open loop [512]
+  --stalled K          K extra subscribers join and never read
+  --drain SECS         after publishing, give up after SECS without progress [3]
+
+conns:
+  --connections C --channels K (connection i joins channel idle-(i mod K)) [1]
+  --concurrency N      handshakes in flight [256]
+  --settle SECS        wait before reading the RSS after the last join [2]
+
+commands:
+  --command ping|join --rate R --duration SECS
+
+Output: a human table, then one JSON line (the last line, starting with {).
+Exit status: 0; 1 if anything was lost, errored or timed out (unless
+--allow-loss); 2 on bad usage.
+";
+
+/// A load scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Scenario {
+    /// One publisher, many subscribers.
+    Fanout,
+    /// Many publishers, one subscriber.
+    Fanin,
+    /// Fixed-rate publishing, latency distribution.
+    Latency,
+    /// Idle connections and server memory.
+    Conns,
+    /// Command round trips.
+    Commands,
+}
+
+impl Scenario {
+    /// The name used on the command line and in results.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Scenario::Fanout => "fanout",
+            Scenario::Fanin => "fanin",
+            Scenario::Latency => "latency",
+            Scenario::Conns => "conns",
+            Scenario::Commands => "commands",
+        }
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        [Scenario::Fanout, Scenario::Fanin, Scenario::Latency, Scenario::Conns, Scenario::Commands]
+            .into_iter()
+            .find(|s| s.name() == text)
+    }
+}
+
+/// Which command the `commands` scenario times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CommandKind {
+    /// `ping`.
+    Ping,
+    /// `join_channel`, each followed by a `leave_channel` of the same channel.
+    Join,
+}
+
+/// What the command line asked for.
+#[derive(Debug)]
+pub(crate) enum Invocation {
+    /// Run one scenario.
+    Run(Box<Options>),
+    /// Summarize a JSON-lines results file.
+    Summarize {
+        /// The results file.
+        input: PathBuf,
+        /// Where to write the table (stdout always gets it too).
+        output: Option<PathBuf>,
+    },
+    /// Print usage.
+    Help,
+}
+
+/// Everything a run needs, defaults resolved.
+#[derive(Debug, Clone)]
+pub(crate) struct Options {
+    pub(crate) scenario: Scenario,
+    pub(crate) url: String,
+    pub(crate) addr: SocketAddr,
+    pub(crate) timeout: Duration,
+    pub(crate) server_pid: Option<u32>,
+    pub(crate) threads: Option<usize>,
+    pub(crate) per_ip: usize,
+    pub(crate) label: String,
+    pub(crate) target: Option<String>,
+    pub(crate) allow_loss: bool,
+    pub(crate) room: String,
+    pub(crate) channel: String,
+    pub(crate) subscribers: usize,
+    pub(crate) publishers: usize,
+    pub(crate) messages: u64,
+    pub(crate) payload: usize,
+    pub(crate) rate: Option<f64>,
+    pub(crate) duration: Option<f64>,
+    pub(crate) window: u64,
+    pub(crate) stalled: usize,
+    pub(crate) drain: Duration,
+    pub(crate) connections: usize,
+    pub(crate) channels: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) settle: Duration,
+    pub(crate) command: CommandKind,
+}
+
+fn usage(message: impl Into<String>) -> BenchError {
+    BenchError::Usage(message.into())
+}
+
+fn number<T: std::str::FromStr>(flag: &str, value: &str) -> Result<T, BenchError> {
+    value.parse().map_err(|_| usage(format!("{flag}: {value:?} is not a valid number")))
+}
+
+fn seconds(flag: &str, value: &str) -> Result<Duration, BenchError> {
+    let secs: f64 = number(flag, value)?;
+    Duration::try_from_secs_f64(secs).map_err(|_| usage(format!("{flag}: {value:?} is not a duration in seconds")))
+}
+
+/// `ws://IP:PORT/PATH` to the socket address (host names are not resolved:
+/// the generator only ever talks to this machine).
+fn parse_url(url: &str) -> Result<SocketAddr, BenchError> {
+    let rest = url.strip_prefix("ws://").ok_or_else(|| usage(format!("--url {url:?}: expected ws://IP:PORT/PATH")))?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    authority.parse().map_err(|_| usage(format!("--url {url:?}: expected an IP literal and a port")))
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"_-.".contains(&b))
+}
+
+/// Parses the arguments after the program name.
+pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation, BenchError> {
+    let mut args = args.into_iter();
+    let Some(first) = args.next() else {
+        return Err(usage("no scenario given"));
+    };
+    match first.as_str() {
+        "-h" | "--help" | "help" => return Ok(Invocation::Help),
+        "summarize" => {
+            let mut input = None;
+            let mut output = None;
+            while let Some(arg) = args.next() {
+                match arg.as_str() {
+                    "--out" => output = Some(PathBuf::from(args.next().ok_or_else(|| usage("--out needs a path"))?)),
+                    other if input.is_none() && !other.starts_with('-') => input = Some(PathBuf::from(other)),
+                    other => return Err(usage(format!("summarize: unexpected argument {other:?}"))),
+                }
+            }
+            let input = input.ok_or_else(|| usage("summarize needs a results file"))?;
+            return Ok(Invocation::Summarize { input, output });
+        }
+        _ => {}
+    }
+    let scenario = Scenario::parse(&first).ok_or_else(|| usage(format!("unknown scenario {first:?}")))?;
+    let mut o = Options {
+        scenario,
+        url: "ws://127.0.0.1:9100/ws".to_owned(),
+        addr: SocketAddr::from(([127, 0, 0, 1], 9100)),
+        timeout: Duration::from_secs(60),
+        server_pid: None,
+        threads: None,
+        per_ip: 1000,
+        label: String::new(),
+        target: None,
+        allow_loss: false,
+        room: "bench".to_owned(),
+        channel: "c".to_owned(),
+        subscribers: match scenario {
+            Scenario::Fanin => 1,
+            _ => 100,
+        },
+        publishers: match scenario {
+            Scenario::Fanin => 50,
+            _ => 1,
+        },
+        messages: match scenario {
+            Scenario::Fanin => 2000,
+            _ => 20_000,
+        },
+        payload: 256,
+        rate: match scenario {
+            Scenario::Latency | Scenario::Commands => Some(1000.0),
+            _ => None,
+        },
+        duration: match scenario {
+            Scenario::Latency | Scenario::Commands => Some(5.0),
+            _ => None,
+        },
+        window: 512,
+        stalled: 0,
+        drain: Duration::from_secs(3),
+        connections: 5000,
+        channels: 1,
+        concurrency: 256,
+        settle: Duration::from_secs(2),
+        command: CommandKind::Ping,
+    };
+    let mut messages_given = false;
+    while let Some(arg) = args.next() {
+        let (flag, inline) = match arg.split_once('=') {
+            Some((flag, value)) if flag.starts_with("--") => (flag.to_owned(), Some(value.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        if flag == "--allow-loss" {
+            o.allow_loss = true;
+            continue;
+        }
+        if flag == "-h" || flag == "--help" {
+            return Ok(Invocation::Help);
+        }
+        let value = match inline {
+            Some(value) => value,
+            None => args.next().ok_or_else(|| usage(format!("{flag} needs a value")))?,
+        };
+        let v = value.as_str();
+        match flag.as_str() {
+            "--url" => {
+                o.addr = parse_url(v)?;
+                o.url = value.clone();
+            }
+            "--timeout" => o.timeout = seconds(&flag, v)?,
+            "--server-pid" => o.server_pid = Some(number(&flag, v)?),
+            "--threads" => o.threads = Some(number::<usize>(&flag, v)?.max(1)),
+            "--per-ip" => o.per_ip = number(&flag, v)?,
+            "--label" => o.label = value.clone(),
+            "--target" => o.target = Some(value.clone()),
+            "--room" => o.room = value.clone(),
+            "--channel" => o.channel = value.clone(),
+            "--subscribers" => o.subscribers = number(&flag, v)?,
+            "--publishers" => o.publishers = number(&flag, v)?,
+            "--messages" => {
+                o.messages = number(&flag, v)?;
+                messages_given = true;
+            }
+            "--payload" => o.payload = number(&flag, v)?,
+            "--rate" => o.rate = Some(number(&flag, v)?).filter(|r: &f64| *r > 0.0),
+            "--duration" => o.duration = Some(number(&flag, v)?),
+            "--window" => o.window = number(&flag, v)?,
+            "--stalled" => o.stalled = number(&flag, v)?,
+            "--drain" => o.drain = seconds(&flag, v)?,
+            "--connections" => o.connections = number(&flag, v)?,
+            "--channels" => o.channels = number::<usize>(&flag, v)?.max(1),
+            "--concurrency" => o.concurrency = number::<usize>(&flag, v)?.max(1),
+            "--settle" => o.settle = seconds(&flag, v)?,
+            "--command" => {
+                o.command = match v {
+                    "ping" => CommandKind::Ping,
+                    "join" | "join_channel" => CommandKind::Join,
+                    other => return Err(usage(format!("--command: {other:?} is not ping or join"))),
+                }
+            }
+            other => return Err(usage(format!("unknown option {other:?}"))),
+        }
+    }
+    if !valid_name(&o.room) || !valid_name(&o.channel) {
+        return Err(usage("--room and --channel must be 1 to 64 characters of A-Z a-z 0-9 _ - ."));
+    }
+    if o.per_ip > 0 && o.total_connections().div_ceil(o.per_ip) > 254 {
+        return Err(usage("--per-ip too small: more than 254 source addresses (127.0.0.1-254) needed"));
+    }
+    // A fixed-rate run is bounded by its duration unless a count was given.
+    if let (Some(rate), Some(duration), false) = (o.rate, o.duration, messages_given) {
+        o.messages = (rate * duration).round().max(1.0) as u64;
+    }
+    if matches!(o.scenario, Scenario::Fanout | Scenario::Fanin | Scenario::Latency)
+        && (o.subscribers == 0 || o.publishers == 0 || o.messages == 0)
+    {
+        return Err(usage("--subscribers, --publishers and --messages must be at least 1"));
+    }
+    if o.label.is_empty() {
+        o.label = o.default_label();
+    }
+    Ok(Invocation::Run(Box::new(o)))
+}
+
+impl Options {
+    /// Connections the run opens (source addresses are assigned over these).
+    pub(crate) fn total_connections(&self) -> usize {
+        match self.scenario {
+            Scenario::Conns => self.connections,
+            Scenario::Commands => 1,
+            _ => self.subscribers + self.stalled + self.publishers,
+        }
+    }
+
+    fn default_label(&self) -> String {
+        match self.scenario {
+            Scenario::Fanout | Scenario::Fanin => {
+                format!("{} {}->{} x{}", self.scenario.name(), self.publishers, self.subscribers, self.messages)
+            }
+            Scenario::Latency => format!(
+                "latency {}/s ->{} {}s",
+                self.rate.unwrap_or(0.0),
+                self.subscribers,
+                self.duration.unwrap_or(0.0)
+            ),
+            Scenario::Conns => format!("conns {}", self.connections),
+            Scenario::Commands => format!(
+                "commands {} {}/s",
+                match self.command {
+                    CommandKind::Ping => "ping",
+                    CommandKind::Join => "join",
+                },
+                self.rate.unwrap_or(0.0)
+            ),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Options {
+        match parse(args.iter().map(|s| (*s).to_owned())).unwrap() {
+            Invocation::Run(o) => *o,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn scenario_defaults() {
+        let o = run(&["fanin"]);
+        assert_eq!((o.publishers, o.subscribers, o.messages), (50, 1, 2000));
+        let o = run(&["latency", "--rate", "10000", "--duration=2"]);
+        assert_eq!(o.messages, 20_000);
+        assert_eq!(o.label, "latency 10000/s ->100 2s");
+        let o = run(&["commands", "--command", "join", "--url", "ws://127.0.0.1:4000/ws"]);
+        assert_eq!(o.command, CommandKind::Join);
+        assert_eq!(o.addr.port(), 4000);
+        assert_eq!(o.messages, 5000);
+    }
+
+    #[test]
+    fn bad_usage_is_refused() {
+        for args in [
+            &["nope"][..],
+            &["fanout", "--subscribers"],
+            &["fanout", "--subscribers", "x"],
+            &["fanout", "--url", "http://localhost/"],
+            &["conns", "--connections", "100000", "--per-ip", "10"],
+            &["fanout", "--room", "bad room"],
+            &[],
+        ] {
+            assert!(parse(args.iter().map(|s| (*s).to_owned())).is_err(), "{args:?}");
+        }
+        assert!(matches!(parse(["summarize".to_owned(), "r.jsonl".to_owned()]), Ok(Invocation::Summarize { .. })));
+    }
+}

@@ -1,0 +1,417 @@
+//! A lean WebSocket client for the publish/subscribe hot path.
+//!
+//! tokio-tungstenite performs the upgrade (and checks the server's answer);
+//! after it, the socket is read and written here, because at millions of
+//! frames per second the generator must not spend its core on what it does
+//! not need: tungstenite zero-fills its read buffer before every read,
+//! validates every text frame as UTF-8, registers wakers twice per poll and
+//! copies each payload into its own buffer. Here a subscriber parses frame
+//! headers in place in one reusable buffer and gets the payload as a byte
+//! range; a publisher appends masked frames to one output buffer and writes
+//! it in one call.
+//!
+//! Scope: exactly what the bus sends (RFC 6455 without extensions; the
+//! server never fragments frames). A continuation frame is reported as an
+//! error rather than reassembled.
+
+use std::io;
+use std::ops::Range;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Read buffer of a lean connection: about 150 frames of the benchmark's
+/// size per read; grown only for a larger frame.
+const READ_BUFFER: usize = 64 * 1024;
+/// Compact the read buffer when less than this is left after its end.
+const MIN_READ: usize = 16 * 1024;
+/// Refuse frames above this (the bus sends nothing near it).
+const MAX_FRAME: usize = 64 * 1024 * 1024;
+
+/// The socket during the upgrade: every read stops exactly at the end of the
+/// HTTP response (found by peeking), so tungstenite buffers no byte of the
+/// first WebSocket frames and the socket can be handed over whole.
+#[derive(Debug)]
+pub(crate) struct HeaderOnly {
+    tcp: TcpStream,
+    /// How much of `\r\n\r\n` the bytes read so far end with.
+    matched: usize,
+}
+
+fn advance(matched: usize, byte: u8) -> usize {
+    const END: &[u8; 4] = b"\r\n\r\n";
+    if byte == END[matched] {
+        matched + 1
+    } else if byte == b'\r' {
+        1
+    } else {
+        0
+    }
+}
+
+impl HeaderOnly {
+    /// Wraps a connected socket.
+    pub(crate) fn new(tcp: TcpStream) -> Self {
+        HeaderOnly { tcp, matched: 0 }
+    }
+
+    /// The socket, once the upgrade is done.
+    pub(crate) fn into_inner(self) -> TcpStream {
+        self.tcp
+    }
+}
+
+impl AsyncRead for HeaderOnly {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        if this.matched == 4 {
+            // Past the response: nothing more may be read through here.
+            return Poll::Ready(Ok(()));
+        }
+        let mut peeked = [0u8; 1024];
+        let mut peek_buf = ReadBuf::new(&mut peeked);
+        let available = ready!(this.tcp.poll_peek(cx, &mut peek_buf))?;
+        let mut matched = this.matched;
+        let mut header_bytes = available;
+        for (i, &byte) in peeked[..available].iter().enumerate() {
+            matched = advance(matched, byte);
+            if matched == 4 {
+                header_bytes = i + 1;
+                break;
+            }
+        }
+        let take = header_bytes.min(buf.remaining());
+        let mut exact = ReadBuf::new(&mut peeked[..take]);
+        ready!(Pin::new(&mut this.tcp).poll_read(cx, &mut exact))?;
+        for &byte in exact.filled() {
+            this.matched = advance(this.matched, byte);
+        }
+        buf.put_slice(exact.filled());
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for HeaderOnly {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tcp).poll_write(cx, data)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().tcp).poll_shutdown(cx)
+    }
+}
+
+/// What the reader found next.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Event {
+    /// A text frame; its payload is `reader.bytes(range)`.
+    Text(Range<usize>),
+    /// A binary frame (the bus sends none).
+    Binary,
+    /// A ping, with its payload's range.
+    Ping(Range<usize>),
+    /// A pong.
+    Pong,
+    /// A close frame with its code (1005 when it carries none).
+    Close(u16),
+    /// The peer closed the TCP connection.
+    Eof,
+}
+
+/// A parsed frame header: opcode, header length, payload length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Header {
+    fin: bool,
+    opcode: u8,
+    header_len: usize,
+    payload_len: usize,
+    mask: Option<[u8; 4]>,
+}
+
+/// Parses a frame header at the start of `data`; `None` if incomplete.
+fn parse_header(data: &[u8]) -> Option<Header> {
+    let (&b0, &b1) = (data.first()?, data.get(1)?);
+    let masked = b1 & 0x80 != 0;
+    let (payload_len, mut header_len) = match b1 & 0x7f {
+        126 => (usize::from(u16::from_be_bytes([*data.get(2)?, *data.get(3)?])), 4),
+        127 => {
+            let bytes: [u8; 8] = data.get(2..10)?.try_into().ok()?;
+            (usize::try_from(u64::from_be_bytes(bytes)).unwrap_or(usize::MAX), 10)
+        }
+        n => (usize::from(n), 2),
+    };
+    let mask = if masked {
+        let key: [u8; 4] = data.get(header_len..header_len + 4)?.try_into().ok()?;
+        header_len += 4;
+        Some(key)
+    } else {
+        None
+    };
+    Some(Header { fin: b0 & 0x80 != 0, opcode: b0 & 0x0f, header_len, payload_len, mask })
+}
+
+fn protocol_error(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
+}
+
+fn apply_mask(data: &mut [u8], key: [u8; 4]) {
+    for (i, byte) in data.iter_mut().enumerate() {
+        *byte ^= key[i & 3];
+    }
+}
+
+/// The reading half: frames parsed in place in one buffer.
+#[derive(Debug)]
+pub(crate) struct LeanReader {
+    half: OwnedReadHalf,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    reads: u64,
+}
+
+impl LeanReader {
+    /// The payload bytes of a frame returned by [`LeanReader::next`]; valid
+    /// until the next call.
+    pub(crate) fn bytes(&self, range: Range<usize>) -> &[u8] {
+        &self.buf[range]
+    }
+
+    /// Successful reads so far: a new value means fresh bytes arrived (the
+    /// subscriber takes one timestamp per read, not per frame).
+    pub(crate) fn reads(&self) -> u64 {
+        self.reads
+    }
+
+    /// The next frame. Cancel-safe: a read interrupted by `select!` loses
+    /// nothing, since bytes are only consumed once a whole frame is there.
+    pub(crate) async fn next(&mut self) -> io::Result<Event> {
+        loop {
+            if let Some(header) = parse_header(&self.buf[self.start..self.end]) {
+                let total = header.header_len.saturating_add(header.payload_len);
+                if header.payload_len > MAX_FRAME {
+                    return Err(protocol_error("frame too large"));
+                }
+                if self.end - self.start >= total {
+                    let payload = self.start + header.header_len..self.start + total;
+                    self.start += total;
+                    if let Some(key) = header.mask {
+                        apply_mask(&mut self.buf[payload.clone()], key);
+                    }
+                    if !header.fin || header.opcode == 0 {
+                        return Err(protocol_error("fragmented frames are not supported"));
+                    }
+                    return match header.opcode {
+                        0x1 => Ok(Event::Text(payload)),
+                        0x2 => Ok(Event::Binary),
+                        0x8 => {
+                            let code = self.buf.get(payload.start..payload.start + 2);
+                            Ok(Event::Close(code.map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]))))
+                        }
+                        0x9 => Ok(Event::Ping(payload)),
+                        0xA => Ok(Event::Pong),
+                        _ => Err(protocol_error("unknown opcode")),
+                    };
+                }
+                if total > self.buf.len() {
+                    self.compact();
+                    self.buf.resize(total, 0);
+                }
+            }
+            if self.buf.len() - self.end < MIN_READ {
+                self.compact();
+            }
+            let n = self.half.read(&mut self.buf[self.end..]).await?;
+            if n == 0 {
+                return Ok(Event::Eof);
+            }
+            self.end += n;
+            self.reads += 1;
+        }
+    }
+
+    fn compact(&mut self) {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+    }
+}
+
+/// The writing half: masked frames appended to one buffer, written on flush.
+#[derive(Debug)]
+pub(crate) struct LeanWriter {
+    half: OwnedWriteHalf,
+    out: Vec<u8>,
+    /// xorshift state for masking keys. RFC 6455 asks for unpredictable
+    /// keys to protect proxies from cache poisoning; on loopback against
+    /// our own server there is no proxy, and a cheap generator is enough.
+    rng: u32,
+}
+
+impl LeanWriter {
+    fn key(&mut self) -> [u8; 4] {
+        let mut x = self.rng;
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        self.rng = x;
+        x.to_ne_bytes()
+    }
+
+    fn queue(&mut self, opcode: u8, payload: &[u8]) {
+        self.out.push(0x80 | opcode);
+        match payload.len() {
+            n @ 0..=125 => self.out.push(0x80 | n as u8),
+            n @ 126..=65535 => {
+                self.out.push(0x80 | 126);
+                self.out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                self.out.push(0x80 | 127);
+                self.out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        let key = self.key();
+        self.out.extend_from_slice(&key);
+        let start = self.out.len();
+        self.out.extend_from_slice(payload);
+        apply_mask(&mut self.out[start..], key);
+    }
+
+    /// Appends a text frame.
+    pub(crate) fn queue_text(&mut self, text: &str) {
+        self.queue(0x1, text.as_bytes());
+    }
+
+    /// Appends a pong answering a ping with `payload`.
+    pub(crate) fn queue_pong(&mut self, payload: &[u8]) {
+        self.queue(0xA, payload);
+    }
+
+    /// Writes everything queued.
+    pub(crate) async fn flush(&mut self) -> io::Result<()> {
+        if !self.out.is_empty() {
+            self.half.write_all(&self.out).await?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+}
+
+/// A lean connection: a reader and a writer over one socket.
+#[derive(Debug)]
+pub(crate) struct LeanWs {
+    /// Frames in.
+    pub(crate) reader: LeanReader,
+    /// Frames out.
+    pub(crate) writer: LeanWriter,
+}
+
+impl LeanWs {
+    /// Takes over a socket right after the upgrade; `seed` varies masking
+    /// keys between connections.
+    pub(crate) fn new(tcp: TcpStream, seed: u32) -> Self {
+        let (read, write) = tcp.into_split();
+        LeanWs {
+            reader: LeanReader { half: read, buf: vec![0; READ_BUFFER], start: 0, end: 0, reads: 0 },
+            writer: LeanWriter { half: write, out: Vec::with_capacity(4096), rng: seed | 1 },
+        }
+    }
+
+    /// The next frame that is not a ping or pong; pings are answered on the
+    /// way (the bus closes a client that stays silent for two heartbeats).
+    pub(crate) async fn next(&mut self) -> io::Result<Event> {
+        loop {
+            match self.reader.next().await? {
+                Event::Ping(range) => {
+                    let payload = self.reader.bytes(range).to_vec();
+                    self.writer.queue_pong(&payload);
+                    self.writer.flush().await?;
+                }
+                Event::Pong => {}
+                other => return Ok(other),
+            }
+        }
+    }
+
+    /// Sends one text frame now.
+    pub(crate) async fn send_text(&mut self, text: &str) -> io::Result<()> {
+        self.writer.queue_text(text);
+        self.writer.flush().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_of_every_length_form() {
+        assert_eq!(parse_header(&[0x81]), None);
+        assert_eq!(
+            parse_header(&[0x81, 5, b'h']),
+            Some(Header { fin: true, opcode: 1, header_len: 2, payload_len: 5, mask: None })
+        );
+        assert_eq!(parse_header(&[0x81, 126, 0x01]), None);
+        assert_eq!(parse_header(&[0x81, 126, 0x01, 0x00]).map(|h| (h.header_len, h.payload_len)), Some((4, 256)));
+        let mut long = vec![0x82, 127];
+        long.extend_from_slice(&70_000u64.to_be_bytes());
+        assert_eq!(parse_header(&long).map(|h| (h.opcode, h.header_len, h.payload_len)), Some((2, 10, 70_000)));
+        let masked = [0x89, 0x80 | 2, 1, 2, 3, 4];
+        assert_eq!(parse_header(&masked).map(|h| (h.header_len, h.mask)), Some((6, Some([1, 2, 3, 4]))));
+        assert_eq!(parse_header(&[0x01, 0]).map(|h| h.fin), Some(false));
+    }
+
+    #[test]
+    fn header_end_is_found_across_reads() {
+        let mut m = 0;
+        for &b in b"HTTP/1.1 101 OK\r\nA: b\r\n\r" {
+            m = advance(m, b);
+        }
+        assert_eq!(m, 3);
+        assert_eq!(advance(m, b'\n'), 4);
+        assert_eq!(advance(advance(0, b'\r'), b'\r'), 1);
+    }
+
+    #[tokio::test]
+    async fn frames_round_trip_over_a_socket() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move { TcpStream::connect(addr).await.unwrap() });
+        let (server, _) = listener.accept().await.unwrap();
+        let mut client = LeanWs::new(client.await.unwrap(), 7);
+        let mut server = LeanWs::new(server, 9);
+        // Client frames are masked; the reader unmasks them.
+        let big = "y".repeat(70_000);
+        client.writer.queue_text("hello");
+        client.writer.queue_text(&"x".repeat(300));
+        client.writer.queue_text(&big);
+        client.writer.queue_pong(b"p");
+        assert!(client.writer.out.len() > 70_000);
+        client.writer.flush().await.unwrap();
+        let Event::Text(r) = server.reader.next().await.unwrap() else { panic!() };
+        assert_eq!(server.reader.bytes(r), b"hello");
+        let Event::Text(r) = server.reader.next().await.unwrap() else { panic!() };
+        assert_eq!(server.reader.bytes(r).len(), 300);
+        let Event::Text(r) = server.reader.next().await.unwrap() else { panic!() };
+        assert_eq!(server.reader.bytes(r), big.as_bytes());
+        assert_eq!(server.reader.next().await.unwrap(), Event::Pong);
+        assert!(server.reader.reads() >= 1);
+        // A ping is answered by `LeanWs::next`, which returns the next data frame.
+        server.writer.queue(0x9, b"hb");
+        server.writer.queue_text("after");
+        server.writer.flush().await.unwrap();
+        let Event::Text(r) = client.next().await.unwrap() else { panic!() };
+        assert_eq!(client.reader.bytes(r), b"after");
+        let Event::Pong = server.reader.next().await.unwrap() else { panic!() };
+        drop(client);
+        assert_eq!(server.reader.next().await.unwrap(), Event::Eof);
+    }
+}

@@ -1,0 +1,684 @@
+//! `fanout`, `fanin` and `latency`: publishers send stamped messages to one
+//! channel, subscribers check every delivery and time it.
+//!
+//! A run goes: subscribers connect and join (their read loops start at once,
+//! so member events never pile up), publishers connect, then everyone starts
+//! together. Each subscriber keeps one bit per expected message, so loss,
+//! duplicates and reordering are exact; its latency histogram and counters
+//! are its own (no lock on the delivery path) and are merged at the end.
+//!
+//! Flow control: at "max rate" a publisher could run arbitrarily far ahead of
+//! the subscribers, and the bus closes any client whose 1,024-frame outbound
+//! queue overflows (slow consumer, close 1008). The [`Flow`] window keeps the
+//! publishers at most `--window` messages ahead of the slowest live
+//! subscriber, so the measured rate is the rate the whole path sustains,
+//! without loss. `--window 0` turns it off (open loop).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::Clock;
+use crate::cli::{Options, Scenario};
+use futures_util::StreamExt;
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::client::{BUSY_READ_BUFFER, Endpoint, SetupError, open, open_lean};
+use crate::frame::{Incoming, MessageWriter, Stamp, classify, stamp_fast};
+use crate::histogram::Histogram;
+use crate::lean::{Event, LeanReader, LeanWs};
+use crate::procfs::CpuMeter;
+use crate::report::{Latency, Report};
+
+/// Keeps publishers at most `window` messages ahead of the slowest live
+/// subscriber.
+#[derive(Debug)]
+pub(crate) struct Flow {
+    window: u64,
+    published: AtomicU64,
+    /// Messages each subscriber has read; `u64::MAX` once it is gone (a dead
+    /// subscriber must not stall the others).
+    received: Vec<AtomicU64>,
+    /// A blocked publisher waits until the slowest subscriber has read this
+    /// many messages (a quarter window of room); each subscriber notifies as
+    /// its count reaches it. Only ever raised, so no waiter can be skipped
+    /// (at worst one wakes later than it could have).
+    wake_at: AtomicU64,
+    notify: Notify,
+}
+
+impl Flow {
+    fn new(window: u64, subscribers: usize) -> Self {
+        Flow {
+            window,
+            published: AtomicU64::new(0),
+            received: (0..subscribers).map(|_| AtomicU64::new(0)).collect(),
+            wake_at: AtomicU64::new(0),
+            notify: Notify::new(),
+        }
+    }
+
+    fn min_received(&self) -> u64 {
+        self.received.iter().map(|r| r.load(Ordering::SeqCst)).min().unwrap_or(u64::MAX)
+    }
+
+    /// Deliveries so far, over live and finished subscribers alike.
+    fn progress(&self) -> u64 {
+        self.received.iter().map(|r| r.load(Ordering::Relaxed)).filter(|&n| n != u64::MAX).sum()
+    }
+
+    /// Takes one slot if the window has room. `cached_min` spares a scan of
+    /// every subscriber while the window is clearly open. Concurrent
+    /// publishers may overshoot by one each, far below the queue's slack.
+    fn try_admit(&self, cached_min: &mut u64) -> bool {
+        if self.window > 0 {
+            let published = self.published.load(Ordering::SeqCst);
+            if published.saturating_sub(*cached_min) >= self.window {
+                *cached_min = self.min_received();
+                if published.saturating_sub(*cached_min) >= self.window {
+                    return false;
+                }
+            }
+        }
+        self.published.fetch_add(1, Ordering::SeqCst);
+        true
+    }
+
+    /// Waits for a slot. Once blocked, waits for a quarter window of room,
+    /// so that a publisher wakes once per quarter window, not per delivery.
+    async fn admit(&self, cached_min: &mut u64) {
+        while !self.try_admit(cached_min) {
+            let notified = self.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let target = (self.published.load(Ordering::SeqCst) + (self.window / 4).max(1)).saturating_sub(self.window);
+            self.wake_at.fetch_max(target, Ordering::SeqCst);
+            // Re-check after publishing the target (SeqCst on both sides): a
+            // subscriber that got there first is seen here, any other one
+            // reaches the target later and notifies.
+            *cached_min = self.min_received();
+            if *cached_min >= target {
+                continue;
+            }
+            notified.await;
+        }
+    }
+
+    fn on_received(&self, subscriber: usize) {
+        let count = self.received[subscriber].fetch_add(1, Ordering::SeqCst) + 1;
+        if count == self.wake_at.load(Ordering::SeqCst) {
+            self.notify.notify_waiters();
+        }
+    }
+
+    fn gone(&self, subscriber: usize) {
+        self.received[subscriber].store(u64::MAX, Ordering::SeqCst);
+        self.notify.notify_waiters();
+    }
+}
+
+/// One publisher's messages as seen by one subscriber: a bit per sequence
+/// number.
+#[derive(Debug, Clone)]
+struct Track {
+    seen: Vec<u64>,
+    highest: Option<u64>,
+}
+
+/// What one subscriber saw.
+#[derive(Debug, Default)]
+struct SubResult {
+    tracks: Vec<Track>,
+    unique: u64,
+    duplicates: u64,
+    out_of_order: u64,
+    latency: Histogram,
+    errors: BTreeMap<String, u64>,
+    events: BTreeMap<String, u64>,
+    last_ns: u64,
+}
+
+impl SubResult {
+    fn new(publishers: usize, messages: u64) -> Self {
+        let words = usize::try_from(messages.div_ceil(64)).unwrap_or(usize::MAX);
+        SubResult { tracks: vec![Track { seen: vec![0; words], highest: None }; publishers], ..SubResult::default() }
+    }
+
+    fn error(&mut self, code: impl Into<String>) {
+        *self.errors.entry(code.into()).or_default() += 1;
+    }
+
+    /// Records a delivery; false if it was not a new one.
+    fn on_message(&mut self, stamp: Stamp, now_ns: u64, messages: u64) -> bool {
+        let Some(track) = self.tracks.get_mut(stamp.publisher as usize) else {
+            self.error("UNEXPECTED_MESSAGE");
+            return false;
+        };
+        if stamp.seq >= messages {
+            self.error("UNEXPECTED_MESSAGE");
+            return false;
+        }
+        let (word, bit) = ((stamp.seq / 64) as usize, 1u64 << (stamp.seq % 64));
+        if track.seen[word] & bit != 0 {
+            self.duplicates += 1;
+            return false;
+        }
+        track.seen[word] |= bit;
+        if track.highest.is_some_and(|h| stamp.seq < h) {
+            self.out_of_order += 1;
+        }
+        track.highest = Some(track.highest.map_or(stamp.seq, |h| h.max(stamp.seq)));
+        self.unique += 1;
+        self.latency.record(now_ns.saturating_sub(stamp.sent_ns));
+        self.last_ns = now_ns;
+        true
+    }
+}
+
+/// What one publisher did.
+#[derive(Debug, Default)]
+struct PubResult {
+    sent: u64,
+    last_ns: u64,
+    errors: BTreeMap<String, u64>,
+}
+
+/// Shared by every task of a run.
+#[derive(Debug)]
+struct Run {
+    endpoint: Endpoint,
+    clock: Clock,
+    flow: Flow,
+    room: String,
+    channel: String,
+    publishers: usize,
+    messages: u64,
+    payload: usize,
+    rate: Option<f64>,
+    /// Subscribers that have every expected message.
+    finished: AtomicUsize,
+    /// Tells publishers to stop sending (checked per message).
+    halt: AtomicBool,
+    /// Limits handshakes in flight.
+    setup: Semaphore,
+    setup_limit: Duration,
+}
+
+type Ready = mpsc::Sender<Result<(), SetupError>>;
+
+/// Sets up a publisher or subscriber on the lean client, one of at most
+/// `--concurrency` handshakes at a time.
+async fn setup_lean(run: &Run, index: usize, join: bool) -> Result<LeanWs, SetupError> {
+    let _permit =
+        run.setup.acquire().await.map_err(|_| SetupError { code: "SETUP".into(), detail: "closed".into() })?;
+    let channel = join.then_some((run.room.as_str(), run.channel.as_str()));
+    open_lean(&run.endpoint, index, channel, run.setup_limit).await
+}
+
+/// What a frame that is not a benchmark message means to a subscriber.
+fn other_frame(result: &mut SubResult, bytes: &[u8]) {
+    match classify(&String::from_utf8_lossy(bytes)) {
+        Incoming::Message(_) | Incoming::Response => {}
+        Incoming::Event { name } => *result.events.entry(name).or_default() += 1,
+        Incoming::Error { code } => result.error(code),
+        Incoming::ForeignMessage => result.error("FOREIGN_MESSAGE"),
+        Incoming::Unreadable => result.error("UNREADABLE_FRAME"),
+    }
+}
+
+async fn subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::Receiver<bool>) -> SubResult {
+    let mut result = SubResult::new(run.publishers, run.messages);
+    let mut ws = match setup_lean(&run, index, true).await {
+        Ok(ws) => {
+            let _ = ready.send(Ok(())).await;
+            ws
+        }
+        Err(e) => {
+            run.flow.gone(index);
+            let _ = ready.send(Err(e)).await;
+            return result;
+        }
+    };
+    let expected = run.publishers as u64 * run.messages;
+    let mut complete = false;
+    // One stop future for the whole loop, polled only when no frame is
+    // ready: creating and polling one per frame costs more than the frame.
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(stopped);
+    // Frames that arrived in one read arrived together: one clock reading
+    // per read, not per frame.
+    let (mut read_seen, mut now) = (u64::MAX, 0);
+    loop {
+        let event = tokio::select! {
+            biased;
+            event = ws.next() => event,
+            _ = &mut stopped => break,
+        };
+        match event {
+            Ok(Event::Text(range)) => {
+                if ws.reader.reads() != read_seen {
+                    read_seen = ws.reader.reads();
+                    now = run.clock.now_ns();
+                }
+                let bytes = ws.reader.bytes(range);
+                let stamp = match stamp_fast(bytes) {
+                    Some(stamp) => stamp,
+                    None => match classify(&String::from_utf8_lossy(bytes)) {
+                        Incoming::Message(stamp) => stamp,
+                        _ => {
+                            other_frame(&mut result, bytes);
+                            continue;
+                        }
+                    },
+                };
+                result.on_message(stamp, now, run.messages);
+                run.flow.on_received(index);
+                if !complete && result.unique == expected {
+                    // Keep the connection (and keep reading) until the run
+                    // stops: leaving now would send member events to the
+                    // others while they are still being measured.
+                    complete = true;
+                    run.finished.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Ok(Event::Close(code)) => {
+                result.error(format!("CLOSE_{code}"));
+                break;
+            }
+            Ok(Event::Eof) => {
+                result.error("CLOSED");
+                break;
+            }
+            Ok(Event::Binary) => result.error("UNEXPECTED_BINARY"),
+            Ok(Event::Ping(_) | Event::Pong) => {}
+            Err(e) => {
+                eprintln!("subscriber {index}: read failed: {e}");
+                result.error("READ_FAILED");
+                break;
+            }
+        }
+    }
+    if !complete {
+        run.flow.gone(index);
+    }
+    result
+}
+
+/// A subscriber that joins and then never reads: the bus should close it
+/// (1008) once its outbound queue overflows, without slowing the others.
+/// When the run stops it reads what reached it (at most 3 s) to learn
+/// whether it was closed; returns `stalled:CLOSE_<code>` or
+/// `stalled:not_closed`, reported among the events (this is the expected
+/// outcome, not an error).
+async fn stalled(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::Receiver<bool>) -> Option<String> {
+    let opened = {
+        let permit = run.setup.acquire().await.ok()?;
+        let channel = Some((run.room.as_str(), run.channel.as_str()));
+        let opened = open(&run.endpoint, index, BUSY_READ_BUFFER, channel, run.setup_limit).await;
+        drop(permit);
+        opened
+    };
+    let mut ws = match opened {
+        Ok(ws) => {
+            let _ = ready.send(Ok(())).await;
+            ws
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e)).await;
+            return None;
+        }
+    };
+    let _ = stop.wait_for(|s| *s).await;
+    let fate = async {
+        while let Some(message) = ws.next().await {
+            match message {
+                Ok(Message::Close(frame)) => {
+                    return format!("stalled:CLOSE_{}", frame.map_or(1005, |f| u16::from(f.code)));
+                }
+                Ok(_) => {}
+                Err(_) => return "stalled:READ_FAILED".to_owned(),
+            }
+        }
+        "stalled:CLOSED".to_owned()
+    };
+    Some(tokio::time::timeout(Duration::from_secs(3), fate).await.unwrap_or_else(|_| "stalled:not_closed".to_owned()))
+}
+
+/// Counts what the bus sends a publisher: nothing, unless something fails.
+async fn publisher_reader(mut reader: LeanReader, mut stop: watch::Receiver<bool>) -> BTreeMap<String, u64> {
+    let mut errors: BTreeMap<String, u64> = BTreeMap::new();
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(stopped);
+    loop {
+        let event = tokio::select! {
+            biased;
+            event = reader.next() => event,
+            _ = &mut stopped => break,
+        };
+        let (code, fatal) = match event {
+            Ok(Event::Text(range)) => match classify(&String::from_utf8_lossy(reader.bytes(range))) {
+                Incoming::Error { code } => (code, false),
+                _ => continue,
+            },
+            // A publisher writes all the time, which keeps it alive without
+            // answering pings.
+            Ok(Event::Ping(_) | Event::Pong) => continue,
+            Ok(Event::Binary) => ("UNEXPECTED_BINARY".to_owned(), false),
+            Ok(Event::Close(code)) => (format!("CLOSE_{code}"), true),
+            Ok(Event::Eof) => ("CLOSED".to_owned(), true),
+            Err(_) => ("READ_FAILED".to_owned(), true),
+        };
+        *errors.entry(format!("publisher:{code}")).or_default() += 1;
+        if fatal {
+            break;
+        }
+    }
+    errors
+}
+
+async fn publisher(
+    run: Arc<Run>,
+    publisher: u32,
+    index: usize,
+    ready: Ready,
+    mut start: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
+) -> PubResult {
+    let mut result = PubResult::default();
+    let ws = match setup_lean(&run, index, false).await {
+        Ok(ws) => {
+            let _ = ready.send(Ok(())).await;
+            ws
+        }
+        Err(e) => {
+            let _ = ready.send(Err(e)).await;
+            return result;
+        }
+    };
+    let LeanWs { reader, mut writer } = ws;
+    let reader = tokio::spawn(publisher_reader(reader, stop.clone()));
+    if start.wait_for(|s| *s).await.is_err() {
+        reader.abort();
+        return result;
+    }
+    let message = MessageWriter::new(&run.room, &run.channel, run.payload);
+    let mut text = String::with_capacity(run.payload + 128);
+    let begin = Instant::now();
+    let mut cached_min = 0;
+    let mut unflushed = 0u32;
+    let mut stop_admit = stop.clone();
+    let mut write_failed = false;
+    for seq in 0..run.messages {
+        if run.halt.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(rate) = run.rate {
+            let due = begin + Duration::from_secs_f64(seq as f64 / rate);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
+        }
+        if !run.flow.try_admit(&mut cached_min) {
+            // About to wait: what is buffered must reach the bus first.
+            if writer.flush().await.is_err() {
+                write_failed = true;
+                break;
+            }
+            unflushed = 0;
+            tokio::select! {
+                _ = run.flow.admit(&mut cached_min) => {}
+                _ = stop_admit.wait_for(|s| *s) => break,
+            }
+        }
+        let sent_ns = run.clock.now_ns();
+        message.write(&mut text, Stamp { publisher, seq, sent_ns });
+        writer.queue_text(&text);
+        result.sent += 1;
+        result.last_ns = sent_ns;
+        unflushed += 1;
+        // Paced runs send each message at once; max-rate runs batch writes.
+        if (run.rate.is_some() || unflushed >= 32) && writer.flush().await.is_err() {
+            write_failed = true;
+            break;
+        }
+        if run.rate.is_some() || unflushed >= 32 {
+            unflushed = 0;
+        }
+    }
+    if write_failed || writer.flush().await.is_err() {
+        *result.errors.entry("publisher:WRITE_FAILED".into()).or_default() += 1;
+    }
+    // Hold the connection until the run stops: closing now would be a
+    // departure in the middle of the measurement.
+    let mut stop = stop;
+    let _ = stop.wait_for(|s| *s).await;
+    if let Ok(errors) = reader.await {
+        for (code, n) in errors {
+            *result.errors.entry(code).or_default() += n;
+        }
+    }
+    drop(writer);
+    result
+}
+
+async fn collect<T: Default>(handle: JoinHandle<T>, limit: Duration, report: &mut Report, what: &str) -> T {
+    match tokio::time::timeout(limit, handle).await {
+        Ok(Ok(value)) => value,
+        Ok(Err(_)) => {
+            report.error(format!("{what}_PANICKED"), 1);
+            T::default()
+        }
+        Err(_) => {
+            report.error(format!("{what}_HUNG"), 1);
+            T::default()
+        }
+    }
+}
+
+fn params(o: &Options) -> BTreeMap<String, serde_json::Value> {
+    let mut p = BTreeMap::new();
+    p.insert("publishers".into(), o.publishers.into());
+    p.insert("subscribers".into(), o.subscribers.into());
+    p.insert("messages_per_publisher".into(), o.messages.into());
+    p.insert("payload_bytes".into(), o.payload.into());
+    p.insert("window".into(), o.window.into());
+    if let Some(rate) = o.rate {
+        p.insert("rate_per_s".into(), rate.into());
+    }
+    if o.stalled > 0 {
+        p.insert("stalled".into(), o.stalled.into());
+    }
+    p
+}
+
+/// Runs `fanout`, `fanin` or `latency` as configured.
+pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
+    let deadline = Instant::now() + o.timeout;
+    let mut report = Report {
+        scenario: o.scenario.name().to_owned(),
+        label: o.label.clone(),
+        target: o.target.clone(),
+        params: params(o),
+        ..Report::default()
+    };
+    debug_assert!(matches!(o.scenario, Scenario::Fanout | Scenario::Fanin | Scenario::Latency));
+    let run = Arc::new(Run {
+        endpoint: Endpoint::new(&o.url, o.addr, o.per_ip),
+        clock,
+        flow: Flow::new(o.window, o.subscribers),
+        room: o.room.clone(),
+        channel: o.channel.clone(),
+        publishers: o.publishers,
+        messages: o.messages,
+        payload: o.payload,
+        rate: o.rate,
+        finished: AtomicUsize::new(0),
+        halt: AtomicBool::new(false),
+        setup: Semaphore::new(o.concurrency),
+        setup_limit: o.timeout.min(Duration::from_secs(30)),
+    });
+    let clients = o.subscribers + o.stalled + o.publishers;
+    // Every client reports its set-up exactly once, so a queue of `clients`
+    // slots never fills and no sender ever waits.
+    let (ready_tx, mut ready_rx) = mpsc::channel(clients);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (start_tx, start_rx) = watch::channel(false);
+
+    let subscribers: Vec<JoinHandle<SubResult>> = (0..o.subscribers)
+        .map(|i| tokio::spawn(subscriber(Arc::clone(&run), i, ready_tx.clone(), stop_rx.clone())))
+        .collect();
+    let stalled_tasks: Vec<JoinHandle<Option<String>>> = (0..o.stalled)
+        .map(|i| tokio::spawn(stalled(Arc::clone(&run), o.subscribers + i, ready_tx.clone(), stop_rx.clone())))
+        .collect();
+    // Subscribers first: every publisher's first message must find them joined.
+    let mut failed = 0u64;
+    let mut wait_ready = async |n: usize, report: &mut Report| -> bool {
+        for _ in 0..n {
+            match tokio::time::timeout_at(deadline, ready_rx.recv()).await {
+                Ok(Some(Ok(()))) => report.connections += 1,
+                Ok(Some(Err(e))) => {
+                    if failed < 5 {
+                        eprintln!("connection failed: {} ({})", e.code, e.detail);
+                    }
+                    failed += 1;
+                    report.error(e.code, 1);
+                }
+                Ok(None) | Err(_) => return false,
+            }
+        }
+        true
+    };
+    let mut set_up = wait_ready(o.subscribers + o.stalled, &mut report).await;
+    let publishers: Vec<JoinHandle<PubResult>> = (0..o.publishers)
+        .map(|p| {
+            let index = o.subscribers + o.stalled + p;
+            let id = u32::try_from(p).unwrap_or(u32::MAX);
+            let (ready, start, stop) = (ready_tx.clone(), start_rx.clone(), stop_rx.clone());
+            tokio::spawn(publisher(Arc::clone(&run), id, index, ready, start, stop))
+        })
+        .collect();
+    drop(ready_tx);
+    set_up = set_up && wait_ready(o.publishers, &mut report).await;
+    if !set_up {
+        report.timed_out = true;
+        report.failure = Some("set-up did not finish before --timeout".to_owned());
+    } else if failed > 0 {
+        report.failure = Some(format!("{failed} of {clients} connections could not be set up"));
+    }
+
+    let server_cpu = CpuMeter::start(o.server_pid);
+    let generator_cpu = CpuMeter::start(None);
+    let start_ns = run.clock.now_ns();
+    if report.failure.is_none() {
+        let _ = start_tx.send(true);
+        let mut last_progress = (0, Instant::now());
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let now = Instant::now();
+            if run.finished.load(Ordering::SeqCst) == o.subscribers {
+                break;
+            }
+            if now >= deadline {
+                report.timed_out = true;
+                break;
+            }
+            let progress = run.flow.progress();
+            if progress != last_progress.0 {
+                last_progress = (progress, now);
+            } else if now - last_progress.1 >= o.drain {
+                eprintln!("no delivery for {:?}: giving up on the missing messages", o.drain);
+                break;
+            }
+        }
+    }
+    report.server_cpu_pct = server_cpu.percent();
+    report.generator_cpu_pct = generator_cpu.percent();
+    run.halt.store(true, Ordering::SeqCst);
+    let _ = stop_tx.send(true);
+    drop(start_tx);
+
+    let grace = Duration::from_secs(5);
+    let mut last_send_ns = start_ns;
+    for handle in publishers {
+        let result = collect(handle, grace, &mut report, "PUBLISHER").await;
+        report.published += result.sent;
+        last_send_ns = last_send_ns.max(result.last_ns);
+        report.errors_from(&result.errors);
+    }
+    let mut latency = Histogram::default();
+    let mut last_ns = start_ns;
+    for handle in subscribers {
+        let result = collect(handle, grace, &mut report, "SUBSCRIBER").await;
+        report.delivered += result.unique;
+        report.duplicates += result.duplicates;
+        report.out_of_order += result.out_of_order;
+        latency.merge(&result.latency);
+        last_ns = last_ns.max(result.last_ns);
+        report.errors_from(&result.errors);
+        for (name, n) in result.events {
+            *report.events.entry(name).or_default() += n;
+        }
+    }
+    for handle in stalled_tasks {
+        if let Some(fate) = collect(handle, grace, &mut report, "STALLED").await {
+            *report.events.entry(fate).or_default() += 1;
+        }
+    }
+    report.expected = o.subscribers as u64 * o.publishers as u64 * o.messages;
+    report.lost = report.expected.saturating_sub(report.delivered);
+    let elapsed = (last_ns - start_ns) as f64 / 1e9;
+    report.elapsed_s = elapsed;
+    if report.delivered > 0 && elapsed > 0.0 {
+        report.deliveries_per_s = Some(report.delivered as f64 / elapsed);
+    }
+    let publishing = (last_send_ns - start_ns) as f64 / 1e9;
+    if report.published > 0 && publishing > 0.0 {
+        report.published_per_s = Some(report.published as f64 / publishing);
+    }
+    report.latency = Latency::from_histogram(&latency);
+    report
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tracks_loss_duplicates_and_order() {
+        let mut r = SubResult::new(2, 100);
+        let s = |publisher, seq| Stamp { publisher, seq, sent_ns: 10 };
+        assert!(r.on_message(s(0, 0), 20, 100));
+        assert!(r.on_message(s(0, 5), 20, 100));
+        assert!(r.on_message(s(0, 3), 20, 100));
+        assert!(!r.on_message(s(0, 3), 20, 100));
+        assert!(r.on_message(s(1, 99), 20, 100));
+        assert!(!r.on_message(s(1, 100), 20, 100));
+        assert!(!r.on_message(s(2, 0), 20, 100));
+        assert_eq!((r.unique, r.duplicates, r.out_of_order), (4, 1, 1));
+        assert_eq!(r.errors["UNEXPECTED_MESSAGE"], 2);
+        assert_eq!(r.latency.count(), 4);
+        assert_eq!(r.latency.max(), 10);
+    }
+
+    #[test]
+    fn window_admits_until_the_slowest_catches_up() {
+        let flow = Flow::new(4, 2);
+        let mut min = 0;
+        for _ in 0..4 {
+            assert!(flow.try_admit(&mut min));
+        }
+        assert!(!flow.try_admit(&mut min));
+        flow.on_received(0);
+        assert!(!flow.try_admit(&mut min), "the other subscriber is still behind");
+        flow.gone(1);
+        assert!(flow.try_admit(&mut min));
+        assert_eq!(flow.progress(), 1);
+        let open = Flow::new(0, 1);
+        assert!((0..10_000).all(|_| open.try_admit(&mut 0)));
+    }
+}
