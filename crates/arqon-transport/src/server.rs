@@ -115,7 +115,9 @@ async fn handle<A: Acceptor>(
         None => upgrade(stream, peer, slot, acceptor, &config, stop, deadline).await,
         Some(tls) => {
             let tls_acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.0));
-            match tokio::time::timeout_at(deadline, tls_acceptor.accept(stream)).await {
+            // Boxed: its state is freed after the handshake instead of
+            // sizing the connection's future for its whole life.
+            match tokio::time::timeout_at(deadline, Box::pin(tls_acceptor.accept(stream))).await {
                 Ok(Ok(stream)) => upgrade(stream, peer, slot, acceptor, &config, stop, deadline).await,
                 Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => tracing::debug!(%peer, "TLS handshake deadline elapsed"),
@@ -163,7 +165,9 @@ async fn upgrade<S, A>(
             Err(refusal) => Err(refusal_response(&refusal)),
         }
     };
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(config)));
+    // Boxed for the same reason: an idle connection should not carry the
+    // upgrade's state machine (several KiB) until it closes.
+    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(config))));
     let ws = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
