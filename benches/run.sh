@@ -3,7 +3,7 @@
 # every scenario of docs/performance.md (three times by default, a fresh
 # server for every run) and writes a results table with the median and range.
 #
-#   bash benches/run.sh                 # the full suite, release build (~10 min)
+#   bash benches/run.sh                 # the full suite, release build (~7 min once built)
 #   bash benches/run.sh --smoke         # tiny scenarios once, debug build (CI; < 60 s once built)
 #   bash benches/run.sh --runs 1 --only fanout   # a subset (labels matching a pattern)
 #   bash benches/run.sh --out DIR       # where results go [target/bench-results/<UTC time>]
@@ -169,7 +169,10 @@ else
     run_case "fanout 1->1000, 20k msgs" "reported (NATS: n/a)" 240 \
         fanout --subscribers 1000 --messages 20000 --payload 256
     # 60,000 messages: enough to overflow the stalled client's socket buffers
-    # and its 1,024-frame queue, so that the bus must close it (1008).
+    # and its 1,024-frame queue, so that the bus must close it (1008); the
+    # same run without the stalled client is the baseline it is held to.
+    run_case "fanout 1->100, 60k msgs" "baseline of the stalled run" 120 \
+        fanout --subscribers 100 --messages 60000 --payload 256
     run_case "fanout 1->100 + 1 stalled, 60k msgs" "within 10% of 1->100" 120 \
         fanout --subscribers 100 --stalled 1 --messages 60000 --payload 256
     run_case "fanin 50->1, 2k each" ">= 1.5 M deliveries/s (NATS 0.95 M)" 120 \

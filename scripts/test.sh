@@ -34,6 +34,10 @@ cargo build --locked -p arqonbus
 step "cargo test"
 cargo test --workspace --locked
 
+step "benches build, load generator smoke run"
+cargo bench --locked -p arqon-benches --no-run
+bash benches/run.sh --smoke
+
 step "WebSocket compliance (Autobahn fuzzingclient)"
 bash scripts/autobahn.sh
 

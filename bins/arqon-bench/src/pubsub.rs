@@ -19,15 +19,14 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use tokio::sync::{Notify, Semaphore, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
+use tokio_tungstenite::tungstenite::Message;
 
 use crate::Clock;
 use crate::cli::{Options, Scenario};
-use futures_util::StreamExt;
-use tokio_tungstenite::tungstenite::Message;
-
 use crate::client::{BUSY_READ_BUFFER, Endpoint, SetupError, open, open_lean};
 use crate::frame::{Incoming, MessageWriter, Stamp, classify, stamp_fast};
 use crate::histogram::Histogram;
@@ -220,9 +219,9 @@ async fn setup_lean(run: &Run, index: usize, join: bool) -> Result<LeanWs, Setup
     open_lean(&run.endpoint, index, channel, run.setup_limit).await
 }
 
-/// What a frame that is not a benchmark message means to a subscriber.
-fn other_frame(result: &mut SubResult, bytes: &[u8]) {
-    match classify(&String::from_utf8_lossy(bytes)) {
+/// Counts a frame that is not a benchmark message.
+fn other_frame(result: &mut SubResult, frame: Incoming) {
+    match frame {
         Incoming::Message(_) | Incoming::Response => {}
         Incoming::Event { name } => *result.events.entry(name).or_default() += 1,
         Incoming::Error { code } => result.error(code),
@@ -270,8 +269,8 @@ async fn subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::
                     Some(stamp) => stamp,
                     None => match classify(&String::from_utf8_lossy(bytes)) {
                         Incoming::Message(stamp) => stamp,
-                        _ => {
-                            other_frame(&mut result, bytes);
+                        other => {
+                            other_frame(&mut result, other);
                             continue;
                         }
                     },
