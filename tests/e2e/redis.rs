@@ -236,7 +236,10 @@ async fn the_bus_starts_while_redis_is_down_and_catches_up() {
     config.storage.redis.connect_timeout_ms = 300;
     let server = TestServer::start_with(config.clone()).await;
     let (mut subscriber, mut publisher) = (server.client().await, server.client().await);
-    assert_eq!(storage_status(&mut publisher).await, json!({"backend": "redis", "healthy": false, "journaled": 0, "refused": 0}));
+    assert_eq!(
+        storage_status(&mut publisher).await,
+        json!({"backend": "redis", "healthy": false, "journaled": 0, "refused": 0})
+    );
 
     subscriber.join("r", "c").await;
     let mut ids = Vec::new();

@@ -167,7 +167,8 @@ async fn upgrade<S, A>(
     };
     // Boxed for the same reason: an idle connection should not carry the
     // upgrade's state machine (several KiB) until it closes.
-    let handshake = Box::pin(tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(config))));
+    let handshake =
+        Box::pin(tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(config))));
     let ws = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
