@@ -268,10 +268,30 @@ impl Router {
     /// tell its local members with `channel_deleted`. Returns how many were told.
     pub async fn channel_deleted_elsewhere(&self, key: &ChannelKey) -> usize {
         let Some(channel) = self.lookup(key) else { return 0 };
+        match self.retire(&channel, false).await {
+            Ok(Some(members)) => self.notify_deleted(key, &members),
+            _ => 0,
+        }
+    }
+
+    /// Takes `channel` out of the table under its order lock and returns its
+    /// former members, or `None` if a racing delete got there first. With
+    /// `forget_history` the storage delete comes first, so that a refusal
+    /// changes nothing and no member loses its membership without being told.
+    async fn retire(
+        &self,
+        channel: &Channel,
+        forget_history: bool,
+    ) -> Result<Option<Vec<Arc<ClientEntry>>>, RoutingError> {
+        let key = &channel.key;
         let members = {
             let _order = channel.order.lock().await;
+            // The key may name a new channel by now, which is not ours to remove.
             if channel.is_deleted() {
-                return 0;
+                return Ok(None);
+            }
+            if forget_history {
+                self.inner.storage.delete_channel(key).await?;
             }
             if let Some(mut room) = self.inner.rooms.get_mut(&key.room) {
                 room.remove(&key.channel);
@@ -280,6 +300,11 @@ impl Router {
             channel.retire()
         };
         self.inner.observer.observe(&BusEvent::ChannelDeleted { key });
+        Ok(Some(members))
+    }
+
+    /// Sends `channel_deleted` (one shared frame) to former members.
+    pub(crate) fn notify_deleted(&self, key: &ChannelKey, members: &[Arc<ClientEntry>]) -> usize {
         #[derive(serde::Serialize)]
         struct ChannelDeleted<'a> {
             event: &'static str,
@@ -418,23 +443,7 @@ impl Router {
     /// Removes a channel and takes its members.
     pub(crate) async fn delete_channel(&self, key: &ChannelKey) -> Result<Vec<Arc<ClientEntry>>, RoutingError> {
         let channel = self.lookup(key).ok_or_else(|| not_found(key))?;
-        let members = {
-            let _order = channel.order.lock().await;
-            // A racing delete got here first (and the key may name a new
-            // channel by now, which is not ours to remove).
-            if channel.is_deleted() {
-                return Err(not_found(key).into());
-            }
-            // History first: if the backend refuses, nothing has changed yet
-            // and no member loses its membership without being told.
-            self.inner.storage.delete_channel(key).await?;
-            if let Some(mut room) = self.inner.rooms.get_mut(&key.room) {
-                room.remove(&key.channel);
-            }
-            self.inner.rooms.remove_if(&key.room, |_, channels| channels.is_empty());
-            channel.retire()
-        };
-        self.inner.observer.observe(&BusEvent::ChannelDeleted { key });
+        let members = self.retire(&channel, true).await?.ok_or_else(|| not_found(key))?;
         if let Some(broker) = &self.inner.broker {
             broker.channel_deleted(key);
         }

@@ -1539,7 +1539,10 @@ async fn a_failing_append_is_storage_unavailable_and_delivers_nothing() {
     // Live-only traffic does not need storage.
     assert!(a.message(json!({"room": "r", "payload": 3})).await.is_none());
     assert_eq!(b.next().await["payload"], 3);
-    assert_eq!(a.ok("status", json!({})).await["storage"], json!({"backend": "down", "healthy": false}));
+    assert_eq!(
+        a.ok("status", json!({})).await["storage"],
+        json!({"backend": "down", "healthy": false, "journaled": 0, "refused": 0})
+    );
 }
 
 #[tokio::test]

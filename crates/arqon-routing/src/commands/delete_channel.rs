@@ -1,6 +1,6 @@
 //! `delete_channel`: removes a channel and its history; members are told.
 
-use arqon_protocol::{Name, Role, Timestamp, encode};
+use arqon_protocol::{Name, Role};
 use serde::Serialize;
 
 use super::{Args, Ctx, Kind, ROOM_CHANNEL, Spec};
@@ -21,13 +21,6 @@ struct Deleted<'a> {
     deleted: bool,
 }
 
-#[derive(Serialize)]
-struct ChannelDeleted<'a> {
-    event: &'static str,
-    room: &'a Name,
-    channel: &'a Name,
-}
-
 pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let key = args.channel_key()?;
     ctx.session.require_room(&key.room)?;
@@ -38,11 +31,6 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
         broker.interest(&key, 0);
     }
     ctx.respond(&Deleted { room: &key.room, channel: &key.channel, deleted: true });
-    let event = ChannelDeleted { event: "channel_deleted", room: &key.room, channel: &key.channel };
-    // One frame, shared by every former member.
-    let frame = encode::event(ctx.session.ids.message_id(), Timestamp::now(), &event);
-    for member in members {
-        member.outlet.push(arqon_protocol::Outbound::Frame(frame.clone()));
-    }
+    router.notify_deleted(&key, &members);
     Ok(())
 }
