@@ -246,3 +246,16 @@ async fn a_stalled_observer_is_told_what_it_dropped_and_slows_no_one() {
     let dropped = dropped.expect("a dropped event");
     assert!(dropped["count"].as_u64().unwrap() > 0, "{dropped}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_monitoring_off_there_is_no_listener_and_the_bus_serves() {
+    let mut config = test_config();
+    config.monitoring.enabled = false;
+    let server = TestServer::start_with(config).await;
+    assert!(server.monitoring.is_none());
+    let (mut a, mut b) = (server.client().await, server.client().await);
+    b.join("quiet", "c").await;
+    a.publish_ff("quiet", "c", json!("still delivered")).await;
+    assert_eq!(b.recv_message().await["payload"], "still delivered");
+    assert_eq!(a.ok("status", json!({})).await["storage"]["healthy"], true);
+}

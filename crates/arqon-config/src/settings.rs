@@ -49,7 +49,8 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MonitoringConfig {
-    /// Whether the monitoring listener runs at all. Default: `true`.
+    /// Whether the monitoring listener runs at all; when off, metrics and
+    /// telemetry are not collected either. Default: `true`.
     pub enabled: bool,
     /// IP address of the monitoring listener; keep it private, the endpoints
     /// are unauthenticated. Default: `127.0.0.1`.

@@ -93,8 +93,13 @@ impl Bus {
     pub async fn bind(config: &Config) -> Result<Bus, ServerError> {
         let telemetry = Arc::new(Telemetry::new(config.monitoring.telemetry_buffer));
         let storage = storage::open_storage(config).await?;
-        let storage: Arc<dyn arqon_storage::Storage> = Arc::new(Instrumented::new(storage, Arc::clone(&telemetry)));
-        let router = Router::builder(router_config(config), storage).observer(telemetry.clone()).build();
+        // With monitoring off nothing would read the numbers: skip collecting them.
+        let router = if config.monitoring.enabled {
+            let storage: Arc<dyn arqon_storage::Storage> = Arc::new(Instrumented::new(storage, Arc::clone(&telemetry)));
+            Router::builder(router_config(config), storage).observer(telemetry.clone()).build()
+        } else {
+            Router::new(router_config(config), storage)
+        };
         let restored = router.restore().await?;
         if restored > 0 {
             tracing::info!(channels = restored, "restored channels from storage");
