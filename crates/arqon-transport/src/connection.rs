@@ -239,7 +239,15 @@ where
                 }
                 _ = self.stop.changed() => break CloseReason::SHUTDOWN,
                 item = self.frames.recv() => match item {
-                    Some(item) => if self.write_batch(item).await.is_err() { return self.end(false); },
+                    Some(item) => {
+                        // Woken for a lone frame: let the tasks that feed this
+                        // queue run once more first, so that under load one
+                        // write (one syscall) carries several frames.
+                        if self.frames.is_empty() {
+                            tokio::task::yield_now().await;
+                        }
+                        if self.write_batch(item).await.is_err() { return self.end(false); }
+                    }
                     // Every sender is gone: the bus forgot this client.
                     None => return self.end(false),
                 },
