@@ -221,7 +221,10 @@ async fn a_stalled_observer_is_told_what_it_dropped_and_slows_no_one() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     let (mut publisher, mut reader) = (server.client().await, server.client().await);
     reader.join("x", "c").await;
-    const N: u64 = 5_000;
+    // Enough events (~130 bytes each) to fill the kernel's socket buffers
+    // (up to 4 MiB on the sending side), so that the observer's stream really
+    // stalls and its 64-event buffer overflows, however fast the machine.
+    const N: u64 = 60_000;
     let send = tokio::spawn(async move {
         for i in 0..N {
             publisher.publish_ff("x", "c", json!(i)).await;
