@@ -1,7 +1,5 @@
 //! Slow consumers, heartbeats and shutdown.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arqon_e2e::{Closed, TestClient, TestServer, test_config};
@@ -31,21 +29,19 @@ async fn a_slow_consumer_is_closed_with_1008_and_others_get_everything() {
     fast.join("load", "c").await;
     let payload = "p".repeat(2048);
     // 12 MB: more than the slow client's socket buffers plus its queue.
-    const N: usize = 6000;
-    let received = Arc::new(AtomicUsize::new(0));
-    let progress = Arc::clone(&received);
+    const N: u64 = 6000;
+    let window = arqon_e2e::Window::default();
+    let progress = window.clone();
     let reader = tokio::spawn(async move {
         for i in 0..N {
             let msg = fast.recv_message().await;
             assert_eq!(msg["payload"]["i"], i);
-            progress.store(i + 1, Ordering::Release);
+            progress.received(i + 1);
         }
         fast
     });
     for i in 0..N {
-        while i >= received.load(Ordering::Acquire) + 500 {
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
+        window.before_sending(i).await;
         publisher.publish_ff("load", "c", json!({"i": i, "pad": payload})).await;
     }
     let _fast = reader.await.unwrap();

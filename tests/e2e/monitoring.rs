@@ -225,14 +225,18 @@ async fn a_stalled_observer_is_told_what_it_dropped_and_slows_no_one() {
     // (up to 4 MiB on the sending side), so that the observer's stream really
     // stalls and its 64-event buffer overflows, however fast the machine.
     const N: u64 = 60_000;
+    let window = arqon_e2e::Window::default();
+    let progress = window.clone();
     let send = tokio::spawn(async move {
         for i in 0..N {
+            window.before_sending(i).await;
             publisher.publish_ff("x", "c", json!(i)).await;
         }
         publisher
     });
     for i in 0..N {
         assert_eq!(reader.recv_message().await["payload"], i);
+        progress.received(i + 1);
     }
     send.await.unwrap();
     // The observer resumes: somewhere in what it reads is the count it missed.

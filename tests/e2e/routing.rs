@@ -85,8 +85,11 @@ async fn ten_thousand_messages_arrive_in_order() {
     receiver.join("bulk", "seq").await;
     sender.join("bulk", "seq").await;
     const N: u64 = 10_000;
+    let window = arqon_e2e::Window::default();
+    let progress = window.clone();
     let send = tokio::spawn(async move {
         for i in 0..N {
+            window.before_sending(i).await;
             sender.publish_ff("bulk", "seq", json!(i)).await;
         }
         sender
@@ -94,6 +97,7 @@ async fn ten_thousand_messages_arrive_in_order() {
     for i in 0..N {
         let msg = receiver.recv_message().await;
         assert_eq!(msg["payload"], i, "message {i} out of order");
+        progress.received(i + 1);
     }
     let mut sender = send.await.unwrap();
     // Nothing was refused along the way.

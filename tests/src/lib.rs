@@ -51,6 +51,31 @@ pub async fn http(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
     (status, body.to_owned())
 }
 
+/// Keeps a test's publisher at most `WINDOW` messages ahead of its reader,
+/// so that a reader on a slow, busy machine is never closed as a slow
+/// consumer (its queue holds 1,024 frames) in a test about something else.
+#[derive(Debug, Clone, Default)]
+pub struct Window(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl Window {
+    /// How far the publisher may run ahead.
+    pub const WINDOW: u64 = 500;
+
+    /// The reader has received `count` messages.
+    pub fn received(&self, count: u64) {
+        self.0.store(count, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Waits until message number `sent` may be published.
+    pub async fn before_sending(&self, sent: u64) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        while sent >= self.0.load(std::sync::atomic::Ordering::Acquire) + Self::WINDOW {
+            assert!(tokio::time::Instant::now() < deadline, "the reader stopped reading");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
 /// A running in-process server.
 #[derive(Debug)]
 pub struct TestServer {
