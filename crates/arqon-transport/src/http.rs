@@ -53,13 +53,7 @@ fn json(status: StatusCode, body: String) -> Response<Body> {
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    let body = serde_json_error(code, message);
-    json(status, body)
-}
-
-fn serde_json_error(code: &str, message: &str) -> String {
-    let escape = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
-    format!(r#"{{"error":{{"code":"{}","message":"{}"}}}}"#, escape(code), escape(message))
+    json(status, crate::error_body(code, message))
 }
 
 const PATHS: [&str; 5] = ["/health", "/ready", "/status", "/metrics", "/telemetry"];
@@ -183,15 +177,4 @@ pub async fn serve_monitoring<M: Monitor>(
     }
     connections.abort_all();
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn error_bodies_are_json() {
-        let body = serde_json_error("NOT_FOUND", "no \"x\"");
-        assert_eq!(body, r#"{"error":{"code":"NOT_FOUND","message":"no \"x\""}}"#);
-    }
 }

@@ -149,6 +149,30 @@ pub trait Connection: Send + 'static {
     fn on_oversize(&mut self);
 }
 
+/// The JSON body of every HTTP refusal and error this layer sends:
+/// `{"error":{"code":…,"message":…}}`, the shape of the wire's error object.
+pub(crate) fn error_body(code: &str, message: &str) -> String {
+    fn json_string(text: &str, out: &mut String) {
+        out.push('"');
+        for c in text.chars() {
+            match c {
+                '"' => out.push_str("\\\""),
+                '\\' => out.push_str("\\\\"),
+                c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
+                c => out.push(c),
+            }
+        }
+        out.push('"');
+    }
+    let mut out = String::with_capacity(code.len() + message.len() + 32);
+    out.push_str("{\"error\":{\"code\":");
+    json_string(code, &mut out);
+    out.push_str(",\"message\":");
+    json_string(message, &mut out);
+    out.push_str("}}");
+    out
+}
+
 /// Everything that can go wrong in the transport layer.
 #[derive(Debug, thiserror::Error)]
 pub enum TransportError {
@@ -158,4 +182,15 @@ pub enum TransportError {
     /// The TLS certificate or key could not be used.
     #[error("TLS: {0}")]
     Tls(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_bodies_are_json() {
+        let body = error_body("NOT_FOUND", "no \"x\"");
+        assert_eq!(body, r#"{"error":{"code":"NOT_FOUND","message":"no \"x\""}}"#);
+    }
 }

@@ -72,30 +72,10 @@ fn ws_config(config: &TransportConfig) -> WebSocketConfig {
 
 #[allow(clippy::result_large_err)]
 fn refusal_response(refusal: &Refusal) -> ErrorResponse {
-    let body = format!(
-        "{{\"error\":{{\"code\":{},\"message\":{}}}}}",
-        json_string(refusal.code),
-        json_string(&refusal.message)
-    );
-    let mut response = http::Response::new(Some(body));
+    let mut response = http::Response::new(Some(crate::error_body(refusal.code, &refusal.message)));
     *response.status_mut() = StatusCode::from_u16(refusal.status).unwrap_or(StatusCode::BAD_REQUEST);
     response.headers_mut().insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
     response
-}
-
-fn json_string(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 2);
-    out.push('"');
-    for c in text.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            c if (c as u32) < 0x20 => out.push_str(&format!("\\u{:04x}", c as u32)),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
 }
 
 async fn handle<A: Acceptor>(
