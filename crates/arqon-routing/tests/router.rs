@@ -1298,6 +1298,10 @@ struct FakeBroker {
     interest: Mutex<Vec<(ChannelKey, usize)>>,
     /// A client connected to "another node".
     remote: Mutex<Option<ClientId>>,
+    /// Members every channel has on "other nodes".
+    remote_members: Mutex<usize>,
+    /// Registry and channel notifications, in order.
+    log: Mutex<Vec<String>>,
 }
 
 impl Broker for FakeBroker {
@@ -1310,9 +1314,27 @@ impl Broker for FakeBroker {
     fn interest(&self, key: &ChannelKey, local_members: usize) {
         self.interest.lock().unwrap().push((key.clone(), local_members));
     }
+    fn remote_members(&self, _key: &ChannelKey) -> usize {
+        *self.remote_members.lock().unwrap()
+    }
+    fn client_connected(&self, id: ClientId) {
+        self.log.lock().unwrap().push(format!("connected {id}"));
+    }
+    fn client_disconnected(&self, id: ClientId) {
+        self.log.lock().unwrap().push(format!("disconnected {id}"));
+    }
+    fn channel_created(&self, key: &ChannelKey, _created_at: Timestamp) {
+        self.log.lock().unwrap().push(format!("created {key}"));
+    }
+    fn channel_deleted(&self, key: &ChannelKey) {
+        self.log.lock().unwrap().push(format!("deleted {key}"));
+    }
 }
 
 impl FakeBroker {
+    fn take_log(&self) -> Vec<String> {
+        std::mem::take(&mut *self.log.lock().unwrap())
+    }
     fn take_forwarded(&self) -> Vec<Delivery> {
         std::mem::take(&mut *self.forwarded.lock().unwrap())
     }
@@ -1634,4 +1656,45 @@ async fn a_delete_the_storage_refuses_changes_nothing() {
     assert_eq!(info["stored"], 1);
     admin.publish("r", "c", json!("after")).await;
     assert_eq!(b.next().await["payload"], "after");
+}
+
+#[tokio::test]
+async fn broker_hears_of_clients_and_channels_and_adds_remote_members_to_counts() {
+    let broker = Arc::new(FakeBroker::default());
+    *broker.remote_members.lock().unwrap() = 5;
+    let router = Router::with_broker(config(), Arc::new(MemoryStorage::new(1000)), broker.clone());
+    let mut admin = Client::connect(&router, Role::Admin);
+    let admin_id = admin.id_str();
+    assert_eq!(broker.take_log(), vec![format!("connected {admin_id}")]);
+    let joined = admin.join("r", "c").await;
+    assert_eq!(joined["members"], 6, "1 local + 5 on other nodes");
+    assert_eq!(broker.take_log(), vec!["created r/c".to_owned()]);
+    let listed = admin.ok("list_channels", json!({})).await;
+    assert_eq!(listed["channels"][0]["members"], 6);
+    assert_eq!(admin.ok("channel_info", json!({"room": "r", "channel": "c"})).await["members"], 6);
+    admin.ok("delete_channel", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(broker.take_log(), vec!["deleted r/c".to_owned()]);
+    admin.drain();
+    drop(admin);
+    assert_eq!(broker.take_log(), vec![format!("disconnected {admin_id}")]);
+}
+
+#[tokio::test]
+async fn channels_created_and_deleted_on_other_nodes_are_applied_locally() {
+    let broker = Arc::new(FakeBroker::default());
+    let router = Router::with_broker(config(), Arc::new(MemoryStorage::new(1000)), broker.clone());
+    let key = ChannelKey::parse("far", "away").unwrap();
+    router.channel_created_elsewhere(&key, Timestamp::now());
+    // Known here now, without being announced back to the other nodes.
+    assert_eq!(router.counts().channels, 1);
+    assert!(broker.take_log().iter().all(|line| !line.starts_with("created")));
+    let mut member = Client::connect(&router, Role::Guest);
+    member.join("far", "away").await;
+    assert_eq!(router.channel_deleted_elsewhere(&key).await, 1);
+    let event = member.next().await;
+    assert_eq!(event["payload"], json!({"event": "channel_deleted", "room": "far", "channel": "away"}));
+    assert_eq!(router.counts().channels, 0);
+    assert!(broker.take_log().iter().all(|line| !line.starts_with("deleted")));
+    // Deleting what is already gone tells no one.
+    assert_eq!(router.channel_deleted_elsewhere(&key).await, 0);
 }
