@@ -13,6 +13,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("arqon-routing", &["arqon-protocol", "arqon-storage"]),
     ("arqon-transport", &["arqon-protocol"]),
     ("arqon-client", &["arqon-protocol"]),
+    ("arqon-cluster", &["arqon-protocol", "arqon-routing"]),
 ];
 
 /// The arqon crates named in the `[dependencies]` table of a manifest.

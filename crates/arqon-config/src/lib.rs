@@ -16,6 +16,7 @@
 //!   section (`[storage.redis]`).
 //! - `load`: [`Config::load`] and [`Config::from_env`], the layering and the
 //!   strict per-value type check.
+//! - `cluster`: [`ClusterConfig`], the `[cluster]` section.
 //! - `error`: [`ConfigError`].
 //!
 //! The reference of every key is docs/configuration.md; a test keeps it in
@@ -23,11 +24,13 @@
 //!
 //! [`Role`]: arqon_protocol::Role
 
+mod cluster;
 mod error;
 mod load;
 mod security;
 mod settings;
 
+pub use cluster::ClusterConfig;
 pub use error::ConfigError;
 pub use security::{AuthConfig, AuthMode, JwtAlgorithm, JwtConfig, RoleRate, RoleRates, StaticToken, TlsSettings};
 pub use settings::{

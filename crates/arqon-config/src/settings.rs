@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
+use crate::cluster::ClusterConfig;
 use crate::security::{AuthConfig, AuthMode, JwtAlgorithm, RoleRates, TlsSettings};
 
 /// Smallest accepted `limits.max_message_bytes`: room for an envelope with a
@@ -43,6 +44,8 @@ pub struct Config {
     pub monitoring: MonitoringConfig,
     /// TLS for the WebSocket listener. Default: off.
     pub tls: TlsSettings,
+    /// Several nodes acting as one bus over Redis. Default: off.
+    pub cluster: ClusterConfig,
 }
 
 /// `[monitoring]`: health, readiness, status, metrics and telemetry over HTTP.
@@ -366,7 +369,8 @@ impl Config {
             limits.history_per_channel,
             "must be at least 1",
         )?;
-        self.storage.redis.validate()
+        self.storage.redis.validate()?;
+        self.cluster.validate(self.storage.backend)
     }
 
     /// The address to listen on: `server.host` and `server.port`.
@@ -431,6 +435,6 @@ impl RedisConfig {
 }
 
 /// Fails with [`ConfigError::Invalid`] unless `ok`.
-fn rule(ok: bool, key: &'static str, value: impl ToString, rule: &'static str) -> Result<(), ConfigError> {
+pub(crate) fn rule(ok: bool, key: &'static str, value: impl ToString, rule: &'static str) -> Result<(), ConfigError> {
     if ok { Ok(()) } else { Err(ConfigError::Invalid { key, value: value.to_string(), rule }) }
 }

@@ -447,3 +447,34 @@ fn each_redis_rule_names_key_and_value() {
     .unwrap();
     assert_eq!((config.storage.redis.pool_size, config.storage.redis.journal_capacity), (64, 0));
 }
+
+#[test]
+fn each_cluster_rule_names_key_and_value() {
+    for (env, key, value) in [
+        (&[("ARQON_CLUSTER__ENABLED", "true")][..], "cluster.enabled", "true"),
+        (&[("ARQON_CLUSTER__NODE_ID", "node 1")], "cluster.node_id", "\"node 1\""),
+        (&[("ARQON_CLUSTER__NODE_ID", "n:1")], "cluster.node_id", "\"n:1\""),
+        (&[("ARQON_CLUSTER__REDIS_URL", "tcp://h:6379")], "cluster.redis_url", "\"tcp://h:6379\""),
+        (&[("ARQON_CLUSTER__REGISTRY_TTL_MS", "499")], "cluster.registry_ttl_ms", "499"),
+        (&[("ARQON_CLUSTER__FORWARD_QUEUE", "0")], "cluster.forward_queue", "0"),
+    ] {
+        let quoted = format!("`{key}`");
+        let error = assert_fails_naming(load_env(env), &[&quoted, value]);
+        assert!(matches!(&error, ConfigError::Invalid { key: named, .. } if *named == key), "{error:?}");
+    }
+    let long = "n".repeat(65);
+    assert_fails_naming(load_env(&[("ARQON_CLUSTER__NODE_ID", &long)]), &["`cluster.node_id`"]);
+    // Bounds are accepted, and a cluster over Redis storage is valid.
+    let config = load_env(&[
+        ("ARQON_STORAGE__BACKEND", "redis"),
+        ("ARQON_CLUSTER__ENABLED", "true"),
+        ("ARQON_CLUSTER__NODE_ID", &"n".repeat(64)),
+        ("ARQON_CLUSTER__REDIS_URL", "redis://10.0.0.1:6380"),
+        ("ARQON_CLUSTER__REGISTRY_TTL_MS", "500"),
+        ("ARQON_CLUSTER__FORWARD_QUEUE", "1"),
+    ])
+    .unwrap();
+    assert!(config.cluster.enabled);
+    assert_eq!((config.cluster.registry_ttl_ms, config.cluster.forward_queue), (500, 1));
+    assert_eq!(config.cluster.redis_url, "redis://10.0.0.1:6380");
+}

@@ -1,6 +1,13 @@
 //! The seam where a cross-node broker plugs in.
 
+use std::future::Future;
+use std::pin::Pin;
+
 use arqon_protocol::{ChannelKey, ClientId, Frame, Name, Timestamp};
+
+/// Resolves once this node receives a channel's traffic from the other nodes
+/// (see [`Broker::subscribe`]).
+pub type Subscribed = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
 /// Traffic crossing nodes: an already-encoded frame and where it goes.
 #[derive(Debug, Clone)]
@@ -55,6 +62,16 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// the broker can subscribe to or drop the channel's cross-node traffic
     /// and publish the count.
     fn interest(&self, key: &ChannelKey, local_members: usize);
+
+    /// A local client is about to join `key`: make sure this node receives
+    /// the channel's traffic from the other nodes, and resolve once it does,
+    /// so that membership is in effect cluster-wide before the join is
+    /// answered (PROTOCOL.md section 3). While the other nodes are out of
+    /// reach it should resolve promptly: cross-node delivery is paused anyway.
+    /// Default: at once (a broker that receives everything).
+    fn subscribe(&self, _key: &ChannelKey) -> Subscribed {
+        Box::pin(std::future::ready(()))
+    }
 
     /// Members of `key` connected to other nodes (for cluster-wide counts).
     fn remote_members(&self, _key: &ChannelKey) -> usize {

@@ -49,7 +49,7 @@ mod rate;
 mod router;
 mod session;
 
-pub use broker::{Broker, Delivery};
+pub use broker::{Broker, Delivery, Subscribed};
 pub use client::RoomAccess;
 pub use config::{RateLimit, RouterConfig};
 pub use error::RoutingError;

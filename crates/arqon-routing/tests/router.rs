@@ -1351,6 +1351,13 @@ async fn broker_gets_one_forward_per_channel_or_room_publish() {
     let mut b = Client::connect(&router, Role::User);
     b.join("r", "c").await;
     broker.take_interest();
+    // b's member_joined goes to the members on other nodes too.
+    let announced = broker.take_forwarded();
+    assert!(
+        matches!(&announced[..], [Delivery::Channel { from, frame, .. }]
+            if *from == b.id && frame.as_str().contains("member_joined")),
+        "{announced:?}"
+    );
 
     let id = a.new_id();
     let frame = json!({"id": id.to_string(), "room": "r", "channel": "c", "payload": 1});

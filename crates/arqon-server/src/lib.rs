@@ -16,6 +16,7 @@
 mod auth;
 mod bridge;
 pub mod cli;
+mod cluster;
 mod instrumented;
 mod monitor;
 mod observer;
@@ -67,6 +68,10 @@ pub enum ServerError {
     /// Authentication could not be set up (e.g. an unreadable key file).
     #[error("{0}")]
     Auth(String),
+    /// The cluster broker could not be set up (e.g. a bad Redis URL; an
+    /// unreachable Redis is not an error).
+    #[error(transparent)]
+    Cluster(#[from] arqon_cluster::ClusterError),
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(String),
@@ -85,6 +90,7 @@ pub struct Bus {
     transport: TransportConfig,
     authenticator: Arc<auth::Authenticator>,
     telemetry: Arc<Telemetry>,
+    cluster: Option<(arqon_cluster::RedisBroker, arqon_cluster::ClusterHandle)>,
 }
 
 impl Bus {
@@ -93,17 +99,30 @@ impl Bus {
     pub async fn bind(config: &Config) -> Result<Bus, ServerError> {
         let telemetry = Arc::new(Telemetry::new(config.monitoring.telemetry_buffer));
         let storage = storage::open_storage(config).await?;
+        let broker = cluster::open_broker(config).await?;
         // With monitoring off nothing would read the numbers: skip collecting them.
         let router = if config.monitoring.enabled {
             let storage: Arc<dyn arqon_storage::Storage> = Arc::new(Instrumented::new(storage, Arc::clone(&telemetry)));
-            Router::builder(router_config(config), storage).observer(telemetry.clone()).build()
+            Router::builder(router_config(config), storage).observer(telemetry.clone())
         } else {
-            Router::new(router_config(config), storage)
+            Router::builder(router_config(config), storage)
+        };
+        let router = match &broker {
+            Some(broker) => router.broker(Arc::new(broker.clone())).build(),
+            None => router.build(),
         };
         let restored = router.restore().await?;
         if restored > 0 {
             tracing::info!(channels = restored, "restored channels from storage");
         }
+        // Joins the cluster (when Redis answers) before clients can connect.
+        let cluster = match broker {
+            Some(broker) => {
+                let handle = broker.start(router.clone()).await;
+                Some((broker, handle))
+            }
+            None => None,
+        };
         let addr = config.listen_addr();
         let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
         let monitoring = if config.monitoring.enabled {
@@ -119,6 +138,7 @@ impl Bus {
             transport: transport_config(config)?,
             authenticator: Arc::new(auth::Authenticator::from_config(&config.auth)?),
             telemetry,
+            cluster,
         })
     }
 
@@ -132,6 +152,11 @@ impl Bus {
         self.monitoring.as_ref().and_then(|l| l.local_addr().ok())
     }
 
+    /// This node's id in the cluster, if `cluster.enabled`.
+    pub fn node_id(&self) -> Option<&str> {
+        self.cluster.as_ref().map(|(broker, _)| broker.node_id())
+    }
+
     /// The router, for embedding or inspection.
     pub fn router(&self) -> &Router {
         &self.router
@@ -140,7 +165,8 @@ impl Bus {
     /// Serves until `shutdown` resolves, then closes every connection
     /// (the `shutdown` event, close 1001) within the configured grace.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Bus { router, listener, monitoring, transport, authenticator, telemetry } = self;
+        let Bus { router, listener, monitoring, transport, authenticator, telemetry, cluster } = self;
+        let (broker, cluster_handle) = cluster.unzip();
         let accepting = Arc::new(AtomicBool::new(false));
         let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
         let monitor_task = monitoring.map(|listener| {
@@ -149,13 +175,15 @@ impl Bus {
                 router: router.clone(),
                 telemetry: Arc::clone(&telemetry),
                 accepting: Arc::clone(&accepting),
+                broker: broker.clone(),
             });
             let mut stopped = stopped_rx.clone();
             tokio::spawn(arqon_transport::serve_monitoring(listener, monitor, async move {
                 let _ = stopped.wait_for(|s| *s).await;
             }))
         });
-        let health_task = tokio::spawn(watch_storage_health(router.clone(), Arc::clone(&telemetry), stopped_rx));
+        let health_task =
+            tokio::spawn(watch_health(router.clone(), broker.clone(), Arc::clone(&telemetry), stopped_rx));
         let acceptor = Arc::new(BusAcceptor::new(router.clone(), authenticator));
         tracing::info!(addr = ?listener.local_addr().ok(), "serving WebSocket clients");
         accepting.store(true, Ordering::Release);
@@ -171,25 +199,40 @@ impl Bus {
             let _ = task.await;
         }
         let _ = health_task.await;
+        // Last: the other nodes forget this one's clients at once.
+        if let Some(handle) = cluster_handle {
+            handle.shutdown().await;
+        }
         tracing::info!("stopped");
         Ok(result?)
     }
 }
 
-/// Polls storage health, so that a degradation or a recovery shows up in the
-/// metrics, the telemetry stream and the log once, when it happens.
-async fn watch_storage_health(
+/// Polls storage (and cluster) health, so that a degradation or a recovery
+/// shows up in the metrics, the telemetry stream and the log once, when it
+/// happens.
+async fn watch_health(
     router: Router,
+    broker: Option<arqon_cluster::RedisBroker>,
     telemetry: Arc<Telemetry>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut healthy = router.storage_health().healthy;
     telemetry.metrics.set_storage_healthy(healthy);
+    let mut cluster_healthy = broker.as_ref().map(|b| b.health().healthy);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
             _ = stopped.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
+        }
+        if let Some(broker) = &broker {
+            let health = broker.health();
+            cluster::report(&telemetry, &health);
+            if cluster_healthy != Some(health.healthy) {
+                cluster_healthy = Some(health.healthy);
+                cluster::transition(&telemetry, &health);
+            }
         }
         let health = router.storage_health();
         if health.healthy != healthy {

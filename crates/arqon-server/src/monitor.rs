@@ -16,6 +16,8 @@ pub(crate) struct BusMonitor {
     pub(crate) telemetry: Arc<Telemetry>,
     /// True from the moment the bus accepts clients until shutdown begins.
     pub(crate) accepting: Arc<AtomicBool>,
+    /// The cluster broker, if this node is part of one.
+    pub(crate) broker: Option<arqon_cluster::RedisBroker>,
 }
 
 impl BusMonitor {
@@ -28,6 +30,10 @@ impl BusMonitor {
             "refused": health.refused,
         })
     }
+
+    fn cluster(&self) -> Option<serde_json::Value> {
+        self.broker.as_ref().map(|b| crate::cluster::status(&b.health()))
+    }
 }
 
 impl Monitor for BusMonitor {
@@ -38,8 +44,11 @@ impl Monitor for BusMonitor {
     fn readiness(&self) -> String {
         let ready = self.ready();
         // A degraded storage is reported, not hidden; the bus still serves.
-        json!({"status": if ready { "ready" } else { "unavailable" }, "accepting": ready, "storage": self.storage()})
-            .to_string()
+        let mut body = json!({"status": if ready { "ready" } else { "unavailable" }, "accepting": ready, "storage": self.storage()});
+        if let Some(cluster) = self.cluster() {
+            body["cluster"] = cluster;
+        }
+        body.to_string()
     }
 
     fn status(&self) -> String {
@@ -50,7 +59,7 @@ impl Monitor for BusMonitor {
             .into_iter()
             .map(|c| json!({"room": c.key.room, "channel": c.key.channel, "members": c.members}))
             .collect();
-        json!({
+        let mut body = json!({
             "version": env!("CARGO_PKG_VERSION"),
             "uptime_s": self.router.uptime_s(),
             "connections": counts.connections,
@@ -61,14 +70,20 @@ impl Monitor for BusMonitor {
                 "out": self.telemetry.messages_out.load(Ordering::Relaxed),
             },
             "storage": self.storage(),
-        })
-        .to_string()
+        });
+        if let Some(cluster) = self.cluster() {
+            body["cluster"] = cluster;
+        }
+        body.to_string()
     }
 
     fn metrics(&self) -> String {
         // Sampled at scrape time: summing queues is too costly per message.
         self.telemetry.metrics.set_queue_depth(self.router.queued_frames());
         self.telemetry.metrics.set_storage_healthy(self.router.storage_health().healthy);
+        if let Some(broker) = &self.broker {
+            crate::cluster::report(&self.telemetry, &broker.health());
+        }
         self.telemetry.metrics.render()
     }
 

@@ -17,7 +17,7 @@
 mod metrics;
 mod stream;
 
-pub use metrics::{BusMetrics, FRAME_KINDS, STORAGE_OPS};
+pub use metrics::{BusMetrics, ClusterReport, FRAME_KINDS, STORAGE_OPS};
 pub use stream::{DEFAULT_CAPACITY, EVENT_TYPES, TelemetryHub, parse_filter};
 
 use std::fmt;

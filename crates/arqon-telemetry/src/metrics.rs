@@ -38,6 +38,32 @@ pub struct BusMetrics {
     storage_healthy: Gauge,
     storage_ok: [Counter; STORAGE_OPS.len()],
     storage_failed: [Counter; STORAGE_OPS.len()],
+    /// Registered on the first report, so a single node shows no cluster series.
+    cluster: std::sync::OnceLock<ClusterMetrics>,
+}
+
+/// The cluster series (docs/cluster.md).
+struct ClusterMetrics {
+    healthy: Gauge,
+    peers: Gauge,
+    forwarded: Counter,
+    received: Counter,
+    dropped: Counter,
+}
+
+/// A cluster node's state as reported to [`BusMetrics::set_cluster`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterReport {
+    /// Whether Redis answers.
+    pub healthy: bool,
+    /// Other nodes alive.
+    pub peers: usize,
+    /// Deliveries sent to other nodes so far.
+    pub forwarded: u64,
+    /// Deliveries received from other nodes so far.
+    pub received: u64,
+    /// Deliveries dropped on the way to or from other nodes so far.
+    pub dropped: u64,
 }
 
 impl fmt::Debug for BusMetrics {
@@ -97,6 +123,7 @@ impl BusMetrics {
                 storage_healthy: metrics::gauge!("arqon_storage_healthy"),
                 storage_ok: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_operations_total", "op" => op)),
                 storage_failed: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_failures_total", "op" => op)),
+                cluster: std::sync::OnceLock::new(),
                 recorder: PrometheusBuilder::new().build_recorder(),
                 handle: handle.clone(),
             }
@@ -174,6 +201,35 @@ impl BusMetrics {
     /// Sets whether storage is healthy.
     pub fn set_storage_healthy(&self, healthy: bool) {
         self.storage_healthy.set(if healthy { 1.0 } else { 0.0 });
+    }
+
+    /// Sets the cluster series from the broker's running totals (sampled at
+    /// scrape time and by the health watcher).
+    pub fn set_cluster(&self, report: ClusterReport) {
+        let cluster = self.cluster.get_or_init(|| {
+            metrics::with_local_recorder(&self.recorder, || {
+                metrics::describe_gauge!("arqon_cluster_healthy", "1 while this node reaches the cluster's Redis.");
+                metrics::describe_gauge!("arqon_cluster_peers", "Other cluster nodes alive.");
+                metrics::describe_counter!("arqon_cluster_forwarded_total", "Deliveries sent to other nodes.");
+                metrics::describe_counter!("arqon_cluster_received_total", "Deliveries received from other nodes.");
+                metrics::describe_counter!(
+                    "arqon_cluster_dropped_total",
+                    "Cross-node deliveries dropped (Redis down, queue full, receiver lagging)."
+                );
+                ClusterMetrics {
+                    healthy: metrics::gauge!("arqon_cluster_healthy"),
+                    peers: metrics::gauge!("arqon_cluster_peers"),
+                    forwarded: metrics::counter!("arqon_cluster_forwarded_total"),
+                    received: metrics::counter!("arqon_cluster_received_total"),
+                    dropped: metrics::counter!("arqon_cluster_dropped_total"),
+                }
+            })
+        });
+        cluster.healthy.set(if report.healthy { 1.0 } else { 0.0 });
+        cluster.peers.set(report.peers as f64);
+        cluster.forwarded.absolute(report.forwarded);
+        cluster.received.absolute(report.received);
+        cluster.dropped.absolute(report.dropped);
     }
 
     /// Counts one storage operation (`op`, one of [`STORAGE_OPS`]) and

@@ -8,7 +8,7 @@ use serde_json::{Map, Value};
 use tokio::sync::broadcast;
 
 /// Every event type the stream carries (see docs/telemetry.md).
-pub const EVENT_TYPES: [&str; 12] = [
+pub const EVENT_TYPES: [&str; 14] = [
     "connection_opened",
     "connection_closed",
     "message_routed",
@@ -20,6 +20,8 @@ pub const EVENT_TYPES: [&str; 12] = [
     "channel_deleted",
     "storage_degraded",
     "storage_recovered",
+    "cluster_degraded",
+    "cluster_recovered",
     "dropped",
 ];
 

@@ -4,8 +4,8 @@ use arqon_protocol::{ChannelKey, ClientId, Name, Outbound, Role, Timestamp, enco
 use serde::Serialize;
 
 use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec};
-use crate::RoutingError;
 use crate::router::not_found;
+use crate::{Delivery, RoutingError};
 
 pub(crate) static SPEC: Spec = Spec {
     name: "join_channel",
@@ -45,6 +45,11 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     // Auto-create on join is for those who may create channels at all.
     let may_create = router.inner.config.auto_create && ctx.session.role() >= Role::User;
     let (channel, _) = router.ensure_channel(&key, may_create).await?;
+    // Before the order lock: waiting for other nodes must not hold up this
+    // channel's local traffic.
+    if let Some(broker) = router.broker() {
+        broker.subscribe(&key).await;
+    }
     let (added, members) = {
         // Holding the channel's order lock: no message is appended or
         // delivered between the replay read and the membership change, so
@@ -87,14 +92,20 @@ pub(crate) fn announce(ctx: &mut Ctx<'_>, key: &ChannelKey, event: &'static str,
     announce_from(session, key, event, members);
 }
 
+/// Members on other nodes hear it too, through the broker.
 pub(crate) fn announce_from(session: &mut crate::Session, key: &ChannelKey, event: &'static str, members: usize) {
-    if members > session.router.inner.config.member_events_max {
+    let router = &session.router;
+    if router.cluster_members(key, members) > router.inner.config.member_events_max {
         return;
     }
-    let Some(channel) = session.router.lookup(key) else {
+    let Some(channel) = router.lookup(key) else {
         return;
     };
-    let payload = MemberEvent { event, room: &key.room, channel: &key.channel, client_id: session.client.id };
+    let from = session.client.id;
+    let payload = MemberEvent { event, room: &key.room, channel: &key.channel, client_id: from };
     let frame = encode::event(session.ids.message_id(), Timestamp::now(), &payload);
-    channel.deliver(&frame, Some(session.client.id));
+    channel.deliver(&frame, Some(from));
+    if let Some(broker) = router.broker() {
+        broker.forward(Delivery::Channel { key: key.clone(), frame, from });
+    }
 }

@@ -1,0 +1,280 @@
+//! The synchronous side of the broker: what the router calls inline. Every
+//! call is a cache read or a push into a bounded queue; the tasks in `node`
+//! do the talking to Redis.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use arqon_protocol::{ChannelKey, ClientId, Name, Timestamp};
+use arqon_routing::{Broker, Delivery, Router, Subscribed};
+use parking_lot::{Mutex, RwLock};
+use tokio::sync::{Notify, mpsc, oneshot};
+
+use crate::node::{self, Clients, ClusterHandle};
+use crate::view::RemoteView;
+use crate::wire::{Control, Names};
+use crate::{ClusterError, ClusterHealth, ClusterOptions};
+
+/// Channel created/deleted announcements waiting to go out, at most.
+const CHANNEL_EVENTS_MAX: usize = 4096;
+
+/// Several ArqonBus nodes sharing one Redis act as one bus through it.
+///
+/// Build it with [`RedisBroker::connect`], give it to the router
+/// ([`RouterBuilder::broker`](arqon_routing::RouterBuilder::broker)), then
+/// [`RedisBroker::start`] it with that router.
+#[derive(Debug, Clone)]
+pub struct RedisBroker {
+    pub(crate) shared: Arc<Shared>,
+    clients: Clients,
+    outgoing: Arc<Mutex<Option<mpsc::Receiver<Delivery>>>>,
+}
+
+/// State shared by the broker handle and its tasks.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) node: Arc<str>,
+    pub(crate) names: Names,
+    pub(crate) options: ClusterOptions,
+    forward: mpsc::Sender<Delivery>,
+    pub(crate) view: RwLock<RemoteView>,
+    pub(crate) local: Mutex<Local>,
+    pub(crate) subs: Mutex<Subscriptions>,
+    /// Wakes the announcing task when `local` has something pending.
+    pub(crate) wake: Notify,
+    pub(crate) healthy: AtomicBool,
+    pub(crate) forwarded: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) dropped: AtomicU64,
+    /// Set once a drop has been logged; cleared when healthy traffic resumes.
+    overflow_logged: AtomicBool,
+}
+
+/// This node's own clients and memberships (for rewriting its registry
+/// after an outage) and the changes not yet announced.
+#[derive(Debug, Default)]
+pub(crate) struct Local {
+    pub(crate) clients: HashSet<ClientId>,
+    pub(crate) members: HashMap<ChannelKey, usize>,
+    /// Client → connected (true) or gone (false), latest wins.
+    pub(crate) client_changes: HashMap<ClientId, bool>,
+    /// Channels whose local count or subscription need a look.
+    pub(crate) dirty: HashSet<ChannelKey>,
+    pub(crate) channel_events: VecDeque<Control>,
+    /// Channels a join is waiting on, and since when (kept subscribed a
+    /// while even if the join fails, then dropped by the heartbeat).
+    pub(crate) requested: HashMap<ChannelKey, Instant>,
+}
+
+impl Local {
+    /// Whether this node wants `key`'s cross-node traffic.
+    pub(crate) fn wants(&self, key: &ChannelKey) -> bool {
+        self.members.get(key).is_some_and(|n| *n > 0) || self.requested.contains_key(key)
+    }
+}
+
+/// Which channel and room topics this node is subscribed to.
+#[derive(Debug, Default)]
+pub(crate) struct Subscriptions {
+    pub(crate) channels: HashSet<ChannelKey>,
+    /// Subscribed channels per room: the room topic is subscribed while > 0.
+    pub(crate) rooms: HashMap<Name, usize>,
+    /// Joins waiting for a channel's subscription.
+    pub(crate) waiters: HashMap<ChannelKey, Vec<oneshot::Sender<()>>>,
+}
+
+impl RedisBroker {
+    /// Connects to Redis (waiting up to `connect_timeout`; an unreachable
+    /// Redis is not an error: the node starts cut off and joins when Redis
+    /// answers).
+    ///
+    /// # Errors
+    ///
+    /// [`ClusterError::Config`] for settings that can never work.
+    pub async fn connect(options: ClusterOptions) -> Result<RedisBroker, ClusterError> {
+        let node: Arc<str> = if options.node_id.is_empty() {
+            Arc::from(format!("node-{}", ulid::Ulid::new().to_string().to_lowercase()))
+        } else {
+            Arc::from(options.node_id.as_str())
+        };
+        if node.contains(|c: char| c.is_whitespace() || c == ':') || options.forward_queue == 0 {
+            return Err(ClusterError::Config(format!("invalid node id {node:?} or empty forward queue")));
+        }
+        let clients = Clients::connect(&options).await?;
+        let (forward, outgoing) = mpsc::channel(options.forward_queue);
+        let shared = Arc::new(Shared {
+            names: Names::new(&options.key_prefix),
+            node,
+            options,
+            forward,
+            view: RwLock::new(RemoteView::default()),
+            local: Mutex::new(Local::default()),
+            subs: Mutex::new(Subscriptions::default()),
+            wake: Notify::new(),
+            healthy: AtomicBool::new(false),
+            forwarded: AtomicU64::new(0),
+            received: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            overflow_logged: AtomicBool::new(false),
+        });
+        Ok(RedisBroker { shared, clients, outgoing: Arc::new(Mutex::new(Some(outgoing))) })
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> &str {
+        &self.shared.node
+    }
+
+    /// Starts the tasks that carry traffic and keep the registry, delivering
+    /// what arrives to `router` (the router this broker was given to). Joins
+    /// the cluster before returning if Redis answers. Call it once; a second
+    /// call returns a handle with nothing to run.
+    pub async fn start(&self, router: Router) -> ClusterHandle {
+        let outgoing = self.outgoing.lock().take();
+        node::start(Arc::clone(&self.shared), self.clients.clone(), router, outgoing).await
+    }
+
+    /// Health and counters, for status, metrics and telemetry.
+    pub fn health(&self) -> ClusterHealth {
+        let shared = &self.shared;
+        ClusterHealth {
+            node_id: shared.node.to_string(),
+            healthy: shared.healthy.load(Ordering::Acquire),
+            peers: shared.view.read().node_ids(),
+            forwarded: shared.forwarded.load(Ordering::Relaxed),
+            received: shared.received.load(Ordering::Relaxed),
+            dropped: shared.dropped.load(Ordering::Relaxed),
+        }
+    }
+}
+
+impl Shared {
+    pub(crate) fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Acquire)
+    }
+
+    /// Counts deliveries that will not reach other nodes; logs the first of a run.
+    pub(crate) fn drop_deliveries(&self, count: u64, why: &'static str) {
+        self.dropped.fetch_add(count, Ordering::Relaxed);
+        if !self.overflow_logged.swap(true, Ordering::Relaxed) {
+            tracing::warn!(why, "cluster: deliveries to other nodes are being dropped");
+        }
+    }
+
+    pub(crate) fn delivered_ok(&self, count: u64) {
+        self.forwarded.fetch_add(count, Ordering::Relaxed);
+        self.overflow_logged.store(false, Ordering::Relaxed);
+    }
+
+    fn changed(&self, f: impl FnOnce(&mut Local)) {
+        f(&mut self.local.lock());
+        self.wake.notify_one();
+    }
+}
+
+impl Broker for RedisBroker {
+    fn forward(&self, delivery: Delivery) {
+        let shared = &self.shared;
+        if !shared.is_healthy() {
+            shared.drop_deliveries(1, "redis unreachable");
+            return;
+        }
+        if let Delivery::Direct { to, .. } = &delivery
+            && shared.view.read().node_of(*to).is_none()
+        {
+            shared.drop_deliveries(1, "recipient left");
+            return;
+        }
+        if shared.forward.try_send(delivery).is_err() {
+            shared.drop_deliveries(1, "forward queue full");
+        }
+    }
+
+    fn knows_client(&self, id: ClientId) -> bool {
+        self.shared.view.read().node_of(id).is_some()
+    }
+
+    fn interest(&self, key: &ChannelKey, local_members: usize) {
+        self.shared.changed(|local| {
+            if local_members == 0 {
+                local.members.remove(key);
+            } else {
+                local.members.insert(key.clone(), local_members);
+                // The join happened: its request has served.
+                local.requested.remove(key);
+            }
+            local.dirty.insert(key.clone());
+        });
+    }
+
+    fn subscribe(&self, key: &ChannelKey) -> Subscribed {
+        let shared = &self.shared;
+        if !shared.is_healthy() {
+            return Box::pin(std::future::ready(()));
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut subs = shared.subs.lock();
+            if subs.channels.contains(key) {
+                return Box::pin(std::future::ready(()));
+            }
+            subs.waiters.entry(key.clone()).or_default().push(tx);
+        }
+        shared.changed(|local| {
+            local.requested.insert(key.clone(), Instant::now());
+            local.dirty.insert(key.clone());
+        });
+        // Never hold a join up longer than one Redis command may take.
+        let timeout = shared.options.command_timeout;
+        Box::pin(async move {
+            let _ = tokio::time::timeout(timeout, rx).await;
+        })
+    }
+
+    fn remote_members(&self, key: &ChannelKey) -> usize {
+        self.shared.view.read().remote_members(key)
+    }
+
+    fn client_connected(&self, id: ClientId) {
+        self.shared.changed(|local| {
+            local.clients.insert(id);
+            local.client_changes.insert(id, true);
+        });
+    }
+
+    fn client_disconnected(&self, id: ClientId) {
+        self.shared.changed(|local| {
+            local.clients.remove(&id);
+            local.client_changes.insert(id, false);
+        });
+    }
+
+    fn channel_created(&self, key: &ChannelKey, created_at: Timestamp) {
+        let event = Control::channel_created(&self.shared.node, key, created_at);
+        self.push_channel_event(event);
+    }
+
+    fn channel_deleted(&self, key: &ChannelKey) {
+        let event = Control::ChannelDeleted {
+            node: self.shared.node.to_string(),
+            room: key.room.to_string(),
+            channel: key.channel.to_string(),
+        };
+        self.push_channel_event(event);
+    }
+}
+
+impl RedisBroker {
+    fn push_channel_event(&self, event: Control) {
+        self.shared.changed(|local| {
+            if local.channel_events.len() >= CHANNEL_EVENTS_MAX {
+                // Other nodes still learn channels from storage on their next sync.
+                tracing::warn!("cluster: too many channel announcements pending; dropping one");
+                local.channel_events.pop_front();
+            }
+            local.channel_events.push_back(event);
+        });
+    }
+}

@@ -1,0 +1,687 @@
+//! The background tasks of one node: publishing forwarded traffic,
+//! announcing local changes (and subscribing to what local members need),
+//! receiving from other nodes, and the heartbeat that keeps the registry
+//! alive, notices dead nodes and rejoins after a Redis outage.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use arqon_protocol::{ChannelKey, ClientId, Timestamp};
+use arqon_routing::{Delivery, Router};
+use bytes::Bytes;
+use fred::clients::{Client, SubscriberClient};
+use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
+use fred::prelude::{Config, ConnectionConfig, PerformanceConfig, ReconnectPolicy, Value};
+use fred::types::{ClusterHash, CustomCommand, Message};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::broker::Shared;
+use crate::wire::{self, Control, Target, Topic};
+use crate::{ClusterError, ClusterOptions};
+
+/// Most forwarded deliveries sent in one pipeline.
+const BATCH: usize = 256;
+/// Pub/sub messages the receiving side may fall behind by before it loses some.
+const RECEIVE_BUFFER: usize = 1 << 16;
+/// How often a node cut off from Redis tries again.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// The two Redis connections of a node: one for commands and publishing (a
+/// single connection, so one node's messages keep their order), one for
+/// subscriptions.
+#[derive(Debug, Clone)]
+pub(crate) struct Clients {
+    commands: Client,
+    subscriber: SubscriberClient,
+}
+
+impl Clients {
+    pub(crate) async fn connect(options: &ClusterOptions) -> Result<Clients, ClusterError> {
+        let mut config = Config::from_url(&options.url)
+            .map_err(|e| ClusterError::Config(format!("invalid redis url: {}", e.details())))?;
+        config.fail_fast = false;
+        let connection = ConnectionConfig {
+            connection_timeout: options.connect_timeout,
+            internal_command_timeout: options.command_timeout,
+            max_command_attempts: 1,
+            ..Default::default()
+        };
+        let performance = |capacity| PerformanceConfig {
+            default_command_timeout: options.command_timeout,
+            broadcast_channel_capacity: capacity,
+            ..Default::default()
+        };
+        let mut policy = ReconnectPolicy::new_exponential(0, 1, 1000, 2);
+        policy.set_jitter(20);
+        let commands =
+            Client::new(config.clone(), Some(performance(32)), Some(connection.clone()), Some(policy.clone()));
+        let subscriber =
+            SubscriberClient::new(config, Some(performance(RECEIVE_BUFFER)), Some(connection), Some(policy));
+        drop(commands.connect());
+        drop(subscriber.connect());
+        drop(subscriber.manage_subscriptions());
+        let wait = async { tokio::try_join!(commands.wait_for_connect(), subscriber.wait_for_connect()) };
+        if !matches!(tokio::time::timeout(options.connect_timeout, wait).await, Ok(Ok(_))) {
+            tracing::warn!(
+                "cluster: redis is unreachable at start-up; this node serves its own clients until it answers"
+            );
+        }
+        Ok(Clients { commands, subscriber })
+    }
+}
+
+/// Stops a node's cluster tasks.
+#[derive(Debug)]
+pub struct ClusterHandle {
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    node: Option<Node>,
+}
+
+impl ClusterHandle {
+    /// Leaves the cluster: stops the tasks, tells the other nodes this node
+    /// is gone (so they forget its clients at once rather than after the
+    /// registry TTL) and removes its registry.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        if let Some(node) = self.node {
+            node.leave().await;
+        }
+    }
+}
+
+/// What every task needs.
+#[derive(Debug, Clone)]
+struct Node {
+    shared: Arc<Shared>,
+    clients: Clients,
+    router: Router,
+}
+
+pub(crate) async fn start(
+    shared: Arc<Shared>,
+    clients: Clients,
+    router: Router,
+    outgoing: Option<mpsc::Receiver<Delivery>>,
+) -> ClusterHandle {
+    let (stop, stopped) = watch::channel(false);
+    let Some(outgoing) = outgoing else {
+        return ClusterHandle { stop, tasks: Vec::new(), node: None };
+    };
+    let node = Node { shared, clients, router };
+    // Listen before joining, so nothing announced meanwhile is missed.
+    let mut messages = node.clients.subscriber.message_rx();
+    let base = [node.shared.names.control(), node.shared.names.node_topic(&node.shared.node)];
+    if node.clients.subscriber.subscribe(base.to_vec()).await.is_ok() && node.resync().await.is_ok() {
+        node.shared.healthy.store(true, Ordering::Release);
+        tracing::info!(node = %node.shared.node, peers = node.shared.view.read().node_count(), "joined the cluster");
+    }
+    let tasks = vec![
+        tokio::spawn(node.clone().publish(outgoing, stopped.clone())),
+        tokio::spawn(node.clone().announce(stopped.clone())),
+        tokio::spawn({
+            let node = node.clone();
+            let stopped = stopped.clone();
+            async move {
+                let mut stopped = stopped;
+                loop {
+                    let received = tokio::select! {
+                        _ = stopped.wait_for(|s| *s) => return,
+                        received = messages.recv() => received,
+                    };
+                    match received {
+                        Ok(message) => node.receive(message).await,
+                        Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
+                            node.shared.drop_deliveries(lost, "receiving too slowly");
+                        }
+                        Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            }
+        }),
+        tokio::spawn(node.clone().heartbeat(stopped)),
+    ];
+    ClusterHandle { stop, tasks, node: Some(node) }
+}
+
+fn command(name: &'static str) -> CustomCommand {
+    CustomCommand::new_static(name, ClusterHash::FirstKey, false)
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+fn ms(duration: Duration) -> i64 {
+    i64::try_from(duration.as_millis()).unwrap_or(i64::MAX)
+}
+
+impl Node {
+    fn control(&self, message: &Control) -> (String, Value) {
+        (self.shared.names.control(), Value::from(message.to_json()))
+    }
+
+    /// Sends queued deliveries to the other nodes, a pipeline per batch.
+    async fn publish(self, mut outgoing: mpsc::Receiver<Delivery>, mut stopped: watch::Receiver<bool>) {
+        let mut batch = Vec::with_capacity(BATCH);
+        loop {
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => return,
+                received = outgoing.recv_many(&mut batch, BATCH) => if received == 0 { return },
+            }
+            let count = batch.len() as u64;
+            if !self.shared.is_healthy() {
+                batch.clear();
+                self.shared.drop_deliveries(count, "redis unreachable");
+                continue;
+            }
+            let pipeline = self.clients.commands.pipeline();
+            let mut queued = 0;
+            for delivery in batch.drain(..) {
+                let Some((topic, payload)) = self.encode(delivery) else { continue };
+                if pipeline.publish::<(), _, _>(topic, payload).await.is_ok() {
+                    queued += 1;
+                }
+            }
+            match pipeline.all::<Value>().await {
+                Ok(_) => {
+                    self.shared.delivered_ok(queued);
+                    self.shared.drop_deliveries_if(count - queued, "recipient left");
+                }
+                Err(error) => {
+                    self.cut_off(&error);
+                    self.shared.drop_deliveries(count, "redis unreachable");
+                }
+            }
+        }
+    }
+
+    fn encode(&self, delivery: Delivery) -> Option<(String, Bytes)> {
+        let names = &self.shared.names;
+        let node = &self.shared.node;
+        Some(match delivery {
+            Delivery::Channel { key, frame, from } => {
+                let topic = names.channel_topic(&key);
+                (topic, wire::encode_traffic(node, &Target::Channel(key, from), &frame))
+            }
+            Delivery::Room { room, frame, from } => {
+                let topic = names.room_topic(&room);
+                (topic, wire::encode_traffic(node, &Target::Room(room, from), &frame))
+            }
+            Delivery::Direct { to, frame } => {
+                let owner = self.shared.view.read().node_of(to)?;
+                (names.node_topic(&owner), wire::encode_traffic(node, &Target::Direct(to), &frame))
+            }
+        })
+    }
+
+    /// Marks the node cut off; the heartbeat rejoins when Redis answers.
+    fn cut_off(&self, error: &fred::error::Error) {
+        if self.shared.healthy.swap(false, Ordering::AcqRel) {
+            tracing::warn!(error = %error.details(), "cluster: redis unreachable; cross-node delivery paused");
+        }
+    }
+
+    /// Announces local changes, subscribing first to what local members need
+    /// (so a member counted elsewhere already receives that node's traffic).
+    async fn announce(self, mut stopped: watch::Receiver<bool>) {
+        loop {
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => return,
+                _ = self.shared.wake.notified() => {}
+            }
+            if let Err(error) = self.announce_pending().await {
+                self.cut_off(&error);
+            }
+        }
+    }
+
+    async fn announce_pending(&self) -> Result<(), fred::error::Error> {
+        let shared = &self.shared;
+        let (clients, dirty, channel_events, counts) = {
+            let mut local = shared.local.lock();
+            if !shared.is_healthy() {
+                // The rejoin rewrites the whole registry; channel events are
+                // learnt from storage then. Only the subscription waits matter.
+                local.client_changes.clear();
+                local.channel_events.clear();
+                let dirty: Vec<ChannelKey> = local.dirty.drain().collect();
+                drop(local);
+                self.release_waiters(&dirty);
+                return Ok(());
+            }
+            let clients = std::mem::take(&mut local.client_changes);
+            let dirty: Vec<ChannelKey> = local.dirty.drain().collect();
+            let counts: Vec<(ChannelKey, usize, bool)> = dirty
+                .iter()
+                .map(|key| (key.clone(), local.members.get(key).copied().unwrap_or(0), local.wants(key)))
+                .collect();
+            (clients, dirty, std::mem::take(&mut local.channel_events), counts)
+        };
+        let wanted: Vec<(ChannelKey, bool)> = counts.iter().map(|(k, _, w)| (k.clone(), *w)).collect();
+        let subscribed = self.update_subscriptions(&wanted).await;
+        self.release_waiters(&dirty);
+        subscribed?;
+        let names = &shared.names;
+        let node = &*shared.node;
+        let pipeline = self.clients.commands.pipeline();
+        let (joined, left): (Vec<ClientId>, Vec<ClientId>) = {
+            let (j, l): (Vec<_>, Vec<_>) = clients.into_iter().partition(|(_, connected)| *connected);
+            (j.into_iter().map(|(id, _)| id).collect(), l.into_iter().map(|(id, _)| id).collect())
+        };
+        let ids = |list: &[ClientId]| list.iter().map(|id| Value::from(id.to_string())).collect::<Vec<_>>();
+        if !joined.is_empty() {
+            let mut args = vec![Value::from(names.clients(node))];
+            args.extend(ids(&joined));
+            pipeline.custom::<Value, Value>(command("SADD"), args).await?;
+        }
+        if !left.is_empty() {
+            let mut args = vec![Value::from(names.clients(node))];
+            args.extend(ids(&left));
+            pipeline.custom::<Value, Value>(command("SREM"), args).await?;
+        }
+        if !joined.is_empty() || !left.is_empty() {
+            let message = Control::Clients {
+                node: node.to_owned(),
+                joined: joined.iter().map(ToString::to_string).collect(),
+                left: left.iter().map(ToString::to_string).collect(),
+            };
+            pipeline.publish::<(), _, _>(names.control(), message.to_json()).await?;
+        }
+        if !counts.is_empty() {
+            let (set, gone): (Vec<_>, Vec<_>) = counts.iter().partition(|(_, n, _)| *n > 0);
+            if !set.is_empty() {
+                let mut args = vec![Value::from(names.members(node))];
+                for (key, n, _) in &set {
+                    args.push(Value::from(wire::member_field(key)));
+                    args.push(Value::Integer(i64::try_from(*n).unwrap_or(i64::MAX)));
+                }
+                pipeline.custom::<Value, Value>(command("HSET"), args).await?;
+            }
+            if !gone.is_empty() {
+                let mut args = vec![Value::from(names.members(node))];
+                args.extend(gone.iter().map(|(key, _, _)| Value::from(wire::member_field(key))));
+                pipeline.custom::<Value, Value>(command("HDEL"), args).await?;
+            }
+            let message = Control::Members {
+                node: node.to_owned(),
+                counts: counts.iter().map(|(key, n, _)| (wire::member_field(key), *n)).collect(),
+            };
+            pipeline.publish::<(), _, _>(names.control(), message.to_json()).await?;
+        }
+        for event in &channel_events {
+            let (topic, value) = self.control(event);
+            pipeline.publish::<(), _, _>(topic, value).await?;
+        }
+        pipeline.all::<Value>().await.map(drop)
+    }
+
+    /// Subscribes to channels (and their rooms) now wanted, unsubscribes from
+    /// those no longer wanted.
+    async fn update_subscriptions(&self, wanted: &[(ChannelKey, bool)]) -> Result<(), fred::error::Error> {
+        let names = &self.shared.names;
+        let (mut subscribe, mut unsubscribe) = (Vec::new(), Vec::new());
+        let mut added = Vec::new();
+        {
+            let mut subs = self.shared.subs.lock();
+            for (key, wants) in wanted {
+                let has = subs.channels.contains(key);
+                if *wants && !has {
+                    subscribe.push(names.channel_topic(key));
+                    let rooms = subs.rooms.entry(key.room.clone()).or_insert(0);
+                    if *rooms == 0 {
+                        subscribe.push(names.room_topic(&key.room));
+                    }
+                    *rooms += 1;
+                    subs.channels.insert(key.clone());
+                    added.push(key.clone());
+                } else if !*wants && has {
+                    unsubscribe.push(names.channel_topic(key));
+                    subs.channels.remove(key);
+                    if let Some(rooms) = subs.rooms.get_mut(&key.room) {
+                        *rooms = rooms.saturating_sub(1);
+                        if *rooms == 0 {
+                            subs.rooms.remove(&key.room);
+                            unsubscribe.push(names.room_topic(&key.room));
+                        }
+                    }
+                }
+            }
+        }
+        if !subscribe.is_empty()
+            && let Err(error) = self.clients.subscriber.subscribe(subscribe).await
+        {
+            // Not subscribed after all: forget them so the rejoin retries.
+            let mut subs = self.shared.subs.lock();
+            for key in &added {
+                subs.channels.remove(key);
+                if let Some(rooms) = subs.rooms.get_mut(&key.room) {
+                    *rooms = rooms.saturating_sub(1);
+                    if *rooms == 0 {
+                        subs.rooms.remove(&key.room);
+                    }
+                }
+            }
+            return Err(error);
+        }
+        if !unsubscribe.is_empty() {
+            self.clients.subscriber.unsubscribe(unsubscribe).await?;
+        }
+        Ok(())
+    }
+
+    /// Lets joins waiting on these channels go on.
+    fn release_waiters(&self, keys: &[ChannelKey]) {
+        let mut subs = self.shared.subs.lock();
+        for key in keys {
+            for waiter in subs.waiters.remove(key).unwrap_or_default() {
+                let _ = waiter.send(());
+            }
+        }
+    }
+
+    /// Handles one pub/sub message.
+    async fn receive(&self, message: Message) {
+        let shared = &self.shared;
+        let bytes = match message.value {
+            Value::Bytes(bytes) => bytes,
+            Value::String(text) => text.into_inner(),
+            _ => return,
+        };
+        match shared.names.classify(&message.channel) {
+            Topic::Control => {
+                let Ok(control) = serde_json::from_slice::<Control>(&bytes) else {
+                    tracing::debug!("cluster: ignored a malformed control message");
+                    return;
+                };
+                if control.node() != &*shared.node {
+                    self.apply(control).await;
+                }
+            }
+            Topic::Traffic | Topic::Node(_) => {
+                let Some((origin, target, frame)) = wire::decode_traffic(&bytes) else {
+                    tracing::debug!("cluster: ignored a malformed forwarded frame");
+                    return;
+                };
+                // Local members got our own traffic directly.
+                if origin == &*shared.node {
+                    return;
+                }
+                shared.received.fetch_add(1, Ordering::Relaxed);
+                let delivery = match target {
+                    Target::Channel(key, from) => Delivery::Channel { key, frame, from },
+                    Target::Room(room, from) => Delivery::Room { room, frame, from },
+                    Target::Direct(to) => Delivery::Direct { to, frame },
+                };
+                self.router.deliver_from_broker(&delivery);
+            }
+            Topic::Unknown => {}
+        }
+    }
+
+    /// Applies another node's announcement.
+    async fn apply(&self, control: Control) {
+        let now = Instant::now();
+        match control {
+            Control::Heartbeat { node } => {
+                let new = self.shared.view.write().seen(&node, now);
+                if new {
+                    self.spawn_read(node);
+                }
+            }
+            Control::Clients { node, joined, left } => {
+                let parse = |ids: Vec<String>| ids.iter().filter_map(|id| ClientId::parse(id).ok()).collect::<Vec<_>>();
+                self.shared.view.write().clients(&node, &parse(joined), &parse(left), now);
+            }
+            Control::Members { node, counts } => {
+                let mut view = self.shared.view.write();
+                for (field, count) in counts {
+                    if let Some(key) = wire::parse_member_field(&field) {
+                        view.members(&node, &key, count, now);
+                    }
+                }
+            }
+            Control::ChannelCreated { node, room, channel, created_at } => {
+                self.shared.view.write().seen(&node, now);
+                if let (Ok(key), Ok(at)) = (ChannelKey::parse(&room, &channel), Timestamp::parse(&created_at)) {
+                    self.router.channel_created_elsewhere(&key, at);
+                }
+            }
+            Control::ChannelDeleted { node, room, channel } => {
+                self.shared.view.write().seen(&node, now);
+                if let Ok(key) = ChannelKey::parse(&room, &channel) {
+                    self.router.channel_deleted_elsewhere(&key).await;
+                }
+            }
+            Control::Sync { node } => {
+                self.spawn_read(node);
+                let router = self.router.clone();
+                tokio::spawn(async move {
+                    let _ = router.restore().await;
+                });
+            }
+            Control::Leaving { node } => {
+                if self.shared.view.write().remove(&node) {
+                    tracing::info!(node = %node, "cluster: node left");
+                }
+            }
+        }
+    }
+
+    /// Reads `node`'s registry in the background (not holding up receiving).
+    fn spawn_read(&self, node: String) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            if let Err(error) = this.read_node(&node).await {
+                this.cut_off(&error);
+            }
+        });
+    }
+
+    async fn read_node(&self, node: &str) -> Result<(), fred::error::Error> {
+        let names = &self.shared.names;
+        let commands = &self.clients.commands;
+        let ids: Vec<String> = commands.custom(command("SMEMBERS"), vec![names.clients(node)]).await?;
+        let counts: HashMap<String, i64> = commands.custom(command("HGETALL"), vec![names.members(node)]).await?;
+        let clients: HashSet<ClientId> = ids.iter().filter_map(|id| ClientId::parse(id).ok()).collect();
+        let members: HashMap<ChannelKey, usize> = counts
+            .iter()
+            .filter_map(|(field, n)| Some((wire::parse_member_field(field)?, usize::try_from(*n).ok()?)))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        self.shared.view.write().replace(node, clients, members, Instant::now());
+        Ok(())
+    }
+
+    /// (Re)joins: subscribes to everything local members need, rewrites this
+    /// node's registry from its own state, reads every live node's registry
+    /// and the channel list. Run at start-up and whenever Redis comes back.
+    async fn resync(&self) -> Result<(), fred::error::Error> {
+        let shared = &self.shared;
+        let names = &shared.names;
+        let node = &*shared.node;
+        let ttl = ms(shared.options.registry_ttl);
+        let (clients, members) = {
+            let mut local = shared.local.lock();
+            local.client_changes.clear();
+            (local.clients.iter().copied().collect::<Vec<_>>(), local.members.clone())
+        };
+        // Topics subscribed before the outage are renewed by the subscriber
+        // client itself; this adds what was wanted meanwhile.
+        let wanted: Vec<(ChannelKey, bool)> = members.keys().map(|k| (k.clone(), true)).collect();
+        self.update_subscriptions(&wanted).await?;
+        let pipeline = self.clients.commands.pipeline();
+        pipeline.custom::<Value, String>(command("DEL"), vec![names.clients(node), names.members(node)]).await?;
+        for chunk in clients.chunks(1000) {
+            let mut args = vec![Value::from(names.clients(node))];
+            args.extend(chunk.iter().map(|id| Value::from(id.to_string())));
+            pipeline.custom::<Value, Value>(command("SADD"), args).await?;
+        }
+        let fields: Vec<(&ChannelKey, &usize)> = members.iter().collect();
+        for chunk in fields.chunks(1000) {
+            let mut args = vec![Value::from(names.members(node))];
+            for (key, n) in chunk {
+                args.push(Value::from(wire::member_field(key)));
+                args.push(Value::Integer(i64::try_from(**n).unwrap_or(i64::MAX)));
+            }
+            pipeline.custom::<Value, Value>(command("HSET"), args).await?;
+        }
+        self.queue_heartbeat(&pipeline, ttl).await?;
+        // Nodes silent for ten TTLs are gone for good.
+        let old = Value::Integer(now_ms() - 10 * ttl);
+        pipeline
+            .custom::<Value, Value>(
+                command("ZREMRANGEBYSCORE"),
+                vec![Value::from(names.nodes()), Value::from("-inf"), old],
+            )
+            .await?;
+        let (topic, sync) = self.control(&Control::Sync { node: node.to_owned() });
+        pipeline.publish::<(), _, _>(topic, sync).await?;
+        pipeline.all::<Value>().await?;
+        let live: Vec<String> = self
+            .clients
+            .commands
+            .custom(
+                command("ZRANGEBYSCORE"),
+                vec![Value::from(names.nodes()), Value::Integer(now_ms() - ttl), Value::from("+inf")],
+            )
+            .await?;
+        for other in live.iter().filter(|n| n.as_str() != node) {
+            self.read_node(other).await?;
+        }
+        if let Err(error) = self.router.restore().await {
+            tracing::warn!(error = %error, "cluster: could not reload the channel list");
+        }
+        Ok(())
+    }
+
+    /// Queues this node's heartbeat: its registry entry, key expiry, and the
+    /// announcement.
+    async fn queue_heartbeat(
+        &self,
+        pipeline: &fred::clients::Pipeline<Client>,
+        ttl: i64,
+    ) -> Result<(), fred::error::Error> {
+        let names = &self.shared.names;
+        let node = &*self.shared.node;
+        pipeline
+            .custom::<Value, Value>(
+                command("ZADD"),
+                vec![Value::from(names.nodes()), Value::Integer(now_ms()), Value::from(node)],
+            )
+            .await?;
+        for key in [names.clients(node), names.members(node)] {
+            pipeline.custom::<Value, Value>(command("PEXPIRE"), vec![Value::from(key), Value::Integer(ttl)]).await?;
+        }
+        let (topic, beat) = self.control(&Control::Heartbeat { node: node.to_owned() });
+        pipeline.publish::<(), _, _>(topic, beat).await
+    }
+
+    /// Heartbeats, forgets silent nodes and stale subscriptions, and rejoins
+    /// after an outage.
+    async fn heartbeat(self, mut stopped: watch::Receiver<bool>) {
+        let ttl = self.shared.options.registry_ttl;
+        let interval = ttl / 3;
+        let mut reconnects = self.clients.subscriber.reconnect_rx();
+        loop {
+            let wait = if self.shared.is_healthy() { interval } else { RETRY.min(interval) };
+            tokio::select! {
+                _ = stopped.wait_for(|s| *s) => return,
+                _ = tokio::time::sleep(wait) => {}
+                // The subscriber lost its connection: announcements may have
+                // been missed meanwhile, so rejoin.
+                Ok(_) = reconnects.recv() => {
+                    if self.shared.healthy.swap(false, Ordering::AcqRel) {
+                        tracing::warn!("cluster: subscriber reconnected; rejoining");
+                    }
+                }
+            }
+            self.beat().await;
+            let now = Instant::now();
+            for dead in self.shared.view.write().sweep(now, ttl) {
+                tracing::warn!(node = %dead, "cluster: node silent past the registry TTL; forgetting its clients");
+            }
+            let mut local = self.shared.local.lock();
+            let stale: Vec<ChannelKey> = local
+                .requested
+                .iter()
+                .filter(|(_, at)| now.duration_since(**at) > ttl)
+                .map(|(k, _)| k.clone())
+                .collect();
+            if !stale.is_empty() {
+                for key in stale {
+                    local.requested.remove(&key);
+                    local.dirty.insert(key);
+                }
+                drop(local);
+                self.shared.wake.notify_one();
+            }
+        }
+    }
+
+    async fn beat(&self) {
+        let ttl = ms(self.shared.options.registry_ttl);
+        if self.shared.is_healthy() {
+            let pipeline = self.clients.commands.pipeline();
+            let result = async {
+                self.queue_heartbeat(&pipeline, ttl).await?;
+                pipeline.all::<Value>().await
+            }
+            .await;
+            if let Err(error) = result {
+                self.cut_off(&error);
+            }
+            return;
+        }
+        let base = vec![self.shared.names.control(), self.shared.names.node_topic(&self.shared.node)];
+        let rejoined = async {
+            self.clients.subscriber.subscribe(base).await?;
+            self.resync().await
+        }
+        .await;
+        if rejoined.is_ok() {
+            self.shared.healthy.store(true, Ordering::Release);
+            tracing::info!(peers = self.shared.view.read().node_count(), "cluster: redis is back; rejoined");
+            // Pending local changes were folded into the rewrite.
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Tells the others this node is gone and removes its registry (best effort).
+    async fn leave(&self) {
+        let names = &self.shared.names;
+        let node = &*self.shared.node;
+        if self.shared.is_healthy() {
+            let pipeline = self.clients.commands.pipeline();
+            let result = async {
+                pipeline
+                    .custom::<Value, String>(command("DEL"), vec![names.clients(node), names.members(node)])
+                    .await?;
+                pipeline.custom::<Value, String>(command("ZREM"), vec![names.nodes(), node.to_owned()]).await?;
+                let (topic, bye) = self.control(&Control::Leaving { node: node.to_owned() });
+                pipeline.publish::<(), _, _>(topic, bye).await?;
+                pipeline.all::<Value>().await
+            }
+            .await;
+            if let Err(error) = result {
+                tracing::debug!(error = %error.details(), "cluster: could not announce leaving");
+            }
+        }
+        let _ = self.clients.subscriber.quit().await;
+        let _ = self.clients.commands.quit().await;
+    }
+}
+
+impl Shared {
+    pub(crate) fn drop_deliveries_if(&self, count: u64, why: &'static str) {
+        if count > 0 {
+            self.drop_deliveries(count, why);
+        }
+    }
+}

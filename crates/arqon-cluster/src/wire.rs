@@ -1,0 +1,256 @@
+//! What nodes say to each other through Redis: topic and key names, the
+//! framing of forwarded deliveries, and the control messages.
+
+use arqon_protocol::{ChannelKey, ClientId, Frame, Name, Timestamp};
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+/// Redis key and pub/sub topic names under one prefix (shared with storage).
+#[derive(Debug, Clone)]
+pub(crate) struct Names {
+    prefix: String,
+}
+
+impl Names {
+    pub(crate) fn new(prefix: &str) -> Self {
+        Names { prefix: prefix.to_owned() }
+    }
+
+    /// Control topic every node listens on.
+    pub(crate) fn control(&self) -> String {
+        format!("{}cluster", self.prefix)
+    }
+
+    /// Topic of one node: direct messages for its clients.
+    pub(crate) fn node_topic(&self, node: &str) -> String {
+        format!("{}node:{node}", self.prefix)
+    }
+
+    /// Topic of one channel's traffic. Names hold no `:`, so this is unambiguous.
+    pub(crate) fn channel_topic(&self, key: &ChannelKey) -> String {
+        format!("{}ch:{}:{}", self.prefix, key.room, key.channel)
+    }
+
+    /// Topic of room-wide messages.
+    pub(crate) fn room_topic(&self, room: &Name) -> String {
+        format!("{}room:{room}", self.prefix)
+    }
+
+    /// Sorted set: node id → its last heartbeat (Unix ms).
+    pub(crate) fn nodes(&self) -> String {
+        format!("{}nodes", self.prefix)
+    }
+
+    /// Set of the client ids connected to `node`.
+    pub(crate) fn clients(&self, node: &str) -> String {
+        format!("{}node:{node}:clients", self.prefix)
+    }
+
+    /// Hash `room:channel` → members of that channel on `node`.
+    pub(crate) fn members(&self, node: &str) -> String {
+        format!("{}node:{node}:members", self.prefix)
+    }
+
+    /// What a received topic is.
+    pub(crate) fn classify<'a>(&self, topic: &'a str) -> Topic<'a> {
+        let Some(rest) = topic.strip_prefix(self.prefix.as_str()) else {
+            return Topic::Unknown;
+        };
+        if rest == "cluster" {
+            Topic::Control
+        } else if rest.starts_with("ch:") || rest.starts_with("room:") {
+            Topic::Traffic
+        } else if let Some(node) = rest.strip_prefix("node:") {
+            Topic::Node(node)
+        } else {
+            Topic::Unknown
+        }
+    }
+}
+
+/// A received topic, classified.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Topic<'a> {
+    Control,
+    /// A channel or room topic; the target is inside the frame header.
+    Traffic,
+    Node(&'a str),
+    Unknown,
+}
+
+/// The `room:channel` field of the members hash.
+pub(crate) fn member_field(key: &ChannelKey) -> String {
+    format!("{}:{}", key.room, key.channel)
+}
+
+/// Parses a `room:channel` field.
+pub(crate) fn parse_member_field(field: &str) -> Option<ChannelKey> {
+    let (room, channel) = field.split_once(':')?;
+    ChannelKey::parse(room, channel).ok()
+}
+
+/// What a forwarded frame is for. The header names the target so that one
+/// parser serves every topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Target {
+    /// Every member of the channel but `from`.
+    Channel(ChannelKey, ClientId),
+    /// Every member of the room's channels but `from`.
+    Room(Name, ClientId),
+    /// One client.
+    Direct(ClientId),
+}
+
+/// A forwarded delivery: `origin node`, target and the frame, as
+/// `node \n c room channel from \n frame` (or `r room from`, `d to`). The
+/// frame is the exact envelope delivered locally, so it is never re-encoded.
+pub(crate) fn encode_traffic(origin: &str, target: &Target, frame: &Frame) -> Bytes {
+    let header = match target {
+        Target::Channel(key, from) => format!("{origin}\nc {} {} {from}\n", key.room, key.channel),
+        Target::Room(room, from) => format!("{origin}\nr {room} {from}\n"),
+        Target::Direct(to) => format!("{origin}\nd {to}\n"),
+    };
+    let mut out = BytesMut::with_capacity(header.len() + frame.len());
+    out.put_slice(header.as_bytes());
+    out.put_slice(frame.bytes());
+    out.freeze()
+}
+
+/// Parses [`encode_traffic`]'s output; the frame shares `bytes`.
+pub(crate) fn decode_traffic(bytes: &Bytes) -> Option<(&str, Target, Frame)> {
+    let first = bytes.iter().position(|b| *b == b'\n')?;
+    let second = first + 1 + bytes[first + 1..].iter().position(|b| *b == b'\n')?;
+    let origin = std::str::from_utf8(&bytes[..first]).ok()?;
+    let header = std::str::from_utf8(&bytes[first + 1..second]).ok()?;
+    let mut parts = header.split(' ');
+    let target = match (parts.next()?, parts.next(), parts.next(), parts.next(), parts.next()) {
+        ("c", Some(room), Some(channel), Some(from), None) => {
+            Target::Channel(ChannelKey::parse(room, channel).ok()?, ClientId::parse(from).ok()?)
+        }
+        ("r", Some(room), Some(from), None, None) => Target::Room(Name::parse(room).ok()?, ClientId::parse(from).ok()?),
+        ("d", Some(to), None, None, None) => Target::Direct(ClientId::parse(to).ok()?),
+        _ => return None,
+    };
+    let frame = Frame::from_utf8(bytes.slice(second + 1..)).ok()?;
+    Some((origin, target, frame))
+}
+
+/// Control messages on the control topic, JSON. Every one names its sender.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "t", rename_all = "snake_case")]
+pub(crate) enum Control {
+    /// The sender is alive.
+    Heartbeat { node: String },
+    /// Clients connected to / disconnected from the sender.
+    Clients {
+        node: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        joined: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        left: Vec<String>,
+    },
+    /// The sender's member counts of some channels changed.
+    Members { node: String, counts: Vec<(String, usize)> },
+    /// A channel was created on the sender.
+    ChannelCreated { node: String, room: String, channel: String, created_at: String },
+    /// A channel (and its history) was deleted on the sender.
+    ChannelDeleted { node: String, room: String, channel: String },
+    /// The sender rewrote its registry (start-up, or back after an outage):
+    /// read it again.
+    Sync { node: String },
+    /// The sender is shutting down: forget it now.
+    Leaving { node: String },
+}
+
+impl Control {
+    pub(crate) fn node(&self) -> &str {
+        match self {
+            Control::Heartbeat { node }
+            | Control::Clients { node, .. }
+            | Control::Members { node, .. }
+            | Control::ChannelCreated { node, .. }
+            | Control::ChannelDeleted { node, .. }
+            | Control::Sync { node }
+            | Control::Leaving { node } => node,
+        }
+    }
+
+    pub(crate) fn to_json(&self) -> String {
+        // A derived Serialize of strings, integers and vectors cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    pub(crate) fn channel_created(node: &str, key: &ChannelKey, created_at: Timestamp) -> Self {
+        Control::ChannelCreated {
+            node: node.to_owned(),
+            room: key.room.to_string(),
+            channel: key.channel.to_string(),
+            created_at: created_at.to_string(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(n: u128) -> ClientId {
+        ClientId::from_ulid(ulid::Ulid(n))
+    }
+
+    #[test]
+    fn traffic_round_trips_for_every_target() {
+        let frame = Frame::from_text(r#"{"type":"message","payload":"a\nb"}"#);
+        let key = ChannelKey::parse("r1", "c.1").unwrap();
+        for target in
+            [Target::Channel(key, id(1)), Target::Room(Name::parse("r-2").unwrap(), id(2)), Target::Direct(id(3))]
+        {
+            let bytes = encode_traffic("node-a", &target, &frame);
+            let (origin, back, body) = decode_traffic(&bytes).unwrap();
+            assert_eq!((origin, &back, body.as_str()), ("node-a", &target, frame.as_str()));
+        }
+    }
+
+    #[test]
+    fn malformed_traffic_is_rejected() {
+        for bad in ["", "node", "node\nc r c\n{}", "node\nx a\n{}", "node\nd arq_bad\n{}", "node\nc r: c arq_x\n{}"] {
+            assert!(decode_traffic(&Bytes::from(bad)).is_none(), "{bad:?}");
+        }
+        let mut invalid = b"n\nd ".to_vec();
+        invalid.extend_from_slice(id(1).to_string().as_bytes());
+        invalid.extend_from_slice(b"\n\xff");
+        assert!(decode_traffic(&Bytes::from(invalid)).is_none());
+    }
+
+    #[test]
+    fn topics_are_classified() {
+        let names = Names::new("arqon:");
+        let key = ChannelKey::parse("r", "c").unwrap();
+        assert_eq!(names.classify(&names.control()), Topic::Control);
+        assert_eq!(names.classify(&names.channel_topic(&key)), Topic::Traffic);
+        assert_eq!(names.classify(&names.room_topic(&key.room)), Topic::Traffic);
+        assert_eq!(names.classify(&names.node_topic("n1")), Topic::Node("n1"));
+        assert_eq!(names.classify("other:cluster"), Topic::Unknown);
+        assert_eq!(parse_member_field(&member_field(&key)), Some(key));
+        assert_eq!(parse_member_field("nocolon"), None);
+    }
+
+    #[test]
+    fn control_messages_round_trip() {
+        let key = ChannelKey::parse("r", "c").unwrap();
+        let messages = [
+            Control::Heartbeat { node: "a".into() },
+            Control::Clients { node: "a".into(), joined: vec![id(1).to_string()], left: vec![] },
+            Control::Members { node: "a".into(), counts: vec![("r:c".into(), 3)] },
+            Control::channel_created("a", &key, Timestamp::now()),
+            Control::ChannelDeleted { node: "a".into(), room: "r".into(), channel: "c".into() },
+            Control::Sync { node: "a".into() },
+            Control::Leaving { node: "a".into() },
+        ];
+        for message in messages {
+            let back: Control = serde_json::from_str(&message.to_json()).unwrap();
+            assert_eq!(back, message);
+            assert_eq!(back.node(), "a");
+        }
+    }
+}

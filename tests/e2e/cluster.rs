@@ -1,0 +1,375 @@
+//! Several nodes acting as one bus over one redis-server the tests start:
+//! every routing row across nodes, cluster-wide counts, member events and
+//! channel changes, per-sender order, a client moving between nodes, and
+//! Redis killed and restarted under traffic. (A node killed with kill -9 is
+//! in bins/arqonbus/tests/process.rs, which runs real processes.)
+
+use std::time::{Duration, Instant};
+
+use arqon_config::{Config, StorageBackend};
+use arqon_e2e::redis::{RedisProcess, redis_available};
+use arqon_e2e::{TIMEOUT, TestClient, TestServer, Window, http, test_config};
+use serde_json::{Value, json};
+
+/// Short, so that tests about dead nodes finish quickly.
+const REGISTRY_TTL_MS: u64 = 1500;
+
+fn node_config(redis: &RedisProcess, node: &str) -> Config {
+    node_config_ttl(redis, node, REGISTRY_TTL_MS)
+}
+
+fn node_config_ttl(redis: &RedisProcess, node: &str, ttl_ms: u64) -> Config {
+    let mut config = test_config();
+    config.storage.backend = StorageBackend::Redis;
+    config.storage.redis.url = redis.url();
+    config.storage.redis.command_timeout_ms = 500;
+    config.storage.redis.connect_timeout_ms = 1000;
+    config.cluster.enabled = true;
+    config.cluster.node_id = node.to_owned();
+    config.cluster.registry_ttl_ms = ttl_ms;
+    config
+}
+
+/// `n` nodes over `redis`, each knowing all the others.
+async fn start_nodes(redis: &RedisProcess, n: usize) -> Vec<TestServer> {
+    start_nodes_ttl(redis, n, REGISTRY_TTL_MS).await
+}
+
+async fn start_nodes_ttl(redis: &RedisProcess, n: usize, ttl_ms: u64) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        nodes.push(TestServer::start_with(node_config_ttl(redis, &format!("node-{i}"), ttl_ms)).await);
+    }
+    for node in &nodes {
+        until_status(node, |s| s["cluster"]["peers"].as_array().map(Vec::len) == Some(n - 1)).await;
+    }
+    nodes
+}
+
+/// The node's monitoring `/status`.
+async fn status(node: &TestServer) -> Value {
+    let (code, body) = http(node.monitoring.expect("monitoring on"), "GET", "/status").await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// Waits until the node's `/status` satisfies `pred`.
+async fn until_status(node: &TestServer, pred: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let status = status(node).await;
+        if pred(&status) {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "status never matched: {status}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until `client` sees `channel_info` report `members` (counts travel
+/// between nodes asynchronously).
+async fn until_members(client: &mut TestClient, room: &str, channel: &str, members: u64) {
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let info = client.ok("channel_info", json!({"room": room, "channel": channel})).await;
+        if info["members"] == members {
+            return;
+        }
+        assert!(Instant::now() < deadline, "members never reached {members}: {info}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// Waits until `from`'s node knows `to`'s (registrations travel
+/// asynchronously): direct probes until one arrives. Returns nothing; the
+/// probes are consumed.
+async fn until_reachable(from: &mut TestClient, to: &mut TestClient) {
+    let deadline = Instant::now() + TIMEOUT;
+    for probe in 0u64.. {
+        let id = from.new_id();
+        from.send(json!({"type": "message", "id": id, "to": to.id, "payload": {"probe": probe}})).await;
+        let arrived = tokio::time::timeout(
+            Duration::from_millis(300),
+            to.recv_where(|f| f["type"] == "message" && f["payload"]["probe"] == probe),
+        )
+        .await;
+        if arrived.is_ok() {
+            // Errors for the probes that failed are of no interest.
+            from.take_pending();
+            return;
+        }
+        assert!(Instant::now() < deadline, "{} never became reachable", to.id);
+    }
+}
+
+macro_rules! need_redis {
+    ($name:literal) => {
+        if !redis_available($name) {
+            return;
+        }
+    };
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_room_and_direct_messages_cross_nodes_exactly_once() {
+    need_redis!("channel_room_and_direct_messages_cross_nodes_exactly_once");
+    let redis = RedisProcess::start();
+    let nodes = start_nodes(&redis, 3).await;
+    let (mut a, mut b, mut c) = (nodes[0].client().await, nodes[1].client().await, nodes[2].client().await);
+    for client in [&mut a, &mut b, &mut c] {
+        client.join("r", "c1").await;
+    }
+    // b is in two channels of the room: a room-wide message reaches it once.
+    b.join("r", "c2").await;
+    until_members(&mut a, "r", "c1", 3).await;
+
+    // Row 1: a channel message reaches every member on every node, not the sender.
+    a.publish_ff("r", "c1", json!("to the channel")).await;
+    for client in [&mut b, &mut c] {
+        let message = client.recv_message().await;
+        assert_eq!((message["payload"].clone(), message["from"].clone()), (json!("to the channel"), json!(a.id)));
+    }
+    // Row 2: room-wide, each client once.
+    c.send(json!({"type": "message", "room": "r", "payload": "to the room"})).await;
+    for client in [&mut a, &mut b] {
+        assert_eq!(client.recv_message().await["payload"], "to the room");
+    }
+    // Row 3: direct, to a client on another node.
+    until_reachable(&mut a, &mut c).await;
+    a.send(json!({"type": "message", "to": c.id, "payload": "to c"})).await;
+    let direct = c.recv_message().await;
+    assert_eq!((direct["payload"].clone(), direct["from"].clone()), (json!("to c"), json!(a.id)));
+    // Nothing twice, nothing to the senders (member events aside).
+    for client in [&mut a, &mut b, &mut c] {
+        let messages: Vec<Value> = client.take_pending().into_iter().filter(|f| f["type"] == "message").collect();
+        assert!(messages.is_empty(), "{messages:?}");
+        client.expect_silence(Duration::from_millis(300)).await;
+    }
+    // A client connected nowhere is NOT_FOUND on every node.
+    let gone = c.id.clone();
+    drop(c);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        b.send(json!({"type": "message", "to": gone, "payload": "anyone?"})).await;
+        match tokio::time::timeout(Duration::from_millis(300), b.recv()).await {
+            Ok(frame) if frame["type"] == "error" => {
+                assert_eq!(frame["error"]["code"], "NOT_FOUND");
+                break;
+            }
+            _ => assert!(Instant::now() < deadline, "a departed client stayed reachable"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_member_events_and_channel_changes_are_cluster_wide() {
+    need_redis!("counts_member_events_and_channel_changes_are_cluster_wide");
+    let redis = RedisProcess::start();
+    let nodes = start_nodes(&redis, 3).await;
+    let mut a = nodes[0].client().await;
+    a.ok("create_channel", json!({"room": "r", "channel": "x"})).await;
+    let mut b = nodes[1].client().await;
+    // Created on node 0, listed on node 1.
+    let deadline = Instant::now() + TIMEOUT;
+    while b.ok("list_channels", json!({"room": "r"})).await["channels"].as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the channel never appeared on node 1");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    a.join("r", "x").await;
+    until_members(&mut b, "r", "x", 1).await;
+    let joined = b.join("r", "x").await;
+    assert!(joined["members"].as_u64().unwrap() >= 1);
+    // a, on another node, hears that b joined.
+    let event = a.recv_event("member_joined").await;
+    assert_eq!(event["payload"]["client_id"], json!(b.id));
+    let mut c = nodes[2].client().await;
+    c.join("r", "x").await;
+    for client in [&mut a, &mut b, &mut c] {
+        until_members(client, "r", "x", 3).await;
+    }
+    let listed = a.ok("list_channels", json!({})).await;
+    assert_eq!(listed["channels"], json!([{"room": "r", "channel": "x", "members": 3}]));
+    // Leaving and disconnecting count down everywhere, with member_left.
+    c.ok("leave_channel", json!({"room": "r", "channel": "x"})).await;
+    until_members(&mut a, "r", "x", 2).await;
+    drop(b);
+    assert_eq!(a.recv_event("member_left").await["payload"]["client_id"], json!(c.id));
+    until_members(&mut c, "r", "x", 1).await;
+
+    // Deleting on node 2 removes the channel on node 0 and tells its member.
+    let mut admin_config = node_config(&redis, "node-admin");
+    admin_config.auth.default_role = arqon_protocol::Role::Admin;
+    let admin_node = TestServer::start_with(admin_config).await;
+    let mut admin = admin_node.client().await;
+    admin.ok("delete_channel", json!({"room": "r", "channel": "x"})).await;
+    let deleted = a.recv_event("channel_deleted").await;
+    assert_eq!(deleted["payload"]["channel"], "x");
+    let deadline = Instant::now() + TIMEOUT;
+    while !a.ok("list_channels", json!({})).await["channels"].as_array().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the deleted channel stayed on node 0");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn per_sender_order_and_history_hold_across_nodes() {
+    need_redis!("per_sender_order_and_history_hold_across_nodes");
+    const MESSAGES: u64 = 2000;
+    let redis = RedisProcess::start();
+    let nodes = start_nodes(&redis, 2).await;
+    let mut reader = nodes[1].client().await;
+    reader.join("r", "order").await;
+    let mut writer = nodes[0].client().await;
+    until_members(&mut writer, "r", "order", 1).await;
+    let window = Window::default();
+    let pace = window.clone();
+    let sending = tokio::spawn(async move {
+        for i in 0..MESSAGES {
+            pace.before_sending(i).await;
+            writer.publish_ff("r", "order", json!({"i": i})).await;
+        }
+        writer
+    });
+    for i in 0..MESSAGES {
+        let message = reader.recv_message().await;
+        assert_eq!(message["payload"]["i"], i, "out of order");
+        window.received(i + 1);
+    }
+    let _writer = sending.await.unwrap();
+    // History, read on the other node, is in the same order.
+    let history = reader.ok("history", json!({"room": "r", "channel": "order", "limit": 1000})).await;
+    let kept: Vec<u64> =
+        history["messages"].as_array().unwrap().iter().map(|m| m["payload"]["i"].as_u64().unwrap()).collect();
+    assert_eq!(kept, (MESSAGES - 1000..MESSAGES).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_moving_to_another_node_with_since_misses_nothing() {
+    need_redis!("a_client_moving_to_another_node_with_since_misses_nothing");
+    let redis = RedisProcess::start();
+    let nodes = start_nodes(&redis, 3).await;
+    let mut publisher = nodes[2].client().await;
+    let mut mover = nodes[0].client().await;
+    mover.join("r", "m").await;
+    until_members(&mut publisher, "r", "m", 1).await;
+    let mut seen = Vec::new();
+    for i in 0..50 {
+        publisher.ok("publish", json!({"room": "r", "channel": "m", "payload": i})).await;
+    }
+    for _ in 0..50 {
+        seen.push(mover.recv_message().await);
+    }
+    let last = seen.last().unwrap()["id"].clone();
+    drop(mover);
+    // Published while it moves.
+    for i in 50..100 {
+        publisher.ok("publish", json!({"room": "r", "channel": "m", "payload": i})).await;
+    }
+    let mut moved = nodes[1].client().await;
+    let joined = moved.ok("join_channel", json!({"room": "r", "channel": "m", "since": last})).await;
+    assert!(joined.get("truncated").is_none_or(|t| t == false));
+    for i in 100..150 {
+        publisher.ok("publish", json!({"room": "r", "channel": "m", "payload": i})).await;
+    }
+    for _ in 50..150 {
+        seen.push(moved.recv_message().await);
+    }
+    let payloads: Vec<u64> = seen.iter().map(|m| m["payload"].as_u64().unwrap()).collect();
+    assert_eq!(payloads, (0..150).collect::<Vec<_>>(), "every message exactly once, in order");
+    moved.expect_silence(Duration::from_millis(300)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_under_traffic() {
+    need_redis!("redis_killed_and_restarted_under_traffic");
+    let mut redis = RedisProcess::start_durable();
+    let nodes = start_nodes(&redis, 2).await;
+    let mut local = nodes[0].client().await;
+    let mut remote = nodes[1].client().await;
+    local.join("r", "o").await;
+    remote.join("r", "o").await;
+    let mut publisher = nodes[0].client().await;
+    until_members(&mut publisher, "r", "o", 2).await;
+    let mut published = Vec::new();
+    let publish = |i: u64| json!({"room": "r", "channel": "o", "payload": i});
+    for i in 0..100 {
+        let answer = publisher.ok("publish", publish(i)).await;
+        published.push(answer["id"].clone());
+    }
+    let mut remote_seen: Vec<u64> = Vec::new();
+    for i in 0..100 {
+        assert_eq!(local.recv_message().await["payload"], i);
+        remote_seen.push(remote.recv_message().await["payload"].as_u64().unwrap());
+    }
+
+    redis.kill();
+    // Local delivery goes on; the node says it is cut off.
+    for i in 100..200 {
+        let answer = publisher.ok("publish", publish(i)).await;
+        published.push(answer["id"].clone());
+        assert_eq!(local.recv_message().await["payload"], i);
+    }
+    until_status(&nodes[0], |s| s["cluster"]["healthy"] == false).await;
+    let (code, metrics) = http(nodes[0].monitoring.unwrap(), "GET", "/metrics").await;
+    assert_eq!(code, 200);
+    assert!(metrics.contains("arqon_cluster_healthy 0"), "{metrics}");
+
+    redis.restart();
+    for node in &nodes {
+        until_status(node, |s| s["cluster"]["healthy"] == true && s["storage"]["healthy"] == true).await;
+        until_status(node, |s| s["cluster"]["peers"].as_array().map(Vec::len) == Some(1)).await;
+    }
+    until_members(&mut publisher, "r", "o", 2).await;
+    for i in 200..300 {
+        let answer = publisher.ok("publish", publish(i)).await;
+        published.push(answer["id"].clone());
+        assert_eq!(local.recv_message().await["payload"], i);
+    }
+    // Cross-node delivery resumed: the remote member gets the new messages,
+    // in order (what was sent while Redis was away is recovered below).
+    loop {
+        let i = remote.recv_message().await["payload"].as_u64().unwrap();
+        remote_seen.push(i);
+        if i == 299 {
+            break;
+        }
+    }
+    assert!(remote_seen.windows(2).all(|w| w[0] < w[1]), "{remote_seen:?}");
+    assert!(remote_seen.ends_with(&(200..300).collect::<Vec<_>>()), "{remote_seen:?}");
+    // History, read on the remote node, has all 300 exactly once, in order
+    // (the journal was written back), and the remote member recovers the gap.
+    let history = remote.ok("history", json!({"room": "r", "channel": "o", "limit": 1000})).await;
+    let ids: Vec<Value> = history["messages"].as_array().unwrap().iter().map(|m| m["id"].clone()).collect();
+    assert_eq!(ids, published);
+    let mut rejoined = nodes[1].client().await;
+    let joined = rejoined.ok("join_channel", json!({"room": "r", "channel": "o", "since": published[99]})).await;
+    assert!(joined.get("truncated").is_none_or(|t| t == false));
+    for i in 100..300 {
+        assert_eq!(rejoined.recv_message().await["payload"], i);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_that_leaves_is_forgotten_at_once_and_one_alone_still_serves() {
+    need_redis!("a_node_that_leaves_is_forgotten_at_once_and_one_alone_still_serves");
+    let redis = RedisProcess::start();
+    // A TTL far beyond the test: only the leaving announcement can make the
+    // other node forget this one.
+    let mut nodes = start_nodes_ttl(&redis, 2, 600_000).await;
+    let mut staying = nodes[0].client().await;
+    staying.join("r", "l").await;
+    let mut leaving = nodes[1].client().await;
+    leaving.join("r", "l").await;
+    until_members(&mut staying, "r", "l", 2).await;
+    drop(leaving);
+    until_members(&mut staying, "r", "l", 1).await;
+    let mut second = nodes[1].client().await;
+    second.join("r", "l").await;
+    until_members(&mut staying, "r", "l", 2).await;
+    nodes.pop().unwrap().shutdown().await;
+    until_members(&mut staying, "r", "l", 1).await;
+    until_status(&nodes[0], |s| s["cluster"]["peers"] == json!([])).await;
+    let mut other = nodes[0].client().await;
+    other.publish_ff("r", "l", json!("still here")).await;
+    assert_eq!(staying.recv_message().await["payload"], "still here");
+}
