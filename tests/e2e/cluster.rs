@@ -66,20 +66,6 @@ async fn until_status(node: &TestServer, pred: impl Fn(&Value) -> bool) -> Value
     }
 }
 
-/// Waits until `client` sees `channel_info` report `members` (counts travel
-/// between nodes asynchronously).
-async fn until_members(client: &mut TestClient, room: &str, channel: &str, members: u64) {
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let info = client.ok("channel_info", json!({"room": room, "channel": channel})).await;
-        if info["members"] == members {
-            return;
-        }
-        assert!(Instant::now() < deadline, "members never reached {members}: {info}");
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-}
-
 /// Waits until `from`'s node knows `to`'s (registrations travel
 /// asynchronously): direct probes until one arrives. Returns nothing; the
 /// probes are consumed.
@@ -121,7 +107,7 @@ async fn channel_room_and_direct_messages_cross_nodes_exactly_once() {
     }
     // b is in two channels of the room: a room-wide message reaches it once.
     b.join("r", "c2").await;
-    until_members(&mut a, "r", "c1", 3).await;
+    a.until_members("r", "c1", 3).await;
 
     // Row 1: a channel message reaches every member on every node, not the sender.
     a.publish_ff("r", "c1", json!("to the channel")).await;
@@ -176,7 +162,7 @@ async fn counts_member_events_and_channel_changes_are_cluster_wide() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     a.join("r", "x").await;
-    until_members(&mut b, "r", "x", 1).await;
+    b.until_members("r", "x", 1).await;
     let joined = b.join("r", "x").await;
     assert!(joined["members"].as_u64().unwrap() >= 1);
     // a, on another node, hears that b joined.
@@ -185,16 +171,16 @@ async fn counts_member_events_and_channel_changes_are_cluster_wide() {
     let mut c = nodes[2].client().await;
     c.join("r", "x").await;
     for client in [&mut a, &mut b, &mut c] {
-        until_members(client, "r", "x", 3).await;
+        client.until_members("r", "x", 3).await;
     }
     let listed = a.ok("list_channels", json!({})).await;
     assert_eq!(listed["channels"], json!([{"room": "r", "channel": "x", "members": 3}]));
     // Leaving and disconnecting count down everywhere, with member_left.
     c.ok("leave_channel", json!({"room": "r", "channel": "x"})).await;
-    until_members(&mut a, "r", "x", 2).await;
+    a.until_members("r", "x", 2).await;
     drop(b);
     assert_eq!(a.recv_event("member_left").await["payload"]["client_id"], json!(c.id));
-    until_members(&mut c, "r", "x", 1).await;
+    c.until_members("r", "x", 1).await;
 
     // Deleting on node 2 removes the channel on node 0 and tells its member.
     let mut admin_config = node_config(&redis, "node-admin");
@@ -220,7 +206,7 @@ async fn per_sender_order_and_history_hold_across_nodes() {
     let mut reader = nodes[1].client().await;
     reader.join("r", "order").await;
     let mut writer = nodes[0].client().await;
-    until_members(&mut writer, "r", "order", 1).await;
+    writer.until_members("r", "order", 1).await;
     let window = Window::default();
     let pace = window.clone();
     let sending = tokio::spawn(async move {
@@ -251,7 +237,7 @@ async fn a_client_moving_to_another_node_with_since_misses_nothing() {
     let mut publisher = nodes[2].client().await;
     let mut mover = nodes[0].client().await;
     mover.join("r", "m").await;
-    until_members(&mut publisher, "r", "m", 1).await;
+    publisher.until_members("r", "m", 1).await;
     let mut seen = Vec::new();
     for i in 0..50 {
         publisher.ok("publish", json!({"room": "r", "channel": "m", "payload": i})).await;
@@ -289,7 +275,7 @@ async fn redis_killed_and_restarted_under_traffic() {
     local.join("r", "o").await;
     remote.join("r", "o").await;
     let mut publisher = nodes[0].client().await;
-    until_members(&mut publisher, "r", "o", 2).await;
+    publisher.until_members("r", "o", 2).await;
     let mut published = Vec::new();
     let publish = |i: u64| json!({"room": "r", "channel": "o", "payload": i});
     for i in 0..100 {
@@ -319,7 +305,7 @@ async fn redis_killed_and_restarted_under_traffic() {
         until_status(node, |s| s["cluster"]["healthy"] == true && s["storage"]["healthy"] == true).await;
         until_status(node, |s| s["cluster"]["peers"].as_array().map(Vec::len) == Some(1)).await;
     }
-    until_members(&mut publisher, "r", "o", 2).await;
+    publisher.until_members("r", "o", 2).await;
     for i in 200..300 {
         let answer = publisher.ok("publish", publish(i)).await;
         published.push(answer["id"].clone());
@@ -360,16 +346,68 @@ async fn a_node_that_leaves_is_forgotten_at_once_and_one_alone_still_serves() {
     staying.join("r", "l").await;
     let mut leaving = nodes[1].client().await;
     leaving.join("r", "l").await;
-    until_members(&mut staying, "r", "l", 2).await;
+    staying.until_members("r", "l", 2).await;
     drop(leaving);
-    until_members(&mut staying, "r", "l", 1).await;
+    staying.until_members("r", "l", 1).await;
     let mut second = nodes[1].client().await;
     second.join("r", "l").await;
-    until_members(&mut staying, "r", "l", 2).await;
+    staying.until_members("r", "l", 2).await;
     nodes.pop().unwrap().shutdown().await;
-    until_members(&mut staying, "r", "l", 1).await;
+    staying.until_members("r", "l", 1).await;
     until_status(&nodes[0], |s| s["cluster"]["peers"] == json!([])).await;
     let mut other = nodes[0].client().await;
     other.publish_ff("r", "l", json!("still here")).await;
     assert_eq!(staying.recv_message().await["payload"], "still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_started_while_redis_is_down_serves_locally_then_joins() {
+    need_redis!("a_node_started_while_redis_is_down_serves_locally_then_joins");
+    let mut redis = RedisProcess::reserve();
+    let lonely = TestServer::start_with(node_config(&redis, "early")).await;
+    let status = until_status(&lonely, |s| s["cluster"]["healthy"] == false).await;
+    assert_eq!(status["cluster"]["node_id"], "early");
+    // Its own clients are served: local delivery needs no Redis.
+    let mut a = lonely.client().await;
+    let mut b = lonely.client().await;
+    a.join("r", "d").await;
+    b.publish_ff("r", "d", json!("local")).await;
+    assert_eq!(a.recv_message().await["payload"], "local");
+
+    redis.restart();
+    until_status(&lonely, |s| s["cluster"]["healthy"] == true).await;
+    let other = TestServer::start_with(node_config(&redis, "late")).await;
+    until_status(&lonely, |s| s["cluster"]["peers"] == json!(["late"])).await;
+    a.until_members("r", "d", 1).await;
+    let mut c = other.client().await;
+    c.until_members("r", "d", 1).await;
+    c.publish_ff("r", "d", json!("from the late node")).await;
+    assert_eq!(a.recv_message().await["payload"], "from the late node");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_on_cluster_topics_is_ignored() {
+    need_redis!("garbage_on_cluster_topics_is_ignored");
+    let redis = RedisProcess::start();
+    let nodes = start_nodes(&redis, 2).await;
+    let mut a = nodes[0].client().await;
+    a.join("r", "g").await;
+    let mut b = nodes[1].client().await;
+    b.until_members("r", "g", 1).await;
+    // Malformed control messages and forwarded frames, from "another node".
+    for (topic, body) in [
+        ("arqon:cluster", "not json"),
+        ("arqon:cluster", r#"{"t":"members","node":"x","counts":[["nocolon",5]]}"#),
+        ("arqon:cluster", r#"{"t":"clients","node":"x","joined":["not-an-id"]}"#),
+        ("arqon:ch:r:g", "x\nc r g arq_bad\n{}"),
+        ("arqon:ch:r:g", "no header at all"),
+        ("arqon:node:node-0", "x\nd arq_01ARZ3NDEKTSV4RRFFQ69G5FAV\nnot json but delivered as is"),
+    ] {
+        redis.command(&["PUBLISH", topic, body]);
+    }
+    b.publish_ff("r", "g", json!("after the garbage")).await;
+    let message = a.recv_message().await;
+    assert_eq!(message["payload"], "after the garbage");
+    a.until_members("r", "g", 1).await;
+    a.expect_silence(Duration::from_millis(200)).await;
 }

@@ -277,6 +277,20 @@ impl TestClient {
         answer["error"]["code"].as_str().unwrap().to_owned()
     }
 
+    /// Waits until `channel_info` reports `members` (in a cluster, counts
+    /// travel between nodes asynchronously).
+    pub async fn until_members(&mut self, room: &str, channel: &str, members: u64) {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let info = self.ok("channel_info", json!({"room": room, "channel": channel})).await;
+            if info["members"] == members {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "members never reached {members}: {info}");
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+
     pub async fn join(&mut self, room: &str, channel: &str) -> Value {
         self.ok("join_channel", json!({"room": room, "channel": channel})).await
     }

@@ -27,7 +27,12 @@ fn arqonbus() -> Command {
 
 /// Starts the server and returns it with its WebSocket URL.
 async fn start() -> (Child, String) {
-    let mut child = arqonbus().spawn().unwrap();
+    start_command(arqonbus()).await
+}
+
+/// Starts `command` and waits for its ready line.
+async fn start_command(mut command: Command) -> (Child, String) {
+    let mut child = command.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let mut lines = BufReader::new(stdout).lines();
     let line = tokio::time::timeout(TIMEOUT, lines.next_line()).await.expect("ready in time").unwrap().unwrap();
@@ -150,4 +155,68 @@ async fn a_bad_log_format_fails_start_up() {
     let output = arqonbus().env("ARQON_LOG_FORMAT", "xml").output().await.unwrap();
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("ARQON_LOG_FORMAT"));
+}
+
+/// A cluster node over `redis`, with a short registry TTL.
+async fn start_node(redis: &arqon_e2e::redis::RedisProcess, node: &str) -> (Child, String) {
+    let mut command = arqonbus();
+    command
+        .env("ARQON_STORAGE__BACKEND", "redis")
+        .env("ARQON_STORAGE__REDIS__URL", redis.url())
+        .env("ARQON_CLUSTER__ENABLED", "true")
+        .env("ARQON_CLUSTER__NODE_ID", node)
+        .env("ARQON_CLUSTER__REGISTRY_TTL_MS", "1500")
+        .env("ARQON_LIMITS__RATE_PER_S", "0");
+    start_command(command).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_with_kill_9_leaves_the_others_serving_and_its_clients_recover_elsewhere() {
+    if !arqon_e2e::redis::redis_available("a_node_killed_with_kill_9") {
+        return;
+    }
+    let redis = arqon_e2e::redis::RedisProcess::start();
+    let (_n0, url0) = start_node(&redis, "n0").await;
+    let (_n1, url1) = start_node(&redis, "n1").await;
+    let (n2, url2) = start_node(&redis, "n2").await;
+    let (mut a, mut b, mut c) =
+        (TestClient::connect(&url0).await, TestClient::connect(&url1).await, TestClient::connect(&url2).await);
+    for client in [&mut a, &mut b, &mut c] {
+        client.join("r", "k").await;
+    }
+    a.until_members("r", "k", 3).await;
+    let publish = |i: u64| json!({"room": "r", "channel": "k", "payload": i});
+    for i in 0..20 {
+        a.ok("publish", publish(i)).await;
+    }
+    let mut last_seen_by_c = None;
+    for i in 0..20 {
+        assert_eq!(b.recv_message().await["payload"], i);
+        let message = c.recv_message().await;
+        assert_eq!(message["payload"], i);
+        last_seen_by_c = Some(message["id"].clone());
+    }
+
+    signal(&n2, "KILL");
+    let killed = std::time::Instant::now();
+    assert!(matches!(c.closed().await, Closed::Eof | Closed::Code(1006)));
+    // The others go on as if nothing happened.
+    for i in 20..40 {
+        a.ok("publish", publish(i)).await;
+        assert_eq!(b.recv_message().await["payload"], i);
+    }
+    // The dead node's member disappears once it has been silent for the TTL.
+    a.until_members("r", "k", 2).await;
+    b.until_members("r", "k", 2).await;
+    assert!(killed.elapsed() < Duration::from_secs(15), "took {:?}", killed.elapsed());
+    // Its client reconnects to another node and recovers what it missed.
+    let mut moved = TestClient::connect(&url1).await;
+    let args = json!({"room": "r", "channel": "k", "since": last_seen_by_c.unwrap()});
+    let joined = moved.ok("join_channel", args).await;
+    assert!(joined.get("truncated").is_none_or(|t| t == false), "{joined}");
+    for i in 20..40 {
+        assert_eq!(moved.recv_message().await["payload"], i);
+    }
+    moved.expect_silence(Duration::from_millis(300)).await;
+    let _ = n2;
 }

@@ -1705,3 +1705,46 @@ async fn channels_created_and_deleted_on_other_nodes_are_applied_locally() {
     // Deleting what is already gone tells no one.
     assert_eq!(router.channel_deleted_elsewhere(&key).await, 0);
 }
+
+/// A broker whose channel subscriptions complete only when the test says so.
+#[derive(Debug, Default)]
+struct GatedBroker {
+    gate: Arc<tokio::sync::Notify>,
+    asked: Mutex<Vec<ChannelKey>>,
+}
+
+impl Broker for GatedBroker {
+    fn forward(&self, _delivery: Delivery) {}
+    fn knows_client(&self, _id: ClientId) -> bool {
+        false
+    }
+    fn interest(&self, _key: &ChannelKey, _local_members: usize) {}
+    fn subscribe(&self, key: &ChannelKey) -> arqon_routing::Subscribed {
+        self.asked.lock().unwrap().push(key.clone());
+        let gate = Arc::clone(&self.gate);
+        Box::pin(async move { gate.notified().await })
+    }
+}
+
+#[tokio::test]
+async fn join_is_answered_only_once_the_broker_receives_the_channel() {
+    let broker = Arc::new(GatedBroker::default());
+    let router = Router::with_broker(config(), Arc::new(MemoryStorage::new(1000)), broker.clone());
+    let mut a = Client::connect(&router, Role::User);
+    let id = a.new_id();
+    let frame = json!({"type": "command", "id": id.to_string(), "command": "join_channel",
+                       "args": {"room": "r", "channel": "c"}})
+    .to_string();
+    {
+        let join = a.session.handle_text(&frame);
+        tokio::pin!(join);
+        // Held up by the broker: no answer yet.
+        assert!(tokio::time::timeout(Duration::from_millis(100), &mut join).await.is_err());
+        assert_eq!(*broker.asked.lock().unwrap(), [key("r", "c")]);
+        broker.gate.notify_one();
+        tokio::time::timeout(WAIT, join).await.expect("the join completes once subscribed");
+    }
+    let reply = a.next().await;
+    assert_eq!((reply["type"].as_str(), reply["request_id"].as_str()), (Some("response"), Some(&*id.to_string())));
+    assert_eq!(reply["payload"]["members"], 1);
+}
