@@ -27,6 +27,9 @@ Scenarios (defaults in brackets):
 
 Common options:
   --url URL            bus endpoint, an IP literal [ws://127.0.0.1:9100/ws]
+  --sub-url URL        fanout/fanin/latency: subscribers connect here instead,
+                       round-robin if given more than once (other cluster
+                       nodes); publishers stay on --url
   --timeout SECS       hard bound on the whole run, set-up included [60]
   --server-pid PID     read the server's RSS and CPU time from /proc
   --threads N          tokio worker threads [available CPUs]
@@ -127,6 +130,8 @@ pub(crate) struct Options {
     pub(crate) scenario: Scenario,
     pub(crate) url: String,
     pub(crate) addr: SocketAddr,
+    /// Where subscribers connect (`--sub-url`, repeatable); empty: `url`.
+    pub(crate) sub_urls: Vec<(String, SocketAddr)>,
     pub(crate) timeout: Duration,
     pub(crate) server_pid: Option<u32>,
     pub(crate) threads: Option<usize>,
@@ -204,6 +209,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
     let mut o = Options {
         scenario,
         url: "ws://127.0.0.1:9100/ws".to_owned(),
+        sub_urls: Vec::new(),
         addr: SocketAddr::from(([127, 0, 0, 1], 9100)),
         timeout: Duration::from_secs(60),
         server_pid: None,
@@ -267,6 +273,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
                 o.addr = parse_url(v)?;
                 o.url = value.clone();
             }
+            "--sub-url" => o.sub_urls.push((value.clone(), parse_url(v)?)),
             "--timeout" => o.timeout = seconds(&flag, v)?,
             "--server-pid" => o.server_pid = Some(number(&flag, v)?),
             "--threads" => o.threads = Some(number::<usize>(&flag, v)?.max(1)),

@@ -191,6 +191,8 @@ struct PubResult {
 #[derive(Debug)]
 struct Run {
     endpoint: Endpoint,
+    /// Where subscribers connect, round-robin; empty: `endpoint`.
+    sub_endpoints: Vec<Endpoint>,
     clock: Clock,
     flow: Flow,
     room: String,
@@ -208,6 +210,17 @@ struct Run {
     setup_limit: Duration,
 }
 
+impl Run {
+    /// Subscribers (`subscriber` true) spread over `--sub-url`s when given.
+    fn endpoint_for(&self, index: usize, subscriber: bool) -> &Endpoint {
+        match self.sub_endpoints.len() {
+            0 => &self.endpoint,
+            n if subscriber => &self.sub_endpoints[index % n],
+            _ => &self.endpoint,
+        }
+    }
+}
+
 type Ready = mpsc::Sender<Result<(), SetupError>>;
 
 /// Sets up a publisher or subscriber on the lean client, one of at most
@@ -216,7 +229,7 @@ async fn setup_lean(run: &Run, index: usize, join: bool) -> Result<LeanWs, Setup
     let _permit =
         run.setup.acquire().await.map_err(|_| SetupError { code: "SETUP".into(), detail: "closed".into() })?;
     let channel = join.then_some((run.room.as_str(), run.channel.as_str()));
-    open_lean(&run.endpoint, index, channel, run.setup_limit).await
+    open_lean(run.endpoint_for(index, join), index, channel, run.setup_limit).await
 }
 
 /// Counts a frame that is not a benchmark message.
@@ -318,7 +331,7 @@ async fn stalled(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::Rec
     let opened = {
         let permit = run.setup.acquire().await.ok()?;
         let channel = Some((run.room.as_str(), run.channel.as_str()));
-        let opened = open(&run.endpoint, index, BUSY_READ_BUFFER, channel, run.setup_limit).await;
+        let opened = open(run.endpoint_for(index, true), index, BUSY_READ_BUFFER, channel, run.setup_limit).await;
         drop(permit);
         opened
     };
@@ -492,6 +505,10 @@ fn params(o: &Options) -> BTreeMap<String, serde_json::Value> {
     if o.stalled > 0 {
         p.insert("stalled".into(), o.stalled.into());
     }
+    if !o.sub_urls.is_empty() {
+        let urls: Vec<serde_json::Value> = o.sub_urls.iter().map(|(url, _)| url.clone().into()).collect();
+        p.insert("subscriber_urls".into(), urls.into());
+    }
     p
 }
 
@@ -508,6 +525,7 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
     debug_assert!(matches!(o.scenario, Scenario::Fanout | Scenario::Fanin | Scenario::Latency));
     let run = Arc::new(Run {
         endpoint: Endpoint::new(&o.url, o.addr, o.per_ip),
+        sub_endpoints: o.sub_urls.iter().map(|(url, addr)| Endpoint::new(url, *addr, o.per_ip)).collect(),
         clock,
         flow: Flow::new(o.window, o.subscribers),
         room: o.room.clone(),
