@@ -507,14 +507,21 @@ impl Node {
         let names = &shared.names;
         let node = &*shared.node;
         let ttl = ms(shared.options.registry_ttl);
-        let (clients, members) = {
+        let (clients, members, wanted) = {
             let mut local = shared.local.lock();
             local.client_changes.clear();
-            (local.clients.iter().copied().collect::<Vec<_>>(), local.members.clone())
+            // Topics subscribed before an outage are renewed by the subscriber
+            // client itself; this adds what became wanted meanwhile and drops
+            // what no longer is.
+            let subscribed: Vec<ChannelKey> = shared.subs.lock().channels.iter().cloned().collect();
+            let keys: HashSet<ChannelKey> = subscribed
+                .into_iter()
+                .chain(local.members.keys().cloned())
+                .chain(local.requested.keys().cloned())
+                .collect();
+            let wanted: Vec<(ChannelKey, bool)> = keys.into_iter().map(|k| (k.clone(), local.wants(&k))).collect();
+            (local.clients.iter().copied().collect::<Vec<_>>(), local.members.clone(), wanted)
         };
-        // Topics subscribed before the outage are renewed by the subscriber
-        // client itself; this adds what was wanted meanwhile.
-        let wanted: Vec<(ChannelKey, bool)> = members.keys().map(|k| (k.clone(), true)).collect();
         self.update_subscriptions(&wanted).await?;
         let pipeline = self.clients.commands.pipeline();
         pipeline.custom::<Value, String>(command("DEL"), vec![names.clients(node), names.members(node)]).await?;

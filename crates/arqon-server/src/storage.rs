@@ -29,9 +29,12 @@ pub(crate) async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, Se
                 pool_size: redis.pool_size,
             })
             .await?;
+            // In a cluster other nodes append too, so this node's memory
+            // never holds a channel's exact history: no outage reads from it.
+            let cache_per_channel = if config.cluster.enabled { 0 } else { redis.cache_per_channel };
             let options = FallbackOptions {
                 journal_capacity: redis.journal_capacity,
-                cache_per_channel: redis.cache_per_channel,
+                cache_per_channel,
                 max_len: redis.max_len,
                 ..FallbackOptions::default()
             };
