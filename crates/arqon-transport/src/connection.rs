@@ -4,11 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arqon_protocol::{CloseReason, Frame, IdGenerator, Outbound, Timestamp, encode};
+use std::collections::VecDeque;
+
+use arqon_protocol::{CloseReason, Frame, IdGenerator, Outbound, OutboundReceiver, Timestamp, encode};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
@@ -84,6 +86,7 @@ pub(crate) async fn run_connection<S, C>(
         heartbeat: config.heartbeat,
         grace,
         batch: config.write_batch.max(1),
+        queued: VecDeque::new(),
         ids: IdGenerator::new(),
     };
     let mut writer = tokio::spawn(writer.run());
@@ -202,7 +205,9 @@ struct WriterEnd<S> {
 
 struct Writer<S> {
     sink: Sink<S>,
-    frames: mpsc::Receiver<Outbound>,
+    frames: OutboundReceiver,
+    /// What the writer took from `frames` and has not written yet.
+    queued: VecDeque<Outbound>,
     close: watch::Receiver<Option<CloseReason>>,
     stop: watch::Receiver<bool>,
     failed: watch::Receiver<Option<CloseReason>>,
@@ -238,19 +243,18 @@ where
                     if let Some(reason) = *self.failed.borrow_and_update() { break reason; }
                 }
                 _ = self.stop.changed() => break CloseReason::SHUTDOWN,
-                item = self.frames.recv() => match item {
-                    Some(item) => {
-                        // Woken for a lone frame: let the tasks that feed this
-                        // queue run once more first, so that under load one
-                        // write (one syscall) carries several frames.
-                        if self.frames.is_empty() {
-                            tokio::task::yield_now().await;
-                        }
-                        if self.write_batch(item).await.is_err() { return self.end(false); }
-                    }
+                more = self.frames.recv_all(&mut self.queued) => {
                     // Every sender is gone: the bus forgot this client.
-                    None => return self.end(false),
-                },
+                    if !more { return self.end(false); }
+                    // Woken for a lone frame: let the tasks that feed this
+                    // queue run once more first, so that under load one
+                    // write (one syscall) carries several frames.
+                    if self.queued.len() == 1 {
+                        tokio::task::yield_now().await;
+                        self.frames.try_recv_all(&mut self.queued);
+                    }
+                    if self.write_queued().await.is_err() { return self.end(false); }
+                }
                 _ = ticker.tick() => {
                     if self.last_seen.idle() > self.heartbeat * 2 {
                         tracing::debug!("closing idle connection");
@@ -269,8 +273,10 @@ where
                 // Deliver what is already queued (e.g. the MESSAGE_TOO_LARGE
                 // error) before closing.
                 self.frames.close();
-                while let Some(item) = self.frames.recv().await {
-                    self.feed(item).await?;
+                while self.frames.recv_all(&mut self.queued).await {
+                    while let Some(item) = self.queued.pop_front() {
+                        self.feed(item).await?;
+                    }
                 }
                 if reason == CloseReason::SHUTDOWN {
                     let frame = encode::shutdown_event(self.ids.message_id(), Timestamp::now(), "server shutting down");
@@ -313,14 +319,15 @@ where
         }
     }
 
-    /// Writes `first` and whatever else is queued (up to the batch size),
-    /// then flushes once: one syscall for a burst, not one per frame.
-    async fn write_batch(&mut self, first: Outbound) -> Result<(), WsError> {
-        self.feed(first).await?;
-        for _ in 1..self.batch {
-            match self.frames.try_recv() {
-                Ok(item) => self.feed(item).await?,
-                Err(_) => break,
+    /// Writes what `recv_all` took, flushing every `batch` frames: one
+    /// syscall for a burst, not one per frame.
+    async fn write_queued(&mut self) -> Result<(), WsError> {
+        let mut fed = 0;
+        while let Some(item) = self.queued.pop_front() {
+            self.feed(item).await?;
+            fed += 1;
+            if fed % self.batch == 0 {
+                self.sink.flush().await?;
             }
         }
         self.sink.flush().await

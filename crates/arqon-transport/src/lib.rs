@@ -32,8 +32,8 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use arqon_protocol::{CloseReason, Outbound};
-use tokio::sync::{mpsc, watch};
+use arqon_protocol::{CloseReason, OutboundReceiver};
+use tokio::sync::watch;
 
 pub use http::{Monitor, TextStream, serve_monitoring};
 pub use server::serve;
@@ -122,7 +122,7 @@ pub struct Accepted<C> {
     /// Handles the client's frames.
     pub conn: C,
     /// Frames to write to the client, in order (a bounded queue).
-    pub frames: mpsc::Receiver<Outbound>,
+    pub frames: OutboundReceiver,
     /// Becomes `Some` when the connection must be closed with that reason.
     pub close: watch::Receiver<Option<CloseReason>>,
 }
