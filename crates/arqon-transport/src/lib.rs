@@ -5,7 +5,8 @@
 //! deadline and path check), frame size limits (close 1009), protocol
 //! violations (close 1002; invalid UTF-8, 1007), the closing handshake in both
 //! directions, heartbeat pings and idle close, batching queued frames into few
-//! writes, and graceful shutdown (the `shutdown` event, then close 1001). It
+//! writes (the writer frames what it sends itself; tungstenite only reads),
+//! and graceful shutdown (the `shutdown` event, then close 1001). It
 //! does not know what a frame means: an [`Acceptor`] decides who may connect
 //! and a [`Connection`] handles each text frame, so the same loop serves the
 //! bus, a test echo or a compliance harness (`examples/echo.rs`, which
@@ -27,6 +28,7 @@ mod connection;
 mod http;
 mod server;
 mod tls;
+mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -56,8 +58,9 @@ pub struct TransportConfig {
     /// Per-connection read buffer, allocated up front: small keeps idle
     /// connections cheap. Default: 4 KiB.
     pub read_buffer_bytes: usize,
-    /// Frames written per flush at most, so one busy connection cannot starve
-    /// its heartbeat. Default: 64.
+    /// Frames per socket write at most: the writer frames a burst of queued
+    /// frames into one buffer and writes it in pieces of this many (or 64 KiB).
+    /// Default: 64.
     pub write_batch: usize,
     /// Open connections at most (0: no limit); over it, upgrades get HTTP
     /// 503. Default: 100000.
