@@ -68,9 +68,9 @@ pub fn queue(capacity: usize) -> (OutboundSender, OutboundReceiver) {
     (OutboundSender { shared: Arc::clone(&shared) }, OutboundReceiver { shared })
 }
 
-/// Queue storage kept while idle, in items; more is released when the writer
-/// finds the queue empty.
-const IDLE_KEEP: usize = 8;
+/// Queue storage kept while idle, in items (4 is the smallest allocation a
+/// deque makes); more is released when the writer finds the queue empty.
+const IDLE_KEEP: usize = 4;
 
 #[derive(Debug)]
 struct Shared {

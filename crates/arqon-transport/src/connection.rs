@@ -82,9 +82,6 @@ pub(crate) async fn run_connection<S, C>(
     // The upgrade is done: from here on the writer owns the write half.
     let Some((io, control)) = ws.get_mut().take_writer() else { return };
     let last_seen = Arc::new(LastSeen { origin: Instant::now(), ms: AtomicU64::new(0) });
-    // The reader tells the writer to close after a read error that calls for
-    // a close frame (1002, 1007, 1009).
-    let (failed_tx, failed_rx) = watch::channel(None);
     let grace = config.shutdown_grace;
     let writer = Writer {
         io,
@@ -93,7 +90,6 @@ pub(crate) async fn run_connection<S, C>(
         queued: VecDeque::new(),
         close,
         stop,
-        failed: failed_rx,
         last_seen: Arc::clone(&last_seen),
         heartbeat: config.heartbeat,
         grace,
@@ -106,7 +102,11 @@ pub(crate) async fn run_connection<S, C>(
             message = ws.next() => {
                 last_seen.touch();
                 match message {
-                    Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
+                    // Boxed: the handler's future (over 1 KiB for the bus)
+                    // would otherwise be part of this loop's state, kept by
+                    // every idle connection; one allocation per message is the
+                    // price.
+                    Some(Ok(Message::Text(text))) => Box::pin(conn.on_text(text.as_str())).await,
                     Some(Ok(Message::Binary(data))) => conn.on_binary(&data),
                     // tungstenite queues the pong itself; any frame counts as life.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
@@ -158,7 +158,7 @@ pub(crate) async fn run_connection<S, C>(
             // error) and the close frame. The reader is unusable after an
             // error (tokio-tungstenite fuses it), so the close reply is
             // awaited on the raw socket.
-            let _ = failed_tx.send(Some(reason));
+            ws.get_ref().control().fail(reason);
             let done = writer.await;
             drop(conn);
             if let Ok(done) = done {
@@ -229,7 +229,6 @@ struct Writer<S> {
     queued: VecDeque<Outbound>,
     close: watch::Receiver<Option<CloseReason>>,
     stop: watch::Receiver<bool>,
-    failed: watch::Receiver<Option<CloseReason>>,
     last_seen: Arc<LastSeen>,
     heartbeat: Duration,
     grace: Duration,
@@ -248,7 +247,7 @@ where
         // A watch whose sender is gone reports so at once, every time: stop
         // polling it (the handler, holding `close`, goes before the writer
         // when the client closes). Shutdown ends the loop either way.
-        let (mut close_open, mut failed_open) = (true, true);
+        let mut close_open = true;
         let reason = loop {
             tokio::select! {
                 biased;
@@ -256,12 +255,11 @@ where
                     if changed.is_err() { close_open = false; }
                     if let Some(reason) = *self.close.borrow_and_update() { break reason; }
                 }
-                changed = self.failed.changed(), if failed_open => {
-                    if changed.is_err() { failed_open = false; }
-                    if let Some(reason) = *self.failed.borrow_and_update() { break reason; }
-                }
                 _ = self.stop.changed() => break CloseReason::SHUTDOWN,
                 replies = control.take() => {
+                    if let Some(reason) = replies.failed {
+                        break reason;
+                    }
                     if replies.peer_closed {
                         return self.answer_close(replies.bytes).await;
                     }

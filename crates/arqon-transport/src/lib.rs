@@ -55,8 +55,9 @@ pub struct TransportConfig {
     /// How long shutdown waits for connections to drain and close, and how
     /// long a close frame may take to write. Default: 5 s.
     pub shutdown_grace: Duration,
-    /// Per-connection read buffer, allocated up front: small keeps idle
-    /// connections cheap. Default: 4 KiB.
+    /// Per-connection read buffer, allocated up front (tungstenite's, kept
+    /// for the connection's life): small keeps idle connections cheap; a
+    /// larger frame grows it as needed. Default: 1 KiB.
     pub read_buffer_bytes: usize,
     /// Frames per socket write at most: the writer frames a burst of queued
     /// frames into one buffer and writes it in pieces of this many (or 64 KiB).
@@ -83,7 +84,7 @@ impl Default for TransportConfig {
             heartbeat: Duration::from_secs(20),
             upgrade_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             write_batch: 64,
             max_connections: 100_000,
             max_connections_per_ip: 1000,

@@ -18,6 +18,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
+use arqon_protocol::CloseReason;
 use parking_lot::Mutex;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
 
@@ -87,7 +88,8 @@ pub(crate) fn give_scratch(mut buf: Vec<u8>) {
     }
 }
 
-/// Protocol replies tungstenite wrote while reading, waiting for the writer.
+/// What the reader has for the writer: protocol replies tungstenite wrote
+/// while reading, and the close a read error calls for.
 #[derive(Debug, Default)]
 pub(crate) struct Control {
     state: Mutex<ControlState>,
@@ -100,20 +102,37 @@ struct ControlState {
     /// The client sent a close frame: after the close reply, nothing more
     /// may be sent.
     peer_closed: bool,
+    /// The client broke the protocol: the writer closes with this reason.
+    failed: Option<CloseReason>,
 }
 
-/// What [`Control::poll_take`] found: bytes to send, and whether the client
-/// has closed (the bytes then end with the close reply).
+/// What [`Control::poll_take`] found: bytes to send, whether the client has
+/// closed (the bytes then end with the close reply), and the close a read
+/// error calls for.
 #[derive(Debug)]
 pub(crate) struct Replies {
     pub(crate) bytes: Vec<u8>,
     pub(crate) peer_closed: bool,
+    pub(crate) failed: Option<CloseReason>,
 }
 
 impl Control {
     /// Marks that the client sent a close frame; the close reply follows.
     pub(crate) fn set_peer_closed(&self) {
         self.state.lock().peer_closed = true;
+    }
+
+    /// The reader met a read error that calls for a close frame (1002, 1007,
+    /// 1009): the writer sends what is queued, then closes with `reason`.
+    pub(crate) fn fail(&self, reason: CloseReason) {
+        let waker = {
+            let mut state = self.state.lock();
+            state.failed = Some(reason);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
     }
 
     /// Whether the client sent a close frame.
@@ -139,14 +158,18 @@ impl Control {
     /// Takes the waiting replies, or registers the writer to be woken.
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Replies> {
         let mut state = self.state.lock();
-        if state.bytes.is_empty() {
+        if state.bytes.is_empty() && state.failed.is_none() {
             match &state.waker {
                 Some(waker) if waker.will_wake(cx.waker()) => {}
                 _ => state.waker = Some(cx.waker().clone()),
             }
             return Poll::Pending;
         }
-        Poll::Ready(Replies { bytes: std::mem::take(&mut state.bytes), peer_closed: state.peer_closed })
+        Poll::Ready(Replies {
+            bytes: std::mem::take(&mut state.bytes),
+            peer_closed: state.peer_closed,
+            failed: state.failed.take(),
+        })
     }
 
     /// Waits for replies to send.
