@@ -186,12 +186,16 @@ pub(crate) struct Wire<S> {
     read: ReadHalf<S>,
     write: Option<WriteHalf<S>>,
     control: Arc<Control>,
+    /// Bytes read ahead and not yet handed to tungstenite, with how many of
+    /// them were handed already; empty (no allocation) most of the time.
+    ahead: Vec<u8>,
+    ahead_at: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite> Wire<S> {
     pub(crate) fn new(stream: S) -> Self {
         let (read, write) = tokio::io::split(stream);
-        Wire { read, write: Some(write), control: Arc::default() }
+        Wire { read, write: Some(write), control: Arc::default(), ahead: Vec::new(), ahead_at: 0 }
     }
 }
 
@@ -211,9 +215,55 @@ impl<S> Wire<S> {
     }
 }
 
+thread_local! {
+    /// Where a connection's socket is read into when tungstenite's own buffer
+    /// is smaller: one read takes up to this much, whatever the connection's
+    /// buffer, and only the part tungstenite has not taken yet is kept by the
+    /// connection (see [`Wire`]'s `AsyncRead`).
+    static READ_AHEAD: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// Bytes one read of a busy connection takes at most.
+const READ_AHEAD_BYTES: usize = 16 * 1024;
+
 impl<S: AsyncRead> AsyncRead for Wire<S> {
+    /// tungstenite's read buffer is small (idle connections keep it), so a
+    /// busy connection would take few frames per read system call. Reads
+    /// therefore go through a per-thread 16 KiB buffer: what does not fit in
+    /// tungstenite's buffer is kept in `ahead` and handed over on the next
+    /// calls, and freed once handed over.
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.read).poll_read(cx, buf)
+        let this = &mut *self;
+        if this.ahead_at < this.ahead.len() {
+            let n = buf.remaining().min(this.ahead.len() - this.ahead_at);
+            buf.put_slice(&this.ahead[this.ahead_at..this.ahead_at + n]);
+            this.ahead_at += n;
+            if this.ahead_at == this.ahead.len() {
+                this.ahead = Vec::new();
+                this.ahead_at = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
+        if buf.remaining() >= READ_AHEAD_BYTES {
+            return Pin::new(&mut this.read).poll_read(cx, buf);
+        }
+        let mut scratch = READ_AHEAD.with(Cell::take);
+        if scratch.len() < READ_AHEAD_BYTES {
+            scratch = vec![0; READ_AHEAD_BYTES];
+        }
+        let mut into = ReadBuf::new(&mut scratch);
+        let polled = Pin::new(&mut this.read).poll_read(cx, &mut into);
+        if let Poll::Ready(Ok(())) = polled {
+            let read = into.filled();
+            let n = buf.remaining().min(read.len());
+            buf.put_slice(&read[..n]);
+            if n < read.len() {
+                this.ahead = read[n..].to_vec();
+                this.ahead_at = 0;
+            }
+        }
+        READ_AHEAD.with(|cell| cell.set(scratch));
+        polled
     }
 }
 
@@ -250,6 +300,27 @@ pub(crate) async fn write_out<W: AsyncWrite + Unpin>(io: &mut W, buf: &mut Vec<u
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn reads_ahead_and_hands_over_in_order() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let mut wire = Wire::new(server);
+        let sent: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
+        client.write_all(&sent).await.unwrap();
+        drop(client);
+        let mut got = Vec::new();
+        let mut small = [0u8; 1000];
+        loop {
+            let n = wire.read(&mut small).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            got.extend_from_slice(&small[..n]);
+        }
+        assert_eq!(got, sent);
+        assert!(wire.ahead.is_empty(), "nothing kept once handed over");
+    }
 
     #[test]
     fn headers_by_length() {
