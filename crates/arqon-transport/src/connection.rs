@@ -19,7 +19,7 @@ use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::wire::{self, Control, OP_BINARY, OP_PING, OP_TEXT, Wire};
+use crate::wire::{self, Control, OP_BINARY, OP_PING, OP_TEXT, Replies, Wire};
 use crate::{Accepted, Connection, TransportConfig};
 
 /// Milliseconds since the connection started when the client last sent
@@ -147,6 +147,7 @@ pub(crate) async fn run_connection<S, C>(
             // (RFC 6455 7.1.1) instead of dropping it mid-way.
             let closing = async {
                 drain(&mut ws).await;
+                ws.get_ref().control().set_reply_done();
                 let _ = (&mut writer).await;
             };
             if tokio::time::timeout(grace, closing).await.is_err() {
@@ -261,7 +262,7 @@ where
                         break reason;
                     }
                     if replies.peer_closed {
-                        return self.answer_close(replies.bytes).await;
+                        return self.answer_close(replies).await;
                     }
                     // Pongs go out between two batches.
                     if self.send_raw(&replies.bytes).await.is_err() { return self.end(false); }
@@ -272,7 +273,7 @@ where
                         // drops the handler): its close reply is on its way.
                         if control.peer_closed() {
                             let replies = control.take().await;
-                            return self.answer_close(replies.bytes).await;
+                            return self.answer_close(replies).await;
                         }
                         // Every sender is gone: the bus forgot this client.
                         return self.end(false);
@@ -335,13 +336,21 @@ where
     }
 
     /// The client closed: what was queued before its close goes out, then
-    /// the close reply (`reply`, from tungstenite), then nothing more.
-    async fn answer_close(mut self, reply: Vec<u8>) -> WriterEnd<S> {
+    /// what tungstenite writes until the reader is done (its close reply,
+    /// maybe after a pong), then nothing more.
+    async fn answer_close(mut self, mut replies: Replies) -> WriterEnd<S> {
         self.frames.close();
         self.frames.try_recv_all(&mut self.queued);
+        let control = Arc::clone(&self.control);
         let sent = async {
             self.write_queued().await?;
-            self.send_raw(&reply).await
+            loop {
+                self.send_raw(&replies.bytes).await?;
+                if replies.reply_done {
+                    return Ok::<(), std::io::Error>(());
+                }
+                replies = control.take().await;
+            }
         }
         .await
         .is_ok();

@@ -104,15 +104,19 @@ struct ControlState {
     peer_closed: bool,
     /// The client broke the protocol: the writer closes with this reason.
     failed: Option<CloseReason>,
+    /// After the client's close: the reader has finished reading, so
+    /// tungstenite's close reply (if any) is in `bytes` or already taken.
+    reply_done: bool,
 }
 
 /// What [`Control::poll_take`] found: bytes to send, whether the client has
-/// closed (the bytes then end with the close reply), and the close a read
-/// error calls for.
+/// closed, whether everything tungstenite will write after that close is in
+/// `bytes` (or was taken before), and the close a read error calls for.
 #[derive(Debug)]
 pub(crate) struct Replies {
     pub(crate) bytes: Vec<u8>,
     pub(crate) peer_closed: bool,
+    pub(crate) reply_done: bool,
     pub(crate) failed: Option<CloseReason>,
 }
 
@@ -128,6 +132,19 @@ impl Control {
         let waker = {
             let mut state = self.state.lock();
             state.failed = Some(reason);
+            state.waker.take()
+        };
+        if let Some(waker) = waker {
+            waker.wake();
+        }
+    }
+
+    /// After the client's close, the reader is done reading: tungstenite has
+    /// written its close reply, or never will.
+    pub(crate) fn set_reply_done(&self) {
+        let waker = {
+            let mut state = self.state.lock();
+            state.reply_done = true;
             state.waker.take()
         };
         if let Some(waker) = waker {
@@ -158,7 +175,7 @@ impl Control {
     /// Takes the waiting replies, or registers the writer to be woken.
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Replies> {
         let mut state = self.state.lock();
-        if state.bytes.is_empty() && state.failed.is_none() {
+        if state.bytes.is_empty() && state.failed.is_none() && !state.reply_done {
             match &state.waker {
                 Some(waker) if waker.will_wake(cx.waker()) => {}
                 _ => state.waker = Some(cx.waker().clone()),
@@ -168,6 +185,7 @@ impl Control {
         Poll::Ready(Replies {
             bytes: std::mem::take(&mut state.bytes),
             peer_closed: state.peer_closed,
+            reply_done: state.reply_done,
             failed: state.failed.take(),
         })
     }

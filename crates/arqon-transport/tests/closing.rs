@@ -100,6 +100,28 @@ async fn a_client_close_is_answered_before_the_socket_closes() {
 }
 
 #[tokio::test]
+async fn a_close_right_after_a_ping_still_gets_its_reply() {
+    let addr = server().await;
+    for _ in 0..20 {
+        let mut ws = connect(addr).await;
+        ws.send(Message::Ping("p".into())).await.unwrap();
+        ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "done".into() }))).await.unwrap();
+        expect_close(&mut ws, 1000).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_right_after_a_ping_still_gets_its_reply_on_two_threads() {
+    let addr = server().await;
+    for _ in 0..50 {
+        let mut ws = connect(addr).await;
+        ws.send(Message::Ping("p".into())).await.unwrap();
+        ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "done".into() }))).await.unwrap();
+        expect_close(&mut ws, 1000).await;
+    }
+}
+
+#[tokio::test]
 async fn a_server_close_completes_the_handshake() {
     let addr = server().await;
     let mut ws = connect(addr).await;
