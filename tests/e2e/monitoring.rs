@@ -160,6 +160,24 @@ async fn next_event(ws: &mut arqon_e2e::Ws) -> Value {
     }
 }
 
+/// Reads the next events and checks them against `expected`, in order: each
+/// event's name and, where given, its client id.
+async fn expect_events(ws: &mut arqon_e2e::Ws, expected: &[(&str, Option<String>)]) {
+    for (name, client) in expected {
+        let event = next_event(ws).await;
+        assert_eq!(event["event"], *name, "{event}");
+        assert!(event["timestamp"].is_string());
+        if let Some(client) = client {
+            assert_eq!(event["client_id"], client.as_str(), "{event}");
+        }
+        if *name == "message_routed" {
+            assert_eq!(event["fanout"], 1);
+            assert_eq!(event["room"], "t");
+            assert!(event["bytes"].as_u64().unwrap() > 0 && event["latency_us"].is_u64());
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn telemetry_observer_sees_a_known_sequence_in_order() {
     let server = TestServer::start().await;
@@ -172,35 +190,36 @@ async fn telemetry_observer_sees_a_known_sequence_in_order() {
     let mut b = server.client().await;
     a.join("t", "c").await;
     b.join("t", "c").await;
+    // A command's response is queued before its command_executed event, and
+    // the two connections run on different threads: b can have its answer
+    // before its event exists. Reading the events up to here first keeps the
+    // publish below from racing b's command_executed.
+    expect_events(
+        &mut all,
+        &[
+            ("connection_opened", Some(a.id.clone())),
+            ("connection_opened", Some(b.id.clone())),
+            ("channel_created", None),
+            ("command_executed", None),
+            ("command_executed", None),
+        ],
+    )
+    .await;
     a.publish_ff("t", "c", json!("hello")).await;
     b.recv_message().await;
     a.err("dance", json!({})).await;
     let b_id = b.id.clone();
     drop(b);
-    let expected = [
-        ("connection_opened", Some(a.id.clone())),
-        ("connection_opened", Some(b_id.clone())),
-        ("channel_created", None),
-        ("command_executed", None),
-        ("command_executed", None),
-        ("message_routed", None),
-        // An unknown command never runs: an error, no command_executed.
-        ("error", Some(a.id.clone())),
-        ("connection_closed", Some(b_id)),
-    ];
-    for (name, client) in expected {
-        let event = next_event(&mut all).await;
-        assert_eq!(event["event"], name, "{event}");
-        assert!(event["timestamp"].is_string());
-        if let Some(client) = client {
-            assert_eq!(event["client_id"], client.as_str(), "{event}");
-        }
-        if name == "message_routed" {
-            assert_eq!(event["fanout"], 1);
-            assert_eq!(event["room"], "t");
-            assert!(event["bytes"].as_u64().unwrap() > 0 && event["latency_us"].is_u64());
-        }
-    }
+    expect_events(
+        &mut all,
+        &[
+            ("message_routed", None),
+            // An unknown command never runs: an error, no command_executed.
+            ("error", Some(a.id.clone())),
+            ("connection_closed", Some(b_id)),
+        ],
+    )
+    .await;
     let only = next_event(&mut errors).await;
     assert_eq!((only["event"].as_str(), only["code"].as_str()), (Some("error"), Some("UNKNOWN_COMMAND")));
     let (status, body) = http(mon, "GET", "/telemetry?events=bogus").await;

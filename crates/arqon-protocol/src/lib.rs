@@ -16,8 +16,9 @@
 //!   [`ProtocolError`] carrying the wire [`ErrorCode`] to report.
 //! - [`Frame`] and the builders in [`encode`]: server frames, serialized once
 //!   and shared by every receiver.
-//! - [`Outbound`], [`CloseReason`]: what a connection's outbound queue
-//!   carries; plain data shared by the routing and transport layers.
+//! - [`Outbound`], [`CloseReason`], [`queue`]: what a connection's outbound
+//!   queue carries, and the bounded queue itself (a mutex and a waker, no
+//!   runtime), shared by the routing and transport layers.
 
 mod decode;
 pub mod encode;
@@ -33,7 +34,7 @@ pub use encode::Frame;
 pub use error::{ErrorCode, ProtocolError};
 pub use id::{ClientId, IdGenerator, MessageId};
 pub use name::{ChannelKey, Name};
-pub use outbound::{CloseReason, Outbound};
+pub use outbound::{CloseReason, Outbound, OutboundReceiver, OutboundSender, TryRecvError, TrySendError, queue};
 pub use role::Role;
 pub use timestamp::Timestamp;
 

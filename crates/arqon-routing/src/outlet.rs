@@ -2,8 +2,8 @@
 
 use std::sync::Arc;
 
-use arqon_protocol::{ClientId, CloseReason, Outbound};
-use tokio::sync::{mpsc, watch};
+use arqon_protocol::{ClientId, CloseReason, Outbound, OutboundReceiver, OutboundSender, TrySendError};
+use tokio::sync::watch;
 
 use crate::observer::{BusEvent, Observer};
 
@@ -11,7 +11,7 @@ use crate::observer::{BusEvent, Observer};
 /// to close that client.
 #[derive(Debug, Clone)]
 pub(crate) struct Outlet {
-    tx: mpsc::Sender<Outbound>,
+    tx: OutboundSender,
     close: Arc<watch::Sender<Option<CloseReason>>>,
     client: ClientId,
     observer: Arc<dyn Observer>,
@@ -22,7 +22,7 @@ pub(crate) struct Outlet {
 #[derive(Debug)]
 pub struct Inbox {
     /// Frames to write, in order.
-    pub frames: mpsc::Receiver<Outbound>,
+    pub frames: OutboundReceiver,
     /// Becomes `Some` when the bus wants the connection closed.
     pub close: watch::Receiver<Option<CloseReason>>,
 }
@@ -34,14 +34,14 @@ impl Outlet {
     /// drops silently; it closes *this* client with 1008 (slow consumer), so
     /// one stalled reader cannot slow a publisher or grow memory.
     pub(crate) fn new(capacity: usize, client: ClientId, observer: Arc<dyn Observer>) -> (Outlet, Inbox) {
-        let (tx, frames) = mpsc::channel(capacity.max(1));
+        let (tx, frames) = arqon_protocol::queue(capacity);
         let (close_tx, close) = watch::channel(None);
         (Outlet { tx, close: Arc::new(close_tx), client, observer }, Inbox { frames, close })
     }
 
     /// Frames queued and not yet taken by the writer.
     pub(crate) fn queued(&self) -> usize {
-        self.tx.max_capacity() - self.tx.capacity()
+        self.tx.len()
     }
 
     /// Queues an item; returns false if it was not queued (the client is gone
@@ -49,11 +49,11 @@ impl Outlet {
     pub(crate) fn push(&self, item: Outbound) -> bool {
         match self.tx.try_send(item) {
             Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(TrySendError::Full(_)) => {
                 self.close(CloseReason::SLOW_CONSUMER);
                 false
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+            Err(TrySendError::Closed(_)) => false,
         }
     }
 

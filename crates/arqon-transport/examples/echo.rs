@@ -14,11 +14,11 @@
 use std::error::Error;
 use std::sync::Arc;
 
-use arqon_protocol::{CloseReason, Frame, Outbound};
+use arqon_protocol::{CloseReason, Frame, Outbound, OutboundSender, TrySendError};
 use arqon_transport::{Accepted, Acceptor, Connection, Refusal, TransportConfig, UpgradeRequest};
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 
 /// Outbound queue per connection. Generous, because the test suite sends
 /// bursts of up to a thousand messages before it reads any echo; text echo
@@ -34,7 +34,7 @@ struct EchoAcceptor;
 /// Echoes one client's messages through its outbound queue.
 #[derive(Debug)]
 struct Echo {
-    frames: mpsc::Sender<Outbound>,
+    frames: OutboundSender,
     close: watch::Sender<Option<CloseReason>>,
 }
 
@@ -50,7 +50,7 @@ impl Acceptor for EchoAcceptor {
     type Conn = Echo;
 
     fn accept(&self, _request: &UpgradeRequest<'_>) -> Result<Accepted<Echo>, Refusal> {
-        let (frames_tx, frames) = mpsc::channel(QUEUE);
+        let (frames_tx, frames) = arqon_protocol::queue(QUEUE);
         let (close_tx, close) = watch::channel(None);
         Ok(Accepted { conn: Echo { frames: frames_tx, close: close_tx }, frames, close })
     }
@@ -58,9 +58,21 @@ impl Acceptor for EchoAcceptor {
 
 impl Connection for Echo {
     async fn on_text(&mut self, text: &str) {
-        // Waiting for room is the backpressure: the reader stops reading.
-        if self.frames.send(Outbound::Frame(Frame::from_text(text))).await.is_err() {
-            let _ = self.close.send(Some(CloseReason::SLOW_CONSUMER));
+        // Waiting for room is the backpressure: the reader stops reading
+        // (and lets the writer, on the same runtime, drain the queue).
+        let mut item = Outbound::Frame(Frame::from_text(text));
+        loop {
+            match self.frames.try_send(item) {
+                Ok(()) => return,
+                Err(TrySendError::Full(back)) => {
+                    item = back;
+                    tokio::task::yield_now().await;
+                }
+                Err(TrySendError::Closed(_)) => {
+                    let _ = self.close.send(Some(CloseReason::SLOW_CONSUMER));
+                    return;
+                }
+            }
         }
     }
 

@@ -1,21 +1,25 @@
 //! One connection: a reader (this task) and a writer (a spawned task).
+//!
+//! The reader drives tungstenite over the socket's read half; the writer owns
+//! the write half and frames everything the server sends itself (see
+//! [`crate::wire`]), including the protocol replies tungstenite produces
+//! while reading.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use arqon_protocol::{CloseReason, Frame, IdGenerator, Outbound, Timestamp, encode};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{mpsc, watch};
+use arqon_protocol::{CloseReason, IdGenerator, Outbound, OutboundReceiver, Timestamp, encode};
+use futures_util::StreamExt;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
-use tokio_tungstenite::tungstenite::protocol::CloseFrame;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::{Error as WsError, Message, Utf8Bytes};
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
+use crate::wire::{self, Control, OP_BINARY, OP_PING, OP_TEXT, Replies, Wire};
 use crate::{Accepted, Connection, TransportConfig};
 
 /// Milliseconds since the connection started when the client last sent
@@ -43,11 +47,18 @@ const INVALID_UTF8: CloseReason = CloseReason { code: 1007, reason: "invalid UTF
 /// opcodes, a fragmented or oversized control frame, a stray continuation).
 const PROTOCOL_ERROR: CloseReason = CloseReason { code: 1002, reason: "protocol violation" };
 
+/// A payload at least this long is written from its own buffer instead of
+/// being copied into the batch buffer.
+const LARGE_PAYLOAD: usize = 16 * 1024;
+
+/// The batch buffer is written out when it reaches this size.
+const FLUSH_BYTES: usize = 64 * 1024;
+
 /// How the reader's loop ended.
 enum End<S> {
     /// The connection is gone (TCP closed or failed without a handshake).
     Gone,
-    /// The client sent a close frame; tungstenite queued the reply.
+    /// The client sent a close frame; tungstenite produces the reply.
     ClientClosed,
     /// The client broke a rule that ends the connection with this close.
     Failed(CloseReason),
@@ -59,7 +70,7 @@ enum End<S> {
 /// Runs a connection to its end. Returns when the client is gone, the bus
 /// closed it, or shutdown finished with it.
 pub(crate) async fn run_connection<S, C>(
-    ws: WebSocketStream<S>,
+    mut ws: WebSocketStream<Wire<S>>,
     accepted: Accepted<C>,
     config: &TransportConfig,
     stop: watch::Receiver<bool>,
@@ -68,18 +79,17 @@ pub(crate) async fn run_connection<S, C>(
     C: Connection,
 {
     let Accepted { mut conn, frames, close } = accepted;
-    let (sink, mut stream) = ws.split();
+    // The upgrade is done: from here on the writer owns the write half.
+    let Some((io, control)) = ws.get_mut().take_writer() else { return };
     let last_seen = Arc::new(LastSeen { origin: Instant::now(), ms: AtomicU64::new(0) });
-    // The reader tells the writer to close after a read error that calls for
-    // a close frame (1002, 1007, 1009).
-    let (failed_tx, failed_rx) = watch::channel(None);
     let grace = config.shutdown_grace;
     let writer = Writer {
-        sink,
+        io,
+        control,
         frames,
+        queued: VecDeque::new(),
         close,
         stop,
-        failed: failed_rx,
         last_seen: Arc::clone(&last_seen),
         heartbeat: config.heartbeat,
         grace,
@@ -89,12 +99,16 @@ pub(crate) async fn run_connection<S, C>(
     let mut writer = tokio::spawn(writer.run());
     let end = loop {
         tokio::select! {
-            message = stream.next() => {
+            message = ws.next() => {
                 last_seen.touch();
                 match message {
-                    Some(Ok(Message::Text(text))) => conn.on_text(text.as_str()).await,
+                    // Boxed: the handler's future (over 1 KiB for the bus)
+                    // would otherwise be part of this loop's state, kept by
+                    // every idle connection; one allocation per message is the
+                    // price.
+                    Some(Ok(Message::Text(text))) => Box::pin(conn.on_text(text.as_str())).await,
                     Some(Ok(Message::Binary(data))) => conn.on_binary(&data),
-                    // tungstenite answers pings itself; any frame counts as life.
+                    // tungstenite queues the pong itself; any frame counts as life.
                     Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
                     Some(Ok(Message::Close(_))) => break End::ClientClosed,
                     None => break End::Gone,
@@ -123,30 +137,41 @@ pub(crate) async fn run_connection<S, C>(
         // Nothing more can be delivered: stop the writer.
         End::Gone => writer.abort(),
         End::ClientClosed => {
+            // Marked before the handler goes, so that the writer, seeing the
+            // queue's last sender gone, waits for the close reply.
+            ws.get_ref().control().set_peer_closed();
             drop(conn);
-            // Reading on makes tungstenite write its queued close reply and
-            // then end the stream, so the server closes TCP after a clean
-            // handshake (RFC 6455 7.1.1) instead of dropping it mid-way.
-            let _ = tokio::time::timeout(grace, drain(&mut stream)).await;
-            writer.abort();
+            // Reading on makes tungstenite produce its close reply (the
+            // writer sends it after what was queued, then stops) and then end
+            // the stream, so the server closes TCP after a clean handshake
+            // (RFC 6455 7.1.1) instead of dropping it mid-way.
+            let closing = async {
+                drain(&mut ws).await;
+                ws.get_ref().control().set_reply_done();
+                let _ = (&mut writer).await;
+            };
+            if tokio::time::timeout(grace, closing).await.is_err() {
+                writer.abort();
+            }
         }
         End::Failed(reason) => {
             // The writer flushes what is queued (e.g. the MESSAGE_TOO_LARGE
-            // error) and the close frame. The read half is unusable after an
+            // error) and the close frame. The reader is unusable after an
             // error (tokio-tungstenite fuses it), so the close reply is
             // awaited on the raw socket.
-            let _ = failed_tx.send(Some(reason));
+            ws.get_ref().control().fail(reason);
             let done = writer.await;
             drop(conn);
             if let Ok(done) = done {
-                linger(done.sink, stream, grace).await;
+                linger(done.io, &mut ws, grace).await;
             }
         }
         End::WriterDone(Some(done)) if done.sent_close => {
             drop(conn);
             // We started the closing handshake: wait for the client's reply,
-            // discarding whatever it sent meanwhile.
-            let _ = tokio::time::timeout(grace, drain(&mut stream)).await;
+            // discarding whatever it sent meanwhile (tungstenite's own reply
+            // to it goes nowhere: the writer is done).
+            let _ = tokio::time::timeout(grace, drain(&mut ws)).await;
         }
         End::WriterDone(_) => {}
     }
@@ -163,13 +188,13 @@ fn close_for(error: &WsError) -> Option<CloseReason> {
     }
 }
 
-/// Reads until the stream ends; tungstenite answers or completes the closing
-/// handshake as it reads.
-async fn drain<S>(stream: &mut SplitStream<WebSocketStream<S>>)
+/// Reads until the stream ends; tungstenite produces the close reply or
+/// completes the closing handshake as it reads.
+async fn drain<S>(ws: &mut WebSocketStream<Wire<S>>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    while stream.next().await.is_some() {}
+    while ws.next().await.is_some() {}
 }
 
 /// Closes the socket after the close frame went out: shuts down our sending
@@ -177,48 +202,39 @@ where
 /// elapses). Closing a socket with unread input resets the connection, and a
 /// reset can destroy the close frame (and the error before it) on its way to
 /// the client; that is what an oversize message leaves behind.
-async fn linger<S>(sink: Sink<S>, stream: SplitStream<WebSocketStream<S>>, grace: Duration)
+async fn linger<S>(mut io: WriteHalf<S>, ws: &mut WebSocketStream<Wire<S>>, grace: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let Ok(mut ws) = sink.reunite(stream) else { return };
-    let io = ws.get_mut();
+    let read = ws.get_mut().read_half();
     let _ = tokio::time::timeout(grace, async {
         let _ = io.shutdown().await;
         let mut buf = vec![0; 4096];
-        while let Ok(1..) = io.read(&mut buf).await {}
+        while let Ok(1..) = read.read(&mut buf).await {}
     })
     .await;
 }
 
-type Sink<S> = SplitSink<WebSocketStream<S>, Message>;
-
 /// What the writer hands back when it stops: the write half (the reader may
-/// need it to reunite the socket) and whether a close frame went out.
+/// still need to shut it down) and whether a close frame went out.
 struct WriterEnd<S> {
-    sink: Sink<S>,
+    io: WriteHalf<S>,
     sent_close: bool,
 }
 
 struct Writer<S> {
-    sink: Sink<S>,
-    frames: mpsc::Receiver<Outbound>,
+    io: WriteHalf<S>,
+    control: Arc<Control>,
+    frames: OutboundReceiver,
+    /// What the writer took from `frames` and has not written yet.
+    queued: VecDeque<Outbound>,
     close: watch::Receiver<Option<CloseReason>>,
     stop: watch::Receiver<bool>,
-    failed: watch::Receiver<Option<CloseReason>>,
     last_seen: Arc<LastSeen>,
     heartbeat: Duration,
     grace: Duration,
     batch: usize,
     ids: IdGenerator,
-}
-
-fn text(frame: Frame) -> Message {
-    // Frames are UTF-8 by construction; the check is a fast ASCII scan.
-    match Utf8Bytes::try_from(frame.bytes().clone()) {
-        Ok(text) => Message::Text(text),
-        Err(_) => Message::Text(Utf8Bytes::from(frame.as_str())),
-    }
 }
 
 impl<S> Writer<S>
@@ -228,59 +244,82 @@ where
     async fn run(mut self) -> WriterEnd<S> {
         let mut ticker = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let control = Arc::clone(&self.control);
+        // A watch whose sender is gone reports so at once, every time: stop
+        // polling it (the handler, holding `close`, goes before the writer
+        // when the client closes). Shutdown ends the loop either way.
+        let mut close_open = true;
         let reason = loop {
             tokio::select! {
                 biased;
-                _ = self.close.changed() => {
+                changed = self.close.changed(), if close_open => {
+                    if changed.is_err() { close_open = false; }
                     if let Some(reason) = *self.close.borrow_and_update() { break reason; }
                 }
-                _ = self.failed.changed() => {
-                    if let Some(reason) = *self.failed.borrow_and_update() { break reason; }
-                }
                 _ = self.stop.changed() => break CloseReason::SHUTDOWN,
-                item = self.frames.recv() => match item {
-                    Some(item) => {
-                        // Woken for a lone frame: let the tasks that feed this
-                        // queue run once more first, so that under load one
-                        // write (one syscall) carries several frames.
-                        if self.frames.is_empty() {
-                            tokio::task::yield_now().await;
-                        }
-                        if self.write_batch(item).await.is_err() { return self.end(false); }
+                replies = control.take() => {
+                    if let Some(reason) = replies.failed {
+                        break reason;
                     }
-                    // Every sender is gone: the bus forgot this client.
-                    None => return self.end(false),
-                },
+                    if replies.peer_closed {
+                        return self.answer_close(replies).await;
+                    }
+                    // Pongs go out between two batches.
+                    if self.send_raw(&replies.bytes).await.is_err() { return self.end(false); }
+                }
+                more = self.frames.recv_all(&mut self.queued) => {
+                    if !more {
+                        // The client closed (the reader marks that before it
+                        // drops the handler): its close reply is on its way.
+                        if control.peer_closed() {
+                            let replies = control.take().await;
+                            return self.answer_close(replies).await;
+                        }
+                        // Every sender is gone: the bus forgot this client.
+                        return self.end(false);
+                    }
+                    // Woken for a lone frame: let the tasks that feed this
+                    // queue run once more first, so that under load one
+                    // write (one syscall) carries several frames.
+                    if self.queued.len() == 1 {
+                        tokio::task::yield_now().await;
+                        self.frames.try_recv_all(&mut self.queued);
+                    }
+                    if self.write_queued().await.is_err() { return self.end(false); }
+                }
                 _ = ticker.tick() => {
                     if self.last_seen.idle() > self.heartbeat * 2 {
                         tracing::debug!("closing idle connection");
                         return self.end(false);
                     }
-                    if self.sink.send(Message::Ping(Default::default())).await.is_err() { return self.end(false); }
+                    let mut ping = Vec::with_capacity(2);
+                    wire::put_header(&mut ping, OP_PING, 0);
+                    if self.send_raw(&ping).await.is_err() { return self.end(false); }
                 }
             }
         };
         let grace = self.grace;
         let finish = async {
+            self.frames.close();
             if reason == CloseReason::SLOW_CONSUMER {
                 // The client is not reading: what is queued is dropped.
-                self.frames.close();
+                self.queued.clear();
             } else {
                 // Deliver what is already queued (e.g. the MESSAGE_TOO_LARGE
                 // error) before closing.
-                self.frames.close();
-                while let Some(item) = self.frames.recv().await {
-                    self.feed(item).await?;
+                while self.frames.recv_all(&mut self.queued).await {
+                    self.write_queued().await?;
                 }
                 if reason == CloseReason::SHUTDOWN {
                     let frame = encode::shutdown_event(self.ids.message_id(), Timestamp::now(), "server shutting down");
-                    self.sink.feed(text(frame)).await?;
+                    self.queued.push_back(Outbound::Frame(frame));
+                    self.write_queued().await?;
                 }
             }
-            let close = CloseFrame { code: CloseCode::from(reason.code), reason: reason.reason.into() };
-            self.sink.send(Message::Close(Some(close))).await?;
+            let mut close = Vec::with_capacity(4 + reason.reason.len());
+            wire::put_close(&mut close, reason.code, reason.reason);
             // The reader waits for the client's close reply.
-            Ok::<(), WsError>(())
+            self.send_raw(&close).await
         };
         let sent_close = match tokio::time::timeout(grace, finish).await {
             Ok(Ok(())) => true,
@@ -296,33 +335,86 @@ where
         self.end(sent_close)
     }
 
-    fn end(self, sent_close: bool) -> WriterEnd<S> {
-        WriterEnd { sink: self.sink, sent_close }
-    }
-
-    async fn feed(&mut self, item: Outbound) -> Result<(), WsError> {
-        match item {
-            Outbound::Frame(frame) => self.sink.feed(text(frame)).await,
-            Outbound::Batch(frames) => {
-                for frame in frames {
-                    self.sink.feed(text(frame)).await?;
+    /// The client closed: what was queued before its close goes out, then
+    /// what tungstenite writes until the reader is done (its close reply,
+    /// maybe after a pong), then nothing more.
+    async fn answer_close(mut self, mut replies: Replies) -> WriterEnd<S> {
+        self.frames.close();
+        self.frames.try_recv_all(&mut self.queued);
+        let control = Arc::clone(&self.control);
+        let sent = async {
+            self.write_queued().await?;
+            loop {
+                self.send_raw(&replies.bytes).await?;
+                if replies.reply_done {
+                    return Ok::<(), std::io::Error>(());
                 }
-                Ok(())
+                replies = control.take().await;
             }
-            Outbound::Binary(data) => self.sink.feed(Message::Binary(data)).await,
         }
+        .await
+        .is_ok();
+        self.end(sent)
     }
 
-    /// Writes `first` and whatever else is queued (up to the batch size),
-    /// then flushes once: one syscall for a burst, not one per frame.
-    async fn write_batch(&mut self, first: Outbound) -> Result<(), WsError> {
-        self.feed(first).await?;
-        for _ in 1..self.batch {
-            match self.frames.try_recv() {
-                Ok(item) => self.feed(item).await?,
-                Err(_) => break,
+    fn end(self, sent_close: bool) -> WriterEnd<S> {
+        WriterEnd { io: self.io, sent_close }
+    }
+
+    /// Writes bytes that are already framed, and flushes.
+    async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.io.write_all(bytes).await?;
+        self.io.flush().await
+    }
+
+    /// Frames everything in `queued` into one buffer and writes it, in
+    /// writes of at most `batch` frames or `FLUSH_BYTES`, then flushes.
+    async fn write_queued(&mut self) -> std::io::Result<()> {
+        if self.queued.is_empty() {
+            return Ok(());
+        }
+        let mut buf = wire::take_scratch();
+        let mut framed = 0;
+        while let Some(item) = self.queued.pop_front() {
+            match item {
+                Outbound::Frame(frame) => {
+                    self.put(&mut buf, OP_TEXT, frame.bytes()).await?;
+                    framed += 1;
+                }
+                Outbound::Batch(frames) => {
+                    for frame in frames {
+                        self.put(&mut buf, OP_TEXT, frame.bytes()).await?;
+                        framed += 1;
+                        if framed >= self.batch || buf.len() >= FLUSH_BYTES {
+                            wire::write_out(&mut self.io, &mut buf).await?;
+                            framed = 0;
+                        }
+                    }
+                }
+                Outbound::Binary(data) => {
+                    self.put(&mut buf, OP_BINARY, &data).await?;
+                    framed += 1;
+                }
+            }
+            if framed >= self.batch || buf.len() >= FLUSH_BYTES {
+                wire::write_out(&mut self.io, &mut buf).await?;
+                framed = 0;
             }
         }
-        self.sink.flush().await
+        wire::write_out(&mut self.io, &mut buf).await?;
+        wire::give_scratch(buf);
+        self.io.flush().await
+    }
+
+    /// Appends one frame to `buf`; a large payload is written straight from
+    /// its own storage after what `buf` holds.
+    async fn put(&mut self, buf: &mut Vec<u8>, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+        wire::put_header(buf, opcode, payload.len());
+        if payload.len() < LARGE_PAYLOAD {
+            buf.extend_from_slice(payload);
+            return Ok(());
+        }
+        wire::write_out(&mut self.io, buf).await?;
+        self.io.write_all(payload).await
     }
 }

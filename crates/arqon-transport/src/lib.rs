@@ -5,7 +5,8 @@
 //! deadline and path check), frame size limits (close 1009), protocol
 //! violations (close 1002; invalid UTF-8, 1007), the closing handshake in both
 //! directions, heartbeat pings and idle close, batching queued frames into few
-//! writes, and graceful shutdown (the `shutdown` event, then close 1001). It
+//! writes (the writer frames what it sends itself; tungstenite only reads),
+//! and graceful shutdown (the `shutdown` event, then close 1001). It
 //! does not know what a frame means: an [`Acceptor`] decides who may connect
 //! and a [`Connection`] handles each text frame, so the same loop serves the
 //! bus, a test echo or a compliance harness (`examples/echo.rs`, which
@@ -27,13 +28,14 @@ mod connection;
 mod http;
 mod server;
 mod tls;
+mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use arqon_protocol::{CloseReason, Outbound};
-use tokio::sync::{mpsc, watch};
+use arqon_protocol::{CloseReason, OutboundReceiver};
+use tokio::sync::watch;
 
 pub use http::{Monitor, TextStream, serve_monitoring};
 pub use server::serve;
@@ -53,11 +55,13 @@ pub struct TransportConfig {
     /// How long shutdown waits for connections to drain and close, and how
     /// long a close frame may take to write. Default: 5 s.
     pub shutdown_grace: Duration,
-    /// Per-connection read buffer, allocated up front: small keeps idle
-    /// connections cheap. Default: 4 KiB.
+    /// Per-connection read buffer, allocated up front (tungstenite's, kept
+    /// for the connection's life): small keeps idle connections cheap; a
+    /// larger frame grows it as needed. Default: 1 KiB.
     pub read_buffer_bytes: usize,
-    /// Frames written per flush at most, so one busy connection cannot starve
-    /// its heartbeat. Default: 64.
+    /// Frames per socket write at most: the writer frames a burst of queued
+    /// frames into one buffer and writes it in pieces of this many (or 64 KiB).
+    /// Default: 64.
     pub write_batch: usize,
     /// Open connections at most (0: no limit); over it, upgrades get HTTP
     /// 503. Default: 100000.
@@ -80,7 +84,7 @@ impl Default for TransportConfig {
             heartbeat: Duration::from_secs(20),
             upgrade_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
-            read_buffer_bytes: 4096,
+            read_buffer_bytes: 1024,
             write_batch: 64,
             max_connections: 100_000,
             max_connections_per_ip: 1000,
@@ -122,7 +126,7 @@ pub struct Accepted<C> {
     /// Handles the client's frames.
     pub conn: C,
     /// Frames to write to the client, in order (a bounded queue).
-    pub frames: mpsc::Receiver<Outbound>,
+    pub frames: OutboundReceiver,
     /// Becomes `Some` when the connection must be closed with that reason.
     pub close: watch::Receiver<Option<CloseReason>>,
 }

@@ -1,6 +1,7 @@
 //! The accept loop and graceful shutdown.
 
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -12,6 +13,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
 use crate::admission::{Admission, Slot, check_origin};
 use crate::connection::run_connection;
+use crate::wire::Wire;
 use crate::{Accepted, Acceptor, Refusal, TransportConfig, TransportError, UpgradeRequest};
 
 /// Serves WebSocket clients on `listener` until `shutdown` resolves, then
@@ -78,6 +80,10 @@ fn refusal_response(refusal: &Refusal) -> ErrorResponse {
     response
 }
 
+/// A connection's reader loop, once upgraded: boxed, so that the task
+/// running it is not sized for the upgrade's states as well.
+type Running = Pin<Box<dyn Future<Output = ()> + Send>>;
+
 async fn handle<A: Acceptor>(
     stream: TcpStream,
     peer: std::net::SocketAddr,
@@ -86,21 +92,44 @@ async fn handle<A: Acceptor>(
     config: Arc<TransportConfig>,
     stop: watch::Receiver<bool>,
 ) {
+    // A task's storage is sized for the largest state of its future, for the
+    // task's whole life. The upgrade (TLS, the HTTP handshake, the callback)
+    // is several KiB that an idle connection must not keep, so it runs boxed
+    // and is freed when done; the connection then runs from its own box.
+    let running = Box::pin(establish(stream, peer, slot, acceptor, config, stop)).await;
+    if let Some(running) = running {
+        running.await;
+    }
+}
+
+/// TLS (if configured) and the WebSocket upgrade, within one deadline.
+async fn establish<A: Acceptor>(
+    stream: TcpStream,
+    peer: std::net::SocketAddr,
+    slot: Result<Slot, Refusal>,
+    acceptor: Arc<A>,
+    config: Arc<TransportConfig>,
+    stop: watch::Receiver<bool>,
+) -> Option<Running> {
     // Small frames must not wait for Nagle's algorithm.
     let _ = stream.set_nodelay(true);
     // One deadline covers TLS and the WebSocket upgrade: a client that opens
     // a socket and goes quiet (slowloris) loses its slot when it expires.
     let deadline = tokio::time::Instant::now() + config.upgrade_timeout;
     match &config.tls {
-        None => upgrade(stream, peer, slot, acceptor, &config, stop, deadline).await,
+        None => upgrade(stream, peer, slot, acceptor, Arc::clone(&config), stop, deadline).await,
         Some(tls) => {
             let tls_acceptor = tokio_rustls::TlsAcceptor::from(Arc::clone(&tls.0));
-            // Boxed: its state is freed after the handshake instead of
-            // sizing the connection's future for its whole life.
-            match tokio::time::timeout_at(deadline, Box::pin(tls_acceptor.accept(stream))).await {
-                Ok(Ok(stream)) => upgrade(stream, peer, slot, acceptor, &config, stop, deadline).await,
-                Ok(Err(e)) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-                Err(_) => tracing::debug!(%peer, "TLS handshake deadline elapsed"),
+            match tokio::time::timeout_at(deadline, tls_acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => upgrade(stream, peer, slot, acceptor, Arc::clone(&config), stop, deadline).await,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    None
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake deadline elapsed");
+                    None
+                }
             }
         }
     }
@@ -111,10 +140,11 @@ async fn upgrade<S, A>(
     peer: std::net::SocketAddr,
     slot: Result<Slot, Refusal>,
     acceptor: Arc<A>,
-    config: &TransportConfig,
+    config: Arc<TransportConfig>,
     stop: watch::Receiver<bool>,
     deadline: tokio::time::Instant,
-) where
+) -> Option<Running>
+where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     A: Acceptor,
 {
@@ -145,26 +175,26 @@ async fn upgrade<S, A>(
             Err(refusal) => Err(refusal_response(&refusal)),
         }
     };
-    // Boxed for the same reason: an idle connection should not carry the
-    // upgrade's state machine (several KiB) until it closes.
     let handshake =
-        Box::pin(tokio_tungstenite::accept_hdr_async_with_config(stream, callback, Some(ws_config(config))));
+        tokio_tungstenite::accept_hdr_async_with_config(Wire::new(stream), callback, Some(ws_config(&config)));
     let ws = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "upgrade failed");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(%peer, "upgrade deadline elapsed");
-            return;
+            return None;
         }
     };
     // The callback ran (the handshake succeeded), so `admitted` is set.
-    let Some(accepted) = admitted else { return };
-    // The slot is held for the connection's whole life.
-    let _slot = slot;
-    run_connection(ws, accepted, config, stop).await;
+    let accepted = admitted?;
+    Some(Box::pin(async move {
+        // The slot is held for the connection's whole life.
+        let _slot = slot;
+        run_connection(ws, accepted, &config, stop).await;
+    }))
 }
 
 #[cfg(test)]

@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arqon_protocol::{CloseReason, Frame, Outbound};
+use arqon_protocol::{CloseReason, Frame, Outbound, OutboundSender};
 use arqon_transport::{Accepted, Acceptor, Connection, Refusal, TransportConfig, UpgradeRequest};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as RawFrame;
@@ -24,7 +24,7 @@ type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// Echoes text; `bye` makes the server close with 1008; an oversize message
 /// is answered with a `too large` text frame before the transport's 1009.
 struct Echo {
-    frames: mpsc::Sender<Outbound>,
+    frames: OutboundSender,
     close: watch::Sender<Option<CloseReason>>,
 }
 
@@ -33,7 +33,7 @@ impl Connection for Echo {
         if text == "bye" {
             let _ = self.close.send(Some(CloseReason::ABUSE));
         } else {
-            let _ = self.frames.send(Outbound::Frame(Frame::from_text(text))).await;
+            let _ = self.frames.try_send(Outbound::Frame(Frame::from_text(text)));
         }
     }
 
@@ -50,7 +50,7 @@ impl Acceptor for EchoAcceptor {
     type Conn = Echo;
 
     fn accept(&self, _request: &UpgradeRequest<'_>) -> Result<Accepted<Echo>, Refusal> {
-        let (frames_tx, frames) = mpsc::channel(16);
+        let (frames_tx, frames) = arqon_protocol::queue(16);
         let (close_tx, close) = watch::channel(None);
         Ok(Accepted { conn: Echo { frames: frames_tx, close: close_tx }, frames, close })
     }
@@ -97,6 +97,28 @@ async fn a_client_close_is_answered_before_the_socket_closes() {
     assert_eq!(next(&mut ws).await, Some(Message::text("hi")));
     ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "done".into() }))).await.unwrap();
     expect_close(&mut ws, 1000).await;
+}
+
+#[tokio::test]
+async fn a_close_right_after_a_ping_still_gets_its_reply() {
+    let addr = server().await;
+    for _ in 0..20 {
+        let mut ws = connect(addr).await;
+        ws.send(Message::Ping("p".into())).await.unwrap();
+        ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "done".into() }))).await.unwrap();
+        expect_close(&mut ws, 1000).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_close_right_after_a_ping_still_gets_its_reply_on_two_threads() {
+    let addr = server().await;
+    for _ in 0..50 {
+        let mut ws = connect(addr).await;
+        ws.send(Message::Ping("p".into())).await.unwrap();
+        ws.send(Message::Close(Some(CloseFrame { code: CloseCode::Normal, reason: "done".into() }))).await.unwrap();
+        expect_close(&mut ws, 1000).await;
+    }
 }
 
 #[tokio::test]
