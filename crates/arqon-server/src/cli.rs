@@ -96,38 +96,48 @@ fn run(config_path: Option<PathBuf>) -> Result<(), ServerError> {
         .map_err(|e| ServerError::Usage(format!("cannot start the runtime: {e}")))?;
     runtime.block_on(async {
         let bus = Bus::bind(&config).await?;
+        let shutdown = shutdown_signal();
         // One machine-readable line on stdout: scripts and tests wait for it
         // (with port 0 it is the only way to learn the port).
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "ArqonBus listening on ws://{}/ws", bus.local_addr());
         let _ = stdout.flush();
-        bus.serve(shutdown_signal()).await
+        bus.serve(shutdown).await
     })
 }
 
-/// Resolves on SIGINT or SIGTERM.
-async fn shutdown_signal() {
+/// A future that resolves on SIGINT or SIGTERM. The handlers are installed
+/// here, before the ready line is printed: a signal sent right after that
+/// line must stop the server cleanly, not kill it with the default action.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot listen for SIGTERM; only Ctrl-C stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+        let (interrupt, terminate) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate()));
+        async move {
+            match (interrupt, terminate) {
+                (Ok(mut interrupt), Ok(mut terminate)) => {
+                    tokio::select! {
+                        _ = interrupt.recv() => {}
+                        _ = terminate.recv() => {}
+                    }
+                }
+                (interrupt, terminate) => {
+                    let error = interrupt.err().or(terminate.err()).map(|e| e.to_string()).unwrap_or_default();
+                    tracing::warn!(error = %error, "cannot listen for SIGINT/SIGTERM; only Ctrl-C stops the server");
+                    let _ = tokio::signal::ctrl_c().await;
+                }
             }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
+            tracing::info!("shutdown requested");
         }
     }
     #[cfg(not(unix))]
     {
-        let _ = tokio::signal::ctrl_c().await;
+        async {
+            let _ = tokio::signal::ctrl_c().await;
+            tracing::info!("shutdown requested");
+        }
     }
-    tracing::info!("shutdown requested");
 }
 
 #[cfg(test)]
