@@ -227,6 +227,20 @@ async fn per_sender_order_and_history_hold_across_nodes() {
     let kept: Vec<u64> =
         history["messages"].as_array().unwrap().iter().map(|m| m["payload"]["i"].as_u64().unwrap()).collect();
     assert_eq!(kept, (MESSAGES - 1000..MESSAGES).collect::<Vec<_>>());
+    // The nodes count what crossed: every message (and member event) left
+    // node 0 and arrived at node 1; nothing was dropped.
+    let sent = status(&nodes[0]).await["cluster"].clone();
+    let got = status(&nodes[1]).await["cluster"].clone();
+    assert!(sent["forwarded"].as_u64().unwrap() >= MESSAGES, "{sent}");
+    assert!(got["received"].as_u64().unwrap() >= MESSAGES, "{got}");
+    assert_eq!((sent["dropped"].as_u64(), got["dropped"].as_u64()), (Some(0), Some(0)));
+    let (_, metrics) = http(nodes[1].monitoring.unwrap(), "GET", "/metrics").await;
+    let received = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("arqon_cluster_received_total "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(received.is_some_and(|n| n >= MESSAGES as f64), "{metrics}");
+    assert!(metrics.contains("arqon_cluster_healthy 1"), "{metrics}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -410,4 +424,13 @@ async fn garbage_on_cluster_topics_is_ignored() {
     assert_eq!(message["payload"], "after the garbage");
     a.until_members("r", "g", 1).await;
     a.expect_silence(Duration::from_millis(200)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_single_node_shows_no_cluster() {
+    let node = TestServer::start().await;
+    let status = status(&node).await;
+    assert!(status.get("cluster").is_none(), "{status}");
+    let (_, metrics) = http(node.monitoring.unwrap(), "GET", "/metrics").await;
+    assert!(!metrics.contains("arqon_cluster_"), "{metrics}");
 }
