@@ -195,6 +195,12 @@ async fn counts_member_events_and_channel_changes_are_cluster_wide() {
         assert!(Instant::now() < deadline, "the deleted channel stayed on node 0");
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    // A channel of the same name starts from zero members everywhere: the old
+    // one's counts (a was still a member on node 0) died with it.
+    c.join("r", "x").await;
+    for client in [&mut a, &mut c, &mut admin] {
+        client.until_members("r", "x", 1).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -300,6 +300,11 @@ impl Router {
             channel.retire()
         };
         self.inner.observer.observe(&BusEvent::ChannelDeleted { key });
+        // Its members are no longer members here: the cluster's counts and
+        // subscriptions must not outlive the channel.
+        if let Some(broker) = &self.inner.broker {
+            broker.interest(key, 0);
+        }
         Ok(Some(members))
     }
 

@@ -1436,6 +1436,14 @@ async fn broker_hears_local_membership_changes() {
     assert!(broker.take_interest().is_empty());
     drop(b);
     assert_eq!(broker.take_interest(), [(key("r", "d"), 0)]);
+    // A deletion announced by another node drops this node's interest too.
+    let mut c = Client::connect(&router, Role::User);
+    c.join("r", "e").await;
+    broker.take_interest();
+    router.channel_deleted_elsewhere(&key("r", "e")).await;
+    assert_eq!(broker.take_interest(), [(key("r", "e"), 0)]);
+    drop(c);
+    assert!(broker.take_interest().is_empty());
 }
 
 #[tokio::test]

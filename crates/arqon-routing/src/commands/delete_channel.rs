@@ -27,9 +27,6 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     let router = ctx.session.router.clone();
     let members = router.delete_channel(&key).await?;
     ctx.session.joined.remove(&key);
-    if let Some(broker) = router.broker() {
-        broker.interest(&key, 0);
-    }
     ctx.respond(&Deleted { room: &key.room, channel: &key.channel, deleted: true });
     router.notify_deleted(&key, &members);
     Ok(())
