@@ -80,9 +80,39 @@ impl Local {
 pub(crate) struct Subscriptions {
     pub(crate) channels: HashSet<ChannelKey>,
     /// Subscribed channels per room: the room topic is subscribed while > 0.
-    pub(crate) rooms: HashMap<Name, usize>,
+    rooms: HashMap<Name, usize>,
     /// Joins waiting for a channel's subscription.
     pub(crate) waiters: HashMap<ChannelKey, Vec<oneshot::Sender<()>>>,
+}
+
+impl Subscriptions {
+    /// Records `key` as subscribed; returns whether its room topic is needed
+    /// now (its first channel).
+    pub(crate) fn add(&mut self, key: &ChannelKey) -> bool {
+        self.channels.insert(key.clone());
+        let rooms = self.rooms.entry(key.room.clone()).or_insert(0);
+        *rooms += 1;
+        *rooms == 1
+    }
+
+    /// Records `key` as unsubscribed; returns whether its room topic is no
+    /// longer needed (its last channel).
+    pub(crate) fn remove(&mut self, key: &ChannelKey) -> bool {
+        if !self.channels.remove(key) {
+            return false;
+        }
+        match self.rooms.get_mut(&key.room) {
+            Some(rooms) if *rooms > 1 => {
+                *rooms -= 1;
+                false
+            }
+            Some(_) => {
+                self.rooms.remove(&key.room);
+                true
+            }
+            None => false,
+        }
+    }
 }
 
 impl RedisBroker {
@@ -163,6 +193,13 @@ impl Shared {
         }
     }
 
+    /// [`Shared::drop_deliveries`] unless `count` is zero.
+    pub(crate) fn drop_deliveries_if(&self, count: u64, why: &'static str) {
+        if count > 0 {
+            self.drop_deliveries(count, why);
+        }
+    }
+
     pub(crate) fn delivered_ok(&self, count: u64) {
         self.forwarded.fetch_add(count, Ordering::Relaxed);
         self.overflow_logged.store(false, Ordering::Relaxed);
@@ -179,12 +216,6 @@ impl Broker for RedisBroker {
         let shared = &self.shared;
         if !shared.is_healthy() {
             shared.drop_deliveries(1, "redis unreachable");
-            return;
-        }
-        if let Delivery::Direct { to, .. } = &delivery
-            && shared.view.read().node_of(*to).is_none()
-        {
-            shared.drop_deliveries(1, "recipient left");
             return;
         }
         if shared.forward.try_send(delivery).is_err() {

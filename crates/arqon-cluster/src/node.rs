@@ -154,6 +154,21 @@ fn command(name: &'static str) -> CustomCommand {
     CustomCommand::new_static(name, ClusterHash::FirstKey, false)
 }
 
+/// `KEY id…`: arguments of SADD / SREM on a node's client set.
+fn client_args(key: String, ids: &[ClientId]) -> Vec<Value> {
+    std::iter::once(Value::from(key)).chain(ids.iter().map(|id| Value::from(id.to_string()))).collect()
+}
+
+/// `KEY field count…`: arguments of HSET on a node's member counts.
+fn count_args<'a>(key: String, counts: impl Iterator<Item = (&'a ChannelKey, usize)>) -> Vec<Value> {
+    let mut args = vec![Value::from(key)];
+    for (key, count) in counts {
+        args.push(Value::from(wire::member_field(key)));
+        args.push(Value::Integer(i64::try_from(count).unwrap_or(i64::MAX)));
+    }
+    args
+}
+
 fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
@@ -275,16 +290,11 @@ impl Node {
             let (j, l): (Vec<_>, Vec<_>) = clients.into_iter().partition(|(_, connected)| *connected);
             (j.into_iter().map(|(id, _)| id).collect(), l.into_iter().map(|(id, _)| id).collect())
         };
-        let ids = |list: &[ClientId]| list.iter().map(|id| Value::from(id.to_string())).collect::<Vec<_>>();
         if !joined.is_empty() {
-            let mut args = vec![Value::from(names.clients(node))];
-            args.extend(ids(&joined));
-            pipeline.custom::<Value, Value>(command("SADD"), args).await?;
+            pipeline.custom::<Value, Value>(command("SADD"), client_args(names.clients(node), &joined)).await?;
         }
         if !left.is_empty() {
-            let mut args = vec![Value::from(names.clients(node))];
-            args.extend(ids(&left));
-            pipeline.custom::<Value, Value>(command("SREM"), args).await?;
+            pipeline.custom::<Value, Value>(command("SREM"), client_args(names.clients(node), &left)).await?;
         }
         if !joined.is_empty() || !left.is_empty() {
             let message = Control::Clients {
@@ -297,11 +307,7 @@ impl Node {
         if !counts.is_empty() {
             let (set, gone): (Vec<_>, Vec<_>) = counts.iter().partition(|(_, n, _)| *n > 0);
             if !set.is_empty() {
-                let mut args = vec![Value::from(names.members(node))];
-                for (key, n, _) in &set {
-                    args.push(Value::from(wire::member_field(key)));
-                    args.push(Value::Integer(i64::try_from(*n).unwrap_or(i64::MAX)));
-                }
+                let args = count_args(names.members(node), set.iter().map(|(key, n, _)| (key, *n)));
                 pipeline.custom::<Value, Value>(command("HSET"), args).await?;
             }
             if !gone.is_empty() {
@@ -334,22 +340,14 @@ impl Node {
                 let has = subs.channels.contains(key);
                 if *wants && !has {
                     subscribe.push(names.channel_topic(key));
-                    let rooms = subs.rooms.entry(key.room.clone()).or_insert(0);
-                    if *rooms == 0 {
+                    if subs.add(key) {
                         subscribe.push(names.room_topic(&key.room));
                     }
-                    *rooms += 1;
-                    subs.channels.insert(key.clone());
                     added.push(key.clone());
                 } else if !*wants && has {
                     unsubscribe.push(names.channel_topic(key));
-                    subs.channels.remove(key);
-                    if let Some(rooms) = subs.rooms.get_mut(&key.room) {
-                        *rooms = rooms.saturating_sub(1);
-                        if *rooms == 0 {
-                            subs.rooms.remove(&key.room);
-                            unsubscribe.push(names.room_topic(&key.room));
-                        }
+                    if subs.remove(key) {
+                        unsubscribe.push(names.room_topic(&key.room));
                     }
                 }
             }
@@ -360,13 +358,7 @@ impl Node {
             // Not subscribed after all: forget them so the rejoin retries.
             let mut subs = self.shared.subs.lock();
             for key in &added {
-                subs.channels.remove(key);
-                if let Some(rooms) = subs.rooms.get_mut(&key.room) {
-                    *rooms = rooms.saturating_sub(1);
-                    if *rooms == 0 {
-                        subs.rooms.remove(&key.room);
-                    }
-                }
+                subs.remove(key);
             }
             return Err(error);
         }
@@ -526,17 +518,11 @@ impl Node {
         let pipeline = self.clients.commands.pipeline();
         pipeline.custom::<Value, String>(command("DEL"), vec![names.clients(node), names.members(node)]).await?;
         for chunk in clients.chunks(1000) {
-            let mut args = vec![Value::from(names.clients(node))];
-            args.extend(chunk.iter().map(|id| Value::from(id.to_string())));
-            pipeline.custom::<Value, Value>(command("SADD"), args).await?;
+            pipeline.custom::<Value, Value>(command("SADD"), client_args(names.clients(node), chunk)).await?;
         }
-        let fields: Vec<(&ChannelKey, &usize)> = members.iter().collect();
+        let fields: Vec<(&ChannelKey, usize)> = members.iter().map(|(key, n)| (key, *n)).collect();
         for chunk in fields.chunks(1000) {
-            let mut args = vec![Value::from(names.members(node))];
-            for (key, n) in chunk {
-                args.push(Value::from(wire::member_field(key)));
-                args.push(Value::Integer(i64::try_from(**n).unwrap_or(i64::MAX)));
-            }
+            let args = count_args(names.members(node), chunk.iter().copied());
             pipeline.custom::<Value, Value>(command("HSET"), args).await?;
         }
         self.queue_heartbeat(&pipeline, ttl).await?;
@@ -682,13 +668,5 @@ impl Node {
         }
         let _ = self.clients.subscriber.quit().await;
         let _ = self.clients.commands.quit().await;
-    }
-}
-
-impl Shared {
-    pub(crate) fn drop_deliveries_if(&self, count: u64, why: &'static str) {
-        if count > 0 {
-            self.drop_deliveries(count, why);
-        }
     }
 }

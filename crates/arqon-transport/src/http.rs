@@ -147,34 +147,22 @@ pub async fn serve_monitoring<M: Monitor>(
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), TransportError> {
     let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let monitor = Arc::clone(&monitor);
-                    connections.spawn(async move {
-                        let service = hyper::service::service_fn(move |request| {
-                            let response = route(&monitor, request);
-                            async move { Ok::<_, Infallible>(response) }
-                        });
-                        let connection = hyper::server::conn::http1::Builder::new()
-                            .serve_connection(TokioIo::new(stream), service)
-                            .with_upgrades();
-                        if let Err(e) = connection.await {
-                            tracing::debug!(error = %e, "monitoring connection failed");
-                        }
-                    });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "monitoring accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+    crate::accept::accept_until(&listener, shutdown, &mut connections, "monitoring", |stream, _| {
+        let monitor = Arc::clone(&monitor);
+        async move {
+            let service = hyper::service::service_fn(move |request| {
+                let response = route(&monitor, request);
+                async move { Ok::<_, Infallible>(response) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
+            if let Err(e) = connection.await {
+                tracing::debug!(error = %e, "monitoring connection failed");
+            }
         }
-    }
+    })
+    .await;
     connections.abort_all();
     Ok(())
 }

@@ -23,6 +23,7 @@
 //! - [`TransportConfig`]: limits and timings.
 //! - [`TransportError`]: this layer's error.
 
+mod accept;
 mod admission;
 mod connection;
 mod http;

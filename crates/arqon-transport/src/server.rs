@@ -29,31 +29,14 @@ pub async fn serve<A: Acceptor>(
     let admission = Arc::new(Admission::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut connections = JoinSet::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, peer)) => {
-                    let acceptor = Arc::clone(&acceptor);
-                    let config = Arc::clone(&config);
-                    let stop = stop_rx.clone();
-                    let slot = admission.admit(peer.ip(), &config);
-                    connections.spawn(async move {
-                        handle(stream, peer, slot, acceptor, config, stop).await;
-                    });
-                }
-                // Running out of file descriptors must not end the server:
-                // log it, back off briefly, keep serving those connected.
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                }
-            },
-            // Reap finished connections so the set stays as small as the live count.
-            Some(_) = connections.join_next(), if !connections.is_empty() => {}
-        }
-    }
+    crate::accept::accept_until(&listener, shutdown, &mut connections, "websocket", |stream, peer| {
+        let acceptor = Arc::clone(&acceptor);
+        let config = Arc::clone(&config);
+        let stop = stop_rx.clone();
+        let slot = admission.admit(peer.ip(), &config);
+        async move { handle(stream, peer, slot, acceptor, config, stop).await }
+    })
+    .await;
     drop(listener);
     let _ = stop_tx.send(true);
     let drained =
