@@ -440,3 +440,54 @@ async fn a_single_node_shows_no_cluster() {
     let (_, metrics) = http(node.monitoring.unwrap(), "GET", "/metrics").await;
     assert!(!metrics.contains("arqon_cluster_"), "{metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn during_an_outage_a_node_never_answers_history_from_its_own_memory() {
+    need_redis!("during_an_outage_a_node_never_answers_history_from_its_own_memory");
+    let mut redis = RedisProcess::start();
+    let nodes = start_nodes(&redis, 2).await;
+    let mut a = nodes[0].client().await;
+    let mut b = nodes[1].client().await;
+    // Node 0 stores one message (a single node would now cache the channel),
+    // then node 1 stores five more that node 0 never sees in memory.
+    a.ok("publish", json!({"room": "r", "channel": "h", "payload": 0})).await;
+    for i in 1..6 {
+        b.ok("publish", json!({"room": "r", "channel": "h", "payload": i})).await;
+    }
+    assert_eq!(a.ok("history", json!({"room": "r", "channel": "h"})).await["messages"].as_array().unwrap().len(), 6);
+    redis.kill();
+    until_status(&nodes[0], |s| s["storage"]["healthy"] == false || s["cluster"]["healthy"] == false).await;
+    // An incomplete answer would be worse than none.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let reply = a.command("history", json!({"room": "r", "channel": "h"})).await;
+        if reply["type"] == "error" {
+            assert_eq!(reply["error"]["code"], "STORAGE_UNAVAILABLE", "{reply}");
+            break;
+        }
+        assert_eq!(reply["payload"]["messages"].as_array().unwrap().len(), 6, "{reply}");
+        assert!(Instant::now() < deadline, "storage never noticed the outage");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_and_regaining_redis_is_streamed_as_telemetry() {
+    need_redis!("losing_and_regaining_redis_is_streamed_as_telemetry");
+    use futures_util::StreamExt;
+    let mut redis = RedisProcess::start();
+    let nodes = start_nodes(&redis, 1).await;
+    let url = format!("ws://{}/telemetry?events=cluster_degraded,cluster_recovered", nodes[0].monitoring.unwrap());
+    let (mut events, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+    let mut next = async || loop {
+        let frame = tokio::time::timeout(TIMEOUT, events.next()).await.expect("an event in time").unwrap().unwrap();
+        if let tokio_tungstenite::tungstenite::Message::Text(text) = frame {
+            return serde_json::from_str::<Value>(text.as_str()).unwrap();
+        }
+    };
+    redis.kill();
+    let degraded = next().await;
+    assert_eq!((degraded["event"].as_str(), degraded["node_id"].as_str()), (Some("cluster_degraded"), Some("node-0")));
+    redis.restart();
+    assert_eq!(next().await["event"], "cluster_recovered");
+}

@@ -388,6 +388,16 @@ mod tests {
     }
 
     #[test]
+    fn subscribers_may_connect_to_other_nodes() {
+        let o = run(&["fanout", "--sub-url", "ws://127.0.0.1:4001/ws", "--sub-url=ws://127.0.0.1:4002/ws"]);
+        let ports: Vec<u16> = o.sub_urls.iter().map(|(_, addr)| addr.port()).collect();
+        assert_eq!(ports, [4001, 4002]);
+        assert_eq!(o.sub_urls[0].0, "ws://127.0.0.1:4001/ws");
+        assert!(run(&["fanout"]).sub_urls.is_empty());
+        assert!(parse(["fanout", "--sub-url", "localhost:1"].iter().map(|s| (*s).to_owned())).is_err());
+    }
+
+    #[test]
     fn bad_usage_is_refused() {
         for args in [
             &["nope"][..],

@@ -1756,3 +1756,20 @@ async fn join_is_answered_only_once_the_broker_receives_the_channel() {
     assert_eq!((reply["type"].as_str(), reply["request_id"].as_str()), (Some("response"), Some(&*id.to_string())));
     assert_eq!(reply["payload"]["members"], 1);
 }
+
+#[tokio::test]
+async fn member_events_stop_when_the_cluster_wide_count_passes_the_limit() {
+    let broker = Arc::new(FakeBroker::default());
+    let config = RouterConfig { member_events_max: 2, ..config() };
+    let router = Router::with_broker(config, Arc::new(MemoryStorage::new(1000)), broker.clone());
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::User);
+    a.join("r", "c").await;
+    // Two local members and none elsewhere: within the limit, a hears b.
+    b.join("r", "c").await;
+    assert_eq!(a.next().await["payload"]["event"], "member_joined");
+    // Five members on other nodes: the channel is too large for member events.
+    *broker.remote_members.lock().unwrap() = 5;
+    b.ok("leave_channel", json!({"room": "r", "channel": "c"})).await;
+    a.assert_quiet();
+}
