@@ -8,6 +8,7 @@ use arqon_protocol::{
 };
 use arqon_storage::{Appended, Health, Storage, StoredMessage};
 use dashmap::DashMap;
+use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
@@ -95,8 +96,8 @@ impl RouterBuilder {
             inner: Arc::new(Inner {
                 config: self.config,
                 storage: self.storage,
-                clients: DashMap::new(),
-                rooms: DashMap::new(),
+                clients: DashMap::with_hasher(RandomState::default()),
+                rooms: DashMap::with_hasher(RandomState::default()),
                 client_ids: Mutex::new(IdGenerator::new()),
                 started: Instant::now(),
                 broker: self.broker,
@@ -115,9 +116,9 @@ pub struct Router {
 pub(crate) struct Inner {
     pub(crate) config: RouterConfig,
     pub(crate) storage: Arc<dyn Storage>,
-    clients: DashMap<ClientId, Arc<ClientEntry>>,
+    clients: DashMap<ClientId, Arc<ClientEntry>, RandomState>,
     /// room → channel name → channel. A room exists while it has channels.
-    rooms: DashMap<Name, HashMap<Name, Arc<Channel>>>,
+    rooms: DashMap<Name, HashMap<Name, Arc<Channel>, RandomState>, RandomState>,
     client_ids: Mutex<IdGenerator>,
     pub(crate) started: Instant,
     broker: Option<Arc<dyn Broker>>,
@@ -213,7 +214,7 @@ impl Router {
     /// Every channel (optionally of one room), sorted by room then channel.
     pub fn channels(&self, room: Option<&Name>) -> Vec<ChannelSummary> {
         let mut out = Vec::new();
-        let mut collect = |channels: &HashMap<Name, Arc<Channel>>| {
+        let mut collect = |channels: &HashMap<Name, Arc<Channel>, RandomState>| {
             out.extend(channels.values().map(|c| ChannelSummary {
                 key: c.key.clone(),
                 members: self.cluster_members(&c.key, c.member_count()),

@@ -66,8 +66,8 @@ impl Monitor for BusMonitor {
             "rooms": counts.rooms,
             "channels": channels,
             "messages": {
-                "in": self.telemetry.messages_in.load(Ordering::Relaxed),
-                "out": self.telemetry.messages_out.load(Ordering::Relaxed),
+                "in": self.telemetry.metrics.messages_received(),
+                "out": self.telemetry.metrics.messages_delivered(),
             },
             "storage": self.storage(),
         });

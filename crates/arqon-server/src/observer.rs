@@ -1,7 +1,5 @@
 //! Turns bus events into metrics and telemetry events.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-
 use arqon_routing::{BusEvent, Observer};
 use arqon_telemetry::{BusMetrics, TelemetryHub};
 use serde_json::json;
@@ -12,20 +10,11 @@ use serde_json::json;
 pub(crate) struct Telemetry {
     pub(crate) metrics: BusMetrics,
     pub(crate) hub: TelemetryHub,
-    /// Message frames received (for `/status`).
-    pub(crate) messages_in: AtomicU64,
-    /// Message deliveries queued (for `/status`).
-    pub(crate) messages_out: AtomicU64,
 }
 
 impl Telemetry {
     pub(crate) fn new(telemetry_buffer: usize) -> Self {
-        Telemetry {
-            metrics: arqon_telemetry::BusMetrics::new(),
-            hub: TelemetryHub::new(telemetry_buffer),
-            messages_in: AtomicU64::new(0),
-            messages_out: AtomicU64::new(0),
-        }
+        Telemetry { metrics: arqon_telemetry::BusMetrics::new(), hub: TelemetryHub::new(telemetry_buffer) }
     }
 }
 
@@ -47,13 +36,9 @@ impl Observer for Telemetry {
             }
             BusEvent::FrameReceived { kind } => {
                 self.metrics.frame_received(kind.as_str());
-                if kind == arqon_routing::FrameKind::Message {
-                    self.messages_in.fetch_add(1, Ordering::Relaxed);
-                }
             }
             BusEvent::MessageRouted { room, channel, fanout, bytes, latency } => {
                 self.metrics.message_routed(fanout, latency);
-                self.messages_out.fetch_add(fanout as u64, Ordering::Relaxed);
                 if observed {
                     self.hub.publish(
                         "message_routed",

@@ -8,6 +8,7 @@ use arqon_protocol::{ChannelKey, MessageId, Timestamp};
 use async_trait::async_trait;
 use dashmap::DashMap;
 use dashmap::mapref::entry::Entry;
+use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 
 use crate::{Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage};
@@ -25,11 +26,11 @@ pub struct MemoryStorage {
     /// Most messages kept per channel.
     max_per_channel: usize,
     /// Channel records, as given to [`Storage::create_channel`].
-    records: DashMap<ChannelKey, ChannelRecord>,
+    records: DashMap<ChannelKey, ChannelRecord, RandomState>,
     /// Channel logs. Kept apart from `records` because `append` may create a
     /// log for a channel that was never recorded. The `Arc` lets a caller
     /// clone the log out and release the map's shard lock before locking it.
-    logs: DashMap<ChannelKey, Arc<Mutex<Log>>>,
+    logs: DashMap<ChannelKey, Arc<Mutex<Log>>, RandomState>,
 }
 
 impl MemoryStorage {
@@ -43,7 +44,11 @@ impl MemoryStorage {
     /// When a channel's log is full, each append evicts its oldest message.
     /// `0` keeps no history at all: appends succeed and are dropped at once.
     pub fn new(max_per_channel: usize) -> Self {
-        MemoryStorage { max_per_channel, records: DashMap::new(), logs: DashMap::new() }
+        MemoryStorage {
+            max_per_channel,
+            records: DashMap::with_hasher(RandomState::default()),
+            logs: DashMap::with_hasher(RandomState::default()),
+        }
     }
 
     /// The channel's log, if it has one; the shard lock is released on return.
@@ -98,7 +103,9 @@ struct Log {
     /// Sequence number of `entries[0]`.
     first_seq: u64,
     /// Every kept id to its sequence number; exactly the ids in `entries`.
-    index: HashMap<MessageId, u64>,
+    /// Hashed with foldhash (seeded per map): every append inserts and
+    /// evicts one id, and SipHash was a visible share of an append.
+    index: HashMap<MessageId, u64, RandomState>,
 }
 
 impl Log {

@@ -390,7 +390,7 @@ impl Storage for RedisStorage {
 
     async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
         let args =
-            vec![Value::from(message.id.to_string()), Value::Bytes(message.frame.bytes().clone()), self.max_len_arg()];
+            vec![Value::from(message.id.to_string()), Value::Bytes(message.frame.to_bytes()), self.max_len_arg()];
         let reply = self.run(&self.scripts.append, self.channel_keys(key), args).await?;
         Ok(if integer(&reply, "append")? == 1 { Appended::Stored } else { Appended::Duplicate })
     }

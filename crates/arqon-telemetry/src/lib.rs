@@ -14,6 +14,7 @@
 //! - [`BusMetrics`]: every metric, with handles registered up front.
 //! - [`TelemetryHub`]: the bounded, lossy-and-says-so event broadcast.
 
+mod histogram;
 mod metrics;
 mod stream;
 

@@ -1,11 +1,16 @@
-//! Prometheus metrics of one bus, recorded through the `metrics` facade.
+//! Prometheus metrics of one bus: most through the `metrics` facade, the
+//! per-message ones in fixed buckets of our own (see [`crate::histogram`]).
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use arqon_protocol::ErrorCode;
-use metrics::{Counter, Gauge, Histogram, Recorder};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics::{Counter, Gauge};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+use crate::histogram::{self, Count, Histogram};
 
 /// Storage operations counted by `arqon_storage_operations_total{op}`.
 pub const STORAGE_OPS: [&str; 7] =
@@ -19,18 +24,23 @@ pub const FRAME_KINDS: [&str; 5] = ["message", "command", "invalid", "binary", "
 /// Each bus owns its own recorder (not the process-global one), so two buses
 /// in one process (tests, embedding) never mix their numbers. Recording
 /// through a handle is an atomic operation: no registry lookup and no lock
-/// shared by connections on the hot path.
+/// shared by connections on the hot path. Histograms have fixed buckets and
+/// fixed memory, scraped or not.
 pub struct BusMetrics {
     recorder: PrometheusRecorder,
     handle: PrometheusHandle,
     connections: Gauge,
     opened: Counter,
     closed: Counter,
-    frames: [Counter; FRAME_KINDS.len()],
-    delivered: Counter,
-    routed: Counter,
+    frames: [Count; FRAME_KINDS.len()],
+    /// Clients reached per routed message; its count is the messages routed,
+    /// its sum the deliveries.
     fanout: Histogram,
+    /// Routing latency in nanoseconds.
     latency: Histogram,
+    /// Command run time in nanoseconds, by (command, outcome); commands are
+    /// off the message path, so a short lock is fine.
+    commands: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
     errors: [Counter; ErrorCode::ALL.len()],
     rate_limited: Counter,
     slow_consumers: Counter,
@@ -72,11 +82,26 @@ impl fmt::Debug for BusMetrics {
     }
 }
 
-/// Buckets for routing and command latency, in seconds (50 µs to 1 s).
-const LATENCY_BUCKETS: [f64; 12] =
-    [0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.1, 0.25, 1.0];
+/// Buckets for routing and command latency, in nanoseconds (exported in
+/// seconds: 50 µs to 1 s).
+static LATENCY_BUCKETS_NS: [u64; 12] = [
+    50_000,
+    100_000,
+    250_000,
+    500_000,
+    1_000_000,
+    2_500_000,
+    5_000_000,
+    10_000_000,
+    25_000_000,
+    100_000_000,
+    250_000_000,
+    1_000_000_000,
+];
 /// Buckets for fan-out (members reached per message).
-const FANOUT_BUCKETS: [f64; 10] = [0.0, 1.0, 2.0, 5.0, 10.0, 50.0, 100.0, 500.0, 1000.0, 10000.0];
+static FANOUT_BUCKETS: [u64; 10] = [0, 1, 2, 5, 10, 50, 100, 500, 1000, 10000];
+/// Nanoseconds to seconds.
+const NS: f64 = 1e-9;
 
 impl Default for BusMetrics {
     fn default() -> Self {
@@ -87,23 +112,10 @@ impl Default for BusMetrics {
 impl BusMetrics {
     /// A fresh set of metrics, all at zero.
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Suffix("_seconds".to_owned()), &LATENCY_BUCKETS)
-            .and_then(|b| b.set_buckets_for_metric(Matcher::Full("arqon_message_fanout".to_owned()), &FANOUT_BUCKETS))
-            .map(PrometheusBuilder::build_recorder)
-            // Only fails on empty bucket lists, which ours are not.
-            .unwrap_or_else(|_| PrometheusBuilder::new().build_recorder());
+        let recorder = PrometheusBuilder::new().build_recorder();
         let handle = recorder.handle();
         let mut metrics = metrics::with_local_recorder(&recorder, || {
             metrics::describe_gauge!("arqon_connections", "Connected WebSocket clients.");
-            metrics::describe_counter!("arqon_frames_received_total", "Frames received from clients, by type.");
-            metrics::describe_counter!("arqon_messages_delivered_total", "Message deliveries queued to clients.");
-            metrics::describe_histogram!("arqon_message_fanout", "Clients reached per routed message.");
-            metrics::describe_histogram!(
-                "arqon_routing_latency_seconds",
-                "From frame receipt to delivery queued, per routed message."
-            );
-            metrics::describe_histogram!("arqon_command_duration_seconds", "Command execution time.");
             metrics::describe_counter!("arqon_errors_total", "Error frames sent, by code.");
             metrics::describe_gauge!("arqon_outbound_queue_depth", "Frames queued towards all clients.");
             metrics::describe_gauge!("arqon_storage_healthy", "1 while the storage backend is healthy.");
@@ -111,11 +123,10 @@ impl BusMetrics {
                 connections: metrics::gauge!("arqon_connections"),
                 opened: metrics::counter!("arqon_connections_opened_total"),
                 closed: metrics::counter!("arqon_connections_closed_total"),
-                frames: FRAME_KINDS.map(|kind| metrics::counter!("arqon_frames_received_total", "type" => kind)),
-                delivered: metrics::counter!("arqon_messages_delivered_total"),
-                routed: metrics::counter!("arqon_messages_routed_total"),
-                fanout: metrics::histogram!("arqon_message_fanout"),
-                latency: metrics::histogram!("arqon_routing_latency_seconds"),
+                frames: Default::default(),
+                fanout: Histogram::new(&FANOUT_BUCKETS),
+                latency: Histogram::new(&LATENCY_BUCKETS_NS),
+                commands: Mutex::default(),
                 errors: ErrorCode::ALL.map(|code| metrics::counter!("arqon_errors_total", "code" => code.as_str())),
                 rate_limited: metrics::counter!("arqon_rate_limited_total"),
                 slow_consumers: metrics::counter!("arqon_slow_consumer_disconnects_total"),
@@ -135,7 +146,52 @@ impl BusMetrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
-        self.handle.render()
+        let mut out = self.handle.render();
+        self.render_own(&mut out);
+        out
+    }
+
+    /// The metrics this crate keeps itself (message path and histograms).
+    fn render_own(&self, out: &mut String) {
+        use std::fmt::Write as _;
+        let name = "arqon_frames_received_total";
+        histogram::header(out, name, "counter", "Frames received from clients, by type.");
+        for (kind, count) in FRAME_KINDS.iter().zip(&self.frames) {
+            let _ = writeln!(out, "{name}{{type=\"{kind}\"}} {}", count.get());
+        }
+        let name = "arqon_messages_routed_total";
+        histogram::header(out, name, "counter", "Messages routed (retries excluded).");
+        let _ = writeln!(out, "{name} {}", self.messages_routed());
+        let name = "arqon_messages_delivered_total";
+        histogram::header(out, name, "counter", "Message deliveries queued to clients.");
+        let _ = writeln!(out, "{name} {}", self.messages_delivered());
+        let name = "arqon_message_fanout";
+        histogram::header(out, name, "histogram", "Clients reached per routed message.");
+        self.fanout.render(out, name, "", 1.0);
+        let name = "arqon_routing_latency_seconds";
+        histogram::header(out, name, "histogram", "From frame receipt to delivery queued, per routed message.");
+        self.latency.render(out, name, "", NS);
+        let name = "arqon_command_duration_seconds";
+        histogram::header(out, name, "histogram", "Command execution time.");
+        let commands = self.commands.lock().unwrap_or_else(PoisonError::into_inner);
+        for ((command, outcome), h) in commands.iter() {
+            h.render(out, name, &format!("command=\"{command}\",outcome=\"{outcome}\""), NS);
+        }
+    }
+
+    /// Message frames received so far.
+    pub fn messages_received(&self) -> u64 {
+        self.frames[0].get()
+    }
+
+    /// Messages routed so far (retries excluded).
+    pub fn messages_routed(&self) -> u64 {
+        self.fanout.count()
+    }
+
+    /// Deliveries queued so far.
+    pub fn messages_delivered(&self) -> u64 {
+        self.fanout.sum()
     }
 
     /// A client connected.
@@ -153,27 +209,23 @@ impl BusMetrics {
     /// A frame arrived; `kind` is one of [`FRAME_KINDS`].
     pub fn frame_received(&self, kind: &str) {
         if let Some(i) = FRAME_KINDS.iter().position(|k| *k == kind) {
-            self.frames[i].increment(1);
+            self.frames[i].add(1);
         }
     }
 
     /// A message was routed to `fanout` clients after `latency`.
     pub fn message_routed(&self, fanout: usize, latency: Duration) {
-        self.routed.increment(1);
-        self.delivered.increment(fanout as u64);
-        self.fanout.record(fanout as f64);
-        self.latency.record(latency.as_secs_f64());
+        self.fanout.record(fanout as u64);
+        self.latency.record(nanos(latency));
     }
 
     /// A command ran; `outcome` is `ok` or an error code.
     pub fn command_executed(&self, command: &'static str, outcome: &'static str, duration: Duration) {
-        // Commands are not the hot path: a lazily registered handle is fine.
-        let labels = [("command", command), ("outcome", outcome)];
-        let histogram = self.recorder.register_histogram(
-            &metrics::Key::from_parts("arqon_command_duration_seconds", &labels[..]),
-            &metrics::Metadata::new(module_path!(), metrics::Level::INFO, None),
-        );
-        histogram.record(duration.as_secs_f64());
+        let mut commands = self.commands.lock().unwrap_or_else(PoisonError::into_inner);
+        commands
+            .entry((command, outcome))
+            .or_insert_with(|| Histogram::new(&LATENCY_BUCKETS_NS))
+            .record(nanos(duration));
     }
 
     /// An error frame was sent.
@@ -239,6 +291,10 @@ impl BusMetrics {
             if ok { &self.storage_ok[i] } else { &self.storage_failed[i] }.increment(1);
         }
     }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

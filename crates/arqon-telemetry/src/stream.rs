@@ -1,6 +1,7 @@
 //! The telemetry event stream: bus events as JSON lines for live observers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arqon_protocol::Timestamp;
 use futures_util::Stream;
@@ -34,6 +35,26 @@ pub const EVENT_TYPES: [&str; 14] = [
 #[derive(Debug, Clone)]
 pub struct TelemetryHub {
     tx: broadcast::Sender<(&'static str, Arc<str>)>,
+    /// Live observers. The broadcast's own receiver count takes a lock, and
+    /// every routed message asks.
+    observers: Arc<AtomicUsize>,
+}
+
+/// Counts one observer while it lives.
+#[derive(Debug)]
+struct Observing(Arc<AtomicUsize>);
+
+impl Observing {
+    fn new(observers: &Arc<AtomicUsize>) -> Self {
+        observers.fetch_add(1, Ordering::Relaxed);
+        Observing(Arc::clone(observers))
+    }
+}
+
+impl Drop for Observing {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Default number of events buffered per hub.
@@ -49,12 +70,12 @@ impl TelemetryHub {
     /// A hub buffering up to `capacity` events for slow observers.
     pub fn new(capacity: usize) -> Self {
         let (tx, _) = broadcast::channel(capacity.max(1));
-        TelemetryHub { tx }
+        TelemetryHub { tx, observers: Arc::default() }
     }
 
     /// Whether anyone listens; check before building an expensive event.
     pub fn is_observed(&self) -> bool {
-        self.tx.receiver_count() > 0
+        self.observers.load(Ordering::Relaxed) > 0
     }
 
     /// Publishes an event `name` with `fields` (an object; `event` and
@@ -72,17 +93,18 @@ impl TelemetryHub {
     /// those whose type is in `only`.
     pub fn subscribe(&self, only: Option<Vec<String>>) -> impl Stream<Item = String> + Send + 'static {
         let rx = self.tx.subscribe();
-        futures_util::stream::unfold((rx, only), |(mut rx, only)| async move {
+        let observing = Observing::new(&self.observers);
+        futures_util::stream::unfold((rx, only, observing), |(mut rx, only, observing)| async move {
             loop {
                 match rx.recv().await {
                     Ok((name, text)) => {
                         if only.as_ref().is_none_or(|o| o.iter().any(|t| t == name)) {
-                            return Some((text.to_string(), (rx, only)));
+                            return Some((text.to_string(), (rx, only, observing)));
                         }
                     }
                     Err(broadcast::error::RecvError::Lagged(count)) => {
                         let dropped = render("dropped", serde_json::json!({ "count": count }));
-                        return Some((dropped, (rx, only)));
+                        return Some((dropped, (rx, only, observing)));
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 }
@@ -138,6 +160,20 @@ mod tests {
         assert_eq!(second["event"], "error");
         let only: Value = serde_json::from_str(&errors.next().await.unwrap()).unwrap();
         assert_eq!(only["code"], "NOT_FOUND");
+    }
+
+    #[tokio::test]
+    async fn an_observer_counts_while_its_stream_lives() {
+        let hub = TelemetryHub::new(4);
+        let first = hub.subscribe(None);
+        let second = hub.subscribe(None);
+        assert!(hub.is_observed());
+        drop(first);
+        assert!(hub.is_observed());
+        drop(second);
+        assert!(!hub.is_observed());
+        // With nobody watching, publishing is a no-op (and must not fail).
+        hub.publish("error", serde_json::json!({}));
     }
 
     #[tokio::test]

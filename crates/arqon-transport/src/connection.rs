@@ -7,7 +7,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arqon_protocol::{CloseReason, IdGenerator, Outbound, OutboundReceiver, Timestamp, encode};
@@ -22,24 +22,25 @@ use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 use crate::wire::{self, Control, OP_BINARY, OP_PING, OP_TEXT, Replies, Wire};
 use crate::{Accepted, Connection, TransportConfig};
 
-/// Milliseconds since the connection started when the client last sent
-/// anything; shared by reader (writes) and writer (reads, for idle close).
-struct LastSeen {
-    origin: Instant,
-    ms: AtomicU64,
-}
+/// Whether the client sent anything since the writer's last heartbeat tick;
+/// set by the reader, taken by the writer (for idle close). A flag rather
+/// than a time: reading the clock for every frame showed in profiles.
+#[derive(Default)]
+struct Activity(AtomicBool);
 
-impl LastSeen {
+impl Activity {
     fn touch(&self) {
-        let ms = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.ms.store(ms, Ordering::Relaxed);
+        self.0.store(true, Ordering::Relaxed);
     }
 
-    fn idle(&self) -> Duration {
-        let now = u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(now.saturating_sub(self.ms.load(Ordering::Relaxed)))
+    fn take(&self) -> bool {
+        self.0.swap(false, Ordering::Relaxed)
     }
 }
+
+/// Heartbeat intervals without a frame from the client after which the
+/// connection counts as dead.
+const SILENT_TICKS: u32 = 2;
 
 /// RFC 6455 7.4.1: a text message that is not UTF-8.
 const INVALID_UTF8: CloseReason = CloseReason { code: 1007, reason: "invalid UTF-8" };
@@ -81,7 +82,7 @@ pub(crate) async fn run_connection<S, C>(
     let Accepted { mut conn, frames, close } = accepted;
     // The upgrade is done: from here on the writer owns the write half.
     let Some((io, control)) = ws.get_mut().take_writer() else { return };
-    let last_seen = Arc::new(LastSeen { origin: Instant::now(), ms: AtomicU64::new(0) });
+    let activity = Arc::new(Activity::default());
     let grace = config.shutdown_grace;
     let writer = Writer {
         io,
@@ -90,7 +91,7 @@ pub(crate) async fn run_connection<S, C>(
         queued: VecDeque::new(),
         close,
         stop,
-        last_seen: Arc::clone(&last_seen),
+        activity: Arc::clone(&activity),
         heartbeat: config.heartbeat,
         grace,
         batch: config.write_batch.max(1),
@@ -100,7 +101,7 @@ pub(crate) async fn run_connection<S, C>(
     let end = loop {
         tokio::select! {
             message = ws.next() => {
-                last_seen.touch();
+                activity.touch();
                 match message {
                     // Boxed: the handler's future (over 1 KiB for the bus)
                     // would otherwise be part of this loop's state, kept by
@@ -230,7 +231,7 @@ struct Writer<S> {
     queued: VecDeque<Outbound>,
     close: watch::Receiver<Option<CloseReason>>,
     stop: watch::Receiver<bool>,
-    last_seen: Arc<LastSeen>,
+    activity: Arc<Activity>,
     heartbeat: Duration,
     grace: Duration,
     batch: usize,
@@ -245,6 +246,7 @@ where
         let mut ticker = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let control = Arc::clone(&self.control);
+        let mut silent_ticks = 0;
         // A watch whose sender is gone reports so at once, every time: stop
         // polling it (the handler, holding `close`, goes before the writer
         // when the client closes). Shutdown ends the loop either way.
@@ -288,7 +290,8 @@ where
                     if self.write_queued().await.is_err() { return self.end(false); }
                 }
                 _ = ticker.tick() => {
-                    if self.last_seen.idle() > self.heartbeat * 2 {
+                    silent_ticks = if self.activity.take() { 0 } else { silent_ticks + 1 };
+                    if silent_ticks >= SILENT_TICKS {
                         tracing::debug!("closing idle connection");
                         return self.end(false);
                     }
