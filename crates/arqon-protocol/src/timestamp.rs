@@ -65,8 +65,20 @@ impl Timestamp {
 
     /// Writes the wire form into `out` without allocating.
     pub fn write_to(self, out: &mut Vec<u8>) {
-        let mut buf = [0u8; WIRE_LEN];
-        self.format_into(&mut buf);
+        // Every frame carries a timestamp and a busy thread formats the same
+        // millisecond hundreds of times: keep the last one per thread.
+        thread_local! {
+            static LAST: std::cell::Cell<Option<(i64, [u8; WIRE_LEN])>> = const { std::cell::Cell::new(None) };
+        }
+        let buf = match LAST.get() {
+            Some((unix_ms, buf)) if unix_ms == self.unix_ms => buf,
+            _ => {
+                let mut buf = [0u8; WIRE_LEN];
+                self.format_into(&mut buf);
+                LAST.set(Some((self.unix_ms, buf)));
+                buf
+            }
+        };
         out.extend_from_slice(&buf);
     }
 

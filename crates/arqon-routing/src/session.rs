@@ -175,7 +175,11 @@ impl Session {
                 }
                 let started = std::time::Instant::now();
                 let mut ctx = commands::Ctx { session: self, request_id: frame.id, now };
-                let result = commands::run(command, &mut ctx, args).await.map_err(|e| e.into_protocol());
+                // Boxed: a command's future is the largest the session awaits,
+                // and the transport boxes the whole handler per frame; inline,
+                // it would push every message's allocation past the
+                // allocator's small-size fast path.
+                let result = Box::pin(commands::run(command, &mut ctx, args)).await.map_err(|e| e.into_protocol());
                 self.observe(&BusEvent::CommandExecuted {
                     command: command.name,
                     error: result.as_ref().err().map(|e| e.code),
