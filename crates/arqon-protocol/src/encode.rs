@@ -5,9 +5,8 @@ use std::fmt;
 
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::value::RawValue;
 
-use crate::{ClientId, ErrorCode, MessageId, Name, PROTOCOL_VERSION, Timestamp};
+use crate::{ClientId, ErrorCode, MessageId, Name, PROTOCOL_VERSION, RawJson, Timestamp};
 
 /// One encoded server frame: a complete JSON envelope, UTF-8.
 ///
@@ -139,9 +138,9 @@ pub struct MessageFrame<'a> {
     /// Target channel, for channel messages.
     pub channel: Option<&'a Name>,
     /// The body, untouched.
-    pub payload: Option<&'a RawValue>,
+    pub payload: Option<RawJson<'a>>,
     /// Pass-through metadata, untouched.
-    pub meta: Option<&'a RawValue>,
+    pub meta: Option<RawJson<'a>>,
 }
 
 impl MessageFrame<'_> {
@@ -246,6 +245,8 @@ pub fn shutdown_event(id: MessageId, timestamp: Timestamp, reason: &str) -> Fram
 
 #[cfg(test)]
 mod tests {
+    use serde_json::value::RawValue;
+
     use super::*;
     use crate::IdGenerator;
 
@@ -265,7 +266,7 @@ mod tests {
             from: ids.client_id(),
             room: Some(&room),
             channel: Some(&channel),
-            payload: Some(&payload),
+            payload: Some(RawJson::from(&*payload)),
             meta: None,
         }
         .encode();
