@@ -7,7 +7,7 @@ use std::hint::black_box;
 
 use arqon_benches::{PAYLOAD_BYTES, channel_command, message_frame, payload};
 use arqon_protocol::encode::{self, MessageFrame};
-use arqon_protocol::{IdGenerator, Name, RawValue, Timestamp};
+use arqon_protocol::{IdGenerator, Name, RawJson, RawValue, Timestamp};
 use criterion::{Criterion, Throughput};
 
 fn decode(c: &mut Criterion) {
@@ -45,7 +45,7 @@ fn encode(c: &mut Criterion) {
                 from,
                 room: room.as_ref(),
                 channel: channel.as_ref(),
-                payload: Some(&body),
+                payload: Some(RawJson::from(&*body)),
                 meta: None,
             };
             black_box(frame.encode())

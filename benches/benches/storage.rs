@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use arqon_benches::{PAYLOAD_BYTES, payload, runtime};
 use arqon_protocol::encode::MessageFrame;
-use arqon_protocol::{ChannelKey, IdGenerator, MessageId, Name, RawValue, Timestamp};
+use arqon_protocol::{ChannelKey, IdGenerator, MessageId, Name, RawJson, RawValue, Timestamp};
 use arqon_storage::{MemoryStorage, Storage, StoredMessage};
 use criterion::{Criterion, Throughput};
 
@@ -34,7 +34,7 @@ fn storage(c: &mut Criterion) {
         from,
         room: room.as_ref(),
         channel: channel.as_ref(),
-        payload: Some(&body),
+        payload: Some(RawJson::from(&*body)),
         meta: None,
     }
     .encode();

@@ -1,8 +1,12 @@
 //! Client frame decoding, with the error precedence of PROTOCOL.md section 6.
 //!
-//! The fast path deserializes straight into a borrowed struct; only a frame
-//! that fails it pays for a second, generic parse to classify the failure and
-//! recover its id for `request_id`.
+//! The fast path is a single-pass scan of the envelope (see [`crate::scan`])
+//! into the same borrowed struct serde fills, then the shared checks. Any
+//! frame the scanner does not take simply (escapes in envelope strings,
+//! unknown or duplicate keys, invalid JSON, ...) goes to the serde path,
+//! which deserializes the struct and, only when that fails, pays for a second,
+//! generic parse to classify the failure and recover its id for `request_id`.
+//! So errors, and everything about them, come from the serde path alone.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -11,6 +15,7 @@ use serde::Deserialize;
 use serde::de::{Deserializer, IgnoredAny};
 use serde_json::value::RawValue;
 
+use crate::scan::{Cursor, NotFast, RawJson, Scan};
 use crate::{
     ChannelKey, ClientId, ErrorCode, MAX_META_KEYS, MessageId, Name, PROTOCOL_VERSION, ProtocolError, Timestamp,
 };
@@ -34,14 +39,14 @@ pub enum FrameBody<'a> {
         /// Its destination.
         target: Target,
         /// The body, untouched (absent if the client sent none).
-        payload: Option<&'a RawValue>,
+        payload: Option<RawJson<'a>>,
     },
     /// `type: command`.
     Command {
         /// The command name, not yet looked up.
         name: Cow<'a, str>,
         /// The raw `args` object, if any; each command parses its own.
-        args: Option<&'a RawValue>,
+        args: Option<RawJson<'a>>,
     },
 }
 
@@ -54,7 +59,7 @@ pub struct ClientFrame<'a> {
     /// What the frame asks for.
     pub body: FrameBody<'a>,
     /// The raw `meta` object (validated: at most 16 string values).
-    pub meta: Option<&'a RawValue>,
+    pub meta: Option<RawJson<'a>>,
     /// The `from` the client claimed, if any; the router checks it is its own.
     pub from: Option<Cow<'a, str>>,
 }
@@ -70,8 +75,8 @@ impl ClientFrame<'_> {
 }
 
 /// The envelope as it arrives; every field optional so that checks can run in
-/// the contract's order.
-#[derive(Deserialize)]
+/// the contract's order. Filled by serde or by [`scan`].
+#[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct Wire<'a> {
     #[serde(default)]
@@ -93,11 +98,11 @@ struct Wire<'a> {
     #[serde(default, borrow)]
     command: Option<Cow<'a, str>>,
     #[serde(default, borrow, deserialize_with = "raw_present")]
-    args: Option<&'a RawValue>,
+    args: Option<RawJson<'a>>,
     #[serde(default, borrow, deserialize_with = "raw_present")]
-    payload: Option<&'a RawValue>,
+    payload: Option<RawJson<'a>>,
     #[serde(default, borrow, deserialize_with = "raw_present")]
-    meta: Option<&'a RawValue>,
+    meta: Option<RawJson<'a>>,
     #[serde(default)]
     request_id: Option<IgnoredAny>,
     #[serde(default)]
@@ -105,8 +110,8 @@ struct Wire<'a> {
 }
 
 /// A present field is `Some`, even when it is JSON `null`.
-fn raw_present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
-    <&'de RawValue>::deserialize(d).map(Some)
+fn raw_present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RawJson<'de>>, D::Error> {
+    <&'de RawValue>::deserialize(d).map(|raw| Some(RawJson::from(raw)))
 }
 
 fn envelope_error(message: impl Into<String>) -> ProtocolError {
@@ -118,6 +123,20 @@ fn envelope_error(message: impl Into<String>) -> ProtocolError {
 /// On failure the error carries the code to report (the first that applies,
 /// in the contract's order) and the frame's id when it was valid.
 pub fn decode(text: &str, now: Timestamp) -> Result<ClientFrame<'_>, ProtocolError> {
+    match scan(text) {
+        // The scanner has validated the JSON and the nesting of raw values.
+        Ok(wire) => {
+            // The id is parsed for `request_id` only if the frame is refused.
+            let id = wire.id.clone();
+            check(wire, now).map_err(|e| e.with_request_id(id.as_deref().and_then(|id| MessageId::parse(id).ok())))
+        }
+        Err(NotFast) => decode_slow(text, now),
+    }
+}
+
+/// The serde path: every frame the scanner passes on, and the reference the
+/// scanner must agree with (see the differential test).
+fn decode_slow(text: &str, now: Timestamp) -> Result<ClientFrame<'_>, ProtocolError> {
     // serde also reads a struct from an array, field by field: without this
     // check `[1,null,"message",null,"r"]` would pass for an envelope.
     if !is_object_text(text) {
@@ -132,7 +151,111 @@ pub fn decode(text: &str, now: Timestamp) -> Result<ClientFrame<'_>, ProtocolErr
         Err(err) => return Err(classify_failure(text, &err)),
     };
     let request_id = wire.id.as_deref().and_then(|id| MessageId::parse(id).ok());
-    check(wire, now).map_err(|e| e.with_request_id(request_id))
+    // 0. INVALID_JSON: nesting the parser skipped over in raw values.
+    [wire.payload, wire.args]
+        .into_iter()
+        .flatten()
+        .try_for_each(|raw| check_depth(raw.get()))
+        .and_then(|()| check(wire, now))
+        .map_err(|e| e.with_request_id(request_id))
+}
+
+/// Reads a frame into a [`Wire`] in one pass, if it is a JSON object of known,
+/// distinct, unescaped keys with values of the right JSON types; payload,
+/// args and meta may be any JSON at most [`MAX_DEPTH`] deep.
+#[inline] // One caller: the `Wire` can be built in place.
+fn scan(text: &str) -> Scan<Wire<'_>> {
+    let mut c = Cursor::new(text);
+    let mut wire = Wire::default();
+    // One bit per `Field` seen, for duplicates (which serde refuses).
+    let mut seen = 0u16;
+    c.expect(b'{')?;
+    loop {
+        let field = Field::of(c.plain_string()?).ok_or(NotFast)?;
+        let bit = 1 << field as u16;
+        if seen & bit != 0 {
+            return Err(NotFast);
+        }
+        seen |= bit;
+        c.expect(b':')?;
+        match field {
+            Field::Version => wire.version = if c.null() { None } else { Some(c.integer()?) },
+            Field::Id => wire.id = optional_string(&mut c)?,
+            Field::Type => wire.kind = Cow::Borrowed(c.plain_string()?),
+            Field::Timestamp => wire.timestamp = optional_string(&mut c)?,
+            Field::Room => wire.room = optional_string(&mut c)?,
+            Field::Channel => wire.channel = optional_string(&mut c)?,
+            Field::To => wire.to = optional_string(&mut c)?,
+            Field::From => wire.from = optional_string(&mut c)?,
+            Field::Command => wire.command = optional_string(&mut c)?,
+            Field::Args => wire.args = Some(c.value()?),
+            Field::Payload => wire.payload = Some(c.value()?),
+            Field::Meta => wire.meta = Some(c.value()?),
+            // `Option<IgnoredAny>`: null is absent.
+            Field::RequestId => wire.request_id = (c.value()?.get() != "null").then_some(IgnoredAny),
+            Field::Error => wire.error = (c.value()?.get() != "null").then_some(IgnoredAny),
+        }
+        match c.next_token()? {
+            b',' => {}
+            b'}' => break,
+            _ => return Err(NotFast),
+        }
+    }
+    // `type` is the one required field; nothing may follow the object.
+    if seen & (1 << Field::Type as u16) == 0 || !c.at_end() {
+        return Err(NotFast);
+    }
+    Ok(wire)
+}
+
+/// The keys of [`Wire`], as the scanner matches them (unescaped only).
+#[derive(Clone, Copy)]
+enum Field {
+    Version,
+    Id,
+    Type,
+    Timestamp,
+    Room,
+    Channel,
+    To,
+    From,
+    Command,
+    Args,
+    Payload,
+    Meta,
+    RequestId,
+    Error,
+}
+
+impl Field {
+    fn of(key: &str) -> Option<Field> {
+        Some(match key {
+            "version" => Field::Version,
+            "id" => Field::Id,
+            "type" => Field::Type,
+            "timestamp" => Field::Timestamp,
+            "room" => Field::Room,
+            "channel" => Field::Channel,
+            "to" => Field::To,
+            "from" => Field::From,
+            "command" => Field::Command,
+            "args" => Field::Args,
+            "payload" => Field::Payload,
+            "meta" => Field::Meta,
+            "request_id" => Field::RequestId,
+            "error" => Field::Error,
+            _ => return None,
+        })
+    }
+}
+
+/// An `Option<Cow<str>>` field as serde reads it: null is absent.
+fn optional_string<'a>(c: &mut Cursor<'a>) -> Scan<Option<Cow<'a, str>>> {
+    if c.peek() == Some(b'"') {
+        c.plain_string().map(|s| Some(Cow::Borrowed(s)))
+    } else {
+        c.null().then_some(None).ok_or(NotFast)
+    }
 }
 
 /// Best-effort recovery of a frame's valid `id`, for answering a frame that
@@ -155,7 +278,8 @@ fn is_object_text(text: &str) -> bool {
     text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('{')
 }
 
-/// Why the fast path failed: not JSON / not an object, or a bad envelope.
+/// Why serde could not read the envelope: not JSON / not an object, or a bad
+/// envelope.
 fn classify_failure(text: &str, err: &serde_json::Error) -> ProtocolError {
     let value: serde_json::Value = match serde_json::from_str(text) {
         Ok(value) => value,
@@ -177,11 +301,9 @@ fn classify_failure(text: &str, err: &serde_json::Error) -> ProtocolError {
     too_deep.unwrap_or_else(|| envelope_error(format!("invalid envelope: {err}"))).with_request_id(request_id)
 }
 
+/// The checks after parsing, shared by both paths. Step 0 (nesting) is
+/// behind us: the scanner counted it, and the serde path checked it.
 fn check<'a>(wire: Wire<'a>, now: Timestamp) -> Result<ClientFrame<'a>, ProtocolError> {
-    // 0. INVALID_JSON: nesting the parser skipped over in raw values.
-    for raw in [wire.payload, wire.args].into_iter().flatten() {
-        check_depth(raw.get())?;
-    }
     // 1. INVALID_ENVELOPE: structure and combinations.
     if wire.request_id.is_some() || wire.error.is_some() {
         return Err(envelope_error("request_id and error are set by the server only"));
@@ -321,7 +443,7 @@ fn opening_brackets(raw: &[u8]) -> usize {
         .sum()
 }
 
-fn check_meta(meta: &RawValue) -> Result<(), ProtocolError> {
+fn check_meta(meta: RawJson<'_>) -> Result<(), ProtocolError> {
     let map: BTreeMap<Cow<'_, str>, Cow<'_, str>> = serde_json::from_str(meta.get())
         .map_err(|e| envelope_error(format!("meta must be an object of strings: {e}")))?;
     if map.len() > MAX_META_KEYS {
@@ -450,5 +572,260 @@ mod tests {
         assert_eq!(code(&over), ErrorCode::InvalidJson);
         let wide = format!(r#"{{"type":"message","room":"r","payload":[{}[]]}}"#, "[],".repeat(2 * MAX_DEPTH));
         assert!(decode(&wide, now()).is_ok(), "{wide}");
+    }
+
+    #[test]
+    fn well_formed_frames_take_the_fast_path() {
+        let now = now();
+        for text in [
+            r#"{"type":"message","room":"bench","channel":"c1","payload":{"seq":123,"sent_ns":1732900000000000000,"pad":"xxxx"}}"#.to_owned(),
+            format!(r#"{{"type":"command","id":"{ID}","command":"ping"}}"#),
+            r#"{"type":"command","command":"join_channel","args":{"room":"bench","channel":"c"}}"#.to_owned(),
+            format!("\n{{ \"version\" : 1 ,\t\"id\":\"{ID}\", \"type\":\"message\",\r\n\"to\":\"{ID}\" , \"meta\":{{}} }}\n"),
+            format!(r#"{{"type":"message","room":"r","timestamp":"{now}","from":null,"request_id":null,"error":null}}"#),
+        ] {
+            assert!(scan(&text).is_ok(), "{text}");
+            assert!(decode(&text, now).is_ok(), "{text}");
+        }
+    }
+
+    #[test]
+    fn what_the_scanner_does_not_take_the_serde_path_does() {
+        for text in [
+            r#"{"ty\u0070e":"message","room":"r"}"#,
+            r#"{"type":"message","room":"\u0072"}"#,
+            r#"{"type":"message","room":"r","version":1.0}"#,
+            r#"{"type":"message","room":"r","version":-0}"#,
+        ] {
+            assert!(scan(text).is_err(), "{text}");
+            assert_eq!(
+                decode(text, now()).map(|f| format!("{f:?}")),
+                decode_slow(text, now()).map(|f| format!("{f:?}"))
+            );
+        }
+        // Escaped names are still names; serde unescapes them.
+        assert!(decode(r#"{"ty\u0070e":"message","room":"\u0072"}"#, now()).is_ok());
+    }
+
+    /// xorshift64*: deterministic, so a failure reproduces.
+    struct Rng(u64);
+
+    impl Rng {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            (self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 33) as usize % n
+        }
+
+        fn chance(&mut self, percent: usize) -> bool {
+            self.below(100) < percent
+        }
+
+        fn pick<'a>(&mut self, items: &'a [String]) -> &'a str {
+            &items[self.below(items.len())]
+        }
+    }
+
+    /// Values for each envelope field (the first one valid), and some that are wrong.
+    fn field_values(now: Timestamp) -> Vec<(&'static str, Vec<String>)> {
+        let deep = |d: usize| format!("{}0{}", "[".repeat(d), "]".repeat(d));
+        let q = |s: &str| format!("\"{s}\"");
+        let keys = |n: usize| (0..n).map(|i| format!(r#""k{i}":"v""#)).collect::<Vec<_>>().join(",");
+        let owned = |v: &[&str]| v.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+        vec![
+            (
+                "version",
+                owned(&["1", "2", "0", "null", "-1", "-0", "1.0", "1e0", "\"1\"", "01", "9223372036854775808", "true"]),
+            ),
+            (
+                "id",
+                vec![
+                    q(ID),
+                    q("nope"),
+                    "null".into(),
+                    "5".into(),
+                    q(r"arq_01JDQ8Z6W3T7M5KX2C9V4B8N1\u0050"),
+                    q("arq_\u{1}"),
+                ],
+            ),
+            (
+                "type",
+                vec![q("message"), q("command"), q("event"), "null".into(), "1".into(), q(r"mess\u0061ge"), q("")],
+            ),
+            ("timestamp", vec![q(&now.to_string()), q("1999-01-01T00:00:00Z"), "null".into(), q("t"), "3".into()]),
+            ("room", vec![q("r"), q("bench"), q("bad name"), "null".into(), q(""), q(r"r\u0031"), "[]".into(), q("é")]),
+            ("channel", vec![q("c"), q("c.1-x_"), "null".into(), q("a b"), "{}".into(), q(&"c".repeat(65))]),
+            ("to", vec![q(ID), q("nope"), "null".into(), q(r"arq\n")]),
+            ("from", vec![q(ID), q("someone"), "null".into(), q(r#"a\"b"#), "7".into()]),
+            ("command", vec![q("ping"), q("join_channel"), "null".into(), "5".into(), q(r"pi\u006eg")]),
+            (
+                "args",
+                vec![
+                    r#"{"room":"r","channel":"c"}"#.into(),
+                    "{}".into(),
+                    "[]".into(),
+                    "null".into(),
+                    "\"x\"".into(),
+                    r#"{"a":[1,2.5,{"b":null}],"c":"\u00e9\ud800"}"#.into(),
+                    format!(r#"{{"x":{}}}"#, deep(MAX_DEPTH - 1)),
+                    format!(r#"{{"x":{}}}"#, deep(MAX_DEPTH)),
+                ],
+            ),
+            (
+                "payload",
+                vec![
+                    r#"{"seq":123,"sent_ns":1732900000000000000,"pad":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#
+                        .into(),
+                    "null".into(),
+                    "1".into(),
+                    "-0.5e-3".into(),
+                    r#""s\u00e9\ud83d\ude00\"\\\/\b\f\n\r\t""#.into(),
+                    "[true,false,null,[],{}]".into(),
+                    "{}".into(),
+                    "1E+400".into(),
+                    r#"{"":"","\u0000":0}"#.into(),
+                    deep(MAX_DEPTH),
+                    deep(MAX_DEPTH + 1),
+                    format!("[{}]", "1,".repeat(40) + "1"),
+                ],
+            ),
+            (
+                "meta",
+                vec![
+                    r#"{"trace":"x"}"#.into(),
+                    "{}".into(),
+                    r#"{"a":1}"#.into(),
+                    "null".into(),
+                    "[]".into(),
+                    format!("{{{}}}", keys(16)),
+                    format!("{{{}}}", keys(17)),
+                    r#"{"a":"\ud800"}"#.into(),
+                    r#"{"a":"x","a":"y"}"#.into(),
+                ],
+            ),
+            ("request_id", owned(&["null", "\"x\"", "1", "{}"])),
+            ("error", owned(&["null", "{}", "[null]"])),
+            ("bogus", owned(&["1", "null"])),
+        ]
+    }
+
+    /// A frame of random fields, mostly shaped like a real one.
+    fn random_frame(rng: &mut Rng, fields: &[(&'static str, Vec<String>)]) -> String {
+        const SHAPES: [&[&str]; 5] = [
+            &["type", "room", "channel", "payload"],
+            &["type", "room"],
+            &["type", "to", "payload"],
+            &["type", "command", "args"],
+            &["type", "command"],
+        ];
+        let ws = ["", "", "", " ", "\n\t ", "\r\n"].map(str::to_owned);
+        let shape = SHAPES[rng.below(SHAPES.len())];
+        let mut parts = Vec::new();
+        for (name, values) in fields {
+            let wanted = shape.contains(name);
+            if !(wanted || rng.chance(12)) {
+                continue;
+            }
+            let value = if wanted && rng.chance(85) {
+                // The valid value that fits the shape.
+                match *name {
+                    "type" if shape.contains(&"command") => values[1].as_str(),
+                    _ => values[0].as_str(),
+                }
+            } else {
+                rng.pick(values)
+            };
+            let (a, b, c, d) = (rng.pick(&ws), rng.pick(&ws), rng.pick(&ws), rng.pick(&ws));
+            parts.push(format!("{a}\"{name}\"{b}:{c}{value}{d}"));
+        }
+        // Field order does not matter to serde; shuffle it.
+        for i in (1..parts.len()).rev() {
+            parts.swap(i, rng.below(i + 1));
+        }
+        format!("{}{{{}}}{}", rng.pick(&ws), parts.join(","), rng.pick(&ws))
+    }
+
+    /// One small edit of the kinds that break frames in interesting ways.
+    fn mutate(rng: &mut Rng, text: &str) -> String {
+        let mut bytes = text.as_bytes().to_vec();
+        let at = rng.below(bytes.len() + 1);
+        match rng.below(8) {
+            0 if at < bytes.len() => {
+                bytes.remove(at);
+            }
+            1 => {
+                let insert =
+                    [b'"', b'{', b'}', b'[', b']', b'\\', b',', b':', b' ', b'0', b'-', b'n', b'\n', 1, b'e', b'.'];
+                bytes.insert(at, insert[rng.below(insert.len())]);
+            }
+            2 => bytes.truncate(at),
+            3 => {
+                // Duplicate the first key and its value.
+                let text = String::from_utf8_lossy(&bytes).into_owned();
+                if let Some(first) = text.find(',') {
+                    let dup = text[1..first].trim_start_matches('{').to_owned();
+                    bytes = format!("{{{dup},{}", &text[1..]).into_bytes();
+                }
+            }
+            4 => bytes = text.replacen("{", r#"{"x":1,"#, 1).into_bytes(),
+            5 => {
+                // Escape a letter of some key.
+                let keys = ["\"type\"", "\"room\"", "\"payload\"", "\"command\""];
+                let key = keys[rng.below(keys.len())];
+                let escaped = format!("\"\\u{:04x}{}", key.as_bytes()[1], &key[2..]);
+                bytes = text.replacen(key, &escaped, 1).into_bytes();
+            }
+            6 => bytes.extend_from_slice([&b"x"[..], b"}", b",", b" {}", b"\0"][rng.below(5)]),
+            _ if at + 1 < bytes.len() => bytes.swap(at, at + 1),
+            _ => bytes.insert(0, b'['),
+        }
+        String::from_utf8_lossy(&bytes).into_owned()
+    }
+
+    /// The fast path changes nothing but speed: for every frame, `decode`
+    /// answers exactly what the serde path alone answers.
+    #[test]
+    fn fast_and_slow_paths_agree() {
+        let now = Timestamp::from_unix_ms(1_800_000_000_000);
+        let fields = field_values(now);
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        let (mut cases, mut fast, mut accepted) = (0, 0, 0);
+        let mut check_one = |text: &str| {
+            cases += 1;
+            fast += usize::from(scan(text).is_ok());
+            let (new, old) = (decode(text, now), decode_slow(text, now));
+            match (&new, &old) {
+                (Ok(new), Ok(old)) => {
+                    accepted += 1;
+                    // Debug shows every field; Cow and RawJson show their text.
+                    assert_eq!(format!("{new:?}"), format!("{old:?}"), "{text}");
+                }
+                (Err(new), Err(old)) => assert_eq!(new, old, "{text}"),
+                _ => panic!("fast {:?} but slow {:?} for {text}", new.is_ok(), old.is_ok()),
+            }
+        };
+        for _ in 0..1500 {
+            let frame = random_frame(&mut rng, &fields);
+            check_one(&frame);
+            let once = mutate(&mut rng, &frame);
+            check_one(&once);
+            check_one(&mutate(&mut rng, &once));
+        }
+        for text in [
+            "",
+            " ",
+            "{",
+            "}",
+            "{}",
+            "[]",
+            "null",
+            "\u{feff}{\"type\":\"message\",\"room\":\"r\"}",
+            "{\"type\":\"message\",\"room\":\"r\"}{}",
+        ] {
+            check_one(text);
+        }
+        // The corpus reaches both paths, and both outcomes.
+        assert!(fast > cases / 5 && accepted > cases / 10, "{cases} cases, {fast} fast, {accepted} accepted");
     }
 }

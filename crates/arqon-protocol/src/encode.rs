@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use serde::Serialize;
-use serde_json::value::RawValue;
 
-use crate::{ClientId, ErrorCode, MessageId, Name, PROTOCOL_VERSION, Timestamp};
+use crate::{ClientId, ErrorCode, MessageId, Name, PROTOCOL_VERSION, RawJson, Timestamp};
 
 /// One encoded server frame: a complete JSON envelope, UTF-8.
 ///
@@ -153,9 +152,9 @@ pub struct MessageFrame<'a> {
     /// Target channel, for channel messages.
     pub channel: Option<&'a Name>,
     /// The body, untouched.
-    pub payload: Option<&'a RawValue>,
+    pub payload: Option<RawJson<'a>>,
     /// Pass-through metadata, untouched.
-    pub meta: Option<&'a RawValue>,
+    pub meta: Option<RawJson<'a>>,
 }
 
 impl MessageFrame<'_> {
@@ -260,6 +259,8 @@ pub fn shutdown_event(id: MessageId, timestamp: Timestamp, reason: &str) -> Fram
 
 #[cfg(test)]
 mod tests {
+    use serde_json::value::RawValue;
+
     use super::*;
     use crate::IdGenerator;
 
@@ -279,7 +280,7 @@ mod tests {
             from: ids.client_id(),
             room: Some(&room),
             channel: Some(&channel),
-            payload: Some(&payload),
+            payload: Some(RawJson::from(&*payload)),
             meta: None,
         }
         .encode();

@@ -14,6 +14,8 @@
 //! - [`Timestamp`]: RFC 3339 UTC with milliseconds.
 //! - [`decode`]: a client's text frame to a [`ClientFrame`], or a
 //!   [`ProtocolError`] carrying the wire [`ErrorCode`] to report.
+//! - [`RawJson`]: a validated JSON value borrowed from a frame (`payload`,
+//!   `args`, `meta`), passed through untouched.
 //! - [`Frame`] and the builders in [`encode`]: server frames, serialized once
 //!   and shared by every receiver.
 //! - [`Outbound`], [`CloseReason`], [`queue`]: what a connection's outbound
@@ -27,6 +29,7 @@ mod id;
 mod name;
 mod outbound;
 mod role;
+mod scan;
 mod timestamp;
 
 pub use decode::{ClientFrame, FrameBody, Target, decode, extract_id};
@@ -36,6 +39,7 @@ pub use id::{ClientId, IdGenerator, MessageId};
 pub use name::{ChannelKey, Name};
 pub use outbound::{CloseReason, Outbound, OutboundReceiver, OutboundSender, TryRecvError, TrySendError, queue};
 pub use role::Role;
+pub use scan::RawJson;
 pub use timestamp::Timestamp;
 
 /// The protocol version this crate speaks.
@@ -47,5 +51,6 @@ pub const MAX_META_KEYS: usize = 16;
 /// How far (seconds) a client-supplied timestamp may lie from server time.
 pub const MAX_CLOCK_SKEW_S: i64 = 300;
 
-/// `serde_json::value::RawValue`, re-exported: payloads travel as raw JSON.
+/// `serde_json::value::RawValue`, re-exported: payloads travel as raw JSON
+/// (a decoded frame lends them out as [`RawJson`]; `RawJson::from` a `&RawValue`).
 pub use serde_json::value::RawValue;

@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use arqon_protocol::encode::{self, MessageFrame};
 use arqon_protocol::{
-    ChannelKey, ClientId, ErrorCode, Frame, FrameBody, IdGenerator, MessageId, Name, ProtocolError, RawValue, Target,
+    ChannelKey, ClientId, ErrorCode, Frame, FrameBody, IdGenerator, MessageId, Name, ProtocolError, RawJson, Target,
     Timestamp, decode, extract_id,
 };
 use proptest::prelude::*;
@@ -187,7 +187,7 @@ fn parse(frame: &Frame) -> Value {
     serde_json::from_str(frame.as_str()).unwrap_or_else(|e| panic!("server frame is not JSON ({e}): {frame:?}"))
 }
 
-fn raw_json(raw: Option<&RawValue>) -> Option<Value> {
+fn raw_json(raw: Option<RawJson<'_>>) -> Option<Value> {
     raw.map(|r| serde_json::from_str(r.get()).unwrap())
 }
 

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arqon_protocol::encode::{self, MessageFrame};
 use arqon_protocol::{
     ChannelKey, ClientFrame, ClientId, CloseReason, ErrorCode, Frame, FrameBody, IdGenerator, MessageId, Outbound,
-    ProtocolError, RawValue, Role, Target, Timestamp,
+    ProtocolError, RawJson, Role, Target, Timestamp,
 };
 use serde::Serialize;
 
@@ -204,8 +204,8 @@ impl Session {
         target: &Target,
         id: MessageId,
         now: Timestamp,
-        payload: Option<&RawValue>,
-        meta: Option<&RawValue>,
+        payload: Option<RawJson<'_>>,
+        meta: Option<RawJson<'_>>,
     ) -> Result<MessageId, ProtocolError> {
         let router = self.router.clone();
         let mut frame =

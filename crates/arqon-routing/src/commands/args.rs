@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use arqon_protocol::{ChannelKey, ErrorCode, MAX_META_KEYS, MessageId, Name, ProtocolError, RawValue};
+use arqon_protocol::{ChannelKey, ErrorCode, MAX_META_KEYS, MessageId, Name, ProtocolError, RawJson, RawValue};
 use serde::Serialize;
 
 /// What type an argument has.
@@ -66,7 +66,7 @@ fn invalid(message: String) -> ProtocolError {
 
 impl<'a> Args<'a> {
     /// Checks `raw` (an object, or absent) against `specs`.
-    pub(crate) fn parse(raw: Option<&'a RawValue>, specs: &'static [ArgSpec]) -> Result<Self, ProtocolError> {
+    pub(crate) fn parse(raw: Option<RawJson<'a>>, specs: &'static [ArgSpec]) -> Result<Self, ProtocolError> {
         let given: BTreeMap<Cow<'a, str>, &'a RawValue> = match raw {
             Some(raw) => {
                 serde_json::from_str(raw.get()).map_err(|e| invalid(format!("args must be an object: {e}")))?
@@ -160,9 +160,9 @@ impl<'a> Args<'a> {
         }
     }
 
-    pub(crate) fn raw(&self, key: &str) -> Option<&'a RawValue> {
+    pub(crate) fn raw(&self, key: &str) -> Option<RawJson<'a>> {
         match self.values.get(key) {
-            Some(Value::Raw(raw)) => Some(raw),
+            Some(Value::Raw(raw)) => Some(RawJson::from(*raw)),
             _ => None,
         }
     }
@@ -181,7 +181,7 @@ mod tests {
 
     fn parse(json: &str) -> Result<(), ProtocolError> {
         let raw: &RawValue = serde_json::from_str(json).unwrap();
-        Args::parse(Some(raw), &SPECS).map(|_| ())
+        Args::parse(Some(raw.into()), &SPECS).map(|_| ())
     }
 
     #[test]

@@ -1,0 +1,551 @@
+//! The byte-level half of the fast decode path: a cursor over a frame's text
+//! that reads the envelope's tokens and skips (validating) the raw values
+//! `payload`, `args` and `meta` in one pass.
+//!
+//! It only ever answers "here is the token" or [`NotFast`]: anything it does
+//! not handle simply (escapes in envelope strings, odd numbers, nesting deeper
+//! than [`MAX_DEPTH`], invalid JSON of any kind) sends the frame to the serde
+//! path, which owns every error message. So the scanner needs to be exact
+//! only about what it accepts: it must accept nothing serde_json refuses, and
+//! a raw value it returns is the same slice serde_json's `RawValue` would be.
+
+use serde_json::value::RawValue;
+
+use crate::decode::MAX_DEPTH;
+
+/// A JSON value passed through untouched: a slice of the frame it came in,
+/// known to be valid JSON (it can only be made by the decoder, which checked
+/// it, or from a [`RawValue`]). Copying it copies a pointer, not the JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawJson<'a>(&'a str);
+
+impl<'a> RawJson<'a> {
+    /// Wraps text [`Cursor::value`] has validated as one JSON value.
+    fn new(valid: &'a str) -> Self {
+        RawJson(valid)
+    }
+
+    /// The JSON text, exactly as the client sent it.
+    pub fn get(&self) -> &'a str {
+        self.0
+    }
+}
+
+impl<'a> From<&'a RawValue> for RawJson<'a> {
+    fn from(raw: &'a RawValue) -> Self {
+        RawJson(raw.get())
+    }
+}
+
+/// The scanner gave up: decode the frame the slow way.
+#[derive(Debug)]
+pub(crate) struct NotFast;
+
+pub(crate) type Scan<T> = Result<T, NotFast>;
+
+/// A position in a frame's text. Every token reader first skips JSON
+/// whitespace.
+#[derive(Debug)]
+pub(crate) struct Cursor<'a> {
+    text: &'a str,
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(text: &'a str) -> Self {
+        Cursor { text, bytes: text.as_bytes(), pos: 0 }
+    }
+
+    fn rest(&self) -> &'a [u8] {
+        self.bytes.get(self.pos..).unwrap_or_default()
+    }
+
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.bytes.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    /// The next byte after whitespace, consumed.
+    pub(crate) fn next_token(&mut self) -> Scan<u8> {
+        self.skip_ws();
+        let b = *self.bytes.get(self.pos).ok_or(NotFast)?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    /// Consumes `expected` (after whitespace), or gives up.
+    pub(crate) fn expect(&mut self, expected: u8) -> Scan<()> {
+        if self.next_token()? == expected { Ok(()) } else { Err(NotFast) }
+    }
+
+    /// Whether only whitespace is left.
+    pub(crate) fn at_end(&mut self) -> bool {
+        self.skip_ws();
+        self.pos == self.bytes.len()
+    }
+
+    /// The next byte after whitespace, not consumed.
+    pub(crate) fn peek(&mut self) -> Option<u8> {
+        self.skip_ws();
+        self.bytes.get(self.pos).copied()
+    }
+
+    /// Consumes a `null` literal if one comes next.
+    pub(crate) fn null(&mut self) -> bool {
+        self.skip_ws();
+        let found = self.rest().starts_with(b"null");
+        if found {
+            self.pos += 4;
+        }
+        found
+    }
+
+    /// A string without escapes, borrowed without its quotes.
+    pub(crate) fn plain_string(&mut self) -> Scan<&'a str> {
+        self.expect(b'"')?;
+        let start = self.pos;
+        let end = self.string_end(start);
+        if self.bytes.get(end) != Some(&b'"') {
+            // An escape, a control character or the end of the text.
+            return Err(NotFast);
+        }
+        self.pos = end + 1;
+        self.text.get(start..end).ok_or(NotFast)
+    }
+
+    /// A non-negative integer without sign, fraction or exponent that fits
+    /// an `i64` (anything else is left to serde, which knows what to say).
+    pub(crate) fn integer(&mut self) -> Scan<i64> {
+        self.skip_ws();
+        let start = self.pos;
+        while let Some(b'0'..=b'9') = self.bytes.get(self.pos) {
+            self.pos += 1;
+        }
+        let digits = self.text.get(start..self.pos).ok_or(NotFast)?;
+        if digits.len() > 1 && digits.starts_with('0') {
+            return Err(NotFast);
+        }
+        if let Some(b'.' | b'e' | b'E') = self.bytes.get(self.pos) {
+            return Err(NotFast);
+        }
+        digits.parse().map_err(|_| NotFast)
+    }
+
+    /// Skips one complete JSON value, validating it as serde_json would,
+    /// and returns its text (without surrounding whitespace). Nesting deeper
+    /// than [`MAX_DEPTH`] gives up, so what it returns needs no depth check.
+    pub(crate) fn value(&mut self) -> Scan<RawJson<'a>> {
+        self.skip_ws();
+        let start = self.pos;
+        // Bit `d` set: the container at depth `d + 1` is an object.
+        // MAX_DEPTH < 128, so one u128 is the whole stack.
+        let mut objects: u128 = 0;
+        let mut depth = 0usize;
+        loop {
+            // A value is expected here.
+            match self.next_token()? {
+                b'"' => self.skip_string()?,
+                open @ (b'{' | b'[') => {
+                    if depth == MAX_DEPTH {
+                        return Err(NotFast);
+                    }
+                    let object = open == b'{';
+                    let bit = 1u128 << depth;
+                    objects = if object { objects | bit } else { objects & !bit };
+                    depth += 1;
+                    self.skip_ws();
+                    let close = if object { b'}' } else { b']' };
+                    if self.bytes.get(self.pos) == Some(&close) {
+                        self.pos += 1;
+                        depth -= 1;
+                    } else {
+                        if object {
+                            self.member_key()?;
+                        }
+                        continue;
+                    }
+                }
+                b't' => self.literal(b"rue")?,
+                b'f' => self.literal(b"alse")?,
+                b'n' => self.literal(b"ull")?,
+                first @ (b'-' | b'0'..=b'9') => self.skip_number(first)?,
+                _ => return Err(NotFast),
+            }
+            // A value just ended: close containers until one wants more.
+            loop {
+                if depth == 0 {
+                    return self.text.get(start..self.pos).map(RawJson::new).ok_or(NotFast);
+                }
+                let object = objects & (1u128 << (depth - 1)) != 0;
+                match self.next_token()? {
+                    b',' => {
+                        if object {
+                            self.member_key()?;
+                        }
+                        break;
+                    }
+                    b'}' if object => depth -= 1,
+                    b']' if !object => depth -= 1,
+                    _ => return Err(NotFast),
+                }
+            }
+        }
+    }
+
+    /// `"key":` inside a raw object (any valid string).
+    fn member_key(&mut self) -> Scan<()> {
+        self.expect(b'"')?;
+        self.skip_string()?;
+        self.expect(b':')
+    }
+
+    fn literal(&mut self, rest: &[u8]) -> Scan<()> {
+        if self.rest().starts_with(rest) {
+            self.pos += rest.len();
+            Ok(())
+        } else {
+            Err(NotFast)
+        }
+    }
+
+    /// After the opening quote: to just past the closing one. Escapes must
+    /// be valid (`\u` with four hex digits; lone surrogates are allowed in
+    /// a raw value, as serde_json allows them); raw control characters are not.
+    fn skip_string(&mut self) -> Scan<()> {
+        loop {
+            let stop = self.string_end(self.pos);
+            match self.bytes.get(stop) {
+                Some(b'"') => {
+                    self.pos = stop + 1;
+                    return Ok(());
+                }
+                Some(b'\\') => {
+                    self.pos = stop + 1;
+                    match self.bytes.get(self.pos) {
+                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.pos += 1,
+                        Some(b'u') => {
+                            let hex = self.bytes.get(self.pos + 1..self.pos + 5).ok_or(NotFast)?;
+                            if !hex.iter().all(u8::is_ascii_hexdigit) {
+                                return Err(NotFast);
+                            }
+                            self.pos += 5;
+                        }
+                        _ => return Err(NotFast),
+                    }
+                }
+                _ => return Err(NotFast),
+            }
+        }
+    }
+
+    /// From `from`, the index of the first `"`, `\\` or control character
+    /// (or the end). Eight bytes at a time with bit tricks on a `u64` (the
+    /// compiler does not vectorize a byte loop with an early exit), and long
+    /// strings (payload text, most of a frame) thirty-two at a time.
+    fn string_stop(&self, from: usize) -> usize {
+        let flags = special_bytes;
+        let rest = self.bytes.get(from..).unwrap_or_default();
+        let (words, tail) = rest.as_chunks::<8>();
+        let mut i = 0;
+        while let Some(&word) = words.get(i) {
+            // Most envelope strings end within one word.
+            let found = flags(word);
+            if found != 0 {
+                // Little-endian: the lowest flagged byte comes first.
+                return from + i * 8 + found.trailing_zeros() as usize / 8;
+            }
+            i += 1;
+            // Then four words a step while they are clean (long strings).
+            while let Some(quad) = words.get(i..i + 4) {
+                if quad.iter().fold(0, |any, &w| any | flags(w)) != 0 {
+                    break;
+                }
+                i += 4;
+            }
+        }
+        // Fewer than 8 bytes left.
+        let special = |b: &u8| *b == b'"' || *b == b'\\' || *b < 0x20;
+        from + words.len() * 8 + tail.iter().position(special).unwrap_or(tail.len())
+    }
+
+    /// [`Self::string_stop`], with its first word tested inline: most
+    /// envelope strings (keys, names, ids) end within it.
+    #[inline]
+    fn string_end(&self, from: usize) -> usize {
+        match self.bytes.get(from..from + 8).map(<[u8; 8]>::try_from) {
+            Some(Ok(word)) => match special_bytes(word) {
+                0 => self.string_stop(from + 8),
+                found => from + found.trailing_zeros() as usize / 8,
+            },
+            _ => self.string_stop(from),
+        }
+    }
+
+    /// The rest of a number whose first byte (`-` or a digit) was consumed,
+    /// per the JSON grammar: no leading zeros, digits after `.` and `e`.
+    fn skip_number(&mut self, first: u8) -> Scan<()> {
+        let first = if first == b'-' { self.take().ok_or(NotFast)? } else { first };
+        match first {
+            b'0' => {}
+            b'1'..=b'9' => self.digits(),
+            _ => return Err(NotFast),
+        }
+        if let Some(b'0'..=b'9') = self.bytes.get(self.pos) {
+            // A leading zero followed by more digits.
+            return Err(NotFast);
+        }
+        if self.bytes.get(self.pos) == Some(&b'.') {
+            self.pos += 1;
+            self.some_digits()?;
+        }
+        if let Some(b'e' | b'E') = self.bytes.get(self.pos) {
+            self.pos += 1;
+            if let Some(b'+' | b'-') = self.bytes.get(self.pos) {
+                self.pos += 1;
+            }
+            self.some_digits()?;
+        }
+        Ok(())
+    }
+
+    fn take(&mut self) -> Option<u8> {
+        let b = *self.bytes.get(self.pos)?;
+        self.pos += 1;
+        Some(b)
+    }
+
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.bytes.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    fn some_digits(&mut self) -> Scan<()> {
+        let start = self.pos;
+        self.digits();
+        if self.pos > start { Ok(()) } else { Err(NotFast) }
+    }
+}
+
+/// Flags (high bit) the bytes of `word` that end a plain run of string text:
+/// `"`, `\\` and control characters. Bytes below `n` (n <= 128) are found with
+/// the classic "has a zero byte" trick; a borrow can only wrongly flag bytes
+/// above one that really is below `n`, so (little-endian) the lowest flag is
+/// exact.
+fn special_bytes(word: [u8; 8]) -> u64 {
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    let below = |w: u64, n: u8| w.wrapping_sub(ONES * u64::from(n)) & !w & HIGH;
+    let w = u64::from_le_bytes(word);
+    // `b ^ 2 <= 0x20` is exactly `b < 0x20 || b == b'"'`.
+    below(w ^ (ONES * 2), 0x21) | below(w ^ (ONES * u64::from(b'\\')), 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The value `text` starts with, if the scanner accepts it, and what follows.
+    fn scan(text: &str) -> Option<(&str, &str)> {
+        let mut c = Cursor::new(text);
+        let v = c.value().ok()?;
+        Some((v.get(), &text[c.pos..]))
+    }
+
+    /// Whether `text` is exactly one value (whitespace around allowed).
+    fn whole(text: &str) -> bool {
+        let mut c = Cursor::new(text);
+        c.value().is_ok() && c.at_end()
+    }
+
+    fn serde_accepts(text: &str) -> bool {
+        serde_json::from_str::<&RawValue>(text).is_ok()
+    }
+
+    fn agrees(text: &str) {
+        assert_eq!(whole(text), serde_accepts(text), "{text:?}");
+    }
+
+    #[test]
+    fn every_kind_of_value() {
+        for text in [
+            "null",
+            "true",
+            "false",
+            "0",
+            "-0",
+            "12",
+            "1e5",
+            "1E+5",
+            "1.5E-3",
+            "-12.25e10",
+            r#""""#,
+            r#""abc""#,
+            "[]",
+            "{}",
+            r#"[1,"a",{"b":[null,true,false]},[],{}]"#,
+            r#"{"a":{"b":{"c":[1,2,{"d":"e"}]}},"f":-1.0}"#,
+            " \t\n\r[ 1 , { \"a\" : [ ] , \"b\" :{ } } ] \r\n",
+        ] {
+            assert!(whole(text), "{text:?}");
+            agrees(text);
+        }
+    }
+
+    #[test]
+    fn the_value_is_returned_without_surrounding_whitespace() {
+        assert_eq!(scan(" \n{ \"a\" : 1 } ,x"), Some((r#"{ "a" : 1 }"#, " ,x")));
+        assert_eq!(scan("12,"), Some(("12", ",")));
+        assert_eq!(scan("nullx"), Some(("null", "x")));
+        assert_eq!(scan(r#""a"}"#), Some((r#""a""#, "}")));
+    }
+
+    #[test]
+    fn escapes() {
+        for text in [
+            r#""\"\\\/\b\f\n\r\t""#,
+            r#""\u00e9\u00E9""#,
+            r#""\ud83d\ude00""#,
+            // A lone surrogate is grammatical; serde_json's RawValue allows it.
+            r#""\ud800""#,
+            r#""\udc00x""#,
+            r#"{"k\"ey":"v\\"}"#,
+            "\"é ünïcode 😀\"",
+        ] {
+            assert!(whole(text), "{text:?}");
+            agrees(text);
+        }
+        for text in [r#""\x""#, r#""\u12""#, r#""\u12g4""#, r#""\u""#, r#""\"#, r#""\'""#, r#""\U0041""#] {
+            assert!(!whole(text), "{text:?}");
+            agrees(text);
+        }
+    }
+
+    #[test]
+    fn invalid_strings() {
+        for text in ["\"a\nb\"", "\"\t\"", "\"\u{1f}\"", "\"\u{0}\"", r#""abc"#, r#"""#, r#"{"a":"b}"#] {
+            assert!(!whole(text), "{text:?}");
+            agrees(text);
+        }
+        // DEL and everything above 0x7f are fine.
+        agrees("\"\u{7f}\u{80}\"");
+    }
+
+    #[test]
+    fn numbers_follow_the_grammar() {
+        for bad in ["01", "-01", "00", "1.", ".5", "+1", "-", "1e", "1e+", "1.e5", "--1", "-a", "0x1", "1.5.2"] {
+            assert!(!whole(bad), "{bad:?}");
+            agrees(bad);
+        }
+        for good in ["-0", "0.0", "1e5", "1e-05", "1.5E-3", "123456789012345678901234567890", "1e999", "-0.0e0"] {
+            assert!(whole(good), "{good:?}");
+            agrees(good);
+        }
+    }
+
+    #[test]
+    fn structural_errors() {
+        for bad in [
+            "",
+            " ",
+            "[",
+            "]",
+            "{",
+            "}",
+            "[1,]",
+            "[,1]",
+            "[1 2]",
+            "{\"a\"}",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "{1:2}",
+            "{a:1}",
+            "{\"a\" 1}",
+            "[}",
+            "{]",
+            "tru",
+            "nul",
+            "True",
+            "[1]]",
+            "[[1]",
+            "{\"a\":1 \"b\":2}",
+        ] {
+            assert!(!whole(bad), "{bad:?}");
+            agrees(bad);
+        }
+    }
+
+    #[test]
+    fn depth_up_to_the_limit_and_not_beyond() {
+        let nest = |d: usize| format!("{}1{}", "[".repeat(d), "]".repeat(d));
+        assert!(whole(&nest(MAX_DEPTH)));
+        assert!(!whole(&nest(MAX_DEPTH + 1)));
+        let objects = |d: usize| format!("{}1{}", r#"{"a":"#.repeat(d), "}".repeat(d));
+        assert!(whole(&objects(MAX_DEPTH)));
+        assert!(!whole(&objects(MAX_DEPTH + 1)));
+        // Mixed containers close in the right order.
+        let mixed = format!("{}1{}", r#"[{"a":"#.repeat(MAX_DEPTH / 2), "}]".repeat(MAX_DEPTH / 2));
+        assert!(whole(&mixed));
+        assert!(!whole(&format!("{}1{}", r#"[{"a":"#.repeat(3), "]}".repeat(3))));
+        // Depth returns to zero between siblings.
+        let wide = format!("[{}1]", format!("{},", nest(MAX_DEPTH - 1)).repeat(3));
+        assert!(whole(&wide));
+        // Far beyond: gives up without recursion.
+        assert!(!whole(&"[".repeat(100_000)));
+    }
+
+    #[test]
+    fn truncated_values() {
+        let full = r#"{"a":[1,2.5e3,"x\u0041",{"b":null}],"c":true}"#;
+        assert!(whole(full));
+        for cut in 0..full.len() {
+            assert!(!whole(&full[..cut]), "{:?}", &full[..cut]);
+        }
+    }
+
+    #[test]
+    fn string_stop_and_end_find_the_first_special_byte_at_any_offset() {
+        for len in 0..70 {
+            for special in [b'"', b'\\', b'\n', 0u8, 0x1f] {
+                // Bytes just above and just below the special ones, then it.
+                let mut bytes: Vec<u8> =
+                    [b'x', b' ', b'#', b']', 0xc3, 0xa9].iter().copied().cycle().take(len).collect();
+                if len % 6 == 5 {
+                    bytes.pop();
+                    bytes.push(b'x');
+                }
+                bytes.push(special);
+                bytes.extend_from_slice(b"yy\"");
+                let text = String::from_utf8(bytes).unwrap();
+                assert_eq!(Cursor::new(&text).string_stop(0), len, "{text:?}");
+                assert_eq!(Cursor::new(&text).string_end(0), len, "{text:?}");
+            }
+            let plain = "é".repeat(len);
+            assert_eq!(Cursor::new(&plain).string_stop(0), plain.len());
+            assert_eq!(Cursor::new(&plain).string_end(0), plain.len());
+        }
+    }
+
+    #[test]
+    fn envelope_tokens() {
+        let mut c = Cursor::new(" \"room\" : \"r\" , 17 ,null , 01");
+        assert_eq!(c.plain_string().unwrap(), "room");
+        c.expect(b':').unwrap();
+        assert_eq!(c.plain_string().unwrap(), "r");
+        assert_eq!(c.next_token().unwrap(), b',');
+        assert_eq!(c.integer().unwrap(), 17);
+        c.expect(b',').unwrap();
+        assert!(c.null());
+        c.expect(b',').unwrap();
+        assert!(c.integer().is_err());
+        for text in [r#""a\nb""#, "\"a\u{1}\"", r#""abc"#, "abc"] {
+            assert!(Cursor::new(text).plain_string().is_err(), "{text:?}");
+        }
+        for text in ["1.0", "1e0", "-1", "", "9223372036854775808", "x"] {
+            assert!(Cursor::new(text).integer().is_err(), "{text:?}");
+        }
+        assert_eq!(Cursor::new("9223372036854775807").integer().unwrap(), i64::MAX);
+    }
+}
