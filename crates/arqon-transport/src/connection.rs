@@ -10,10 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use std::io::IoSlice;
-
-use arqon_protocol::{CloseReason, Frame, IdGenerator, Outbound, OutboundReceiver, Timestamp, encode};
-use bytes::Bytes;
+use arqon_protocol::{CloseReason, IdGenerator, Outbound, OutboundReceiver, Timestamp, encode};
 use futures_util::{FutureExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::watch;
@@ -51,67 +48,12 @@ const INVALID_UTF8: CloseReason = CloseReason { code: 1007, reason: "invalid UTF
 /// opcodes, a fragmented or oversized control frame, a stray continuation).
 const PROTOCOL_ERROR: CloseReason = CloseReason { code: 1002, reason: "protocol violation" };
 
-/// A vectored write carries at most this many payload bytes...
+/// A payload at least this long is written from its own buffer instead of
+/// being copied into the batch buffer.
+const LARGE_PAYLOAD: usize = 16 * 1024;
+
+/// The batch buffer is written out when it reaches this size.
 const FLUSH_BYTES: usize = 64 * 1024;
-
-/// ...and at most this many frames: two slices each (header and payload),
-/// well under the kernel's limit of 1,024 slices per write.
-const VECTORED_FRAMES: usize = 256;
-
-/// One payload taken from the queue for a write.
-enum Payload {
-    Text(Frame),
-    Binary(Bytes),
-}
-
-impl Payload {
-    fn opcode(&self) -> u8 {
-        match self {
-            Payload::Text(_) => OP_TEXT,
-            Payload::Binary(_) => OP_BINARY,
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        match self {
-            Payload::Text(frame) => frame.bytes(),
-            Payload::Binary(data) => data,
-        }
-    }
-}
-
-/// Moves frames from `queued` into `taken` until it holds `limit` frames or
-/// `FLUSH_BYTES`; the rest of a batch that does not fit goes back first.
-fn take_batch(queued: &mut VecDeque<Outbound>, limit: usize, taken: &mut Vec<Payload>) {
-    let mut bytes = 0;
-    while taken.len() < limit && bytes < FLUSH_BYTES {
-        let Some(item) = queued.pop_front() else { break };
-        match item {
-            Outbound::Frame(frame) => {
-                bytes += frame.len();
-                taken.push(Payload::Text(frame));
-            }
-            Outbound::Binary(data) => {
-                bytes += data.len();
-                taken.push(Payload::Binary(data));
-            }
-            Outbound::Batch(frames) => {
-                let mut frames = frames.into_iter();
-                for frame in frames.by_ref() {
-                    bytes += frame.len();
-                    taken.push(Payload::Text(frame));
-                    if taken.len() >= limit || bytes >= FLUSH_BYTES {
-                        break;
-                    }
-                }
-                let rest: Vec<Frame> = frames.collect();
-                if !rest.is_empty() {
-                    queued.push_front(Outbound::Batch(rest));
-                }
-            }
-        }
-    }
-}
 
 /// How the reader's loop ended.
 enum End<S> {
@@ -448,73 +390,54 @@ where
         self.io.flush().await
     }
 
-    /// Writes everything in `queued`, in vectored writes of at most `batch`
-    /// frames or `FLUSH_BYTES`, then flushes. Payloads are written from
-    /// their shared storage: only the headers are built here.
+    /// Frames everything in `queued` into one buffer and writes it, in
+    /// writes of at most `batch` frames or `FLUSH_BYTES`, then flushes.
     async fn write_queued(&mut self) -> std::io::Result<()> {
         if self.queued.is_empty() {
             return Ok(());
         }
-        let limit = self.batch.min(VECTORED_FRAMES);
-        let mut taken = Vec::with_capacity(self.queued.len().min(limit));
-        let mut headers = wire::take_scratch();
-        while !self.queued.is_empty() {
-            take_batch(&mut self.queued, limit, &mut taken);
-            headers.clear();
-            for payload in &taken {
-                wire::put_header(&mut headers, payload.opcode(), payload.bytes().len());
+        let mut buf = wire::take_scratch();
+        let mut framed = 0;
+        while let Some(item) = self.queued.pop_front() {
+            match item {
+                Outbound::Frame(frame) => {
+                    self.put(&mut buf, OP_TEXT, frame.bytes()).await?;
+                    framed += 1;
+                }
+                Outbound::Batch(frames) => {
+                    for frame in frames {
+                        self.put(&mut buf, OP_TEXT, frame.bytes()).await?;
+                        framed += 1;
+                        if framed >= self.batch || buf.len() >= FLUSH_BYTES {
+                            wire::write_out(&mut self.io, &mut buf).await?;
+                            framed = 0;
+                        }
+                    }
+                }
+                Outbound::Binary(data) => {
+                    self.put(&mut buf, OP_BINARY, &data).await?;
+                    framed += 1;
+                }
             }
-            let mut slices = Vec::with_capacity(2 * taken.len());
-            let mut at = 0;
-            for payload in &taken {
-                let end = at + wire::header_len(payload.bytes().len());
-                slices.push(IoSlice::new(&headers[at..end]));
-                slices.push(IoSlice::new(payload.bytes()));
-                at = end;
+            if framed >= self.batch || buf.len() >= FLUSH_BYTES {
+                wire::write_out(&mut self.io, &mut buf).await?;
+                framed = 0;
             }
-            wire::write_all_vectored(&mut self.io, &mut slices).await?;
-            drop(slices);
-            taken.clear();
         }
-        wire::give_scratch(headers);
+        wire::write_out(&mut self.io, &mut buf).await?;
+        wire::give_scratch(buf);
         self.io.flush().await
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn frame(n: usize) -> Frame {
-        Frame::from_text(format!("{{\"n\":{n}}}"))
-    }
-
-    #[test]
-    fn a_batch_is_split_at_the_frame_limit_and_its_rest_goes_first() {
-        let mut queued = VecDeque::from([
-            Outbound::Frame(frame(0)),
-            Outbound::Batch((1..=5).map(frame).collect()),
-            Outbound::Binary(Bytes::from_static(b"bin")),
-        ]);
-        let mut taken = Vec::new();
-        take_batch(&mut queued, 4, &mut taken);
-        let texts: Vec<&[u8]> = taken.iter().map(Payload::bytes).collect();
-        assert_eq!(texts, [&b"{\"n\":0}"[..], b"{\"n\":1}", b"{\"n\":2}", b"{\"n\":3}"]);
-        taken.clear();
-        take_batch(&mut queued, 4, &mut taken);
-        let opcodes: Vec<u8> = taken.iter().map(Payload::opcode).collect();
-        assert_eq!(opcodes, [OP_TEXT, OP_TEXT, OP_BINARY]);
-        assert_eq!(taken[1].bytes(), b"{\"n\":5}");
-        assert!(queued.is_empty());
-    }
-
-    #[test]
-    fn a_write_stops_at_flush_bytes() {
-        let big = Frame::from_text("x".repeat(FLUSH_BYTES / 2));
-        let mut queued: VecDeque<Outbound> = (0..5).map(|_| Outbound::Frame(big.clone())).collect();
-        let mut taken = Vec::new();
-        take_batch(&mut queued, VECTORED_FRAMES, &mut taken);
-        assert_eq!(taken.len(), 2);
-        assert_eq!(queued.len(), 3);
+    /// Appends one frame to `buf`; a large payload is written straight from
+    /// its own storage after what `buf` holds.
+    async fn put(&mut self, buf: &mut Vec<u8>, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+        wire::put_header(buf, opcode, payload.len());
+        if payload.len() < LARGE_PAYLOAD {
+            buf.extend_from_slice(payload);
+            return Ok(());
+        }
+        wire::write_out(&mut self.io, buf).await?;
+        self.io.write_all(payload).await
     }
 }

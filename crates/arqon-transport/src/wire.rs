@@ -49,41 +49,6 @@ pub(crate) fn put_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
     }
 }
 
-/// How many bytes `put_header` writes for a payload of `len` bytes.
-pub(crate) fn header_len(len: usize) -> usize {
-    match len {
-        0..126 => 2,
-        126..=0xFFFF => 4,
-        _ => 10,
-    }
-}
-
-/// Writes every slice, as few system calls as the stream allows. A stream
-/// without vectored writes would take one call per slice: its slices are
-/// copied into one buffer instead.
-pub(crate) async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    io: &mut W,
-    mut slices: &mut [std::io::IoSlice<'_>],
-) -> io::Result<()> {
-    if !io.is_write_vectored() {
-        let mut buf = take_scratch();
-        for slice in slices.iter() {
-            buf.extend_from_slice(slice);
-        }
-        let written = io.write_all(&buf).await;
-        give_scratch(buf);
-        return written;
-    }
-    while !slices.is_empty() {
-        let n = io.write_vectored(slices).await?;
-        if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
-        }
-        std::io::IoSlice::advance_slices(&mut slices, n);
-    }
-    Ok(())
-}
-
 /// Appends a close frame: the code and the reason (at most 123 bytes, cut at a
 /// character boundary).
 pub(crate) fn put_close(buf: &mut Vec<u8>, code: u16, reason: &str) {
@@ -343,6 +308,13 @@ impl<S: AsyncWrite> AsyncWrite for Wire<S> {
     }
 }
 
+/// Writes `buf` whole, then clears it.
+pub(crate) async fn write_out<W: AsyncWrite + Unpin>(io: &mut W, buf: &mut Vec<u8>) -> io::Result<()> {
+    io.write_all(buf).await?;
+    buf.clear();
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,73 +338,6 @@ mod tests {
         }
         assert_eq!(got, sent);
         assert!(wire.ahead.is_empty(), "nothing kept once handed over");
-    }
-
-    /// A vectored stream that takes at most 7 bytes per write.
-    struct Trickle(Vec<u8>);
-
-    impl AsyncWrite for Trickle {
-        fn poll_write(mut self: Pin<&mut Self>, _: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-            let n = buf.len().min(7);
-            self.0.extend_from_slice(&buf[..n]);
-            Poll::Ready(Ok(n))
-        }
-
-        fn poll_write_vectored(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-            bufs: &[std::io::IoSlice<'_>],
-        ) -> Poll<io::Result<usize>> {
-            let mut n = 0;
-            for buf in bufs {
-                let take = buf.len().min(7 - n);
-                self.0.extend_from_slice(&buf[..take]);
-                n += take;
-                if n == 7 {
-                    break;
-                }
-            }
-            Poll::Ready(Ok(n))
-        }
-
-        fn is_write_vectored(&self) -> bool {
-            true
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn vectored_writes_survive_partial_writes_and_plain_streams() {
-        let parts: Vec<Vec<u8>> = (0..20u8).map(|i| vec![i; usize::from(i) * 3]).collect();
-        let whole: Vec<u8> = parts.concat();
-        let mut trickle = Trickle(Vec::new());
-        let mut slices: Vec<std::io::IoSlice<'_>> = parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
-        write_all_vectored(&mut trickle, &mut slices).await.unwrap();
-        assert_eq!(trickle.0, whole);
-        // A duplex stream has no vectored writes: one copied write instead.
-        let (mut a, mut b) = tokio::io::duplex(64 * 1024);
-        let mut slices: Vec<std::io::IoSlice<'_>> = parts.iter().map(|p| std::io::IoSlice::new(p)).collect();
-        write_all_vectored(&mut a, &mut slices).await.unwrap();
-        drop(a);
-        let mut got = Vec::new();
-        tokio::io::AsyncReadExt::read_to_end(&mut b, &mut got).await.unwrap();
-        assert_eq!(got, whole);
-    }
-
-    #[test]
-    fn header_len_matches_put_header() {
-        for len in [0, 1, 125, 126, 127, 65_535, 65_536, 1 << 20] {
-            let mut buf = Vec::new();
-            put_header(&mut buf, OP_TEXT, len);
-            assert_eq!(header_len(len), buf.len(), "payload of {len} bytes");
-        }
     }
 
     #[test]
