@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arqon_protocol::{CloseReason, IdGenerator, Outbound, OutboundReceiver, Timestamp, encode};
-use futures_util::{FutureExt, StreamExt};
+use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -98,23 +98,34 @@ pub(crate) async fn run_connection<S, C>(
         ids: IdGenerator::new(),
     };
     let mut writer = tokio::spawn(writer.run());
-    let end = 'read: loop {
+    let end = loop {
         tokio::select! {
             message = ws.next() => {
-                let mut message = message;
-                loop {
-                    activity.touch();
-                    if let Some(end) = on_message(&mut conn, message).await {
-                        break 'read end;
-                    }
-                    // Frames already buffered (or readable) are handled here,
-                    // not through the select, which would poll the writer's
-                    // handle again for every frame. Bounded: socket reads
-                    // spend the task's cooperative budget.
-                    match ws.next().now_or_never() {
-                        Some(next) => message = next,
-                        None => break,
-                    }
+                activity.touch();
+                match message {
+                    // Boxed: the handler's future (over 1 KiB for the bus)
+                    // would otherwise be part of this loop's state, kept by
+                    // every idle connection; one allocation per message is the
+                    // price.
+                    Some(Ok(Message::Text(text))) => Box::pin(conn.on_text(text.as_str())).await,
+                    Some(Ok(Message::Binary(data))) => conn.on_binary(&data),
+                    // tungstenite queues the pong itself; any frame counts as life.
+                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
+                    Some(Ok(Message::Close(_))) => break End::ClientClosed,
+                    None => break End::Gone,
+                    Some(Err(e)) => match close_for(&e) {
+                        Some(reason) => {
+                            tracing::debug!(error = %e, code = reason.code, "closing a connection that broke the protocol");
+                            if reason == CloseReason::TOO_LARGE {
+                                conn.on_oversize();
+                            }
+                            break End::Failed(reason);
+                        }
+                        None => {
+                            tracing::debug!(error = %e, "read failed");
+                            break End::Gone;
+                        }
+                    },
                 }
             }
             done = &mut writer => break End::WriterDone(done.ok()),
@@ -165,37 +176,6 @@ pub(crate) async fn run_connection<S, C>(
         }
         End::WriterDone(_) => {}
     }
-}
-
-/// Hands one read result to the connection; `Some` when the reading ends.
-async fn on_message<S, C: Connection>(conn: &mut C, message: Option<Result<Message, WsError>>) -> Option<End<S>> {
-    match message {
-        // Boxed: the handler's future (about 1 KiB for the bus) would
-        // otherwise be part of the reader's state, kept by every idle
-        // connection; one allocation per message is the price.
-        Some(Ok(Message::Text(text))) => Box::pin(conn.on_text(text.as_str())).await,
-        Some(Ok(Message::Binary(data))) => conn.on_binary(&data),
-        // tungstenite queues the pong itself; any frame counts as life.
-        Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-        Some(Ok(Message::Close(_))) => return Some(End::ClientClosed),
-        None => return Some(End::Gone),
-        Some(Err(e)) => {
-            return Some(match close_for(&e) {
-                Some(reason) => {
-                    tracing::debug!(error = %e, code = reason.code, "closing a connection that broke the protocol");
-                    if reason == CloseReason::TOO_LARGE {
-                        conn.on_oversize();
-                    }
-                    End::Failed(reason)
-                }
-                None => {
-                    tracing::debug!(error = %e, "read failed");
-                    End::Gone
-                }
-            });
-        }
-    }
-    None
 }
 
 /// The close a read error calls for, or `None` when the peer is simply gone.
