@@ -62,7 +62,8 @@ pub struct TransportConfig {
     pub read_buffer_bytes: usize,
     /// Frames per socket write at most: the writer frames a burst of queued
     /// frames into one buffer and writes it in pieces of this many (or 64 KiB).
-    /// Default: 64.
+    /// Default: 256 (against 64: fan-out 1 -> 100 went from 4.4 to 4.9 M
+    /// deliveries/s, medians of 4 interleaved runs).
     pub write_batch: usize,
     /// Open connections at most (0: no limit); over it, upgrades get HTTP
     /// 503. Default: 100000.
@@ -86,7 +87,7 @@ impl Default for TransportConfig {
             upgrade_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
             read_buffer_bytes: 1024,
-            write_batch: 64,
+            write_batch: 256,
             max_connections: 100_000,
             max_connections_per_ip: 1000,
             allowed_origins: Vec::new(),
