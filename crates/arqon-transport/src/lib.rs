@@ -58,7 +58,10 @@ pub struct TransportConfig {
     pub shutdown_grace: Duration,
     /// Per-connection read buffer, allocated up front (tungstenite's, kept
     /// for the connection's life): small keeps idle connections cheap; a
-    /// larger frame grows it as needed. Default: 1 KiB.
+    /// larger frame grows it as needed; busy connections read through a
+    /// per-thread 16 KiB buffer anyway. Default: 512 bytes (against 1 KiB:
+    /// 7.5 instead of 8.1 KiB RSS per idle subscribed connection, fan-out and
+    /// fan-in within run-to-run noise).
     pub read_buffer_bytes: usize,
     /// Frames per socket write at most: the writer frames a burst of queued
     /// frames into one buffer and writes it in pieces of this many (or 64 KiB).
@@ -86,7 +89,7 @@ impl Default for TransportConfig {
             heartbeat: Duration::from_secs(20),
             upgrade_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
-            read_buffer_bytes: 1024,
+            read_buffer_bytes: 512,
             write_batch: 256,
             max_connections: 100_000,
             max_connections_per_ip: 1000,
