@@ -147,6 +147,9 @@ impl BusMetrics {
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = self.handle.render();
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
         self.render_own(&mut out);
         out
     }
@@ -328,6 +331,34 @@ mod tests {
         assert_eq!(value(&text, r#"arqon_errors_total{code="NOT_FOUND"}"#), Some(1.0));
         assert_eq!(value(&text, r#"arqon_command_duration_seconds_count{command="ping",outcome="ok"}"#), Some(1.0));
         assert_eq!(value(&text, r#"arqon_storage_operations_total{op="append"}"#), Some(1.0));
+    }
+
+    #[test]
+    fn every_line_is_a_comment_or_a_sample() {
+        let m = BusMetrics::new();
+        m.connection_opened();
+        m.message_routed(2, Duration::from_micros(700));
+        m.command_executed("ping", "ok", Duration::from_micros(10));
+        m.error(ErrorCode::NotFound);
+        let text = m.render();
+        for line in text.lines().filter(|l| !l.is_empty()) {
+            if line.starts_with("# HELP ") || line.starts_with("# TYPE ") {
+                continue;
+            }
+            let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value: {line:?}"));
+            assert!(value.parse::<f64>().is_ok(), "value of {line:?}");
+            assert!(series.starts_with("arqon_"), "series of {line:?}");
+            assert_eq!(series.matches('{').count(), series.matches('}').count(), "{line:?}");
+        }
+        // Each family's HELP and TYPE come once, before its samples.
+        for family in ["arqon_routing_latency_seconds", "arqon_message_fanout", "arqon_frames_received_total"] {
+            assert_eq!(text.matches(&format!("# TYPE {family} ")).count(), 1, "{family}");
+        }
+        assert_eq!(value(&text, "arqon_routing_latency_seconds_count"), Some(1.0));
+        assert_eq!(value(&text, r#"arqon_routing_latency_seconds_bucket{le="0.0005"}"#), Some(0.0));
+        assert_eq!(value(&text, r#"arqon_routing_latency_seconds_bucket{le="0.001"}"#), Some(1.0));
+        assert_eq!(value(&text, "arqon_messages_routed_total"), Some(1.0));
+        assert_eq!(value(&text, "arqon_messages_delivered_total"), Some(2.0));
     }
 
     #[test]
