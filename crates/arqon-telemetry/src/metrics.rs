@@ -184,7 +184,7 @@ impl BusMetrics {
 
     /// Message frames received so far.
     pub fn messages_received(&self) -> u64 {
-        self.frames[0].get()
+        FRAME_KINDS.iter().position(|k| *k == "message").map_or(0, |i| self.frames[i].get())
     }
 
     /// Messages routed so far (retries excluded).
@@ -359,6 +359,9 @@ mod tests {
         assert_eq!(value(&text, r#"arqon_routing_latency_seconds_bucket{le="0.001"}"#), Some(1.0));
         assert_eq!(value(&text, "arqon_messages_routed_total"), Some(1.0));
         assert_eq!(value(&text, "arqon_messages_delivered_total"), Some(2.0));
+        m.frame_received("message");
+        m.frame_received("command");
+        assert_eq!((m.messages_received(), m.messages_routed(), m.messages_delivered()), (1, 1, 2));
     }
 
     #[test]
