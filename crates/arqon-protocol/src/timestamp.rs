@@ -147,6 +147,25 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_per_thread_cache_never_serves_another_millisecond() {
+        let write = |ms: i64| {
+            let mut out = Vec::new();
+            Timestamp::from_unix_ms(ms).write_to(&mut out);
+            String::from_utf8(out).unwrap()
+        };
+        let (a, b) = (1_764_460_800_123, 1_764_460_800_124);
+        for (ms, expected) in [
+            (a, "2025-11-30T00:00:00.123Z"),
+            (a, "2025-11-30T00:00:00.123Z"),
+            (b, "2025-11-30T00:00:00.124Z"),
+            (a, "2025-11-30T00:00:00.123Z"),
+        ] {
+            assert_eq!(write(ms), expected);
+            assert_eq!(write(ms), Timestamp::from_unix_ms(ms).to_string());
+        }
+    }
+
+    #[test]
     fn formats_like_the_contract() {
         let ts = Timestamp::parse("2026-11-29T12:00:00.123Z").unwrap();
         assert_eq!(ts.to_string(), "2026-11-29T12:00:00.123Z");
