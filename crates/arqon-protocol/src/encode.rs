@@ -1,7 +1,6 @@
 //! Server frames: built once as JSON bytes, then shared (cheap clones) by
 //! every receiver and by history.
 
-use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 
@@ -76,15 +75,6 @@ impl fmt::Debug for Frame {
 const VERSION_TEXT: &str = "1";
 const _: () = assert!(PROTOCOL_VERSION == 1, "update VERSION_TEXT with PROTOCOL_VERSION");
 
-thread_local! {
-    /// The buffer frames are written into before they are copied into their
-    /// shared block (one allocation per frame, not two).
-    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-}
-
-/// Scratch buffers larger than this (a big history response) are not kept.
-const SCRATCH_KEEP: usize = 64 * 1024;
-
 /// Writes an envelope field by field; keeps the JSON well-formed by
 /// construction (every value is a validated token, an escaped string or raw
 /// JSON that was parsed on the way in).
@@ -96,7 +86,9 @@ impl Writer {
     fn start(capacity: usize, id: MessageId, kind: &str, timestamp: Timestamp) -> Self {
         // The fixed fields of an envelope take about 200 bytes: reserve them
         // with the caller's hint so that a frame is built in one allocation.
-        let mut out = SCRATCH.with(Cell::take);
+        // Written into the thread's scratch buffer, then copied into the
+        // frame's own block: one allocation per frame, not two.
+        let mut out = crate::scratch::take();
         out.reserve(capacity + 256);
         out.extend_from_slice(b"{\"version\":");
         out.extend_from_slice(VERSION_TEXT.as_bytes());
@@ -147,10 +139,7 @@ impl Writer {
     fn finish(mut self) -> Frame {
         self.out.push(b'}');
         let frame = Frame(Arc::from(&self.out[..]));
-        self.out.clear();
-        if self.out.capacity() <= SCRATCH_KEEP {
-            SCRATCH.with(|scratch| scratch.set(self.out));
-        }
+        crate::scratch::give(self.out);
         frame
     }
 }

@@ -30,6 +30,7 @@ mod name;
 mod outbound;
 mod role;
 mod scan;
+pub mod scratch;
 mod timestamp;
 
 pub use decode::{ClientFrame, FrameBody, Target, decode, extract_id};

@@ -207,7 +207,7 @@ impl Session {
         payload: Option<RawJson<'_>>,
         meta: Option<RawJson<'_>>,
     ) -> Result<MessageId, ProtocolError> {
-        let router = self.router.clone();
+        let router = &self.router;
         let mut frame =
             MessageFrame { id, timestamp: now, from: self.client.id, room: None, channel: None, payload, meta };
         let (room, channel) = match target {

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arqon_protocol::{CloseReason, IdGenerator, Outbound, OutboundReceiver, Timestamp, encode};
+use arqon_protocol::{CloseReason, IdGenerator, Outbound, OutboundReceiver, Timestamp, encode, scratch};
 use futures_util::StreamExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
 use tokio::sync::watch;
@@ -54,6 +54,12 @@ const LARGE_PAYLOAD: usize = 16 * 1024;
 
 /// The batch buffer is written out when it reaches this size.
 const FLUSH_BYTES: usize = 64 * 1024;
+
+/// Frames being gathered for one write: the bytes, and how many frames.
+struct Batch {
+    buf: Vec<u8>,
+    framed: usize,
+}
 
 /// How the reader's loop ended.
 enum End<S> {
@@ -376,48 +382,39 @@ where
         if self.queued.is_empty() {
             return Ok(());
         }
-        let mut buf = wire::take_scratch();
-        let mut framed = 0;
+        let mut batch = Batch { buf: scratch::take(), framed: 0 };
         while let Some(item) = self.queued.pop_front() {
             match item {
-                Outbound::Frame(frame) => {
-                    self.put(&mut buf, OP_TEXT, frame.bytes()).await?;
-                    framed += 1;
-                }
+                Outbound::Frame(frame) => self.put(&mut batch, OP_TEXT, frame.bytes()).await?,
                 Outbound::Batch(frames) => {
                     for frame in frames {
-                        self.put(&mut buf, OP_TEXT, frame.bytes()).await?;
-                        framed += 1;
-                        if framed >= self.batch || buf.len() >= FLUSH_BYTES {
-                            wire::write_out(&mut self.io, &mut buf).await?;
-                            framed = 0;
-                        }
+                        self.put(&mut batch, OP_TEXT, frame.bytes()).await?;
                     }
                 }
-                Outbound::Binary(data) => {
-                    self.put(&mut buf, OP_BINARY, &data).await?;
-                    framed += 1;
-                }
-            }
-            if framed >= self.batch || buf.len() >= FLUSH_BYTES {
-                wire::write_out(&mut self.io, &mut buf).await?;
-                framed = 0;
+                Outbound::Binary(data) => self.put(&mut batch, OP_BINARY, &data).await?,
             }
         }
-        wire::write_out(&mut self.io, &mut buf).await?;
-        wire::give_scratch(buf);
+        wire::write_out(&mut self.io, &mut batch.buf).await?;
+        scratch::give(batch.buf);
         self.io.flush().await
     }
 
-    /// Appends one frame to `buf`; a large payload is written straight from
-    /// its own storage after what `buf` holds.
-    async fn put(&mut self, buf: &mut Vec<u8>, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
-        wire::put_header(buf, opcode, payload.len());
+    /// Appends one frame to the batch, writing the batch out when it is full;
+    /// a large payload is written straight from its own storage after what
+    /// the batch holds.
+    async fn put(&mut self, batch: &mut Batch, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+        wire::put_header(&mut batch.buf, opcode, payload.len());
         if payload.len() < LARGE_PAYLOAD {
-            buf.extend_from_slice(payload);
-            return Ok(());
+            batch.buf.extend_from_slice(payload);
+        } else {
+            wire::write_out(&mut self.io, &mut batch.buf).await?;
+            self.io.write_all(payload).await?;
         }
-        wire::write_out(&mut self.io, buf).await?;
-        self.io.write_all(payload).await
+        batch.framed += 1;
+        if batch.framed >= self.batch || batch.buf.len() >= FLUSH_BYTES {
+            wire::write_out(&mut self.io, &mut batch.buf).await?;
+            batch.framed = 0;
+        }
+        Ok(())
     }
 }

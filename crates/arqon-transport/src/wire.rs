@@ -62,32 +62,6 @@ pub(crate) fn put_close(buf: &mut Vec<u8>, code: u16, reason: &str) {
     buf.extend_from_slice(reason);
 }
 
-thread_local! {
-    /// The buffer batches are framed into, shared by the writers on a thread:
-    /// a writer whose socket takes the whole batch at once (the usual case)
-    /// gives it back, so idle connections hold no write buffer at all.
-    static SCRATCH: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-}
-
-/// Largest scratch buffer kept between batches.
-const SCRATCH_KEEP: usize = 256 * 1024;
-
-/// Takes the thread's scratch buffer (empty), or a new one.
-pub(crate) fn take_scratch() -> Vec<u8> {
-    SCRATCH.with(Cell::take)
-}
-
-/// Gives a buffer back for the next batch on this thread.
-pub(crate) fn give_scratch(mut buf: Vec<u8>) {
-    if buf.capacity() <= SCRATCH_KEEP {
-        buf.clear();
-        SCRATCH.with(|scratch| {
-            let other = scratch.take();
-            scratch.set(if other.capacity() > buf.capacity() { other } else { buf });
-        });
-    }
-}
-
 /// What the reader has for the writer: protocol replies tungstenite wrote
 /// while reading, and the close a read error calls for.
 #[derive(Debug, Default)]
@@ -129,27 +103,13 @@ impl Control {
     /// The reader met a read error that calls for a close frame (1002, 1007,
     /// 1009): the writer sends what is queued, then closes with `reason`.
     pub(crate) fn fail(&self, reason: CloseReason) {
-        let waker = {
-            let mut state = self.state.lock();
-            state.failed = Some(reason);
-            state.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.update(|state| state.failed = Some(reason));
     }
 
     /// After the client's close, the reader is done reading: tungstenite has
     /// written its close reply, or never will.
     pub(crate) fn set_reply_done(&self) {
-        let waker = {
-            let mut state = self.state.lock();
-            state.reply_done = true;
-            state.waker.take()
-        };
-        if let Some(waker) = waker {
-            waker.wake();
-        }
+        self.update(|state| state.reply_done = true);
     }
 
     /// Whether the client sent a close frame.
@@ -158,18 +118,26 @@ impl Control {
     }
 
     fn push(&self, bytes: &[u8]) -> io::Result<()> {
-        let waker = {
-            let mut state = self.state.lock();
+        self.update(|state| {
             if state.bytes.len() + bytes.len() > CONTROL_LIMIT {
                 return Err(io::Error::other("control replies not drained"));
             }
             state.bytes.extend_from_slice(bytes);
-            state.waker.take()
+            Ok(())
+        })
+    }
+
+    /// Changes the state, then wakes the writer (outside the lock) to look.
+    fn update<T>(&self, change: impl FnOnce(&mut ControlState) -> T) -> T {
+        let (out, waker) = {
+            let mut state = self.state.lock();
+            let out = change(&mut state);
+            (out, state.waker.take())
         };
         if let Some(waker) = waker {
             waker.wake();
         }
-        Ok(())
+        out
     }
 
     /// Takes the waiting replies, or registers the writer to be woken.
