@@ -34,7 +34,16 @@ pub async fn serve<A: Acceptor>(
         let config = Arc::clone(&config);
         let stop = stop_rx.clone();
         let slot = admission.admit(peer.ip(), &config);
-        async move { handle(stream, peer, slot, acceptor, config, stop).await }
+        // A task's storage is sized for the largest state of its future, for
+        // the task's whole life. The upgrade (TLS, the HTTP handshake, the
+        // callback) is several KiB that an idle connection must not keep, so
+        // it runs boxed and is freed when done; the connection then runs
+        // from its own box.
+        async move {
+            if let Some(running) = Box::pin(establish(stream, peer, slot, acceptor, config, stop)).await {
+                running.await;
+            }
+        }
     })
     .await;
     drop(listener);
@@ -66,24 +75,6 @@ fn refusal_response(refusal: &Refusal) -> ErrorResponse {
 /// A connection's reader loop, once upgraded: boxed, so that the task
 /// running it is not sized for the upgrade's states as well.
 type Running = Pin<Box<dyn Future<Output = ()> + Send>>;
-
-async fn handle<A: Acceptor>(
-    stream: TcpStream,
-    peer: std::net::SocketAddr,
-    slot: Result<Slot, Refusal>,
-    acceptor: Arc<A>,
-    config: Arc<TransportConfig>,
-    stop: watch::Receiver<bool>,
-) {
-    // A task's storage is sized for the largest state of its future, for the
-    // task's whole life. The upgrade (TLS, the HTTP handshake, the callback)
-    // is several KiB that an idle connection must not keep, so it runs boxed
-    // and is freed when done; the connection then runs from its own box.
-    let running = Box::pin(establish(stream, peer, slot, acceptor, config, stop)).await;
-    if let Some(running) = running {
-        running.await;
-    }
-}
 
 /// TLS (if configured) and the WebSocket upgrade, within one deadline.
 async fn establish<A: Acceptor>(
