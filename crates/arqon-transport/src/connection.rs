@@ -1,9 +1,9 @@
 //! One connection: a reader (this task) and a writer (a spawned task).
 //!
-//! The reader drives tungstenite over the socket's read half; the writer owns
-//! the write half and frames everything the server sends itself (see
-//! [`crate::wire`]), including the protocol replies tungstenite produces
-//! while reading.
+//! The reader reads the client's frames ([`crate::frames`]) from the socket's
+//! read half and hands each message to the handler; the writer owns the
+//! write half and frames everything the server sends (see [`crate::wire`]),
+//! including the protocol replies the reader queues.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -11,15 +11,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use arqon_protocol::{CloseReason, IdGenerator, Outbound, OutboundReceiver, Timestamp, encode, scratch};
-use futures_util::StreamExt;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_tungstenite::WebSocketStream;
-use tokio_tungstenite::tungstenite::error::{CapacityError, ProtocolError};
-use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
-use crate::wire::{self, Control, OP_BINARY, OP_PING, OP_TEXT, Replies, Wire};
+use crate::frames::{Broken, Event, FrameReader};
+use crate::wire::{self, Control, OP_BINARY, OP_PING, OP_TEXT, Replies};
 use crate::{Accepted, Connection, TransportConfig};
 
 /// Whether the client sent anything since the writer's last heartbeat tick;
@@ -42,12 +39,6 @@ impl Activity {
 /// connection counts as dead.
 const SILENT_TICKS: u32 = 2;
 
-/// RFC 6455 7.4.1: a text message that is not UTF-8.
-const INVALID_UTF8: CloseReason = CloseReason { code: 1007, reason: "invalid UTF-8" };
-/// RFC 6455 7.4.1: a frame that breaks the protocol (reserved bits or
-/// opcodes, a fragmented or oversized control frame, a stray continuation).
-const PROTOCOL_ERROR: CloseReason = CloseReason { code: 1002, reason: "protocol violation" };
-
 /// A payload at least this long is written from its own buffer instead of
 /// being copied into the batch buffer.
 const LARGE_PAYLOAD: usize = 16 * 1024;
@@ -65,19 +56,32 @@ struct Batch {
 enum End<S> {
     /// The connection is gone (TCP closed or failed without a handshake).
     Gone,
-    /// The client sent a close frame; tungstenite produces the reply.
+    /// The client sent a close frame; its reply is queued.
     ClientClosed,
-    /// The client broke a rule that ends the connection with this close.
-    Failed(CloseReason),
+    /// The client sent a frame that ends the connection; the close is queued.
+    Failed,
     /// The writer finished first (the bus closed the connection, shutdown,
     /// idle timeout, or a write failed).
     WriterDone(Option<WriterEnd<S>>),
 }
 
+/// What handling the frames read so far came to.
+enum Handled {
+    /// Every complete frame was handled: read more.
+    More,
+    /// The client sent a close frame; its reply is queued.
+    Closed,
+    /// The client pings faster than its connection drains.
+    Flooded,
+}
+
 /// Runs a connection to its end. Returns when the client is gone, the bus
-/// closed it, or shutdown finished with it.
+/// closed it, or shutdown finished with it. `early` holds what the client
+/// sent after its upgrade request.
 pub(crate) async fn run_connection<S, C>(
-    mut ws: WebSocketStream<Wire<S>>,
+    mut read: ReadHalf<S>,
+    io: WriteHalf<S>,
+    early: Vec<u8>,
     accepted: Accepted<C>,
     config: &TransportConfig,
     stop: watch::Receiver<bool>,
@@ -86,13 +90,12 @@ pub(crate) async fn run_connection<S, C>(
     C: Connection,
 {
     let Accepted { mut conn, frames, close } = accepted;
-    // The upgrade is done: from here on the writer owns the write half.
-    let Some((io, control)) = ws.get_mut().take_writer() else { return };
+    let control = Arc::new(Control::default());
     let activity = Arc::new(Activity::default());
     let grace = config.shutdown_grace;
     let writer = Writer {
         io,
-        control,
+        control: Arc::clone(&control),
         frames,
         queued: VecDeque::new(),
         close,
@@ -104,104 +107,109 @@ pub(crate) async fn run_connection<S, C>(
         ids: IdGenerator::new(),
     };
     let mut writer = tokio::spawn(writer.run());
+    let mut reader = FrameReader::new(config.max_message_bytes, early);
     let end = loop {
-        tokio::select! {
-            message = ws.next() => {
-                activity.touch();
-                match message {
-                    // Boxed: the handler's future (over 1 KiB for the bus)
-                    // would otherwise be part of this loop's state, kept by
-                    // every idle connection; one allocation per message is the
-                    // price.
-                    Some(Ok(Message::Text(text))) => Box::pin(conn.on_text(text.as_str())).await,
-                    Some(Ok(Message::Binary(data))) => conn.on_binary(&data),
-                    // tungstenite queues the pong itself; any frame counts as life.
-                    Some(Ok(Message::Ping(_) | Message::Pong(_) | Message::Frame(_))) => {}
-                    Some(Ok(Message::Close(_))) => break End::ClientClosed,
-                    None => break End::Gone,
-                    Some(Err(e)) => match close_for(&e) {
-                        Some(reason) => {
-                            tracing::debug!(error = %e, code = reason.code, "closing a connection that broke the protocol");
-                            if reason == CloseReason::TOO_LARGE {
-                                conn.on_oversize();
-                            }
-                            break End::Failed(reason);
-                        }
-                        None => {
-                            tracing::debug!(error = %e, "read failed");
-                            break End::Gone;
-                        }
-                    },
+        match handle(&mut reader, &mut conn, &control).await {
+            Ok(Handled::More) => {}
+            Ok(Handled::Closed) => break End::ClientClosed,
+            Ok(Handled::Flooded) => break End::Gone,
+            Err(broken) => {
+                tracing::debug!(error = %broken, "closing a connection that broke the protocol");
+                if broken == Broken::TooLarge {
+                    conn.on_oversize();
                 }
+                // Before the handler goes: the writer, seeing the queue's
+                // last sender gone, must know that a close is due.
+                control.fail(broken.close_reason());
+                break End::Failed;
             }
+        }
+        reader.settle();
+        tokio::select! {
+            filled = reader.fill(&mut read) => match filled {
+                // Any frame counts as life, pongs included.
+                Ok(true) => activity.touch(),
+                Ok(false) => break End::Gone,
+                Err(e) => {
+                    tracing::debug!(error = %e, "read failed");
+                    break End::Gone;
+                }
+            },
             done = &mut writer => break End::WriterDone(done.ok()),
         }
     };
     // Once the connection is ending, the bus forgets the client at once
     // (dropping its handler); only the socket waits for the handshake, for
     // at most the grace period.
+    drop(conn);
     match end {
         // Nothing more can be delivered: stop the writer.
         End::Gone => writer.abort(),
         End::ClientClosed => {
-            // Marked before the handler goes, so that the writer, seeing the
-            // queue's last sender gone, waits for the close reply.
-            ws.get_ref().control().set_peer_closed();
-            drop(conn);
-            // Reading on makes tungstenite produce its close reply (the
-            // writer sends it after what was queued, then stops) and then end
-            // the stream, so the server closes TCP after a clean handshake
-            // (RFC 6455 7.1.1) instead of dropping it mid-way.
-            let closing = async {
-                drain(&mut ws).await;
-                ws.get_ref().control().set_reply_done();
-                let _ = (&mut writer).await;
-            };
-            if tokio::time::timeout(grace, closing).await.is_err() {
+            // The writer sends what was queued before the close, then the
+            // reply, then stops; the server then closes TCP first, after a
+            // clean handshake (RFC 6455 7.1.1).
+            if tokio::time::timeout(grace, &mut writer).await.is_err() {
                 writer.abort();
             }
         }
-        End::Failed(reason) => {
+        End::Failed => {
             // The writer flushes what is queued (e.g. the MESSAGE_TOO_LARGE
-            // error) and the close frame. The reader is unusable after an
-            // error (tokio-tungstenite fuses it), so the close reply is
-            // awaited on the raw socket.
-            ws.get_ref().control().fail(reason);
-            let done = writer.await;
-            drop(conn);
-            if let Ok(done) = done {
-                linger(done.io, &mut ws, grace).await;
+            // error) and the close frame; the client's reply is awaited on
+            // the raw socket.
+            if let Ok(done) = writer.await {
+                linger(done.io, &mut read, grace).await;
             }
         }
         End::WriterDone(Some(done)) if done.sent_close => {
-            drop(conn);
             // We started the closing handshake: wait for the client's reply,
-            // discarding whatever it sent meanwhile (tungstenite's own reply
-            // to it goes nowhere: the writer is done).
-            let _ = tokio::time::timeout(grace, drain(&mut ws)).await;
+            // discarding whatever it sent meanwhile.
+            let _ = tokio::time::timeout(grace, await_close(&mut reader, &mut read)).await;
         }
         End::WriterDone(_) => {}
     }
 }
 
-/// The close a read error calls for, or `None` when the peer is simply gone.
-fn close_for(error: &WsError) -> Option<CloseReason> {
-    match error {
-        WsError::Capacity(CapacityError::MessageTooLong { .. }) => Some(CloseReason::TOO_LARGE),
-        WsError::Utf8(_) => Some(INVALID_UTF8),
-        WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake) => None,
-        WsError::Protocol(_) => Some(PROTOCOL_ERROR),
-        _ => None,
+/// Hands every complete message read so far to the handler, and queues the
+/// replies to control frames.
+async fn handle<C: Connection>(reader: &mut FrameReader, conn: &mut C, control: &Control) -> Result<Handled, Broken> {
+    while let Some(event) = reader.next_event()? {
+        match event {
+            // Boxed: the handler's future (over 1 KiB for the bus) would
+            // otherwise be part of the connection's state, kept by every idle
+            // connection; one allocation per message is the price.
+            Event::Text(text) => Box::pin(conn.on_text(text)).await,
+            Event::Binary(data) => conn.on_binary(data),
+            Event::Ping(payload) => {
+                if control.pong(payload).is_err() {
+                    return Ok(Handled::Flooded);
+                }
+            }
+            Event::Pong => {}
+            Event::Close(code) => {
+                control.peer_closed(code);
+                return Ok(Handled::Closed);
+            }
+        }
     }
+    Ok(Handled::More)
 }
 
-/// Reads until the stream ends; tungstenite produces the close reply or
-/// completes the closing handshake as it reads.
-async fn drain<S>(ws: &mut WebSocketStream<Wire<S>>)
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    while ws.next().await.is_some() {}
+/// Reads until the client's close frame (or the end of the stream).
+async fn await_close<R: AsyncRead + Unpin>(reader: &mut FrameReader, read: &mut R) {
+    loop {
+        loop {
+            match reader.next_event() {
+                Ok(Some(Event::Close(_))) | Err(_) => return,
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+            }
+        }
+        reader.settle();
+        if !matches!(reader.fill(read).await, Ok(true)) {
+            return;
+        }
+    }
 }
 
 /// Closes the socket after the close frame went out: shuts down our sending
@@ -209,11 +217,10 @@ where
 /// elapses). Closing a socket with unread input resets the connection, and a
 /// reset can destroy the close frame (and the error before it) on its way to
 /// the client; that is what an oversize message leaves behind.
-async fn linger<S>(mut io: WriteHalf<S>, ws: &mut WebSocketStream<Wire<S>>, grace: Duration)
+async fn linger<S>(mut io: WriteHalf<S>, read: &mut ReadHalf<S>, grace: Duration)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let read = ws.get_mut().read_half();
     let _ = tokio::time::timeout(grace, async {
         let _ = io.shutdown().await;
         let mut buf = vec![0; 4096];
@@ -279,7 +286,7 @@ where
                     if !more {
                         // The client closed (the reader marks that before it
                         // drops the handler): its close reply is on its way.
-                        if control.peer_closed() {
+                        if control.is_peer_closed() {
                             let replies = control.take().await;
                             return self.answer_close(replies).await;
                         }
@@ -345,21 +352,13 @@ where
     }
 
     /// The client closed: what was queued before its close goes out, then
-    /// what tungstenite writes until the reader is done (its close reply,
-    /// maybe after a pong), then nothing more.
-    async fn answer_close(mut self, mut replies: Replies) -> WriterEnd<S> {
+    /// the replies the reader queued (its close reply last), then nothing.
+    async fn answer_close(mut self, replies: Replies) -> WriterEnd<S> {
         self.frames.close();
         self.frames.try_recv_all(&mut self.queued);
-        let control = Arc::clone(&self.control);
         let sent = async {
             self.write_queued().await?;
-            loop {
-                self.send_raw(&replies.bytes).await?;
-                if replies.reply_done {
-                    return Ok::<(), std::io::Error>(());
-                }
-                replies = control.take().await;
-            }
+            self.send_raw(&replies.bytes).await
         }
         .await
         .is_ok();

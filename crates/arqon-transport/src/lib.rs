@@ -5,8 +5,9 @@
 //! deadline and path check), frame size limits (close 1009), protocol
 //! violations (close 1002; invalid UTF-8, 1007), the closing handshake in both
 //! directions, heartbeat pings and idle close, batching queued frames into few
-//! writes (the writer frames what it sends itself; tungstenite only reads),
-//! and graceful shutdown (the `shutdown` event, then close 1001). It
+//! writes (the connection reads and frames everything itself; tungstenite
+//! only performs the upgrade), and graceful shutdown (the `shutdown` event,
+//! then close 1001). It
 //! does not know what a frame means: an [`Acceptor`] decides who may connect
 //! and a [`Connection`] handles each text frame, so the same loop serves the
 //! bus, a test echo or a compliance harness (`examples/echo.rs`, which
@@ -26,6 +27,7 @@
 mod accept;
 mod admission;
 mod connection;
+mod frames;
 mod http;
 mod server;
 mod tls;
@@ -56,13 +58,6 @@ pub struct TransportConfig {
     /// How long shutdown waits for connections to drain and close, and how
     /// long a close frame may take to write. Default: 5 s.
     pub shutdown_grace: Duration,
-    /// Per-connection read buffer, allocated up front (tungstenite's, kept
-    /// for the connection's life): small keeps idle connections cheap; a
-    /// larger frame grows it as needed; busy connections read through a
-    /// per-thread 16 KiB buffer anyway. Default: 512 bytes (against 1 KiB:
-    /// 7.5 instead of 8.1 KiB RSS per idle subscribed connection, fan-out and
-    /// fan-in within run-to-run noise).
-    pub read_buffer_bytes: usize,
     /// Frames per socket write at most: the writer frames a burst of queued
     /// frames into one buffer and writes it in pieces of this many (or 64 KiB).
     /// Default: 256 (against 64: fan-out 1 -> 100 went from 4.4 to 4.9 M
@@ -89,7 +84,6 @@ impl Default for TransportConfig {
             heartbeat: Duration::from_secs(20),
             upgrade_timeout: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(5),
-            read_buffer_bytes: 512,
             write_batch: 256,
             max_connections: 100_000,
             max_connections_per_ip: 1000,

@@ -57,11 +57,11 @@ pub async fn serve<A: Acceptor>(
     Ok(())
 }
 
-fn ws_config(config: &TransportConfig) -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(config.read_buffer_bytes)
-        .max_message_size(Some(config.max_message_bytes))
-        .max_frame_size(Some(config.max_message_bytes))
+/// tungstenite only performs the upgrade; the connection it would go on to
+/// set up is dropped at once, so its read buffer (allocated eagerly) is
+/// kept small.
+fn ws_config() -> WebSocketConfig {
+    WebSocketConfig::default().read_buffer_size(256)
 }
 
 #[allow(clippy::result_large_err)]
@@ -149,8 +149,7 @@ where
             Err(refusal) => Err(refusal_response(&refusal)),
         }
     };
-    let handshake =
-        tokio_tungstenite::accept_hdr_async_with_config(Wire::new(stream), callback, Some(ws_config(&config)));
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(Wire::new(stream), callback, Some(ws_config()));
     let ws = match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(ws)) => ws,
         Ok(Err(e)) => {
@@ -164,10 +163,13 @@ where
     };
     // The callback ran (the handshake succeeded), so `admitted` is set.
     let accepted = admitted?;
+    // From here on the connection reads and writes frames itself.
+    let (stream, early) = ws.into_inner().into_parts();
+    let (read, write) = tokio::io::split(stream);
     Some(Box::pin(async move {
         // The slot is held for the connection's whole life.
         let _slot = slot;
-        run_connection(ws, accepted, &config, stop).await;
+        run_connection(read, write, early, accepted, &config, stop).await;
     }))
 }
 

@@ -1,28 +1,27 @@
-//! The socket under a connection, split in two: tungstenite reads client
-//! frames from the read half, the connection's writer owns the write half and
-//! frames what it sends itself.
+//! The socket under a connection. tungstenite performs the upgrade (the HTTP
+//! request and response) over a [`Wire`]; after that the read half belongs to
+//! the connection's [`FrameReader`](crate::frames::FrameReader) and the write
+//! half to its writer, which frames everything the server sends itself.
 //!
 //! Server frames are never masked, so writing one is a 2 to 10-byte header
 //! and the payload: the writer puts a whole batch of queued frames into one
-//! buffer and writes it with one call, instead of passing each frame through
-//! tungstenite's `Sink` (a UTF-8 check, a copy into its buffer and a lock per
-//! frame). tungstenite still does all the reading, and with it the replies the
-//! protocol requires (pongs, the close reply): what it writes after the
-//! upgrade lands in a small [`Control`] buffer that the writer sends between
-//! two batches, so that every byte on the wire goes out through one writer,
-//! whole frames at a time.
+//! buffer and writes it with one call. The replies the protocol requires
+//! (pongs, the close reply) come from the reader; they wait in a small
+//! [`Control`] buffer that the writer sends between two batches, so that
+//! every byte on the wire goes out through one writer, whole frames at a
+//! time.
 
-use std::cell::Cell;
 use std::io;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use arqon_protocol::CloseReason;
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 
-/// Text data frame opcode (RFC 6455 5.2).
+/// Continuation frame opcode (RFC 6455 5.2).
+pub(crate) const OP_CONTINUATION: u8 = 0x0;
+/// Text data frame opcode.
 pub(crate) const OP_TEXT: u8 = 0x1;
 /// Binary data frame opcode.
 pub(crate) const OP_BINARY: u8 = 0x2;
@@ -30,6 +29,8 @@ pub(crate) const OP_BINARY: u8 = 0x2;
 pub(crate) const OP_CLOSE: u8 = 0x8;
 /// Ping frame opcode.
 pub(crate) const OP_PING: u8 = 0x9;
+/// Pong frame opcode.
+pub(crate) const OP_PONG: u8 = 0xa;
 
 /// Most control bytes (pongs, the close reply) waiting for the writer; a peer
 /// that pings faster than its connection drains is cut off beyond this.
@@ -62,8 +63,8 @@ pub(crate) fn put_close(buf: &mut Vec<u8>, code: u16, reason: &str) {
     buf.extend_from_slice(reason);
 }
 
-/// What the reader has for the writer: protocol replies tungstenite wrote
-/// while reading, and the close a read error calls for.
+/// What the reader has for the writer: the protocol replies it owes the
+/// client, and the close a broken frame calls for.
 #[derive(Debug, Default)]
 pub(crate) struct Control {
     state: Mutex<ControlState>,
@@ -73,58 +74,57 @@ pub(crate) struct Control {
 struct ControlState {
     bytes: Vec<u8>,
     waker: Option<Waker>,
-    /// The client sent a close frame: after the close reply, nothing more
-    /// may be sent.
+    /// The client sent a close frame: its reply is the last of `bytes`, and
+    /// nothing may be sent after it.
     peer_closed: bool,
     /// The client broke the protocol: the writer closes with this reason.
     failed: Option<CloseReason>,
-    /// After the client's close: the reader has finished reading, so
-    /// tungstenite's close reply (if any) is in `bytes` or already taken.
-    reply_done: bool,
 }
 
-/// What [`Control::poll_take`] found: bytes to send, whether the client has
-/// closed, whether everything tungstenite will write after that close is in
-/// `bytes` (or was taken before), and the close a read error calls for.
+/// What [`Control::poll_take`] found: bytes to send, whether they end with
+/// the reply to the client's close, and the close a broken frame calls for.
 #[derive(Debug)]
 pub(crate) struct Replies {
     pub(crate) bytes: Vec<u8>,
     pub(crate) peer_closed: bool,
-    pub(crate) reply_done: bool,
     pub(crate) failed: Option<CloseReason>,
 }
 
 impl Control {
-    /// Marks that the client sent a close frame; the close reply follows.
-    pub(crate) fn set_peer_closed(&self) {
-        self.state.lock().peer_closed = true;
+    /// Queues the pong for a ping; fails when the client pings faster than
+    /// its connection drains.
+    pub(crate) fn pong(&self, payload: &[u8]) -> io::Result<()> {
+        self.update(|state| {
+            if state.bytes.len() + payload.len() > CONTROL_LIMIT {
+                return Err(io::Error::other("control replies not drained"));
+            }
+            put_header(&mut state.bytes, OP_PONG, payload.len());
+            state.bytes.extend_from_slice(payload);
+            Ok(())
+        })
     }
 
-    /// The reader met a read error that calls for a close frame (1002, 1007,
-    /// 1009): the writer sends what is queued, then closes with `reason`.
+    /// The client sent a close frame: queues the reply (with `code`, or
+    /// none), after which nothing more goes out.
+    pub(crate) fn peer_closed(&self, code: Option<u16>) {
+        self.update(|state| {
+            match code {
+                Some(code) => put_close(&mut state.bytes, code, ""),
+                None => put_header(&mut state.bytes, OP_CLOSE, 0),
+            }
+            state.peer_closed = true;
+        });
+    }
+
+    /// The reader met a frame that calls for a close (1002, 1007, 1009): the
+    /// writer sends what is queued, then closes with `reason`.
     pub(crate) fn fail(&self, reason: CloseReason) {
         self.update(|state| state.failed = Some(reason));
     }
 
-    /// After the client's close, the reader is done reading: tungstenite has
-    /// written its close reply, or never will.
-    pub(crate) fn set_reply_done(&self) {
-        self.update(|state| state.reply_done = true);
-    }
-
     /// Whether the client sent a close frame.
-    pub(crate) fn peer_closed(&self) -> bool {
+    pub(crate) fn is_peer_closed(&self) -> bool {
         self.state.lock().peer_closed
-    }
-
-    fn push(&self, bytes: &[u8]) -> io::Result<()> {
-        self.update(|state| {
-            if state.bytes.len() + bytes.len() > CONTROL_LIMIT {
-                return Err(io::Error::other("control replies not drained"));
-            }
-            state.bytes.extend_from_slice(bytes);
-            Ok(())
-        })
     }
 
     /// Changes the state, then wakes the writer (outside the lock) to look.
@@ -143,7 +143,7 @@ impl Control {
     /// Takes the waiting replies, or registers the writer to be woken.
     pub(crate) fn poll_take(&self, cx: &mut Context<'_>) -> Poll<Replies> {
         let mut state = self.state.lock();
-        if state.bytes.is_empty() && state.failed.is_none() && !state.reply_done {
+        if state.bytes.is_empty() && state.failed.is_none() && !state.peer_closed {
             match &state.waker {
                 Some(waker) if waker.will_wake(cx.waker()) => {}
                 _ => state.waker = Some(cx.waker().clone()),
@@ -153,7 +153,6 @@ impl Control {
         Poll::Ready(Replies {
             bytes: std::mem::take(&mut state.bytes),
             peer_closed: state.peer_closed,
-            reply_done: state.reply_done,
             failed: state.failed.take(),
         })
     }
@@ -164,115 +163,83 @@ impl Control {
     }
 }
 
-/// The stream tungstenite is given: reads come from the socket; writes go to
-/// the socket during the upgrade (the HTTP response), and to [`Control`]
-/// once the writer has taken the write half.
+/// The stream tungstenite performs the upgrade over. Its reads stop at the
+/// end of the HTTP request: whatever the client sent after it (its first
+/// frames, if it did not wait for the response) stays here for the
+/// connection's [`FrameReader`](crate::frames::FrameReader) instead of
+/// disappearing into tungstenite's buffer.
 #[derive(Debug)]
 pub(crate) struct Wire<S> {
-    read: ReadHalf<S>,
-    write: Option<WriteHalf<S>>,
-    control: Arc<Control>,
-    /// Bytes read ahead and not yet handed to tungstenite, with how many of
-    /// them were handed already; empty (no allocation) most of the time.
+    io: S,
+    /// Bytes read and not handed to tungstenite.
     ahead: Vec<u8>,
-    ahead_at: usize,
+    /// How much of `\r\n\r\n` (the end of the request head) the bytes
+    /// handed over so far end with; 4 once the head is complete.
+    matched: usize,
 }
 
-impl<S: AsyncRead + AsyncWrite> Wire<S> {
-    pub(crate) fn new(stream: S) -> Self {
-        let (read, write) = tokio::io::split(stream);
-        Wire { read, write: Some(write), control: Arc::default(), ahead: Vec::new(), ahead_at: 0 }
+/// Bytes one read takes during the upgrade.
+const UPGRADE_READ_BYTES: usize = 4096;
+
+/// After `byte`, how much of `\r\n\r\n` has been seen, given `matched` before it.
+fn advance(matched: usize, byte: u8) -> usize {
+    const END: &[u8; 4] = b"\r\n\r\n";
+    if byte == END[matched] {
+        matched + 1
+    } else if byte == b'\r' {
+        1
+    } else {
+        0
     }
 }
 
 impl<S> Wire<S> {
-    /// Hands the write half to the connection's writer; from now on what
-    /// tungstenite writes goes to the returned [`Control`].
-    pub(crate) fn take_writer(&mut self) -> Option<(WriteHalf<S>, Arc<Control>)> {
-        self.write.take().map(|write| (write, Arc::clone(&self.control)))
+    pub(crate) fn new(io: S) -> Self {
+        Wire { io, ahead: Vec::new(), matched: 0 }
     }
 
-    pub(crate) fn control(&self) -> &Control {
-        &self.control
-    }
-
-    pub(crate) fn read_half(&mut self) -> &mut ReadHalf<S> {
-        &mut self.read
+    /// After the upgrade: the socket, and the bytes the client sent after
+    /// its request.
+    pub(crate) fn into_parts(self) -> (S, Vec<u8>) {
+        (self.io, self.ahead)
     }
 }
 
-thread_local! {
-    /// Where a connection's socket is read into when tungstenite's own buffer
-    /// is smaller: one read takes up to this much, whatever the connection's
-    /// buffer, and only the part tungstenite has not taken yet is kept by the
-    /// connection (see [`Wire`]'s `AsyncRead`).
-    static READ_AHEAD: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
-}
-
-/// Bytes one read of a busy connection takes at most.
-const READ_AHEAD_BYTES: usize = 16 * 1024;
-
-impl<S: AsyncRead> AsyncRead for Wire<S> {
-    /// tungstenite's read buffer is small (idle connections keep it), so a
-    /// busy connection would take few frames per read system call. Reads
-    /// therefore go through a per-thread 16 KiB buffer: what does not fit in
-    /// tungstenite's buffer is kept in `ahead` and handed over on the next
-    /// calls, and freed once handed over.
+impl<S: AsyncRead + Unpin> AsyncRead for Wire<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = &mut *self;
-        if this.ahead_at < this.ahead.len() {
-            let n = buf.remaining().min(this.ahead.len() - this.ahead_at);
-            buf.put_slice(&this.ahead[this.ahead_at..this.ahead_at + n]);
-            this.ahead_at += n;
-            if this.ahead_at == this.ahead.len() {
-                this.ahead = Vec::new();
-                this.ahead_at = 0;
-            }
-            return Poll::Ready(Ok(()));
+        if this.matched == 4 {
+            // tungstenite reads no further than a complete request.
+            return Poll::Ready(Err(io::Error::other("read past the upgrade request")));
         }
-        if buf.remaining() >= READ_AHEAD_BYTES {
-            return Pin::new(&mut this.read).poll_read(cx, buf);
-        }
-        let mut scratch = READ_AHEAD.with(Cell::take);
-        if scratch.len() < READ_AHEAD_BYTES {
-            scratch = vec![0; READ_AHEAD_BYTES];
-        }
-        let mut into = ReadBuf::new(&mut scratch);
-        let polled = Pin::new(&mut this.read).poll_read(cx, &mut into);
-        if let Poll::Ready(Ok(())) = polled {
-            let read = into.filled();
-            let n = buf.remaining().min(read.len());
-            buf.put_slice(&read[..n]);
-            if n < read.len() {
-                this.ahead = read[n..].to_vec();
-                this.ahead_at = 0;
+        if this.ahead.is_empty() {
+            this.ahead.reserve(UPGRADE_READ_BYTES);
+            if std::task::ready!(std::pin::pin!(this.io.read_buf(&mut this.ahead)).poll(cx))? == 0 {
+                return Poll::Ready(Ok(()));
             }
         }
-        READ_AHEAD.with(|cell| cell.set(scratch));
-        polled
+        let mut n = 0;
+        while n < this.ahead.len().min(buf.remaining()) && this.matched < 4 {
+            this.matched = advance(this.matched, this.ahead[n]);
+            n += 1;
+        }
+        buf.put_slice(&this.ahead[..n]);
+        this.ahead.drain(..n);
+        Poll::Ready(Ok(()))
     }
 }
 
-impl<S: AsyncWrite> AsyncWrite for Wire<S> {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match &mut self.write {
-            Some(write) => Pin::new(write).poll_write(cx, buf),
-            None => Poll::Ready(self.control.push(buf).map(|()| buf.len())),
-        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.write {
-            Some(write) => Pin::new(write).poll_flush(cx),
-            None => Poll::Ready(Ok(())),
-        }
+        Pin::new(&mut self.io).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.write {
-            Some(write) => Pin::new(write).poll_shutdown(cx),
-            None => Poll::Ready(Ok(())),
-        }
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
@@ -288,24 +255,35 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn reads_ahead_and_hands_over_in_order() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    async fn the_upgrade_reads_stop_at_the_end_of_the_request() {
+        use tokio::io::AsyncWriteExt;
         let (mut client, server) = tokio::io::duplex(64 * 1024);
+        let request = "GET /ws HTTP/1.1\r\nHost: x\r\nX-A: \r\r\n\r\n";
+        let early = [0x81u8, 0x80, 1, 2, 3, 4];
+        client.write_all(request.as_bytes()).await.unwrap();
+        client.write_all(&early).await.unwrap();
         let mut wire = Wire::new(server);
-        let sent: Vec<u8> = (0..40_000u32).map(|i| (i % 251) as u8).collect();
-        client.write_all(&sent).await.unwrap();
-        drop(client);
         let mut got = Vec::new();
-        let mut small = [0u8; 1000];
-        loop {
+        let mut small = [0u8; 7];
+        while !got.ends_with(b"\r\n\r\n") {
             let n = wire.read(&mut small).await.unwrap();
-            if n == 0 {
-                break;
-            }
+            assert!(n > 0, "the stream ended early");
             got.extend_from_slice(&small[..n]);
         }
-        assert_eq!(got, sent);
-        assert!(wire.ahead.is_empty(), "nothing kept once handed over");
+        assert_eq!(got, request.as_bytes(), "nothing past the request was handed over");
+        assert!(wire.read(&mut small).await.is_err(), "a read past the request fails");
+        let (_, ahead) = wire.into_parts();
+        assert_eq!(ahead, early, "the early frame is kept for the frame reader");
+    }
+
+    #[test]
+    fn the_end_of_the_head_is_found_across_partial_matches() {
+        let mut matched = 0;
+        for &byte in b"a\r\n\r\r\nb\r\n\r" {
+            matched = advance(matched, byte);
+            assert_ne!(matched, 4);
+        }
+        assert_eq!(advance(matched, b'\n'), 4);
     }
 
     #[test]

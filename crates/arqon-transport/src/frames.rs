@@ -1,0 +1,594 @@
+//! Reading what a client sends (RFC 6455 section 5) once the upgrade is done.
+//!
+//! A connection's bytes are read into a per-thread buffer (one 16 KiB buffer
+//! serves every connection of a thread in turn) and each complete frame is
+//! unmasked where it lies and handed over borrowed: no copy and no
+//! allocation per frame. Only the tail of a frame cut by a read stays with
+//! the connection between reads, and an idle connection holds no buffer at
+//! all. Fragmented messages, rare for a bus client, are assembled in a buffer
+//! of their own.
+//!
+//! Every rule that ends a connection is checked here, as soon as the bytes
+//! that break it have arrived, and maps to its close code: reserved bits or
+//! opcodes, an unmasked frame, a fragmented or oversized control frame, a
+//! stray or missing continuation, a one-byte close payload (1002); a text
+//! message or close reason that is not UTF-8 (1007); a frame or message over
+//! the size limit (1009).
+
+use std::cell::Cell;
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::pin;
+use std::task::{Context, Poll};
+
+use arqon_protocol::CloseReason;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::wire::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
+
+/// Bytes one read takes at most: a busy connection gets many frames per
+/// system call.
+const READ_BYTES: usize = 16 * 1024;
+
+/// The tail of a cut frame up to this long moves to a buffer of its own
+/// between reads, so that the read buffer goes back to the thread; a longer
+/// one (a large frame on its way) keeps the buffer.
+const KEEP_TAIL: usize = 4 * 1024;
+
+/// A read buffer grown beyond this (for a large frame) is freed after use
+/// rather than kept by the thread.
+const KEEP_BUFFER: usize = 4 * READ_BYTES;
+
+/// Largest payload of a control frame (RFC 6455 5.5).
+const MAX_CONTROL_PAYLOAD: usize = 125;
+
+thread_local! {
+    /// The read buffer of this thread, while no connection holds it.
+    static READ_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+fn take_buffer() -> Vec<u8> {
+    let buffer = READ_BUFFER.with(Cell::take);
+    if buffer.capacity() >= READ_BYTES { buffer } else { Vec::with_capacity(READ_BYTES) }
+}
+
+fn give_buffer(mut buffer: Vec<u8>) {
+    if (READ_BYTES..=KEEP_BUFFER).contains(&buffer.capacity()) {
+        buffer.clear();
+        READ_BUFFER.with(|cell| cell.set(buffer));
+    }
+}
+
+/// What a client sent, borrowed from the reader until the next call.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Event<'a> {
+    /// A whole text message (valid UTF-8).
+    Text(&'a str),
+    /// A whole binary message.
+    Binary(&'a [u8]),
+    /// A ping with its payload, to be answered with a pong carrying it.
+    Ping(&'a [u8]),
+    /// A pong: nothing to do beyond counting it as life.
+    Pong,
+    /// The client's close frame, with the code the reply carries: the
+    /// client's own, or 1002 for a code no endpoint may send; `None` for a
+    /// close without a code, answered by one without a code.
+    Close(Option<u16>),
+}
+
+/// A frame that ends the connection, with the close code it calls for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum Broken {
+    /// A frame that breaks RFC 6455.
+    #[error("protocol violation")]
+    Protocol,
+    /// A text message or close reason that is not UTF-8.
+    #[error("invalid UTF-8")]
+    Utf8,
+    /// A frame or message over the size limit.
+    #[error("message too large")]
+    TooLarge,
+}
+
+impl Broken {
+    /// The close frame the server sends for it.
+    pub(crate) fn close_reason(self) -> CloseReason {
+        match self {
+            Broken::Protocol => CloseReason { code: 1002, reason: "protocol violation" },
+            Broken::Utf8 => CloseReason { code: 1007, reason: "invalid UTF-8" },
+            Broken::TooLarge => CloseReason::TOO_LARGE,
+        }
+    }
+}
+
+/// A frame's header, once all of it has arrived.
+#[derive(Debug, Clone, Copy)]
+struct Header {
+    fin: bool,
+    opcode: u8,
+    /// Header bytes, mask included.
+    len: usize,
+    payload: usize,
+    mask: [u8; 4],
+}
+
+impl Header {
+    /// Parses the header at the start of `data`: `None` until all of it is
+    /// there, an error as soon as the bytes that break a rule are.
+    fn parse(data: &[u8], max_message: usize) -> Result<Option<Header>, Broken> {
+        let [b0, b1, ..] = *data else { return Ok(None) };
+        if b0 & 0x70 != 0 {
+            // No extension is negotiated, so no reserved bit may be set.
+            return Err(Broken::Protocol);
+        }
+        let fin = b0 & 0x80 != 0;
+        let opcode = b0 & 0x0f;
+        let short_len = usize::from(b1 & 0x7f);
+        match opcode {
+            OP_CONTINUATION | OP_TEXT | OP_BINARY => {}
+            OP_CLOSE | OP_PING | OP_PONG if fin && short_len <= MAX_CONTROL_PAYLOAD => {}
+            _ => return Err(Broken::Protocol),
+        }
+        if b1 & 0x80 == 0 {
+            // Every frame from a client is masked (RFC 6455 5.1).
+            return Err(Broken::Protocol);
+        }
+        let (payload, at) = match short_len {
+            126 => match data.get(2..4) {
+                Some(&[a, b]) => (u64::from(u16::from_be_bytes([a, b])), 4),
+                _ => return Ok(None),
+            },
+            127 => match data.get(2..10).and_then(|bytes| <[u8; 8]>::try_from(bytes).ok()) {
+                Some(bytes) => (u64::from_be_bytes(bytes), 10),
+                None => return Ok(None),
+            },
+            n => (n as u64, 2),
+        };
+        if payload > i64::MAX as u64 {
+            // The most significant bit of a 64-bit length must be 0.
+            return Err(Broken::Protocol);
+        }
+        let payload = usize::try_from(payload).map_err(|_| Broken::TooLarge)?;
+        if payload > max_message {
+            return Err(Broken::TooLarge);
+        }
+        match data.get(at..at + 4) {
+            Some(&[a, b, c, d]) => Ok(Some(Header { fin, opcode, len: at + 4, payload, mask: [a, b, c, d] })),
+            _ => Ok(None),
+        }
+    }
+}
+
+/// Removes the client's mask, eight bytes at a time.
+fn unmask(data: &mut [u8], mask: [u8; 4]) {
+    let [a, b, c, d] = mask;
+    let key = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
+    let (words, tail) = data.as_chunks_mut::<8>();
+    for word in words {
+        *word = (u64::from_ne_bytes(*word) ^ key).to_ne_bytes();
+    }
+    // The tail starts at a multiple of 8, so the mask starts over with it.
+    for (byte, key) in tail.iter_mut().zip(mask.iter().cycle()) {
+        *byte ^= key;
+    }
+}
+
+/// Close codes a peer may send (RFC 6455 7.4): 1004-1006, 1014, 1015 and
+/// anything outside 1000-4999 other than the registered ones may not.
+fn close_code_allowed(code: u16) -> bool {
+    matches!(code, 1000..=1003 | 1007..=1013 | 3000..=4999)
+}
+
+/// The reply code for a close frame's payload, or what is wrong with it.
+fn close_reply(payload: &[u8]) -> Result<Option<u16>, Broken> {
+    match payload {
+        [] => Ok(None),
+        [_] => Err(Broken::Protocol),
+        [a, b, reason @ ..] => {
+            std::str::from_utf8(reason).map_err(|_| Broken::Utf8)?;
+            let code = u16::from_be_bytes([*a, *b]);
+            Ok(Some(if close_code_allowed(code) { code } else { 1002 }))
+        }
+    }
+}
+
+fn text(bytes: &[u8]) -> Result<&str, Broken> {
+    std::str::from_utf8(bytes).map_err(|_| Broken::Utf8)
+}
+
+/// A fragmented message on its way in.
+#[derive(Debug)]
+struct Fragments {
+    text: bool,
+    bytes: Vec<u8>,
+    /// How much of `bytes` is known to be UTF-8 (text only): invalid text
+    /// fails at the fragment that breaks it, not at the end.
+    checked: usize,
+}
+
+impl Fragments {
+    fn push(&mut self, more: &[u8], max_message: usize) -> Result<(), Broken> {
+        if self.bytes.len() + more.len() > max_message {
+            return Err(Broken::TooLarge);
+        }
+        self.bytes.extend_from_slice(more);
+        if self.text {
+            self.checked = match std::str::from_utf8(&self.bytes[self.checked..]) {
+                Ok(_) => self.bytes.len(),
+                // A character cut between two fragments: check it with the next.
+                Err(e) if e.error_len().is_none() => self.checked + e.valid_up_to(),
+                Err(_) => return Err(Broken::Utf8),
+            };
+        }
+        Ok(())
+    }
+}
+
+/// Reads and checks a client's frames; see the module documentation.
+#[derive(Debug)]
+pub(crate) struct FrameReader {
+    /// Bytes read; the next frame starts at `start`.
+    buf: Vec<u8>,
+    start: usize,
+    /// Bytes the frame at `start` needs in all, once its header is known,
+    /// so that the next read makes room for all of it.
+    want: usize,
+    fragments: Option<Fragments>,
+    /// The last fragmented message completed (what its event borrows).
+    assembled: Vec<u8>,
+    max_message: usize,
+}
+
+impl FrameReader {
+    /// A reader for frames of at most `max_message` payload bytes (and
+    /// messages of at most that many once assembled), starting with bytes
+    /// that arrived with the upgrade request.
+    pub(crate) fn new(max_message: usize, early: Vec<u8>) -> Self {
+        FrameReader { buf: early, start: 0, want: 0, fragments: None, assembled: Vec::new(), max_message }
+    }
+
+    /// The next complete message or control frame among the bytes read,
+    /// `None` when more must be read first.
+    pub(crate) fn next_event(&mut self) -> Result<Option<Event<'_>>, Broken> {
+        if !self.assembled.is_empty() {
+            self.assembled = Vec::new();
+        }
+        loop {
+            let Some(header) = Header::parse(&self.buf[self.start..], self.max_message)? else {
+                return Ok(None);
+            };
+            let total = header.len + header.payload;
+            if self.buf.len() - self.start < total {
+                self.want = total;
+                return Ok(None);
+            }
+            self.want = 0;
+            let at = self.start + header.len;
+            let payload = at..at + header.payload;
+            self.start += total;
+            unmask(&mut self.buf[payload.clone()], header.mask);
+            match header.opcode {
+                OP_TEXT | OP_BINARY if self.fragments.is_some() => return Err(Broken::Protocol),
+                OP_TEXT if header.fin => return text(&self.buf[payload]).map(|t| Some(Event::Text(t))),
+                OP_BINARY if header.fin => return Ok(Some(Event::Binary(&self.buf[payload]))),
+                OP_TEXT | OP_BINARY => {
+                    let mut fragments = Fragments { text: header.opcode == OP_TEXT, bytes: Vec::new(), checked: 0 };
+                    fragments.push(&self.buf[payload], self.max_message)?;
+                    self.fragments = Some(fragments);
+                }
+                OP_CONTINUATION => {
+                    let fragments = self.fragments.as_mut().ok_or(Broken::Protocol)?;
+                    fragments.push(&self.buf[payload], self.max_message)?;
+                    if header.fin {
+                        let Some(Fragments { text: is_text, bytes, .. }) = self.fragments.take() else {
+                            return Err(Broken::Protocol);
+                        };
+                        self.assembled = bytes;
+                        return if is_text {
+                            text(&self.assembled).map(|t| Some(Event::Text(t)))
+                        } else {
+                            Ok(Some(Event::Binary(&self.assembled)))
+                        };
+                    }
+                }
+                OP_PING => return Ok(Some(Event::Ping(&self.buf[payload]))),
+                OP_PONG => return Ok(Some(Event::Pong)),
+                OP_CLOSE => return close_reply(&self.buf[payload]).map(|code| Some(Event::Close(code))),
+                _ => return Err(Broken::Protocol),
+            }
+        }
+    }
+
+    /// Reads more bytes: `Ok(false)` when the client closed its side.
+    pub(crate) async fn fill<R: AsyncRead + Unpin>(&mut self, io: &mut R) -> io::Result<bool> {
+        poll_fn(|cx| self.poll_fill(cx, io)).await
+    }
+
+    fn poll_fill<R: AsyncRead + Unpin>(&mut self, cx: &mut Context<'_>, io: &mut R) -> Poll<io::Result<bool>> {
+        self.make_room();
+        match pin!(io.read_buf(&mut self.buf)).poll(cx) {
+            Poll::Ready(read) => Poll::Ready(read.map(|n| n > 0)),
+            Poll::Pending => {
+                // Waiting for the client: hold no more than the cut frame.
+                self.settle();
+                Poll::Pending
+            }
+        }
+    }
+
+    /// Before a read: a read-sized buffer, the unread bytes at its start, and
+    /// room for the whole frame whose header has arrived.
+    fn make_room(&mut self) {
+        if self.buf.capacity() < READ_BYTES {
+            let mut buffer = take_buffer();
+            buffer.extend_from_slice(&self.buf[self.start..]);
+            self.buf = buffer;
+        } else if self.start > 0 {
+            self.buf.drain(..self.start);
+        }
+        self.start = 0;
+        if self.want > self.buf.capacity() {
+            self.buf.reserve(self.want - self.buf.len());
+        }
+    }
+
+    /// Between reads (every complete frame handled): gives the read buffer
+    /// back to the thread, keeping only the tail of a cut frame.
+    pub(crate) fn settle(&mut self) {
+        if self.buf.capacity() < READ_BYTES {
+            return;
+        }
+        let tail = &self.buf[self.start..];
+        if tail.len() > KEEP_TAIL {
+            return;
+        }
+        let kept = if tail.is_empty() { Vec::new() } else { tail.to_vec() };
+        give_buffer(std::mem::replace(&mut self.buf, kept));
+        self.start = 0;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MASK: [u8; 4] = [0x37, 0xfa, 0x21, 0x3d];
+
+    /// A client frame: header, mask and masked payload.
+    fn frame(first: u8, payload: &[u8]) -> Vec<u8> {
+        let mut out = vec![first];
+        match payload.len() {
+            n if n < 126 => out.push(0x80 | n as u8),
+            n if n <= usize::from(u16::MAX) => {
+                out.push(0x80 | 126);
+                out.extend_from_slice(&(n as u16).to_be_bytes());
+            }
+            n => {
+                out.push(0x80 | 127);
+                out.extend_from_slice(&(n as u64).to_be_bytes());
+            }
+        }
+        out.extend_from_slice(&MASK);
+        out.extend(payload.iter().zip(MASK.iter().cycle()).map(|(b, k)| b ^ k));
+        out
+    }
+
+    fn reader(bytes: Vec<u8>) -> FrameReader {
+        FrameReader::new(1024, bytes)
+    }
+
+    /// Every event in `bytes`, in order, then the error that stopped them.
+    fn events(bytes: Vec<u8>) -> (Vec<String>, Option<Broken>) {
+        let mut reader = reader(bytes);
+        let mut seen = Vec::new();
+        loop {
+            match reader.next_event() {
+                Ok(Some(event)) => seen.push(format!("{event:?}")),
+                Ok(None) => return (seen, None),
+                Err(broken) => return (seen, Some(broken)),
+            }
+        }
+    }
+
+    #[test]
+    fn unmasks_every_length_and_alignment() {
+        for len in [0, 1, 3, 7, 8, 9, 15, 16, 17, 125, 126, 300, 65_536] {
+            let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+            let mut masked: Vec<u8> = payload.iter().zip(MASK.iter().cycle()).map(|(b, k)| b ^ k).collect();
+            unmask(&mut masked, MASK);
+            assert_eq!(masked, payload, "length {len}");
+        }
+    }
+
+    #[test]
+    fn reads_frames_of_each_length_form() {
+        for len in [0, 125, 126, 1000] {
+            let text = "é".repeat(len / 2) + &"x".repeat(len % 2);
+            let mut reader = FrameReader::new(70_000, frame(0x81, text.as_bytes()));
+            assert_eq!(reader.next_event(), Ok(Some(Event::Text(&text))));
+            assert_eq!(reader.next_event(), Ok(None));
+        }
+        let big = vec![7u8; 65_536];
+        let mut reader = FrameReader::new(70_000, frame(0x82, &big));
+        assert_eq!(reader.next_event(), Ok(Some(Event::Binary(&big))));
+    }
+
+    #[test]
+    fn several_frames_in_one_read_come_out_in_order() {
+        let mut bytes = frame(0x81, b"one");
+        bytes.extend(frame(0x89, b"p"));
+        bytes.extend(frame(0x8a, b""));
+        bytes.extend(frame(0x82, &[1, 2]));
+        bytes.extend(frame(0x81, b"two"));
+        let (seen, broken) = events(bytes);
+        assert_eq!(seen, ["Text(\"one\")", "Ping([112])", "Pong", "Binary([1, 2])", "Text(\"two\")"]);
+        assert_eq!(broken, None);
+    }
+
+    #[test]
+    fn a_cut_frame_waits_for_the_rest_at_every_cut() {
+        let whole = frame(0x81, "a frame cut anywhere ✓".as_bytes());
+        for cut in 0..whole.len() {
+            let mut reader = reader(whole[..cut].to_vec());
+            assert_eq!(reader.next_event(), Ok(None), "cut at {cut}");
+            reader.buf.extend_from_slice(&whole[cut..]);
+            assert_eq!(reader.next_event(), Ok(Some(Event::Text("a frame cut anywhere ✓"))), "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn fragments_are_assembled_with_control_frames_between_them() {
+        let mut bytes = frame(0x01, "hé".as_bytes()[..2].as_ref());
+        bytes.extend(frame(0x89, b"mid"));
+        // The second fragment completes the "é" cut by the first.
+        bytes.extend(frame(0x00, &"hé".as_bytes()[2..]));
+        bytes.extend(frame(0x80, b"llo"));
+        let (seen, broken) = events(bytes);
+        assert_eq!(seen, ["Ping([109, 105, 100])", "Text(\"héllo\")"]);
+        assert_eq!(broken, None);
+        let mut bytes = frame(0x02, &[1]);
+        bytes.extend(frame(0x80, &[2]));
+        assert_eq!(events(bytes), (vec!["Binary([1, 2])".to_owned()], None));
+    }
+
+    #[test]
+    fn protocol_violations_are_1002() {
+        let unmasked = vec![0x81, 0x02, b'h', b'i'];
+        let mut stray_continuation = frame(0x80, b"x");
+        stray_continuation.truncate(2);
+        let mut text_inside_fragments = frame(0x01, b"a");
+        text_inside_fragments.extend(frame(0x81, b"b"));
+        let cases: Vec<(&str, Vec<u8>)> = vec![
+            ("reserved bit 1", frame(0xc1, b"x")),
+            ("reserved bit 3", frame(0x91, b"x")),
+            ("reserved opcode 3", frame(0x83, b"")),
+            ("reserved opcode 11", frame(0x8b, b"")),
+            ("unmasked", unmasked),
+            ("fragmented ping", frame(0x09, b"")),
+            ("ping over 125 bytes", frame(0x89, &[0; 126])),
+            ("continuation without a start", frame(0x80, b"x")),
+            ("text inside a fragmented message", text_inside_fragments),
+            ("one-byte close payload", frame(0x88, &[3])),
+            ("64-bit length with the top bit set", {
+                let mut f = vec![0x82, 0x80 | 127];
+                f.extend_from_slice(&(1u64 << 63).to_be_bytes());
+                f
+            }),
+        ];
+        for (what, bytes) in cases {
+            assert_eq!(events(bytes).1, Some(Broken::Protocol), "{what}");
+        }
+        // Decided from the first two bytes: no need to wait for the payload.
+        assert_eq!(events(frame(0xc1, &[0; 500])[..2].to_vec()).1, Some(Broken::Protocol));
+        assert_eq!(events(stray_continuation).1, None, "two bytes of a valid header wait for more");
+    }
+
+    #[test]
+    fn invalid_utf8_is_1007_and_fails_at_the_fragment_that_breaks_it() {
+        assert_eq!(events(frame(0x81, &[b'a', 0xff])).1, Some(Broken::Utf8));
+        // The first fragment is already invalid: no need for the rest.
+        let (seen, broken) = events(frame(0x01, &[0xce, 0xba, 0xe1, 0xbd, 0xb9, 0xf4, 0x90]));
+        assert_eq!((seen.len(), broken), (0, Some(Broken::Utf8)));
+        // A character cut at the end of a fragment is not an error yet...
+        let cut = frame(0x01, &[b'a', 0xe2, 0x82]);
+        assert_eq!(events(cut.clone()).1, None);
+        // ...but one that never completes is, at the end of the message.
+        let mut never = cut;
+        never.extend(frame(0x80, b""));
+        assert_eq!(events(never).1, Some(Broken::Utf8));
+        let mut reason = vec![0x03, 0xe8];
+        reason.extend_from_slice(&[0xff, 0xfe]);
+        assert_eq!(events(frame(0x88, &reason)).1, Some(Broken::Utf8), "close reason");
+    }
+
+    #[test]
+    fn over_the_limit_is_1009_from_the_header_alone() {
+        let mut header_only = frame(0x82, &[0; 1025]);
+        header_only.truncate(4);
+        assert_eq!(events(header_only).1, Some(Broken::TooLarge));
+        let mut assembled = frame(0x01, &[b'a'; 600]);
+        assembled.extend(frame(0x80, &[b'a'; 600]));
+        assert_eq!(events(assembled).1, Some(Broken::TooLarge));
+        assert_eq!(events(frame(0x81, &[b'a'; 1024])).1, None, "exactly the limit is allowed");
+    }
+
+    #[test]
+    fn close_replies_echo_allowed_codes_and_answer_others_with_1002() {
+        let close = |code: u16| {
+            let mut payload = code.to_be_bytes().to_vec();
+            payload.extend_from_slice(b"bye");
+            let mut reader = reader(frame(0x88, &payload));
+            match reader.next_event() {
+                Ok(Some(Event::Close(reply))) => reply,
+                other => panic!("code {code}: {other:?}"),
+            }
+        };
+        for code in [1000, 1001, 1002, 1003, 1007, 1008, 1009, 1010, 1011, 1012, 1013, 3000, 3999, 4000, 4999] {
+            assert_eq!(close(code), Some(code));
+        }
+        for code in [0, 999, 1004, 1005, 1006, 1014, 1015, 1016, 2999, 5000, 65_535] {
+            assert_eq!(close(code), Some(1002), "code {code}");
+        }
+        assert_eq!(events(frame(0x88, b"")).0, ["Close(None)"]);
+    }
+
+    #[tokio::test]
+    async fn reads_across_many_socket_reads_and_keeps_no_buffer_when_idle() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = tokio::io::duplex(256);
+        let messages: Vec<String> = (0..300).map(|i| format!("message {i} {}", "x".repeat(i % 200))).collect();
+        let sent = messages.clone();
+        let writer = tokio::spawn(async move {
+            for message in &sent {
+                client.write_all(&frame(0x81, message.as_bytes())).await.unwrap();
+            }
+        });
+        let mut reader = FrameReader::new(1024, Vec::new());
+        let mut got = Vec::new();
+        loop {
+            while let Some(event) = reader.next_event().unwrap() {
+                match event {
+                    Event::Text(text) => got.push(text.to_owned()),
+                    other => panic!("unexpected {other:?}"),
+                }
+            }
+            reader.settle();
+            assert!(reader.buf.capacity() < READ_BYTES, "a read buffer kept between reads");
+            if got.len() == messages.len() {
+                break;
+            }
+            assert!(reader.fill(&mut server).await.unwrap(), "closed early");
+        }
+        assert_eq!(got, messages);
+        writer.await.unwrap();
+        reader.settle();
+        assert_eq!(reader.buf.capacity(), 0, "nothing kept once every frame was handled");
+    }
+
+    #[tokio::test]
+    async fn a_frame_larger_than_a_read_is_read_whole() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let big = "y".repeat(50_000);
+        let bytes = frame(0x81, big.as_bytes());
+        let writer = tokio::spawn(async move { client.write_all(&bytes).await.unwrap() });
+        let mut reader = FrameReader::new(100_000, Vec::new());
+        let text = loop {
+            if let Some(Event::Text(text)) = reader.next_event().unwrap() {
+                break text.to_owned();
+            }
+            reader.settle();
+            assert!(reader.fill(&mut server).await.unwrap());
+        };
+        assert_eq!(text, big);
+        writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn the_end_of_the_stream_is_reported() {
+        let (client, mut server) = tokio::io::duplex(64);
+        drop(client);
+        let mut reader = FrameReader::new(1024, Vec::new());
+        assert!(!reader.fill(&mut server).await.unwrap());
+    }
+}
