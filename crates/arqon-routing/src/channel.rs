@@ -59,6 +59,18 @@ impl Channel {
         self.members.write().drain().map(|(_, c)| c).collect()
     }
 
+    /// Takes `order`. Uncontended (the common case) it is taken at once,
+    /// skipping the acquire future; otherwise this waits in the mutex's FIFO
+    /// queue as `lock()` does. `try_lock` cannot jump that queue: a waiter
+    /// exists only while the lock is held, and a release hands the lock to
+    /// the first waiter directly.
+    pub(crate) async fn lock_order(&self) -> tokio::sync::MutexGuard<'_, ()> {
+        match self.order.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => self.order.lock().await,
+        }
+    }
+
     pub(crate) fn is_deleted(&self) -> bool {
         self.deleted.load(Ordering::Acquire)
     }

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use arqon_protocol::{
     ChannelKey, ClientId, ErrorCode, Frame, IdGenerator, MessageId, Name, Outbound, ProtocolError, Role, Timestamp,
 };
-use arqon_storage::{Appended, Health, Storage, StoredMessage};
+use arqon_storage::{Appended, Health, Storage, StoredMessage, append_fast};
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use parking_lot::Mutex;
@@ -382,12 +382,13 @@ impl Router {
         id: MessageId,
         frame: Frame,
     ) -> Result<Option<usize>, RoutingError> {
-        let _order = channel.order.lock().await;
+        let _order = channel.lock_order().await;
         if channel.is_deleted() {
             return Err(not_found(&channel.key).into());
         }
         let stored = StoredMessage { id, frame: frame.clone() };
-        if self.inner.storage.append(&channel.key, stored).await? == Appended::Duplicate {
+        // Synchronous when the backend can (memory): no boxed futures per message.
+        if append_fast(&*self.inner.storage, &channel.key, stored).await? == Appended::Duplicate {
             return Ok(None);
         }
         let delivered = channel.deliver(&frame, Some(from));

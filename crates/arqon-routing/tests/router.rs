@@ -11,8 +11,8 @@ use arqon_protocol::{
 };
 use arqon_routing::{Broker, Delivery, Identity, Inbox, Router, RouterConfig, RoutingError, Session};
 use arqon_storage::{
-    Appended, ChannelRecord, ChannelStats, Health, MemoryStorage, Since, Storage, StorageError, StoredMessage,
-    async_trait,
+    AppendNow, Appended, ChannelRecord, ChannelStats, Health, MemoryStorage, Since, Storage, StorageError,
+    StoredMessage, async_trait,
 };
 use serde_json::{Value, json};
 
@@ -407,7 +407,21 @@ async fn from_must_be_the_sender() {
 
 #[tokio::test]
 async fn a_retried_message_is_neither_stored_nor_delivered_again() {
-    let router = router();
+    // Memory appends at once (`append_now` is done).
+    retried_message_is_neither_stored_nor_delivered_again(router()).await;
+}
+
+#[tokio::test]
+async fn through_a_backend_that_appends_later_messages_are_stored_delivered_and_deduplicated() {
+    // `Yielding` keeps the default `append_now`, so every publish takes the
+    // awaited `append`.
+    let storage = Yielding(MemoryStorage::new(1000));
+    let probe = StoredMessage { id: IdGenerator::new().message_id(), frame: Frame::from_text("{}") };
+    assert_eq!(storage.append_now(&key("r", "probe"), probe.clone()), AppendNow::Later(probe));
+    retried_message_is_neither_stored_nor_delivered_again(Router::new(config(), Arc::new(storage))).await;
+}
+
+async fn retried_message_is_neither_stored_nor_delivered_again(router: Router) {
     let mut a = Client::connect(&router, Role::User);
     let mut b = Client::connect(&router, Role::Guest);
     a.create("r", "c").await;
@@ -1515,8 +1529,11 @@ async fn deliveries_from_the_broker_reach_local_members_except_the_sender() {
 // The Storage seam
 // ---------------------------------------------------------------------------
 
-/// A backend that is down for writes.
-struct Down;
+/// A backend that is down for writes. With `at_once`, it says so from
+/// `append_now`, and an `append` after that is a router bug (`INTERNAL`).
+struct Down {
+    at_once: bool,
+}
 
 #[async_trait]
 impl Storage for Down {
@@ -1530,7 +1547,18 @@ impl Storage for Down {
         Ok(true)
     }
     async fn append(&self, _key: &ChannelKey, _message: StoredMessage) -> Result<Appended, StorageError> {
-        Err(StorageError::Unavailable("redis is down".into()))
+        Err(if self.at_once {
+            StorageError::Backend("append called after append_now was done".into())
+        } else {
+            StorageError::Unavailable("redis is down".into())
+        })
+    }
+    fn append_now(&self, _key: &ChannelKey, message: StoredMessage) -> AppendNow {
+        if self.at_once {
+            AppendNow::Done(Err(StorageError::Unavailable("redis is down".into())))
+        } else {
+            AppendNow::Later(message)
+        }
     }
     async fn history(
         &self,
@@ -1553,7 +1581,16 @@ impl Storage for Down {
 
 #[tokio::test]
 async fn a_failing_append_is_storage_unavailable_and_delivers_nothing() {
-    let router = Router::new(config(), Arc::new(Down));
+    failing_append_is_storage_unavailable_and_delivers_nothing(Down { at_once: false }).await;
+}
+
+#[tokio::test]
+async fn an_append_failing_at_once_is_storage_unavailable_and_delivers_nothing() {
+    failing_append_is_storage_unavailable_and_delivers_nothing(Down { at_once: true }).await;
+}
+
+async fn failing_append_is_storage_unavailable_and_delivers_nothing(storage: Down) {
+    let router = Router::new(config(), Arc::new(storage));
     let mut a = Client::connect(&router, Role::User);
     let mut b = Client::connect(&router, Role::User);
     b.join("r", "c").await;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use arqon_protocol::{ChannelKey, MessageId, Timestamp};
 use arqon_storage::{
-    Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage, async_trait,
+    AppendNow, Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage, async_trait,
 };
 
 use crate::observer::Telemetry;
@@ -56,6 +56,16 @@ impl Storage for Instrumented {
         self.count("append", self.inner.append(key, message).await)
     }
 
+    /// Counted here only when the inner backend finished the append; when it
+    /// hands the message back, the caller's `append` counts it, so each
+    /// append is counted once whichever way it went.
+    fn append_now(&self, key: &ChannelKey, message: StoredMessage) -> AppendNow {
+        match self.inner.append_now(key, message) {
+            AppendNow::Done(appended) => AppendNow::Done(self.count("append", appended)),
+            later @ AppendNow::Later(_) => later,
+        }
+    }
+
     async fn history(
         &self,
         key: &ChannelKey,
@@ -79,5 +89,61 @@ impl Storage for Instrumented {
 
     async fn ping(&self) -> Result<(), StorageError> {
         self.inner.ping().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use arqon_protocol::{Frame, IdGenerator};
+    use arqon_storage::{FallbackOptions, FallbackStorage, MemoryStorage, append_fast};
+
+    use super::*;
+
+    /// The value of one series in the Prometheus exposition.
+    fn value(exposition: &str, series: &str) -> Option<f64> {
+        exposition
+            .lines()
+            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+    }
+
+    /// Appends two messages and one retry through `append_fast` over
+    /// `Instrumented(inner)`, checking which way `inner` took, and returns
+    /// the counted appends (ok, failed).
+    async fn appends_counted(inner: Arc<dyn Storage>, done_at_once: bool) -> (Option<f64>, Option<f64>) {
+        let telemetry = Arc::new(Telemetry::new(16));
+        let storage = Instrumented::new(inner, Arc::clone(&telemetry));
+        let key = ChannelKey::parse("room", "chan").unwrap();
+        let mut ids = IdGenerator::new();
+        let message = |id| StoredMessage { id, frame: Frame::from_text(format!(r#"{{"id":"{id}"}}"#)) };
+        let (first, second) = (ids.message_id(), ids.message_id());
+
+        let now = storage.append_now(&key, message(first));
+        assert_eq!(matches!(now, AppendNow::Done(_)), done_at_once, "{now:?}");
+        if let AppendNow::Later(back) = now {
+            storage.append(&key, back).await.unwrap();
+        }
+        assert_eq!(append_fast(&storage, &key, message(second)).await, Ok(Appended::Stored));
+        assert_eq!(append_fast(&storage, &key, message(first)).await, Ok(Appended::Duplicate));
+
+        let text = telemetry.metrics.render();
+        let ok = value(&text, r#"arqon_storage_operations_total{op="append"}"#);
+        let failed = value(&text, r#"arqon_storage_failures_total{op="append"}"#);
+        (ok, failed)
+    }
+
+    #[tokio::test]
+    async fn an_append_done_at_once_is_counted_once() {
+        let counted = appends_counted(Arc::new(MemoryStorage::new(10)), true).await;
+        assert_eq!(counted, (Some(3.0), Some(0.0)));
+    }
+
+    #[tokio::test]
+    async fn an_append_handed_back_is_counted_once() {
+        // The wrapper keeps the default `append_now`: always handed back.
+        let wrapper = FallbackStorage::new(Arc::new(MemoryStorage::new(10)), FallbackOptions::default());
+        let counted = appends_counted(Arc::new(wrapper), false).await;
+        assert_eq!(counted, (Some(3.0), Some(0.0)));
     }
 }

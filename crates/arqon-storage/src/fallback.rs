@@ -676,6 +676,10 @@ impl Storage for FallbackStorage {
         Ok(true)
     }
 
+    // `append_now` keeps the default (`Later`): an append here locks the
+    // channel's mirror (an async mutex the flush holds across backend calls)
+    // and, while Up, waits on the backend; forwarding the backend's
+    // `append_now` would bypass the mirror and could overtake the journal.
     async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
         let shared = &self.shared;
         let mirror = shared.mirror(key);

@@ -17,7 +17,9 @@
 //!   journal and writes them back, in order, when the backend returns
 //!   ([`FallbackOptions`]).
 //! - [`StoredMessage`], [`ChannelRecord`], [`ChannelStats`], [`Appended`],
-//!   [`Since`]: the data the trait speaks.
+//!   [`AppendNow`], [`Since`]: the data the trait speaks.
+//! - [`append_fast`]: how the router appends: [`Storage::append_now`] first,
+//!   [`Storage::append`] only when the backend must wait.
 //! - [`StorageError`]: the one error type of this layer.
 //! - [`async_trait`](macro@async_trait): re-exported, so a backend crate
 //!   implements [`Storage`] with nothing but this crate and `arqon-protocol`.
@@ -76,6 +78,18 @@ pub enum Appended {
     Stored,
     /// A message with this id is already kept: nothing was stored (a retry).
     Duplicate,
+}
+
+/// The outcome of [`Storage::append_now`]: the append is done, or the
+/// backend needs to wait and hands the message back for [`Storage::append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AppendNow {
+    /// The append completed without waiting, exactly as [`Storage::append`]
+    /// would have (including its errors).
+    Done(Result<Appended, StorageError>),
+    /// Nothing was done: the message, untouched, to pass to
+    /// [`Storage::append`].
+    Later(StoredMessage),
 }
 
 /// The messages stored after a cursor, for `join_channel` with `since`.
@@ -166,6 +180,35 @@ pub trait Storage: Send + Sync + 'static {
     /// Appends a message as the channel's newest.
     async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError>;
 
+    /// Appends a message at once when that needs no waiting; otherwise
+    /// hands it back. This is the message path's fast lane: every publish
+    /// appends while holding its channel's order lock, and `append` costs a
+    /// boxed future per layer (the server's metrics wrapper, then the
+    /// backend) even when nothing inside awaits.
+    ///
+    /// - [`AppendNow::Done`]: the append is complete, with exactly the
+    ///   outcome [`append`](Storage::append) would have had: the same
+    ///   [`Appended::Duplicate`] for a kept id, the same trimming to the
+    ///   channel's bound, the same errors.
+    /// - [`AppendNow::Later`]: nothing was done and nothing changed; the
+    ///   message comes back untouched and the caller then calls `append`
+    ///   with it. Returning `Later` is always correct.
+    ///
+    /// A backend returns `Done` only when it got there without I/O and
+    /// without waiting on anything but short, non-async critical sections
+    /// (such as a `parking_lot` mutex never held across an await): it runs
+    /// on the async worker thread with the channel's order lock held.
+    /// The router's serialization of appends to one channel covers this
+    /// method as well as `append`. A wrapper forwards its inner backend's
+    /// `append_now` only when going around its own `append` changes nothing
+    /// ([`FallbackStorage`] does not: it would overtake its journal).
+    ///
+    /// The default returns `Later`: backends that must wait (Redis) need not
+    /// implement it. Callers use [`append_fast`], which does both steps.
+    fn append_now(&self, _key: &ChannelKey, message: StoredMessage) -> AppendNow {
+        AppendNow::Later(message)
+    }
+
     /// The newest `limit` messages older than `before` (or overall), oldest first.
     async fn history(
         &self,
@@ -190,5 +233,23 @@ pub trait Storage: Send + Sync + 'static {
     /// The default, for backends that cannot fail, answers `Ok` at once.
     async fn ping(&self) -> Result<(), StorageError> {
         Ok(())
+    }
+}
+
+/// Appends `message` to `key` through `storage`: synchronously when the
+/// backend can ([`Storage::append_now`]), else through the awaited
+/// [`Storage::append`]. Same outcome either way.
+///
+/// A free function rather than a provided trait method: a provided `async`
+/// method of an `#[async_trait]` trait returns a boxed future, the cost this
+/// exists to avoid.
+pub async fn append_fast(
+    storage: &dyn Storage,
+    key: &ChannelKey,
+    message: StoredMessage,
+) -> Result<Appended, StorageError> {
+    match storage.append_now(key, message) {
+        AppendNow::Done(appended) => appended,
+        AppendNow::Later(message) => storage.append(key, message).await,
     }
 }

@@ -11,14 +11,15 @@ use dashmap::mapref::entry::Entry;
 use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 
-use crate::{Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage};
+use crate::{AppendNow, Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage};
 
 /// The default backend: each channel keeps its newest messages in memory.
 ///
 /// Channels live in a sharded map, and each channel's log sits behind its own
 /// mutex, so appends to different channels never wait on one another. Every
 /// operation is a short critical section with no await inside; the methods
-/// are `async` only because [`Storage`] is.
+/// are `async` only because [`Storage`] is, and every append completes in
+/// [`Storage::append_now`], so the router never awaits one.
 ///
 /// Cursor lookups (`before`, `since`, duplicate detection) go through a
 /// per-channel id index, so they cost O(1) whatever the history length.
@@ -69,6 +70,12 @@ impl MemoryStorage {
             Arc::new(Mutex::new(Log::default()))
         });
         Arc::clone(log.value())
+    }
+
+    /// The one append both [`Storage::append`] and [`Storage::append_now`]
+    /// run, so that the two cannot drift apart.
+    fn push(&self, key: &ChannelKey, message: StoredMessage) -> Appended {
+        self.log_or_create(key).lock().push(message, self.max_per_channel)
     }
 }
 
@@ -170,9 +177,12 @@ impl Storage for MemoryStorage {
     }
 
     async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
-        let log = self.log_or_create(key);
-        let appended = log.lock().push(message, self.max_per_channel);
-        Ok(appended)
+        Ok(self.push(key, message))
+    }
+
+    /// Always done: an append is a short critical section and nothing else.
+    fn append_now(&self, key: &ChannelKey, message: StoredMessage) -> AppendNow {
+        AppendNow::Done(Ok(self.push(key, message)))
     }
 
     async fn history(
@@ -330,6 +340,39 @@ mod tests {
         let storage = MemoryStorage::default();
         assert_eq!(storage.health(), Health::new("memory", true));
         assert_eq!(storage.max_per_channel, 1_000);
+    }
+
+    #[tokio::test]
+    async fn append_now_is_always_done_and_is_append() {
+        // Two backends fed the same appends, one through each method: every
+        // answer and the kept history (duplicates refused, oldest trimmed at
+        // the bound) must agree, and `append_now` must never defer.
+        let (awaited, now) = (MemoryStorage::new(3), MemoryStorage::new(3));
+        let key = ChannelKey::parse("room", "chan").unwrap();
+        let ids = ids(5);
+        let (stored, duplicate) = (Ok(Appended::Stored), Ok(Appended::Duplicate));
+        let sequence = [
+            (ids[0], stored.clone()),
+            (ids[1], stored.clone()),
+            (ids[0], duplicate.clone()),
+            (ids[2], stored.clone()),
+            (ids[3], stored.clone()), // full: evicts ids[0]
+            (ids[1], duplicate.clone()),
+            (ids[4], stored.clone()), // evicts ids[1]
+            (ids[0], stored),         // no longer kept, so not a retry
+            (ids[4], duplicate),
+        ];
+        for (id, expected) in sequence {
+            assert_eq!(awaited.append(&key, message(id)).await, expected, "append {id}");
+            match now.append_now(&key, message(id)) {
+                AppendNow::Done(appended) => assert_eq!(appended, expected, "append_now {id}"),
+                AppendNow::Later(_) => panic!("memory deferred the append of {id}"),
+            }
+        }
+        let kept = now.history(&key, usize::MAX, None).await.unwrap();
+        assert_eq!(kept, awaited.history(&key, usize::MAX, None).await.unwrap());
+        let kept: Vec<MessageId> = kept.iter().map(|m| m.id).collect();
+        assert_eq!(kept, [ids[3], ids[4], ids[0]]);
     }
 
     #[tokio::test]

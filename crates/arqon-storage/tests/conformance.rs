@@ -24,8 +24,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 use arqon_protocol::encode::MessageFrame;
 use arqon_protocol::{ChannelKey, IdGenerator, MessageId, Timestamp};
 use arqon_storage::{
-    Appended, ChannelRecord, ChannelStats, FallbackOptions, FallbackStorage, Health, MemoryStorage, Since, Storage,
-    StorageError, StoredMessage, async_trait,
+    AppendNow, Appended, ChannelRecord, ChannelStats, FallbackOptions, FallbackStorage, Health, MemoryStorage, Since,
+    Storage, StorageError, StoredMessage, append_fast, async_trait,
 };
 
 // ---------------------------------------------------------------------------
@@ -337,6 +337,42 @@ async fn concurrent_appends_all_land(new: &impl AsyncFn(usize) -> Arc<dyn Storag
     }
 }
 
+/// `append_now` then, if handed the message back, `append`: what
+/// `append_fast` does, checking on the way that `Later` returns the message
+/// untouched.
+async fn append_now_or_later(storage: &dyn Storage, key: &ChannelKey, msg: StoredMessage) -> Appended {
+    match storage.append_now(key, msg.clone()) {
+        AppendNow::Done(appended) => appended.unwrap(),
+        AppendNow::Later(back) => {
+            assert_eq!(back, msg, "Later must hand back the very message");
+            storage.append(key, back).await.unwrap()
+        }
+    }
+}
+
+/// `append_now` (done at once or handed back) keeps `append`'s rules:
+/// duplicates, trimming at the bound, append order.
+async fn append_now_keeps_the_append_rules(new: &impl AsyncFn(usize) -> Arc<dyn Storage>) {
+    let storage = new(3).await;
+    let chan = key("r", "now");
+    let ids = ids_out_of_order(5);
+    let stored: Vec<StoredMessage> = ids.iter().map(|&id| message(&chan, id)).collect();
+    for msg in &stored[..3] {
+        assert_eq!(append_now_or_later(&*storage, &chan, msg.clone()).await, Appended::Stored, "{}", msg.id);
+    }
+    let retry = message(&key("r", "elsewhere"), ids[1]);
+    assert_eq!(append_now_or_later(&*storage, &chan, retry).await, Appended::Duplicate);
+    assert_eq!(all(&*storage, &chan).await, stored[..3]);
+
+    for msg in &stored[3..] {
+        assert_eq!(append_now_or_later(&*storage, &chan, msg.clone()).await, Appended::Stored, "{}", msg.id);
+    }
+    assert_eq!(all(&*storage, &chan).await, stored[2..], "trimmed to the newest 3");
+    // The helper the router uses gives the same answers.
+    assert_eq!(append_fast(&*storage, &chan, stored[4].clone()).await, Ok(Appended::Duplicate));
+    assert_eq!(all(&*storage, &chan).await, stored[2..]);
+}
+
 /// A fresh backend reports itself healthy, under a name.
 async fn fresh_backend_is_healthy(new: &impl AsyncFn(usize) -> Arc<dyn Storage>) {
     let health = new(100).await.health();
@@ -365,6 +401,7 @@ macro_rules! conformance {
             unknown_channel_is_empty,
             channels_are_isolated,
             concurrent_appends_all_land,
+            append_now_keeps_the_append_rules,
             fresh_backend_is_healthy,
         ]);
     };
@@ -495,6 +532,24 @@ impl Storage for VecStorage {
 
     fn health(&self) -> Health {
         Health::new("vec", true)
+    }
+}
+
+/// The provided `append_now` (kept by this third-party backend, and by the
+/// wrapper, which must not let an append overtake its journal) does nothing
+/// and hands back the very message, for `append` to store.
+#[tokio::test]
+async fn the_default_append_now_hands_the_message_back() {
+    let chan = key("r", "later");
+    let wrapper = FallbackStorage::new(Arc::new(MemoryStorage::new(10)), FallbackOptions::default());
+    let backends: [Arc<dyn Storage>; 2] = [Arc::new(VecStorage::new(10)), Arc::new(wrapper)];
+    for storage in backends {
+        let backend = storage.health().backend;
+        let msg = message(&chan, stranger());
+        assert_eq!(storage.append_now(&chan, msg.clone()), AppendNow::Later(msg.clone()), "{backend}");
+        assert_eq!(all(&*storage, &chan).await, Vec::new(), "{backend}: Later stored nothing");
+        assert_eq!(append_fast(&*storage, &chan, msg.clone()).await, Ok(Appended::Stored), "{backend}");
+        assert_eq!(all(&*storage, &chan).await, vec![msg], "{backend}");
     }
 }
 
