@@ -236,6 +236,29 @@ struct WriterEnd<S> {
     sent_close: bool,
 }
 
+/// Polls `wait`, a future over a watch, the first time (registering the
+/// task with the watch) and after that only when `moved` says the watch
+/// changed.
+fn poll_watch<'a, F: Future + Unpin>(
+    wait: &'a mut F,
+    armed: &'a mut bool,
+    moved: impl Fn() -> bool + 'a,
+) -> impl Future<Output = F::Output> + 'a {
+    std::future::poll_fn(move |cx| {
+        if *armed && !moved() {
+            return std::task::Poll::Pending;
+        }
+        *armed = true;
+        std::pin::Pin::new(&mut *wait).poll(cx)
+    })
+}
+
+/// Whether a watch has a value this receiver has not seen (or lost its
+/// sender): an atomic read, no lock.
+fn moved<T>(seen: &watch::Receiver<T>) -> bool {
+    seen.has_changed().unwrap_or(true)
+}
+
 struct Writer<S> {
     io: WriteHalf<S>,
     control: Arc<Control>,
@@ -260,18 +283,32 @@ where
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let control = Arc::clone(&self.control);
         let mut silent_ticks = 0;
-        // A watch whose sender is gone reports so at once, every time: stop
-        // polling it (the handler, holding `close`, goes before the writer
-        // when the client closes). Shutdown ends the loop either way.
-        let mut close_open = true;
+        // The bus's close and shutdown are watched for the writer's whole
+        // life by one future each, so the writer registers with each watch
+        // once. After that a wake-up (for a frame, mostly) polls them only
+        // once their version moved: the shutdown watch is shared by every
+        // connection, and taking its lock per frame would make it a lock
+        // shared by all connections on the hot path.
+        let (mut close_rx, close_seen) = (self.close.clone(), self.close.clone());
+        let closed = async move {
+            let reason = close_rx.wait_for(Option::is_some).await.ok().and_then(|reason| *reason);
+            match reason {
+                Some(reason) => reason,
+                // The handler went first (the client closed): nothing to wait for.
+                None => std::future::pending().await,
+            }
+        };
+        let (mut stop_rx, stop_seen) = (self.stop.clone(), self.stop.clone());
+        let stopped = async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        };
+        tokio::pin!(closed, stopped);
+        let (mut close_armed, mut stop_armed) = (false, false);
         let reason = loop {
             tokio::select! {
                 biased;
-                changed = self.close.changed(), if close_open => {
-                    if changed.is_err() { close_open = false; }
-                    if let Some(reason) = *self.close.borrow_and_update() { break reason; }
-                }
-                _ = self.stop.changed() => break CloseReason::SHUTDOWN,
+                reason = poll_watch(&mut closed, &mut close_armed, || moved(&close_seen)) => break reason,
+                () = poll_watch(&mut stopped, &mut stop_armed, || moved(&stop_seen)) => break CloseReason::SHUTDOWN,
                 replies = control.take() => {
                     if let Some(reason) = replies.failed {
                         break reason;
