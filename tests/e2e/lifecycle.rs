@@ -56,6 +56,34 @@ async fn a_slow_consumer_is_closed_with_1008_and_others_get_everything() {
     }
 }
 
+#[tokio::test]
+async fn a_burst_larger_than_a_queue_reaches_a_reading_subscriber_whole() {
+    // One write carries 3,000 messages, three times the subscriber's queue
+    // (1,024 frames): the server must let the subscriber's writer drain the
+    // queue while it routes the burst, rather than route all of it first
+    // and close a subscriber that reads as fast as it can (1008). On one
+    // thread, as here, nothing else could drain it in between.
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let server = TestServer::start().await;
+    let (mut subscriber, mut publisher) = (server.client().await, server.client().await);
+    subscriber.join("burst", "c").await;
+    const N: u64 = 3000;
+    let reader = tokio::spawn(async move {
+        for i in 0..N {
+            let msg = subscriber.recv_message().await;
+            assert_eq!(msg["payload"]["i"], i);
+        }
+    });
+    for i in 0..N {
+        let frame =
+            json!({"type": "message", "room": "burst", "channel": "c", "payload": {"i": i, "pad": "p".repeat(300)}});
+        publisher.ws.feed(Message::text(frame.to_string())).await.unwrap();
+    }
+    publisher.ws.flush().await.unwrap();
+    reader.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_silent_client_is_closed_after_two_heartbeats_and_a_live_one_is_not() {
     let mut config = test_config();

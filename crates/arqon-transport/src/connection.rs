@@ -174,6 +174,12 @@ pub(crate) async fn run_connection<S, C>(
 /// replies to control frames.
 async fn handle<C: Connection>(reader: &mut FrameReader, conn: &mut C, control: &Control) -> Result<Handled, Broken> {
     while let Some(event) = reader.next_event()? {
+        // One read can hold hundreds of messages, each fanned out to queues
+        // that only the members' writers drain: give way to them as any
+        // tokio resource would (every 128 units by default), so that a burst
+        // cannot fill a reading member's queue (slow-consumer close) before
+        // its writer runs.
+        tokio::task::coop::consume_budget().await;
         match event {
             // Boxed: the handler's future (over 1 KiB for the bus) would
             // otherwise be part of the connection's state, kept by every idle
