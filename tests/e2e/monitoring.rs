@@ -4,18 +4,11 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use arqon_e2e::{TIMEOUT, TestServer, http, test_config};
+use arqon_telemetry::sample;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
-
-fn metric(exposition: &str, series: &str) -> Option<f64> {
-    exposition
-        .lines()
-        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-}
 
 async fn scrape(addr: SocketAddr) -> String {
     let (status, body) = http(addr, "GET", "/metrics").await;
@@ -29,7 +22,7 @@ async fn wait_for_metric(addr: SocketAddr, series: &str, value: f64) -> String {
     let deadline = tokio::time::Instant::now() + TIMEOUT;
     loop {
         let text = scrape(addr).await;
-        if metric(&text, series) == Some(value) {
+        if sample(&text, series) == Some(value) {
             return text;
         }
         assert!(tokio::time::Instant::now() < deadline, "{series} never reached {value}:\n{text}");
@@ -55,28 +48,28 @@ async fn metrics_count_a_known_sequence_exactly() {
     a.recv_where(|v| v["type"] == "error").await;
     drop(c);
     let text = wait_for_metric(mon, "arqon_connections_closed_total", 1.0).await;
-    assert_eq!(metric(&text, "arqon_connections_opened_total"), Some(3.0), "{text}");
-    assert_eq!(metric(&text, "arqon_connections"), Some(2.0));
-    assert_eq!(metric(&text, r#"arqon_frames_received_total{type="message"}"#), Some(3.0));
+    assert_eq!(sample(&text, "arqon_connections_opened_total"), Some(3.0), "{text}");
+    assert_eq!(sample(&text, "arqon_connections"), Some(2.0));
+    assert_eq!(sample(&text, r#"arqon_frames_received_total{type="message"}"#), Some(3.0));
     // join, join, dance
-    assert_eq!(metric(&text, r#"arqon_frames_received_total{type="command"}"#), Some(3.0));
-    assert_eq!(metric(&text, r#"arqon_frames_received_total{type="invalid"}"#), Some(1.0));
-    assert_eq!(metric(&text, "arqon_messages_routed_total"), Some(3.0));
-    assert_eq!(metric(&text, "arqon_messages_delivered_total"), Some(3.0));
-    assert_eq!(metric(&text, "arqon_message_fanout_count"), Some(3.0));
-    assert_eq!(metric(&text, "arqon_routing_latency_seconds_count"), Some(3.0));
-    assert_eq!(metric(&text, r#"arqon_errors_total{code="UNKNOWN_COMMAND"}"#), Some(1.0));
-    assert_eq!(metric(&text, r#"arqon_errors_total{code="INVALID_JSON"}"#), Some(1.0));
-    assert_eq!(metric(&text, r#"arqon_errors_total{code="NOT_FOUND"}"#), Some(0.0));
+    assert_eq!(sample(&text, r#"arqon_frames_received_total{type="command"}"#), Some(3.0));
+    assert_eq!(sample(&text, r#"arqon_frames_received_total{type="invalid"}"#), Some(1.0));
+    assert_eq!(sample(&text, "arqon_messages_routed_total"), Some(3.0));
+    assert_eq!(sample(&text, "arqon_messages_delivered_total"), Some(3.0));
+    assert_eq!(sample(&text, "arqon_message_fanout_count"), Some(3.0));
+    assert_eq!(sample(&text, "arqon_routing_latency_seconds_count"), Some(3.0));
+    assert_eq!(sample(&text, r#"arqon_errors_total{code="UNKNOWN_COMMAND"}"#), Some(1.0));
+    assert_eq!(sample(&text, r#"arqon_errors_total{code="INVALID_JSON"}"#), Some(1.0));
+    assert_eq!(sample(&text, r#"arqon_errors_total{code="NOT_FOUND"}"#), Some(0.0));
     assert_eq!(
-        metric(&text, r#"arqon_command_duration_seconds_count{command="join_channel",outcome="ok"}"#),
+        sample(&text, r#"arqon_command_duration_seconds_count{command="join_channel",outcome="ok"}"#),
         Some(2.0)
     );
-    assert_eq!(metric(&text, r#"arqon_storage_operations_total{op="append"}"#), Some(3.0));
-    assert_eq!(metric(&text, "arqon_storage_healthy"), Some(1.0));
-    assert_eq!(metric(&text, "arqon_rate_limited_total"), Some(0.0));
-    assert_eq!(metric(&text, "arqon_slow_consumer_disconnects_total"), Some(0.0));
-    assert!(metric(&text, "arqon_outbound_queue_depth").is_some());
+    assert_eq!(sample(&text, r#"arqon_storage_operations_total{op="append"}"#), Some(3.0));
+    assert_eq!(sample(&text, "arqon_storage_healthy"), Some(1.0));
+    assert_eq!(sample(&text, "arqon_rate_limited_total"), Some(0.0));
+    assert_eq!(sample(&text, "arqon_slow_consumer_disconnects_total"), Some(0.0));
+    assert!(sample(&text, "arqon_outbound_queue_depth").is_some());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -99,15 +99,6 @@ mod tests {
 
     use super::*;
 
-    /// The value of one series in the Prometheus exposition.
-    fn value(exposition: &str, series: &str) -> Option<f64> {
-        exposition
-            .lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    }
-
     /// Appends two messages and one retry through `append_fast` over
     /// `Instrumented(inner)`, checking which way `inner` took, and returns
     /// the counted appends (ok, failed).
@@ -128,8 +119,8 @@ mod tests {
         assert_eq!(append_fast(&storage, &key, message(first)).await, Ok(Appended::Duplicate));
 
         let text = telemetry.metrics.render();
-        let ok = value(&text, r#"arqon_storage_operations_total{op="append"}"#);
-        let failed = value(&text, r#"arqon_storage_failures_total{op="append"}"#);
+        let ok = arqon_telemetry::sample(&text, r#"arqon_storage_operations_total{op="append"}"#);
+        let failed = arqon_telemetry::sample(&text, r#"arqon_storage_failures_total{op="append"}"#);
         (ok, failed)
     }
 

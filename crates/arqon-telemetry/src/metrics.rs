@@ -296,6 +296,18 @@ impl BusMetrics {
     }
 }
 
+/// The value of one series (its name with labels, exactly as rendered, e.g.
+/// `arqon_storage_operations_total{op="append"}`) in a Prometheus text
+/// exposition such as `/metrics` serves; `None` when it is absent. For
+/// checks and scripts that read the metrics back.
+pub fn sample(exposition: &str, series: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .find(|l| l.strip_prefix(series).is_some_and(|rest| rest.starts_with(' ')))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
 fn nanos(d: Duration) -> u64 {
     u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
 }
@@ -303,14 +315,6 @@ fn nanos(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn value(exposition: &str, series: &str) -> Option<f64> {
-        exposition
-            .lines()
-            .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
-            .and_then(|l| l.rsplit(' ').next())
-            .and_then(|v| v.parse().ok())
-    }
 
     #[test]
     fn records_and_renders() {
@@ -324,13 +328,13 @@ mod tests {
         m.command_executed("ping", "ok", Duration::from_micros(10));
         m.storage_op("append", true);
         let text = m.render();
-        assert_eq!(value(&text, "arqon_connections"), Some(1.0), "{text}");
-        assert_eq!(value(&text, "arqon_connections_opened_total"), Some(2.0));
-        assert_eq!(value(&text, r#"arqon_frames_received_total{type="command"}"#), Some(1.0));
-        assert_eq!(value(&text, "arqon_messages_delivered_total"), Some(3.0));
-        assert_eq!(value(&text, r#"arqon_errors_total{code="NOT_FOUND"}"#), Some(1.0));
-        assert_eq!(value(&text, r#"arqon_command_duration_seconds_count{command="ping",outcome="ok"}"#), Some(1.0));
-        assert_eq!(value(&text, r#"arqon_storage_operations_total{op="append"}"#), Some(1.0));
+        assert_eq!(sample(&text, "arqon_connections"), Some(1.0), "{text}");
+        assert_eq!(sample(&text, "arqon_connections_opened_total"), Some(2.0));
+        assert_eq!(sample(&text, r#"arqon_frames_received_total{type="command"}"#), Some(1.0));
+        assert_eq!(sample(&text, "arqon_messages_delivered_total"), Some(3.0));
+        assert_eq!(sample(&text, r#"arqon_errors_total{code="NOT_FOUND"}"#), Some(1.0));
+        assert_eq!(sample(&text, r#"arqon_command_duration_seconds_count{command="ping",outcome="ok"}"#), Some(1.0));
+        assert_eq!(sample(&text, r#"arqon_storage_operations_total{op="append"}"#), Some(1.0));
     }
 
     #[test]
@@ -354,11 +358,11 @@ mod tests {
         for family in ["arqon_routing_latency_seconds", "arqon_message_fanout", "arqon_frames_received_total"] {
             assert_eq!(text.matches(&format!("# TYPE {family} ")).count(), 1, "{family}");
         }
-        assert_eq!(value(&text, "arqon_routing_latency_seconds_count"), Some(1.0));
-        assert_eq!(value(&text, r#"arqon_routing_latency_seconds_bucket{le="0.0005"}"#), Some(0.0));
-        assert_eq!(value(&text, r#"arqon_routing_latency_seconds_bucket{le="0.001"}"#), Some(1.0));
-        assert_eq!(value(&text, "arqon_messages_routed_total"), Some(1.0));
-        assert_eq!(value(&text, "arqon_messages_delivered_total"), Some(2.0));
+        assert_eq!(sample(&text, "arqon_routing_latency_seconds_count"), Some(1.0));
+        assert_eq!(sample(&text, r#"arqon_routing_latency_seconds_bucket{le="0.0005"}"#), Some(0.0));
+        assert_eq!(sample(&text, r#"arqon_routing_latency_seconds_bucket{le="0.001"}"#), Some(1.0));
+        assert_eq!(sample(&text, "arqon_messages_routed_total"), Some(1.0));
+        assert_eq!(sample(&text, "arqon_messages_delivered_total"), Some(2.0));
         m.frame_received("message");
         m.frame_received("command");
         assert_eq!((m.messages_received(), m.messages_routed(), m.messages_delivered()), (1, 1, 2));
@@ -368,6 +372,6 @@ mod tests {
     fn two_buses_do_not_share_numbers() {
         let (a, b) = (BusMetrics::new(), BusMetrics::new());
         a.connection_opened();
-        assert_eq!(value(&b.render(), "arqon_connections_opened_total"), Some(0.0));
+        assert_eq!(sample(&b.render(), "arqon_connections_opened_total"), Some(0.0));
     }
 }
