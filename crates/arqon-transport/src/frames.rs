@@ -327,8 +327,14 @@ impl FrameReader {
             self.buf.drain(..self.start);
         }
         self.start = 0;
-        if self.want > self.buf.capacity() {
-            self.buf.reserve(self.want - self.buf.len());
+        let spare = self.buf.capacity() - self.buf.len();
+        if self.want > self.buf.capacity() && spare < READ_BYTES {
+            // Grow toward the frame as its bytes arrive (at most doubling,
+            // and only once the room left is less than a read) rather than
+            // reserving all of it on the word of a header: a few bytes must
+            // not buy a megabyte.
+            let more = (self.want - self.buf.len()).min(self.buf.capacity());
+            self.buf.reserve(more);
         }
     }
 
@@ -582,6 +588,23 @@ mod tests {
         };
         assert_eq!(text, big);
         writer.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_header_alone_does_not_reserve_the_whole_frame() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        // More than KEEP_TAIL, so the reader keeps its buffer while it waits.
+        let mut bytes = frame(0x82, &vec![0; 900_000]);
+        bytes.truncate(14 + 5_000);
+        client.write_all(&bytes).await.unwrap();
+        let mut reader = FrameReader::new(1_048_576, Vec::new());
+        for _ in 0..3 {
+            assert_eq!(reader.next_event(), Ok(None));
+            reader.settle();
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(20), reader.fill(&mut server)).await;
+        }
+        assert!(reader.buf.capacity() <= 4 * READ_BYTES, "reserved {} bytes for 5,014 received", reader.buf.capacity());
     }
 
     #[tokio::test]
