@@ -538,6 +538,99 @@ mod tests {
         assert_eq!(events(frame(0x88, b"")).0, ["Close(None)"]);
     }
 
+    /// Runs the reader over `bytes` delivered in pieces cut at `cuts` (as
+    /// separate reads would), returning the events and the error, if any.
+    fn events_in_pieces(bytes: &[u8], cuts: &[usize], max_message: usize) -> (Vec<String>, Option<Broken>) {
+        let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        points.push(bytes.len());
+        points.sort_unstable();
+        let mut reader = FrameReader::new(max_message, Vec::new());
+        let (mut seen, mut from) = (Vec::new(), 0);
+        for to in points {
+            reader.buf.extend_from_slice(&bytes[from..to]);
+            from = to;
+            loop {
+                match reader.next_event() {
+                    Ok(Some(event)) => seen.push(format!("{event:?}")),
+                    Ok(None) => break,
+                    Err(broken) => return (seen, Some(broken)),
+                }
+                assert!(reader.start <= reader.buf.len());
+            }
+            reader.settle();
+        }
+        (seen, None)
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_input_makes_the_reader_panic(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..4),
+        ) {
+            let _ = events_in_pieces(&bytes, &cuts, 256);
+        }
+
+        #[test]
+        fn valid_messages_come_out_whole_however_the_bytes_are_cut(
+            messages in proptest::collection::vec(message(), 1..12),
+            cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..6),
+        ) {
+            let (bytes, expected) = encode_messages(&messages);
+            let (seen, broken) = events_in_pieces(&bytes, &cuts, 1024);
+            proptest::prop_assert_eq!(broken, None);
+            proptest::prop_assert_eq!(seen, expected);
+        }
+
+        #[test]
+        fn corrupted_frames_never_make_the_reader_panic(
+            messages in proptest::collection::vec(message(), 1..8),
+            flips in proptest::collection::vec(
+                (proptest::prelude::any::<usize>(), 1..=255u8),
+                1..5,
+            ),
+            cuts in proptest::collection::vec(proptest::prelude::any::<usize>(), 0..4),
+        ) {
+            let (mut bytes, _) = encode_messages(&messages);
+            for (at, mask) in flips {
+                let at = at % bytes.len();
+                bytes[at] ^= mask;
+            }
+            let _ = events_in_pieces(&bytes, &cuts, 1024);
+        }
+    }
+
+    /// A message for the property tests: text or binary, its text, and
+    /// where (and whether) it is split into two fragments.
+    fn message() -> impl proptest::strategy::Strategy<Value = (bool, String, u8)> {
+        (proptest::prelude::any::<bool>(), "\\PC{0,40}", proptest::prelude::any::<u8>())
+    }
+
+    /// The client frames for `messages` and the events they must produce.
+    fn encode_messages(messages: &[(bool, String, u8)]) -> (Vec<u8>, Vec<String>) {
+        let (mut bytes, mut expected) = (Vec::new(), Vec::new());
+        for (as_text, text, split) in messages {
+            let payload = text.as_bytes();
+            let at = usize::from(*split) % (payload.len() + 1);
+            let (opcode, event) = if *as_text {
+                (0x1, format!("{:?}", Event::Text(text)))
+            } else {
+                (0x2, format!("{:?}", Event::Binary(payload)))
+            };
+            if split % 2 == 0 {
+                // Two fragments with a ping between them.
+                bytes.extend(frame(opcode, &payload[..at]));
+                bytes.extend(frame(0x89, b"p"));
+                expected.push(format!("{:?}", Event::Ping(b"p")));
+                bytes.extend(frame(0x80, &payload[at..]));
+            } else {
+                bytes.extend(frame(0x80 | opcode, payload));
+            }
+            expected.push(event);
+        }
+        (bytes, expected)
+    }
+
     #[tokio::test]
     async fn reads_across_many_socket_reads_and_keeps_no_buffer_when_idle() {
         use tokio::io::AsyncWriteExt;
