@@ -98,15 +98,13 @@ pub(crate) async fn run_connection<S, C>(
         control: Arc::clone(&control),
         frames,
         queued: VecDeque::new(),
-        close,
-        stop,
         activity: Arc::clone(&activity),
         heartbeat: config.heartbeat,
         grace,
         batch: config.write_batch.max(1),
         ids: IdGenerator::new(),
     };
-    let mut writer = tokio::spawn(writer.run());
+    let mut writer = tokio::spawn(writer.run(close, stop));
     let mut reader = FrameReader::new(config.max_message_bytes, early);
     let end = loop {
         match handle(&mut reader, &mut conn, &control).await {
@@ -124,7 +122,8 @@ pub(crate) async fn run_connection<S, C>(
                 break End::Failed;
             }
         }
-        reader.settle();
+        // No settle() here: a read that finds nothing gives the buffer back
+        // itself, and one that finds bytes would only take it again.
         tokio::select! {
             filled = reader.fill(&mut read) => match filled {
                 // Any frame counts as life, pongs included.
@@ -211,7 +210,6 @@ async fn await_close<R: AsyncRead + Unpin>(reader: &mut FrameReader, read: &mut 
                 Ok(None) => break,
             }
         }
-        reader.settle();
         if !matches!(reader.fill(read).await, Ok(true)) {
             return;
         }
@@ -271,8 +269,6 @@ struct Writer<S> {
     frames: OutboundReceiver,
     /// What the writer took from `frames` and has not written yet.
     queued: VecDeque<Outbound>,
-    close: watch::Receiver<Option<CloseReason>>,
-    stop: watch::Receiver<bool>,
     activity: Arc<Activity>,
     heartbeat: Duration,
     grace: Duration,
@@ -284,7 +280,11 @@ impl<S> Writer<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    async fn run(mut self) -> WriterEnd<S> {
+    async fn run(
+        mut self,
+        mut close: watch::Receiver<Option<CloseReason>>,
+        mut stop: watch::Receiver<bool>,
+    ) -> WriterEnd<S> {
         let mut ticker = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let control = Arc::clone(&self.control);
@@ -295,18 +295,18 @@ where
         // once their version moved: the shutdown watch is shared by every
         // connection, and taking its lock per frame would make it a lock
         // shared by all connections on the hot path.
-        let (mut close_rx, close_seen) = (self.close.clone(), self.close.clone());
+        let close_seen = close.clone();
         let closed = async move {
-            let reason = close_rx.wait_for(Option::is_some).await.ok().and_then(|reason| *reason);
+            let reason = close.wait_for(Option::is_some).await.ok().and_then(|reason| *reason);
             match reason {
                 Some(reason) => reason,
                 // The handler went first (the client closed): nothing to wait for.
                 None => std::future::pending().await,
             }
         };
-        let (mut stop_rx, stop_seen) = (self.stop.clone(), self.stop.clone());
+        let stop_seen = stop.clone();
         let stopped = async move {
-            let _ = stop_rx.wait_for(|stop| *stop).await;
+            let _ = stop.wait_for(|stop| *stop).await;
         };
         tokio::pin!(closed, stopped);
         let (mut close_armed, mut stop_armed) = (false, false);

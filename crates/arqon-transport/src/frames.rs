@@ -22,6 +22,7 @@ use std::pin::pin;
 use std::task::{Context, Poll};
 
 use arqon_protocol::CloseReason;
+use arqon_protocol::scratch::Pool;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::wire::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
@@ -43,20 +44,17 @@ const KEEP_BUFFER: usize = 4 * READ_BYTES;
 const MAX_CONTROL_PAYLOAD: usize = 125;
 
 thread_local! {
-    /// The read buffer of this thread, while no connection holds it.
     static READ_BUFFER: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
-fn take_buffer() -> Vec<u8> {
-    let buffer = READ_BUFFER.with(Cell::take);
-    if buffer.capacity() >= READ_BYTES { buffer } else { Vec::with_capacity(READ_BYTES) }
-}
+/// The read buffer of each thread, while no connection holds it: a pool of
+/// its own, since the handler encodes (with the protocol's scratch pool)
+/// while the reader holds this one.
+static READS: Pool = Pool::new(&READ_BUFFER, KEEP_BUFFER);
 
-fn give_buffer(mut buffer: Vec<u8>) {
-    if (READ_BYTES..=KEEP_BUFFER).contains(&buffer.capacity()) {
-        buffer.clear();
-        READ_BUFFER.with(|cell| cell.set(buffer));
-    }
+fn take_buffer() -> Vec<u8> {
+    let buffer = READS.take();
+    if buffer.capacity() >= READ_BYTES { buffer } else { Vec::with_capacity(READ_BYTES) }
 }
 
 /// What a client sent, borrowed from the reader until the next call.
@@ -349,7 +347,7 @@ impl FrameReader {
             return;
         }
         let kept = if tail.is_empty() { Vec::new() } else { tail.to_vec() };
-        give_buffer(std::mem::replace(&mut self.buf, kept));
+        READS.give(std::mem::replace(&mut self.buf, kept));
         self.start = 0;
     }
 }
