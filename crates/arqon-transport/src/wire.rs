@@ -287,6 +287,26 @@ mod tests {
     }
 
     #[test]
+    fn pongs_stop_at_the_limit_and_the_close_reply_comes_last() {
+        let control = Control::default();
+        let mut cx = Context::from_waker(Waker::noop());
+        let payload = [7u8; 125];
+        // Bounded, so that without a limit this fails instead of running on.
+        let queued = (0..1000).take_while(|_| control.pong(&payload).is_ok()).count();
+        // A pong is 2 header bytes and its payload; the limit counts queued bytes.
+        assert_eq!(queued, (CONTROL_LIMIT - 125) / 127 + 1, "a client that pings faster than it drains is refused");
+        let Poll::Ready(replies) = control.poll_take(&mut cx) else { panic!("pongs were queued") };
+        assert_eq!(&replies.bytes[..2], [0x8a, 125]);
+        assert!(!replies.peer_closed);
+        assert!(control.poll_take(&mut cx).is_pending(), "taken replies are gone");
+        control.pong(b"p").unwrap();
+        control.peer_closed(Some(1000));
+        let Poll::Ready(replies) = control.poll_take(&mut cx) else { panic!("replies were queued") };
+        assert_eq!(replies.bytes, [0x8a, 1, b'p', 0x88, 2, 0x03, 0xe8]);
+        assert!(replies.peer_closed && control.is_peer_closed());
+    }
+
+    #[test]
     fn headers_by_length() {
         let mut buf = Vec::new();
         put_header(&mut buf, OP_TEXT, 5);
