@@ -68,8 +68,12 @@ async fn metrics_count_a_known_sequence_exactly() {
     assert_eq!(sample(&text, r#"arqon_storage_operations_total{op="append"}"#), Some(3.0));
     assert_eq!(sample(&text, "arqon_storage_healthy"), Some(1.0));
     assert_eq!(sample(&text, "arqon_rate_limited_total"), Some(0.0));
-    assert_eq!(sample(&text, "arqon_slow_consumer_disconnects_total"), Some(0.0));
-    assert!(sample(&text, "arqon_outbound_queue_depth").is_some());
+    for cause in arqon_telemetry::SLOW_CAUSES {
+        let series = format!(r#"arqon_slow_consumer_disconnects_total{{cause="{cause}"}}"#);
+        assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+    }
+    assert!(sample(&text, "arqon_backlog_bytes").is_some());
+    assert_eq!(sample(&text, "arqon_backlog_budget_bytes"), Some((1u64 << 30) as f64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,9 +16,10 @@ const MIN_MESSAGE_BYTES: usize = 256;
 /// Largest accepted `limits.max_message_bytes` (64 MiB): each connection may
 /// buffer a frame this large, so the cap bounds memory per client.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
-/// Smallest accepted `limits.outbound_queue`: below this an ordinary burst of
-/// events and responses would close healthy clients as slow consumers.
-const MIN_OUTBOUND_QUEUE: usize = 16;
+/// Smallest accepted `limits.max_backlog_bytes`: below this an ordinary
+/// burst of events and responses, or one large message, would close healthy
+/// clients as slow consumers.
+const MIN_BACKLOG_BYTES: usize = 64 * 1024;
 /// Longest accepted `server.shutdown_grace_ms`: a stop that hangs for over a
 /// minute outlives the patience of every process supervisor.
 const MAX_SHUTDOWN_GRACE_MS: u64 = 60_000;
@@ -130,9 +131,20 @@ pub struct LimitsConfig {
     /// Frames a client may send at once above its steady rate. At least 1
     /// while `rate_per_s` is above 0. Default: `200`.
     pub burst: u32,
-    /// Frames queued towards one client before it is closed as a slow
-    /// consumer (1008). At least 16. Default: `1024`.
-    pub outbound_queue: usize,
+    /// Bytes of frames queued towards one client at most (PROTOCOL.md
+    /// section 8.1); a client whose backlog would grow past it is closed as a
+    /// slow consumer (1008). At least 65536 and at least
+    /// `max_message_bytes`. Default: `67108864` (64 MiB).
+    pub max_backlog_bytes: usize,
+    /// A client whose backlog is not empty and whose socket accepts no byte
+    /// for this long is closed as a slow consumer (1008); 0: never. Default:
+    /// `10000` (10 s).
+    pub write_timeout_ms: u64,
+    /// Bytes all clients' backlogs may hold together, each frame shared by
+    /// several clients counted once; past it, the clients with the largest
+    /// backlogs are closed (1008) until the total is under it again; 0: no
+    /// budget. Default: `1073741824` (1 GiB).
+    pub backlog_budget_bytes: usize,
     /// Largest channel, in members, that still gets `member_joined` and
     /// `member_left` events. Default: `1000`.
     pub member_events_max: usize,
@@ -153,7 +165,9 @@ impl Default for LimitsConfig {
             max_message_bytes: 1 << 20,
             rate_per_s: 100,
             burst: 200,
-            outbound_queue: 1024,
+            max_backlog_bytes: 64 << 20,
+            write_timeout_ms: 10_000,
+            backlog_budget_bytes: 1 << 30,
             member_events_max: 1000,
             history_per_channel: 1000,
             abuse_limit: 100,
@@ -306,10 +320,16 @@ impl Config {
             "must be at least 1 while limits.rate_per_s is above 0",
         )?;
         rule(
-            limits.outbound_queue >= MIN_OUTBOUND_QUEUE,
-            "limits.outbound_queue",
-            limits.outbound_queue,
-            "must be at least 16",
+            limits.max_backlog_bytes >= MIN_BACKLOG_BYTES.max(limits.max_message_bytes),
+            "limits.max_backlog_bytes",
+            limits.max_backlog_bytes,
+            "must be at least 65536 and at least limits.max_message_bytes",
+        )?;
+        rule(
+            limits.backlog_budget_bytes == 0 || limits.backlog_budget_bytes >= limits.max_backlog_bytes,
+            "limits.backlog_budget_bytes",
+            limits.backlog_budget_bytes,
+            "must be 0 (no budget) or at least limits.max_backlog_bytes",
         )?;
         rule(
             self.monitoring.telemetry_buffer >= 1,

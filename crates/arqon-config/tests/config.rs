@@ -47,7 +47,9 @@ fn defaults_are_protocol_section_7() {
             max_message_bytes: 1_048_576,
             rate_per_s: 100,
             burst: 200,
-            outbound_queue: 1024,
+            max_backlog_bytes: 64 * 1024 * 1024,
+            write_timeout_ms: 10_000,
+            backlog_budget_bytes: 1024 * 1024 * 1024,
             member_events_max: 1000,
             history_per_channel: 1000,
             abuse_limit: 100,
@@ -99,7 +101,7 @@ fn file_overrides_defaults_key_by_key() {
     assert_eq!(config.server.host, "127.0.0.1", "keys the file leaves out keep their defaults");
     assert_eq!((config.limits.rate_per_s, config.limits.burst), (0, 0), "burst 0 is fine while unlimited");
     assert_eq!(config.auth.default_role, Role::Admin);
-    assert_eq!(config.limits.outbound_queue, 1024);
+    assert_eq!(config.limits.max_backlog_bytes, 64 << 20);
     assert_eq!(config.channels, ChannelsConfig::default());
 }
 
@@ -229,7 +231,21 @@ fn each_validation_rule_names_key_and_value() {
         (&[("ARQON_LIMITS__MAX_MESSAGE_BYTES", "255")], "limits.max_message_bytes", "255"),
         (&[("ARQON_LIMITS__MAX_MESSAGE_BYTES", "67108865")], "limits.max_message_bytes", "67108865"),
         (&[("ARQON_LIMITS__RATE_PER_S", "10"), ("ARQON_LIMITS__BURST", "0")], "limits.burst", "0"),
-        (&[("ARQON_LIMITS__OUTBOUND_QUEUE", "15")], "limits.outbound_queue", "15"),
+        (&[("ARQON_LIMITS__MAX_BACKLOG_BYTES", "65535")], "limits.max_backlog_bytes", "65535"),
+        (
+            &[("ARQON_LIMITS__MAX_BACKLOG_BYTES", "1048575"), ("ARQON_LIMITS__MAX_MESSAGE_BYTES", "1048576")],
+            "limits.max_backlog_bytes",
+            "1048575",
+        ),
+        (
+            &[
+                ("ARQON_LIMITS__MAX_MESSAGE_BYTES", "65536"),
+                ("ARQON_LIMITS__MAX_BACKLOG_BYTES", "70000"),
+                ("ARQON_LIMITS__BACKLOG_BUDGET_BYTES", "69999"),
+            ],
+            "limits.backlog_budget_bytes",
+            "69999",
+        ),
         (&[("ARQON_LIMITS__HISTORY_PER_CHANNEL", "0")], "limits.history_per_channel", "0"),
     ] {
         let quoted = format!("`{key}`");
@@ -242,6 +258,26 @@ fn each_validation_rule_names_key_and_value() {
 }
 
 #[test]
+fn the_retired_outbound_queue_names_its_replacement() {
+    let error = load_env(&[("ARQON_LIMITS__OUTBOUND_QUEUE", "1024")]).unwrap_err();
+    assert!(
+        matches!(&error, ConfigError::Retired { key, origin, .. }
+            if key == "limits.outbound_queue" && origin == "environment variable ARQON_LIMITS__OUTBOUND_QUEUE"),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(text.contains("limits.max_backlog_bytes") && text.contains("ARQON_LIMITS__MAX_BACKLOG_BYTES"), "{text}");
+
+    let file = toml_file("[limits]\noutbound_queue = 1024\n");
+    let error = Config::load(Some(file.path()), vars(&[])).unwrap_err();
+    assert!(
+        matches!(&error, ConfigError::Retired { key, origin, .. }
+            if key == "limits.outbound_queue" && *origin == file.path().display().to_string()),
+        "{error:?}"
+    );
+}
+
+#[test]
 fn validation_bounds_are_inclusive() {
     let config = load_env(&[
         ("ARQON_SERVER__HOST", "::"),
@@ -251,7 +287,8 @@ fn validation_bounds_are_inclusive() {
         ("ARQON_LIMITS__MAX_MESSAGE_BYTES", "67108864"),
         ("ARQON_LIMITS__RATE_PER_S", "1"),
         ("ARQON_LIMITS__BURST", "1"),
-        ("ARQON_LIMITS__OUTBOUND_QUEUE", "16"),
+        ("ARQON_LIMITS__MAX_BACKLOG_BYTES", "67108864"),
+        ("ARQON_LIMITS__BACKLOG_BUDGET_BYTES", "67108864"),
         ("ARQON_LIMITS__HISTORY_PER_CHANNEL", "1"),
     ])
     .unwrap();

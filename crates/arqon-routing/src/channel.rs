@@ -1,13 +1,35 @@
 //! One channel: its members and the lock that orders its traffic.
+//!
+//! The ordering invariant lives here and only here: "append to history, then
+//! deliver" (publish), "read the replay, then become a member" (join), "count
+//! what was stored and delivered" (stats) and "forget the history, then the
+//! members" (retire) each run under the channel's `order` lock, which no
+//! other file can take. So history order is live order, a joiner sees
+//! neither a gap nor a duplicate between replay and live traffic, and
+//! `channel_info`'s `last_id` is a resume point.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use arqon_protocol::{ChannelKey, ClientId, Frame, Outbound, Timestamp};
+use arqon_outbound::Outbound;
+use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Timestamp};
+use arqon_storage::{Appended, ChannelStats, Since, Storage, StoredMessage, append_fast};
 use parking_lot::RwLock;
 
+use crate::RoutingError;
 use crate::client::ClientEntry;
+use crate::outlet::share;
+use crate::router::not_found;
+
+/// What [`Channel::join`] did.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    /// The client was not a member before.
+    pub(crate) added: bool,
+    /// Local members after the join.
+    pub(crate) members: usize,
+}
 
 /// A live channel.
 ///
@@ -19,7 +41,7 @@ use crate::client::ClientEntry;
 pub(crate) struct Channel {
     pub(crate) key: ChannelKey,
     pub(crate) created_at: Timestamp,
-    pub(crate) order: tokio::sync::Mutex<()>,
+    order: tokio::sync::Mutex<()>,
     members: RwLock<HashMap<ClientId, Arc<ClientEntry>>>,
     deleted: AtomicBool,
 }
@@ -53,10 +75,83 @@ impl Channel {
         (removed, members.len())
     }
 
-    /// Marks the channel deleted and takes its members.
-    pub(crate) fn retire(&self) -> Vec<Arc<ClientEntry>> {
+    /// Appends a message to history, then queues it to every member but
+    /// `from`, then runs `then` (cross-node forwarding), all in order with
+    /// every other publish to this channel. Returns how many members got it,
+    /// or `None` for a retry (an id already kept: neither stored nor
+    /// delivered).
+    pub(crate) async fn publish(
+        &self,
+        storage: &dyn Storage,
+        id: MessageId,
+        frame: &Frame,
+        from: ClientId,
+        then: impl FnOnce(),
+    ) -> Result<Option<usize>, RoutingError> {
+        let _order = self.lock_order().await;
+        if self.is_deleted() {
+            return Err(not_found(&self.key).into());
+        }
+        let stored = StoredMessage { id, frame: frame.clone() };
+        // Synchronous when the backend can (memory): no boxed futures per message.
+        if append_fast(storage, &self.key, stored).await? == Appended::Duplicate {
+            return Ok(None);
+        }
+        let delivered = self.deliver(frame, Some(from));
+        then();
+        Ok(Some(delivered))
+    }
+
+    /// Makes `client` a member. With `since`, reads what it missed first;
+    /// `respond` queues the join's response (given the member count and the
+    /// replay's `truncated`), then the replay is queued as one item: all of
+    /// it before any live message published after the join.
+    pub(crate) async fn join(
+        &self,
+        storage: &dyn Storage,
+        client: &Arc<ClientEntry>,
+        since: Option<MessageId>,
+        respond: impl FnOnce(usize, Option<bool>),
+    ) -> Result<Joined, RoutingError> {
+        let _order = self.lock_order().await;
+        if self.is_deleted() {
+            return Err(not_found(&self.key).into());
+        }
+        let replay: Option<Since> = match since {
+            Some(since) => Some(storage.since(&self.key, since).await?),
+            None => None,
+        };
+        let (added, members) = self.add(client);
+        respond(members, replay.as_ref().map(|r| r.truncated));
+        if let Some(replay) = replay.filter(|r| !r.messages.is_empty()) {
+            let frames = replay.messages.into_iter().map(|m| m.frame).collect();
+            client.outlet.push(Outbound::Batch(frames));
+        }
+        Ok(Joined { added, members })
+    }
+
+    /// The channel's stored count and last id, taken when every message
+    /// counted has also been queued to the members.
+    pub(crate) async fn stats(&self, storage: &dyn Storage) -> Result<ChannelStats, RoutingError> {
+        let _order = self.lock_order().await;
+        Ok(storage.stats(&self.key).await?)
+    }
+
+    /// Deletes the channel: `forget` (the storage delete and taking it out of
+    /// the table) runs first, under the lock, and a failure there changes
+    /// nothing; then the channel is marked deleted and its members are
+    /// returned. `None` if a racing delete got there first.
+    pub(crate) async fn retire<F>(&self, forget: F) -> Result<Option<Vec<Arc<ClientEntry>>>, RoutingError>
+    where
+        F: Future<Output = Result<(), RoutingError>>,
+    {
+        let _order = self.lock_order().await;
+        if self.is_deleted() {
+            return Ok(None);
+        }
+        forget.await?;
         self.deleted.store(true, Ordering::Release);
-        self.members.write().drain().map(|(_, c)| c).collect()
+        Ok(Some(self.members.write().drain().map(|(_, c)| c).collect()))
     }
 
     /// Takes `order`. Uncontended (the common case) it is taken at once,
@@ -64,7 +159,7 @@ impl Channel {
     /// queue as `lock()` does. `try_lock` cannot jump that queue: a waiter
     /// exists only while the lock is held, and a release hands the lock to
     /// the first waiter directly.
-    pub(crate) async fn lock_order(&self) -> tokio::sync::MutexGuard<'_, ()> {
+    async fn lock_order(&self) -> tokio::sync::MutexGuard<'_, ()> {
         match self.order.try_lock() {
             Ok(guard) => guard,
             Err(_) => self.order.lock().await,
@@ -78,9 +173,11 @@ impl Channel {
     /// Queues `frame` for every member except `except`; returns how many got it.
     pub(crate) fn deliver(&self, frame: &Frame, except: Option<ClientId>) -> usize {
         let members = self.members.read();
+        let recipients = members.len() - usize::from(except.is_some_and(|id| members.contains_key(&id)));
+        let share = share(frame.len(), recipients);
         let mut delivered = 0;
         for (id, member) in members.iter() {
-            if Some(*id) != except && member.outlet.push(Outbound::Frame(frame.clone())) {
+            if Some(*id) != except && member.outlet.push_shared(Outbound::Frame(frame.clone()), share) {
                 delivered += 1;
             }
         }

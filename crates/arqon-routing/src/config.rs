@@ -23,8 +23,14 @@ pub struct RouterConfig {
     pub rate_per_s: u32,
     /// Frames a client may send at once before the rate applies. Default: 200.
     pub burst: u32,
-    /// Outbound queue capacity per client, in frames. Default: 1024.
-    pub outbound_queue: usize,
+    /// Bytes of frames queued towards one client at most (every frame kind);
+    /// past it the client is closed with 1008 "slow consumer"; 0: no bound.
+    /// Reported in `welcome`. Default: 64 MiB.
+    pub max_backlog_bytes: usize,
+    /// Bytes all clients' backlogs may hold together, each shared frame
+    /// counted once; past it the largest backlogs are closed first (1008);
+    /// 0: no budget. Default: 1 GiB.
+    pub backlog_budget_bytes: usize,
     /// Member events are sent only while a channel has at most this many
     /// members. Default: 1000.
     pub member_events_max: usize,
@@ -56,7 +62,8 @@ impl Default for RouterConfig {
             auto_create: true,
             rate_per_s: 100,
             burst: 200,
-            outbound_queue: 1024,
+            max_backlog_bytes: 64 * 1024 * 1024,
+            backlog_budget_bytes: 1024 * 1024 * 1024,
             member_events_max: 1000,
             max_message_bytes: 1_048_576,
             heartbeat_s: 20,

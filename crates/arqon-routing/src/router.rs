@@ -3,10 +3,11 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use arqon_outbound::{Budget, Outbound};
 use arqon_protocol::{
-    ChannelKey, ClientId, ErrorCode, Frame, IdGenerator, MessageId, Name, Outbound, ProtocolError, Role, Timestamp,
+    ChannelKey, ClientId, ErrorCode, Frame, IdGenerator, MessageId, Name, ProtocolError, Role, Timestamp,
 };
-use arqon_storage::{Appended, Health, Storage, StoredMessage, append_fast};
+use arqon_storage::{Health, Storage};
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use parking_lot::Mutex;
@@ -16,7 +17,7 @@ use crate::broker::{Broker, Delivery};
 use crate::channel::Channel;
 use crate::client::{ClientEntry, RoomAccess};
 use crate::observer::{BusEvent, NoObserver, Observer};
-use crate::outlet::{Inbox, Outlet};
+use crate::outlet::{Inbox, Outlet, share};
 use crate::session::Session;
 use crate::{RouterConfig, RoutingError};
 
@@ -94,6 +95,7 @@ impl RouterBuilder {
     pub fn build(self) -> Router {
         Router {
             inner: Arc::new(Inner {
+                budget: Budget::new(self.config.backlog_budget_bytes),
                 config: self.config,
                 storage: self.storage,
                 clients: DashMap::with_hasher(RandomState::default()),
@@ -116,6 +118,8 @@ pub struct Router {
 pub(crate) struct Inner {
     pub(crate) config: RouterConfig,
     pub(crate) storage: Arc<dyn Storage>,
+    /// Memory held by every client's backlog (PROTOCOL.md section 8.1).
+    budget: Arc<Budget>,
     clients: DashMap<ClientId, Arc<ClientEntry>, RandomState>,
     /// room → channel name → channel. A room exists while it has channels.
     rooms: DashMap<Name, HashMap<Name, Arc<Channel>, RandomState>, RandomState>,
@@ -152,9 +156,10 @@ impl Router {
         RouterBuilder { config, storage, broker: None, observer: Arc::new(NoObserver) }
     }
 
-    /// Frames queued towards all clients, not yet written.
-    pub fn queued_frames(&self) -> usize {
-        self.inner.clients.iter().map(|c| c.outlet.queued()).sum()
+    /// The budget of memory held by every client's backlog: bytes used
+    /// now, its limit, and how many clients it closed.
+    pub fn backlog_budget(&self) -> &Budget {
+        &self.inner.budget
     }
 
     /// Loads the channels the storage backend remembers (after a restart);
@@ -181,7 +186,7 @@ impl Router {
             Some(id) => id,
             None => self.inner.client_ids.lock().client_id(),
         };
-        let (outlet, inbox) = Outlet::new(self.inner.config.outbound_queue, id, Arc::clone(&self.inner.observer));
+        let (outlet, inbox) = Outlet::new(self.inner.config.max_backlog_bytes, &self.inner.budget);
         let entry = Arc::new(ClientEntry { id, role: identity.role, rooms: identity.rooms, outlet });
         match self.inner.clients.entry(id) {
             dashmap::Entry::Occupied(_) => return Err(RoutingError::DuplicateClient(id)),
@@ -285,20 +290,20 @@ impl Router {
         forget_history: bool,
     ) -> Result<Option<Vec<Arc<ClientEntry>>>, RoutingError> {
         let key = &channel.key;
-        let members = {
-            let _order = channel.order.lock().await;
-            // The key may name a new channel by now, which is not ours to remove.
-            if channel.is_deleted() {
-                return Ok(None);
-            }
+        let forget = async {
             if forget_history {
                 self.inner.storage.delete_channel(key).await?;
             }
+            // The key may name a new channel once this one is retired,
+            // which is not ours to remove: hence under the lock.
             if let Some(mut room) = self.inner.rooms.get_mut(&key.room) {
                 room.remove(&key.channel);
             }
             self.inner.rooms.remove_if(&key.room, |_, channels| channels.is_empty());
-            channel.retire()
+            Ok(())
+        };
+        let Some(members) = channel.retire(forget).await? else {
+            return Ok(None);
         };
         self.inner.observer.observe(&BusEvent::ChannelDeleted { key });
         // Its members are no longer members here: the cluster's counts and
@@ -322,7 +327,8 @@ impl Router {
             Timestamp::now(),
             &ChannelDeleted { event: "channel_deleted", room: &key.room, channel: &key.channel },
         );
-        members.iter().filter(|m| m.outlet.push(Outbound::Frame(frame.clone()))).count()
+        let share = share(frame.len(), members.len());
+        members.iter().filter(|m| m.outlet.push_shared(Outbound::Frame(frame.clone()), share)).count()
     }
 
     /// Members of `key` on this node plus, with a broker, on the others.
@@ -382,20 +388,12 @@ impl Router {
         id: MessageId,
         frame: Frame,
     ) -> Result<Option<usize>, RoutingError> {
-        let _order = channel.lock_order().await;
-        if channel.is_deleted() {
-            return Err(not_found(&channel.key).into());
-        }
-        let stored = StoredMessage { id, frame: frame.clone() };
-        // Synchronous when the backend can (memory): no boxed futures per message.
-        if append_fast(&*self.inner.storage, &channel.key, stored).await? == Appended::Duplicate {
-            return Ok(None);
-        }
-        let delivered = channel.deliver(&frame, Some(from));
-        if let Some(broker) = &self.inner.broker {
-            broker.forward(Delivery::Channel { key: channel.key.clone(), frame, from });
-        }
-        Ok(Some(delivered))
+        let forward = || {
+            if let Some(broker) = &self.inner.broker {
+                broker.forward(Delivery::Channel { key: channel.key.clone(), frame: frame.clone(), from });
+            }
+        };
+        channel.publish(&*self.inner.storage, id, &frame, from, forward).await
     }
 
     /// Delivers a room-wide message: each member of any channel once.
@@ -437,7 +435,8 @@ impl Router {
                 }
             });
         }
-        reached.values().filter(|m| m.outlet.push(Outbound::Frame(frame.clone()))).count()
+        let share = share(frame.len(), reached.len());
+        reached.values().filter(|m| m.outlet.push_shared(Outbound::Frame(frame.clone()), share)).count()
     }
 
     fn deliver_direct_local(&self, to: ClientId, frame: &Frame) -> usize {

@@ -3,10 +3,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use arqon_outbound::Outbound;
 use arqon_protocol::encode::{self, MessageFrame};
 use arqon_protocol::{
-    ChannelKey, ClientFrame, ClientId, CloseReason, ErrorCode, Frame, FrameBody, IdGenerator, MessageId, Outbound,
-    ProtocolError, RawJson, Role, Target, Timestamp,
+    ChannelKey, ClientFrame, ClientId, CloseReason, ErrorCode, Frame, FrameBody, IdGenerator, MessageId, ProtocolError,
+    RawJson, Role, Target, Timestamp,
 };
 use serde::Serialize;
 
@@ -49,6 +50,7 @@ struct WelcomeLimits {
     max_message_bytes: usize,
     rate_per_s: u32,
     burst: u32,
+    max_backlog_bytes: usize,
 }
 
 impl Session {
@@ -89,6 +91,7 @@ impl Session {
                 max_message_bytes: config.max_message_bytes,
                 rate_per_s: config.rate_for(self.client.role).rate_per_s,
                 burst: config.rate_for(self.client.role).burst,
+                max_backlog_bytes: config.max_backlog_bytes,
             },
         };
         self.push(encode::event(ids.message_id(), Timestamp::now(), &welcome));
@@ -300,6 +303,12 @@ impl Drop for Session {
             commands::leave::leave_quietly(self, &key);
         }
         self.router.unregister(self.client.id);
+        // Every slow-consumer close, whoever decided it (a push past the
+        // backlog limit, the budget, the transport's write timeout), is
+        // reported here, once, with its cause.
+        if let Some(cause) = self.client.outlet.closing().and_then(|closing| closing.cause) {
+            self.observe(&BusEvent::SlowConsumer { client_id: self.client.id, cause });
+        }
         self.observe(&BusEvent::ConnectionClosed { client_id: self.client.id });
     }
 }

@@ -6,9 +6,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arqon_protocol::{
-    ChannelKey, ClientId, CloseReason, ErrorCode, Frame, IdGenerator, MessageId, Outbound, Role, Timestamp,
-};
+use arqon_outbound::{Closing, Outbound, SlowCause};
+use arqon_protocol::{ChannelKey, ClientId, CloseReason, ErrorCode, Frame, IdGenerator, MessageId, Role, Timestamp};
 use arqon_routing::{Broker, Delivery, Identity, Inbox, Router, RouterConfig, RoutingError, Session};
 use arqon_storage::{
     AppendNow, Appended, ChannelRecord, ChannelStats, Health, MemoryStorage, Since, Storage, StorageError,
@@ -380,10 +379,10 @@ async fn decode_errors_are_reported_with_their_request_id() {
     assert_eq!(code(&a.next().await), "INVALID_NAME");
     a.session.handle_binary();
     assert_eq!(code(&a.next().await), "UNSUPPORTED_FRAME");
-    assert!(a.inbox.close.borrow().is_none());
+    assert_eq!(a.inbox.frames.closing(), None);
     a.session.handle_oversize();
     assert_eq!(code(&a.next().await), "MESSAGE_TOO_LARGE");
-    assert_eq!(*a.inbox.close.borrow(), Some(CloseReason::TOO_LARGE));
+    assert_eq!(a.inbox.frames.closing(), Some(CloseReason::TOO_LARGE.into()));
 }
 
 #[tokio::test]
@@ -996,19 +995,38 @@ async fn join_since_an_evicted_cursor_is_truncated() {
 }
 
 #[tokio::test]
-async fn a_replay_takes_one_queue_slot() {
-    let router = router_with(RouterConfig { outbound_queue: 8, ..config() });
+async fn a_replay_counts_its_bytes_against_the_backlog() {
+    async fn replay_of_forty(max_backlog_bytes: usize) -> (Client, Vec<Value>) {
+        let router = router_with(RouterConfig { max_backlog_bytes, ..config() });
+        let mut a = Client::connect(&router, Role::User);
+        let first = a.publish("r", "c", json!(0)).await;
+        for n in 1..=40 {
+            a.publish("r", "c", json!({ "n": n, "pad": "x".repeat(100) })).await;
+        }
+        let mut b = Client::connect(&router, Role::Guest);
+        let (_, replayed) = join_since(&mut b, "r", "c", first).await;
+        (b, replayed)
+    }
+    // 40 messages of about 300 bytes: whole within 64 KiB, and live
+    // traffic follows.
+    let (b, replayed) = replay_of_forty(64 * 1024).await;
+    assert_eq!(replayed.len(), 40);
+    assert_eq!(b.inbox.frames.closing(), None);
+    // Within 4 KiB they do not fit: the replay is not queued, and the
+    // joiner is closed as a slow consumer rather than sent part of it.
+    let router = router_with(RouterConfig { max_backlog_bytes: 4096, ..config() });
     let mut a = Client::connect(&router, Role::User);
     let first = a.publish("r", "c", json!(0)).await;
     for n in 1..=40 {
-        a.publish("r", "c", json!(n)).await;
+        a.publish("r", "c", json!({ "n": n, "pad": "x".repeat(100) })).await;
     }
     let mut b = Client::connect(&router, Role::Guest);
-    let (_, replayed) = join_since(&mut b, "r", "c", first).await;
-    assert_eq!(replayed.len(), 40);
-    assert!(b.inbox.close.borrow().is_none());
-    a.publish("r", "c", json!("live")).await;
-    assert_eq!(b.next().await["payload"], "live");
+    let id = b.new_id();
+    b.send_value(json!({"type": "command", "id": id, "command": "join_channel",
+                        "args": {"room": "r", "channel": "c", "since": first}}))
+        .await;
+    assert_eq!(b.inbox.frames.closing(), Some(Closing::slow(SlowCause::Backlog)));
+    assert!(b.inbox.frames.recv().await.is_none(), "what was queued is dropped");
 }
 
 /// Memory storage that yields to the scheduler inside every call, so that
@@ -1219,29 +1237,70 @@ async fn member_events_stop_above_the_cutoff() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-async fn a_slow_consumer_is_closed_and_the_others_get_everything() {
-    let router = router_with(RouterConfig { outbound_queue: 8, ..config() });
+async fn a_slow_consumer_is_closed_by_bytes_and_the_others_get_everything() {
+    let router = router_with(RouterConfig { max_backlog_bytes: 2000, ..config() });
     let mut publisher = Client::connect(&router, Role::User);
     publisher.create("r", "c").await;
     let mut slow = Client::connect(&router, Role::Guest);
     slow.join("r", "c").await; // the slow client reads up to here, then never again
     let mut fast = Client::connect(&router, Role::Guest);
     fast.join("r", "c").await;
+    let mut queued_bytes = slow.inbox.frames.len();
+    assert_eq!(queued_bytes, 1, "the member event");
+    queued_bytes = 0;
+    let mut closed_at = None;
     for n in 0..50 {
         assert!(publisher.message(json!({"room": "r", "channel": "c", "payload": n})).await.is_none());
-        assert_eq!(fast.next().await["payload"], n);
+        let got = fast.next().await;
+        assert_eq!(got["payload"], n);
+        queued_bytes += got.to_string().len();
+        if closed_at.is_none() && slow.inbox.frames.closing().is_some() {
+            closed_at = Some((n, queued_bytes));
+        }
     }
     fast.assert_quiet();
-    assert_eq!(*slow.inbox.close.borrow(), Some(CloseReason::SLOW_CONSUMER));
-    assert!(fast.inbox.close.borrow().is_none());
-    assert!(publisher.inbox.close.borrow().is_none());
-    // Exactly the queue's capacity was kept for it: the member event, then messages 0..7.
-    assert_eq!(slow.inbox.frames.len(), 8);
-    assert_eq!(slow.try_next().unwrap()["payload"]["event"], "member_joined");
-    for n in 0..7 {
-        assert_eq!(slow.try_next().unwrap()["payload"], n);
+    // Closed by the message that would have taken its backlog past 2,000
+    // bytes, not by a count of frames.
+    let (n, bytes) = closed_at.expect("the slow consumer is closed");
+    // (The member event it also holds is about 200 bytes.)
+    assert!((1500..=2000).contains(&bytes), "closed at message {n} after {bytes} bytes of messages");
+    assert_eq!(slow.inbox.frames.closing(), Some(Closing::slow(SlowCause::Backlog)));
+    assert_eq!(fast.inbox.frames.closing(), None);
+    assert_eq!(publisher.inbox.frames.closing(), None);
+    // Frames queued to a closed connection are dropped (section 8.1).
+    assert_eq!(slow.inbox.frames.len(), 0);
+    assert!(slow.inbox.frames.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn past_the_global_budget_the_largest_backlog_is_closed_first() {
+    // Budget 4,000 bytes; members that never read. A frame shared by both
+    // is counted once, so two members reading nothing hold one copy.
+    let router = router_with(RouterConfig { max_backlog_bytes: 64 * 1024, backlog_budget_bytes: 4000, ..config() });
+    let mut publisher = Client::connect(&router, Role::User);
+    publisher.create("r", "shared").await;
+    let mut a = Client::connect(&router, Role::Guest);
+    a.join("r", "shared").await;
+    let mut b = Client::connect(&router, Role::Guest);
+    b.join("r", "shared").await;
+    let pad = "x".repeat(200);
+    for n in 0..6 {
+        publisher.message(json!({"room": "r", "channel": "shared", "payload": {"n": n, "pad": pad}})).await;
     }
-    slow.assert_quiet();
+    // Six ~400-byte frames queued to two members, plus the joins' frames:
+    // counted once they come to about 3 KB, twice they would pass 5 KB.
+    let used = router.backlog_budget().used();
+    assert!((2500..3500).contains(&used), "{used}");
+    assert_eq!(a.inbox.frames.closing(), None);
+    assert_eq!(b.inbox.frames.closing(), None);
+    // A direct flood at `b` makes its backlog the largest: it alone is closed.
+    for _ in 0..10 {
+        publisher.message(json!({"to": b.id_str(), "payload": pad})).await;
+    }
+    assert_eq!(b.inbox.frames.closing(), Some(Closing::slow(SlowCause::Budget)));
+    assert_eq!(a.inbox.frames.closing(), None);
+    assert!(router.backlog_budget().used() < 4000);
+    assert_eq!(router.backlog_budget().evictions(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1282,7 +1341,7 @@ async fn rate_limit_refuses_over_the_burst_until_time_passes() {
         tokio::time::advance(Duration::from_millis(100)).await;
         assert_eq!(a.ok("ping", json!({})).await, json!({"pong": true}));
     }
-    assert!(a.inbox.close.borrow().is_none());
+    assert_eq!(a.inbox.frames.closing(), None);
 }
 
 #[tokio::test(start_paused = true)]

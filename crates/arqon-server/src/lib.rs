@@ -259,7 +259,8 @@ fn router_config(config: &Config) -> RouterConfig {
         auto_create: config.channels.auto_create,
         rate_per_s: config.limits.rate_per_s,
         burst: config.limits.burst,
-        outbound_queue: config.limits.outbound_queue,
+        max_backlog_bytes: config.limits.max_backlog_bytes,
+        backlog_budget_bytes: config.limits.backlog_budget_bytes,
         member_events_max: config.limits.member_events_max,
         max_message_bytes: config.limits.max_message_bytes,
         heartbeat_s: config.server.heartbeat_s,
@@ -292,6 +293,7 @@ fn transport_config(config: &Config) -> Result<TransportConfig, ServerError> {
         max_connections_per_ip: config.server.max_connections_per_ip,
         allowed_origins: config.server.allowed_origins.clone(),
         tls,
+        write_timeout: Duration::from_millis(config.limits.write_timeout_ms),
         ..TransportConfig::default()
     })
 }

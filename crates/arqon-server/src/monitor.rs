@@ -78,8 +78,9 @@ impl Monitor for BusMonitor {
     }
 
     fn metrics(&self) -> String {
-        // Sampled at scrape time: summing queues is too costly per message.
-        self.telemetry.metrics.set_queue_depth(self.router.queued_frames());
+        // Sampled at scrape time.
+        let budget = self.router.backlog_budget();
+        self.telemetry.metrics.set_backlog(budget.used(), budget.limit());
         self.telemetry.metrics.set_storage_healthy(self.router.storage_health().healthy);
         if let Some(broker) = &self.broker {
             crate::cluster::report(&self.telemetry, &broker.health());

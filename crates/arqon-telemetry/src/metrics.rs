@@ -43,8 +43,9 @@ pub struct BusMetrics {
     commands: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
     errors: [Counter; ErrorCode::ALL.len()],
     rate_limited: Counter,
-    slow_consumers: Counter,
-    queue_depth: Gauge,
+    slow_consumers: [Counter; SLOW_CAUSES.len()],
+    backlog_bytes: Gauge,
+    backlog_budget_bytes: Gauge,
     storage_healthy: Gauge,
     storage_ok: [Counter; STORAGE_OPS.len()],
     storage_failed: [Counter; STORAGE_OPS.len()],
@@ -98,6 +99,9 @@ static LATENCY_BUCKETS_NS: [u64; 12] = [
     250_000_000,
     1_000_000_000,
 ];
+/// Why slow consumers are closed (PROTOCOL.md section 8.1), as the `cause`
+/// label of `arqon_slow_consumer_disconnects_total`.
+pub const SLOW_CAUSES: [&str; 3] = ["backlog", "write_timeout", "budget"];
 /// Buckets for fan-out (members reached per message).
 static FANOUT_BUCKETS: [u64; 10] = [0, 1, 2, 5, 10, 50, 100, 500, 1000, 10000];
 /// Nanoseconds to seconds.
@@ -117,7 +121,18 @@ impl BusMetrics {
         let mut metrics = metrics::with_local_recorder(&recorder, || {
             metrics::describe_gauge!("arqon_connections", "Connected WebSocket clients.");
             metrics::describe_counter!("arqon_errors_total", "Error frames sent, by code.");
-            metrics::describe_gauge!("arqon_outbound_queue_depth", "Frames queued towards all clients.");
+            metrics::describe_gauge!(
+                "arqon_backlog_bytes",
+                "Bytes of frames queued towards all clients, each shared frame counted once."
+            );
+            metrics::describe_gauge!(
+                "arqon_backlog_budget_bytes",
+                "The global budget for queued frames (0: none); past it the largest backlogs are closed."
+            );
+            metrics::describe_counter!(
+                "arqon_slow_consumer_disconnects_total",
+                "Clients closed with 1008 for not reading, by cause (backlog, write_timeout, budget)."
+            );
             metrics::describe_gauge!("arqon_storage_healthy", "1 while the storage backend is healthy.");
             BusMetrics {
                 connections: metrics::gauge!("arqon_connections"),
@@ -129,8 +144,10 @@ impl BusMetrics {
                 commands: Mutex::default(),
                 errors: ErrorCode::ALL.map(|code| metrics::counter!("arqon_errors_total", "code" => code.as_str())),
                 rate_limited: metrics::counter!("arqon_rate_limited_total"),
-                slow_consumers: metrics::counter!("arqon_slow_consumer_disconnects_total"),
-                queue_depth: metrics::gauge!("arqon_outbound_queue_depth"),
+                slow_consumers: SLOW_CAUSES
+                    .map(|cause| metrics::counter!("arqon_slow_consumer_disconnects_total", "cause" => cause)),
+                backlog_bytes: metrics::gauge!("arqon_backlog_bytes"),
+                backlog_budget_bytes: metrics::gauge!("arqon_backlog_budget_bytes"),
                 storage_healthy: metrics::gauge!("arqon_storage_healthy"),
                 storage_ok: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_operations_total", "op" => op)),
                 storage_failed: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_failures_total", "op" => op)),
@@ -243,14 +260,18 @@ impl BusMetrics {
         self.rate_limited.increment(1);
     }
 
-    /// A client was closed as a slow consumer.
-    pub fn slow_consumer(&self) {
-        self.slow_consumers.increment(1);
+    /// A client was closed as a slow consumer; `cause` is one of
+    /// [`SLOW_CAUSES`] (anything else is counted as `backlog`).
+    pub fn slow_consumer(&self, cause: &str) {
+        let at = SLOW_CAUSES.iter().position(|c| *c == cause).unwrap_or(0);
+        self.slow_consumers[at].increment(1);
     }
 
-    /// Sets the outbound queue depth (sampled when scraped).
-    pub fn set_queue_depth(&self, frames: usize) {
-        self.queue_depth.set(frames as f64);
+    /// Sets the memory held by queued frames and its budget (sampled when
+    /// scraped).
+    pub fn set_backlog(&self, bytes: usize, budget: usize) {
+        self.backlog_bytes.set(bytes as f64);
+        self.backlog_budget_bytes.set(budget as f64);
     }
 
     /// Sets whether storage is healthy.

@@ -1,10 +1,11 @@
 //! `join_channel`: membership, with an optional gap-free replay.
 
-use arqon_protocol::{ChannelKey, ClientId, Name, Outbound, Role, Timestamp, encode};
+use std::sync::Arc;
+
+use arqon_protocol::{ChannelKey, ClientId, Name, Role, Timestamp, encode};
 use serde::Serialize;
 
 use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec};
-use crate::router::not_found;
 use crate::{Delivery, RoutingError};
 
 pub(crate) static SPEC: Spec = Spec {
@@ -50,32 +51,19 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     if let Some(broker) = router.broker() {
         broker.subscribe(&key).await;
     }
-    let (added, members) = {
-        // Holding the channel's order lock: no message is appended or
-        // delivered between the replay read and the membership change, so
-        // the replay and live traffic neither overlap nor leave a gap.
-        let _order = channel.order.lock().await;
-        if channel.is_deleted() {
-            return Err(not_found(&key).into());
-        }
-        let replay = match args.message_id("since") {
-            Some(since) => Some(router.inner.storage.since(&key, since).await?),
-            None => None,
-        };
-        let (added, members) = channel.add(&ctx.session.client);
-        ctx.session.joined.insert(key.clone());
+    let since = args.message_id("since");
+    let client = Arc::clone(&ctx.session.client);
+    let respond = |members, truncated| {
         ctx.respond(&Joined {
             room: &key.room,
             channel: &key.channel,
             members: router.cluster_members(&key, members),
-            truncated: replay.as_ref().map(|r| r.truncated),
+            truncated,
         });
-        if let Some(replay) = replay.filter(|r| !r.messages.is_empty()) {
-            let frames = replay.messages.into_iter().map(|m| m.frame).collect();
-            ctx.session.client.outlet.push(Outbound::Batch(frames));
-        }
-        (added, members)
     };
+    let joined = channel.join(&*router.inner.storage, &client, since, respond).await?;
+    ctx.session.joined.insert(key.clone());
+    let (added, members) = (joined.added, joined.members);
     if added {
         if let Some(broker) = router.broker() {
             broker.interest(&key, members);
