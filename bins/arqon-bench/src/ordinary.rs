@@ -181,6 +181,7 @@ pub(crate) async fn run(o: &Options) -> Report {
             delivered(&sent)
         })
         .collect();
+    // Each of the two passes reads every message once.
     report.expected = 2 * o.messages;
 
     // From memory: the parse and the check alone.
