@@ -67,7 +67,7 @@ impl Budget {
 
     /// Charges `bytes`; whether the total is now over the limit.
     pub(crate) fn charge(&self, bytes: usize) -> bool {
-        let used = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let used = self.used.fetch_add(bytes, Ordering::Relaxed).wrapping_add(bytes);
         self.limit > 0 && used > self.limit
     }
 

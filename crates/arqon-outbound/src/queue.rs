@@ -247,7 +247,7 @@ impl OutboundSender {
     /// `share` is this copy's part of the frame's size in the global budget.
     pub fn try_send_shared(&self, item: Outbound, share: usize) -> Result<(), TrySendError> {
         let bytes = item.bytes();
-        let waker = {
+        let (waker, over_budget) = {
             let mut state = self.shared.lock();
             if state.closing.is_some() || state.receiver_gone {
                 return Err(TrySendError::Closed(item));
@@ -255,17 +255,20 @@ impl OutboundSender {
             if self.shared.max_bytes > 0 && state.backlog + bytes > self.shared.max_bytes {
                 return Err(TrySendError::Full(item));
             }
+            // Charged before the item is visible to the writer, so that its
+            // release can never come first.
+            let over_budget = self.shared.budget.charge(share);
             state.items.push_back(Entry { item, bytes, share });
             state.backlog += bytes;
             state.charged += share;
             // Only the empty -> non-empty transition wakes the writer: it
             // takes everything queued when it runs.
-            if state.items.len() == 1 { state.waker.take() } else { None }
+            (if state.items.len() == 1 { state.waker.take() } else { None }, over_budget)
         };
         if let Some(waker) = waker {
             waker.wake();
         }
-        if self.shared.budget.charge(share) {
+        if over_budget {
             self.shared.budget.enforce();
         }
         Ok(())
@@ -658,6 +661,42 @@ mod tests {
         assert_eq!(budget.used(), 0);
         assert!(tx.is_closed());
         assert!(matches!(tx.try_send(frame("b")), Err(TrySendError::Closed(_))));
+    }
+
+    #[test]
+    fn a_release_never_overtakes_its_charge() {
+        // A writer on another thread pops as fast as the pusher pushes: the
+        // budget must never go below zero (it used to, for a moment, when
+        // the charge came after the item was visible: a wrapped counter).
+        let budget = Budget::unlimited();
+        let (tx, mut rx) = queue(0, &budget);
+        const PUSHES: usize = 20_000;
+        let seen = Arc::clone(&budget);
+        let writer = std::thread::spawn(move || {
+            let (_count, waker) = waker();
+            let mut cx = Context::from_waker(&waker);
+            let (mut popped, mut highest) = (0, 0);
+            while popped < PUSHES {
+                // Each poll settles what was popped before it.
+                if rx.poll_recv(&mut cx).is_ready() {
+                    while rx.pop().is_some() {
+                        popped += 1;
+                    }
+                }
+                highest = highest.max(seen.used());
+            }
+            (rx, highest)
+        });
+        let mut highest = 0;
+        for _ in 0..PUSHES {
+            tx.try_send(frame("0123456789")).unwrap();
+            highest = highest.max(budget.used());
+        }
+        let (mut rx, seen_by_writer) = writer.join().unwrap();
+        let (_count, waker) = waker();
+        assert!(rx.poll_recv(&mut Context::from_waker(&waker)).is_pending());
+        assert!(highest.max(seen_by_writer) <= PUSHES * 10, "the counter wrapped: {highest} {seen_by_writer}");
+        assert_eq!(budget.used(), 0);
     }
 
     #[test]
