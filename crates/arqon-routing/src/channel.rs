@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arqon_protocol::{ChannelKey, ClientId, Frame, Outbound, Timestamp};
 use parking_lot::RwLock;
@@ -22,7 +22,19 @@ pub(crate) struct Channel {
     pub(crate) order: tokio::sync::Mutex<()>,
     members: RwLock<HashMap<ClientId, Arc<ClientEntry>>>,
     deleted: AtomicBool,
+    /// Made by auto-create and never claimed by `create_channel`: the idle
+    /// reclaim may remove it (crate::reclaim).
+    reclaimable: AtomicBool,
+    /// Set by every publish, join and leave; the reclaim pass clears it and
+    /// restarts the channel's idle time when it finds it set.
+    active: AtomicBool,
+    /// When the reclaim pass first saw the channel idle, in milliseconds
+    /// since the router started; [`NOT_IDLE`] until then.
+    idle_since: AtomicU64,
 }
+
+/// `Channel::idle_since` of a channel not (yet) seen idle.
+const NOT_IDLE: u64 = u64::MAX;
 
 impl Channel {
     pub(crate) fn new(key: ChannelKey, created_at: Timestamp) -> Self {
@@ -32,7 +44,48 @@ impl Channel {
             order: tokio::sync::Mutex::new(()),
             members: RwLock::new(HashMap::new()),
             deleted: AtomicBool::new(false),
+            reclaimable: AtomicBool::new(false),
+            active: AtomicBool::new(true),
+            idle_since: AtomicU64::new(NOT_IDLE),
         }
+    }
+
+    /// A channel made by auto-create, which the idle reclaim may remove.
+    pub(crate) fn new_reclaimable(key: ChannelKey, created_at: Timestamp) -> Self {
+        let channel = Channel::new(key, created_at);
+        channel.reclaimable.store(true, Ordering::Relaxed);
+        channel
+    }
+
+    /// `create_channel` claimed it: it is kept however idle it gets.
+    pub(crate) fn keep(&self) {
+        self.reclaimable.store(false, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_reclaimable(&self) -> bool {
+        self.reclaimable.load(Ordering::Relaxed)
+    }
+
+    /// Records traffic or a membership change: the idle time starts over.
+    pub(crate) fn touch(&self) {
+        // Relaxed: the reclaim pass decides under the order lock, and a
+        // publish, a join and the reclaim all take that lock.
+        self.active.store(true, Ordering::Relaxed);
+    }
+
+    /// For the reclaim pass at `now_ms`: how long the channel has been idle,
+    /// counted from the first pass that found it unused. Activity since the
+    /// previous pass restarts the count at `now_ms`.
+    pub(crate) fn idle_for(&self, now_ms: u64) -> u64 {
+        if self.active.swap(false, Ordering::Relaxed) || self.idle_since.load(Ordering::Relaxed) == NOT_IDLE {
+            self.idle_since.store(now_ms, Ordering::Relaxed);
+        }
+        now_ms.saturating_sub(self.idle_since.load(Ordering::Relaxed))
+    }
+
+    /// Whether anything happened since the reclaim pass last looked.
+    pub(crate) fn was_touched(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
     }
 
     pub(crate) fn member_count(&self) -> usize {

@@ -1,10 +1,12 @@
 //! `join_channel`: membership, with an optional gap-free replay.
 
+use std::sync::Arc;
+
 use arqon_protocol::{ChannelKey, ClientId, Name, Outbound, Role, Timestamp, encode};
 use serde::Serialize;
 
 use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec};
-use crate::router::not_found;
+use crate::router::{Create, not_found};
 use crate::{Delivery, RoutingError};
 
 pub(crate) static SPEC: Spec = Spec {
@@ -42,20 +44,28 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     let key = args.channel_key()?;
     ctx.session.require_room(&key.room)?;
     let router = ctx.session.router.clone();
+    let client = Arc::clone(&ctx.session.client);
     // Auto-create on join is for those who may create channels at all.
-    let may_create = router.inner.config.auto_create && ctx.session.role() >= Role::User;
-    let (channel, _) = router.ensure_channel(&key, may_create).await?;
-    // Before the order lock: waiting for other nodes must not hold up this
-    // channel's local traffic.
-    if let Some(broker) = router.broker() {
-        broker.subscribe(&key).await;
-    }
-    let (added, members) = {
+    let create =
+        if router.inner.config.auto_create && client.role >= Role::User { Create::Auto(&client) } else { Create::No };
+    // A channel removed (reclaimed or deleted) between its lookup and its
+    // order lock is made afresh once when the caller may create it.
+    let mut may_retry = !matches!(create, Create::No);
+    let (added, members) = loop {
+        let (channel, _) = router.ensure_channel(&key, create).await?;
+        // Before the order lock: waiting for other nodes must not hold up this
+        // channel's local traffic.
+        if let Some(broker) = router.broker() {
+            broker.subscribe(&key).await;
+        }
         // Holding the channel's order lock: no message is appended or
         // delivered between the replay read and the membership change, so
         // the replay and live traffic neither overlap nor leave a gap.
         let _order = channel.order.lock().await;
         if channel.is_deleted() {
+            if std::mem::take(&mut may_retry) {
+                continue;
+            }
             return Err(not_found(&key).into());
         }
         let replay = match args.message_id("since") {
@@ -63,6 +73,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
             None => None,
         };
         let (added, members) = channel.add(&ctx.session.client);
+        channel.touch();
         ctx.session.joined.insert(key.clone());
         ctx.respond(&Joined {
             room: &key.room,
@@ -74,7 +85,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
             let frames = replay.messages.into_iter().map(|m| m.frame).collect();
             ctx.session.client.outlet.push(Outbound::Batch(frames));
         }
-        (added, members)
+        break (added, members);
     };
     if added {
         if let Some(broker) = router.broker() {
