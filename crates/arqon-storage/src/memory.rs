@@ -155,20 +155,29 @@ impl MemoryStorage {
     /// channels until the total is a sixteenth under the budget.
     ///
     /// Called with no log locked; locks one log at a time. One caller trims
-    /// at a time, and a caller that finds another trimming leaves it to
-    /// that one (which rereads `held` until it is under the target, so it
-    /// also covers the newer append).
+    /// at a time; a caller that finds another trimming leaves the work to
+    /// it, and the trimmer looks at the total once more after letting go,
+    /// so an append that came in meanwhile is not left over the budget.
     fn enforce_total(&self) {
-        if self.held.load(Ordering::Acquire) <= self.bytes_total {
-            return;
+        // Another round only for appends that raced the previous one, and
+        // only while rounds free something.
+        while self.held.load(Ordering::Acquire) > self.bytes_total {
+            let Some(_trimming) = self.evicting.try_lock() else { return };
+            if self.trim_to(self.bytes_total - self.bytes_total / 16) == 0 {
+                return;
+            }
         }
-        let Some(_trimming) = self.evicting.try_lock() else { return };
-        let target = self.bytes_total - self.bytes_total / 16;
+    }
+
+    /// Evicts the oldest messages of the largest channels until `held` is at
+    /// most `target` (or nothing is left to evict); returns the bytes freed.
+    fn trim_to(&self, target: usize) -> usize {
         // A snapshot of every log with its size, the largest on top. Sizes go
         // stale as appends continue; each pop reads the log's true size.
         let logs: Vec<Arc<Mutex<Log>>> = self.logs.iter().map(|log| Arc::clone(log.value())).collect();
         let mut largest: BinaryHeap<(usize, usize)> =
             logs.iter().enumerate().map(|(at, log)| (log.lock().bytes, at)).filter(|&(bytes, _)| bytes > 0).collect();
+        let mut total_freed = 0;
         while self.held.load(Ordering::Acquire) > target {
             let Some((_, at)) = largest.pop() else { break };
             let next = largest.peek().map_or(0, |&(bytes, _)| bytes);
@@ -179,6 +188,7 @@ impl MemoryStorage {
             loop {
                 let freed = log.evict_oldest();
                 self.held.fetch_sub(freed, Ordering::AcqRel);
+                total_freed += freed;
                 if freed == 0 || log.bytes <= next || self.held.load(Ordering::Acquire) <= target {
                     break;
                 }
@@ -187,6 +197,7 @@ impl MemoryStorage {
                 largest.push((log.bytes, at));
             }
         }
+        total_freed
     }
 }
 

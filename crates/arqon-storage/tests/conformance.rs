@@ -685,6 +685,42 @@ async fn each_channel_keeps_at_most_its_byte_budget() {
     assert!(since.truncated, "the oversized message is missing after ids[4]");
 }
 
+/// Appends from several threads at once, to channels of their own and to
+/// shared ones, leave the counter equal to what is kept and within the
+/// budget once they are done.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_keep_the_count_exact() {
+    let total = 64 * (10_000 + OVERHEAD);
+    let storage = Arc::new(MemoryStorage::new(1000).with_byte_budget(1 << 20, total));
+    let tasks: Vec<_> = (0..4)
+        .map(|task| {
+            let storage = Arc::clone(&storage);
+            tokio::spawn(async move {
+                let mut ids = IdGenerator::new();
+                for i in 0..100 {
+                    let chan = if i % 2 == 0 {
+                        key("shared", &format!("s{}", i % 10))
+                    } else {
+                        key("own", &format!("t{task}-{i}"))
+                    };
+                    assert_eq!(storage.append(&chan, sized(ids.message_id(), 10_000)).await, Ok(Appended::Stored));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let mut kept = 0;
+    for record in (0..10).map(|i| key("shared", &format!("s{i}"))).chain(
+        (0..4).flat_map(|task| (0..100).filter(|i| i % 2 == 1).map(move |i| key("own", &format!("t{task}-{i}")))),
+    ) {
+        kept += all(&*storage, &record).await.iter().map(|m| m.frame.len() + OVERHEAD).sum::<usize>();
+    }
+    assert_eq!(storage.held_bytes(), kept);
+    assert!(kept <= total, "{kept} kept over a budget of {total}");
+}
+
 /// Deleting a channel gives its bytes back to the total.
 #[tokio::test]
 async fn delete_returns_the_bytes() {
