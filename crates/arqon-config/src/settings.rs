@@ -150,6 +150,24 @@ pub struct LimitsConfig {
     pub member_events_max: usize,
     /// Messages of history kept per channel. At least 1. Default: `1000`.
     pub history_per_channel: usize,
+    /// Bytes of history kept per channel by the memory backend (frames plus
+    /// 96 bytes each); past it the channel's oldest messages go. At least
+    /// `max_message_bytes`. Default: `8388608` (8 MiB).
+    pub history_bytes_per_channel: usize,
+    /// Bytes of history kept over all channels by the memory backend; past
+    /// it the oldest messages of the largest channels go. At least
+    /// `history_bytes_per_channel`. Default: `268435456` (256 MiB).
+    pub history_bytes_total: usize,
+    /// Channels on this node at most; over it creating one fails with
+    /// `FORBIDDEN`. 0: no limit. Default: `10000`.
+    pub max_channels: usize,
+    /// Channels in one room at most; over it creating one fails with
+    /// `FORBIDDEN`. 0: no limit. Default: `1000`.
+    pub max_channels_per_room: usize,
+    /// Channels one connection may create (explicitly or by auto-create)
+    /// over its life; past it creating fails with `FORBIDDEN`. 0: no limit.
+    /// Default: `1000`.
+    pub max_channels_created_per_client: usize,
     /// Consecutive rate-limited frames after which a client is closed with
     /// 1008 (repeated abuse); 0: never. Default: `100`.
     pub abuse_limit: u32,
@@ -170,6 +188,11 @@ impl Default for LimitsConfig {
             backlog_budget_bytes: 1 << 30,
             member_events_max: 1000,
             history_per_channel: 1000,
+            history_bytes_per_channel: 8 << 20,
+            history_bytes_total: 256 << 20,
+            max_channels: 10_000,
+            max_channels_per_room: 1000,
+            max_channels_created_per_client: 1000,
             abuse_limit: 100,
             roles: RoleRates::new(),
         }
@@ -183,11 +206,15 @@ pub struct ChannelsConfig {
     /// Whether publishing to or joining a missing channel creates it (else
     /// `NOT_FOUND`). Default: `true`.
     pub auto_create: bool,
+    /// Seconds after which an auto-created channel with no members and no
+    /// kept history is removed; channels made with `create_channel` stay.
+    /// 0: never. Default: `300`.
+    pub idle_reclaim_s: u64,
 }
 
 impl Default for ChannelsConfig {
     fn default() -> Self {
-        Self { auto_create: true }
+        Self { auto_create: true, idle_reclaim_s: 300 }
     }
 }
 
@@ -388,6 +415,18 @@ impl Config {
             "limits.history_per_channel",
             limits.history_per_channel,
             "must be at least 1",
+        )?;
+        rule(
+            limits.history_bytes_per_channel >= limits.max_message_bytes,
+            "limits.history_bytes_per_channel",
+            limits.history_bytes_per_channel,
+            "must be at least limits.max_message_bytes",
+        )?;
+        rule(
+            limits.history_bytes_total >= limits.history_bytes_per_channel,
+            "limits.history_bytes_total",
+            limits.history_bytes_total,
+            "must be at least limits.history_bytes_per_channel",
         )?;
         self.storage.redis.validate()?;
         self.cluster.validate(self.storage.backend)

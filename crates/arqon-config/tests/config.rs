@@ -52,6 +52,11 @@ fn defaults_are_protocol_section_7() {
             backlog_budget_bytes: 1024 * 1024 * 1024,
             member_events_max: 1000,
             history_per_channel: 1000,
+            history_bytes_per_channel: 8 << 20,
+            history_bytes_total: 256 << 20,
+            max_channels: 10_000,
+            max_channels_per_room: 1000,
+            max_channels_created_per_client: 1000,
             abuse_limit: 100,
             roles: Default::default(),
         }
@@ -69,7 +74,7 @@ fn defaults_are_protocol_section_7() {
             allowed_origins: Vec::new(),
         }
     );
-    assert_eq!(config.channels, ChannelsConfig { auto_create: true });
+    assert_eq!(config.channels, ChannelsConfig { auto_create: true, idle_reclaim_s: 300 });
     assert_eq!(config.auth.default_role, Role::User);
     assert_eq!(config.storage.backend, StorageBackend::Memory);
     assert_eq!(config.storage.backend.to_string(), "memory");
@@ -247,6 +252,13 @@ fn each_validation_rule_names_key_and_value() {
             "69999",
         ),
         (&[("ARQON_LIMITS__HISTORY_PER_CHANNEL", "0")], "limits.history_per_channel", "0"),
+        (&[("ARQON_LIMITS__HISTORY_BYTES_PER_CHANNEL", "1048575")], "limits.history_bytes_per_channel", "1048575"),
+        (
+            &[("ARQON_LIMITS__MAX_MESSAGE_BYTES", "65536"), ("ARQON_LIMITS__HISTORY_BYTES_PER_CHANNEL", "65535")],
+            "limits.history_bytes_per_channel",
+            "65535",
+        ),
+        (&[("ARQON_LIMITS__HISTORY_BYTES_TOTAL", "8388607")], "limits.history_bytes_total", "8388607"),
     ] {
         let quoted = format!("`{key}`");
         let error = assert_fails_naming(load_env(env), &[&quoted, value]);
@@ -285,6 +297,9 @@ fn validation_bounds_are_inclusive() {
         ("ARQON_SERVER__HEARTBEAT_S", "1"),
         ("ARQON_SERVER__SHUTDOWN_GRACE_MS", "60000"),
         ("ARQON_LIMITS__MAX_MESSAGE_BYTES", "67108864"),
+        // The largest messages need a channel budget that holds one.
+        ("ARQON_LIMITS__HISTORY_BYTES_PER_CHANNEL", "67108864"),
+        ("ARQON_LIMITS__HISTORY_BYTES_TOTAL", "67108864"),
         ("ARQON_LIMITS__RATE_PER_S", "1"),
         ("ARQON_LIMITS__BURST", "1"),
         ("ARQON_LIMITS__MAX_BACKLOG_BYTES", "67108864"),
@@ -295,6 +310,24 @@ fn validation_bounds_are_inclusive() {
     assert_eq!(config.listen_addr(), "[::]:0".parse().unwrap());
     let smallest = load_env(&[("ARQON_LIMITS__MAX_MESSAGE_BYTES", "256")]).unwrap();
     assert_eq!(smallest.limits.max_message_bytes, 256);
+    // The byte budgets may come down to the largest message, and zero caps
+    // (no limit) and a zero idle time (never reclaim) are accepted.
+    let tight = load_env(&[
+        ("ARQON_LIMITS__MAX_MESSAGE_BYTES", "65536"),
+        ("ARQON_LIMITS__HISTORY_BYTES_PER_CHANNEL", "65536"),
+        ("ARQON_LIMITS__HISTORY_BYTES_TOTAL", "65536"),
+        ("ARQON_LIMITS__MAX_CHANNELS", "0"),
+        ("ARQON_LIMITS__MAX_CHANNELS_PER_ROOM", "0"),
+        ("ARQON_LIMITS__MAX_CHANNELS_CREATED_PER_CLIENT", "0"),
+        ("ARQON_CHANNELS__IDLE_RECLAIM_S", "0"),
+    ])
+    .unwrap();
+    assert_eq!((tight.limits.history_bytes_per_channel, tight.limits.history_bytes_total), (65536, 65536));
+    assert_eq!(
+        (tight.limits.max_channels, tight.limits.max_channels_per_room, tight.limits.max_channels_created_per_client),
+        (0, 0, 0)
+    );
+    assert_eq!(tight.channels.idle_reclaim_s, 0);
 }
 
 #[test]

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arqon_outbound::Outbound;
 use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Timestamp};
@@ -44,7 +44,19 @@ pub(crate) struct Channel {
     order: tokio::sync::Mutex<()>,
     members: RwLock<HashMap<ClientId, Arc<ClientEntry>>>,
     deleted: AtomicBool,
+    /// Made by auto-create and never claimed by `create_channel`: the idle
+    /// reclaim may remove it (crate::reclaim).
+    reclaimable: AtomicBool,
+    /// Set by every publish, join and leave; the reclaim pass clears it and
+    /// restarts the channel's idle time when it finds it set.
+    active: AtomicBool,
+    /// When the reclaim pass first saw the channel idle, in milliseconds
+    /// since the router started; [`NOT_IDLE`] until then.
+    idle_since: AtomicU64,
 }
+
+/// `Channel::idle_since` of a channel not (yet) seen idle.
+const NOT_IDLE: u64 = u64::MAX;
 
 impl Channel {
     pub(crate) fn new(key: ChannelKey, created_at: Timestamp) -> Self {
@@ -54,7 +66,48 @@ impl Channel {
             order: tokio::sync::Mutex::new(()),
             members: RwLock::new(HashMap::new()),
             deleted: AtomicBool::new(false),
+            reclaimable: AtomicBool::new(false),
+            active: AtomicBool::new(true),
+            idle_since: AtomicU64::new(NOT_IDLE),
         }
+    }
+
+    /// A channel made by auto-create, which the idle reclaim may remove.
+    pub(crate) fn new_reclaimable(key: ChannelKey, created_at: Timestamp) -> Self {
+        let channel = Channel::new(key, created_at);
+        channel.reclaimable.store(true, Ordering::Relaxed);
+        channel
+    }
+
+    /// `create_channel` claimed it: it is kept however idle it gets.
+    pub(crate) fn keep(&self) {
+        self.reclaimable.store(false, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_reclaimable(&self) -> bool {
+        self.reclaimable.load(Ordering::Relaxed)
+    }
+
+    /// Records traffic or a membership change: the idle time starts over.
+    pub(crate) fn touch(&self) {
+        // Relaxed: the reclaim pass decides under the order lock, and a
+        // publish, a join and the reclaim all take that lock.
+        self.active.store(true, Ordering::Relaxed);
+    }
+
+    /// For the reclaim pass at `now_ms`: how long the channel has been idle,
+    /// counted from the first pass that found it unused. Activity since the
+    /// previous pass restarts the count at `now_ms`.
+    pub(crate) fn idle_for(&self, now_ms: u64) -> u64 {
+        if self.active.swap(false, Ordering::Relaxed) || self.idle_since.load(Ordering::Relaxed) == NOT_IDLE {
+            self.idle_since.store(now_ms, Ordering::Relaxed);
+        }
+        now_ms.saturating_sub(self.idle_since.load(Ordering::Relaxed))
+    }
+
+    /// Whether anything happened since the reclaim pass last looked.
+    pub(crate) fn was_touched(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
     }
 
     pub(crate) fn member_count(&self) -> usize {
@@ -92,6 +145,7 @@ impl Channel {
         if self.is_deleted() {
             return Err(not_found(&self.key).into());
         }
+        self.touch();
         let stored = StoredMessage { id, frame: frame.clone() };
         // Synchronous when the backend can (memory): no boxed futures per message.
         if append_fast(storage, &self.key, stored).await? == Appended::Duplicate {
@@ -122,6 +176,7 @@ impl Channel {
             None => None,
         };
         let (added, members) = self.add(client);
+        self.touch();
         respond(members, replay.as_ref().map(|r| r.truncated));
         if let Some(replay) = replay.filter(|r| !r.messages.is_empty()) {
             let frames = replay.messages.into_iter().map(|m| m.frame).collect();
@@ -138,18 +193,19 @@ impl Channel {
     }
 
     /// Deletes the channel: `forget` (the storage delete and taking it out of
-    /// the table) runs first, under the lock, and a failure there changes
-    /// nothing; then the channel is marked deleted and its members are
-    /// returned. `None` if a racing delete got there first.
+    /// the table) runs first, under the lock, and may decide to keep the
+    /// channel after all (`Ok(false)`: the idle reclaim found it used); a
+    /// failure there changes nothing. Then the channel is marked deleted and
+    /// its members are returned. `None` if it was kept, or if a racing
+    /// delete got there first.
     pub(crate) async fn retire<F>(&self, forget: F) -> Result<Option<Vec<Arc<ClientEntry>>>, RoutingError>
     where
-        F: Future<Output = Result<(), RoutingError>>,
+        F: Future<Output = Result<bool, RoutingError>>,
     {
         let _order = self.lock_order().await;
-        if self.is_deleted() {
+        if self.is_deleted() || !forget.await? {
             return Ok(None);
         }
-        forget.await?;
         self.deleted.store(true, Ordering::Release);
         Ok(Some(self.members.write().drain().map(|(_, c)| c).collect()))
     }

@@ -1,6 +1,7 @@
 //! What the bus knows about one connected client.
 
 use std::collections::HashSet;
+use std::sync::atomic::AtomicUsize;
 
 use arqon_protocol::{ClientId, Name, Role};
 
@@ -13,6 +14,9 @@ pub(crate) struct ClientEntry {
     pub(crate) role: Role,
     pub(crate) rooms: RoomAccess,
     pub(crate) outlet: Outlet,
+    /// Channels this connection has created (explicitly or by auto-create),
+    /// checked against `RouterConfig::max_channels_created_per_client`.
+    pub(crate) channels_created: AtomicUsize,
 }
 
 /// Which rooms a client may join, publish to and read (e.g. a JWT's `rooms`

@@ -47,6 +47,20 @@ pub struct RouterConfig {
     pub abuse_limit: u32,
     /// Time between `token_expired` and the close. Default: 2 s.
     pub expiry_grace: Duration,
+    /// Channels on this node at most; creating one more fails with
+    /// `FORBIDDEN`. 0: no limit. Default: 10000.
+    pub max_channels: usize,
+    /// Channels in one room at most; creating one more fails with
+    /// `FORBIDDEN`. 0: no limit. Default: 1000.
+    pub max_channels_per_room: usize,
+    /// Channels one connection may create, explicitly or by auto-create,
+    /// over its life; past it creating fails with `FORBIDDEN`. 0: no limit.
+    /// Default: 1000.
+    pub max_channels_created_per_client: usize,
+    /// How long an auto-created channel with no members and no kept history
+    /// stays before [`Router::run_reclaim`](crate::Router::run_reclaim)
+    /// removes it; zero: never. Default: 300 s.
+    pub idle_reclaim: Duration,
 }
 
 impl RouterConfig {
@@ -71,6 +85,10 @@ impl Default for RouterConfig {
             role_rates: BTreeMap::new(),
             abuse_limit: 100,
             expiry_grace: Duration::from_secs(2),
+            max_channels: 10_000,
+            max_channels_per_room: 1000,
+            max_channels_created_per_client: 1000,
+            idle_reclaim: Duration::from_secs(300),
         }
     }
 }

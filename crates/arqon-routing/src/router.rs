@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arqon_outbound::{Budget, Outbound};
 use arqon_protocol::{
@@ -101,6 +102,7 @@ impl RouterBuilder {
                 clients: DashMap::with_hasher(RandomState::default()),
                 rooms: DashMap::with_hasher(RandomState::default()),
                 client_ids: Mutex::new(IdGenerator::new()),
+                channel_count: AtomicUsize::new(0),
                 started: Instant::now(),
                 broker: self.broker,
                 observer: self.observer,
@@ -122,8 +124,11 @@ pub(crate) struct Inner {
     budget: Arc<Budget>,
     clients: DashMap<ClientId, Arc<ClientEntry>, RandomState>,
     /// room → channel name → channel. A room exists while it has channels.
-    rooms: DashMap<Name, HashMap<Name, Arc<Channel>, RandomState>, RandomState>,
+    pub(crate) rooms: DashMap<Name, HashMap<Name, Arc<Channel>, RandomState>, RandomState>,
     client_ids: Mutex<IdGenerator>,
+    /// Channels in `rooms`, kept with every insert and removal so that the
+    /// `max_channels` check needs no walk over the rooms.
+    channel_count: AtomicUsize,
     pub(crate) started: Instant,
     broker: Option<Arc<dyn Broker>>,
     pub(crate) observer: Arc<dyn Observer>,
@@ -168,12 +173,7 @@ impl Router {
         let records = self.inner.storage.channels().await?;
         let count = records.len();
         for record in records {
-            self.inner
-                .rooms
-                .entry(record.key.room.clone())
-                .or_default()
-                .entry(record.key.channel.clone())
-                .or_insert_with(|| Arc::new(Channel::new(record.key.clone(), record.created_at)));
+            self.adopt(&record.key, record.created_at);
         }
         Ok(count)
     }
@@ -187,7 +187,13 @@ impl Router {
             None => self.inner.client_ids.lock().client_id(),
         };
         let (outlet, inbox) = Outlet::new(self.inner.config.max_backlog_bytes, &self.inner.budget);
-        let entry = Arc::new(ClientEntry { id, role: identity.role, rooms: identity.rooms, outlet });
+        let entry = Arc::new(ClientEntry {
+            id,
+            role: identity.role,
+            rooms: identity.rooms,
+            outlet,
+            channels_created: AtomicUsize::new(0),
+        });
         match self.inner.clients.entry(id) {
             dashmap::Entry::Occupied(_) => return Err(RoutingError::DuplicateClient(id)),
             dashmap::Entry::Vacant(slot) => {
@@ -237,6 +243,11 @@ impl Router {
         out
     }
 
+    /// The limits and policies this router was built with.
+    pub fn config(&self) -> &RouterConfig {
+        &self.inner.config
+    }
+
     /// The storage backend's health.
     pub fn storage_health(&self) -> Health {
         self.inner.storage.health()
@@ -262,12 +273,18 @@ impl Router {
     /// Another node created a channel: make it known here (no storage write,
     /// nothing forwarded back).
     pub fn channel_created_elsewhere(&self, key: &ChannelKey, created_at: Timestamp) {
-        self.inner
-            .rooms
-            .entry(key.room.clone())
-            .or_default()
-            .entry(key.channel.clone())
-            .or_insert_with(|| Arc::new(Channel::new(key.clone(), created_at)));
+        self.adopt(key, created_at);
+    }
+
+    /// Makes a channel created elsewhere (storage after a restart, another
+    /// node) known here, unless it is. Not subject to the channel caps, and
+    /// never reclaimed by this node: it is not this node's to remove.
+    fn adopt(&self, key: &ChannelKey, created_at: Timestamp) {
+        let mut room = self.inner.rooms.entry(key.room.clone()).or_default();
+        if let std::collections::hash_map::Entry::Vacant(slot) = room.entry(key.channel.clone()) {
+            slot.insert(Arc::new(Channel::new(key.clone(), created_at)));
+            self.inner.channel_count.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Another node deleted a channel (and its history): drop it here and
@@ -296,22 +313,37 @@ impl Router {
             }
             // The key may name a new channel once this one is retired,
             // which is not ours to remove: hence under the lock.
-            if let Some(mut room) = self.inner.rooms.get_mut(&key.room) {
-                room.remove(&key.channel);
-            }
-            self.inner.rooms.remove_if(&key.room, |_, channels| channels.is_empty());
-            Ok(())
+            self.unlist(key);
+            Ok(true)
         };
         let Some(members) = channel.retire(forget).await? else {
             return Ok(None);
         };
+        self.retired(key);
+        Ok(Some(members))
+    }
+
+    /// Takes the channel at `key` out of the table. Only for
+    /// [`Channel::retire`]'s `forget`, under the order lock, with the
+    /// channel not deleted yet, so the entry under its key is this very
+    /// channel.
+    pub(crate) fn unlist(&self, key: &ChannelKey) {
+        if let Some(mut room) = self.inner.rooms.get_mut(&key.room)
+            && room.remove(&key.channel).is_some()
+        {
+            self.inner.channel_count.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.inner.rooms.remove_if(&key.room, |_, channels| channels.is_empty());
+    }
+
+    /// What follows [`Channel::retire`], once the order lock is released.
+    pub(crate) fn retired(&self, key: &ChannelKey) {
         self.inner.observer.observe(&BusEvent::ChannelDeleted { key });
         // Its members are no longer members here: the cluster's counts and
         // subscriptions must not outlive the channel.
         if let Some(broker) = &self.inner.broker {
             broker.interest(key, 0);
         }
-        Ok(Some(members))
     }
 
     /// Sends `channel_deleted` (one shared frame) to former members.
@@ -342,29 +374,48 @@ impl Router {
         self.inner.rooms.get(&key.room)?.get(&key.channel).cloned()
     }
 
-    /// The channel, creating it if allowed. Returns (channel, created).
+    /// The channel, creating it if `create` allows and no channel cap is
+    /// reached. Returns (channel, created).
     pub(crate) async fn ensure_channel(
         &self,
         key: &ChannelKey,
-        may_create: bool,
+        create: Create<'_>,
     ) -> Result<(Arc<Channel>, bool), RoutingError> {
         if let Some(channel) = self.lookup(key) {
+            if let Create::Explicit(_) = create {
+                channel.keep();
+            }
             return Ok((channel, false));
         }
-        if !may_create {
-            return Err(not_found(key).into());
-        }
-        let (channel, created) = {
+        let creator = match create {
+            Create::No => return Err(not_found(key).into()),
+            Create::Auto(creator) | Create::Explicit(creator) => creator,
+        };
+        let made = {
             let mut room = self.inner.rooms.entry(key.room.clone()).or_default();
             match room.get(&key.channel) {
-                Some(existing) => (Arc::clone(existing), false),
-                None => {
-                    let channel = Arc::new(Channel::new(key.clone(), Timestamp::now()));
+                Some(existing) => Ok((Arc::clone(existing), false)),
+                None => self.take_slot(key, room.len(), creator).map(|()| {
+                    let channel = Arc::new(match create {
+                        Create::Explicit(_) => Channel::new(key.clone(), Timestamp::now()),
+                        _ => Channel::new_reclaimable(key.clone(), Timestamp::now()),
+                    });
                     room.insert(key.channel.clone(), Arc::clone(&channel));
                     (channel, true)
-                }
+                }),
             }
         };
+        let (channel, created) = match made {
+            Ok(made) => made,
+            Err(refusal) => {
+                // The room may have been made for this channel alone.
+                self.inner.rooms.remove_if(&key.room, |_, channels| channels.is_empty());
+                return Err(refusal.into());
+            }
+        };
+        if let Create::Explicit(_) = create {
+            channel.keep();
+        }
         if created {
             self.inner.observer.observe(&BusEvent::ChannelCreated { key });
             if let Some(broker) = &self.inner.broker {
@@ -377,6 +428,54 @@ impl Router {
             }
         }
         Ok((channel, created))
+    }
+
+    /// Counts a new channel against the caps: `room_len` channels in its
+    /// room, the creator's and the node's. Takes the slots (both counters
+    /// move) only when every cap allows. Called under the room's map lock,
+    /// so the per-room count cannot change meanwhile.
+    fn take_slot(&self, key: &ChannelKey, room_len: usize, creator: &ClientEntry) -> Result<(), ProtocolError> {
+        let config = &self.inner.config;
+        let per_room = config.max_channels_per_room;
+        if per_room > 0 && room_len >= per_room {
+            return Err(refused(format!("room {} already has {per_room} channels, the most allowed", key.room)));
+        }
+        let per_client = config.max_channels_created_per_client;
+        let under = |cap: usize| move |n: usize| (cap == 0 || n < cap).then_some(n + 1);
+        if creator.channels_created.fetch_update(Ordering::AcqRel, Ordering::Acquire, under(per_client)).is_err() {
+            return Err(refused(format!(
+                "this connection has already created {per_client} channels, the most allowed"
+            )));
+        }
+        let total = config.max_channels;
+        if self.inner.channel_count.fetch_update(Ordering::AcqRel, Ordering::Acquire, under(total)).is_err() {
+            creator.channels_created.fetch_sub(1, Ordering::AcqRel);
+            return Err(refused(format!("this server already has {total} channels, the most allowed")));
+        }
+        Ok(())
+    }
+
+    /// Publishes to `key`, creating the channel as `create` allows. A
+    /// channel removed (reclaimed or deleted) between its lookup and its
+    /// order lock is made afresh once, as if the publish had come just
+    /// after the removal, rather than answered `NOT_FOUND` on a bus that
+    /// auto-creates.
+    pub(crate) async fn publish_to(
+        &self,
+        key: &ChannelKey,
+        create: Create<'_>,
+        from: ClientId,
+        id: MessageId,
+        frame: Frame,
+    ) -> Result<Option<usize>, RoutingError> {
+        let (channel, _) = self.ensure_channel(key, create).await?;
+        match self.publish(&channel, from, id, frame.clone()).await {
+            Err(_) if channel.is_deleted() && !matches!(create, Create::No) => {
+                let (channel, _) = self.ensure_channel(key, create).await?;
+                self.publish(&channel, from, id, frame).await
+            }
+            outcome => outcome,
+        }
     }
 
     /// Appends a channel message to history, then delivers it to every member
@@ -488,6 +587,24 @@ async fn expire(client: std::sync::Weak<ClientEntry>, after: std::time::Duration
     if let Some(entry) = client.upgrade() {
         entry.outlet.close(arqon_protocol::CloseReason::TOKEN_EXPIRED);
     }
+}
+
+/// How [`Router::ensure_channel`] may make a missing channel, and whose
+/// creation it counts as.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Create<'a> {
+    /// Never: a missing channel is `NOT_FOUND`.
+    No,
+    /// Auto-create (publish, join): the idle reclaim may remove it later.
+    Auto(&'a ClientEntry),
+    /// `create_channel`: kept however idle it gets; an existing
+    /// auto-created channel is claimed (kept) too.
+    Explicit(&'a ClientEntry),
+}
+
+/// A channel cap refused a creation.
+fn refused(message: String) -> ProtocolError {
+    ProtocolError::new(ErrorCode::Forbidden, message)
 }
 
 pub(crate) fn not_found(key: &ChannelKey) -> ProtocolError {

@@ -15,7 +15,7 @@ use crate::client::ClientEntry;
 use crate::commands;
 use crate::observer::{BusEvent, FrameKind};
 use crate::rate::TokenBucket;
-use crate::router::Router;
+use crate::router::{Create, Router};
 
 /// A connected client's session. Feed it every frame the client sends; it
 /// answers through the client's [`Inbox`](crate::Inbox). Dropping it
@@ -227,9 +227,8 @@ impl Session {
         let bytes = encoded.len();
         let fanout = match target {
             Target::Channel(key) => {
-                let may_create = router.inner.config.auto_create;
-                let (channel, _) = router.ensure_channel(key, may_create).await.map_err(|e| e.into_protocol())?;
-                router.publish(&channel, self.client.id, id, encoded).await
+                let create = if router.inner.config.auto_create { Create::Auto(&self.client) } else { Create::No };
+                router.publish_to(key, create, self.client.id, id, encoded).await
             }
             Target::Room(room) => router.publish_room(room, self.client.id, encoded).map(Some),
             Target::Client(to) => router.publish_direct(*to, encoded).map(Some),

@@ -1362,6 +1362,162 @@ async fn rate_zero_is_unlimited_and_welcome_says_so() {
 }
 
 // ---------------------------------------------------------------------------
+// Channel budgets: caps on creation, idle reclaim
+// ---------------------------------------------------------------------------
+
+/// Every channel of the router, as "room/channel".
+fn channel_names(router: &Router) -> Vec<String> {
+    router.channels(None).iter().map(|c| c.key.to_string()).collect()
+}
+
+/// Asserts a `FORBIDDEN` answer whose message contains `says`.
+fn assert_refused(error: &Value, says: &str) {
+    assert_eq!(error["code"], "FORBIDDEN", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains(says), "{message:?} should say {says:?}");
+}
+
+#[tokio::test]
+async fn channel_caps_refuse_creation_per_room_and_in_total() {
+    let caps =
+        RouterConfig { max_channels_per_room: 3, max_channels: 5, max_channels_created_per_client: 0, ..config() };
+    let router = router_with(caps);
+    let mut a = Client::connect(&router, Role::User);
+    for channel in ["a", "b", "c"] {
+        a.create("r1", channel).await;
+    }
+    // Every way of creating meets the room's cap: the command, a publish, a join.
+    let error = a.fail("create_channel", json!({"room": "r1", "channel": "d"})).await;
+    assert_refused(&error, "room r1 already has 3 channels");
+    let error = a.fail("publish", json!({"room": "r1", "channel": "d", "payload": 1})).await;
+    assert_refused(&error, "room r1 already has 3 channels");
+    let error = a.fail("join_channel", json!({"room": "r1", "channel": "d"})).await;
+    assert_refused(&error, "room r1 already has 3 channels");
+    let error = a.message(json!({"room": "r1", "channel": "d", "payload": 1})).await.expect("an error");
+    assert_refused(&error["error"], "room r1 already has 3 channels");
+    // Existing channels are not creations: they still work.
+    assert_eq!(a.ok("create_channel", json!({"room": "r1", "channel": "a"})).await["created"], false);
+    a.publish("r1", "a", json!(1)).await;
+    // The node's cap: 5 channels over all rooms.
+    a.create("r2", "a").await;
+    a.publish("r2", "b", json!(1)).await;
+    let error = a.fail("create_channel", json!({"room": "r3", "channel": "a"})).await;
+    assert_refused(&error, "this server already has 5 channels");
+    // A refusal leaves no empty room behind.
+    assert_eq!(router.counts().rooms, 2);
+    assert_eq!(router.counts().channels, 5);
+    // Deleting gives the slot back.
+    let mut admin = Client::connect(&router, Role::Admin);
+    admin.ok("delete_channel", json!({"room": "r1", "channel": "a"})).await;
+    a.create("r1", "d").await;
+    assert_eq!(channel_names(&router), ["r1/b", "r1/c", "r1/d", "r2/a", "r2/b"]);
+}
+
+#[tokio::test]
+async fn each_connection_creates_at_most_its_cap_of_channels() {
+    let router = router_with(RouterConfig { max_channels_created_per_client: 2, ..config() });
+    let mut a = Client::connect(&router, Role::User);
+    a.create("r", "one").await;
+    a.publish("r", "two", json!(1)).await; // auto-created: counts too
+    let error = a.fail("join_channel", json!({"room": "r", "channel": "three"})).await;
+    assert_refused(&error, "this connection has already created 2 channels");
+    // Over the connection's life: deleting what it made does not reset it.
+    let mut admin = Client::connect(&router, Role::Admin);
+    admin.ok("delete_channel", json!({"room": "r", "channel": "one"})).await;
+    let error = a.fail("create_channel", json!({"room": "r", "channel": "one"})).await;
+    assert_refused(&error, "this connection has already created 2 channels");
+    // Using channels that exist is not creating.
+    a.join("r", "two").await;
+    // Others have caps of their own, and so has a new connection of the same user.
+    let mut b = Client::connect(&router, Role::User);
+    b.create("r", "three").await;
+    drop(a);
+    let mut again = Client::connect(&router, Role::User);
+    again.create("r", "one").await;
+    assert_eq!(channel_names(&router), ["r/one", "r/three", "r/two"]);
+}
+
+/// A router whose storage keeps nothing over 2,000 bytes per channel, so a
+/// large message is delivered but leaves no history.
+fn reclaiming_router() -> Router {
+    let storage = MemoryStorage::new(1000).with_byte_budget(2_000, 1 << 20);
+    Router::new(RouterConfig { idle_reclaim: Duration::from_secs(300), ..config() }, Arc::new(storage))
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_auto_created_channels_without_history_are_reclaimed() {
+    let router = reclaiming_router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut stays = Client::connect(&router, Role::User);
+    a.join("r", "left").await; // auto-created, then left empty
+    a.ok("leave_channel", json!({"room": "r", "channel": "left"})).await;
+    a.publish("r", "evicted", json!("x".repeat(3_000))).await; // kept nothing
+    a.publish("r", "history", json!(1)).await; // keeps a message
+    a.create("r", "explicit").await; // kept however idle
+    a.publish("r", "claimed", json!("x".repeat(3_000))).await;
+    a.create("r", "claimed").await; // auto-created, then claimed
+    stays.join("r", "member").await; // has a member throughout
+    assert_eq!(router.reclaim_idle().await, 0, "the first pass only starts the idle clock");
+    tokio::time::advance(Duration::from_secs(299)).await;
+    assert_eq!(router.reclaim_idle().await, 0, "not idle long enough");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(router.reclaim_idle().await, 2);
+    assert_eq!(channel_names(&router), ["r/claimed", "r/explicit", "r/history", "r/member"]);
+    // The storage forgot them as well; using the name again makes a new channel.
+    assert_eq!(router.counts().channels, 4);
+    assert_eq!(a.join("r", "left").await["members"], 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn activity_restarts_the_idle_time() {
+    let router = reclaiming_router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::User);
+    a.publish("r", "busy", json!("x".repeat(3_000))).await;
+    b.join("r", "joined").await;
+    assert_eq!(router.reclaim_idle().await, 0);
+    tokio::time::advance(Duration::from_secs(200)).await;
+    // A publish (kept by no one) and the last member leaving count as use.
+    a.publish("r", "busy", json!("x".repeat(3_000))).await;
+    b.ok("leave_channel", json!({"room": "r", "channel": "joined"})).await;
+    assert_eq!(router.reclaim_idle().await, 0);
+    tokio::time::advance(Duration::from_secs(299)).await;
+    assert_eq!(router.reclaim_idle().await, 0, "299 s since the last use");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(router.reclaim_idle().await, 2);
+    assert_eq!(channel_names(&router), Vec::<String>::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_reclaim_task_runs_until_shutdown() {
+    let router = reclaiming_router();
+    let mut a = Client::connect(&router, Role::User);
+    a.join("r", "idle").await;
+    a.ok("leave_channel", json!({"room": "r", "channel": "idle"})).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let router = router.clone();
+        async move { router.run_reclaim(async move { drop(stopped.await) }).await }
+    });
+    // Passes every 75 s from the start: idle from the first, gone by 300 s.
+    tokio::time::sleep(Duration::from_secs(290)).await;
+    assert_eq!(channel_names(&router), ["r/idle"]);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(channel_names(&router), Vec::<String>::new());
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, task).await.expect("the task ends at shutdown").unwrap();
+    // With reclaim off, nothing is ever removed and the task ends at once.
+    let off = router_with(RouterConfig { idle_reclaim: Duration::ZERO, ..config() });
+    let mut b = Client::connect(&off, Role::User);
+    b.join("r", "idle").await;
+    b.ok("leave_channel", json!({"room": "r", "channel": "idle"})).await;
+    tokio::time::timeout(WAIT, off.run_reclaim(std::future::pending())).await.expect("returns at once");
+    tokio::time::advance(Duration::from_secs(10_000)).await;
+    assert_eq!(off.reclaim_idle().await, 0);
+    assert_eq!(channel_names(&off), ["r/idle"]);
+}
+
+// ---------------------------------------------------------------------------
 // The Broker seam
 // ---------------------------------------------------------------------------
 

@@ -182,6 +182,10 @@ impl Bus {
                 let _ = stopped.wait_for(|s| *s).await;
             }))
         });
+        let reclaim_task = tokio::spawn({
+            let (router, mut stopped) = (router.clone(), stopped_rx.clone());
+            async move { router.run_reclaim(async move { drop(stopped.wait_for(|s| *s).await) }).await }
+        });
         let health_task =
             tokio::spawn(watch_health(router.clone(), broker.clone(), Arc::clone(&telemetry), stopped_rx));
         let acceptor = Arc::new(BusAcceptor::new(router.clone(), authenticator));
@@ -199,6 +203,7 @@ impl Bus {
             let _ = task.await;
         }
         let _ = health_task.await;
+        let _ = reclaim_task.await;
         // Last: the other nodes forget this one's clients at once.
         if let Some(handle) = cluster_handle {
             handle.shutdown().await;
@@ -273,6 +278,10 @@ fn router_config(config: &Config) -> RouterConfig {
             .collect(),
         abuse_limit: config.limits.abuse_limit,
         expiry_grace: Duration::from_millis(config.auth.expiry_grace_ms),
+        max_channels: config.limits.max_channels,
+        max_channels_per_room: config.limits.max_channels_per_room,
+        max_channels_created_per_client: config.limits.max_channels_created_per_client,
+        idle_reclaim: Duration::from_secs(config.channels.idle_reclaim_s),
     }
 }
 

@@ -17,7 +17,10 @@ use crate::ServerError;
 /// URL that does not parse) fail start-up.
 pub(crate) async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServerError> {
     Ok(match config.storage.backend {
-        StorageBackend::Memory => Arc::new(MemoryStorage::new(config.limits.history_per_channel)),
+        StorageBackend::Memory => Arc::new(
+            MemoryStorage::new(config.limits.history_per_channel)
+                .with_byte_budget(config.limits.history_bytes_per_channel, config.limits.history_bytes_total),
+        ),
         StorageBackend::Redis => {
             let redis = &config.storage.redis;
             let primary = RedisStorage::connect(RedisOptions {

@@ -49,6 +49,7 @@ pub struct BusMetrics {
     storage_healthy: Gauge,
     storage_ok: [Counter; STORAGE_OPS.len()],
     storage_failed: [Counter; STORAGE_OPS.len()],
+    budgets: BudgetGauges,
     /// Registered on the first report, so a single node shows no cluster series.
     cluster: std::sync::OnceLock<ClusterMetrics>,
 }
@@ -60,6 +61,33 @@ struct ClusterMetrics {
     forwarded: Counter,
     received: Counter,
     dropped: Counter,
+}
+
+/// The memory budgets and how much of them is used (docs/operations.md).
+struct BudgetGauges {
+    channels: Gauge,
+    channels_limit: [Gauge; 3],
+    history_bytes: Gauge,
+    history_bytes_limit: Gauge,
+}
+
+/// The scopes of `arqon_channels_limit{scope}`, in the order of
+/// [`BudgetReport::channels_limits`].
+pub const CHANNEL_LIMIT_SCOPES: [&str; 3] = ["node", "room", "connection"];
+
+/// The bus's budgets and their use, as reported to
+/// [`BusMetrics::set_budgets`]. A limit of 0 means none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BudgetReport {
+    /// Channels on this node.
+    pub channels: usize,
+    /// Most channels on the node, in one room, and created by one
+    /// connection (see [`CHANNEL_LIMIT_SCOPES`]).
+    pub channels_limits: [usize; 3],
+    /// Bytes of history held in memory.
+    pub history_bytes: u64,
+    /// Most bytes of history held in memory.
+    pub history_bytes_limit: u64,
 }
 
 /// A cluster node's state as reported to [`BusMetrics::set_cluster`].
@@ -134,6 +162,16 @@ impl BusMetrics {
                 "Clients closed with 1008 for not reading, by cause (backlog, write_timeout, budget)."
             );
             metrics::describe_gauge!("arqon_storage_healthy", "1 while the storage backend is healthy.");
+            metrics::describe_gauge!("arqon_channels", "Channels on this node.");
+            metrics::describe_gauge!(
+                "arqon_channels_limit",
+                "Most channels on the node, in one room, created by one connection (0: no limit)."
+            );
+            metrics::describe_gauge!("arqon_history_bytes", "Bytes of channel history held in memory.");
+            metrics::describe_gauge!(
+                "arqon_history_bytes_limit",
+                "Most bytes of channel history held in memory (0: none held here)."
+            );
             BusMetrics {
                 connections: metrics::gauge!("arqon_connections"),
                 opened: metrics::counter!("arqon_connections_opened_total"),
@@ -151,6 +189,13 @@ impl BusMetrics {
                 storage_healthy: metrics::gauge!("arqon_storage_healthy"),
                 storage_ok: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_operations_total", "op" => op)),
                 storage_failed: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_failures_total", "op" => op)),
+                budgets: BudgetGauges {
+                    channels: metrics::gauge!("arqon_channels"),
+                    channels_limit: CHANNEL_LIMIT_SCOPES
+                        .map(|scope| metrics::gauge!("arqon_channels_limit", "scope" => scope)),
+                    history_bytes: metrics::gauge!("arqon_history_bytes"),
+                    history_bytes_limit: metrics::gauge!("arqon_history_bytes_limit"),
+                },
                 cluster: std::sync::OnceLock::new(),
                 recorder: PrometheusBuilder::new().build_recorder(),
                 handle: handle.clone(),
@@ -279,6 +324,17 @@ impl BusMetrics {
         self.storage_healthy.set(if healthy { 1.0 } else { 0.0 });
     }
 
+    /// Sets the budget gauges (sampled when scraped).
+    pub fn set_budgets(&self, report: BudgetReport) {
+        let budgets = &self.budgets;
+        budgets.channels.set(report.channels as f64);
+        for (gauge, limit) in budgets.channels_limit.iter().zip(report.channels_limits) {
+            gauge.set(limit as f64);
+        }
+        budgets.history_bytes.set(report.history_bytes as f64);
+        budgets.history_bytes_limit.set(report.history_bytes_limit as f64);
+    }
+
     /// Sets the cluster series from the broker's running totals (sampled at
     /// scrape time and by the health watcher).
     pub fn set_cluster(&self, report: ClusterReport) {
@@ -387,6 +443,27 @@ mod tests {
         m.frame_received("message");
         m.frame_received("command");
         assert_eq!((m.messages_received(), m.messages_routed(), m.messages_delivered()), (1, 1, 2));
+    }
+
+    #[test]
+    fn budgets_are_gauges_with_their_limits() {
+        let m = BusMetrics::new();
+        m.set_budgets(BudgetReport {
+            channels: 12,
+            channels_limits: [10_000, 1000, 0],
+            history_bytes: 4096,
+            history_bytes_limit: 1 << 28,
+        });
+        let text = m.render();
+        assert_eq!(sample(&text, "arqon_channels"), Some(12.0), "{text}");
+        assert_eq!(sample(&text, r#"arqon_channels_limit{scope="node"}"#), Some(10_000.0));
+        assert_eq!(sample(&text, r#"arqon_channels_limit{scope="room"}"#), Some(1000.0));
+        assert_eq!(sample(&text, r#"arqon_channels_limit{scope="connection"}"#), Some(0.0));
+        assert_eq!(sample(&text, "arqon_history_bytes"), Some(4096.0));
+        assert_eq!(sample(&text, "arqon_history_bytes_limit"), Some(268_435_456.0));
+        // A later sample replaces the earlier one: these are gauges.
+        m.set_budgets(BudgetReport { channels: 3, ..BudgetReport::default() });
+        assert_eq!(sample(&m.render(), "arqon_channels"), Some(3.0));
     }
 
     #[test]

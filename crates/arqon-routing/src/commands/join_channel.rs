@@ -6,6 +6,7 @@ use arqon_protocol::{ChannelKey, ClientId, Name, Role, Timestamp, encode};
 use serde::Serialize;
 
 use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec};
+use crate::router::Create;
 use crate::{Delivery, RoutingError};
 
 pub(crate) static SPEC: Spec = Spec {
@@ -43,25 +44,34 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     let key = args.channel_key()?;
     ctx.session.require_room(&key.room)?;
     let router = ctx.session.router.clone();
-    // Auto-create on join is for those who may create channels at all.
-    let may_create = router.inner.config.auto_create && ctx.session.role() >= Role::User;
-    let (channel, _) = router.ensure_channel(&key, may_create).await?;
-    // Before the order lock: waiting for other nodes must not hold up this
-    // channel's local traffic.
-    if let Some(broker) = router.broker() {
-        broker.subscribe(&key).await;
-    }
-    let since = args.message_id("since");
     let client = Arc::clone(&ctx.session.client);
-    let respond = |members, truncated| {
-        ctx.respond(&Joined {
-            room: &key.room,
-            channel: &key.channel,
-            members: router.cluster_members(&key, members),
-            truncated,
-        });
+    // Auto-create on join is for those who may create channels at all.
+    let create =
+        if router.inner.config.auto_create && client.role >= Role::User { Create::Auto(&client) } else { Create::No };
+    // A channel removed (reclaimed or deleted) between its lookup and its
+    // order lock is made afresh once when the caller may create it.
+    let mut may_retry = !matches!(create, Create::No);
+    let since = args.message_id("since");
+    let joined = loop {
+        let (channel, _) = router.ensure_channel(&key, create).await?;
+        // Before the order lock: waiting for other nodes must not hold up this
+        // channel's local traffic.
+        if let Some(broker) = router.broker() {
+            broker.subscribe(&key).await;
+        }
+        let respond = |members, truncated| {
+            ctx.respond(&Joined {
+                room: &key.room,
+                channel: &key.channel,
+                members: router.cluster_members(&key, members),
+                truncated,
+            });
+        };
+        match channel.join(&*router.inner.storage, &client, since, respond).await {
+            Err(_) if channel.is_deleted() && std::mem::take(&mut may_retry) => continue,
+            joined => break joined?,
+        }
     };
-    let joined = channel.join(&*router.inner.storage, &client, since, respond).await?;
     ctx.session.joined.insert(key.clone());
     let (added, members) = (joined.added, joined.members);
     if added {
