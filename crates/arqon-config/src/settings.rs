@@ -148,6 +148,25 @@ pub struct LimitsConfig {
     /// Largest channel, in members, that still gets `member_joined` and
     /// `member_left` events. Default: `1000`.
     pub member_events_max: usize,
+    /// Member events each channel sends per second at most; past it (and
+    /// `member_events_burst`) they are counted and summed up in one
+    /// `members_changed` event a second later; 0: no limit. Default: `20`.
+    pub member_events_per_s: u32,
+    /// Member events a channel may send at once above its steady rate.
+    /// Default: `50`.
+    pub member_events_burst: u32,
+    /// Direct messages one client may receive per second, from all senders
+    /// together; past it (and `direct_burst`) senders get `RATE_LIMITED`;
+    /// 0: no limit. Default: `100`.
+    pub direct_per_s: u32,
+    /// Direct messages a client may receive at once above the steady rate.
+    /// Default: `200`.
+    pub direct_burst: u32,
+    /// A direct message to a client whose backlog already holds this many
+    /// bytes is refused to its sender (`RATE_LIMITED`) instead of queued, so
+    /// that senders cannot make a recipient a slow consumer; 0: never.
+    /// Default: `1048576` (1 MiB).
+    pub direct_backlog_bytes: usize,
     /// Messages of history kept per channel. At least 1. Default: `1000`.
     pub history_per_channel: usize,
     /// Bytes of history kept per channel by the memory backend (frames plus
@@ -187,6 +206,11 @@ impl Default for LimitsConfig {
             write_timeout_ms: 10_000,
             backlog_budget_bytes: 1 << 30,
             member_events_max: 1000,
+            member_events_per_s: 20,
+            member_events_burst: 50,
+            direct_per_s: 100,
+            direct_burst: 200,
+            direct_backlog_bytes: 1 << 20,
             history_per_channel: 1000,
             history_bytes_per_channel: 8 << 20,
             history_bytes_total: 256 << 20,

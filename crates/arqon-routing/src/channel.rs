@@ -8,7 +8,7 @@
 //! neither a gap nor a duplicate between replay and live traffic, and
 //! `channel_info`'s `last_id` is a resume point.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -19,6 +19,8 @@ use parking_lot::RwLock;
 
 use crate::RoutingError;
 use crate::client::ClientEntry;
+use crate::config::RateLimit;
+use crate::member_events::{Gate, MemberEventGate};
 use crate::outlet::share;
 use crate::router::not_found;
 
@@ -53,6 +55,10 @@ pub(crate) struct Channel {
     /// When the reclaim pass first saw the channel idle, in milliseconds
     /// since the router started; [`NOT_IDLE`] until then.
     idle_since: AtomicU64,
+    /// The member-event rate, made on the first member event.
+    member_events: parking_lot::Mutex<Option<MemberEventGate>>,
+    /// Members that joined with `member_events: false`.
+    quiet: parking_lot::Mutex<HashSet<ClientId>>,
 }
 
 /// `Channel::idle_since` of a channel not (yet) seen idle.
@@ -69,6 +75,8 @@ impl Channel {
             reclaimable: AtomicBool::new(false),
             active: AtomicBool::new(true),
             idle_since: AtomicU64::new(NOT_IDLE),
+            member_events: parking_lot::Mutex::new(None),
+            quiet: parking_lot::Mutex::new(HashSet::new()),
         }
     }
 
@@ -125,7 +133,49 @@ impl Channel {
     pub(crate) fn remove(&self, id: ClientId) -> (bool, usize) {
         let mut members = self.members.write();
         let removed = members.remove(&id).is_some();
+        if removed {
+            self.quiet.lock().remove(&id);
+        }
         (removed, members.len())
+    }
+
+    /// Whether a member wants member events of this channel (`join_channel`
+    /// with `member_events: false` says no).
+    pub(crate) fn set_member_events(&self, id: ClientId, wanted: bool) {
+        let mut quiet = self.quiet.lock();
+        if wanted {
+            quiet.remove(&id);
+        } else {
+            quiet.insert(id);
+        }
+    }
+
+    /// Decides whether one more member event may go out now (`rate`: the
+    /// router's per-channel member-event rate).
+    pub(crate) fn admit_member_event(&self, rate: RateLimit) -> Gate {
+        self.member_events.lock().get_or_insert_with(|| MemberEventGate::new(rate)).admit()
+    }
+
+    /// Member events counted instead of sent since the last summary.
+    pub(crate) fn take_suppressed_member_events(&self) -> u64 {
+        self.member_events.lock().as_mut().map_or(0, MemberEventGate::take_suppressed)
+    }
+
+    /// Queues a member event for every member but `except` and those that
+    /// asked for none; returns how many got it.
+    pub(crate) fn deliver_member_event(&self, frame: &Frame, except: Option<ClientId>) -> usize {
+        let quiet = self.quiet.lock().clone();
+        if quiet.is_empty() {
+            return self.deliver(frame, except);
+        }
+        let members = self.members.read();
+        let mut delivered = 0;
+        for (id, member) in members.iter() {
+            if Some(*id) != except && !quiet.contains(id) && member.outlet.push(Outbound::Frame(frame.clone())) {
+                delivered += 1;
+            }
+        }
+        delivered
     }
 
     /// Appends a message to history, then queues it to every member but

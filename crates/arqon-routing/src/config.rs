@@ -34,6 +34,19 @@ pub struct RouterConfig {
     /// Member events are sent only while a channel has at most this many
     /// members. Default: 1000.
     pub member_events_max: usize,
+    /// Member events each channel may send; past it they are counted and
+    /// summed up in one `members_changed` event a second later.
+    /// Default: 20 per second, burst 50.
+    pub member_event_rate: RateLimit,
+    /// Direct messages one client may receive, from all senders together;
+    /// past it senders get `RATE_LIMITED` (`rate_per_s` 0: unlimited).
+    /// Default: 100 per second, burst 200.
+    pub direct_rate: RateLimit,
+    /// A direct message to a client whose backlog already holds this many
+    /// bytes is refused to its sender (`RATE_LIMITED`) instead of queued, so
+    /// that no sender can make a recipient a slow consumer; 0: never.
+    /// Default: 1 MiB.
+    pub direct_backlog_bytes: usize,
     /// Largest frame a client may send; reported in `welcome`. Default: 1 MiB.
     pub max_message_bytes: usize,
     /// Heartbeat interval; reported in `welcome`. Default: 20.
@@ -79,6 +92,9 @@ impl Default for RouterConfig {
             max_backlog_bytes: 64 * 1024 * 1024,
             backlog_budget_bytes: 1024 * 1024 * 1024,
             member_events_max: 1000,
+            member_event_rate: RateLimit { rate_per_s: 20, burst: 50 },
+            direct_rate: RateLimit { rate_per_s: 100, burst: 200 },
+            direct_backlog_bytes: 1024 * 1024,
             max_message_bytes: 1_048_576,
             heartbeat_s: 20,
             server_version: env!("CARGO_PKG_VERSION").to_owned(),

@@ -46,6 +46,7 @@ mod client;
 mod commands;
 mod config;
 mod error;
+mod member_events;
 mod observer;
 mod outlet;
 mod rate;

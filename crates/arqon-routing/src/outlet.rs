@@ -57,6 +57,11 @@ impl Outlet {
         self.tx.close(closing);
     }
 
+    /// Bytes queued towards this client and not yet written.
+    pub(crate) fn backlog_bytes(&self) -> usize {
+        self.tx.backlog_bytes()
+    }
+
     /// Why the connection is closing, once the bus or the transport said.
     pub(crate) fn closing(&self) -> Option<Closing> {
         self.tx.closing()

@@ -19,6 +19,7 @@ use crate::channel::Channel;
 use crate::client::{ClientEntry, RoomAccess};
 use crate::observer::{BusEvent, NoObserver, Observer};
 use crate::outlet::{Inbox, Outlet, share};
+use crate::rate::TokenBucket;
 use crate::session::Session;
 use crate::{RouterConfig, RoutingError};
 
@@ -193,6 +194,10 @@ impl Router {
             rooms: identity.rooms,
             outlet,
             channels_created: AtomicUsize::new(0),
+            direct_inbound: parking_lot::Mutex::new(TokenBucket::new(
+                self.inner.config.direct_rate.rate_per_s,
+                self.inner.config.direct_rate.burst,
+            )),
         });
         match self.inner.clients.entry(id) {
             dashmap::Entry::Occupied(_) => return Err(RoutingError::DuplicateClient(id)),
@@ -509,8 +514,9 @@ impl Router {
 
     /// Delivers a direct message.
     pub(crate) fn publish_direct(&self, to: ClientId, frame: Frame) -> Result<usize, RoutingError> {
-        if self.inner.clients.contains_key(&to) {
-            return Ok(self.deliver_direct_local(to, &frame));
+        if let Some(client) = self.inner.clients.get(&to).map(|c| Arc::clone(&c)) {
+            self.admit_direct(&client)?;
+            return Ok(usize::from(client.outlet.push(Outbound::Frame(frame))));
         }
         match &self.inner.broker {
             Some(broker) if broker.knows_client(to) => {
@@ -538,11 +544,40 @@ impl Router {
         reached.values().filter(|m| m.outlet.push_shared(Outbound::Frame(frame.clone()), share)).count()
     }
 
+    /// A direct message from another node: the same protection as a local
+    /// one, but the sender cannot be told, so a refused one is dropped and
+    /// logged.
     fn deliver_direct_local(&self, to: ClientId, frame: &Frame) -> usize {
         let Some(client) = self.inner.clients.get(&to).map(|c| Arc::clone(&c)) else {
             return 0;
         };
+        if let Err(refused) = self.admit_direct(&client) {
+            tracing::debug!(client_id = %to, reason = %refused, "dropped a direct message from another node");
+            return 0;
+        }
         usize::from(client.outlet.push(Outbound::Frame(frame.clone())))
+    }
+
+    /// Whether `client` may be sent one more direct message: a recipient is
+    /// protected from senders it did not choose, so that together they can
+    /// neither make it a slow consumer nor flood it (PROTOCOL.md section 8.1:
+    /// a client is closed only for its own reading).
+    fn admit_direct(&self, client: &ClientEntry) -> Result<(), ProtocolError> {
+        let config = &self.inner.config;
+        if config.direct_backlog_bytes > 0 && client.outlet.backlog_bytes() >= config.direct_backlog_bytes {
+            return Err(ProtocolError::new(
+                ErrorCode::RateLimited,
+                format!("client {} is not reading fast enough; direct message refused", client.id),
+            )
+            .with_retry_after(DIRECT_BACKLOG_RETRY));
+        }
+        client.direct_inbound.lock().take().map_err(|wait| {
+            ProtocolError::new(
+                ErrorCode::RateLimited,
+                format!("client {} receives too many direct messages; direct message refused", client.id),
+            )
+            .with_retry_after(wait)
+        })
     }
 
     /// Removes a channel and takes its members.
@@ -606,6 +641,10 @@ pub(crate) enum Create<'a> {
 fn refused(message: String) -> ProtocolError {
     ProtocolError::new(ErrorCode::Forbidden, message)
 }
+
+/// What a sender refused for a recipient's backlog is told to wait: about
+/// the time a reading client takes to drain a megabyte.
+const DIRECT_BACKLOG_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub(crate) fn not_found(key: &ChannelKey) -> ProtocolError {
     ProtocolError::new(ErrorCode::NotFound, format!("channel {key} does not exist"))

@@ -268,7 +268,7 @@ impl Session {
     }
 
     fn send_error(&mut self, error: &ProtocolError) {
-        self.send_error_with(error, None);
+        self.send_error_with(error, error.retry_after_ms);
     }
 
     fn send_error_with(&mut self, error: &ProtocolError, retry_after_ms: Option<u64>) {

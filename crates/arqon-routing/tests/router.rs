@@ -2025,3 +2025,110 @@ async fn member_events_stop_when_the_cluster_wide_count_passes_the_limit() {
     b.ok("leave_channel", json!({"room": "r", "channel": "c"})).await;
     a.assert_quiet();
 }
+
+// ---------------------------------------------------------------------------
+// No client can get another closed (protocol v1.1 section 8.5)
+// ---------------------------------------------------------------------------
+
+/// Frames queued for `client` and not read, as parsed envelopes.
+fn queued(client: &mut Client) -> Vec<Value> {
+    std::iter::from_fn(|| client.try_next()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn direct_floods_are_refused_to_their_senders_and_the_victim_stays() {
+    // 30 senders, 200 direct messages of 8 KiB each (48 MB), each sender
+    // inside its own rate, at a victim that reads nothing. Its backlog bound
+    // is 2 MiB: queued as sent, the flood would close it as a slow consumer.
+    let router = router_with(RouterConfig { max_backlog_bytes: 2 << 20, ..config() });
+    let mut victim = Client::connect(&router, Role::User);
+    let mut senders: Vec<Client> = (0..30).map(|_| Client::connect(&router, Role::User)).collect();
+    let pad = "x".repeat(8 * 1024);
+    let (mut refused, mut refused_for_backlog, mut refused_for_rate) = (0, 0, 0);
+    for sender in &mut senders {
+        for _ in 0..200 {
+            if let Some(error) = sender.message(json!({"to": victim.id_str(), "payload": pad})).await {
+                assert_eq!(code(&error), "RATE_LIMITED", "{error}");
+                assert!(error["error"]["retry_after_ms"].as_u64().is_some_and(|ms| ms >= 1), "{error}");
+                let message = error["error"]["message"].as_str().unwrap();
+                assert!(message.contains(&victim.id_str()), "{message}");
+                refused += 1;
+                refused_for_backlog += usize::from(message.contains("not reading fast enough"));
+                refused_for_rate += usize::from(message.contains("too many direct messages"));
+            }
+        }
+    }
+    assert_eq!(victim.inbox.frames.closing(), None, "the victim is not closed for what others sent");
+    let got = queued(&mut victim).len();
+    assert_eq!(got + refused, 30 * 200);
+    // Queued while its backlog was under 1 MiB: a 1 MiB bound plus one message.
+    assert!(got <= 1024 / 8 + 1, "{got} direct messages queued");
+    assert!(refused_for_backlog > 0);
+    // Once it reads again, the per-recipient rate (100/s, burst 200) takes over.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    for sender in &mut senders {
+        for _ in 0..20 {
+            if let Some(error) = sender.message(json!({"to": victim.id_str(), "payload": 1})).await {
+                assert!(error["error"]["message"].as_str().unwrap().contains("too many direct messages"));
+                refused_for_rate += 1;
+            }
+        }
+        let _ = queued(&mut victim);
+    }
+    assert!(refused_for_rate > 0, "600 messages at once pass a 200 burst");
+    assert_eq!(victim.inbox.frames.closing(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn membership_churn_is_coalesced_into_a_summary() {
+    let router = router();
+    let mut victim = Client::connect(&router, Role::User);
+    victim.join("r", "c").await;
+    let mut churners: Vec<Client> = (0..30).map(|_| Client::connect(&router, Role::User)).collect();
+    // 30 clients join and leave 20 times each: 1,200 member events.
+    for _ in 0..20 {
+        for churner in &mut churners {
+            churner.join("r", "c").await;
+            churner.ok("leave_channel", json!({"room": "r", "channel": "c"})).await;
+        }
+    }
+    let events = queued(&mut victim);
+    let sent =
+        events.iter().filter(|e| e["payload"]["event"] == "member_joined" || e["payload"]["event"] == "member_left");
+    // The burst of 50, less the one the victim's own join used.
+    assert_eq!(sent.count(), 49, "the burst of member events, then none");
+    // A second later, one summary of everything not sent, with the count now.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let summary = victim.try_next().expect("a members_changed summary");
+    assert_eq!(summary["payload"]["event"], "members_changed");
+    assert_eq!(summary["payload"]["members"], 1);
+    assert_eq!(summary["payload"]["suppressed"], 1200 - 49);
+    victim.assert_quiet();
+    assert_eq!(victim.inbox.frames.closing(), None);
+    // The budget comes back: single events flow again.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    churners[0].join("r", "c").await;
+    assert_eq!(victim.try_next().unwrap()["payload"]["event"], "member_joined");
+}
+
+#[tokio::test]
+async fn a_member_may_join_without_member_events() {
+    let router = router();
+    let mut quiet = Client::connect(&router, Role::User);
+    quiet.ok("join_channel", json!({"room": "r", "channel": "c", "member_events": false})).await;
+    let mut loud = Client::connect(&router, Role::User);
+    loud.join("r", "c").await;
+    let mut other = Client::connect(&router, Role::User);
+    other.join("r", "c").await;
+    assert_eq!(loud.try_next().unwrap()["payload"]["event"], "member_joined");
+    quiet.assert_quiet();
+    // Messages still arrive.
+    other.message(json!({"room": "r", "channel": "c", "payload": "hi"})).await;
+    assert_eq!(quiet.try_next().unwrap()["payload"], "hi");
+    // Joining again with the default turns events back on.
+    quiet.join("r", "c").await;
+    other.ok("leave_channel", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(quiet.try_next().unwrap()["payload"]["event"], "member_left");
+    let error = quiet.fail("join_channel", json!({"room": "r", "channel": "c", "member_events": "no"})).await;
+    assert_eq!(error["code"], "INVALID_ARGS");
+}

@@ -267,6 +267,12 @@ fn router_config(config: &Config) -> RouterConfig {
         max_backlog_bytes: config.limits.max_backlog_bytes,
         backlog_budget_bytes: config.limits.backlog_budget_bytes,
         member_events_max: config.limits.member_events_max,
+        member_event_rate: RateLimit {
+            rate_per_s: config.limits.member_events_per_s,
+            burst: config.limits.member_events_burst,
+        },
+        direct_rate: RateLimit { rate_per_s: config.limits.direct_per_s, burst: config.limits.direct_burst },
+        direct_backlog_bytes: config.limits.direct_backlog_bytes,
         max_message_bytes: config.limits.max_message_bytes,
         heartbeat_s: config.server.heartbeat_s,
         server_version: env!("CARGO_PKG_VERSION").to_owned(),

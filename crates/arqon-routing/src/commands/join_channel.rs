@@ -2,11 +2,13 @@
 
 use std::sync::Arc;
 
-use arqon_protocol::{ChannelKey, ClientId, Name, Role, Timestamp, encode};
+use arqon_protocol::{ChannelKey, ClientId, IdGenerator, Name, Role, Timestamp, encode};
 use serde::Serialize;
 
 use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec};
-use crate::router::Create;
+use crate::channel::Channel;
+use crate::member_events::{Gate, SUMMARY_DELAY};
+use crate::router::{Create, Router};
 use crate::{Delivery, RoutingError};
 
 pub(crate) static SPEC: Spec = Spec {
@@ -18,6 +20,11 @@ pub(crate) static SPEC: Spec = Spec {
         ROOM,
         CHANNEL,
         ArgSpec::optional("since", ArgKind::MessageId, "replay every stored message after this one"),
+        ArgSpec::optional(
+            "member_events",
+            ArgKind::Bool,
+            "false: receive no member_joined/member_left/members_changed events for this channel (default true)",
+        ),
     ],
     kind: Kind::JoinChannel,
 };
@@ -74,6 +81,9 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     };
     ctx.session.joined.insert(key.clone());
     let (added, members) = (joined.added, joined.members);
+    if let Some(channel) = router.lookup(&key) {
+        channel.set_member_events(client.id, args.bool("member_events").unwrap_or(true));
+    }
     if added {
         if let Some(broker) = router.broker() {
             broker.interest(&key, members);
@@ -90,7 +100,9 @@ pub(crate) fn announce(ctx: &mut Ctx<'_>, key: &ChannelKey, event: &'static str,
     announce_from(session, key, event, members);
 }
 
-/// Members on other nodes hear it too, through the broker.
+/// Members on other nodes hear it too, through the broker. Past the
+/// channel's member-event rate the event is counted instead, and the first
+/// one counted schedules a `members_changed` summary.
 pub(crate) fn announce_from(session: &mut crate::Session, key: &ChannelKey, event: &'static str, members: usize) {
     let router = &session.router;
     if router.cluster_members(key, members) > router.inner.config.member_events_max {
@@ -99,11 +111,58 @@ pub(crate) fn announce_from(session: &mut crate::Session, key: &ChannelKey, even
     let Some(channel) = router.lookup(key) else {
         return;
     };
+    match channel.admit_member_event(router.inner.config.member_event_rate) {
+        Gate::Send => {}
+        Gate::Suppress { first } => {
+            if first {
+                tokio::spawn(summarize_member_events(router.clone(), channel));
+            }
+            return;
+        }
+    }
     let from = session.client.id;
     let payload = MemberEvent { event, room: &key.room, channel: &key.channel, client_id: from };
     let frame = encode::event(session.ids.message_id(), Timestamp::now(), &payload);
-    channel.deliver(&frame, Some(from));
+    channel.deliver_member_event(&frame, Some(from));
     if let Some(broker) = router.broker() {
         broker.forward(Delivery::Channel { key: key.clone(), frame, from });
+    }
+}
+
+/// `members_changed`: what member events were not sent stand for.
+#[derive(Serialize)]
+struct MembersChanged<'a> {
+    event: &'static str,
+    room: &'a Name,
+    channel: &'a Name,
+    /// Members now, on every node.
+    members: usize,
+    /// Member events this summary replaces.
+    suppressed: u64,
+}
+
+/// Sends the summary of the member events counted since the first one,
+/// [`SUMMARY_DELAY`] later, to every member that wants member events (on
+/// every node). At most one is pending per channel.
+async fn summarize_member_events(router: Router, channel: Arc<Channel>) {
+    tokio::time::sleep(SUMMARY_DELAY).await;
+    let suppressed = channel.take_suppressed_member_events();
+    if suppressed == 0 || channel.is_deleted() {
+        return;
+    }
+    let key = &channel.key;
+    let payload = MembersChanged {
+        event: "members_changed",
+        room: &key.room,
+        channel: &key.channel,
+        members: router.cluster_members(key, channel.member_count()),
+        suppressed,
+    };
+    let mut ids = IdGenerator::new();
+    let frame = encode::event(ids.message_id(), Timestamp::now(), &payload);
+    channel.deliver_member_event(&frame, None);
+    if let Some(broker) = router.broker() {
+        // No sender to leave out: an id no client has.
+        broker.forward(Delivery::Channel { key: key.clone(), frame, from: ids.client_id() });
     }
 }
