@@ -13,7 +13,8 @@
 # The server runs pinned to core 0 (taskset -c 0) and the generator to core 1,
 # on 127.0.0.1 only. Benchmark configuration: the per-client rate limit is
 # lifted (ARQON_LIMITS__RATE_PER_S=0); every other limit keeps its default
-# (history 1,000 per channel, outbound queue 1,024 with slow-consumer close,
+# (history 1,000 per channel, a 64 MiB backlog per client with a 10 s write
+# timeout and a 1 GiB budget for all backlogs, slow-consumer close,
 # frame size, heartbeat). Each generator run is bounded by --timeout, and the
 # script by `timeout` around each run.
 #
@@ -182,9 +183,10 @@ else
         fanout --subscribers 100 --messages 20000 --payload 256
     run_case "fanout 1->1000, 20k msgs" "reported (NATS: n/a)" 240 \
         fanout --subscribers 1000 --messages 20000 --payload 256
-    # 60,000 messages: enough to overflow the stalled client's socket buffers
-    # and its 1,024-frame queue, so that the bus must close it (1008); the
-    # same run without the stalled client is the baseline it is held to.
+    # 60,000 messages: enough to fill the stalled client's socket buffers, so
+    # that the bus holds a backlog for it (closed by the write timeout, 10 s
+    # after its socket stops, which is after this run); the same run without
+    # the stalled client is the baseline it is held to.
     run_case "fanout 1->100, 60k msgs" "baseline of the stalled run" 120 \
         fanout --subscribers 100 --messages 60000 --payload 256
     run_case "fanout 1->100 + 1 stalled, 60k msgs" "within 10% of 1->100" 120 \
