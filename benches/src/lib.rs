@@ -51,7 +51,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// queues of 4,096 so that member events of a 1,000-member channel fit
 /// before the first drain.
 pub fn router() -> Router {
-    let config = RouterConfig { rate_per_s: 0, outbound_queue: 4096, ..RouterConfig::default() };
+    let config = RouterConfig { rate_per_s: 0, bytes_per_s: 0, outbound_queue: 4096, ..RouterConfig::default() };
     Router::new(config, Arc::new(MemoryStorage::new(MemoryStorage::DEFAULT_MAX_PER_CHANNEL)))
 }
 
