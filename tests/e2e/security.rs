@@ -636,3 +636,30 @@ async fn binary_frames_and_pings_count_against_the_rate_limit() {
     }
     assert_eq!(pongs, [b"p1".to_vec(), b"p2".to_vec(), b"last".to_vec()], "the over-rate ping got no pong");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_connections_with_month_long_tokens_leave_no_task_behind() {
+    let server = TestServer::start_with(jwt_config(JwtAlgorithm::HS256)).await;
+    let tasks = tokio::runtime::Handle::current().metrics();
+    let month = now_s() + 30 * 24 * 3600;
+    // One connection first, so that the server's own tasks (started as it
+    // begins serving) are all running before counting.
+    let token = hs256(&json!({"sub": "warm-up", "exp": month}));
+    let mut client = try_connect(&server.url(), Some(&token), None).await.unwrap();
+    client.ws.close(None).await.unwrap();
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = tasks.num_alive_tasks();
+    for n in 0..200 {
+        let token = hs256(&json!({"sub": format!("client-{n}"), "exp": month}));
+        let mut client = try_connect(&server.url(), Some(&token), None).await.unwrap();
+        assert_eq!(client.ok("ping", json!({})).await["pong"], true);
+        client.ws.close(None).await.unwrap();
+    }
+    // Connection tasks end as their sockets close; bounded wait for the last.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while tasks.num_alive_tasks() > idle && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(tasks.num_alive_tasks(), idle, "every task a connection started ended with it");
+}
