@@ -11,10 +11,11 @@
 #   bash benches/run.sh --nice N        # scheduling priority of server and generator [-10 where allowed, else 0]
 #
 # The server runs pinned to core 0 (taskset -c 0) and the generator to core 1,
-# on 127.0.0.1 only. Benchmark configuration: the per-client rate limit is
-# lifted (ARQON_LIMITS__RATE_PER_S=0); every other limit keeps its default
-# (history 1,000 per channel, a 64 MiB backlog per client with a 10 s write
-# timeout and a 1 GiB budget for all backlogs, slow-consumer close,
+# on 127.0.0.1 only. Benchmark configuration: the per-client rate limits are
+# lifted (ARQON_LIMITS__RATE_PER_S=0, ARQON_LIMITS__BYTES_PER_S=0); every
+# other limit keeps its default (history 1,000 per channel, a 64 MiB backlog
+# per client with a 10 s write timeout and a 1 GiB budget for all backlogs,
+# slow-consumer close,
 # frame size, heartbeat). Each generator run is bounded by --timeout, and the
 # script by `timeout` around each run.
 #
@@ -99,7 +100,7 @@ start_server() {
     local stdout=$out/server.stdout stderr=$out/server.stderr
     : >"$stdout"
     ARQON_SERVER__HOST=127.0.0.1 ARQON_SERVER__PORT=0 ARQON_MONITORING__PORT=0 \
-        ARQON_LIMITS__RATE_PER_S=0 ARQON_LOG=warn \
+        ARQON_LIMITS__RATE_PER_S=0 ARQON_LIMITS__BYTES_PER_S=0 ARQON_LOG=warn \
         "${server_pin[@]}" "$server_bin" >"$stdout" 2>>"$stderr" &
     server_pid=$!
     for _ in $(seq 1 200); do
@@ -229,7 +230,7 @@ fi
     echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "- machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
     echo "- server: ${server_pin[*]} $server_bin, generator: ${gen_pin[*]} $gen_bin, runs per configuration: $runs"
-    echo "- configuration: ARQON_LIMITS__RATE_PER_S=0 (per-client rate limit lifted); every other limit at its default"
+    echo "- configuration: ARQON_LIMITS__RATE_PER_S=0 ARQON_LIMITS__BYTES_PER_S=0 (per-client rate limits lifted); every other limit at its default"
     echo "- RLIMIT_NOFILE: $nofile"
     echo
     "$gen_bin" summarize "$results"

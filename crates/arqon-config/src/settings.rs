@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
 use crate::cluster::ClusterConfig;
-use crate::security::{AuthConfig, AuthMode, JwtAlgorithm, RoleRates, TlsSettings};
+use crate::security::{AuthConfig, AuthMode, JwtAlgorithm, MIN_HS256_SECRET_BYTES, RoleRates, TlsSettings};
 
 /// Smallest accepted `limits.max_message_bytes`: room for an envelope with a
 /// short payload, so a typo such as `1` cannot make every frame too large.
@@ -187,9 +187,21 @@ pub struct LimitsConfig {
     /// over its life; past it creating fails with `FORBIDDEN`. 0: no limit.
     /// Default: `1000`.
     pub max_channels_created_per_client: usize,
-    /// Consecutive rate-limited frames after which a client is closed with
-    /// 1008 (repeated abuse); 0: never. Default: `100`.
+    /// Payload bytes per second each client may send, over all its frames
+    /// (text, binary, pings); `0` means unlimited. Default: `1048576` (1 MiB).
+    pub bytes_per_s: u64,
+    /// Bytes a client may send at once above `bytes_per_s`; a single frame
+    /// larger than this passes when the client's byte budget is full. At
+    /// least 1 while `bytes_per_s` is above 0. Default: `4194304` (4 MiB).
+    pub bytes_burst: u64,
+    /// Refusals (frames over the frame or byte rate) after which a client is
+    /// closed with 1008 (repeated abuse); 0: never. A sliding count: it
+    /// drains at `abuse_limit` per `abuse_window_s`, so `abuse_limit`
+    /// refusals in quick succession, or refusals arriving steadily faster
+    /// than that, close the client. Default: `100`.
     pub abuse_limit: u32,
+    /// The window of `abuse_limit`, in seconds. At least 1. Default: `10`.
+    pub abuse_window_s: u64,
     /// Per-role rate overrides, e.g. `[limits.roles.guest]` with `rate_per_s`
     /// and `burst`; a role not listed uses `rate_per_s` and `burst`.
     /// Default: none.
@@ -217,7 +229,10 @@ impl Default for LimitsConfig {
             max_channels: 10_000,
             max_channels_per_room: 1000,
             max_channels_created_per_client: 1000,
+            bytes_per_s: 1 << 20,
+            bytes_burst: 4 << 20,
             abuse_limit: 100,
+            abuse_window_s: 10,
             roles: RoleRates::new(),
         }
     }
@@ -371,6 +386,13 @@ impl Config {
             "must be at least 1 while limits.rate_per_s is above 0",
         )?;
         rule(
+            limits.bytes_per_s == 0 || limits.bytes_burst >= 1,
+            "limits.bytes_burst",
+            limits.bytes_burst,
+            "must be at least 1 while limits.bytes_per_s is above 0",
+        )?;
+        rule(limits.abuse_window_s >= 1, "limits.abuse_window_s", limits.abuse_window_s, "must be at least 1")?;
+        rule(
             limits.max_backlog_bytes >= MIN_BACKLOG_BYTES.max(limits.max_message_bytes),
             "limits.max_backlog_bytes",
             limits.max_backlog_bytes,
@@ -424,7 +446,14 @@ impl Config {
         if auth.mode == AuthMode::Jwt {
             match auth.jwt.algorithm {
                 JwtAlgorithm::HS256 => {
-                    rule(!auth.jwt.secret.is_empty(), "auth.jwt.secret", "\"\"", "HS256 needs a secret")?
+                    rule(!auth.jwt.secret.is_empty(), "auth.jwt.secret", "\"\"", "HS256 needs a secret")?;
+                    // The value itself is a secret: only its length is shown.
+                    rule(
+                        auth.jwt.secret.len() >= MIN_HS256_SECRET_BYTES,
+                        "auth.jwt.secret",
+                        format!("of {} bytes", auth.jwt.secret.len()),
+                        "an HS256 secret must be at least 32 bytes (generate one with `openssl rand -base64 32`)",
+                    )?
                 }
                 JwtAlgorithm::RS256 => rule(
                     !auth.jwt.public_key_file.is_empty(),

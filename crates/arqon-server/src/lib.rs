@@ -282,7 +282,10 @@ fn router_config(config: &Config) -> RouterConfig {
             .iter()
             .map(|(role, rate)| (*role, RateLimit { rate_per_s: rate.rate_per_s, burst: rate.burst }))
             .collect(),
+        bytes_per_s: config.limits.bytes_per_s,
+        bytes_burst: config.limits.bytes_burst,
         abuse_limit: config.limits.abuse_limit,
+        abuse_window: Duration::from_secs(config.limits.abuse_window_s),
         expiry_grace: Duration::from_millis(config.auth.expiry_grace_ms),
         max_channels: config.limits.max_channels,
         max_channels_per_room: config.limits.max_channels_per_room,
