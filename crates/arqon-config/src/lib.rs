@@ -34,5 +34,6 @@ pub use cluster::ClusterConfig;
 pub use error::ConfigError;
 pub use security::{AuthConfig, AuthMode, JwtAlgorithm, JwtConfig, RoleRate, RoleRates, StaticToken, TlsSettings};
 pub use settings::{
-    ChannelsConfig, Config, LimitsConfig, MonitoringConfig, RedisConfig, ServerConfig, StorageBackend, StorageConfig,
+    ChannelsConfig, Config, JournalConfig, JournalFsync, LimitsConfig, MonitoringConfig, RedisConfig, ServerConfig,
+    StorageBackend, StorageConfig,
 };

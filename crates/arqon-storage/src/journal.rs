@@ -370,13 +370,18 @@ impl Journal {
         Ok(true)
     }
 
-    /// Closes the file (releasing its lock); later writes fail.
+    /// Closes the file (releasing its lock; an empty file is removed
+    /// first); later writes fail.
     pub(crate) fn close(&self) {
         if let Some(task) = self.syncer.lock().take() {
             task.abort();
         }
         if let Some(file) = self.file.lock().take() {
-            let _ = file.sync_data();
+            if self.end.load(Ordering::SeqCst) == 0 {
+                let _ = std::fs::remove_file(&self.path);
+            } else {
+                let _ = file.sync_data();
+            }
             let _ = file.unlock();
         }
     }
@@ -397,6 +402,9 @@ fn claim(options: &JournalOptions) -> Result<(PathBuf, File), StorageError> {
         let file =
             OpenOptions::new().read(true).append(true).create(true).open(&path).map_err(|e| io_error(&path, &e))?;
         match file.try_lock() {
+            // The bus that held it may have removed it (empty) before
+            // unlocking: then this lock is on a file no one will read.
+            Ok(()) if !same_file(&path, &file) => continue,
             Ok(()) => return Ok((path, file)),
             Err(std::fs::TryLockError::WouldBlock) => continue,
             Err(std::fs::TryLockError::Error(e)) => return Err(io_error(&path, &e)),
@@ -407,6 +415,21 @@ fn claim(options: &JournalOptions) -> Result<(PathBuf, File), StorageError> {
         options.name,
         options.dir.display()
     )))
+}
+
+/// Whether `path` still names the open `file`.
+#[cfg(unix)]
+fn same_file(path: &Path, file: &File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(path), file.metadata()) {
+        (Ok(named), Ok(open)) => (named.dev(), named.ino()) == (open.dev(), open.ino()),
+        _ => false,
+    }
+}
+
+#[cfg(not(unix))]
+fn same_file(_path: &Path, _file: &File) -> bool {
+    true
 }
 
 /// The interval syncer: syncs whatever was written since the last sync.

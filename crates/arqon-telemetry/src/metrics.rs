@@ -46,6 +46,8 @@ pub struct BusMetrics {
     slow_consumers: Counter,
     queue_depth: Gauge,
     storage_healthy: Gauge,
+    storage_journal_bytes: Gauge,
+    storage_cache_bytes: Gauge,
     storage_ok: [Counter; STORAGE_OPS.len()],
     storage_failed: [Counter; STORAGE_OPS.len()],
     /// Registered on the first report, so a single node shows no cluster series.
@@ -119,6 +121,14 @@ impl BusMetrics {
             metrics::describe_counter!("arqon_errors_total", "Error frames sent, by code.");
             metrics::describe_gauge!("arqon_outbound_queue_depth", "Frames queued towards all clients.");
             metrics::describe_gauge!("arqon_storage_healthy", "1 while the storage backend is healthy.");
+            metrics::describe_gauge!(
+                "arqon_storage_journal_bytes",
+                "Bytes of messages journaled during a storage outage."
+            );
+            metrics::describe_gauge!(
+                "arqon_storage_cache_bytes",
+                "Bytes of messages cached to answer reads during an outage."
+            );
             BusMetrics {
                 connections: metrics::gauge!("arqon_connections"),
                 opened: metrics::counter!("arqon_connections_opened_total"),
@@ -132,6 +142,8 @@ impl BusMetrics {
                 slow_consumers: metrics::counter!("arqon_slow_consumer_disconnects_total"),
                 queue_depth: metrics::gauge!("arqon_outbound_queue_depth"),
                 storage_healthy: metrics::gauge!("arqon_storage_healthy"),
+                storage_journal_bytes: metrics::gauge!("arqon_storage_journal_bytes"),
+                storage_cache_bytes: metrics::gauge!("arqon_storage_cache_bytes"),
                 storage_ok: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_operations_total", "op" => op)),
                 storage_failed: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_failures_total", "op" => op)),
                 cluster: std::sync::OnceLock::new(),
@@ -256,6 +268,13 @@ impl BusMetrics {
     /// Sets whether storage is healthy.
     pub fn set_storage_healthy(&self, healthy: bool) {
         self.storage_healthy.set(if healthy { 1.0 } else { 0.0 });
+    }
+
+    /// Sets the bytes the storage wrapper holds in memory: its outage
+    /// journal and its read cache.
+    pub fn set_storage_bytes(&self, journal: u64, cache: u64) {
+        self.storage_journal_bytes.set(journal as f64);
+        self.storage_cache_bytes.set(cache as f64);
     }
 
     /// Sets the cluster series from the broker's running totals (sampled at
