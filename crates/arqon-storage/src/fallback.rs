@@ -449,11 +449,12 @@ impl Shared {
     }
 
     /// After the cache of `mirror` changed from `before` bytes: counts the
-    /// change in the total, then evicts this channel's oldest cached
-    /// messages while it holds more than `cache_per_channel` of them, or
-    /// while the total is over `cache_bytes`. So the total never grows past
-    /// the budget: a change that would is undone by this channel's own
-    /// evictions, down to an empty cache if need be.
+    /// change in the total, evicts this channel's oldest cached messages
+    /// beyond `cache_per_channel`, then, while the total is over
+    /// `cache_bytes`, the oldest cached message of another channel (the
+    /// first of a few, not busy, that has one) or else of this one. So the
+    /// total never grows past the budget, and a channel idle since it filled
+    /// the cache gives way to the ones being written.
     fn settle(&self, mirror: &mut Mirror, before: u64) {
         let after = mirror.cached_bytes;
         if after >= before {
@@ -461,12 +462,36 @@ impl Shared {
         } else {
             self.cache_bytes.fetch_sub(before - after, Ordering::SeqCst);
         }
-        while mirror.cached() > self.options.cache_per_channel
-            || (mirror.cached() > 0 && self.cache_bytes.load(Ordering::SeqCst) > self.options.cache_bytes)
-        {
+        while mirror.cached() > self.options.cache_per_channel {
             let freed = mirror.pop_front();
             self.cache_bytes.fetch_sub(freed, Ordering::SeqCst);
         }
+        while self.cache_bytes.load(Ordering::SeqCst) > self.options.cache_bytes {
+            let freed = match self.evict_elsewhere() {
+                0 if mirror.cached() > 0 => mirror.pop_front(),
+                0 => break,
+                freed => freed,
+            };
+            self.cache_bytes.fetch_sub(freed, Ordering::SeqCst);
+        }
+    }
+
+    /// Evicts the oldest cached message of another channel: the first with
+    /// one among the first few whose lock is free (the caller holds its own
+    /// channel's lock, so that one is never taken here). Returns the bytes
+    /// freed, 0 if none was found.
+    fn evict_elsewhere(&self) -> u64 {
+        /// Channels looked at per eviction, so that an append never walks
+        /// every channel.
+        const LOOK_AT: usize = 8;
+        for entry in self.mirrors.iter().take(LOOK_AT) {
+            if let Ok(mut other) = entry.value().try_lock()
+                && other.cached() > 0
+            {
+                return other.pop_front();
+            }
+        }
+        0
     }
 
     /// Loads the backend's newest messages into the channel's cache and
