@@ -191,6 +191,8 @@ impl FallbackStorage {
         }
         let count = opened.records.len();
         shared.state.store(DOWN, Ordering::SeqCst);
+        // The supervisor may already wait for a degradation: it has one.
+        shared.wake.notify_one();
         for record in opened.records {
             shared.reload(record).await;
         }
@@ -200,7 +202,6 @@ impl FallbackStorage {
                 path = %path.display(),
                 "storage journal from an earlier run kept: the backend is unreachable, it is written back when it answers"
             );
-            shared.wake.notify_one();
             return Ok(storage);
         }
         shared.state.store(RECOVERING, Ordering::SeqCst);
@@ -212,7 +213,8 @@ impl FallbackStorage {
                 path = %path.display(),
                 "storage journal from an earlier run written back"
             ),
-            Ok(_) => shared.wake.notify_one(),
+            // The supervisor goes on from here.
+            Ok(_) => {}
             Err(error) => shared.degrade(&error),
         }
         Ok(storage)
@@ -398,14 +400,18 @@ impl Shared {
     }
 
     /// Reserves room for one journaled message of `bytes`, or counts a
-    /// refusal.
+    /// refusal. The journal file counts too: it also holds what was
+    /// journaled then dropped (a deleted channel's messages) until it is
+    /// emptied, so past twice the byte budget it takes nothing more.
     fn reserve(&self, bytes: u64) -> bool {
         let capacity = self.options.journal_capacity as u64;
         let budget = self.options.journal_bytes;
-        let counted = self
-            .journaled
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < capacity).then_some(n + 1))
-            .is_ok();
+        let disk_full = self.disk.as_ref().is_some_and(|disk| disk.len() >= budget.saturating_mul(2));
+        let counted = !disk_full
+            && self
+                .journaled
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < capacity).then_some(n + 1))
+                .is_ok();
         let fits = counted
             && self
                 .journal_bytes
