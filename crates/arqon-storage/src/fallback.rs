@@ -8,7 +8,8 @@
 //!   [`FallbackOptions::cache_per_channel`] messages).
 //! - **Down**: entered on the first failed operation (or at start-up when
 //!   the backend is unreachable), logged once. Appends go to the *journal*,
-//!   in memory, and are accepted at once; reads are answered from the cache
+//!   in memory (and first to its file, see "On disk"), and are accepted at
+//!   once; reads are answered from the cache
 //!   and the journal when that answer is exact, else they fail with
 //!   [`StorageError::Unavailable`]. A background task pings the backend
 //!   every [`FallbackOptions::retry_interval`].

@@ -229,9 +229,14 @@ pub(crate) struct Journal {
     /// `None` once closed. Writes hold this lock (never across an await).
     file: parking_lot::Mutex<Option<Arc<File>>>,
     /// Bytes in the file.
-    end: AtomicU64,
-    /// File length known to be on disk; the lock makes concurrent appends
-    /// share one sync (the one in progress covers them all).
+    len: AtomicU64,
+    /// Bytes ever written, emptyings included: a position that only grows,
+    /// so that a sync done before the file was emptied never counts for a
+    /// record written after.
+    written: AtomicU64,
+    /// How much of `written` is known to be on disk; the lock makes
+    /// concurrent appends share one sync (the one in progress covers them
+    /// all).
     synced: tokio::sync::Mutex<u64>,
     policy: FsyncPolicy,
     /// A write failed and could not be undone: the file may end in a torn
@@ -277,7 +282,8 @@ impl Journal {
         let journal = Arc::new(Journal {
             path,
             file: parking_lot::Mutex::new(Some(Arc::new(file))),
-            end: AtomicU64::new(parsed.valid as u64),
+            len: AtomicU64::new(parsed.valid as u64),
+            written: AtomicU64::new(parsed.valid as u64),
             synced: tokio::sync::Mutex::new(parsed.valid as u64),
             policy: options.fsync,
             broken: AtomicBool::new(false),
@@ -297,7 +303,7 @@ impl Journal {
 
     /// Bytes in the file.
     pub(crate) fn len(&self) -> u64 {
-        self.end.load(Ordering::SeqCst)
+        self.len.load(Ordering::SeqCst)
     }
 
     /// Appends `record`; returns once it is as durable as the policy
@@ -305,14 +311,14 @@ impl Journal {
     /// otherwise).
     pub(crate) async fn append(&self, record: &Record) -> Result<(), StorageError> {
         let encoded = record.encode()?;
-        let end = self.write(&encoded)?;
+        let written = self.write(&encoded)?;
         if self.policy == FsyncPolicy::Always {
-            self.sync_to(end).await?;
+            self.sync_to(written).await?;
         }
         Ok(())
     }
 
-    /// Writes bytes at the end of the file; returns the new end.
+    /// Writes bytes at the end of the file; returns the new `written`.
     fn write(&self, encoded: &[u8]) -> Result<u64, StorageError> {
         if self.broken.load(Ordering::SeqCst) {
             return Err(StorageError::Unavailable(format!(
@@ -322,7 +328,7 @@ impl Journal {
         }
         let guard = self.file.lock();
         let file = guard.as_ref().ok_or_else(|| closed(&self.path))?;
-        let before = self.end.load(Ordering::SeqCst);
+        let before = self.len.load(Ordering::SeqCst);
         if let Err(error) = (&**file).write_all(encoded) {
             // Undo a partial write, so that the file ends on a whole record.
             if file.set_len(before).is_err() {
@@ -330,18 +336,17 @@ impl Journal {
             }
             return Err(io_error(&self.path, &error));
         }
-        let end = before + encoded.len() as u64;
-        self.end.store(end, Ordering::SeqCst);
-        Ok(end)
+        self.len.store(before + encoded.len() as u64, Ordering::SeqCst);
+        Ok(self.written.fetch_add(encoded.len() as u64, Ordering::SeqCst) + encoded.len() as u64)
     }
 
-    /// Makes sure the first `end` bytes are on disk.
-    pub(crate) async fn sync_to(&self, end: u64) -> Result<(), StorageError> {
+    /// Makes sure everything up to position `written` is on disk.
+    async fn sync_to(&self, written: u64) -> Result<(), StorageError> {
         let mut synced = self.synced.lock().await;
-        if *synced >= end {
+        if *synced >= written {
             return Ok(());
         }
-        let target = self.end.load(Ordering::SeqCst);
+        let target = self.written.load(Ordering::SeqCst);
         let file = self.file.lock().clone().ok_or_else(|| closed(&self.path))?;
         let path = self.path.clone();
         tokio::task::spawn_blocking(move || file.sync_data().map_err(|e| io_error(&path, &e)))
@@ -353,7 +358,7 @@ impl Journal {
 
     /// Syncs everything written so far.
     pub(crate) async fn sync(&self) -> Result<(), StorageError> {
-        self.sync_to(self.len()).await
+        self.sync_to(self.written.load(Ordering::SeqCst)).await
     }
 
     /// Empties the file: everything in it has been written to the backend.
@@ -362,11 +367,11 @@ impl Journal {
     pub(crate) fn truncate_if(&self, still_empty: impl FnOnce() -> bool) -> Result<bool, StorageError> {
         let guard = self.file.lock();
         let Some(file) = guard.as_ref() else { return Ok(false) };
-        if self.end.load(Ordering::SeqCst) == 0 || !still_empty() {
+        if self.len.load(Ordering::SeqCst) == 0 || !still_empty() {
             return Ok(false);
         }
         file.set_len(0).map_err(|e| io_error(&self.path, &e))?;
-        self.end.store(0, Ordering::SeqCst);
+        self.len.store(0, Ordering::SeqCst);
         Ok(true)
     }
 
@@ -377,7 +382,7 @@ impl Journal {
             task.abort();
         }
         if let Some(file) = self.file.lock().take() {
-            if self.end.load(Ordering::SeqCst) == 0 {
+            if self.len.load(Ordering::SeqCst) == 0 {
                 let _ = std::fs::remove_file(&self.path);
             } else {
                 let _ = file.sync_data();
