@@ -274,7 +274,7 @@ impl FallbackStorage {
                     journaled = left,
                     path = %disk.path().display(),
                     synced = synced.is_ok(),
-                    "storage backend still unreachable at shutdown: the journal stays on disk and is written back at the next start"
+                    "storage backend still unreachable at shutdown: the journal stays on disk and is written back at the next start (a message whose append timed out may be in the backend already: it is recognised then, not stored twice)"
                 );
             }
             disk.close();
@@ -292,7 +292,7 @@ impl Drop for FallbackStorage {
             None if journaled > 0 => tracing::error!(
                 journaled,
                 backend = self.shared.primary.health().backend,
-                "storage closed while the backend was unreachable: journaled messages were never written and are lost"
+                "storage closed while the backend was unreachable: up to this many journaled messages are lost (one whose append timed out may have reached the backend after all)"
             ),
             None => {}
         }
