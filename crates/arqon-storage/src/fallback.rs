@@ -503,10 +503,41 @@ impl Shared {
 
     /// Loads the backend's newest messages into the channel's cache and
     /// learns how many it keeps; journaled messages stay behind them.
+    ///
+    /// Reads newest first, in pages that start small and double, and stops
+    /// at `cache_per_channel` messages or once they reach `cache_bytes`: a
+    /// channel of large messages is never read whole into memory just to be
+    /// evicted.
     async fn seed(&self, key: &ChannelKey, mirror: &mut Mirror) -> Result<(), StorageError> {
+        /// The first page; each next one is twice as long.
+        const FIRST_PAGE: usize = 16;
         let capacity = self.options.cache_per_channel;
-        let kept = if capacity == 0 { Vec::new() } else { self.primary.history(key, capacity, None).await? };
-        let count = if kept.len() < capacity { kept.len() as u64 } else { self.primary.stats(key).await?.stored };
+        let mut pages: Vec<Vec<StoredMessage>> = Vec::new();
+        let (mut held, mut bytes, mut page) = (0, 0, FIRST_PAGE);
+        let mut before = None;
+        // Whether the backend has nothing older than what was read.
+        let mut whole = false;
+        while held < capacity && bytes < self.options.cache_bytes {
+            let limit = page.min(capacity - held);
+            let read = match self.primary.history(key, limit, before).await {
+                Ok(read) => read,
+                // The cursor was trimmed meanwhile: what was read is still
+                // the newest; the count below comes from the backend.
+                Err(StorageError::UnknownCursor(_)) => break,
+                Err(error) => return Err(error),
+            };
+            held += read.len();
+            bytes += read.iter().map(cost).sum::<u64>();
+            whole = read.len() < limit;
+            before = read.first().map(|message| message.id);
+            pages.push(read);
+            if whole {
+                break;
+            }
+            page = page.saturating_mul(2);
+        }
+        let kept: Vec<StoredMessage> = pages.into_iter().rev().flatten().collect();
+        let count = if whole { kept.len() as u64 } else { self.primary.stats(key).await?.stored };
         let before = mirror.cached_bytes;
         mirror.reseed(kept, count);
         self.settle(mirror, before);

@@ -23,6 +23,8 @@ struct Switch {
     inner: MemoryStorage,
     down: AtomicBool,
     lose_replies: AtomicBool,
+    /// The largest `limit` a `history` call asked for.
+    largest_read: std::sync::atomic::AtomicUsize,
 }
 
 impl Switch {
@@ -31,6 +33,7 @@ impl Switch {
             inner: MemoryStorage::new(capacity),
             down: AtomicBool::new(false),
             lose_replies: AtomicBool::new(false),
+            largest_read: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -81,6 +84,7 @@ impl Storage for Switch {
         before: Option<MessageId>,
     ) -> Result<Vec<StoredMessage>, StorageError> {
         self.check()?;
+        self.largest_read.fetch_max(limit, Ordering::SeqCst);
         self.inner.history(key, limit, before).await
     }
     async fn since(&self, key: &ChannelKey, after: MessageId) -> Result<Since, StorageError> {
@@ -551,4 +555,31 @@ async fn the_journal_and_the_cache_are_bounded_in_bytes() {
     let health = storage.health();
     assert_eq!(health.journal_bytes, 0);
     assert!(health.cache_bytes <= 4 * cost, "{health:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_is_loaded_in_pages_and_no_further_than_its_byte_budget() {
+    let chan = key("c");
+    let old = fresh_ids(100);
+    let new = fresh_ids(1);
+    let cost = message(&chan, old[0]).frame.len() as u64 + 64;
+    for (cache_bytes, cached) in [(u64::MAX, 60), (20 * cost, 20)] {
+        let primary = Switch::new(1000);
+        for &id in &old {
+            primary.inner.append(&chan, message(&chan, id)).await.unwrap();
+        }
+        let options =
+            FallbackOptions { cache_per_channel: 60, cache_bytes, max_len: 1000, ..FallbackOptions::default() };
+        let storage = wrap(&primary, options);
+        append_all(&storage, &chan, &new).await; // loads the cache, then appends
+        let largest = primary.largest_read.load(Ordering::SeqCst);
+        assert!(largest <= 32, "read in small pages, not {largest} at once");
+        assert_eq!(storage.health().cache_bytes, cached as u64 * cost);
+        primary.set_down(true);
+        let mut newest: Vec<MessageId> = old[old.len() + 1 - cached..].to_vec();
+        newest.extend(&new);
+        assert_eq!(ids(&storage.history(&chan, cached, None).await.unwrap()), newest, "budget {cache_bytes}");
+        assert!(is_unavailable(storage.history(&chan, cached + 1, None).await));
+        assert_eq!(storage.stats(&chan).await.unwrap(), ChannelStats { stored: 101, last_id: Some(new[0]) });
+    }
 }
