@@ -260,8 +260,8 @@ pub struct RedisConfig {
     /// Default: `1000`.
     pub cache_per_channel: usize,
     /// Most bytes those caches hold over all channels (counted as for
-    /// `journal_bytes`); past it the oldest cached messages of the channel
-    /// being written are dropped. Default: `67108864` (64 MiB).
+    /// `journal_bytes`); past it the oldest cached messages are dropped,
+    /// from channels not being written first. Default: `67108864` (64 MiB).
     pub cache_bytes: u64,
 }
 

@@ -94,8 +94,8 @@ pub struct FallbackOptions {
     /// Capped at `max_len`. Default: `1000`.
     pub cache_per_channel: usize,
     /// Most bytes the caches of all channels hold together (counted as for
-    /// `journal_bytes`); past it, the channel being written evicts its
-    /// oldest cached messages. Default: `67108864` (64 MiB).
+    /// `journal_bytes`); past it, oldest cached messages are evicted, from
+    /// channels not being written first. Default: `67108864` (64 MiB).
     pub cache_bytes: u64,
     /// The backend's own bound on messages per channel, so that answers from
     /// memory keep exactly what the backend would. Default: `10000` (the
@@ -159,7 +159,7 @@ impl FallbackStorage {
     /// a Tokio runtime: it spawns the task that watches over the backend,
     /// which stops when this value is dropped.
     pub fn new(primary: Arc<dyn Storage>, options: FallbackOptions) -> Self {
-        Self::build(primary, options, None, 0)
+        Self::start(Self::shared(primary, options, None, 0))
     }
 
     /// Wraps `primary`, with the journal also on disk as `journal` says:
@@ -185,18 +185,22 @@ impl FallbackStorage {
     ) -> Result<Self, StorageError> {
         let opened = Journal::open(journal)?;
         let path = opened.journal.path().to_owned();
-        let storage = Self::build(primary, options, Some(opened.journal), opened.skipped);
-        let shared = &storage.shared;
-        if opened.records.is_empty() {
+        let shared = Self::shared(primary, options, Some(opened.journal), opened.skipped);
+        let count = opened.records.len();
+        if count > 0 {
+            // Before the supervisor starts: it must not find the journal
+            // written back (and empty the file) while records are still
+            // being taken back.
+            shared.state.store(DOWN, Ordering::SeqCst);
+            for record in opened.records {
+                shared.reload(record).await;
+            }
+        }
+        let storage = Self::start(shared);
+        if count == 0 {
             return Ok(storage);
         }
-        let count = opened.records.len();
-        shared.state.store(DOWN, Ordering::SeqCst);
-        // The supervisor may already wait for a degradation: it has one.
-        shared.wake.notify_one();
-        for record in opened.records {
-            shared.reload(record).await;
-        }
+        let shared = &storage.shared;
         if !shared.primary.health().healthy || shared.primary.ping().await.is_err() {
             tracing::warn!(
                 records = count,
@@ -221,12 +225,13 @@ impl FallbackStorage {
         Ok(storage)
     }
 
-    fn build(
+    /// The state, Down if `primary` reports itself unhealthy (logged).
+    fn shared(
         primary: Arc<dyn Storage>,
         mut options: FallbackOptions,
         disk: Option<Arc<Journal>>,
         skipped: u64,
-    ) -> Self {
+    ) -> Arc<Shared> {
         options.cache_per_channel = options.cache_per_channel.min(options.max_len);
         let backend = primary.health().backend;
         let up = primary.health().healthy;
@@ -248,6 +253,11 @@ impl FallbackStorage {
         if !up {
             tracing::warn!(backend, "storage backend unavailable at start-up: journaling appends until it answers");
         }
+        shared
+    }
+
+    /// Starts the task that watches over the backend.
+    fn start(shared: Arc<Shared>) -> Self {
         let supervisor = tokio::spawn(supervise(Arc::clone(&shared)));
         FallbackStorage { shared, supervisor }
     }
