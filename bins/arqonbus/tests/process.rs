@@ -355,3 +355,37 @@ async fn sigterm_writes_the_journal_back_within_the_grace_when_redis_returns() {
     assert_eq!(journal_bytes(&journal), 0);
     assert_eq!(redis.command(&["ZCARD", "arqon:ids:{r:k}"]), ":20");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_journal_tail_is_reported_and_only_whole_records_are_replayed() {
+    if !arqon_e2e::redis::redis_available("a_torn_journal_tail_is_reported_and_only_whole_records_are_replayed") {
+        return;
+    }
+    let mut redis = tokio::task::block_in_place(arqon_e2e::redis::RedisProcess::start);
+    let journal = redis.dir().join("journal");
+    let (bus, url) = start_command(journaled_bus(&redis, &journal)).await;
+    let mut client = TestClient::connect(&url).await;
+    tokio::task::block_in_place(|| redis.kill());
+    let mut acknowledged = Vec::new();
+    for i in 0..10 {
+        acknowledged.push(publish_acknowledged(&mut client, i).await);
+    }
+    signal(&bus, "KILL");
+    // A crash in the middle of the last write: its record is cut short.
+    let file = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "journal"))
+        .unwrap();
+    let length = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(length - 5).unwrap();
+
+    tokio::task::block_in_place(|| redis.restart());
+    let (mut bus, url) = start_command(journaled_bus(&redis, &journal)).await;
+    let mut client = TestClient::connect(&url).await;
+    assert_eq!(history_ids(&mut client).await, acknowledged[..9], "the nine whole records, in order");
+    bus.kill().await.unwrap();
+    let output = bus.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("storage journal ends in a torn or corrupt record"), "{stderr}");
+}

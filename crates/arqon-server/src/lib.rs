@@ -259,7 +259,7 @@ async fn watch_health(
             }
         }
         let health = router.storage_health();
-        telemetry.metrics.set_storage_bytes(health.journal_bytes, health.cache_bytes);
+        telemetry.metrics.set_storage_bytes(health.journal_bytes, health.cache_bytes, health.journal_skipped);
         if health.healthy != healthy {
             healthy = health.healthy;
             telemetry.metrics.set_storage_healthy(healthy);

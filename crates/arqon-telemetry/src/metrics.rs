@@ -48,6 +48,7 @@ pub struct BusMetrics {
     storage_healthy: Gauge,
     storage_journal_bytes: Gauge,
     storage_cache_bytes: Gauge,
+    storage_journal_skipped: Gauge,
     storage_ok: [Counter; STORAGE_OPS.len()],
     storage_failed: [Counter; STORAGE_OPS.len()],
     /// Registered on the first report, so a single node shows no cluster series.
@@ -129,6 +130,10 @@ impl BusMetrics {
                 "arqon_storage_cache_bytes",
                 "Bytes of messages cached to answer reads during an outage."
             );
+            metrics::describe_gauge!(
+                "arqon_storage_journal_skipped_bytes",
+                "Bytes of a torn or corrupt journal file tail skipped at start-up."
+            );
             BusMetrics {
                 connections: metrics::gauge!("arqon_connections"),
                 opened: metrics::counter!("arqon_connections_opened_total"),
@@ -144,6 +149,7 @@ impl BusMetrics {
                 storage_healthy: metrics::gauge!("arqon_storage_healthy"),
                 storage_journal_bytes: metrics::gauge!("arqon_storage_journal_bytes"),
                 storage_cache_bytes: metrics::gauge!("arqon_storage_cache_bytes"),
+                storage_journal_skipped: metrics::gauge!("arqon_storage_journal_skipped_bytes"),
                 storage_ok: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_operations_total", "op" => op)),
                 storage_failed: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_failures_total", "op" => op)),
                 cluster: std::sync::OnceLock::new(),
@@ -270,11 +276,13 @@ impl BusMetrics {
         self.storage_healthy.set(if healthy { 1.0 } else { 0.0 });
     }
 
-    /// Sets the bytes the storage wrapper holds in memory: its outage
-    /// journal and its read cache.
-    pub fn set_storage_bytes(&self, journal: u64, cache: u64) {
+    /// Sets the bytes the storage wrapper holds in memory (its outage
+    /// journal and its read cache) and the bytes of a bad journal file tail
+    /// it skipped at start-up.
+    pub fn set_storage_bytes(&self, journal: u64, cache: u64, skipped: u64) {
         self.storage_journal_bytes.set(journal as f64);
         self.storage_cache_bytes.set(cache as f64);
+        self.storage_journal_skipped.set(skipped as f64);
     }
 
     /// Sets the cluster series from the broker's running totals (sampled at
