@@ -13,9 +13,16 @@
 # The server runs pinned to core 0 (taskset -c 0) and the generator to core 1,
 # on 127.0.0.1 only. Benchmark configuration: the per-client rate limit is
 # lifted (ARQON_LIMITS__RATE_PER_S=0); every other limit keeps its default
-# (history 1,000 per channel, outbound queue 1,024 with slow-consumer close,
+# (history 1,000 per channel, a 64 MiB backlog per client with a 10 s write
+# timeout and a 1 GiB budget for all backlogs, slow-consumer close,
 # frame size, heartbeat). Each generator run is bounded by --timeout, and the
 # script by `timeout` around each run.
+#
+# Subscribers: the publish/subscribe cases run with the generator's lean
+# subscriber, then again with ordinary ones (--subscriber ordinary: reads like
+# an application, a serde_json::Value per message), and `readrate` measures
+# one subscriber of each kind reading on its own (docs/performance.md,
+# "Ordinary clients").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -33,7 +40,7 @@ while [[ $# -gt 0 ]]; do
         --out) out="$2"; shift ;;
         --bin-dir) bin_dir="$2"; shift ;;
         --nice) nice_level="$2"; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -163,14 +170,23 @@ if [[ $mode == smoke ]]; then
     run_case "smoke conns 200" "all open" 20 conns --connections 200 --settle 0.2
     run_case "smoke commands ping" "all answered" 20 commands --command ping --rate 200 --duration 1 --drain 2
     run_case "smoke commands join" "all answered" 20 commands --command join --rate 200 --duration 1 --drain 2
+    run_case "smoke fanout 1->10, ordinary" "no loss" 20 fanout --subscribers 10 --messages 500 --drain 2 \
+        --subscriber ordinary
+    run_case "smoke fanin 5->1, ordinary" "no loss" 20 fanin --publishers 5 --messages 200 --drain 2 \
+        --subscriber ordinary
+    run_case "smoke latency 200/s ->10, ordinary" "no loss" 20 latency --rate 200 --duration 1 --subscribers 10 \
+        --drain 2 --subscriber ordinary
+    run_case "smoke readrate ordinary" "reported" 20 readrate --subscriber ordinary --messages 5000
+    run_case "smoke readrate lean" "reported" 20 readrate --subscriber lean --messages 5000
 else
     run_case "fanout 1->100, 20k msgs" ">= 4 M deliveries/s (NATS 2.7 M)" 120 \
         fanout --subscribers 100 --messages 20000 --payload 256
     run_case "fanout 1->1000, 20k msgs" "reported (NATS: n/a)" 240 \
         fanout --subscribers 1000 --messages 20000 --payload 256
-    # 60,000 messages: enough to overflow the stalled client's socket buffers
-    # and its 1,024-frame queue, so that the bus must close it (1008); the
-    # same run without the stalled client is the baseline it is held to.
+    # 60,000 messages: enough to fill the stalled client's socket buffers, so
+    # that the bus holds a backlog for it (closed by the write timeout, 10 s
+    # after its socket stops, which is after this run); the same run without
+    # the stalled client is the baseline it is held to.
     run_case "fanout 1->100, 60k msgs" "baseline of the stalled run" 120 \
         fanout --subscribers 100 --messages 60000 --payload 256
     run_case "fanout 1->100 + 1 stalled, 60k msgs" "within 10% of 1->100" 120 \
@@ -191,6 +207,20 @@ else
     fi
     run_case "commands ping 1k/s, 5 s" "p99 <= 0.5 ms" 60 commands --command ping --rate 1000 --duration 5
     run_case "commands join+leave 1k/s, 5 s" "p99 <= 0.5 ms" 60 commands --command join --rate 1000 --duration 5
+    # Ordinary subscribers (a serde_json::Value per message). Windowed runs
+    # measure the rate the whole path sustains with them; open-loop runs
+    # (--window 0) measure what the bus does when they fall behind: every
+    # message must still arrive, with no slow-consumer close.
+    run_case "fanout 1->100, 20k msgs, ordinary" "reported" 120 \
+        fanout --subscribers 100 --messages 20000 --payload 256 --subscriber ordinary
+    run_case "fanout 1->100, 20k msgs, ordinary, open loop" "no loss, no close" 120 \
+        fanout --subscribers 100 --messages 20000 --payload 256 --subscriber ordinary --window 0
+    run_case "fanin 100->1, 200 each (one burst), ordinary, open loop" "no loss, no close" 120 \
+        fanin --publishers 100 --messages 200 --payload 256 --subscriber ordinary --window 0
+    run_case "latency 1k/s ->100, 5 s, ordinary" "reported" 60 \
+        latency --rate 1000 --duration 5 --subscribers 100 --payload 256 --subscriber ordinary
+    run_case "readrate ordinary, 100k msgs" "reported" 60 readrate --subscriber ordinary --messages 100000 --payload 256
+    run_case "readrate lean, 100k msgs" "reported" 60 readrate --subscriber lean --messages 100000 --payload 256
 fi
 
 {

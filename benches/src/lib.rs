@@ -47,11 +47,10 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A router as the load benchmark configures the server: the per-client
-/// rate limit lifted, history on (1,000 per channel, in memory), outbound
-/// queues of 4,096 so that member events of a 1,000-member channel fit
-/// before the first drain.
+/// rate limit lifted, history on (1,000 per channel, in memory), the default
+/// backlog limits (64 MiB per client, 1 GiB in all).
 pub fn router() -> Router {
-    let config = RouterConfig { rate_per_s: 0, outbound_queue: 4096, ..RouterConfig::default() };
+    let config = RouterConfig { rate_per_s: 0, ..RouterConfig::default() };
     Router::new(config, Arc::new(MemoryStorage::new(MemoryStorage::DEFAULT_MAX_PER_CHANNEL)))
 }
 

@@ -68,8 +68,12 @@ async fn metrics_count_a_known_sequence_exactly() {
     assert_eq!(sample(&text, r#"arqon_storage_operations_total{op="append"}"#), Some(3.0));
     assert_eq!(sample(&text, "arqon_storage_healthy"), Some(1.0));
     assert_eq!(sample(&text, "arqon_rate_limited_total"), Some(0.0));
-    assert_eq!(sample(&text, "arqon_slow_consumer_disconnects_total"), Some(0.0));
-    assert!(sample(&text, "arqon_outbound_queue_depth").is_some());
+    for cause in arqon_telemetry::SLOW_CAUSES {
+        let series = format!(r#"arqon_slow_consumer_disconnects_total{{cause="{cause}"}}"#);
+        assert_eq!(sample(&text, &series), Some(0.0), "{series}");
+    }
+    assert!(sample(&text, "arqon_backlog_bytes").is_some());
+    assert_eq!(sample(&text, "arqon_backlog_budget_bytes"), Some((1u64 << 30) as f64));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -277,4 +281,34 @@ async fn with_monitoring_off_there_is_no_listener_and_the_bus_serves() {
     a.publish_ff("quiet", "c", json!("still delivered")).await;
     assert_eq!(b.recv_message().await["payload"], "still delivered");
     assert_eq!(a.ok("status", json!({})).await["storage"]["healthy"], true);
+}
+
+/// Issue 15's finding at small scale: one client's acknowledged large
+/// publishes to many auto-created channels leave no more history than the
+/// budget (as `/metrics` reports it), and its channels stop at its cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_publishes_stay_within_the_budgets_shown_in_metrics() {
+    let mut config = test_config();
+    config.limits.max_message_bytes = 64 << 10;
+    config.limits.history_bytes_per_channel = 128 << 10;
+    config.limits.history_bytes_total = 512 << 10;
+    config.limits.max_channels_created_per_client = 40;
+    let server = TestServer::start_with(config).await;
+    let mon = server.monitoring.unwrap();
+    let mut a = server.client().await;
+    let payload = "x".repeat(60_000);
+    for i in 0..40 {
+        a.ok("publish", json!({"room": "flood", "channel": format!("c{i}"), "payload": payload})).await;
+    }
+    let text = scrape(mon).await;
+    let held = sample(&text, "arqon_history_bytes").unwrap();
+    assert!((0.0..=524_288.0).contains(&held) && held >= 400_000.0, "{held} bytes held\n{text}");
+    assert_eq!(sample(&text, "arqon_history_bytes_limit"), Some(524_288.0));
+    assert_eq!(sample(&text, "arqon_channels"), Some(40.0));
+    assert_eq!(sample(&text, r#"arqon_channels_limit{scope="node"}"#), Some(10_000.0));
+    assert_eq!(sample(&text, r#"arqon_channels_limit{scope="room"}"#), Some(1000.0));
+    assert_eq!(sample(&text, r#"arqon_channels_limit{scope="connection"}"#), Some(40.0));
+    let refused = a.command("publish", json!({"room": "flood", "channel": "c40", "payload": 1})).await;
+    assert_eq!(refused["error"]["code"], "FORBIDDEN", "{refused}");
+    assert_eq!(sample(&scrape(mon).await, "arqon_channels"), Some(40.0));
 }

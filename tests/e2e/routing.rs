@@ -154,3 +154,31 @@ async fn guests_cannot_send_messages() {
     // Guests may not auto-create by joining either.
     assert_eq!(guest.err("join_channel", json!({"room": "r", "channel": "c"})).await, "NOT_FOUND");
 }
+
+/// The server runs the idle reclaim beside the bus and stops it with the
+/// bus: an auto-created channel left empty disappears, one made with
+/// `create_channel` stays, and shutdown still completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reclaims_idle_auto_created_channels_until_shutdown() {
+    let mut config = test_config();
+    config.channels.idle_reclaim_s = 1;
+    let server = TestServer::start_with(config).await;
+    let mut a = server.client().await;
+    a.join("r", "passing").await;
+    a.ok("leave_channel", json!({"room": "r", "channel": "passing"})).await;
+    a.ok("create_channel", json!({"room": "r", "channel": "kept"})).await;
+    let deadline = tokio::time::Instant::now() + arqon_e2e::TIMEOUT;
+    loop {
+        let listed = a.ok("list_channels", json!({"room": "r"})).await;
+        let names: Vec<&str> =
+            listed["channels"].as_array().unwrap().iter().map(|c| c["channel"].as_str().unwrap()).collect();
+        if names == ["kept"] {
+            break;
+        }
+        assert_eq!(names, ["kept", "passing"], "{listed}");
+        assert!(tokio::time::Instant::now() < deadline, "r/passing was never reclaimed");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    drop(a);
+    server.shutdown().await;
+}

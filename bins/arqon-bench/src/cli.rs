@@ -24,6 +24,9 @@ Scenarios (defaults in brackets):
             reports the server's RSS per connection [--connections 5000]
   commands  ping, or join_channel + leave_channel, round trips at a fixed rate
             [--command ping --rate 1000 --duration 5]
+  readrate  no bus: how fast one subscriber of --subscriber's kind reads M
+            deliveries from memory, then from a local socket that a writer
+            of pre-encoded frames keeps full [--messages 100000]
 
 Common options:
   --url URL            bus endpoint, an IP literal [ws://127.0.0.1:9100/ws]
@@ -42,13 +45,17 @@ Common options:
 
 fanout, fanin, latency:
   --subscribers N --publishers P --messages M (per publisher)
+  --subscriber KIND    lean: the generator's own reader, millions of frames/s;
+                       ordinary: reads like a typical application (tokio-
+                       tungstenite, next() per message, each parsed into a
+                       serde_json::Value) [lean]; also for readrate
   --payload BYTES      payload size [256]
   --rate R             messages/s per publisher (fanout/fanin: unlimited)
   --duration SECS      latency: messages = rate x duration
   --window W           at most W messages in flight between the publishers and
-                       the slowest subscriber, below the bus's outbound queue
-                       (1,024) so max rate does not trip slow-consumer closes;
-                       0 = open loop [512]
+                       the slowest subscriber, so that the measured rate is
+                       the rate the whole path sustains rather than how much
+                       the bus buffers (64 MiB per client); 0 = open loop [512]
   --stalled K          K extra subscribers join and never read
   --drain SECS         after publishing, give up after SECS without progress [3]
 
@@ -78,6 +85,8 @@ pub(crate) enum Scenario {
     Conns,
     /// Command round trips.
     Commands,
+    /// One subscriber's own read rate, without a bus.
+    Readrate,
 }
 
 impl Scenario {
@@ -89,13 +98,34 @@ impl Scenario {
             Scenario::Latency => "latency",
             Scenario::Conns => "conns",
             Scenario::Commands => "commands",
+            Scenario::Readrate => "readrate",
         }
     }
 
     fn parse(text: &str) -> Option<Self> {
-        [Scenario::Fanout, Scenario::Fanin, Scenario::Latency, Scenario::Conns, Scenario::Commands]
+        [Scenario::Fanout, Scenario::Fanin, Scenario::Latency, Scenario::Conns, Scenario::Commands, Scenario::Readrate]
             .into_iter()
             .find(|s| s.name() == text)
+    }
+}
+
+/// How subscribers read their deliveries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SubscriberKind {
+    /// The lean client ([`crate::lean`]): frames parsed in place, stamps read
+    /// from the end of the frame.
+    Lean,
+    /// A typical application's client ([`crate::ordinary`]).
+    Ordinary,
+}
+
+impl SubscriberKind {
+    /// The name used on the command line and in results.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            SubscriberKind::Lean => "lean",
+            SubscriberKind::Ordinary => "ordinary",
+        }
     }
 }
 
@@ -142,6 +172,7 @@ pub(crate) struct Options {
     pub(crate) room: String,
     pub(crate) channel: String,
     pub(crate) subscribers: usize,
+    pub(crate) subscriber: SubscriberKind,
     pub(crate) publishers: usize,
     pub(crate) messages: u64,
     pub(crate) payload: usize,
@@ -172,7 +203,7 @@ fn seconds(flag: &str, value: &str) -> Result<Duration, BenchError> {
 
 /// `ws://IP:PORT/PATH` to the socket address (host names are not resolved:
 /// the generator only ever talks to this machine).
-fn parse_url(url: &str) -> Result<SocketAddr, BenchError> {
+pub(crate) fn parse_url(url: &str) -> Result<SocketAddr, BenchError> {
     let rest = url.strip_prefix("ws://").ok_or_else(|| usage(format!("--url {url:?}: expected ws://IP:PORT/PATH")))?;
     let authority = rest.split('/').next().unwrap_or(rest);
     authority.parse().map_err(|_| usage(format!("--url {url:?}: expected an IP literal and a port")))
@@ -228,8 +259,10 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
             Scenario::Fanin => 50,
             _ => 1,
         },
+        subscriber: SubscriberKind::Lean,
         messages: match scenario {
             Scenario::Fanin => 2000,
+            Scenario::Readrate => 100_000,
             _ => 20_000,
         },
         payload: 256,
@@ -283,6 +316,13 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
             "--room" => o.room = value.clone(),
             "--channel" => o.channel = value.clone(),
             "--subscribers" => o.subscribers = number(&flag, v)?,
+            "--subscriber" => {
+                o.subscriber = match v {
+                    "lean" => SubscriberKind::Lean,
+                    "ordinary" => SubscriberKind::Ordinary,
+                    other => return Err(usage(format!("--subscriber: {other:?} is not lean or ordinary"))),
+                }
+            }
             "--publishers" => o.publishers = number(&flag, v)?,
             "--messages" => {
                 o.messages = number(&flag, v)?;
@@ -318,7 +358,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
     if let (Some(rate), Some(duration), false) = (o.rate, o.duration, messages_given) {
         o.messages = (rate * duration).round().max(1.0) as u64;
     }
-    if matches!(o.scenario, Scenario::Fanout | Scenario::Fanin | Scenario::Latency)
+    if matches!(o.scenario, Scenario::Fanout | Scenario::Fanin | Scenario::Latency | Scenario::Readrate)
         && (o.subscribers == 0 || o.publishers == 0 || o.messages == 0)
     {
         return Err(usage("--subscribers, --publishers and --messages must be at least 1"));
@@ -334,12 +374,22 @@ impl Options {
     pub(crate) fn total_connections(&self) -> usize {
         match self.scenario {
             Scenario::Conns => self.connections,
-            Scenario::Commands => 1,
+            Scenario::Commands | Scenario::Readrate => 1,
             _ => self.subscribers + self.stalled + self.publishers,
         }
     }
 
     fn default_label(&self) -> String {
+        let label = self.scenario_label();
+        match (self.scenario, self.subscriber) {
+            (Scenario::Fanout | Scenario::Fanin | Scenario::Latency, SubscriberKind::Ordinary) => {
+                format!("{label}, ordinary subscribers")
+            }
+            _ => label,
+        }
+    }
+
+    fn scenario_label(&self) -> String {
         match self.scenario {
             Scenario::Fanout | Scenario::Fanin => {
                 format!("{} {}->{} x{}", self.scenario.name(), self.publishers, self.subscribers, self.messages)
@@ -359,6 +409,7 @@ impl Options {
                 },
                 self.rate.unwrap_or(0.0)
             ),
+            Scenario::Readrate => format!("readrate {} x{}", self.subscriber.name(), self.messages),
         }
     }
 }
@@ -385,6 +436,13 @@ mod tests {
         assert_eq!(o.command, CommandKind::Join);
         assert_eq!(o.addr.port(), 4000);
         assert_eq!(o.messages, 5000);
+        assert_eq!(run(&["fanout"]).subscriber, SubscriberKind::Lean);
+        let o = run(&["fanin", "--subscriber", "ordinary"]);
+        assert_eq!(o.subscriber, SubscriberKind::Ordinary);
+        assert_eq!(o.label, "fanin 50->1 x2000, ordinary subscribers");
+        let o = run(&["readrate", "--subscriber=ordinary"]);
+        assert_eq!((o.scenario, o.messages, o.payload), (Scenario::Readrate, 100_000, 256));
+        assert_eq!(o.label, "readrate ordinary x100000");
     }
 
     #[test]
@@ -406,6 +464,8 @@ mod tests {
             &["fanout", "--url", "http://localhost/"],
             &["conns", "--connections", "100000", "--per-ip", "10"],
             &["fanout", "--room", "bad room"],
+            &["fanout", "--subscriber", "fast"],
+            &["readrate", "--messages", "0"],
             &[],
         ] {
             assert!(parse(args.iter().map(|s| (*s).to_owned())).is_err(), "{args:?}");

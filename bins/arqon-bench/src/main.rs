@@ -2,7 +2,9 @@
 //!
 //! Speaks protocol v1 over WebSocket to a running bus and measures what the
 //! issue's targets name: fan-out and fan-in throughput, latency at a fixed
-//! rate, the server's memory per idle connection and command round trips.
+//! rate, the server's memory per idle connection and command round trips;
+//! with subscribers that read like the generator's lean client or like an
+//! ordinary application, whose own read rate `readrate` measures.
 //! Every run is bounded by a count and by `--timeout`, prints a human table
 //! and one JSON line, and never hides a lost or errored delivery: the exit
 //! status is 1 if there was any (unless `--allow-loss`).
@@ -17,6 +19,8 @@
 //!   `welcome` event, joining.
 //! - `frame`: stamped payloads and the cheap reading of deliveries.
 //! - `lean`: the lean WebSocket client of publishers and subscribers.
+//! - `ordinary`: the ordinary subscriber (tokio-tungstenite, a
+//!   `serde_json::Value` per message) and `readrate`.
 //! - `pubsub`: `fanout`, `fanin`, `latency`; `conns`; `commands`.
 //! - `histogram`, `report`, `summarize`, `procfs`: measuring and reporting.
 
@@ -31,6 +35,7 @@ mod conns;
 mod frame;
 mod histogram;
 mod lean;
+mod ordinary;
 mod procfs;
 mod pubsub;
 mod report;
@@ -83,6 +88,7 @@ fn run(options: &Options) -> Result<report::Report, BenchError> {
             Scenario::Fanout | Scenario::Fanin | Scenario::Latency => pubsub::run(options, clock).await,
             Scenario::Conns => conns::run(options).await,
             Scenario::Commands => commands::run(options, clock).await,
+            Scenario::Readrate => ordinary::run(options).await,
         }
     });
     // Tens of thousands of idle tasks may still be winding down: do not wait.

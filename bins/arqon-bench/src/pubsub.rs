@@ -8,11 +8,17 @@
 //! are its own (no lock on the delivery path) and are merged at the end.
 //!
 //! Flow control: at "max rate" a publisher could run arbitrarily far ahead of
-//! the subscribers, and the bus closes any client whose 1,024-frame outbound
-//! queue overflows (slow consumer, close 1008). The [`Flow`] window keeps the
-//! publishers at most `--window` messages ahead of the slowest live
-//! subscriber, so the measured rate is the rate the whole path sustains,
-//! without loss. `--window 0` turns it off (open loop).
+//! the subscribers; the bus absorbs that in each client's backlog (64 MiB by
+//! default) and closes a client only past it, or when its socket takes
+//! nothing for the write timeout (close 1008, protocol section 8.1). The
+//! [`Flow`] window keeps the publishers at most `--window` messages ahead of
+//! the slowest live subscriber, so the measured rate is the rate the whole
+//! path sustains, not the rate at which the bus buffers. `--window 0` turns
+//! it off (open loop).
+//!
+//! Subscribers are lean (the default) or, with `--subscriber ordinary`, read
+//! like an application ([`crate::ordinary`]); both kinds check and time
+//! every delivery the same way and report a close by the bus.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -26,11 +32,12 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::Clock;
-use crate::cli::{Options, Scenario};
+use crate::cli::{Options, Scenario, SubscriberKind};
 use crate::client::{BUSY_READ_BUFFER, Endpoint, SetupError, open, open_lean};
 use crate::frame::{Incoming, MessageWriter, Stamp, classify, stamp_fast};
 use crate::histogram::Histogram;
 use crate::lean::{Event, LeanReader, LeanWs};
+use crate::ordinary;
 use crate::procfs::CpuMeter;
 use crate::report::{Latency, Report};
 
@@ -140,6 +147,8 @@ struct SubResult {
     errors: BTreeMap<String, u64>,
     events: BTreeMap<String, u64>,
     last_ns: u64,
+    /// The close code, if the bus closed this subscriber.
+    closed: Option<u16>,
 }
 
 impl SubResult {
@@ -150,6 +159,38 @@ impl SubResult {
 
     fn error(&mut self, code: impl Into<String>) {
         *self.errors.entry(code.into()).or_default() += 1;
+    }
+
+    /// The bus closed the connection with `code`.
+    fn close(&mut self, code: u16) {
+        self.closed = Some(code);
+        self.error(format!("CLOSE_{code}"));
+    }
+
+    /// Counts the subscriber as done once it has every expected message.
+    fn note_complete(&self, run: &Run, complete: &mut bool) {
+        if !*complete && self.unique == run.publishers as u64 * run.messages {
+            // Keep the connection (and keep reading) until the run stops:
+            // leaving now would send member events to the others while they
+            // are still being measured.
+            *complete = true;
+            run.finished.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    /// Adds this subscriber's counts, errors, close and events to `report`
+    /// (latency and timing are merged by the caller).
+    fn count_into(&self, report: &mut Report) {
+        report.delivered += self.unique;
+        report.duplicates += self.duplicates;
+        report.out_of_order += self.out_of_order;
+        report.errors_from(&self.errors);
+        if let Some(code) = self.closed {
+            *report.closed.entry(code.to_string()).or_default() += 1;
+        }
+        for (name, n) in &self.events {
+            *report.events.entry(name.clone()).or_default() += n;
+        }
     }
 
     /// Records a delivery; false if it was not a new one.
@@ -256,7 +297,6 @@ async fn subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::
             return result;
         }
     };
-    let expected = run.publishers as u64 * run.messages;
     let mut complete = false;
     // One stop future for the whole loop, polled only when no frame is
     // ready: creating and polling one per frame costs more than the frame.
@@ -290,16 +330,10 @@ async fn subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::
                 };
                 result.on_message(stamp, now, run.messages);
                 run.flow.on_received(index);
-                if !complete && result.unique == expected {
-                    // Keep the connection (and keep reading) until the run
-                    // stops: leaving now would send member events to the
-                    // others while they are still being measured.
-                    complete = true;
-                    run.finished.fetch_add(1, Ordering::SeqCst);
-                }
+                result.note_complete(&run, &mut complete);
             }
             Ok(Event::Close(code)) => {
-                result.error(format!("CLOSE_{code}"));
+                result.close(code);
                 break;
             }
             Ok(Event::Eof) => {
@@ -311,6 +345,71 @@ async fn subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::
             Err(e) => {
                 eprintln!("subscriber {index}: read failed: {e}");
                 result.error("READ_FAILED");
+                break;
+            }
+        }
+    }
+    if !complete {
+        run.flow.gone(index);
+    }
+    result
+}
+
+/// A subscriber that reads like an application: tokio-tungstenite with its
+/// default configuration, one `next()` per message, each message parsed into
+/// a `serde_json::Value` (see [`crate::ordinary`]), one clock reading per
+/// message. Pings are answered by tungstenite on the next read.
+async fn ordinary_subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::Receiver<bool>) -> SubResult {
+    let mut result = SubResult::new(run.publishers, run.messages);
+    let opened = match run.setup.acquire().await {
+        Ok(_permit) => {
+            let channel = Some((run.room.as_str(), run.channel.as_str()));
+            open(run.endpoint_for(index, true), index, ordinary::READ_BUFFER, channel, run.setup_limit).await
+        }
+        Err(_) => Err(SetupError { code: "SETUP".into(), detail: "closed".into() }),
+    };
+    let mut ws = match opened {
+        Ok(ws) => {
+            let _ = ready.send(Ok(())).await;
+            ws
+        }
+        Err(e) => {
+            run.flow.gone(index);
+            let _ = ready.send(Err(e)).await;
+            return result;
+        }
+    };
+    let mut complete = false;
+    let stopped = stop.wait_for(|s| *s);
+    tokio::pin!(stopped);
+    loop {
+        let message = tokio::select! {
+            biased;
+            message = ws.next() => message,
+            _ = &mut stopped => break,
+        };
+        match message {
+            Some(Ok(Message::Text(text))) => match ordinary::classify_value(text.as_str()) {
+                Incoming::Message(stamp) => {
+                    result.on_message(stamp, run.clock.now_ns(), run.messages);
+                    run.flow.on_received(index);
+                    result.note_complete(&run, &mut complete);
+                }
+                other => other_frame(&mut result, other),
+            },
+            Some(Ok(Message::Close(frame))) => {
+                result.close(frame.map_or(1005, |f| u16::from(f.code)));
+                break;
+            }
+            Some(Ok(Message::Binary(_))) => result.error("UNEXPECTED_BINARY"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => {
+                eprintln!("subscriber {index}: read failed: {e}");
+                result.error("READ_FAILED");
+                break;
+            }
+            None => {
+                result.error("CLOSED");
                 break;
             }
         }
@@ -496,6 +595,7 @@ fn params(o: &Options) -> BTreeMap<String, serde_json::Value> {
     let mut p = BTreeMap::new();
     p.insert("publishers".into(), o.publishers.into());
     p.insert("subscribers".into(), o.subscribers.into());
+    p.insert("subscriber".into(), o.subscriber.name().into());
     p.insert("messages_per_publisher".into(), o.messages.into());
     p.insert("payload_bytes".into(), o.payload.into());
     p.insert("window".into(), o.window.into());
@@ -547,7 +647,13 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
     let (start_tx, start_rx) = watch::channel(false);
 
     let subscribers: Vec<JoinHandle<SubResult>> = (0..o.subscribers)
-        .map(|i| tokio::spawn(subscriber(Arc::clone(&run), i, ready_tx.clone(), stop_rx.clone())))
+        .map(|i| {
+            let (run, ready, stop) = (Arc::clone(&run), ready_tx.clone(), stop_rx.clone());
+            match o.subscriber {
+                SubscriberKind::Lean => tokio::spawn(subscriber(run, i, ready, stop)),
+                SubscriberKind::Ordinary => tokio::spawn(ordinary_subscriber(run, i, ready, stop)),
+            }
+        })
         .collect();
     let stalled_tasks: Vec<JoinHandle<Option<String>>> = (0..o.stalled)
         .map(|i| tokio::spawn(stalled(Arc::clone(&run), o.subscribers + i, ready_tx.clone(), stop_rx.clone())))
@@ -631,15 +737,9 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
     let mut last_ns = start_ns;
     for handle in subscribers {
         let result = collect(handle, grace, &mut report, "SUBSCRIBER").await;
-        report.delivered += result.unique;
-        report.duplicates += result.duplicates;
-        report.out_of_order += result.out_of_order;
+        result.count_into(&mut report);
         latency.merge(&result.latency);
         last_ns = last_ns.max(result.last_ns);
-        report.errors_from(&result.errors);
-        for (name, n) in result.events {
-            *report.events.entry(name).or_default() += n;
-        }
     }
     for handle in stalled_tasks {
         if let Some(fate) = collect(handle, grace, &mut report, "STALLED").await {
@@ -697,5 +797,72 @@ mod tests {
         assert_eq!(flow.progress(), 1);
         let open = Flow::new(0, 1);
         assert!((0..10_000).all(|_| open.try_admit(&mut 0)));
+    }
+
+    /// A bus that welcomes one subscriber, answers its join, sends it two of
+    /// the three messages it expects, then closes it 1008.
+    async fn closing_bus(listener: tokio::net::TcpListener) {
+        use futures_util::SinkExt;
+        use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+        use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut ws = tokio_tungstenite::accept_async(tcp).await.unwrap();
+        ws.send(Message::text(r#"{"type":"event","payload":{"event":"welcome"}}"#)).await.unwrap();
+        let join = ws.next().await.unwrap().unwrap();
+        assert!(join.to_text().unwrap().contains("join_channel"), "{join:?}");
+        ws.send(Message::text(r#"{"type":"response","payload":{}}"#)).await.unwrap();
+        let writer = MessageWriter::new("bench", "c", 64);
+        let mut text = String::new();
+        for seq in 0..2 {
+            writer.write(&mut text, Stamp { publisher: 0, seq, sent_ns: 0 });
+            ws.send(Message::text(text.clone())).await.unwrap();
+        }
+        let close = CloseFrame { code: CloseCode::Policy, reason: "slow consumer".into() };
+        ws.send(Message::Close(Some(close))).await.unwrap();
+        while let Some(Ok(_)) = ws.next().await {}
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_closed_by_the_bus_is_counted_by_code() {
+        for kind in [SubscriberKind::Lean, SubscriberKind::Ordinary] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let bus = tokio::spawn(closing_bus(listener));
+            let run = Arc::new(Run {
+                endpoint: Endpoint::new(&format!("ws://{addr}/ws"), addr, 0),
+                sub_endpoints: Vec::new(),
+                clock: Clock::new(),
+                flow: Flow::new(512, 1),
+                room: "bench".into(),
+                channel: "c".into(),
+                publishers: 1,
+                messages: 3,
+                payload: 64,
+                rate: None,
+                finished: AtomicUsize::new(0),
+                halt: AtomicBool::new(false),
+                setup: Semaphore::new(1),
+                setup_limit: Duration::from_secs(30),
+            });
+            let (ready_tx, mut ready_rx) = mpsc::channel(1);
+            let (_stop_tx, stop_rx) = watch::channel(false);
+            let task = match kind {
+                SubscriberKind::Lean => tokio::spawn(subscriber(Arc::clone(&run), 0, ready_tx, stop_rx)),
+                SubscriberKind::Ordinary => tokio::spawn(ordinary_subscriber(Arc::clone(&run), 0, ready_tx, stop_rx)),
+            };
+            assert!(ready_rx.recv().await.unwrap().is_ok(), "{kind:?}");
+            let result = tokio::time::timeout(Duration::from_secs(30), task).await.unwrap().unwrap();
+            assert_eq!((result.unique, result.closed), (2, Some(1008)), "{kind:?}");
+            assert_eq!(result.errors, BTreeMap::from([("CLOSE_1008".to_owned(), 1)]), "{kind:?}");
+            // Gone: the window no longer waits for it.
+            assert_eq!(run.flow.received[0].load(Ordering::SeqCst), u64::MAX, "{kind:?}");
+            let mut report = Report::default();
+            result.count_into(&mut report);
+            result.count_into(&mut report);
+            assert_eq!(report.closed, BTreeMap::from([("1008".to_owned(), 2)]), "{kind:?}");
+            assert_eq!((report.delivered, report.errors["CLOSE_1008"]), (4, 2), "{kind:?}");
+            tokio::time::timeout(Duration::from_secs(30), bus).await.unwrap().unwrap();
+        }
     }
 }

@@ -39,6 +39,17 @@ impl Latency {
     }
 }
 
+/// How fast one subscriber reads when nothing else limits it (`readrate`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub(crate) struct ReadRate {
+    /// Size of one delivered frame's text, bytes.
+    pub(crate) frame_bytes: u64,
+    /// Deliveries read per second from frames already in memory.
+    pub(crate) buffer_per_s: f64,
+    /// Deliveries read per second from a local socket kept full.
+    pub(crate) socket_per_s: f64,
+}
+
 /// Everything one run measured. Serialized as one JSON object per line;
 /// fields that do not apply to a scenario are left out, and a line missing
 /// fields (e.g. the script's note that a run crashed) still reads back.
@@ -71,6 +82,10 @@ pub(crate) struct Report {
     /// Error frames by wire code, refused or failed connections, unexpected
     /// closes (`CLOSE_<code>`), and similar, with counts.
     pub(crate) errors: BTreeMap<String, u64>,
+    /// Subscribers the bus closed, by close code (`"1008"`: slow consumer).
+    /// Each is also among `errors` as `CLOSE_<code>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub(crate) closed: BTreeMap<String, u64>,
     /// Events received (welcome excluded), by name.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) events: BTreeMap<String, u64>,
@@ -85,6 +100,9 @@ pub(crate) struct Report {
     /// Send-to-receive latency of deliveries (or round trip of commands).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) latency: Option<Latency>,
+    /// One subscriber's read rate (`readrate` scenario).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) read_rate: Option<ReadRate>,
     /// Round trips per command name (`commands` scenario).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub(crate) commands: BTreeMap<String, Latency>,
@@ -158,6 +176,12 @@ impl Report {
         row("duplicates / out of order", format!("{} / {}", self.duplicates, self.out_of_order));
         let errors: Vec<String> = self.errors.iter().map(|(k, v)| format!("{k}={v}")).collect();
         row("errors", if errors.is_empty() { "none".to_owned() } else { errors.join(" ") });
+        if !self.closed.is_empty() || matches!(self.scenario.as_str(), "fanout" | "fanin" | "latency") {
+            let by_code: Vec<String> = self.closed.iter().map(|(code, n)| format!("{code}: {n}")).collect();
+            let total: u64 = self.closed.values().sum();
+            let text = if by_code.is_empty() { "0".to_owned() } else { format!("{total} ({})", by_code.join(", ")) };
+            row("subscribers closed", text);
+        }
         if !self.events.is_empty() {
             let events: Vec<String> = self.events.iter().map(|(k, v)| format!("{k}={v}")).collect();
             row("events", events.join(" "));
@@ -168,6 +192,11 @@ impl Report {
         }
         if let Some(p) = self.published_per_s {
             row("published/s", format!("{p:.0}"));
+        }
+        if let Some(r) = &self.read_rate {
+            row("frame size", format!("{} bytes", r.frame_bytes));
+            row("read from memory", format!("{:.0} deliveries/s", r.buffer_per_s));
+            row("read from a socket", format!("{:.0} deliveries/s", r.socket_per_s));
         }
         let latency = |l: &Latency| {
             format!(
@@ -232,11 +261,22 @@ mod tests {
         let mut report = Report { scenario: "fanout".into(), label: "x".into(), ..Report::default() };
         report.error("CLOSE_1008", 2);
         report.error("NEVER", 0);
+        report.closed.insert("1008".into(), 2);
         let json = serde_json::to_string(&report).unwrap();
         assert!(!json.contains("rss_") && !json.contains("latency") && !json.contains("NEVER"));
         let back: Report = serde_json::from_str(&json).unwrap();
         assert_eq!(back.errors["CLOSE_1008"], 2);
         assert!(!back.is_clean());
         assert!(report.table().contains("CLOSE_1008=2"));
+        let closed_row = |r: &Report| {
+            let table = r.table();
+            table.lines().find_map(|l| l.strip_prefix("subscribers closed")).map(|v| v.trim().to_owned())
+        };
+        assert_eq!(closed_row(&report).as_deref(), Some("2 (1008: 2)"));
+        assert_eq!(back.closed["1008"], 2);
+        let clean = Report { scenario: "fanin".into(), ..Report::default() };
+        assert_eq!(closed_row(&clean).as_deref(), Some("0"));
+        assert_eq!(closed_row(&Report { scenario: "conns".into(), ..Report::default() }), None);
+        assert!(!serde_json::to_string(&clean).unwrap().contains("closed"));
     }
 }

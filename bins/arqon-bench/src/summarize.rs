@@ -68,6 +68,11 @@ fn metrics(scenario: &str) -> Vec<Metric> {
             metric("connections open", |r| Some(r.connections as f64), |v| format!("{v:.0}")),
             metric("open + join time", |r| r.open_s, seconds),
         ],
+        "readrate" => vec![
+            metric("read from memory", |r| r.read_rate.map(|x| x.buffer_per_s), per_second),
+            metric("read from a socket", |r| r.read_rate.map(|x| x.socket_per_s), per_second),
+            metric("frame size", |r| r.read_rate.map(|x| x.frame_bytes as f64), |v| format!("{v:.0} B")),
+        ],
         "commands" => vec![
             metric("round trip p50", |r| r.latency.map(|l| l.p50_us), millis),
             metric("round trip p99", |r| r.latency.map(|l| l.p99_us), millis),
@@ -75,7 +80,10 @@ fn metrics(scenario: &str) -> Vec<Metric> {
         ],
         _ => Vec::new(),
     };
-    if scenario != "conns" {
+    if matches!(scenario, "fanout" | "fanin" | "latency") {
+        list.push(metric("subscribers closed", |r| Some(r.closed.values().sum::<u64>() as f64), |v| format!("{v:.0}")));
+    }
+    if !matches!(scenario, "conns" | "readrate") {
         list.extend(cpu);
     }
     list.push(metric("load average at start", |r| r.load_avg, |v| format!("{v:.2}")));
@@ -179,6 +187,13 @@ mod tests {
         );
         assert!(table.contains("| b | deliveries/s | **500 k/s** |"), "{table}");
         assert_eq!(median(&[1.0, 2.0, 3.0, 4.0]), 2.5);
+        let closed = r#"{"scenario":"fanin","label":"c","closed":{"1008":1},"errors":{"CLOSE_1008":1}}"#;
+        let read = r#"{"scenario":"readrate","label":"r","read_rate":{"frame_bytes":420,"buffer_per_s":5e5,"socket_per_s":2.5e5}}"#;
+        let table = super::table(&[closed, read].join("\n")).unwrap();
+        assert!(table.contains("|  | subscribers closed | **1** | 1 - 1 | 1 |"), "{table}");
+        assert!(table.contains("| r | read from memory | **500 k/s** |"), "{table}");
+        assert!(table.contains("|  | read from a socket | **250 k/s** |"), "{table}");
+        assert!(table.contains("|  | frame size | **420 B** |"), "{table}");
         assert!(super::table("{oops").is_err());
     }
 }

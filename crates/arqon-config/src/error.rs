@@ -36,6 +36,18 @@ pub enum ConfigError {
         origin: String,
     },
 
+    /// A key that was a setting in an earlier version and is no more; the
+    /// message names what replaced it.
+    #[error("configuration key `{key}` in {origin} is retired: use {replacement}")]
+    Retired {
+        /// The dotted key, e.g. `limits.outbound_queue`.
+        key: String,
+        /// The file or environment variable that sets it.
+        origin: String,
+        /// What to set instead, and why.
+        replacement: &'static str,
+    },
+
     /// An `ARQON_` environment variable names no setting. `ARQON_LOG` and
     /// `ARQON_LOG_FORMAT` belong to the log set-up and never cause this.
     #[error(

@@ -125,6 +125,23 @@ fn from_json(value: serde_json::Value) -> Value {
     Value::new(None, kind)
 }
 
+/// Keys that were settings once, with what replaced them: a configuration
+/// that still sets one fails with a message naming the replacement rather
+/// than as an unknown key.
+const RETIRED: [(&str, &str); 1] = [(
+    "limits.outbound_queue",
+    "`limits.max_backlog_bytes` (ARQON_LIMITS__MAX_BACKLOG_BYTES): backlogs are bounded in bytes since protocol \
+     v1.1, with `limits.write_timeout_ms` and `limits.backlog_budget_bytes` (docs/configuration.md)",
+)];
+
+fn retired(key: &str, origin: String) -> Option<ConfigError> {
+    RETIRED.iter().find(|(old, _)| *old == key).map(|(old, replacement)| ConfigError::Retired {
+        key: (*old).to_owned(),
+        origin,
+        replacement,
+    })
+}
+
 /// The `ARQON_` variables that set keys, as key → (variable, value).
 fn setting_vars(
     env: impl IntoIterator<Item = (String, String)>,
@@ -139,7 +156,9 @@ fn setting_vars(
         // ARQON_SERVER__PORT sets server.port, the key as written in TOML;
         // ARQON_STORAGE__REDIS__URL sets storage.redis.url.
         let key = name.to_lowercase().replace("__", ".");
-        let Some(default) = leaf(schema, &key) else { return Err(ConfigError::UnknownVar { var }) };
+        let Some(default) = leaf(schema, &key) else {
+            return Err(retired(&key, format!("environment variable {var}")).unwrap_or(ConfigError::UnknownVar { var }));
+        };
         let value = typed(text, &default.kind);
         vars.insert(key, (var, value));
     }
@@ -190,7 +209,7 @@ fn check_table(
     for (field, value) in given.iter().collect::<BTreeMap<_, _>>() {
         let key = prefix.map_or_else(|| field.clone(), |prefix| format!("{prefix}.{field}"));
         let Some(default) = schema.get(field) else {
-            return Err(ConfigError::UnknownKey { origin: origin(&key), key });
+            return Err(retired(&key, origin(&key)).unwrap_or(ConfigError::UnknownKey { origin: origin(&key), key }));
         };
         match (&default.kind, &value.kind) {
             (ValueKind::Table(defaults), ValueKind::Table(keys)) if is_section(default) => {

@@ -16,9 +16,10 @@ const MIN_MESSAGE_BYTES: usize = 256;
 /// Largest accepted `limits.max_message_bytes` (64 MiB): each connection may
 /// buffer a frame this large, so the cap bounds memory per client.
 const MAX_MESSAGE_BYTES: usize = 64 << 20;
-/// Smallest accepted `limits.outbound_queue`: below this an ordinary burst of
-/// events and responses would close healthy clients as slow consumers.
-const MIN_OUTBOUND_QUEUE: usize = 16;
+/// Smallest accepted `limits.max_backlog_bytes`: below this an ordinary
+/// burst of events and responses, or one large message, would close healthy
+/// clients as slow consumers.
+const MIN_BACKLOG_BYTES: usize = 64 * 1024;
 /// Longest accepted `server.shutdown_grace_ms`: a stop that hangs for over a
 /// minute outlives the patience of every process supervisor.
 const MAX_SHUTDOWN_GRACE_MS: u64 = 60_000;
@@ -130,14 +131,62 @@ pub struct LimitsConfig {
     /// Frames a client may send at once above its steady rate. At least 1
     /// while `rate_per_s` is above 0. Default: `200`.
     pub burst: u32,
-    /// Frames queued towards one client before it is closed as a slow
-    /// consumer (1008). At least 16. Default: `1024`.
-    pub outbound_queue: usize,
+    /// Bytes of frames queued towards one client at most (PROTOCOL.md
+    /// section 8.1); a client whose backlog would grow past it is closed as a
+    /// slow consumer (1008). At least 65536 and at least
+    /// `max_message_bytes`. Default: `67108864` (64 MiB).
+    pub max_backlog_bytes: usize,
+    /// A client whose backlog is not empty and whose socket accepts no byte
+    /// for this long is closed as a slow consumer (1008); 0: never. Default:
+    /// `10000` (10 s).
+    pub write_timeout_ms: u64,
+    /// Bytes all clients' backlogs may hold together, each frame shared by
+    /// several clients counted once; past it, the clients with the largest
+    /// backlogs are closed (1008) until the total is under it again; 0: no
+    /// budget. Default: `1073741824` (1 GiB).
+    pub backlog_budget_bytes: usize,
     /// Largest channel, in members, that still gets `member_joined` and
     /// `member_left` events. Default: `1000`.
     pub member_events_max: usize,
+    /// Member events each channel sends per second at most; past it (and
+    /// `member_events_burst`) they are counted and summed up in one
+    /// `members_changed` event a second later; 0: no limit. Default: `20`.
+    pub member_events_per_s: u32,
+    /// Member events a channel may send at once above its steady rate.
+    /// Default: `50`.
+    pub member_events_burst: u32,
+    /// Direct messages one client may receive per second, from all senders
+    /// together; past it (and `direct_burst`) senders get `RATE_LIMITED`;
+    /// 0: no limit. Default: `100`.
+    pub direct_per_s: u32,
+    /// Direct messages a client may receive at once above the steady rate.
+    /// Default: `200`.
+    pub direct_burst: u32,
+    /// A direct message to a client whose backlog already holds this many
+    /// bytes is refused to its sender (`RATE_LIMITED`) instead of queued, so
+    /// that senders cannot make a recipient a slow consumer; 0: never.
+    /// Default: `1048576` (1 MiB).
+    pub direct_backlog_bytes: usize,
     /// Messages of history kept per channel. At least 1. Default: `1000`.
     pub history_per_channel: usize,
+    /// Bytes of history kept per channel by the memory backend (frames plus
+    /// 96 bytes each); past it the channel's oldest messages go. At least
+    /// `max_message_bytes`. Default: `8388608` (8 MiB).
+    pub history_bytes_per_channel: usize,
+    /// Bytes of history kept over all channels by the memory backend; past
+    /// it the oldest messages of the largest channels go. At least
+    /// `history_bytes_per_channel`. Default: `268435456` (256 MiB).
+    pub history_bytes_total: usize,
+    /// Channels on this node at most; over it creating one fails with
+    /// `FORBIDDEN`. 0: no limit. Default: `10000`.
+    pub max_channels: usize,
+    /// Channels in one room at most; over it creating one fails with
+    /// `FORBIDDEN`. 0: no limit. Default: `1000`.
+    pub max_channels_per_room: usize,
+    /// Channels one connection may create (explicitly or by auto-create)
+    /// over its life; past it creating fails with `FORBIDDEN`. 0: no limit.
+    /// Default: `1000`.
+    pub max_channels_created_per_client: usize,
     /// Consecutive rate-limited frames after which a client is closed with
     /// 1008 (repeated abuse); 0: never. Default: `100`.
     pub abuse_limit: u32,
@@ -153,9 +202,21 @@ impl Default for LimitsConfig {
             max_message_bytes: 1 << 20,
             rate_per_s: 100,
             burst: 200,
-            outbound_queue: 1024,
+            max_backlog_bytes: 64 << 20,
+            write_timeout_ms: 10_000,
+            backlog_budget_bytes: 1 << 30,
             member_events_max: 1000,
+            member_events_per_s: 20,
+            member_events_burst: 50,
+            direct_per_s: 100,
+            direct_burst: 200,
+            direct_backlog_bytes: 1 << 20,
             history_per_channel: 1000,
+            history_bytes_per_channel: 8 << 20,
+            history_bytes_total: 256 << 20,
+            max_channels: 10_000,
+            max_channels_per_room: 1000,
+            max_channels_created_per_client: 1000,
             abuse_limit: 100,
             roles: RoleRates::new(),
         }
@@ -169,11 +230,15 @@ pub struct ChannelsConfig {
     /// Whether publishing to or joining a missing channel creates it (else
     /// `NOT_FOUND`). Default: `true`.
     pub auto_create: bool,
+    /// Seconds after which an auto-created channel with no members and no
+    /// kept history is removed; channels made with `create_channel` stay.
+    /// 0: never. Default: `300`.
+    pub idle_reclaim_s: u64,
 }
 
 impl Default for ChannelsConfig {
     fn default() -> Self {
-        Self { auto_create: true }
+        Self { auto_create: true, idle_reclaim_s: 300 }
     }
 }
 
@@ -352,10 +417,16 @@ impl Config {
             "must be at least 1 while limits.rate_per_s is above 0",
         )?;
         rule(
-            limits.outbound_queue >= MIN_OUTBOUND_QUEUE,
-            "limits.outbound_queue",
-            limits.outbound_queue,
-            "must be at least 16",
+            limits.max_backlog_bytes >= MIN_BACKLOG_BYTES.max(limits.max_message_bytes),
+            "limits.max_backlog_bytes",
+            limits.max_backlog_bytes,
+            "must be at least 65536 and at least limits.max_message_bytes",
+        )?;
+        rule(
+            limits.backlog_budget_bytes == 0 || limits.backlog_budget_bytes >= limits.max_backlog_bytes,
+            "limits.backlog_budget_bytes",
+            limits.backlog_budget_bytes,
+            "must be 0 (no budget) or at least limits.max_backlog_bytes",
         )?;
         rule(
             self.monitoring.telemetry_buffer >= 1,
@@ -414,6 +485,18 @@ impl Config {
             "limits.history_per_channel",
             limits.history_per_channel,
             "must be at least 1",
+        )?;
+        rule(
+            limits.history_bytes_per_channel >= limits.max_message_bytes,
+            "limits.history_bytes_per_channel",
+            limits.history_bytes_per_channel,
+            "must be at least limits.max_message_bytes",
+        )?;
+        rule(
+            limits.history_bytes_total >= limits.history_bytes_per_channel,
+            "limits.history_bytes_total",
+            limits.history_bytes_total,
+            "must be at least limits.history_bytes_per_channel",
         )?;
         self.storage.redis.validate()?;
         self.storage.journal.validate()?;

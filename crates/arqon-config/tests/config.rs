@@ -50,9 +50,21 @@ fn defaults_are_protocol_section_7() {
             max_message_bytes: 1_048_576,
             rate_per_s: 100,
             burst: 200,
-            outbound_queue: 1024,
+            max_backlog_bytes: 64 * 1024 * 1024,
+            write_timeout_ms: 10_000,
+            backlog_budget_bytes: 1024 * 1024 * 1024,
             member_events_max: 1000,
+            member_events_per_s: 20,
+            member_events_burst: 50,
+            direct_per_s: 100,
+            direct_burst: 200,
+            direct_backlog_bytes: 1 << 20,
             history_per_channel: 1000,
+            history_bytes_per_channel: 8 << 20,
+            history_bytes_total: 256 << 20,
+            max_channels: 10_000,
+            max_channels_per_room: 1000,
+            max_channels_created_per_client: 1000,
             abuse_limit: 100,
             roles: Default::default(),
         }
@@ -70,7 +82,7 @@ fn defaults_are_protocol_section_7() {
             allowed_origins: Vec::new(),
         }
     );
-    assert_eq!(config.channels, ChannelsConfig { auto_create: true });
+    assert_eq!(config.channels, ChannelsConfig { auto_create: true, idle_reclaim_s: 300 });
     assert_eq!(config.auth.default_role, Role::User);
     assert_eq!(config.storage.backend, StorageBackend::Memory);
     assert_eq!(config.storage.backend.to_string(), "memory");
@@ -102,7 +114,7 @@ fn file_overrides_defaults_key_by_key() {
     assert_eq!(config.server.host, "127.0.0.1", "keys the file leaves out keep their defaults");
     assert_eq!((config.limits.rate_per_s, config.limits.burst), (0, 0), "burst 0 is fine while unlimited");
     assert_eq!(config.auth.default_role, Role::Admin);
-    assert_eq!(config.limits.outbound_queue, 1024);
+    assert_eq!(config.limits.max_backlog_bytes, 64 << 20);
     assert_eq!(config.channels, ChannelsConfig::default());
 }
 
@@ -232,8 +244,29 @@ fn each_validation_rule_names_key_and_value() {
         (&[("ARQON_LIMITS__MAX_MESSAGE_BYTES", "255")], "limits.max_message_bytes", "255"),
         (&[("ARQON_LIMITS__MAX_MESSAGE_BYTES", "67108865")], "limits.max_message_bytes", "67108865"),
         (&[("ARQON_LIMITS__RATE_PER_S", "10"), ("ARQON_LIMITS__BURST", "0")], "limits.burst", "0"),
-        (&[("ARQON_LIMITS__OUTBOUND_QUEUE", "15")], "limits.outbound_queue", "15"),
+        (&[("ARQON_LIMITS__MAX_BACKLOG_BYTES", "65535")], "limits.max_backlog_bytes", "65535"),
+        (
+            &[("ARQON_LIMITS__MAX_BACKLOG_BYTES", "1048575"), ("ARQON_LIMITS__MAX_MESSAGE_BYTES", "1048576")],
+            "limits.max_backlog_bytes",
+            "1048575",
+        ),
+        (
+            &[
+                ("ARQON_LIMITS__MAX_MESSAGE_BYTES", "65536"),
+                ("ARQON_LIMITS__MAX_BACKLOG_BYTES", "70000"),
+                ("ARQON_LIMITS__BACKLOG_BUDGET_BYTES", "69999"),
+            ],
+            "limits.backlog_budget_bytes",
+            "69999",
+        ),
         (&[("ARQON_LIMITS__HISTORY_PER_CHANNEL", "0")], "limits.history_per_channel", "0"),
+        (&[("ARQON_LIMITS__HISTORY_BYTES_PER_CHANNEL", "1048575")], "limits.history_bytes_per_channel", "1048575"),
+        (
+            &[("ARQON_LIMITS__MAX_MESSAGE_BYTES", "65536"), ("ARQON_LIMITS__HISTORY_BYTES_PER_CHANNEL", "65535")],
+            "limits.history_bytes_per_channel",
+            "65535",
+        ),
+        (&[("ARQON_LIMITS__HISTORY_BYTES_TOTAL", "8388607")], "limits.history_bytes_total", "8388607"),
     ] {
         let quoted = format!("`{key}`");
         let error = assert_fails_naming(load_env(env), &[&quoted, value]);
@@ -245,6 +278,26 @@ fn each_validation_rule_names_key_and_value() {
 }
 
 #[test]
+fn the_retired_outbound_queue_names_its_replacement() {
+    let error = load_env(&[("ARQON_LIMITS__OUTBOUND_QUEUE", "1024")]).unwrap_err();
+    assert!(
+        matches!(&error, ConfigError::Retired { key, origin, .. }
+            if key == "limits.outbound_queue" && origin == "environment variable ARQON_LIMITS__OUTBOUND_QUEUE"),
+        "{error:?}"
+    );
+    let text = error.to_string();
+    assert!(text.contains("limits.max_backlog_bytes") && text.contains("ARQON_LIMITS__MAX_BACKLOG_BYTES"), "{text}");
+
+    let file = toml_file("[limits]\noutbound_queue = 1024\n");
+    let error = Config::load(Some(file.path()), vars(&[])).unwrap_err();
+    assert!(
+        matches!(&error, ConfigError::Retired { key, origin, .. }
+            if key == "limits.outbound_queue" && *origin == file.path().display().to_string()),
+        "{error:?}"
+    );
+}
+
+#[test]
 fn validation_bounds_are_inclusive() {
     let config = load_env(&[
         ("ARQON_SERVER__HOST", "::"),
@@ -252,15 +305,37 @@ fn validation_bounds_are_inclusive() {
         ("ARQON_SERVER__HEARTBEAT_S", "1"),
         ("ARQON_SERVER__SHUTDOWN_GRACE_MS", "60000"),
         ("ARQON_LIMITS__MAX_MESSAGE_BYTES", "67108864"),
+        // The largest messages need a channel budget that holds one.
+        ("ARQON_LIMITS__HISTORY_BYTES_PER_CHANNEL", "67108864"),
+        ("ARQON_LIMITS__HISTORY_BYTES_TOTAL", "67108864"),
         ("ARQON_LIMITS__RATE_PER_S", "1"),
         ("ARQON_LIMITS__BURST", "1"),
-        ("ARQON_LIMITS__OUTBOUND_QUEUE", "16"),
+        ("ARQON_LIMITS__MAX_BACKLOG_BYTES", "67108864"),
+        ("ARQON_LIMITS__BACKLOG_BUDGET_BYTES", "67108864"),
         ("ARQON_LIMITS__HISTORY_PER_CHANNEL", "1"),
     ])
     .unwrap();
     assert_eq!(config.listen_addr(), "[::]:0".parse().unwrap());
     let smallest = load_env(&[("ARQON_LIMITS__MAX_MESSAGE_BYTES", "256")]).unwrap();
     assert_eq!(smallest.limits.max_message_bytes, 256);
+    // The byte budgets may come down to the largest message, and zero caps
+    // (no limit) and a zero idle time (never reclaim) are accepted.
+    let tight = load_env(&[
+        ("ARQON_LIMITS__MAX_MESSAGE_BYTES", "65536"),
+        ("ARQON_LIMITS__HISTORY_BYTES_PER_CHANNEL", "65536"),
+        ("ARQON_LIMITS__HISTORY_BYTES_TOTAL", "65536"),
+        ("ARQON_LIMITS__MAX_CHANNELS", "0"),
+        ("ARQON_LIMITS__MAX_CHANNELS_PER_ROOM", "0"),
+        ("ARQON_LIMITS__MAX_CHANNELS_CREATED_PER_CLIENT", "0"),
+        ("ARQON_CHANNELS__IDLE_RECLAIM_S", "0"),
+    ])
+    .unwrap();
+    assert_eq!((tight.limits.history_bytes_per_channel, tight.limits.history_bytes_total), (65536, 65536));
+    assert_eq!(
+        (tight.limits.max_channels, tight.limits.max_channels_per_room, tight.limits.max_channels_created_per_client),
+        (0, 0, 0)
+    );
+    assert_eq!(tight.channels.idle_reclaim_s, 0);
 }
 
 #[test]

@@ -108,12 +108,21 @@ pub struct ProtocolError {
     pub message: String,
     /// The `id` of the frame being answered, if it was readable and valid.
     pub request_id: Option<MessageId>,
+    /// For `RATE_LIMITED`: when to try again, in milliseconds.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl ProtocolError {
     /// An error with no request id attached yet.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        ProtocolError { code, message: message.into(), request_id: None }
+        ProtocolError { code, message: message.into(), request_id: None, retry_after_ms: None }
+    }
+
+    /// Says when to try again (sent as `retry_after_ms`).
+    #[must_use]
+    pub fn with_retry_after(mut self, wait: std::time::Duration) -> Self {
+        self.retry_after_ms = Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        self
     }
 
     /// Attaches the id of the frame being answered.

@@ -18,27 +18,30 @@
 //!   `args`, `meta`), passed through untouched.
 //! - [`Frame`] and the builders in [`encode`]: server frames, serialized once
 //!   and shared by every receiver.
-//! - [`Outbound`], [`CloseReason`], [`queue`]: what a connection's outbound
-//!   queue carries, and the bounded queue itself (a mutex and a waker, no
-//!   runtime), shared by the routing and transport layers.
+//! - [`CloseReason`]: the WebSocket close codes and reasons the bus sends.
+//! - [`scratch`]: per-thread reusable byte buffers, so that encoding a frame
+//!   allocates only the frame itself (plain thread-local memory, no I/O).
+//!
+//! A connection's outbound queue is not here: it is async plumbing between
+//! routing and transport, and lives in `arqon-outbound`.
 
+mod close;
 mod decode;
 pub mod encode;
 mod error;
 mod id;
 mod name;
-mod outbound;
 mod role;
 mod scan;
 pub mod scratch;
 mod timestamp;
 
+pub use close::CloseReason;
 pub use decode::{ClientFrame, FrameBody, Target, decode, extract_id};
 pub use encode::Frame;
 pub use error::{ErrorCode, ProtocolError};
 pub use id::{ClientId, IdGenerator, MessageId};
 pub use name::{ChannelKey, Name};
-pub use outbound::{CloseReason, Outbound, OutboundReceiver, OutboundSender, TryRecvError, TrySendError, queue};
 pub use role::Role;
 pub use scan::RawJson;
 pub use timestamp::Timestamp;

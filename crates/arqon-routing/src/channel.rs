@@ -1,13 +1,37 @@
 //! One channel: its members and the lock that orders its traffic.
+//!
+//! The ordering invariant lives here and only here: "append to history, then
+//! deliver" (publish), "read the replay, then become a member" (join), "count
+//! what was stored and delivered" (stats) and "forget the history, then the
+//! members" (retire) each run under the channel's `order` lock, which no
+//! other file can take. So history order is live order, a joiner sees
+//! neither a gap nor a duplicate between replay and live traffic, and
+//! `channel_info`'s `last_id` is a resume point.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use arqon_protocol::{ChannelKey, ClientId, Frame, Outbound, Timestamp};
+use arqon_outbound::Outbound;
+use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Timestamp};
+use arqon_storage::{Appended, ChannelStats, Since, Storage, StoredMessage, append_fast};
 use parking_lot::RwLock;
 
+use crate::RoutingError;
 use crate::client::ClientEntry;
+use crate::config::RateLimit;
+use crate::member_events::{Gate, MemberEventGate};
+use crate::outlet::share;
+use crate::router::not_found;
+
+/// What [`Channel::join`] did.
+#[derive(Debug)]
+pub(crate) struct Joined {
+    /// The client was not a member before.
+    pub(crate) added: bool,
+    /// Local members after the join.
+    pub(crate) members: usize,
+}
 
 /// A live channel.
 ///
@@ -19,10 +43,26 @@ use crate::client::ClientEntry;
 pub(crate) struct Channel {
     pub(crate) key: ChannelKey,
     pub(crate) created_at: Timestamp,
-    pub(crate) order: tokio::sync::Mutex<()>,
+    order: tokio::sync::Mutex<()>,
     members: RwLock<HashMap<ClientId, Arc<ClientEntry>>>,
     deleted: AtomicBool,
+    /// Made by auto-create and never claimed by `create_channel`: the idle
+    /// reclaim may remove it (crate::reclaim).
+    reclaimable: AtomicBool,
+    /// Set by every publish, join and leave; the reclaim pass clears it and
+    /// restarts the channel's idle time when it finds it set.
+    active: AtomicBool,
+    /// When the reclaim pass first saw the channel idle, in milliseconds
+    /// since the router started; [`NOT_IDLE`] until then.
+    idle_since: AtomicU64,
+    /// The member-event rate, made on the first member event.
+    member_events: parking_lot::Mutex<Option<MemberEventGate>>,
+    /// Members that joined with `member_events: false`.
+    quiet: parking_lot::Mutex<HashSet<ClientId>>,
 }
+
+/// `Channel::idle_since` of a channel not (yet) seen idle.
+const NOT_IDLE: u64 = u64::MAX;
 
 impl Channel {
     pub(crate) fn new(key: ChannelKey, created_at: Timestamp) -> Self {
@@ -32,7 +72,50 @@ impl Channel {
             order: tokio::sync::Mutex::new(()),
             members: RwLock::new(HashMap::new()),
             deleted: AtomicBool::new(false),
+            reclaimable: AtomicBool::new(false),
+            active: AtomicBool::new(true),
+            idle_since: AtomicU64::new(NOT_IDLE),
+            member_events: parking_lot::Mutex::new(None),
+            quiet: parking_lot::Mutex::new(HashSet::new()),
         }
+    }
+
+    /// A channel made by auto-create, which the idle reclaim may remove.
+    pub(crate) fn new_reclaimable(key: ChannelKey, created_at: Timestamp) -> Self {
+        let channel = Channel::new(key, created_at);
+        channel.reclaimable.store(true, Ordering::Relaxed);
+        channel
+    }
+
+    /// `create_channel` claimed it: it is kept however idle it gets.
+    pub(crate) fn keep(&self) {
+        self.reclaimable.store(false, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_reclaimable(&self) -> bool {
+        self.reclaimable.load(Ordering::Relaxed)
+    }
+
+    /// Records traffic or a membership change: the idle time starts over.
+    pub(crate) fn touch(&self) {
+        // Relaxed: the reclaim pass decides under the order lock, and a
+        // publish, a join and the reclaim all take that lock.
+        self.active.store(true, Ordering::Relaxed);
+    }
+
+    /// For the reclaim pass at `now_ms`: how long the channel has been idle,
+    /// counted from the first pass that found it unused. Activity since the
+    /// previous pass restarts the count at `now_ms`.
+    pub(crate) fn idle_for(&self, now_ms: u64) -> u64 {
+        if self.active.swap(false, Ordering::Relaxed) || self.idle_since.load(Ordering::Relaxed) == NOT_IDLE {
+            self.idle_since.store(now_ms, Ordering::Relaxed);
+        }
+        now_ms.saturating_sub(self.idle_since.load(Ordering::Relaxed))
+    }
+
+    /// Whether anything happened since the reclaim pass last looked.
+    pub(crate) fn was_touched(&self) -> bool {
+        self.active.load(Ordering::Relaxed)
     }
 
     pub(crate) fn member_count(&self) -> usize {
@@ -50,13 +133,131 @@ impl Channel {
     pub(crate) fn remove(&self, id: ClientId) -> (bool, usize) {
         let mut members = self.members.write();
         let removed = members.remove(&id).is_some();
+        if removed {
+            self.quiet.lock().remove(&id);
+        }
         (removed, members.len())
     }
 
-    /// Marks the channel deleted and takes its members.
-    pub(crate) fn retire(&self) -> Vec<Arc<ClientEntry>> {
+    /// Whether a member wants member events of this channel (`join_channel`
+    /// with `member_events: false` says no).
+    pub(crate) fn set_member_events(&self, id: ClientId, wanted: bool) {
+        let mut quiet = self.quiet.lock();
+        if wanted {
+            quiet.remove(&id);
+        } else {
+            quiet.insert(id);
+        }
+    }
+
+    /// Decides whether one more member event may go out now (`rate`: the
+    /// router's per-channel member-event rate).
+    pub(crate) fn admit_member_event(&self, rate: RateLimit) -> Gate {
+        self.member_events.lock().get_or_insert_with(|| MemberEventGate::new(rate)).admit()
+    }
+
+    /// Member events counted instead of sent since the last summary.
+    pub(crate) fn take_suppressed_member_events(&self) -> u64 {
+        self.member_events.lock().as_mut().map_or(0, MemberEventGate::take_suppressed)
+    }
+
+    /// Queues a member event for every member but `except` and those that
+    /// asked for none; returns how many got it.
+    pub(crate) fn deliver_member_event(&self, frame: &Frame, except: Option<ClientId>) -> usize {
+        let quiet = self.quiet.lock().clone();
+        if quiet.is_empty() {
+            return self.deliver(frame, except);
+        }
+        let members = self.members.read();
+        let mut delivered = 0;
+        for (id, member) in members.iter() {
+            if Some(*id) != except && !quiet.contains(id) && member.outlet.push(Outbound::Frame(frame.clone())) {
+                delivered += 1;
+            }
+        }
+        delivered
+    }
+
+    /// Appends a message to history, then queues it to every member but
+    /// `from`, then runs `then` (cross-node forwarding), all in order with
+    /// every other publish to this channel. Returns how many members got it,
+    /// or `None` for a retry (an id already kept: neither stored nor
+    /// delivered).
+    pub(crate) async fn publish(
+        &self,
+        storage: &dyn Storage,
+        id: MessageId,
+        frame: &Frame,
+        from: ClientId,
+        then: impl FnOnce(),
+    ) -> Result<Option<usize>, RoutingError> {
+        let _order = self.lock_order().await;
+        if self.is_deleted() {
+            return Err(not_found(&self.key).into());
+        }
+        self.touch();
+        let stored = StoredMessage { id, frame: frame.clone() };
+        // Synchronous when the backend can (memory): no boxed futures per message.
+        if append_fast(storage, &self.key, stored).await? == Appended::Duplicate {
+            return Ok(None);
+        }
+        let delivered = self.deliver(frame, Some(from));
+        then();
+        Ok(Some(delivered))
+    }
+
+    /// Makes `client` a member. With `since`, reads what it missed first;
+    /// `respond` queues the join's response (given the member count and the
+    /// replay's `truncated`), then the replay is queued as one item: all of
+    /// it before any live message published after the join.
+    pub(crate) async fn join(
+        &self,
+        storage: &dyn Storage,
+        client: &Arc<ClientEntry>,
+        since: Option<MessageId>,
+        respond: impl FnOnce(usize, Option<bool>),
+    ) -> Result<Joined, RoutingError> {
+        let _order = self.lock_order().await;
+        if self.is_deleted() {
+            return Err(not_found(&self.key).into());
+        }
+        let replay: Option<Since> = match since {
+            Some(since) => Some(storage.since(&self.key, since).await?),
+            None => None,
+        };
+        let (added, members) = self.add(client);
+        self.touch();
+        respond(members, replay.as_ref().map(|r| r.truncated));
+        if let Some(replay) = replay.filter(|r| !r.messages.is_empty()) {
+            let frames = replay.messages.into_iter().map(|m| m.frame).collect();
+            client.outlet.push(Outbound::Batch(frames));
+        }
+        Ok(Joined { added, members })
+    }
+
+    /// The channel's stored count and last id, taken when every message
+    /// counted has also been queued to the members.
+    pub(crate) async fn stats(&self, storage: &dyn Storage) -> Result<ChannelStats, RoutingError> {
+        let _order = self.lock_order().await;
+        Ok(storage.stats(&self.key).await?)
+    }
+
+    /// Deletes the channel: `forget` (the storage delete and taking it out of
+    /// the table) runs first, under the lock, and may decide to keep the
+    /// channel after all (`Ok(false)`: the idle reclaim found it used); a
+    /// failure there changes nothing. Then the channel is marked deleted and
+    /// its members are returned. `None` if it was kept, or if a racing
+    /// delete got there first.
+    pub(crate) async fn retire<F>(&self, forget: F) -> Result<Option<Vec<Arc<ClientEntry>>>, RoutingError>
+    where
+        F: Future<Output = Result<bool, RoutingError>>,
+    {
+        let _order = self.lock_order().await;
+        if self.is_deleted() || !forget.await? {
+            return Ok(None);
+        }
         self.deleted.store(true, Ordering::Release);
-        self.members.write().drain().map(|(_, c)| c).collect()
+        Ok(Some(self.members.write().drain().map(|(_, c)| c).collect()))
     }
 
     /// Takes `order`. Uncontended (the common case) it is taken at once,
@@ -64,7 +265,7 @@ impl Channel {
     /// queue as `lock()` does. `try_lock` cannot jump that queue: a waiter
     /// exists only while the lock is held, and a release hands the lock to
     /// the first waiter directly.
-    pub(crate) async fn lock_order(&self) -> tokio::sync::MutexGuard<'_, ()> {
+    async fn lock_order(&self) -> tokio::sync::MutexGuard<'_, ()> {
         match self.order.try_lock() {
             Ok(guard) => guard,
             Err(_) => self.order.lock().await,
@@ -78,9 +279,11 @@ impl Channel {
     /// Queues `frame` for every member except `except`; returns how many got it.
     pub(crate) fn deliver(&self, frame: &Frame, except: Option<ClientId>) -> usize {
         let members = self.members.read();
+        let recipients = members.len() - usize::from(except.is_some_and(|id| members.contains_key(&id)));
+        let share = share(frame.len(), recipients);
         let mut delivered = 0;
         for (id, member) in members.iter() {
-            if Some(*id) != except && member.outlet.push(Outbound::Frame(frame.clone())) {
+            if Some(*id) != except && member.outlet.push_shared(Outbound::Frame(frame.clone()), share) {
                 delivered += 1;
             }
         }

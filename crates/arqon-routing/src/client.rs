@@ -1,10 +1,12 @@
 //! What the bus knows about one connected client.
 
 use std::collections::HashSet;
+use std::sync::atomic::AtomicUsize;
 
 use arqon_protocol::{ClientId, Name, Role};
 
 use crate::outlet::Outlet;
+use crate::rate::TokenBucket;
 
 /// A connected client as seen by the router and by channels.
 #[derive(Debug)]
@@ -13,6 +15,13 @@ pub(crate) struct ClientEntry {
     pub(crate) role: Role,
     pub(crate) rooms: RoomAccess,
     pub(crate) outlet: Outlet,
+    /// Channels this connection has created (explicitly or by auto-create),
+    /// checked against `RouterConfig::max_channels_created_per_client`.
+    pub(crate) channels_created: AtomicUsize,
+    /// Direct messages this client may still receive (all senders together,
+    /// `RouterConfig::direct_rate`): the recipient's protection from senders
+    /// it did not choose.
+    pub(crate) direct_inbound: parking_lot::Mutex<TokenBucket>,
 }
 
 /// Which rooms a client may join, publish to and read (e.g. a JWT's `rooms`

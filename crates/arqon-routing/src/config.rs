@@ -23,11 +23,30 @@ pub struct RouterConfig {
     pub rate_per_s: u32,
     /// Frames a client may send at once before the rate applies. Default: 200.
     pub burst: u32,
-    /// Outbound queue capacity per client, in frames. Default: 1024.
-    pub outbound_queue: usize,
+    /// Bytes of frames queued towards one client at most (every frame kind);
+    /// past it the client is closed with 1008 "slow consumer"; 0: no bound.
+    /// Reported in `welcome`. Default: 64 MiB.
+    pub max_backlog_bytes: usize,
+    /// Bytes all clients' backlogs may hold together, each shared frame
+    /// counted once; past it the largest backlogs are closed first (1008);
+    /// 0: no budget. Default: 1 GiB.
+    pub backlog_budget_bytes: usize,
     /// Member events are sent only while a channel has at most this many
     /// members. Default: 1000.
     pub member_events_max: usize,
+    /// Member events each channel may send; past it they are counted and
+    /// summed up in one `members_changed` event a second later.
+    /// Default: 20 per second, burst 50.
+    pub member_event_rate: RateLimit,
+    /// Direct messages one client may receive, from all senders together;
+    /// past it senders get `RATE_LIMITED` (`rate_per_s` 0: unlimited).
+    /// Default: 100 per second, burst 200.
+    pub direct_rate: RateLimit,
+    /// A direct message to a client whose backlog already holds this many
+    /// bytes is refused to its sender (`RATE_LIMITED`) instead of queued, so
+    /// that no sender can make a recipient a slow consumer; 0: never.
+    /// Default: 1 MiB.
+    pub direct_backlog_bytes: usize,
     /// Largest frame a client may send; reported in `welcome`. Default: 1 MiB.
     pub max_message_bytes: usize,
     /// Heartbeat interval; reported in `welcome`. Default: 20.
@@ -41,6 +60,20 @@ pub struct RouterConfig {
     pub abuse_limit: u32,
     /// Time between `token_expired` and the close. Default: 2 s.
     pub expiry_grace: Duration,
+    /// Channels on this node at most; creating one more fails with
+    /// `FORBIDDEN`. 0: no limit. Default: 10000.
+    pub max_channels: usize,
+    /// Channels in one room at most; creating one more fails with
+    /// `FORBIDDEN`. 0: no limit. Default: 1000.
+    pub max_channels_per_room: usize,
+    /// Channels one connection may create, explicitly or by auto-create,
+    /// over its life; past it creating fails with `FORBIDDEN`. 0: no limit.
+    /// Default: 1000.
+    pub max_channels_created_per_client: usize,
+    /// How long an auto-created channel with no members and no kept history
+    /// stays before [`Router::run_reclaim`](crate::Router::run_reclaim)
+    /// removes it; zero: never. Default: 300 s.
+    pub idle_reclaim: Duration,
 }
 
 impl RouterConfig {
@@ -56,14 +89,22 @@ impl Default for RouterConfig {
             auto_create: true,
             rate_per_s: 100,
             burst: 200,
-            outbound_queue: 1024,
+            max_backlog_bytes: 64 * 1024 * 1024,
+            backlog_budget_bytes: 1024 * 1024 * 1024,
             member_events_max: 1000,
+            member_event_rate: RateLimit { rate_per_s: 20, burst: 50 },
+            direct_rate: RateLimit { rate_per_s: 100, burst: 200 },
+            direct_backlog_bytes: 1024 * 1024,
             max_message_bytes: 1_048_576,
             heartbeat_s: 20,
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             role_rates: BTreeMap::new(),
             abuse_limit: 100,
             expiry_grace: Duration::from_secs(2),
+            max_channels: 10_000,
+            max_channels_per_room: 1000,
+            max_channels_created_per_client: 1000,
+            idle_reclaim: Duration::from_secs(300),
         }
     }
 }

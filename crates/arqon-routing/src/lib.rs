@@ -12,7 +12,10 @@
 //!
 //! - [`Router`]: the bus; [`Router::connect`] registers a client and returns
 //!   its [`Session`] (feed it frames) and [`Inbox`] (deliver what comes out).
-//! - [`RouterConfig`]: limits and policies.
+//! - [`RouterConfig`]: limits and policies, among them the channel caps
+//!   checked wherever a channel is created.
+//! - [`Router::run_reclaim`]: the periodic removal of idle auto-created
+//!   channels, run beside the bus until its shutdown future resolves.
 //! - [`Broker`]: the seam for cross-node fan-out.
 //! - [`Observer`], [`BusEvent`]: the seam for metrics and telemetry.
 //! - [`RoutingError`]: this layer's error.
@@ -43,9 +46,11 @@ mod client;
 mod commands;
 mod config;
 mod error;
+mod member_events;
 mod observer;
 mod outlet;
 mod rate;
+mod reclaim;
 mod router;
 mod session;
 

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use arqon_outbound::SlowCause;
 use arqon_protocol::{ChannelKey, ClientId, ErrorCode, Name, Role};
 
 /// What kind of frame a client sent.
@@ -86,10 +87,12 @@ pub enum BusEvent<'a> {
         /// The client.
         client_id: ClientId,
     },
-    /// A client was closed because its outbound queue overflowed.
+    /// A client was closed as a slow consumer (reported when it goes).
     SlowConsumer {
         /// The client.
         client_id: ClientId,
+        /// Which limit it broke.
+        cause: SlowCause,
     },
     /// A channel was created.
     ChannelCreated {

@@ -1,56 +1,51 @@
-//! The sending half of a connection's bounded outbound queue.
+//! The sending half of a connection's outbound backlog.
 
 use std::sync::Arc;
 
-use arqon_protocol::{ClientId, CloseReason, Outbound, OutboundReceiver, OutboundSender, TrySendError};
-use tokio::sync::watch;
-
-use crate::observer::{BusEvent, Observer};
+use arqon_outbound::{Budget, Closing, Outbound, OutboundReceiver, OutboundSender, SlowCause, TrySendError};
 
 /// Where the bus puts frames for one client, and how it asks the transport
 /// to close that client.
 #[derive(Debug, Clone)]
 pub(crate) struct Outlet {
     tx: OutboundSender,
-    close: Arc<watch::Sender<Option<CloseReason>>>,
-    client: ClientId,
-    observer: Arc<dyn Observer>,
 }
 
-/// The receiving half, handed to the transport: frames to write, and the
-/// reason to close (set at most once).
+/// The receiving half, handed to the transport: the frames to write, and
+/// the reason to close once the bus sets one (see [`OutboundReceiver`]).
 #[derive(Debug)]
 pub struct Inbox {
-    /// Frames to write, in order.
+    /// Frames to write, in order, then the close.
     pub frames: OutboundReceiver,
-    /// Becomes `Some` when the bus wants the connection closed.
-    pub close: watch::Receiver<Option<CloseReason>>,
 }
 
 impl Outlet {
-    /// A queue of `capacity` items (PROTOCOL.md section 7: 1,024 by default).
+    /// A backlog of at most `max_bytes` bytes, charged to the bus's `budget`
+    /// (PROTOCOL.md section 8.1: 64 MiB and 1 GiB by default).
     ///
-    /// Overflow policy: a push that finds the queue full never waits and never
-    /// drops silently; it closes *this* client with 1008 (slow consumer), so
-    /// one stalled reader cannot slow a publisher or grow memory.
-    pub(crate) fn new(capacity: usize, client: ClientId, observer: Arc<dyn Observer>) -> (Outlet, Inbox) {
-        let (tx, frames) = arqon_protocol::queue(capacity);
-        let (close_tx, close) = watch::channel(None);
-        (Outlet { tx, close: Arc::new(close_tx), client, observer }, Inbox { frames, close })
+    /// Overflow policy: a push that would exceed `max_bytes` never waits and
+    /// never drops silently; it closes *this* client with 1008 (slow
+    /// consumer), so one stalled reader cannot slow a publisher or grow
+    /// memory. Past the budget, the largest backlogs of the bus are closed.
+    pub(crate) fn new(max_bytes: usize, budget: &Arc<Budget>) -> (Outlet, Inbox) {
+        let (tx, frames) = arqon_outbound::queue(max_bytes, budget);
+        (Outlet { tx }, Inbox { frames })
     }
 
-    /// Frames queued and not yet taken by the writer.
-    pub(crate) fn queued(&self) -> usize {
-        self.tx.len()
-    }
-
-    /// Queues an item; returns false if it was not queued (the client is gone
-    /// or has just been closed as a slow consumer).
+    /// Queues an item for this client alone; returns false if it was not
+    /// queued (the client is gone or closing).
     pub(crate) fn push(&self, item: Outbound) -> bool {
-        match self.tx.try_send(item) {
+        let share = item.bytes();
+        self.push_shared(item, share)
+    }
+
+    /// Queues one copy of a frame shared by several clients; `share` is this
+    /// copy's part of its size in the global budget.
+    pub(crate) fn push_shared(&self, item: Outbound, share: usize) -> bool {
+        match self.tx.try_send_shared(item, share) {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
-                self.close(CloseReason::SLOW_CONSUMER);
+                self.tx.close(Closing::slow(SlowCause::Backlog));
                 false
             }
             Err(TrySendError::Closed(_)) => false,
@@ -58,36 +53,42 @@ impl Outlet {
     }
 
     /// Asks the transport to close the connection; the first reason wins.
-    pub(crate) fn close(&self, reason: CloseReason) {
-        let changed = self.close.send_if_modified(|current| {
-            if current.is_some() {
-                return false;
-            }
-            *current = Some(reason);
-            true
-        });
-        if changed && reason == CloseReason::SLOW_CONSUMER {
-            self.observer.observe(&BusEvent::SlowConsumer { client_id: self.client });
-        }
+    pub(crate) fn close(&self, closing: impl Into<Closing>) {
+        self.tx.close(closing);
     }
+
+    /// Bytes queued towards this client and not yet written.
+    pub(crate) fn backlog_bytes(&self) -> usize {
+        self.tx.backlog_bytes()
+    }
+
+    /// Why the connection is closing, once the bus or the transport said.
+    pub(crate) fn closing(&self) -> Option<Closing> {
+        self.tx.closing()
+    }
+}
+
+/// Each recipient's part of a frame of `bytes` delivered to `recipients`
+/// connections, so that the budget counts the frame once.
+pub(crate) fn share(bytes: usize, recipients: usize) -> usize {
+    bytes.div_ceil(recipients.max(1))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::observer::NoObserver;
-    use arqon_protocol::Frame;
+    use arqon_protocol::{CloseReason, Frame};
 
     #[test]
     fn overflow_closes_with_1008_and_first_reason_wins() {
-        let (outlet, inbox) = Outlet::new(2, arqon_protocol::IdGenerator::new().client_id(), Arc::new(NoObserver));
+        let (outlet, inbox) = Outlet::new(4, &Budget::unlimited());
         let frame = || Outbound::Frame(Frame::from_text("{}"));
         assert!(outlet.push(frame()));
         assert!(outlet.push(frame()));
-        assert!(inbox.close.borrow().is_none());
-        assert!(!outlet.push(frame()));
-        assert_eq!(*inbox.close.borrow(), Some(CloseReason::SLOW_CONSUMER));
+        assert_eq!(inbox.frames.closing(), None);
+        assert!(!outlet.push(frame()), "2 + 2 + 2 bytes > 4");
+        assert_eq!(inbox.frames.closing(), Some(Closing::slow(SlowCause::Backlog)));
         outlet.close(CloseReason::SHUTDOWN);
-        assert_eq!(*inbox.close.borrow(), Some(CloseReason::SLOW_CONSUMER));
+        assert_eq!(outlet.closing(), Some(Closing::slow(SlowCause::Backlog)));
     }
 }

@@ -2,11 +2,13 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
+use arqon_outbound::{Budget, Outbound};
 use arqon_protocol::{
-    ChannelKey, ClientId, ErrorCode, Frame, IdGenerator, MessageId, Name, Outbound, ProtocolError, Role, Timestamp,
+    ChannelKey, ClientId, ErrorCode, Frame, IdGenerator, MessageId, Name, ProtocolError, Role, Timestamp,
 };
-use arqon_storage::{Appended, Health, Storage, StoredMessage, append_fast};
+use arqon_storage::{Health, Storage};
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use parking_lot::Mutex;
@@ -16,7 +18,8 @@ use crate::broker::{Broker, Delivery};
 use crate::channel::Channel;
 use crate::client::{ClientEntry, RoomAccess};
 use crate::observer::{BusEvent, NoObserver, Observer};
-use crate::outlet::{Inbox, Outlet};
+use crate::outlet::{Inbox, Outlet, share};
+use crate::rate::TokenBucket;
 use crate::session::Session;
 use crate::{RouterConfig, RoutingError};
 
@@ -94,11 +97,13 @@ impl RouterBuilder {
     pub fn build(self) -> Router {
         Router {
             inner: Arc::new(Inner {
+                budget: Budget::new(self.config.backlog_budget_bytes),
                 config: self.config,
                 storage: self.storage,
                 clients: DashMap::with_hasher(RandomState::default()),
                 rooms: DashMap::with_hasher(RandomState::default()),
                 client_ids: Mutex::new(IdGenerator::new()),
+                channel_count: AtomicUsize::new(0),
                 started: Instant::now(),
                 broker: self.broker,
                 observer: self.observer,
@@ -116,10 +121,15 @@ pub struct Router {
 pub(crate) struct Inner {
     pub(crate) config: RouterConfig,
     pub(crate) storage: Arc<dyn Storage>,
+    /// Memory held by every client's backlog (PROTOCOL.md section 8.1).
+    budget: Arc<Budget>,
     clients: DashMap<ClientId, Arc<ClientEntry>, RandomState>,
     /// room → channel name → channel. A room exists while it has channels.
-    rooms: DashMap<Name, HashMap<Name, Arc<Channel>, RandomState>, RandomState>,
+    pub(crate) rooms: DashMap<Name, HashMap<Name, Arc<Channel>, RandomState>, RandomState>,
     client_ids: Mutex<IdGenerator>,
+    /// Channels in `rooms`, kept with every insert and removal so that the
+    /// `max_channels` check needs no walk over the rooms.
+    channel_count: AtomicUsize,
     pub(crate) started: Instant,
     broker: Option<Arc<dyn Broker>>,
     pub(crate) observer: Arc<dyn Observer>,
@@ -152,9 +162,10 @@ impl Router {
         RouterBuilder { config, storage, broker: None, observer: Arc::new(NoObserver) }
     }
 
-    /// Frames queued towards all clients, not yet written.
-    pub fn queued_frames(&self) -> usize {
-        self.inner.clients.iter().map(|c| c.outlet.queued()).sum()
+    /// The budget of memory held by every client's backlog: bytes used
+    /// now, its limit, and how many clients it closed.
+    pub fn backlog_budget(&self) -> &Budget {
+        &self.inner.budget
     }
 
     /// Loads the channels the storage backend remembers (after a restart);
@@ -163,12 +174,7 @@ impl Router {
         let records = self.inner.storage.channels().await?;
         let count = records.len();
         for record in records {
-            self.inner
-                .rooms
-                .entry(record.key.room.clone())
-                .or_default()
-                .entry(record.key.channel.clone())
-                .or_insert_with(|| Arc::new(Channel::new(record.key.clone(), record.created_at)));
+            self.adopt(&record.key, record.created_at);
         }
         Ok(count)
     }
@@ -181,8 +187,18 @@ impl Router {
             Some(id) => id,
             None => self.inner.client_ids.lock().client_id(),
         };
-        let (outlet, inbox) = Outlet::new(self.inner.config.outbound_queue, id, Arc::clone(&self.inner.observer));
-        let entry = Arc::new(ClientEntry { id, role: identity.role, rooms: identity.rooms, outlet });
+        let (outlet, inbox) = Outlet::new(self.inner.config.max_backlog_bytes, &self.inner.budget);
+        let entry = Arc::new(ClientEntry {
+            id,
+            role: identity.role,
+            rooms: identity.rooms,
+            outlet,
+            channels_created: AtomicUsize::new(0),
+            direct_inbound: parking_lot::Mutex::new(TokenBucket::new(
+                self.inner.config.direct_rate.rate_per_s,
+                self.inner.config.direct_rate.burst,
+            )),
+        });
         match self.inner.clients.entry(id) {
             dashmap::Entry::Occupied(_) => return Err(RoutingError::DuplicateClient(id)),
             dashmap::Entry::Vacant(slot) => {
@@ -232,6 +248,11 @@ impl Router {
         out
     }
 
+    /// The limits and policies this router was built with.
+    pub fn config(&self) -> &RouterConfig {
+        &self.inner.config
+    }
+
     /// The storage backend's health.
     pub fn storage_health(&self) -> Health {
         self.inner.storage.health()
@@ -257,12 +278,18 @@ impl Router {
     /// Another node created a channel: make it known here (no storage write,
     /// nothing forwarded back).
     pub fn channel_created_elsewhere(&self, key: &ChannelKey, created_at: Timestamp) {
-        self.inner
-            .rooms
-            .entry(key.room.clone())
-            .or_default()
-            .entry(key.channel.clone())
-            .or_insert_with(|| Arc::new(Channel::new(key.clone(), created_at)));
+        self.adopt(key, created_at);
+    }
+
+    /// Makes a channel created elsewhere (storage after a restart, another
+    /// node) known here, unless it is. Not subject to the channel caps, and
+    /// never reclaimed by this node: it is not this node's to remove.
+    fn adopt(&self, key: &ChannelKey, created_at: Timestamp) {
+        let mut room = self.inner.rooms.entry(key.room.clone()).or_default();
+        if let std::collections::hash_map::Entry::Vacant(slot) = room.entry(key.channel.clone()) {
+            slot.insert(Arc::new(Channel::new(key.clone(), created_at)));
+            self.inner.channel_count.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     /// Another node deleted a channel (and its history): drop it here and
@@ -285,28 +312,43 @@ impl Router {
         forget_history: bool,
     ) -> Result<Option<Vec<Arc<ClientEntry>>>, RoutingError> {
         let key = &channel.key;
-        let members = {
-            let _order = channel.order.lock().await;
-            // The key may name a new channel by now, which is not ours to remove.
-            if channel.is_deleted() {
-                return Ok(None);
-            }
+        let forget = async {
             if forget_history {
                 self.inner.storage.delete_channel(key).await?;
             }
-            if let Some(mut room) = self.inner.rooms.get_mut(&key.room) {
-                room.remove(&key.channel);
-            }
-            self.inner.rooms.remove_if(&key.room, |_, channels| channels.is_empty());
-            channel.retire()
+            // The key may name a new channel once this one is retired,
+            // which is not ours to remove: hence under the lock.
+            self.unlist(key);
+            Ok(true)
         };
+        let Some(members) = channel.retire(forget).await? else {
+            return Ok(None);
+        };
+        self.retired(key);
+        Ok(Some(members))
+    }
+
+    /// Takes the channel at `key` out of the table. Only for
+    /// [`Channel::retire`]'s `forget`, under the order lock, with the
+    /// channel not deleted yet, so the entry under its key is this very
+    /// channel.
+    pub(crate) fn unlist(&self, key: &ChannelKey) {
+        if let Some(mut room) = self.inner.rooms.get_mut(&key.room)
+            && room.remove(&key.channel).is_some()
+        {
+            self.inner.channel_count.fetch_sub(1, Ordering::AcqRel);
+        }
+        self.inner.rooms.remove_if(&key.room, |_, channels| channels.is_empty());
+    }
+
+    /// What follows [`Channel::retire`], once the order lock is released.
+    pub(crate) fn retired(&self, key: &ChannelKey) {
         self.inner.observer.observe(&BusEvent::ChannelDeleted { key });
         // Its members are no longer members here: the cluster's counts and
         // subscriptions must not outlive the channel.
         if let Some(broker) = &self.inner.broker {
             broker.interest(key, 0);
         }
-        Ok(Some(members))
     }
 
     /// Sends `channel_deleted` (one shared frame) to former members.
@@ -322,7 +364,8 @@ impl Router {
             Timestamp::now(),
             &ChannelDeleted { event: "channel_deleted", room: &key.room, channel: &key.channel },
         );
-        members.iter().filter(|m| m.outlet.push(Outbound::Frame(frame.clone()))).count()
+        let share = share(frame.len(), members.len());
+        members.iter().filter(|m| m.outlet.push_shared(Outbound::Frame(frame.clone()), share)).count()
     }
 
     /// Members of `key` on this node plus, with a broker, on the others.
@@ -336,29 +379,48 @@ impl Router {
         self.inner.rooms.get(&key.room)?.get(&key.channel).cloned()
     }
 
-    /// The channel, creating it if allowed. Returns (channel, created).
+    /// The channel, creating it if `create` allows and no channel cap is
+    /// reached. Returns (channel, created).
     pub(crate) async fn ensure_channel(
         &self,
         key: &ChannelKey,
-        may_create: bool,
+        create: Create<'_>,
     ) -> Result<(Arc<Channel>, bool), RoutingError> {
         if let Some(channel) = self.lookup(key) {
+            if let Create::Explicit(_) = create {
+                channel.keep();
+            }
             return Ok((channel, false));
         }
-        if !may_create {
-            return Err(not_found(key).into());
-        }
-        let (channel, created) = {
+        let creator = match create {
+            Create::No => return Err(not_found(key).into()),
+            Create::Auto(creator) | Create::Explicit(creator) => creator,
+        };
+        let made = {
             let mut room = self.inner.rooms.entry(key.room.clone()).or_default();
             match room.get(&key.channel) {
-                Some(existing) => (Arc::clone(existing), false),
-                None => {
-                    let channel = Arc::new(Channel::new(key.clone(), Timestamp::now()));
+                Some(existing) => Ok((Arc::clone(existing), false)),
+                None => self.take_slot(key, room.len(), creator).map(|()| {
+                    let channel = Arc::new(match create {
+                        Create::Explicit(_) => Channel::new(key.clone(), Timestamp::now()),
+                        _ => Channel::new_reclaimable(key.clone(), Timestamp::now()),
+                    });
                     room.insert(key.channel.clone(), Arc::clone(&channel));
                     (channel, true)
-                }
+                }),
             }
         };
+        let (channel, created) = match made {
+            Ok(made) => made,
+            Err(refusal) => {
+                // The room may have been made for this channel alone.
+                self.inner.rooms.remove_if(&key.room, |_, channels| channels.is_empty());
+                return Err(refusal.into());
+            }
+        };
+        if let Create::Explicit(_) = create {
+            channel.keep();
+        }
         if created {
             self.inner.observer.observe(&BusEvent::ChannelCreated { key });
             if let Some(broker) = &self.inner.broker {
@@ -373,6 +435,54 @@ impl Router {
         Ok((channel, created))
     }
 
+    /// Counts a new channel against the caps: `room_len` channels in its
+    /// room, the creator's and the node's. Takes the slots (both counters
+    /// move) only when every cap allows. Called under the room's map lock,
+    /// so the per-room count cannot change meanwhile.
+    fn take_slot(&self, key: &ChannelKey, room_len: usize, creator: &ClientEntry) -> Result<(), ProtocolError> {
+        let config = &self.inner.config;
+        let per_room = config.max_channels_per_room;
+        if per_room > 0 && room_len >= per_room {
+            return Err(refused(format!("room {} already has {per_room} channels, the most allowed", key.room)));
+        }
+        let per_client = config.max_channels_created_per_client;
+        let under = |cap: usize| move |n: usize| (cap == 0 || n < cap).then_some(n + 1);
+        if creator.channels_created.fetch_update(Ordering::AcqRel, Ordering::Acquire, under(per_client)).is_err() {
+            return Err(refused(format!(
+                "this connection has already created {per_client} channels, the most allowed"
+            )));
+        }
+        let total = config.max_channels;
+        if self.inner.channel_count.fetch_update(Ordering::AcqRel, Ordering::Acquire, under(total)).is_err() {
+            creator.channels_created.fetch_sub(1, Ordering::AcqRel);
+            return Err(refused(format!("this server already has {total} channels, the most allowed")));
+        }
+        Ok(())
+    }
+
+    /// Publishes to `key`, creating the channel as `create` allows. A
+    /// channel removed (reclaimed or deleted) between its lookup and its
+    /// order lock is made afresh once, as if the publish had come just
+    /// after the removal, rather than answered `NOT_FOUND` on a bus that
+    /// auto-creates.
+    pub(crate) async fn publish_to(
+        &self,
+        key: &ChannelKey,
+        create: Create<'_>,
+        from: ClientId,
+        id: MessageId,
+        frame: Frame,
+    ) -> Result<Option<usize>, RoutingError> {
+        let (channel, _) = self.ensure_channel(key, create).await?;
+        match self.publish(&channel, from, id, frame.clone()).await {
+            Err(_) if channel.is_deleted() && !matches!(create, Create::No) => {
+                let (channel, _) = self.ensure_channel(key, create).await?;
+                self.publish(&channel, from, id, frame).await
+            }
+            outcome => outcome,
+        }
+    }
+
     /// Appends a channel message to history, then delivers it to every member
     /// but the sender. Returns how many received it, or `None` for a retry.
     pub(crate) async fn publish(
@@ -382,20 +492,12 @@ impl Router {
         id: MessageId,
         frame: Frame,
     ) -> Result<Option<usize>, RoutingError> {
-        let _order = channel.lock_order().await;
-        if channel.is_deleted() {
-            return Err(not_found(&channel.key).into());
-        }
-        let stored = StoredMessage { id, frame: frame.clone() };
-        // Synchronous when the backend can (memory): no boxed futures per message.
-        if append_fast(&*self.inner.storage, &channel.key, stored).await? == Appended::Duplicate {
-            return Ok(None);
-        }
-        let delivered = channel.deliver(&frame, Some(from));
-        if let Some(broker) = &self.inner.broker {
-            broker.forward(Delivery::Channel { key: channel.key.clone(), frame, from });
-        }
-        Ok(Some(delivered))
+        let forward = || {
+            if let Some(broker) = &self.inner.broker {
+                broker.forward(Delivery::Channel { key: channel.key.clone(), frame: frame.clone(), from });
+            }
+        };
+        channel.publish(&*self.inner.storage, id, &frame, from, forward).await
     }
 
     /// Delivers a room-wide message: each member of any channel once.
@@ -412,8 +514,9 @@ impl Router {
 
     /// Delivers a direct message.
     pub(crate) fn publish_direct(&self, to: ClientId, frame: Frame) -> Result<usize, RoutingError> {
-        if self.inner.clients.contains_key(&to) {
-            return Ok(self.deliver_direct_local(to, &frame));
+        if let Some(client) = self.inner.clients.get(&to).map(|c| Arc::clone(&c)) {
+            self.admit_direct(&client)?;
+            return Ok(usize::from(client.outlet.push(Outbound::Frame(frame))));
         }
         match &self.inner.broker {
             Some(broker) if broker.knows_client(to) => {
@@ -437,14 +540,44 @@ impl Router {
                 }
             });
         }
-        reached.values().filter(|m| m.outlet.push(Outbound::Frame(frame.clone()))).count()
+        let share = share(frame.len(), reached.len());
+        reached.values().filter(|m| m.outlet.push_shared(Outbound::Frame(frame.clone()), share)).count()
     }
 
+    /// A direct message from another node: the same protection as a local
+    /// one, but the sender cannot be told, so a refused one is dropped and
+    /// logged.
     fn deliver_direct_local(&self, to: ClientId, frame: &Frame) -> usize {
         let Some(client) = self.inner.clients.get(&to).map(|c| Arc::clone(&c)) else {
             return 0;
         };
+        if let Err(refused) = self.admit_direct(&client) {
+            tracing::debug!(client_id = %to, reason = %refused, "dropped a direct message from another node");
+            return 0;
+        }
         usize::from(client.outlet.push(Outbound::Frame(frame.clone())))
+    }
+
+    /// Whether `client` may be sent one more direct message: a recipient is
+    /// protected from senders it did not choose, so that together they can
+    /// neither make it a slow consumer nor flood it (PROTOCOL.md section 8.1:
+    /// a client is closed only for its own reading).
+    fn admit_direct(&self, client: &ClientEntry) -> Result<(), ProtocolError> {
+        let config = &self.inner.config;
+        if config.direct_backlog_bytes > 0 && client.outlet.backlog_bytes() >= config.direct_backlog_bytes {
+            return Err(ProtocolError::new(
+                ErrorCode::RateLimited,
+                format!("client {} is not reading fast enough; direct message refused", client.id),
+            )
+            .with_retry_after(DIRECT_BACKLOG_RETRY));
+        }
+        client.direct_inbound.lock().take().map_err(|wait| {
+            ProtocolError::new(
+                ErrorCode::RateLimited,
+                format!("client {} receives too many direct messages; direct message refused", client.id),
+            )
+            .with_retry_after(wait)
+        })
     }
 
     /// Removes a channel and takes its members.
@@ -490,6 +623,28 @@ async fn expire(client: std::sync::Weak<ClientEntry>, after: std::time::Duration
         entry.outlet.close(arqon_protocol::CloseReason::TOKEN_EXPIRED);
     }
 }
+
+/// How [`Router::ensure_channel`] may make a missing channel, and whose
+/// creation it counts as.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Create<'a> {
+    /// Never: a missing channel is `NOT_FOUND`.
+    No,
+    /// Auto-create (publish, join): the idle reclaim may remove it later.
+    Auto(&'a ClientEntry),
+    /// `create_channel`: kept however idle it gets; an existing
+    /// auto-created channel is claimed (kept) too.
+    Explicit(&'a ClientEntry),
+}
+
+/// A channel cap refused a creation.
+fn refused(message: String) -> ProtocolError {
+    ProtocolError::new(ErrorCode::Forbidden, message)
+}
+
+/// What a sender refused for a recipient's backlog is told to wait: about
+/// the time a reading client takes to drain a megabyte.
+const DIRECT_BACKLOG_RETRY: std::time::Duration = std::time::Duration::from_millis(100);
 
 pub(crate) fn not_found(key: &ChannelKey) -> ProtocolError {
     ProtocolError::new(ErrorCode::NotFound, format!("channel {key} does not exist"))

@@ -3,10 +3,11 @@
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use arqon_outbound::Outbound;
 use arqon_protocol::encode::{self, MessageFrame};
 use arqon_protocol::{
-    ChannelKey, ClientFrame, ClientId, CloseReason, ErrorCode, Frame, FrameBody, IdGenerator, MessageId, Outbound,
-    ProtocolError, RawJson, Role, Target, Timestamp,
+    ChannelKey, ClientFrame, ClientId, CloseReason, ErrorCode, Frame, FrameBody, IdGenerator, MessageId, ProtocolError,
+    RawJson, Role, Target, Timestamp,
 };
 use serde::Serialize;
 
@@ -14,7 +15,7 @@ use crate::client::ClientEntry;
 use crate::commands;
 use crate::observer::{BusEvent, FrameKind};
 use crate::rate::TokenBucket;
-use crate::router::Router;
+use crate::router::{Create, Router};
 
 /// A connected client's session. Feed it every frame the client sends; it
 /// answers through the client's [`Inbox`](crate::Inbox). Dropping it
@@ -49,6 +50,7 @@ struct WelcomeLimits {
     max_message_bytes: usize,
     rate_per_s: u32,
     burst: u32,
+    max_backlog_bytes: usize,
 }
 
 impl Session {
@@ -89,6 +91,7 @@ impl Session {
                 max_message_bytes: config.max_message_bytes,
                 rate_per_s: config.rate_for(self.client.role).rate_per_s,
                 burst: config.rate_for(self.client.role).burst,
+                max_backlog_bytes: config.max_backlog_bytes,
             },
         };
         self.push(encode::event(ids.message_id(), Timestamp::now(), &welcome));
@@ -224,9 +227,8 @@ impl Session {
         let bytes = encoded.len();
         let fanout = match target {
             Target::Channel(key) => {
-                let may_create = router.inner.config.auto_create;
-                let (channel, _) = router.ensure_channel(key, may_create).await.map_err(|e| e.into_protocol())?;
-                router.publish(&channel, self.client.id, id, encoded).await
+                let create = if router.inner.config.auto_create { Create::Auto(&self.client) } else { Create::No };
+                router.publish_to(key, create, self.client.id, id, encoded).await
             }
             Target::Room(room) => router.publish_room(room, self.client.id, encoded).map(Some),
             Target::Client(to) => router.publish_direct(*to, encoded).map(Some),
@@ -266,7 +268,7 @@ impl Session {
     }
 
     fn send_error(&mut self, error: &ProtocolError) {
-        self.send_error_with(error, None);
+        self.send_error_with(error, error.retry_after_ms);
     }
 
     fn send_error_with(&mut self, error: &ProtocolError, retry_after_ms: Option<u64>) {
@@ -300,6 +302,12 @@ impl Drop for Session {
             commands::leave::leave_quietly(self, &key);
         }
         self.router.unregister(self.client.id);
+        // Every slow-consumer close, whoever decided it (a push past the
+        // backlog limit, the budget, the transport's write timeout), is
+        // reported here, once, with its cause.
+        if let Some(cause) = self.client.outlet.closing().and_then(|closing| closing.cause) {
+            self.observe(&BusEvent::SlowConsumer { client_id: self.client.id, cause });
+        }
         self.observe(&BusEvent::ConnectionClosed { client_id: self.client.id });
     }
 }

@@ -6,9 +6,8 @@
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arqon_protocol::{
-    ChannelKey, ClientId, CloseReason, ErrorCode, Frame, IdGenerator, MessageId, Outbound, Role, Timestamp,
-};
+use arqon_outbound::{Closing, Outbound, SlowCause};
+use arqon_protocol::{ChannelKey, ClientId, CloseReason, ErrorCode, Frame, IdGenerator, MessageId, Role, Timestamp};
 use arqon_routing::{Broker, Delivery, Identity, Inbox, Router, RouterConfig, RoutingError, Session};
 use arqon_storage::{
     AppendNow, Appended, ChannelRecord, ChannelStats, Health, MemoryStorage, Since, Storage, StorageError,
@@ -380,10 +379,10 @@ async fn decode_errors_are_reported_with_their_request_id() {
     assert_eq!(code(&a.next().await), "INVALID_NAME");
     a.session.handle_binary();
     assert_eq!(code(&a.next().await), "UNSUPPORTED_FRAME");
-    assert!(a.inbox.close.borrow().is_none());
+    assert_eq!(a.inbox.frames.closing(), None);
     a.session.handle_oversize();
     assert_eq!(code(&a.next().await), "MESSAGE_TOO_LARGE");
-    assert_eq!(*a.inbox.close.borrow(), Some(CloseReason::TOO_LARGE));
+    assert_eq!(a.inbox.frames.closing(), Some(CloseReason::TOO_LARGE.into()));
 }
 
 #[tokio::test]
@@ -996,19 +995,38 @@ async fn join_since_an_evicted_cursor_is_truncated() {
 }
 
 #[tokio::test]
-async fn a_replay_takes_one_queue_slot() {
-    let router = router_with(RouterConfig { outbound_queue: 8, ..config() });
+async fn a_replay_counts_its_bytes_against_the_backlog() {
+    async fn replay_of_forty(max_backlog_bytes: usize) -> (Client, Vec<Value>) {
+        let router = router_with(RouterConfig { max_backlog_bytes, ..config() });
+        let mut a = Client::connect(&router, Role::User);
+        let first = a.publish("r", "c", json!(0)).await;
+        for n in 1..=40 {
+            a.publish("r", "c", json!({ "n": n, "pad": "x".repeat(100) })).await;
+        }
+        let mut b = Client::connect(&router, Role::Guest);
+        let (_, replayed) = join_since(&mut b, "r", "c", first).await;
+        (b, replayed)
+    }
+    // 40 messages of about 300 bytes: whole within 64 KiB, and live
+    // traffic follows.
+    let (b, replayed) = replay_of_forty(64 * 1024).await;
+    assert_eq!(replayed.len(), 40);
+    assert_eq!(b.inbox.frames.closing(), None);
+    // Within 4 KiB they do not fit: the replay is not queued, and the
+    // joiner is closed as a slow consumer rather than sent part of it.
+    let router = router_with(RouterConfig { max_backlog_bytes: 4096, ..config() });
     let mut a = Client::connect(&router, Role::User);
     let first = a.publish("r", "c", json!(0)).await;
     for n in 1..=40 {
-        a.publish("r", "c", json!(n)).await;
+        a.publish("r", "c", json!({ "n": n, "pad": "x".repeat(100) })).await;
     }
     let mut b = Client::connect(&router, Role::Guest);
-    let (_, replayed) = join_since(&mut b, "r", "c", first).await;
-    assert_eq!(replayed.len(), 40);
-    assert!(b.inbox.close.borrow().is_none());
-    a.publish("r", "c", json!("live")).await;
-    assert_eq!(b.next().await["payload"], "live");
+    let id = b.new_id();
+    b.send_value(json!({"type": "command", "id": id, "command": "join_channel",
+                        "args": {"room": "r", "channel": "c", "since": first}}))
+        .await;
+    assert_eq!(b.inbox.frames.closing(), Some(Closing::slow(SlowCause::Backlog)));
+    assert!(b.inbox.frames.recv().await.is_none(), "what was queued is dropped");
 }
 
 /// Memory storage that yields to the scheduler inside every call, so that
@@ -1219,29 +1237,70 @@ async fn member_events_stop_above_the_cutoff() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-async fn a_slow_consumer_is_closed_and_the_others_get_everything() {
-    let router = router_with(RouterConfig { outbound_queue: 8, ..config() });
+async fn a_slow_consumer_is_closed_by_bytes_and_the_others_get_everything() {
+    let router = router_with(RouterConfig { max_backlog_bytes: 2000, ..config() });
     let mut publisher = Client::connect(&router, Role::User);
     publisher.create("r", "c").await;
     let mut slow = Client::connect(&router, Role::Guest);
     slow.join("r", "c").await; // the slow client reads up to here, then never again
     let mut fast = Client::connect(&router, Role::Guest);
     fast.join("r", "c").await;
+    let mut queued_bytes = slow.inbox.frames.len();
+    assert_eq!(queued_bytes, 1, "the member event");
+    queued_bytes = 0;
+    let mut closed_at = None;
     for n in 0..50 {
         assert!(publisher.message(json!({"room": "r", "channel": "c", "payload": n})).await.is_none());
-        assert_eq!(fast.next().await["payload"], n);
+        let got = fast.next().await;
+        assert_eq!(got["payload"], n);
+        queued_bytes += got.to_string().len();
+        if closed_at.is_none() && slow.inbox.frames.closing().is_some() {
+            closed_at = Some((n, queued_bytes));
+        }
     }
     fast.assert_quiet();
-    assert_eq!(*slow.inbox.close.borrow(), Some(CloseReason::SLOW_CONSUMER));
-    assert!(fast.inbox.close.borrow().is_none());
-    assert!(publisher.inbox.close.borrow().is_none());
-    // Exactly the queue's capacity was kept for it: the member event, then messages 0..7.
-    assert_eq!(slow.inbox.frames.len(), 8);
-    assert_eq!(slow.try_next().unwrap()["payload"]["event"], "member_joined");
-    for n in 0..7 {
-        assert_eq!(slow.try_next().unwrap()["payload"], n);
+    // Closed by the message that would have taken its backlog past 2,000
+    // bytes, not by a count of frames.
+    let (n, bytes) = closed_at.expect("the slow consumer is closed");
+    // (The member event it also holds is about 200 bytes.)
+    assert!((1500..=2000).contains(&bytes), "closed at message {n} after {bytes} bytes of messages");
+    assert_eq!(slow.inbox.frames.closing(), Some(Closing::slow(SlowCause::Backlog)));
+    assert_eq!(fast.inbox.frames.closing(), None);
+    assert_eq!(publisher.inbox.frames.closing(), None);
+    // Frames queued to a closed connection are dropped (section 8.1).
+    assert_eq!(slow.inbox.frames.len(), 0);
+    assert!(slow.inbox.frames.recv().await.is_none());
+}
+
+#[tokio::test]
+async fn past_the_global_budget_the_largest_backlog_is_closed_first() {
+    // Budget 4,000 bytes; members that never read. A frame shared by both
+    // is counted once, so two members reading nothing hold one copy.
+    let router = router_with(RouterConfig { max_backlog_bytes: 64 * 1024, backlog_budget_bytes: 4000, ..config() });
+    let mut publisher = Client::connect(&router, Role::User);
+    publisher.create("r", "shared").await;
+    let mut a = Client::connect(&router, Role::Guest);
+    a.join("r", "shared").await;
+    let mut b = Client::connect(&router, Role::Guest);
+    b.join("r", "shared").await;
+    let pad = "x".repeat(200);
+    for n in 0..6 {
+        publisher.message(json!({"room": "r", "channel": "shared", "payload": {"n": n, "pad": pad}})).await;
     }
-    slow.assert_quiet();
+    // Six ~400-byte frames queued to two members, plus the joins' frames:
+    // counted once they come to about 3 KB, twice they would pass 5 KB.
+    let used = router.backlog_budget().used();
+    assert!((2500..3500).contains(&used), "{used}");
+    assert_eq!(a.inbox.frames.closing(), None);
+    assert_eq!(b.inbox.frames.closing(), None);
+    // A direct flood at `b` makes its backlog the largest: it alone is closed.
+    for _ in 0..10 {
+        publisher.message(json!({"to": b.id_str(), "payload": pad})).await;
+    }
+    assert_eq!(b.inbox.frames.closing(), Some(Closing::slow(SlowCause::Budget)));
+    assert_eq!(a.inbox.frames.closing(), None);
+    assert!(router.backlog_budget().used() < 4000);
+    assert_eq!(router.backlog_budget().evictions(), 1);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1282,7 +1341,7 @@ async fn rate_limit_refuses_over_the_burst_until_time_passes() {
         tokio::time::advance(Duration::from_millis(100)).await;
         assert_eq!(a.ok("ping", json!({})).await, json!({"pong": true}));
     }
-    assert!(a.inbox.close.borrow().is_none());
+    assert_eq!(a.inbox.frames.closing(), None);
 }
 
 #[tokio::test(start_paused = true)]
@@ -1300,6 +1359,162 @@ async fn rate_zero_is_unlimited_and_welcome_says_so() {
         let Some(Outbound::Frame(frame)) = inbox.frames.recv().await else { panic!("no answer") };
         assert_eq!(parse_frame(&frame)["type"], "response");
     }
+}
+
+// ---------------------------------------------------------------------------
+// Channel budgets: caps on creation, idle reclaim
+// ---------------------------------------------------------------------------
+
+/// Every channel of the router, as "room/channel".
+fn channel_names(router: &Router) -> Vec<String> {
+    router.channels(None).iter().map(|c| c.key.to_string()).collect()
+}
+
+/// Asserts a `FORBIDDEN` answer whose message contains `says`.
+fn assert_refused(error: &Value, says: &str) {
+    assert_eq!(error["code"], "FORBIDDEN", "{error}");
+    let message = error["message"].as_str().unwrap();
+    assert!(message.contains(says), "{message:?} should say {says:?}");
+}
+
+#[tokio::test]
+async fn channel_caps_refuse_creation_per_room_and_in_total() {
+    let caps =
+        RouterConfig { max_channels_per_room: 3, max_channels: 5, max_channels_created_per_client: 0, ..config() };
+    let router = router_with(caps);
+    let mut a = Client::connect(&router, Role::User);
+    for channel in ["a", "b", "c"] {
+        a.create("r1", channel).await;
+    }
+    // Every way of creating meets the room's cap: the command, a publish, a join.
+    let error = a.fail("create_channel", json!({"room": "r1", "channel": "d"})).await;
+    assert_refused(&error, "room r1 already has 3 channels");
+    let error = a.fail("publish", json!({"room": "r1", "channel": "d", "payload": 1})).await;
+    assert_refused(&error, "room r1 already has 3 channels");
+    let error = a.fail("join_channel", json!({"room": "r1", "channel": "d"})).await;
+    assert_refused(&error, "room r1 already has 3 channels");
+    let error = a.message(json!({"room": "r1", "channel": "d", "payload": 1})).await.expect("an error");
+    assert_refused(&error["error"], "room r1 already has 3 channels");
+    // Existing channels are not creations: they still work.
+    assert_eq!(a.ok("create_channel", json!({"room": "r1", "channel": "a"})).await["created"], false);
+    a.publish("r1", "a", json!(1)).await;
+    // The node's cap: 5 channels over all rooms.
+    a.create("r2", "a").await;
+    a.publish("r2", "b", json!(1)).await;
+    let error = a.fail("create_channel", json!({"room": "r3", "channel": "a"})).await;
+    assert_refused(&error, "this server already has 5 channels");
+    // A refusal leaves no empty room behind.
+    assert_eq!(router.counts().rooms, 2);
+    assert_eq!(router.counts().channels, 5);
+    // Deleting gives the slot back.
+    let mut admin = Client::connect(&router, Role::Admin);
+    admin.ok("delete_channel", json!({"room": "r1", "channel": "a"})).await;
+    a.create("r1", "d").await;
+    assert_eq!(channel_names(&router), ["r1/b", "r1/c", "r1/d", "r2/a", "r2/b"]);
+}
+
+#[tokio::test]
+async fn each_connection_creates_at_most_its_cap_of_channels() {
+    let router = router_with(RouterConfig { max_channels_created_per_client: 2, ..config() });
+    let mut a = Client::connect(&router, Role::User);
+    a.create("r", "one").await;
+    a.publish("r", "two", json!(1)).await; // auto-created: counts too
+    let error = a.fail("join_channel", json!({"room": "r", "channel": "three"})).await;
+    assert_refused(&error, "this connection has already created 2 channels");
+    // Over the connection's life: deleting what it made does not reset it.
+    let mut admin = Client::connect(&router, Role::Admin);
+    admin.ok("delete_channel", json!({"room": "r", "channel": "one"})).await;
+    let error = a.fail("create_channel", json!({"room": "r", "channel": "one"})).await;
+    assert_refused(&error, "this connection has already created 2 channels");
+    // Using channels that exist is not creating.
+    a.join("r", "two").await;
+    // Others have caps of their own, and so has a new connection of the same user.
+    let mut b = Client::connect(&router, Role::User);
+    b.create("r", "three").await;
+    drop(a);
+    let mut again = Client::connect(&router, Role::User);
+    again.create("r", "one").await;
+    assert_eq!(channel_names(&router), ["r/one", "r/three", "r/two"]);
+}
+
+/// A router whose storage keeps nothing over 2,000 bytes per channel, so a
+/// large message is delivered but leaves no history.
+fn reclaiming_router() -> Router {
+    let storage = MemoryStorage::new(1000).with_byte_budget(2_000, 1 << 20);
+    Router::new(RouterConfig { idle_reclaim: Duration::from_secs(300), ..config() }, Arc::new(storage))
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_auto_created_channels_without_history_are_reclaimed() {
+    let router = reclaiming_router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut stays = Client::connect(&router, Role::User);
+    a.join("r", "left").await; // auto-created, then left empty
+    a.ok("leave_channel", json!({"room": "r", "channel": "left"})).await;
+    a.publish("r", "evicted", json!("x".repeat(3_000))).await; // kept nothing
+    a.publish("r", "history", json!(1)).await; // keeps a message
+    a.create("r", "explicit").await; // kept however idle
+    a.publish("r", "claimed", json!("x".repeat(3_000))).await;
+    a.create("r", "claimed").await; // auto-created, then claimed
+    stays.join("r", "member").await; // has a member throughout
+    assert_eq!(router.reclaim_idle().await, 0, "the first pass only starts the idle clock");
+    tokio::time::advance(Duration::from_secs(299)).await;
+    assert_eq!(router.reclaim_idle().await, 0, "not idle long enough");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(router.reclaim_idle().await, 2);
+    assert_eq!(channel_names(&router), ["r/claimed", "r/explicit", "r/history", "r/member"]);
+    // The storage forgot them as well; using the name again makes a new channel.
+    assert_eq!(router.counts().channels, 4);
+    assert_eq!(a.join("r", "left").await["members"], 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn activity_restarts_the_idle_time() {
+    let router = reclaiming_router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::User);
+    a.publish("r", "busy", json!("x".repeat(3_000))).await;
+    b.join("r", "joined").await;
+    assert_eq!(router.reclaim_idle().await, 0);
+    tokio::time::advance(Duration::from_secs(200)).await;
+    // A publish (kept by no one) and the last member leaving count as use.
+    a.publish("r", "busy", json!("x".repeat(3_000))).await;
+    b.ok("leave_channel", json!({"room": "r", "channel": "joined"})).await;
+    assert_eq!(router.reclaim_idle().await, 0);
+    tokio::time::advance(Duration::from_secs(299)).await;
+    assert_eq!(router.reclaim_idle().await, 0, "299 s since the last use");
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(router.reclaim_idle().await, 2);
+    assert_eq!(channel_names(&router), Vec::<String>::new());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_reclaim_task_runs_until_shutdown() {
+    let router = reclaiming_router();
+    let mut a = Client::connect(&router, Role::User);
+    a.join("r", "idle").await;
+    a.ok("leave_channel", json!({"room": "r", "channel": "idle"})).await;
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn({
+        let router = router.clone();
+        async move { router.run_reclaim(async move { drop(stopped.await) }).await }
+    });
+    // Passes every 75 s from the start: idle from the first, gone by 300 s.
+    tokio::time::sleep(Duration::from_secs(290)).await;
+    assert_eq!(channel_names(&router), ["r/idle"]);
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    assert_eq!(channel_names(&router), Vec::<String>::new());
+    stop.send(()).unwrap();
+    tokio::time::timeout(WAIT, task).await.expect("the task ends at shutdown").unwrap();
+    // With reclaim off, nothing is ever removed and the task ends at once.
+    let off = router_with(RouterConfig { idle_reclaim: Duration::ZERO, ..config() });
+    let mut b = Client::connect(&off, Role::User);
+    b.join("r", "idle").await;
+    b.ok("leave_channel", json!({"room": "r", "channel": "idle"})).await;
+    tokio::time::timeout(WAIT, off.run_reclaim(std::future::pending())).await.expect("returns at once");
+    tokio::time::advance(Duration::from_secs(10_000)).await;
+    assert_eq!(off.reclaim_idle().await, 0);
+    assert_eq!(channel_names(&off), ["r/idle"]);
 }
 
 // ---------------------------------------------------------------------------
@@ -1809,4 +2024,111 @@ async fn member_events_stop_when_the_cluster_wide_count_passes_the_limit() {
     *broker.remote_members.lock().unwrap() = 5;
     b.ok("leave_channel", json!({"room": "r", "channel": "c"})).await;
     a.assert_quiet();
+}
+
+// ---------------------------------------------------------------------------
+// No client can get another closed (protocol v1.1 section 8.5)
+// ---------------------------------------------------------------------------
+
+/// Frames queued for `client` and not read, as parsed envelopes.
+fn queued(client: &mut Client) -> Vec<Value> {
+    std::iter::from_fn(|| client.try_next()).collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn direct_floods_are_refused_to_their_senders_and_the_victim_stays() {
+    // 30 senders, 200 direct messages of 8 KiB each (48 MB), each sender
+    // inside its own rate, at a victim that reads nothing. Its backlog bound
+    // is 2 MiB: queued as sent, the flood would close it as a slow consumer.
+    let router = router_with(RouterConfig { max_backlog_bytes: 2 << 20, ..config() });
+    let mut victim = Client::connect(&router, Role::User);
+    let mut senders: Vec<Client> = (0..30).map(|_| Client::connect(&router, Role::User)).collect();
+    let pad = "x".repeat(8 * 1024);
+    let (mut refused, mut refused_for_backlog, mut refused_for_rate) = (0, 0, 0);
+    for sender in &mut senders {
+        for _ in 0..200 {
+            if let Some(error) = sender.message(json!({"to": victim.id_str(), "payload": pad})).await {
+                assert_eq!(code(&error), "RATE_LIMITED", "{error}");
+                assert!(error["error"]["retry_after_ms"].as_u64().is_some_and(|ms| ms >= 1), "{error}");
+                let message = error["error"]["message"].as_str().unwrap();
+                assert!(message.contains(&victim.id_str()), "{message}");
+                refused += 1;
+                refused_for_backlog += usize::from(message.contains("not reading fast enough"));
+                refused_for_rate += usize::from(message.contains("too many direct messages"));
+            }
+        }
+    }
+    assert_eq!(victim.inbox.frames.closing(), None, "the victim is not closed for what others sent");
+    let got = queued(&mut victim).len();
+    assert_eq!(got + refused, 30 * 200);
+    // Queued while its backlog was under 1 MiB: a 1 MiB bound plus one message.
+    assert!(got <= 1024 / 8 + 1, "{got} direct messages queued");
+    assert!(refused_for_backlog > 0);
+    // Once it reads again, the per-recipient rate (100/s, burst 200) takes over.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    for sender in &mut senders {
+        for _ in 0..20 {
+            if let Some(error) = sender.message(json!({"to": victim.id_str(), "payload": 1})).await {
+                assert!(error["error"]["message"].as_str().unwrap().contains("too many direct messages"));
+                refused_for_rate += 1;
+            }
+        }
+        let _ = queued(&mut victim);
+    }
+    assert!(refused_for_rate > 0, "600 messages at once pass a 200 burst");
+    assert_eq!(victim.inbox.frames.closing(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn membership_churn_is_coalesced_into_a_summary() {
+    let router = router();
+    let mut victim = Client::connect(&router, Role::User);
+    victim.join("r", "c").await;
+    let mut churners: Vec<Client> = (0..30).map(|_| Client::connect(&router, Role::User)).collect();
+    // 30 clients join and leave 20 times each: 1,200 member events.
+    for _ in 0..20 {
+        for churner in &mut churners {
+            churner.join("r", "c").await;
+            churner.ok("leave_channel", json!({"room": "r", "channel": "c"})).await;
+        }
+    }
+    let events = queued(&mut victim);
+    let sent =
+        events.iter().filter(|e| e["payload"]["event"] == "member_joined" || e["payload"]["event"] == "member_left");
+    // The burst of 50, less the one the victim's own join used.
+    assert_eq!(sent.count(), 49, "the burst of member events, then none");
+    // A second later, one summary of everything not sent, with the count now.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let summary = victim.try_next().expect("a members_changed summary");
+    assert_eq!(summary["payload"]["event"], "members_changed");
+    assert_eq!(summary["payload"]["members"], 1);
+    assert_eq!(summary["payload"]["suppressed"], 1200 - 49);
+    victim.assert_quiet();
+    assert_eq!(victim.inbox.frames.closing(), None);
+    // The budget comes back: single events flow again.
+    tokio::time::advance(Duration::from_secs(5)).await;
+    churners[0].join("r", "c").await;
+    assert_eq!(victim.try_next().unwrap()["payload"]["event"], "member_joined");
+}
+
+#[tokio::test]
+async fn a_member_may_join_without_member_events() {
+    let router = router();
+    let mut quiet = Client::connect(&router, Role::User);
+    quiet.ok("join_channel", json!({"room": "r", "channel": "c", "member_events": false})).await;
+    let mut loud = Client::connect(&router, Role::User);
+    loud.join("r", "c").await;
+    let mut other = Client::connect(&router, Role::User);
+    other.join("r", "c").await;
+    assert_eq!(loud.try_next().unwrap()["payload"]["event"], "member_joined");
+    quiet.assert_quiet();
+    // Messages still arrive.
+    other.message(json!({"room": "r", "channel": "c", "payload": "hi"})).await;
+    assert_eq!(quiet.try_next().unwrap()["payload"], "hi");
+    // Joining again with the default turns events back on.
+    quiet.join("r", "c").await;
+    other.ok("leave_channel", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(quiet.try_next().unwrap()["payload"]["event"], "member_left");
+    let error = quiet.fail("join_channel", json!({"room": "r", "channel": "c", "member_events": "no"})).await;
+    assert_eq!(error["code"], "INVALID_ARGS");
 }

@@ -41,7 +41,7 @@ impl Acceptor for BusAcceptor {
         })?;
         let span = tracing::info_span!("connection", client_id = %session.client_id(), peer = %request.peer);
         span.in_scope(|| tracing::debug!(role = %session.role(), "client connected"));
-        Ok(Accepted { conn: SessionConn { session, span }, frames: inbox.frames, close: inbox.close })
+        Ok(Accepted { conn: SessionConn { session, span }, frames: inbox.frames })
     }
 }
 

@@ -198,6 +198,10 @@ impl Bus {
                 let _ = stopped.wait_for(|s| *s).await;
             }))
         });
+        let reclaim_task = tokio::spawn({
+            let (router, mut stopped) = (router.clone(), stopped_rx.clone());
+            async move { router.run_reclaim(async move { drop(stopped.wait_for(|s| *s).await) }).await }
+        });
         let health_task =
             tokio::spawn(watch_health(router.clone(), broker.clone(), Arc::clone(&telemetry), stopped_rx));
         let acceptor = Arc::new(BusAcceptor::new(router.clone(), authenticator));
@@ -217,6 +221,7 @@ impl Bus {
             let _ = task.await;
         }
         let _ = health_task.await;
+        let _ = reclaim_task.await;
         // Last: the other nodes forget this one's clients at once.
         if let Some(handle) = cluster_handle {
             handle.shutdown().await;
@@ -284,8 +289,15 @@ fn router_config(config: &Config) -> RouterConfig {
         auto_create: config.channels.auto_create,
         rate_per_s: config.limits.rate_per_s,
         burst: config.limits.burst,
-        outbound_queue: config.limits.outbound_queue,
+        max_backlog_bytes: config.limits.max_backlog_bytes,
+        backlog_budget_bytes: config.limits.backlog_budget_bytes,
         member_events_max: config.limits.member_events_max,
+        member_event_rate: RateLimit {
+            rate_per_s: config.limits.member_events_per_s,
+            burst: config.limits.member_events_burst,
+        },
+        direct_rate: RateLimit { rate_per_s: config.limits.direct_per_s, burst: config.limits.direct_burst },
+        direct_backlog_bytes: config.limits.direct_backlog_bytes,
         max_message_bytes: config.limits.max_message_bytes,
         heartbeat_s: config.server.heartbeat_s,
         server_version: env!("CARGO_PKG_VERSION").to_owned(),
@@ -297,6 +309,10 @@ fn router_config(config: &Config) -> RouterConfig {
             .collect(),
         abuse_limit: config.limits.abuse_limit,
         expiry_grace: Duration::from_millis(config.auth.expiry_grace_ms),
+        max_channels: config.limits.max_channels,
+        max_channels_per_room: config.limits.max_channels_per_room,
+        max_channels_created_per_client: config.limits.max_channels_created_per_client,
+        idle_reclaim: Duration::from_secs(config.channels.idle_reclaim_s),
     }
 }
 
@@ -317,6 +333,7 @@ fn transport_config(config: &Config) -> Result<TransportConfig, ServerError> {
         max_connections_per_ip: config.server.max_connections_per_ip,
         allowed_origins: config.server.allowed_origins.clone(),
         tls,
+        write_timeout: Duration::from_millis(config.limits.write_timeout_ms),
         ..TransportConfig::default()
     })
 }

@@ -78,9 +78,22 @@ impl Monitor for BusMonitor {
     }
 
     fn metrics(&self) -> String {
-        // Sampled at scrape time: summing queues is too costly per message.
-        self.telemetry.metrics.set_queue_depth(self.router.queued_frames());
-        self.telemetry.metrics.set_storage_healthy(self.router.storage_health().healthy);
+        // Sampled at scrape time.
+        let budget = self.router.backlog_budget();
+        self.telemetry.metrics.set_backlog(budget.used(), budget.limit());
+        let health = self.router.storage_health();
+        self.telemetry.metrics.set_storage_healthy(health.healthy);
+        let config = self.router.config();
+        self.telemetry.metrics.set_budgets(arqon_telemetry::BudgetReport {
+            channels: self.router.counts().channels,
+            channels_limits: [
+                config.max_channels,
+                config.max_channels_per_room,
+                config.max_channels_created_per_client,
+            ],
+            history_bytes: health.history_bytes,
+            history_bytes_limit: health.history_bytes_budget,
+        });
         if let Some(broker) = &self.broker {
             crate::cluster::report(&self.telemetry, &broker.health());
         }

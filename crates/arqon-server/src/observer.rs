@@ -78,10 +78,10 @@ impl Observer for Telemetry {
                     self.hub.publish("rate_limited", json!({"client_id": client_id}));
                 }
             }
-            BusEvent::SlowConsumer { client_id } => {
-                self.metrics.slow_consumer();
+            BusEvent::SlowConsumer { client_id, cause } => {
+                self.metrics.slow_consumer(cause.as_str());
                 if observed {
-                    self.hub.publish("slow_consumer", json!({"client_id": client_id}));
+                    self.hub.publish("slow_consumer", json!({"client_id": client_id, "cause": cause.as_str()}));
                 }
             }
             BusEvent::ChannelCreated { key } => {

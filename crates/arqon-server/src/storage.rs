@@ -27,7 +27,13 @@ pub(crate) type Opened = (Arc<dyn Storage>, Option<Arc<FallbackStorage>>);
 /// does not parse, a journal file that cannot be opened) fail start-up.
 pub(crate) async fn open_storage(config: &Config) -> Result<Opened, ServerError> {
     Ok(match config.storage.backend {
-        StorageBackend::Memory => (Arc::new(MemoryStorage::new(config.limits.history_per_channel)), None),
+        StorageBackend::Memory => (
+            Arc::new(
+                MemoryStorage::new(config.limits.history_per_channel)
+                    .with_byte_budget(config.limits.history_bytes_per_channel, config.limits.history_bytes_total),
+            ),
+            None,
+        ),
         StorageBackend::Redis => {
             let redis = &config.storage.redis;
             let primary = RedisStorage::connect(RedisOptions {

@@ -9,7 +9,8 @@
 //! # Layout
 //!
 //! - [`Storage`]: the trait every backend implements, with its contract.
-//! - [`MemoryStorage`]: the default backend, a bounded log per channel.
+//! - [`MemoryStorage`]: the default backend, a log per channel bounded in
+//!   messages and bytes, under a byte budget over all channels.
 //! - [`RedisStorage`]: history in Redis Streams, one stream per channel, so
 //!   that it survives a restart of the bus ([`RedisOptions`]).
 //! - [`FallbackStorage`]: the degradation wrapper over any backend: while
@@ -133,12 +134,30 @@ pub struct Health {
     /// Bytes of a torn or corrupt journal file tail skipped (reported, never
     /// replayed) at start-up. Always 0 for a plain backend.
     pub journal_skipped: u64,
+    /// Bytes of history held in this process's memory, as counted against
+    /// `history_bytes_budget` ([`MemoryStorage`]: frames plus a per-message
+    /// estimate). 0 for a backend that keeps history elsewhere.
+    pub history_bytes: u64,
+    /// The most bytes of history this process keeps in memory; 0 when the
+    /// backend has no byte budget.
+    pub history_bytes_budget: u64,
 }
 
 impl Health {
-    /// A backend's health with no journal: both counters zero.
+    /// A backend's health with no journal and no history in memory: every
+    /// counter zero.
     pub const fn new(backend: &'static str, healthy: bool) -> Self {
-        Health { backend, healthy, journaled: 0, refused: 0, journal_bytes: 0, cache_bytes: 0, journal_skipped: 0 }
+        Health {
+            backend,
+            healthy,
+            journaled: 0,
+            refused: 0,
+            journal_bytes: 0,
+            cache_bytes: 0,
+            journal_skipped: 0,
+            history_bytes: 0,
+            history_bytes_budget: 0,
+        }
     }
 }
 
@@ -166,7 +185,10 @@ pub enum StorageError {
 /// - Order is append order per channel, never id order.
 /// - `append` of an id already kept in that channel returns
 ///   [`Appended::Duplicate`] and changes nothing.
-/// - History is bounded per channel; the oldest messages go first.
+/// - History is bounded per channel; the oldest messages go first. A
+///   backend may also bound it over all channels (the memory backend's byte
+///   budget); it then evicts each channel's oldest messages first too, so
+///   what a channel keeps is always its newest messages, contiguous.
 /// - `history(limit, before)` returns the newest `limit` messages strictly
 ///   older than `before` (or the newest overall), oldest first; a `before`
 ///   that is not kept is [`StorageError::UnknownCursor`].

@@ -1,8 +1,9 @@
 //! The in-memory backend: one bounded log per channel, lost on restart.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arqon_protocol::{ChannelKey, MessageId, Timestamp};
 use async_trait::async_trait;
@@ -12,6 +13,11 @@ use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 
 use crate::{AppendNow, Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage};
+
+/// Bytes charged for each kept message on top of its frame: an estimate of
+/// its slot in the log, its id-index entry and the frame's allocation header,
+/// so that many small messages count for what they cost.
+pub(crate) const MESSAGE_OVERHEAD_BYTES: usize = 96;
 
 /// The default backend: each channel keeps its newest messages in memory.
 ///
@@ -23,9 +29,27 @@ use crate::{AppendNow, Appended, ChannelRecord, ChannelStats, Health, Since, Sto
 ///
 /// Cursor lookups (`before`, `since`, duplicate detection) go through a
 /// per-channel id index, so they cost O(1) whatever the history length.
+///
+/// # Budgets
+///
+/// History is bounded three ways: messages per channel, bytes per channel
+/// and bytes over all channels (see [`MemoryStorage::with_byte_budget`]). A
+/// message is charged its frame's length plus a fixed bookkeeping estimate
+/// of 96 bytes. Past a channel's bounds its oldest messages go; past the
+/// total, the oldest messages of the largest channels go, until the total
+/// is a sixteenth under the budget (the headroom spares the scan of every
+/// channel on each following append).
 pub struct MemoryStorage {
     /// Most messages kept per channel.
     max_per_channel: usize,
+    /// Most bytes kept per channel.
+    bytes_per_channel: usize,
+    /// Most bytes kept over all channels.
+    bytes_total: usize,
+    /// Bytes kept over all channels: the sum of every live log's `bytes`.
+    held: AtomicUsize,
+    /// Taken (never waited for) by the one append that trims the total.
+    evicting: Mutex<()>,
     /// Channel records, as given to [`Storage::create_channel`].
     records: DashMap<ChannelKey, ChannelRecord, RandomState>,
     /// Channel logs. Kept apart from `records` because `append` may create a
@@ -38,18 +62,45 @@ impl MemoryStorage {
     /// The bus default for [`MemoryStorage::new`]: 1,000 messages per channel
     /// (PROTOCOL.md §7).
     pub const DEFAULT_MAX_PER_CHANNEL: usize = 1_000;
+    /// The bus default byte budget of one channel: 8 MiB.
+    pub const DEFAULT_BYTES_PER_CHANNEL: usize = 8 << 20;
+    /// The bus default byte budget of all channels together: 256 MiB.
+    pub const DEFAULT_BYTES_TOTAL: usize = 256 << 20;
 
     /// A backend keeping at most `max_per_channel` messages per channel; the
     /// bus default is [`MemoryStorage::DEFAULT_MAX_PER_CHANNEL`] (1,000).
+    /// The byte budgets are the defaults (8 MiB per channel, 256 MiB in
+    /// all); [`MemoryStorage::with_byte_budget`] changes them.
     ///
     /// When a channel's log is full, each append evicts its oldest message.
     /// `0` keeps no history at all: appends succeed and are dropped at once.
     pub fn new(max_per_channel: usize) -> Self {
         MemoryStorage {
             max_per_channel,
+            bytes_per_channel: Self::DEFAULT_BYTES_PER_CHANNEL,
+            bytes_total: Self::DEFAULT_BYTES_TOTAL,
+            held: AtomicUsize::new(0),
+            evicting: Mutex::new(()),
             records: DashMap::with_hasher(RandomState::default()),
             logs: DashMap::with_hasher(RandomState::default()),
         }
+    }
+
+    /// Bounds the history in bytes: at most `per_channel` in one channel and
+    /// `total` over all of them. A message larger than `per_channel` is
+    /// accepted (and delivered by the bus) but not kept.
+    #[must_use]
+    pub fn with_byte_budget(mut self, per_channel: usize, total: usize) -> Self {
+        self.bytes_per_channel = per_channel;
+        self.bytes_total = total;
+        self
+    }
+
+    /// Bytes of history kept now, over all channels (frames plus the
+    /// per-message estimate); never above the total budget once an append
+    /// has returned, unless appends run at that moment.
+    pub fn held_bytes(&self) -> usize {
+        self.held.load(Ordering::Acquire)
     }
 
     /// The channel's log, if it has one; the shard lock is released on return.
@@ -64,9 +115,11 @@ impl MemoryStorage {
             return log;
         }
         let log = self.logs.entry(key.clone()).or_insert_with(|| {
-            // Capacity policy: bounded at `max_per_channel`, evicting the
-            // oldest message on overflow (see `Log::push`). Memory per channel
-            // grows with use, not up front, so idle channels stay cheap.
+            // Capacity policy: bounded at `max_per_channel` messages and
+            // `bytes_per_channel` bytes, evicting the oldest message on
+            // overflow (see `Log::push`), and by the total byte budget
+            // (`enforce_total`). Memory per channel grows with use, not up
+            // front, so idle channels stay cheap.
             Arc::new(Mutex::new(Log::default()))
         });
         Arc::clone(log.value())
@@ -75,12 +128,82 @@ impl MemoryStorage {
     /// The one append both [`Storage::append`] and [`Storage::append_now`]
     /// run, so that the two cannot drift apart.
     fn push(&self, key: &ChannelKey, message: StoredMessage) -> Appended {
-        self.log_or_create(key).lock().push(message, self.max_per_channel)
+        let bounds = Bounds { messages: self.max_per_channel, bytes: self.bytes_per_channel };
+        let appended = {
+            let log = self.log_or_create(key);
+            let mut log = log.lock();
+            let before = log.bytes;
+            let appended = log.push(message, bounds);
+            self.account(before, log.bytes);
+            appended
+        };
+        // After the log's lock is released: trimming locks other logs.
+        self.enforce_total();
+        appended
+    }
+
+    /// Moves `held` by a log's change in size from `before` to `after`.
+    fn account(&self, before: usize, after: usize) {
+        if after >= before {
+            self.held.fetch_add(after - before, Ordering::AcqRel);
+        } else {
+            self.held.fetch_sub(before - after, Ordering::AcqRel);
+        }
+    }
+
+    /// Past the total budget, evicts the oldest messages of the largest
+    /// channels until the total is a sixteenth under the budget.
+    ///
+    /// Called with no log locked; locks one log at a time. One caller trims
+    /// at a time; a caller that finds another trimming leaves the work to
+    /// it, and the trimmer looks at the total once more after letting go,
+    /// so an append that came in meanwhile is not left over the budget.
+    fn enforce_total(&self) {
+        // Another round only for appends that raced the previous one, and
+        // only while rounds free something.
+        while self.held.load(Ordering::Acquire) > self.bytes_total {
+            let Some(_trimming) = self.evicting.try_lock() else { return };
+            if self.trim_to(self.bytes_total - self.bytes_total / 16) == 0 {
+                return;
+            }
+        }
+    }
+
+    /// Evicts the oldest messages of the largest channels until `held` is at
+    /// most `target` (or nothing is left to evict); returns the bytes freed.
+    fn trim_to(&self, target: usize) -> usize {
+        // A snapshot of every log with its size, the largest on top. Sizes go
+        // stale as appends continue; each pop reads the log's true size.
+        let logs: Vec<Arc<Mutex<Log>>> = self.logs.iter().map(|log| Arc::clone(log.value())).collect();
+        let mut largest: BinaryHeap<(usize, usize)> =
+            logs.iter().enumerate().map(|(at, log)| (log.lock().bytes, at)).filter(|&(bytes, _)| bytes > 0).collect();
+        let mut total_freed = 0;
+        while self.held.load(Ordering::Acquire) > target {
+            let Some((_, at)) = largest.pop() else { break };
+            let next = largest.peek().map_or(0, |&(bytes, _)| bytes);
+            let mut log = logs[at].lock();
+            // At least one message per pop, so the loop always progresses;
+            // then down to the next largest channel, so the largest shrink
+            // together rather than one channel being emptied.
+            loop {
+                let freed = log.evict_oldest();
+                self.held.fetch_sub(freed, Ordering::AcqRel);
+                total_freed += freed;
+                if freed == 0 || log.bytes <= next || self.held.load(Ordering::Acquire) <= target {
+                    break;
+                }
+            }
+            if log.bytes > 0 {
+                largest.push((log.bytes, at));
+            }
+        }
+        total_freed
     }
 }
 
 impl Default for MemoryStorage {
-    /// A backend with the bus default of 1,000 messages per channel.
+    /// A backend with the bus defaults: 1,000 messages and 8 MiB per
+    /// channel, 256 MiB in all.
     fn default() -> Self {
         MemoryStorage::new(MemoryStorage::DEFAULT_MAX_PER_CHANNEL)
     }
@@ -91,10 +214,25 @@ impl fmt::Debug for MemoryStorage {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("MemoryStorage")
             .field("max_per_channel", &self.max_per_channel)
+            .field("bytes_per_channel", &self.bytes_per_channel)
+            .field("bytes_total", &self.bytes_total)
+            .field("held", &self.held_bytes())
             .field("channels", &self.records.len())
             .field("logs", &self.logs.len())
             .finish()
     }
+}
+
+/// A channel's bounds: messages and bytes.
+#[derive(Debug, Clone, Copy)]
+struct Bounds {
+    messages: usize,
+    bytes: usize,
+}
+
+/// What a kept message is charged against the byte budgets.
+fn charge(message: &StoredMessage) -> usize {
+    message.frame.len() + MESSAGE_OVERHEAD_BYTES
 }
 
 /// One channel's history, oldest first.
@@ -113,6 +251,12 @@ struct Log {
     /// Hashed with foldhash (seeded per map): every append inserts and
     /// evicts one id, and SipHash was a visible share of an append.
     index: HashMap<MessageId, u64, RandomState>,
+    /// The sum of [`charge`] over `entries`.
+    bytes: usize,
+    /// Set when the channel is deleted: the log is out of the map and empty,
+    /// and an append that raced the delete keeps nothing in it (as if it had
+    /// come just before the delete).
+    dead: bool,
 }
 
 impl Log {
@@ -123,21 +267,42 @@ impl Log {
         self.index.get(id).and_then(|&seq| usize::try_from(seq - self.first_seq).ok())
     }
 
-    /// Appends as newest unless the id is kept, then evicts down to `max`.
-    fn push(&mut self, message: StoredMessage, max: usize) -> Appended {
+    /// Appends as newest unless the id is kept, then evicts the oldest until
+    /// within `bounds`.
+    fn push(&mut self, message: StoredMessage, bounds: Bounds) -> Appended {
         if self.index.contains_key(&message.id) {
             return Appended::Duplicate;
         }
+        if self.dead {
+            return Appended::Stored;
+        }
         let seq = self.first_seq + self.entries.len() as u64;
         self.index.insert(message.id, seq);
+        self.bytes += charge(&message);
         self.entries.push_back(message);
-        while self.entries.len() > max
-            && let Some(oldest) = self.entries.pop_front()
-        {
-            self.index.remove(&oldest.id);
-            self.first_seq += 1;
-        }
+        while (self.entries.len() > bounds.messages || self.bytes > bounds.bytes) && self.evict_oldest() > 0 {}
         Appended::Stored
+    }
+
+    /// Drops the oldest message; returns the bytes freed (0: none was kept).
+    fn evict_oldest(&mut self) -> usize {
+        let Some(oldest) = self.entries.pop_front() else { return 0 };
+        self.index.remove(&oldest.id);
+        self.first_seq += 1;
+        let freed = charge(&oldest);
+        self.bytes -= freed;
+        freed
+    }
+
+    /// Empties the log for good (its channel was deleted); returns the
+    /// bytes freed.
+    fn kill(&mut self) -> usize {
+        let freed = self.bytes;
+        self.entries = VecDeque::new();
+        self.index = HashMap::default();
+        self.bytes = 0;
+        self.dead = true;
+        freed
     }
 
     /// The newest `limit` messages before `end` (a position), oldest first.
@@ -173,6 +338,10 @@ impl Storage for MemoryStorage {
     async fn delete_channel(&self, key: &ChannelKey) -> Result<bool, StorageError> {
         let record = self.records.remove(key);
         let log = self.logs.remove(key);
+        if let Some((_, log)) = &log {
+            let freed = log.lock().kill();
+            self.held.fetch_sub(freed, Ordering::AcqRel);
+        }
         Ok(record.is_some() || log.is_some())
     }
 
@@ -226,7 +395,10 @@ impl Storage for MemoryStorage {
     }
 
     fn health(&self) -> Health {
-        Health::new("memory", true)
+        let mut health = Health::new("memory", true);
+        health.history_bytes = self.held_bytes() as u64;
+        health.history_bytes_budget = self.bytes_total as u64;
+        health
     }
 }
 
@@ -238,6 +410,11 @@ mod tests {
 
     fn message(id: MessageId) -> StoredMessage {
         StoredMessage { id, frame: Frame::from_text(format!(r#"{{"id":"{id}","type":"message"}}"#)) }
+    }
+
+    /// Bounds of `n` messages and no byte limit.
+    fn count(n: usize) -> Bounds {
+        Bounds { messages: n, bytes: usize::MAX }
     }
 
     fn ids(n: usize) -> Vec<MessageId> {
@@ -260,7 +437,7 @@ mod tests {
         let ids = ids(5);
         let mut log = Log::default();
         for &id in &ids {
-            assert_eq!(log.push(message(id), 3), Appended::Stored);
+            assert_eq!(log.push(message(id), count(3)), Appended::Stored);
         }
         let kept: Vec<MessageId> = log.entries.iter().map(|m| m.id).collect();
         assert_eq!(kept, ids[2..]);
@@ -272,7 +449,7 @@ mod tests {
         let ids = ids(25);
         let mut log = Log::default();
         for &id in &ids {
-            log.push(message(id), 10);
+            log.push(message(id), count(10));
             assert_index_consistent(&log);
         }
         for evicted in &ids[..15] {
@@ -288,9 +465,9 @@ mod tests {
         let ids = ids(3);
         let mut log = Log::default();
         for &id in &ids {
-            log.push(message(id), 2);
+            log.push(message(id), count(2));
         }
-        assert_eq!(log.push(message(ids[0]), 2), Appended::Stored);
+        assert_eq!(log.push(message(ids[0]), count(2)), Appended::Stored);
         assert_eq!(log.entries.back().map(|m| m.id), Some(ids[0]));
         assert_index_consistent(&log);
     }
@@ -300,10 +477,10 @@ mod tests {
         let ids = ids(3);
         let mut log = Log::default();
         for &id in &ids {
-            log.push(message(id), 10);
+            log.push(message(id), count(10));
         }
         let altered = StoredMessage { id: ids[1], frame: Frame::from_text("{}") };
-        assert_eq!(log.push(altered, 10), Appended::Duplicate);
+        assert_eq!(log.push(altered, count(10)), Appended::Duplicate);
         let kept: Vec<StoredMessage> = log.entries.iter().cloned().collect();
         let expected: Vec<StoredMessage> = ids.iter().map(|&id| message(id)).collect();
         assert_eq!(kept, expected);
@@ -315,7 +492,7 @@ mod tests {
         let ids = ids(2);
         let mut log = Log::default();
         for &id in &ids {
-            assert_eq!(log.push(message(id), 0), Appended::Stored);
+            assert_eq!(log.push(message(id), count(0)), Appended::Stored);
         }
         assert!(log.entries.is_empty());
         assert!(log.index.is_empty());
@@ -326,7 +503,7 @@ mod tests {
         let ids = ids(4);
         let mut log = Log::default();
         for &id in &ids {
-            log.push(message(id), 10);
+            log.push(message(id), count(10));
         }
         let got: Vec<MessageId> = log.newest_before(3, 2).iter().map(|m| m.id).collect();
         assert_eq!(got, ids[1..3]);
@@ -338,8 +515,11 @@ mod tests {
     #[tokio::test]
     async fn reports_memory_backend_and_default_capacity() {
         let storage = MemoryStorage::default();
-        assert_eq!(storage.health(), Health::new("memory", true));
+        let health = storage.health();
+        assert_eq!((health.backend, health.healthy), ("memory", true));
+        assert_eq!((health.history_bytes, health.history_bytes_budget), (0, 256 << 20));
         assert_eq!(storage.max_per_channel, 1_000);
+        assert_eq!(storage.bytes_per_channel, 8 << 20);
     }
 
     #[tokio::test]

@@ -18,7 +18,9 @@ mod histogram;
 mod metrics;
 mod stream;
 
-pub use metrics::{BusMetrics, ClusterReport, FRAME_KINDS, STORAGE_OPS, sample};
+pub use metrics::{
+    BudgetReport, BusMetrics, CHANNEL_LIMIT_SCOPES, ClusterReport, FRAME_KINDS, SLOW_CAUSES, STORAGE_OPS, sample,
+};
 pub use stream::{DEFAULT_CAPACITY, EVENT_TYPES, TelemetryHub, parse_filter};
 
 use std::fmt;

@@ -43,14 +43,16 @@ pub struct BusMetrics {
     commands: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
     errors: [Counter; ErrorCode::ALL.len()],
     rate_limited: Counter,
-    slow_consumers: Counter,
-    queue_depth: Gauge,
+    slow_consumers: [Counter; SLOW_CAUSES.len()],
+    backlog_bytes: Gauge,
+    backlog_budget_bytes: Gauge,
     storage_healthy: Gauge,
     storage_journal_bytes: Gauge,
     storage_cache_bytes: Gauge,
     storage_journal_skipped: Gauge,
     storage_ok: [Counter; STORAGE_OPS.len()],
     storage_failed: [Counter; STORAGE_OPS.len()],
+    budgets: BudgetGauges,
     /// Registered on the first report, so a single node shows no cluster series.
     cluster: std::sync::OnceLock<ClusterMetrics>,
 }
@@ -62,6 +64,33 @@ struct ClusterMetrics {
     forwarded: Counter,
     received: Counter,
     dropped: Counter,
+}
+
+/// The memory budgets and how much of them is used (docs/operations.md).
+struct BudgetGauges {
+    channels: Gauge,
+    channels_limit: [Gauge; 3],
+    history_bytes: Gauge,
+    history_bytes_limit: Gauge,
+}
+
+/// The scopes of `arqon_channels_limit{scope}`, in the order of
+/// [`BudgetReport::channels_limits`].
+pub const CHANNEL_LIMIT_SCOPES: [&str; 3] = ["node", "room", "connection"];
+
+/// The bus's budgets and their use, as reported to
+/// [`BusMetrics::set_budgets`]. A limit of 0 means none.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BudgetReport {
+    /// Channels on this node.
+    pub channels: usize,
+    /// Most channels on the node, in one room, and created by one
+    /// connection (see [`CHANNEL_LIMIT_SCOPES`]).
+    pub channels_limits: [usize; 3],
+    /// Bytes of history held in memory.
+    pub history_bytes: u64,
+    /// Most bytes of history held in memory.
+    pub history_bytes_limit: u64,
 }
 
 /// A cluster node's state as reported to [`BusMetrics::set_cluster`].
@@ -101,6 +130,9 @@ static LATENCY_BUCKETS_NS: [u64; 12] = [
     250_000_000,
     1_000_000_000,
 ];
+/// Why slow consumers are closed (PROTOCOL.md section 8.1), as the `cause`
+/// label of `arqon_slow_consumer_disconnects_total`.
+pub const SLOW_CAUSES: [&str; 3] = ["backlog", "write_timeout", "budget"];
 /// Buckets for fan-out (members reached per message).
 static FANOUT_BUCKETS: [u64; 10] = [0, 1, 2, 5, 10, 50, 100, 500, 1000, 10000];
 /// Nanoseconds to seconds.
@@ -120,7 +152,18 @@ impl BusMetrics {
         let mut metrics = metrics::with_local_recorder(&recorder, || {
             metrics::describe_gauge!("arqon_connections", "Connected WebSocket clients.");
             metrics::describe_counter!("arqon_errors_total", "Error frames sent, by code.");
-            metrics::describe_gauge!("arqon_outbound_queue_depth", "Frames queued towards all clients.");
+            metrics::describe_gauge!(
+                "arqon_backlog_bytes",
+                "Bytes of frames queued towards all clients, each shared frame counted once."
+            );
+            metrics::describe_gauge!(
+                "arqon_backlog_budget_bytes",
+                "The global budget for queued frames (0: none); past it the largest backlogs are closed."
+            );
+            metrics::describe_counter!(
+                "arqon_slow_consumer_disconnects_total",
+                "Clients closed with 1008 for not reading, by cause (backlog, write_timeout, budget)."
+            );
             metrics::describe_gauge!("arqon_storage_healthy", "1 while the storage backend is healthy.");
             metrics::describe_gauge!(
                 "arqon_storage_journal_bytes",
@@ -134,6 +177,16 @@ impl BusMetrics {
                 "arqon_storage_journal_skipped_bytes",
                 "Bytes of a torn or corrupt journal file tail skipped at start-up."
             );
+            metrics::describe_gauge!("arqon_channels", "Channels on this node.");
+            metrics::describe_gauge!(
+                "arqon_channels_limit",
+                "Most channels on the node, in one room, created by one connection (0: no limit)."
+            );
+            metrics::describe_gauge!("arqon_history_bytes", "Bytes of channel history held in memory.");
+            metrics::describe_gauge!(
+                "arqon_history_bytes_limit",
+                "Most bytes of channel history held in memory (0: none held here)."
+            );
             BusMetrics {
                 connections: metrics::gauge!("arqon_connections"),
                 opened: metrics::counter!("arqon_connections_opened_total"),
@@ -144,14 +197,23 @@ impl BusMetrics {
                 commands: Mutex::default(),
                 errors: ErrorCode::ALL.map(|code| metrics::counter!("arqon_errors_total", "code" => code.as_str())),
                 rate_limited: metrics::counter!("arqon_rate_limited_total"),
-                slow_consumers: metrics::counter!("arqon_slow_consumer_disconnects_total"),
-                queue_depth: metrics::gauge!("arqon_outbound_queue_depth"),
+                slow_consumers: SLOW_CAUSES
+                    .map(|cause| metrics::counter!("arqon_slow_consumer_disconnects_total", "cause" => cause)),
+                backlog_bytes: metrics::gauge!("arqon_backlog_bytes"),
+                backlog_budget_bytes: metrics::gauge!("arqon_backlog_budget_bytes"),
                 storage_healthy: metrics::gauge!("arqon_storage_healthy"),
                 storage_journal_bytes: metrics::gauge!("arqon_storage_journal_bytes"),
                 storage_cache_bytes: metrics::gauge!("arqon_storage_cache_bytes"),
                 storage_journal_skipped: metrics::gauge!("arqon_storage_journal_skipped_bytes"),
                 storage_ok: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_operations_total", "op" => op)),
                 storage_failed: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_failures_total", "op" => op)),
+                budgets: BudgetGauges {
+                    channels: metrics::gauge!("arqon_channels"),
+                    channels_limit: CHANNEL_LIMIT_SCOPES
+                        .map(|scope| metrics::gauge!("arqon_channels_limit", "scope" => scope)),
+                    history_bytes: metrics::gauge!("arqon_history_bytes"),
+                    history_bytes_limit: metrics::gauge!("arqon_history_bytes_limit"),
+                },
                 cluster: std::sync::OnceLock::new(),
                 recorder: PrometheusBuilder::new().build_recorder(),
                 handle: handle.clone(),
@@ -261,14 +323,18 @@ impl BusMetrics {
         self.rate_limited.increment(1);
     }
 
-    /// A client was closed as a slow consumer.
-    pub fn slow_consumer(&self) {
-        self.slow_consumers.increment(1);
+    /// A client was closed as a slow consumer; `cause` is one of
+    /// [`SLOW_CAUSES`] (anything else is counted as `backlog`).
+    pub fn slow_consumer(&self, cause: &str) {
+        let at = SLOW_CAUSES.iter().position(|c| *c == cause).unwrap_or(0);
+        self.slow_consumers[at].increment(1);
     }
 
-    /// Sets the outbound queue depth (sampled when scraped).
-    pub fn set_queue_depth(&self, frames: usize) {
-        self.queue_depth.set(frames as f64);
+    /// Sets the memory held by queued frames and its budget (sampled when
+    /// scraped).
+    pub fn set_backlog(&self, bytes: usize, budget: usize) {
+        self.backlog_bytes.set(bytes as f64);
+        self.backlog_budget_bytes.set(budget as f64);
     }
 
     /// Sets whether storage is healthy.
@@ -283,6 +349,17 @@ impl BusMetrics {
         self.storage_journal_bytes.set(journal as f64);
         self.storage_cache_bytes.set(cache as f64);
         self.storage_journal_skipped.set(skipped as f64);
+    }
+
+    /// Sets the budget gauges (sampled when scraped).
+    pub fn set_budgets(&self, report: BudgetReport) {
+        let budgets = &self.budgets;
+        budgets.channels.set(report.channels as f64);
+        for (gauge, limit) in budgets.channels_limit.iter().zip(report.channels_limits) {
+            gauge.set(limit as f64);
+        }
+        budgets.history_bytes.set(report.history_bytes as f64);
+        budgets.history_bytes_limit.set(report.history_bytes_limit as f64);
     }
 
     /// Sets the cluster series from the broker's running totals (sampled at
@@ -393,6 +470,27 @@ mod tests {
         m.frame_received("message");
         m.frame_received("command");
         assert_eq!((m.messages_received(), m.messages_routed(), m.messages_delivered()), (1, 1, 2));
+    }
+
+    #[test]
+    fn budgets_are_gauges_with_their_limits() {
+        let m = BusMetrics::new();
+        m.set_budgets(BudgetReport {
+            channels: 12,
+            channels_limits: [10_000, 1000, 0],
+            history_bytes: 4096,
+            history_bytes_limit: 1 << 28,
+        });
+        let text = m.render();
+        assert_eq!(sample(&text, "arqon_channels"), Some(12.0), "{text}");
+        assert_eq!(sample(&text, r#"arqon_channels_limit{scope="node"}"#), Some(10_000.0));
+        assert_eq!(sample(&text, r#"arqon_channels_limit{scope="room"}"#), Some(1000.0));
+        assert_eq!(sample(&text, r#"arqon_channels_limit{scope="connection"}"#), Some(0.0));
+        assert_eq!(sample(&text, "arqon_history_bytes"), Some(4096.0));
+        assert_eq!(sample(&text, "arqon_history_bytes_limit"), Some(268_435_456.0));
+        // A later sample replaces the earlier one: these are gauges.
+        m.set_budgets(BudgetReport { channels: 3, ..BudgetReport::default() });
+        assert_eq!(sample(&m.render(), "arqon_channels"), Some(3.0));
     }
 
     #[test]

@@ -14,34 +14,35 @@
 use std::error::Error;
 use std::sync::Arc;
 
-use arqon_protocol::{CloseReason, Frame, Outbound, OutboundSender, TrySendError};
+use arqon_outbound::{Budget, Closing, Outbound, OutboundSender, SlowCause, TrySendError};
+use arqon_protocol::Frame;
 use arqon_transport::{Accepted, Acceptor, Connection, Refusal, TransportConfig, UpgradeRequest};
 use bytes::Bytes;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
 
-/// Outbound queue per connection. Generous, because the test suite sends
+/// Backlog per connection, in bytes. Generous, because the test suite sends
 /// bursts of up to a thousand messages before it reads any echo; text echo
 /// waits for room (the reader pauses), binary echo cannot wait (`on_binary`
 /// is synchronous), so an overflow closes the connection as a slow consumer,
 /// exactly as the bus would.
-const QUEUE: usize = 4096;
+const BACKLOG_BYTES: usize = 64 * 1024 * 1024;
 
-/// Admits everyone.
+/// Admits everyone; every backlog is charged to one unlimited budget.
 #[derive(Debug)]
-struct EchoAcceptor;
+struct EchoAcceptor {
+    budget: Arc<Budget>,
+}
 
 /// Echoes one client's messages through its outbound queue.
 #[derive(Debug)]
 struct Echo {
     frames: OutboundSender,
-    close: watch::Sender<Option<CloseReason>>,
 }
 
 impl Echo {
     fn push(&mut self, item: Outbound) {
         if self.frames.try_send(item).is_err() {
-            let _ = self.close.send(Some(CloseReason::SLOW_CONSUMER));
+            self.frames.close(Closing::slow(SlowCause::Backlog));
         }
     }
 }
@@ -50,9 +51,8 @@ impl Acceptor for EchoAcceptor {
     type Conn = Echo;
 
     fn accept(&self, _request: &UpgradeRequest<'_>) -> Result<Accepted<Echo>, Refusal> {
-        let (frames_tx, frames) = arqon_protocol::queue(QUEUE);
-        let (close_tx, close) = watch::channel(None);
-        Ok(Accepted { conn: Echo { frames: frames_tx, close: close_tx }, frames, close })
+        let (frames_tx, frames) = arqon_outbound::queue(BACKLOG_BYTES, &self.budget);
+        Ok(Accepted { conn: Echo { frames: frames_tx }, frames })
     }
 }
 
@@ -68,10 +68,7 @@ impl Connection for Echo {
                     item = back;
                     tokio::task::yield_now().await;
                 }
-                Err(TrySendError::Closed(_)) => {
-                    let _ = self.close.send(Some(CloseReason::SLOW_CONSUMER));
-                    return;
-                }
+                Err(TrySendError::Closed(_)) => return,
             }
         }
     }
@@ -91,6 +88,12 @@ async fn main() -> Result<(), Box<dyn Error>> {
     let listener = TcpListener::bind(&addr).await?;
     println!("listening on {}", listener.local_addr()?);
     let config = TransportConfig::default();
-    arqon_transport::serve(listener, Arc::new(EchoAcceptor), config, std::future::pending()).await?;
+    arqon_transport::serve(
+        listener,
+        Arc::new(EchoAcceptor { budget: Budget::unlimited() }),
+        config,
+        std::future::pending(),
+    )
+    .await?;
     Ok(())
 }

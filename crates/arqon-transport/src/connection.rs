@@ -5,12 +5,12 @@
 //! write half and frames everything the server sends (see [`crate::wire`]),
 //! including the protocol replies the reader queues.
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arqon_protocol::{CloseReason, IdGenerator, Outbound, OutboundReceiver, Timestamp, encode, scratch};
+use arqon_outbound::{Closing, Outbound, OutboundReceiver, Recv, SlowCause};
+use arqon_protocol::{CloseReason, IdGenerator, Timestamp, encode, scratch};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -89,7 +89,7 @@ pub(crate) async fn run_connection<S, C>(
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     C: Connection,
 {
-    let Accepted { mut conn, frames, close } = accepted;
+    let Accepted { mut conn, frames } = accepted;
     let control = Arc::new(Control::default());
     let activity = Arc::new(Activity::default());
     let grace = config.shutdown_grace;
@@ -97,14 +97,14 @@ pub(crate) async fn run_connection<S, C>(
         io,
         control: Arc::clone(&control),
         frames,
-        queued: VecDeque::new(),
         activity: Arc::clone(&activity),
         heartbeat: config.heartbeat,
+        write_timeout: config.write_timeout,
         grace,
         batch: config.write_batch.max(1),
         ids: IdGenerator::new(),
     };
-    let mut writer = tokio::spawn(writer.run(close, stop));
+    let mut writer = tokio::spawn(writer.run(stop));
     let mut reader = FrameReader::new(config.max_message_bytes, early);
     let end = loop {
         match handle(&mut reader, &mut conn, &control).await {
@@ -165,7 +165,9 @@ pub(crate) async fn run_connection<S, C>(
             // discarding whatever it sent meanwhile.
             let _ = tokio::time::timeout(grace, await_close(&mut reader, &mut read)).await;
         }
-        End::WriterDone(_) => {}
+        End::WriterDone(done) => {
+            tracing::debug!(closed = ?done.and_then(|done| done.closed), "the writer ended the connection");
+        }
     }
 }
 
@@ -234,10 +236,12 @@ where
 }
 
 /// What the writer hands back when it stops: the write half (the reader may
-/// still need to shut it down) and whether a close frame went out.
+/// still need to shut it down), whether a close frame went out, and why the
+/// writer closed the connection, if it did.
 struct WriterEnd<S> {
     io: WriteHalf<S>,
     sent_close: bool,
+    closed: Option<Closing>,
 }
 
 /// Polls `wait`, a future over a watch, the first time (registering the
@@ -263,14 +267,32 @@ fn moved<T>(seen: &watch::Receiver<T>) -> bool {
     seen.has_changed().unwrap_or(true)
 }
 
+/// Why a write did not complete.
+#[derive(Debug)]
+enum WriteError {
+    /// The socket failed.
+    Io(std::io::Error),
+    /// The socket accepted no byte for the write timeout.
+    Stalled,
+    /// The bus closed this client as a slow consumer meanwhile: what is left
+    /// is not written.
+    Evicted,
+}
+
+impl From<std::io::Error> for WriteError {
+    fn from(e: std::io::Error) -> Self {
+        WriteError::Io(e)
+    }
+}
+
 struct Writer<S> {
     io: WriteHalf<S>,
     control: Arc<Control>,
     frames: OutboundReceiver,
-    /// What the writer took from `frames` and has not written yet.
-    queued: VecDeque<Outbound>,
     activity: Arc<Activity>,
     heartbeat: Duration,
+    /// Longest a write may wait for the socket to accept a byte; zero: forever.
+    write_timeout: Duration,
     grace: Duration,
     batch: usize,
     ids: IdGenerator,
@@ -280,53 +302,50 @@ impl<S> Writer<S>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    async fn run(
-        mut self,
-        mut close: watch::Receiver<Option<CloseReason>>,
-        mut stop: watch::Receiver<bool>,
-    ) -> WriterEnd<S> {
+    async fn run(mut self, mut stop: watch::Receiver<bool>) -> WriterEnd<S> {
         let mut ticker = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let control = Arc::clone(&self.control);
         let mut silent_ticks = 0;
-        // The bus's close and shutdown are watched for the writer's whole
-        // life by one future each, so the writer registers with each watch
-        // once. After that a wake-up (for a frame, mostly) polls them only
-        // once their version moved: the shutdown watch is shared by every
-        // connection, and taking its lock per frame would make it a lock
-        // shared by all connections on the hot path.
-        let close_seen = close.clone();
-        let closed = async move {
-            let reason = close.wait_for(Option::is_some).await.ok().and_then(|reason| *reason);
-            match reason {
-                Some(reason) => reason,
-                // The handler went first (the client closed): nothing to wait for.
-                None => std::future::pending().await,
-            }
-        };
+        // Shutdown is watched for the writer's whole life by one future, so
+        // the writer registers with the watch once. After that a wake-up (for
+        // a frame, mostly) polls it only once its version moved: the watch is
+        // shared by every connection, and taking its lock per frame would
+        // make it a lock shared by all connections on the hot path. The
+        // bus's own close comes through the queue, after what it queued.
         let stop_seen = stop.clone();
         let stopped = async move {
             let _ = stop.wait_for(|stop| *stop).await;
         };
-        tokio::pin!(closed, stopped);
-        let (mut close_armed, mut stop_armed) = (false, false);
-        let reason = loop {
+        tokio::pin!(stopped);
+        let mut stop_armed = false;
+        let closing = loop {
             tokio::select! {
                 biased;
-                reason = poll_watch(&mut closed, &mut close_armed, || moved(&close_seen)) => break reason,
-                () = poll_watch(&mut stopped, &mut stop_armed, || moved(&stop_seen)) => break CloseReason::SHUTDOWN,
+                () = poll_watch(&mut stopped, &mut stop_armed, || moved(&stop_seen)) => break Closing::from(CloseReason::SHUTDOWN),
                 replies = control.take() => {
                     if let Some(reason) = replies.failed {
-                        break reason;
+                        break Closing::from(reason);
                     }
                     if replies.peer_closed {
                         return self.answer_close(replies).await;
                     }
                     // Pongs go out between two batches.
-                    if self.send_raw(&replies.bytes).await.is_err() { return self.end(false); }
+                    if let Err(e) = self.send_raw(&replies.bytes).await { return self.failed(e).await; }
                 }
-                more = self.frames.recv_all(&mut self.queued) => {
-                    if !more {
+                recv = self.frames.recv_all() => match recv {
+                    Recv::Items => {
+                        // Woken for a lone frame: let the tasks that feed this
+                        // queue run once more first, so that under load one
+                        // write (one syscall) carries several frames.
+                        if self.frames.taken() == 1 {
+                            tokio::task::yield_now().await;
+                            self.frames.try_recv_all();
+                        }
+                        if let Err(e) = self.write_queued().await { return self.failed(e).await; }
+                    }
+                    Recv::Closed(closing) => break closing,
+                    Recv::Ended => {
                         // The client closed (the reader marks that before it
                         // drops the handler): its close reply is on its way.
                         if control.is_peer_closed() {
@@ -334,47 +353,48 @@ where
                             return self.answer_close(replies).await;
                         }
                         // Every sender is gone: the bus forgot this client.
-                        return self.end(false);
+                        return self.end(false, None);
                     }
-                    // Woken for a lone frame: let the tasks that feed this
-                    // queue run once more first, so that under load one
-                    // write (one syscall) carries several frames.
-                    if self.queued.len() == 1 {
-                        tokio::task::yield_now().await;
-                        self.frames.try_recv_all(&mut self.queued);
-                    }
-                    if self.write_queued().await.is_err() { return self.end(false); }
-                }
+                },
                 _ = ticker.tick() => {
                     silent_ticks = if self.activity.take() { 0 } else { silent_ticks + 1 };
                     if silent_ticks >= SILENT_TICKS {
+                        // A peer that answers no ping is gone: no close
+                        // handshake to wait for.
                         tracing::debug!("closing idle connection");
-                        return self.end(false);
+                        return self.end(false, None);
                     }
                     let mut ping = Vec::with_capacity(2);
                     wire::put_header(&mut ping, OP_PING, 0);
-                    if self.send_raw(&ping).await.is_err() { return self.end(false); }
+                    if let Err(e) = self.send_raw(&ping).await { return self.failed(e).await; }
                 }
             }
         };
+        self.close_with(closing).await
+    }
+
+    /// Closes the connection with `closing`: delivers what the bus queued
+    /// before it (unless the client is a slow consumer: that is dropped),
+    /// then the `shutdown` event if it is one, then the close frame, all
+    /// within the grace period.
+    async fn close_with(mut self, closing: Closing) -> WriterEnd<S> {
+        // Later pushes fail; the first reason set wins.
+        self.frames.close(closing);
         let grace = self.grace;
         let finish = async {
-            self.frames.close();
-            if reason == CloseReason::SLOW_CONSUMER {
-                // The client is not reading: what is queued is dropped.
-                self.queued.clear();
-            } else {
+            if closing.cause.is_none() {
                 // Deliver what is already queued (e.g. the MESSAGE_TOO_LARGE
                 // error) before closing.
-                while self.frames.recv_all(&mut self.queued).await {
+                self.write_queued().await?;
+                while self.frames.recv_all().await == Recv::Items {
                     self.write_queued().await?;
                 }
-                if reason == CloseReason::SHUTDOWN {
+                if closing.reason == CloseReason::SHUTDOWN {
                     let frame = encode::shutdown_event(self.ids.message_id(), Timestamp::now(), "server shutting down");
-                    self.queued.push_back(Outbound::Frame(frame));
-                    self.write_queued().await?;
+                    self.put_all(&[(OP_TEXT, frame.bytes())]).await?;
                 }
             }
+            let reason = closing.reason;
             let mut close = Vec::with_capacity(4 + reason.reason.len());
             wire::put_close(&mut close, reason.code, reason.reason);
             // The reader waits for the client's close reply.
@@ -383,7 +403,7 @@ where
         let sent_close = match tokio::time::timeout(grace, finish).await {
             Ok(Ok(())) => true,
             Ok(Err(e)) => {
-                tracing::debug!(error = %e, "close failed");
+                tracing::debug!(error = ?e, "close failed");
                 false
             }
             Err(_) => {
@@ -391,41 +411,96 @@ where
                 false
             }
         };
-        self.end(sent_close)
+        self.end(sent_close, Some(closing))
+    }
+
+    /// A write failed: a stalled socket is a slow consumer (no close frame
+    /// can get through it), a bus eviction closes as the bus asked, anything
+    /// else means the connection is gone.
+    async fn failed(mut self, error: WriteError) -> WriterEnd<S> {
+        match error {
+            WriteError::Stalled => {
+                tracing::debug!("closing a connection whose socket accepted nothing for the write timeout");
+                let closing = Closing::slow(SlowCause::WriteTimeout);
+                self.frames.close(closing);
+                // What the queue says now: the bus may have closed it first.
+                let closed = self.frames.closing();
+                self.end(false, closed)
+            }
+            WriteError::Evicted => match self.frames.closing() {
+                Some(closing) => self.close_with(closing).await,
+                None => self.end(false, None),
+            },
+            WriteError::Io(e) => {
+                tracing::debug!(error = %e, "write failed");
+                self.end(false, None)
+            }
+        }
     }
 
     /// The client closed: what was queued before its close goes out, then
     /// the replies the reader queued (its close reply last), then nothing.
     async fn answer_close(mut self, replies: Replies) -> WriterEnd<S> {
-        self.frames.close();
-        self.frames.try_recv_all(&mut self.queued);
+        // Later pushes fail.
+        self.frames.close(CloseReason::NORMAL);
+        self.frames.try_recv_all();
         let sent = async {
             self.write_queued().await?;
             self.send_raw(&replies.bytes).await
         }
         .await
         .is_ok();
-        self.end(sent)
+        self.end(sent, None)
     }
 
-    fn end(self, sent_close: bool) -> WriterEnd<S> {
-        WriterEnd { io: self.io, sent_close }
+    fn end(self, sent_close: bool, closed: Option<Closing>) -> WriterEnd<S> {
+        WriterEnd { io: self.io, sent_close, closed }
+    }
+
+    /// Writes `bytes` whole, failing with [`WriteError::Stalled`] when the
+    /// socket accepts no byte for the write timeout (PROTOCOL.md section
+    /// 8.1): each partial write restarts the clock.
+    async fn write_all(&mut self, mut bytes: &[u8]) -> Result<(), WriteError> {
+        while !bytes.is_empty() {
+            let written = if self.write_timeout.is_zero() {
+                self.io.write(bytes).await?
+            } else {
+                tokio::time::timeout(self.write_timeout, self.io.write(bytes))
+                    .await
+                    .map_err(|_| WriteError::Stalled)??
+            };
+            if written == 0 {
+                return Err(std::io::Error::from(std::io::ErrorKind::WriteZero).into());
+            }
+            bytes = &bytes[written..];
+        }
+        Ok(())
+    }
+
+    /// Flushes (TLS holds bytes back until then), within the write timeout.
+    async fn flush(&mut self) -> Result<(), WriteError> {
+        if self.write_timeout.is_zero() {
+            return Ok(self.io.flush().await?);
+        }
+        tokio::time::timeout(self.write_timeout, self.io.flush()).await.map_err(|_| WriteError::Stalled)??;
+        Ok(())
     }
 
     /// Writes bytes that are already framed, and flushes.
-    async fn send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
-        self.io.write_all(bytes).await?;
-        self.io.flush().await
+    async fn send_raw(&mut self, bytes: &[u8]) -> Result<(), WriteError> {
+        self.write_all(bytes).await?;
+        self.flush().await
     }
 
-    /// Frames everything in `queued` into one buffer and writes it, in
-    /// writes of at most `batch` frames or `FLUSH_BYTES`, then flushes.
-    async fn write_queued(&mut self) -> std::io::Result<()> {
-        if self.queued.is_empty() {
+    /// Frames everything the writer took from the queue into one buffer and
+    /// writes it, in writes of at most `batch` frames or `FLUSH_BYTES`, then
+    /// flushes. Each item stops counting against the backlog as it is framed.
+    async fn write_queued(&mut self) -> Result<(), WriteError> {
+        if self.frames.taken() == 0 {
             return Ok(());
         }
         let mut batch = Batch { buf: scratch::take(), framed: 0 };
-        while let Some(item) = self.queued.pop_front() {
+        while let Some(item) = self.frames.pop() {
             match item {
                 Outbound::Frame(frame) => self.put(&mut batch, OP_TEXT, frame.bytes()).await?,
                 Outbound::Batch(frames) => {
@@ -436,27 +511,230 @@ where
                 Outbound::Binary(data) => self.put(&mut batch, OP_BINARY, &data).await?,
             }
         }
-        wire::write_out(&mut self.io, &mut batch.buf).await?;
+        self.write_out(&mut batch.buf).await?;
         scratch::give(batch.buf);
-        self.io.flush().await
+        self.flush().await
+    }
+
+    /// Frames and writes a few frames that did not come through the queue.
+    async fn put_all(&mut self, frames: &[(u8, &[u8])]) -> Result<(), WriteError> {
+        let mut batch = Batch { buf: scratch::take(), framed: 0 };
+        for (opcode, payload) in frames {
+            self.put(&mut batch, *opcode, payload).await?;
+        }
+        self.write_out(&mut batch.buf).await?;
+        scratch::give(batch.buf);
+        self.flush().await
+    }
+
+    /// Writes the batch buffer whole, then clears it.
+    async fn write_out(&mut self, buf: &mut Vec<u8>) -> Result<(), WriteError> {
+        self.write_all(buf).await?;
+        buf.clear();
+        Ok(())
     }
 
     /// Appends one frame to the batch, writing the batch out when it is full;
     /// a large payload is written straight from its own storage after what
-    /// the batch holds.
-    async fn put(&mut self, batch: &mut Batch, opcode: u8, payload: &[u8]) -> std::io::Result<()> {
+    /// the batch holds. Between two writes, a slow-consumer close from the
+    /// bus stops the writing.
+    async fn put(&mut self, batch: &mut Batch, opcode: u8, payload: &[u8]) -> Result<(), WriteError> {
         wire::put_header(&mut batch.buf, opcode, payload.len());
         if payload.len() < LARGE_PAYLOAD {
             batch.buf.extend_from_slice(payload);
         } else {
-            wire::write_out(&mut self.io, &mut batch.buf).await?;
-            self.io.write_all(payload).await?;
+            self.write_out(&mut batch.buf).await?;
+            self.write_all(payload).await?;
         }
         batch.framed += 1;
         if batch.framed >= self.batch || batch.buf.len() >= FLUSH_BYTES {
-            wire::write_out(&mut self.io, &mut batch.buf).await?;
+            self.write_out(&mut batch.buf).await?;
             batch.framed = 0;
+            if self.frames.is_evicted() {
+                return Err(WriteError::Evicted);
+            }
         }
         Ok(())
+    }
+}
+
+/// The writer's timing rules under tokio's paused clock: exact instants,
+/// no real sleeps. The socket is an in-memory pipe whose far end the test
+/// reads, or leaves unread to stall the writer.
+#[cfg(test)]
+mod tests {
+    use arqon_outbound::{Budget, OutboundSender};
+    use arqon_protocol::Frame;
+    use tokio::io::{AsyncReadExt, DuplexStream};
+    use tokio::task::JoinHandle;
+
+    use super::*;
+
+    const HEARTBEAT: Duration = Duration::from_secs(20);
+    const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+    const GRACE: Duration = Duration::from_secs(5);
+
+    struct Harness {
+        /// The client's end of the socket.
+        client: DuplexStream,
+        frames: OutboundSender,
+        activity: Arc<Activity>,
+        stop: watch::Sender<bool>,
+        writer: JoinHandle<WriterEnd<DuplexStream>>,
+        started: Instant,
+    }
+
+    /// A writer over a pipe that buffers `pipe_bytes` before it stalls.
+    fn harness(pipe_bytes: usize, max_backlog: usize) -> Harness {
+        let (server, client) = tokio::io::duplex(pipe_bytes);
+        let (read, io) = tokio::io::split(server);
+        // The read half is not needed: the writer owns only the write half.
+        drop(read);
+        let (frames, rx) = arqon_outbound::queue(max_backlog, &Budget::unlimited());
+        let activity = Arc::new(Activity::default());
+        let (stop, stopped) = watch::channel(false);
+        let writer = Writer {
+            io,
+            control: Arc::new(Control::default()),
+            frames: rx,
+            activity: Arc::clone(&activity),
+            heartbeat: HEARTBEAT,
+            write_timeout: WRITE_TIMEOUT,
+            grace: GRACE,
+            batch: 256,
+            ids: IdGenerator::new(),
+        };
+        let writer = tokio::spawn(writer.run(stopped));
+        Harness { client, frames, activity, stop, writer, started: Instant::now() }
+    }
+
+    fn text(bytes: usize) -> Outbound {
+        Outbound::Frame(Frame::from_text("x".repeat(bytes)))
+    }
+
+    /// Reads one frame's opcode and payload from the client's end.
+    async fn read_frame(client: &mut DuplexStream) -> (u8, Vec<u8>) {
+        let mut head = [0u8; 2];
+        client.read_exact(&mut head).await.expect("a frame header");
+        let len = match head[1] & 0x7f {
+            126 => usize::from(client.read_u16().await.expect("length")),
+            127 => usize::try_from(client.read_u64().await.expect("length")).expect("fits"),
+            short => usize::from(short),
+        };
+        let mut payload = vec![0; len];
+        client.read_exact(&mut payload).await.expect("the payload");
+        (head[0] & 0x0f, payload)
+    }
+
+    fn close_code(payload: &[u8]) -> u16 {
+        u16::from_be_bytes([payload[0], payload[1]])
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_accepts_nothing_is_closed_after_exactly_the_write_timeout() {
+        let h = harness(1024, 0);
+        // 64 KiB for a pipe that holds 1 KiB: the write stalls at once.
+        h.frames.try_send(text(64 * 1024)).unwrap();
+        let end = h.writer.await.unwrap();
+        assert_eq!(h.started.elapsed(), WRITE_TIMEOUT);
+        assert_eq!(end.closed, Some(Closing::slow(SlowCause::WriteTimeout)));
+        assert!(!end.sent_close, "no close frame fits through a stalled socket");
+        assert_eq!(h.frames.closing(), Some(Closing::slow(SlowCause::WriteTimeout)), "the bus learns why");
+        drop(h.client);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_socket_that_keeps_accepting_is_never_timed_out() {
+        let mut h = harness(1024, 0);
+        h.frames.try_send(text(64 * 1024)).unwrap();
+        // The client reads 512 bytes every 9 s: each partial write restarts
+        // the clock, so 128 reads (19 minutes) go by without a close.
+        let mut got = 0;
+        while got < 64 * 1024 {
+            tokio::time::sleep(Duration::from_secs(9)).await;
+            // Heartbeats must not close it either: the client is alive.
+            h.activity.touch();
+            let mut buf = [0u8; 512];
+            got += h.client.read(&mut buf).await.unwrap();
+        }
+        assert!(!h.writer.is_finished());
+        assert_eq!(h.frames.closing(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_peer_gets_one_ping_and_is_dropped_at_the_second_heartbeat() {
+        let mut h = harness(64 * 1024, 0);
+        let (opcode, payload) = read_frame(&mut h.client).await;
+        assert_eq!((opcode, payload.len()), (OP_PING, 0));
+        assert_eq!(h.started.elapsed(), HEARTBEAT);
+        let end = h.writer.await.unwrap();
+        assert_eq!(h.started.elapsed(), 2 * HEARTBEAT);
+        assert_eq!(end.closed, None);
+        assert!(!end.sent_close, "a peer that answers no ping gets no closing handshake");
+        let mut rest = Vec::new();
+        drop(end);
+        h.client.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"", "nothing after the ping");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_sends_anything_each_interval_stays() {
+        let mut h = harness(64 * 1024, 0);
+        for tick in 1..=10u32 {
+            h.activity.touch();
+            let (opcode, _) = read_frame(&mut h.client).await;
+            assert_eq!(opcode, OP_PING);
+            assert_eq!(h.started.elapsed(), HEARTBEAT * tick);
+        }
+        assert!(!h.writer.is_finished());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_consumer_close_from_the_bus_drops_the_backlog_and_sends_1008() {
+        let mut h = harness(64 * 1024, 0);
+        h.frames.try_send(text(10)).unwrap();
+        assert_eq!(read_frame(&mut h.client).await, (OP_TEXT, vec![b'x'; 10]));
+        // The client stops reading; the bus queues more, then gives up on it.
+        h.frames.try_send(text(20)).unwrap();
+        h.frames.close(Closing::slow(SlowCause::Backlog));
+        let end = h.writer.await.unwrap();
+        assert_eq!(end.closed, Some(Closing::slow(SlowCause::Backlog)));
+        let (opcode, payload) = read_frame(&mut h.client).await;
+        assert_eq!(opcode, crate::wire::OP_CLOSE, "the queued frame was dropped, not written");
+        assert_eq!(close_code(&payload), 1008);
+        assert_eq!(&payload[2..], b"slow consumer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shutdown_writes_the_backlog_then_the_event_then_1001() {
+        let mut h = harness(64 * 1024, 0);
+        h.frames.try_send(text(10)).unwrap();
+        tokio::task::yield_now().await;
+        h.frames.try_send(text(11)).unwrap();
+        h.stop.send(true).unwrap();
+        let end = h.writer.await.unwrap();
+        assert_eq!(end.closed, Some(Closing::from(CloseReason::SHUTDOWN)));
+        assert!(end.sent_close);
+        assert_eq!(read_frame(&mut h.client).await, (OP_TEXT, vec![b'x'; 10]));
+        assert_eq!(read_frame(&mut h.client).await, (OP_TEXT, vec![b'x'; 11]));
+        let (opcode, event) = read_frame(&mut h.client).await;
+        assert_eq!(opcode, OP_TEXT);
+        assert!(String::from_utf8(event).unwrap().contains(r#""event":"shutdown""#));
+        let (opcode, payload) = read_frame(&mut h.client).await;
+        assert_eq!((opcode, close_code(&payload)), (crate::wire::OP_CLOSE, 1001));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_close_frame_that_cannot_be_written_is_given_up_after_the_grace() {
+        let h = harness(16, 0);
+        // Shutdown finds a backlog that the client's full socket cannot take:
+        // the writer gives up at the grace period, before the write timeout
+        // would, and the shutdown is not held up by this client.
+        h.frames.try_send(text(100)).unwrap();
+        h.stop.send(true).unwrap();
+        let end = h.writer.await.unwrap();
+        assert_eq!(h.started.elapsed(), GRACE);
+        assert!(!end.sent_close);
+        assert_eq!(end.closed, Some(Closing::from(CloseReason::SHUTDOWN)));
     }
 }

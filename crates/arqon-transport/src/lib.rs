@@ -11,8 +11,10 @@
 //! does not know what a frame means: an [`Acceptor`] decides who may connect
 //! and a [`Connection`] handles each text frame, so the same loop serves the
 //! bus, a test echo or a compliance harness (`examples/echo.rs`, which
-//! `scripts/autobahn.sh` runs the Autobahn|Testsuite against). It depends
-//! only on `arqon-protocol`, never on routing.
+//! `scripts/autobahn.sh` runs the Autobahn|Testsuite against). The writer
+//! drains an `arqon-outbound` backlog and closes a connection whose socket
+//! accepts no byte for the write timeout (PROTOCOL.md section 8.1). It
+//! depends only on `arqon-protocol` and `arqon-outbound`, never on routing.
 //!
 //! # Layout
 //!
@@ -37,8 +39,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use arqon_protocol::{CloseReason, OutboundReceiver};
-use tokio::sync::watch;
+use arqon_outbound::OutboundReceiver;
 
 pub use http::{Monitor, TextStream, serve_monitoring};
 pub use server::serve;
@@ -75,6 +76,10 @@ pub struct TransportConfig {
     pub allowed_origins: Vec<String>,
     /// TLS: when set, the listener speaks `wss://`. Default: none.
     pub tls: Option<TlsConfig>,
+    /// A connection whose backlog is not empty and whose socket accepts no
+    /// byte for this long is closed as a slow consumer (PROTOCOL.md section
+    /// 8.1); zero: never. Default: 10 s.
+    pub write_timeout: Duration,
 }
 
 impl Default for TransportConfig {
@@ -89,6 +94,7 @@ impl Default for TransportConfig {
             max_connections_per_ip: 1000,
             allowed_origins: Vec::new(),
             tls: None,
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -118,16 +124,15 @@ pub struct Refusal {
     pub message: String,
 }
 
-/// A connection the acceptor let in: its handler and the two receivers the
-/// writer task drains.
+/// A connection the acceptor let in: its handler and the backlog the writer
+/// task drains.
 #[derive(Debug)]
 pub struct Accepted<C> {
     /// Handles the client's frames.
     pub conn: C,
-    /// Frames to write to the client, in order (a bounded queue).
+    /// Frames to write to the client, in order, then the reason to close
+    /// (a backlog bounded in bytes, `arqon_outbound::queue`).
     pub frames: OutboundReceiver,
-    /// Becomes `Some` when the connection must be closed with that reason.
-    pub close: watch::Receiver<Option<CloseReason>>,
 }
 
 /// Decides, per upgrade request, whether a client may connect.

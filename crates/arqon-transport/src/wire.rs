@@ -17,7 +17,7 @@ use std::task::{Context, Poll, Waker};
 
 use arqon_protocol::CloseReason;
 use parking_lot::Mutex;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 
 /// Continuation frame opcode (RFC 6455 5.2).
 pub(crate) const OP_CONTINUATION: u8 = 0x0;
@@ -241,13 +241,6 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Wire<S> {
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.io).poll_shutdown(cx)
     }
-}
-
-/// Writes `buf` whole, then clears it.
-pub(crate) async fn write_out<W: AsyncWrite + Unpin>(io: &mut W, buf: &mut Vec<u8>) -> io::Result<()> {
-    io.write_all(buf).await?;
-    buf.clear();
-    Ok(())
 }
 
 #[cfg(test)]

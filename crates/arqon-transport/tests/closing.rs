@@ -6,11 +6,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use arqon_protocol::{CloseReason, Frame, Outbound, OutboundSender};
+use arqon_outbound::{Budget, Outbound, OutboundSender};
+use arqon_protocol::{CloseReason, Frame};
 use arqon_transport::{Accepted, Acceptor, Connection, Refusal, TransportConfig, UpgradeRequest};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::protocol::frame::Frame as RawFrame;
@@ -25,13 +25,12 @@ type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// is answered with a `too large` text frame before the transport's 1009.
 struct Echo {
     frames: OutboundSender,
-    close: watch::Sender<Option<CloseReason>>,
 }
 
 impl Connection for Echo {
     async fn on_text(&mut self, text: &str) {
         if text == "bye" {
-            let _ = self.close.send(Some(CloseReason::ABUSE));
+            self.frames.close(CloseReason::ABUSE);
         } else {
             let _ = self.frames.try_send(Outbound::Frame(Frame::from_text(text)));
         }
@@ -50,9 +49,8 @@ impl Acceptor for EchoAcceptor {
     type Conn = Echo;
 
     fn accept(&self, _request: &UpgradeRequest<'_>) -> Result<Accepted<Echo>, Refusal> {
-        let (frames_tx, frames) = arqon_protocol::queue(16);
-        let (close_tx, close) = watch::channel(None);
-        Ok(Accepted { conn: Echo { frames: frames_tx, close: close_tx }, frames, close })
+        let (frames_tx, frames) = arqon_outbound::queue(64 * 1024, &Budget::unlimited());
+        Ok(Accepted { conn: Echo { frames: frames_tx }, frames })
     }
 }
 

@@ -31,7 +31,11 @@ def server_binary() -> Path:
 class BusServer:
     """``arqonbus`` on a free port, with one role for everyone."""
 
-    def __init__(self, role: str = "user", heartbeat_s: int = 1, extra_env: Optional[Dict[str, str]] = None) -> None:
+    def __init__(
+        self, role: str = "user", heartbeat_s: int = 1, extra_env: Optional[Dict[str, Optional[str]]] = None
+    ) -> None:
+        """``extra_env`` overrides the test settings below; a value of None
+        removes the variable, so that the server's default applies."""
         binary = server_binary()
         if not binary.exists():
             raise RuntimeError(
@@ -52,7 +56,11 @@ class BusServer:
                 "ARQON_MONITORING__PORT": "0",
             }
         )
-        env.update(extra_env or {})
+        for key, value in (extra_env or {}).items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
         self.role = role
         self.heartbeat_s = heartbeat_s
         line = self._launch(binary, env)

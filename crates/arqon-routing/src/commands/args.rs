@@ -21,6 +21,8 @@ pub(crate) enum ArgKind {
     Json,
     /// An object of at most 16 string values.
     Meta,
+    /// `true` or `false`.
+    Bool,
 }
 
 /// One argument of a command, as `help` shows it.
@@ -51,6 +53,7 @@ enum Value<'a> {
     Name(Name),
     Id(MessageId),
     Int(u64),
+    Bool(bool),
     Raw(&'a RawValue),
 }
 
@@ -114,6 +117,9 @@ impl<'a> Args<'a> {
                         invalid(format!("argument {:?} must be an integer from 1 to {MAX_LIMIT}", spec.name))
                     })?,
                 ArgKind::Json => Value::Raw(raw),
+                ArgKind::Bool => serde_json::from_str::<bool>(raw.get())
+                    .map(Value::Bool)
+                    .map_err(|_| invalid(format!("argument {:?} must be true or false", spec.name)))?,
                 ArgKind::Meta => {
                     let ok = serde_json::from_str::<BTreeMap<Cow<'_, str>, Cow<'_, str>>>(raw.get())
                         .is_ok_and(|m| m.len() <= MAX_META_KEYS);
@@ -156,6 +162,13 @@ impl<'a> Args<'a> {
     pub(crate) fn int(&self, key: &str) -> Option<u64> {
         match self.values.get(key) {
             Some(Value::Int(n)) => Some(*n),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn bool(&self, key: &str) -> Option<bool> {
+        match self.values.get(key) {
+            Some(Value::Bool(b)) => Some(*b),
             _ => None,
         }
     }

@@ -30,12 +30,9 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     ctx.session.require_room(&key.room)?;
     let router = ctx.session.router.clone();
     let channel = router.lookup(&key).ok_or_else(|| not_found(&key))?;
-    // Under the order lock, every message counted has also been queued to
-    // the members: a client may take `last_id` as its resume point.
-    let stats = {
-        let _order = channel.order.lock().await;
-        router.inner.storage.stats(&key).await?
-    };
+    // Every message counted has also been queued to the members: a client
+    // may take `last_id` as its resume point.
+    let stats = channel.stats(&*router.inner.storage).await?;
     ctx.respond(&Info {
         room: &key.room,
         channel: &key.channel,

@@ -5,6 +5,7 @@ use serde::Serialize;
 
 use super::{Args, Ctx, Kind, ROOM_CHANNEL, Spec};
 use crate::RoutingError;
+use crate::router::Create;
 
 pub(crate) static SPEC: Spec = Spec {
     name: "create_channel",
@@ -24,7 +25,8 @@ struct Created<'a> {
 pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let key = args.channel_key()?;
     ctx.session.require_room(&key.room)?;
-    let (_, created) = ctx.session.router.clone().ensure_channel(&key, true).await?;
+    let router = ctx.session.router.clone();
+    let (_, created) = router.ensure_channel(&key, Create::Explicit(&ctx.session.client)).await?;
     ctx.respond(&Created { room: &key.room, channel: &key.channel, created });
     Ok(())
 }

@@ -39,6 +39,7 @@ pub(crate) fn leave_quietly(session: &mut Session, key: &ChannelKey) -> bool {
     };
     let (removed, members) = channel.remove(session.client.id);
     if removed {
+        channel.touch();
         if let Some(broker) = session.router.broker() {
             broker.interest(key, members);
         }

@@ -1,0 +1,29 @@
+//! The plumbing between the bus and a connection's socket: what waits to be
+//! written to each client, and how much of it the bus may hold.
+//!
+//! This crate owns the outbound backlog of PROTOCOL.md section 8.1: one
+//! queue per connection, bounded in **bytes** of queued frames rather than in
+//! frames, which also carries the reason the bus wants the connection closed;
+//! and the [`Budget`], the memory held by the queued frames of all
+//! connections together (a frame shared by many receivers counted once),
+//! which closes the connections with the largest backlogs first when it is
+//! exceeded. It is synchronous code over a mutex and a `std` waker: it spawns
+//! nothing, performs no I/O and needs no runtime, so the routing layer (which
+//! pushes) and the transport layer (whose writer drains) share it without
+//! either knowing the other. It depends only on `arqon-protocol` (for the
+//! frame and close-code types).
+//!
+//! # Layout
+//!
+//! - [`queue`]: a connection's [`OutboundSender`] and [`OutboundReceiver`].
+//! - [`Outbound`]: one item of a backlog (a frame, a replay batch, binary data).
+//! - [`Budget`]: the global budget, shared by every queue of one bus.
+//! - [`Closing`], [`SlowCause`]: why a connection is being closed.
+
+mod budget;
+mod queue;
+
+pub use budget::Budget;
+pub use queue::{
+    Closing, Outbound, OutboundReceiver, OutboundSender, Recv, SlowCause, TryRecvError, TrySendError, queue,
+};
