@@ -24,6 +24,7 @@ fn node_config_ttl(redis: &RedisProcess, node: &str, ttl_ms: u64) -> Config {
     config.storage.redis.url = redis.url();
     config.storage.redis.command_timeout_ms = 500;
     config.storage.redis.connect_timeout_ms = 1000;
+    config.storage.journal.path = redis.dir().join("journal").display().to_string();
     config.cluster.enabled = true;
     config.cluster.node_id = node.to_owned();
     config.cluster.registry_ttl_ms = ttl_ms;

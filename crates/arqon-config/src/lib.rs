@@ -37,5 +37,6 @@ pub use security::{
     TlsSettings,
 };
 pub use settings::{
-    ChannelsConfig, Config, LimitsConfig, MonitoringConfig, RedisConfig, ServerConfig, StorageBackend, StorageConfig,
+    ChannelsConfig, Config, JournalConfig, JournalFsync, LimitsConfig, MonitoringConfig, RedisConfig, ServerConfig,
+    StorageBackend, StorageConfig,
 };

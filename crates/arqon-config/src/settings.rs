@@ -265,6 +265,42 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
     /// The Redis backend, read when `backend` is `redis`. Default: see [`RedisConfig`].
     pub redis: RedisConfig,
+    /// The write-ahead journal of the Redis backend. Default: see [`JournalConfig`].
+    pub journal: JournalConfig,
+}
+
+/// `[storage.journal]`: where the Redis backend keeps, on disk, what it
+/// accepted while Redis was unreachable, so that it survives the bus
+/// stopping before Redis returns (docs/storage.md). Unused by `memory`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Directory of the journal files, created if missing; relative to the
+    /// working directory unless absolute. Not empty. Default: `arqon-journal`.
+    pub path: String,
+    /// When journal writes reach the disk: `always` (before the publish is
+    /// answered) or `interval` (every `fsync_interval_ms`). Default: `always`.
+    pub fsync: JournalFsync,
+    /// Milliseconds between two syncs with `fsync = "interval"`. 1 to
+    /// 60000. Default: `1000`.
+    pub fsync_interval_ms: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self { path: "arqon-journal".to_owned(), fsync: JournalFsync::Always, fsync_interval_ms: 1000 }
+    }
+}
+
+/// `storage.journal.fsync`, named in lower case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalFsync {
+    /// Every journal write is synced before the publish is answered.
+    #[default]
+    Always,
+    /// Written at once, synced every `fsync_interval_ms`.
+    Interval,
 }
 
 /// `[storage.redis]`: where the Redis backend keeps history, and how the bus
@@ -295,10 +331,18 @@ pub struct RedisConfig {
     /// unreachable; past it publishing fails with `STORAGE_UNAVAILABLE`.
     /// `0` refuses every publish during an outage. Default: `100000`.
     pub journal_capacity: usize,
+    /// Most bytes held in that journal (each message counts its envelope
+    /// plus 64); past it publishing fails with `STORAGE_UNAVAILABLE`.
+    /// Default: `268435456` (256 MiB).
+    pub journal_bytes: u64,
     /// Newest messages per channel also kept in memory, to answer `history`
     /// and `join_channel` `since` during an outage. At most `max_len`.
     /// Default: `1000`.
     pub cache_per_channel: usize,
+    /// Most bytes those caches hold over all channels (counted as for
+    /// `journal_bytes`); past it the oldest cached messages are dropped,
+    /// from channels not being written first. Default: `67108864` (64 MiB).
+    pub cache_bytes: u64,
 }
 
 impl Default for RedisConfig {
@@ -311,7 +355,9 @@ impl Default for RedisConfig {
             command_timeout_ms: 1000,
             pool_size: 2,
             journal_capacity: 100_000,
+            journal_bytes: 256 << 20,
             cache_per_channel: 1000,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -482,6 +528,7 @@ impl Config {
             "must be at least limits.history_bytes_per_channel",
         )?;
         self.storage.redis.validate()?;
+        self.storage.journal.validate()?;
         self.cluster.validate(self.storage.backend)
     }
 
@@ -542,6 +589,18 @@ impl RedisConfig {
             "storage.redis.cache_per_channel",
             self.cache_per_channel,
             "must be at most storage.redis.max_len",
+        )
+    }
+}
+
+impl JournalConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        rule(!self.path.is_empty(), "storage.journal.path", format!("{:?}", self.path), "must not be empty")?;
+        rule(
+            (1..=60_000).contains(&self.fsync_interval_ms),
+            "storage.journal.fsync_interval_ms",
+            self.fsync_interval_ms,
+            "must be between 1 and 60000",
         )
     }
 }

@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use arqon_config::{ChannelsConfig, Config, ConfigError, LimitsConfig, RedisConfig, ServerConfig, StorageBackend};
+use arqon_config::{
+    ChannelsConfig, Config, ConfigError, JournalConfig, JournalFsync, LimitsConfig, RedisConfig, ServerConfig,
+    StorageBackend,
+};
 use arqon_protocol::Role;
 
 /// The configuration reference, compiled in so that editing it reruns the check.
@@ -484,9 +487,32 @@ fn redis_defaults_are_documented_values() {
             command_timeout_ms: 1000,
             pool_size: 2,
             journal_capacity: 100_000,
+            journal_bytes: 256 << 20,
             cache_per_channel: 1000,
+            cache_bytes: 64 << 20,
         }
     );
+}
+
+#[test]
+fn journal_settings_load_and_are_checked() {
+    assert_eq!(
+        Config::default().storage.journal,
+        JournalConfig { path: "arqon-journal".to_owned(), fsync: JournalFsync::Always, fsync_interval_ms: 1000 }
+    );
+    let file = toml_file("[storage.journal]\npath = \"/var/lib/arqon\"\nfsync = \"interval\"\n");
+    let env =
+        vars(&[("ARQON_STORAGE__JOURNAL__FSYNC_INTERVAL_MS", "50"), ("ARQON_STORAGE__REDIS__CACHE_BYTES", "1024")]);
+    let config = Config::load(Some(file.path()), env).unwrap();
+    assert_eq!(
+        config.storage.journal,
+        JournalConfig { path: "/var/lib/arqon".to_owned(), fsync: JournalFsync::Interval, fsync_interval_ms: 50 }
+    );
+    assert_eq!(config.storage.redis.cache_bytes, 1024);
+    assert_fails_naming(load_env(&[("ARQON_STORAGE__JOURNAL__FSYNC", "sometimes")]), &["storage.journal.fsync"]);
+    assert_fails_naming(load_env(&[("ARQON_STORAGE__JOURNAL__FSYNC_INTERVAL_MS", "0")]), &["fsync_interval_ms", "0"]);
+    let file = toml_file("[storage.journal]\npath = \"\"\n");
+    assert_fails_naming(Config::load(Some(file.path()), vars(&[])), &["storage.journal.path"]);
 }
 
 #[test]

@@ -91,6 +91,10 @@ pub struct Bus {
     authenticator: Arc<auth::Authenticator>,
     telemetry: Arc<Telemetry>,
     cluster: Option<(arqon_cluster::RedisBroker, arqon_cluster::ClusterHandle)>,
+    /// The degradation wrapper over Redis, whose journal the shutdown
+    /// writes back within what is left of `shutdown_grace`.
+    fallback: Option<Arc<arqon_storage::FallbackStorage>>,
+    shutdown_grace: Duration,
 }
 
 impl Bus {
@@ -98,7 +102,7 @@ impl Bus {
     /// listener.
     pub async fn bind(config: &Config) -> Result<Bus, ServerError> {
         let telemetry = Arc::new(Telemetry::new(config.monitoring.telemetry_buffer));
-        let storage = storage::open_storage(config).await?;
+        let (storage, fallback) = storage::open_storage(config).await?;
         let broker = cluster::open_broker(config).await?;
         // With monitoring off nothing would read the numbers: skip collecting them.
         let router = if config.monitoring.enabled {
@@ -139,6 +143,8 @@ impl Bus {
             authenticator: Arc::new(auth::Authenticator::from_config(&config.auth)?),
             telemetry,
             cluster,
+            fallback,
+            shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
         })
     }
 
@@ -165,7 +171,17 @@ impl Bus {
     /// Serves until `shutdown` resolves, then closes every connection
     /// (the `shutdown` event, close 1001) within the configured grace.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
-        let Bus { router, listener, monitoring, transport, authenticator, telemetry, cluster } = self;
+        let Bus {
+            router,
+            listener,
+            monitoring,
+            transport,
+            authenticator,
+            telemetry,
+            cluster,
+            fallback,
+            shutdown_grace,
+        } = self;
         let (broker, cluster_handle) = cluster.unzip();
         let accepting = Arc::new(AtomicBool::new(false));
         let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
@@ -192,8 +208,10 @@ impl Bus {
         tracing::info!(addr = ?listener.local_addr().ok(), "serving WebSocket clients");
         accepting.store(true, Ordering::Release);
         let flag = Arc::clone(&accepting);
+        let (began_tx, began_rx) = tokio::sync::oneshot::channel();
         let result = arqon_transport::serve(listener, acceptor, transport, async move {
             shutdown.await;
+            let _ = began_tx.send(tokio::time::Instant::now());
             // Not ready from the first moment of shutdown, while connections drain.
             flag.store(false, Ordering::Release);
         })
@@ -207,6 +225,12 @@ impl Bus {
         // Last: the other nodes forget this one's clients at once.
         if let Some(handle) = cluster_handle {
             handle.shutdown().await;
+        }
+        // What is left of the grace goes to writing the storage journal
+        // back (what does not make it stays on disk for the next start).
+        if let Some(fallback) = fallback {
+            let began = began_rx.await.unwrap_or_else(|_| tokio::time::Instant::now());
+            fallback.close(shutdown_grace.saturating_sub(began.elapsed())).await;
         }
         tracing::info!("stopped");
         Ok(result?)
@@ -240,6 +264,7 @@ async fn watch_health(
             }
         }
         let health = router.storage_health();
+        telemetry.metrics.set_storage_bytes(health.journal_bytes, health.cache_bytes, health.journal_skipped);
         if health.healthy != healthy {
             healthy = health.healthy;
             telemetry.metrics.set_storage_healthy(healthy);

@@ -16,7 +16,9 @@
 //! - [`FallbackStorage`]: the degradation wrapper over any backend: while
 //!   the backend is unreachable it keeps accepting appends into a bounded
 //!   journal and writes them back, in order, when the backend returns
-//!   ([`FallbackOptions`]).
+//!   ([`FallbackOptions`]); with [`FallbackStorage::open`] that journal is
+//!   also a write-ahead file on disk ([`JournalOptions`], [`FsyncPolicy`]),
+//!   so an accepted message survives the bus stopping.
 //! - [`StoredMessage`], [`ChannelRecord`], [`ChannelStats`], [`Appended`],
 //!   [`AppendNow`], [`Since`]: the data the trait speaks.
 //! - [`append_fast`]: how the router appends: [`Storage::append_now`] first,
@@ -31,12 +33,14 @@
 //! degradation rules for operators and for authors of new backends.
 
 mod fallback;
+mod journal;
 mod memory;
 mod redis;
 
 use arqon_protocol::{ChannelKey, Frame, MessageId, Timestamp};
 
 pub use fallback::{FallbackOptions, FallbackStorage};
+pub use journal::{FsyncPolicy, JournalOptions, name_hash};
 pub use memory::MemoryStorage;
 pub use redis::{RedisOptions, RedisStorage};
 
@@ -120,6 +124,16 @@ pub struct Health {
     /// Appends refused since start because the journal was full. Always 0
     /// for a plain backend.
     pub refused: u64,
+    /// Bytes of the messages in the journal (each counted as its frame plus
+    /// 64). Always 0 for a plain backend.
+    pub journal_bytes: u64,
+    /// Bytes of the messages [`FallbackStorage`] caches to answer reads
+    /// during an outage (counted as for `journal_bytes`). Always 0 for a
+    /// plain backend.
+    pub cache_bytes: u64,
+    /// Bytes of a torn or corrupt journal file tail skipped (reported, never
+    /// replayed) at start-up. Always 0 for a plain backend.
+    pub journal_skipped: u64,
     /// Bytes of history held in this process's memory, as counted against
     /// `history_bytes_budget` ([`MemoryStorage`]: frames plus a per-message
     /// estimate). 0 for a backend that keeps history elsewhere.
@@ -133,7 +147,17 @@ impl Health {
     /// A backend's health with no journal and no history in memory: every
     /// counter zero.
     pub const fn new(backend: &'static str, healthy: bool) -> Self {
-        Health { backend, healthy, journaled: 0, refused: 0, history_bytes: 0, history_bytes_budget: 0 }
+        Health {
+            backend,
+            healthy,
+            journaled: 0,
+            refused: 0,
+            journal_bytes: 0,
+            cache_bytes: 0,
+            journal_skipped: 0,
+            history_bytes: 0,
+            history_bytes_budget: 0,
+        }
     }
 }
 

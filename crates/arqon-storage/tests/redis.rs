@@ -8,10 +8,14 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arqon_protocol::{ChannelKey, Timestamp};
-use arqon_storage::{Appended, ChannelRecord, ChannelStats, RedisOptions, RedisStorage, Storage, StorageError};
+use arqon_storage::{
+    Appended, ChannelRecord, ChannelStats, FallbackOptions, FallbackStorage, FsyncPolicy, JournalOptions, RedisOptions,
+    RedisStorage, Storage, StorageError,
+};
 use support::{RedisProcess, fresh_ids, ids, message, redis_available, redis_options, start_redis, until_ping};
 
 /// Slack over a timeout for a slow, busy machine.
@@ -155,4 +159,43 @@ async fn a_larger_max_len_later_reveals_nothing_already_trimmed() {
     assert_eq!(larger.stats(&chan).await.unwrap().stored, 5);
     append_all(&larger, &chan, &all[10..]).await;
     assert_eq!(ids(&larger.history(&chan, 50, None).await.unwrap()), all[5..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_that_timed_out_and_landed_later_is_stored_once_after_the_journal_is_replayed() {
+    if !redis_available("an_append_that_timed_out_and_landed_later_is_stored_once_after_the_journal_is_replayed") {
+        return;
+    }
+    let redis = start_redis();
+    let options = RedisOptions { command_timeout: Duration::from_millis(300), ..redis_options(&redis, 100) };
+    let ids_key = format!("{}ids:{{r:c}}", options.key_prefix);
+    let dir = std::env::temp_dir().join(format!("arqon-journal-redis-test-{}", std::process::id()));
+    let journal = JournalOptions { dir: dir.clone(), name: "redis".to_owned(), fsync: FsyncPolicy::Always };
+    let fallback = FallbackOptions { max_len: 100, retry_interval: Duration::from_millis(20), ..Default::default() };
+    let open = async || {
+        let primary = Arc::new(RedisStorage::connect(options.clone()).await.unwrap());
+        FallbackStorage::open(primary, fallback.clone(), &journal).await.unwrap()
+    };
+    let chan = key("c");
+    let all = fresh_ids(5);
+
+    let storage = open().await;
+    append_all(&storage, &chan, &all[..2]).await;
+    redis.stop();
+    // Times out (journaled, on disk), but the command is in Redis's socket.
+    append_all(&storage, &chan, &all[2..]).await;
+    assert_eq!(storage.health().journaled, 3);
+    drop(storage); // the bus dies before Redis is back
+    redis.cont();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.command(&["ZCARD", &ids_key]) != ":3" {
+        assert!(Instant::now() < deadline, "the timed-out append never landed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let storage = open().await;
+    assert_eq!(ids(&storage.history(&chan, 10, None).await.unwrap()), all, "each once, in order");
+    assert_eq!(storage.health().journaled, 0);
+    drop(storage);
+    let _ = std::fs::remove_dir_all(dir);
 }
