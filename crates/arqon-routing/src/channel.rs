@@ -5,9 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arqon_protocol::{ChannelKey, ClientId, Frame, Outbound, Timestamp};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::client::ClientEntry;
+use crate::sequence::Sequence;
 
 /// A live channel.
 ///
@@ -20,6 +21,9 @@ pub(crate) struct Channel {
     pub(crate) key: ChannelKey,
     pub(crate) created_at: Timestamp,
     pub(crate) order: tokio::sync::Mutex<()>,
+    /// Where the members are in history, on a cluster node (crate::sequence);
+    /// touched only under `order`.
+    pub(crate) sequence: Mutex<Sequence>,
     members: RwLock<HashMap<ClientId, Arc<ClientEntry>>>,
     deleted: AtomicBool,
 }
@@ -30,6 +34,7 @@ impl Channel {
             key,
             created_at,
             order: tokio::sync::Mutex::new(()),
+            sequence: Mutex::new(Sequence::default()),
             members: RwLock::new(HashMap::new()),
             deleted: AtomicBool::new(false),
         }

@@ -47,9 +47,10 @@ mod observer;
 mod outlet;
 mod rate;
 mod router;
+mod sequence;
 mod session;
 
-pub use broker::{Broker, Delivery, Subscribed};
+pub use broker::{Broker, Delivery, Place, Subscribed};
 pub use client::RoomAccess;
 pub use config::{RateLimit, RouterConfig};
 pub use error::RoutingError;

@@ -12,7 +12,7 @@ use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Delivery};
+use crate::broker::{Broker, Delivery, Place};
 use crate::channel::Channel;
 use crate::client::{ClientEntry, RoomAccess};
 use crate::observer::{BusEvent, NoObserver, Observer};
@@ -243,10 +243,16 @@ impl Router {
     }
 
     /// Delivers traffic that arrived from another node through the broker to
-    /// this node's local clients. Never forwards it again.
-    pub fn deliver_from_broker(&self, delivery: &Delivery) -> usize {
+    /// this node's local clients, stored channel messages in history order
+    /// (crate::sequence). Never forwards it again.
+    pub async fn deliver_from_broker(&self, delivery: &Delivery) -> usize {
         match delivery {
-            Delivery::Channel { key, frame, from } => {
+            Delivery::Channel { key, frame, from, place: Place::At(position, id) } => {
+                self.deliver_placed(key, frame, *from, *position, *id).await
+            }
+            // Found in history later, at its place.
+            Delivery::Channel { place: Place::Unplaced, .. } => 0,
+            Delivery::Channel { key, frame, from, place: Place::Unstored } => {
                 self.lookup(key).map_or(0, |channel| channel.deliver(frame, Some(*from)))
             }
             Delivery::Room { room, frame, from } => self.deliver_room_local(room, frame, Some(*from)),
@@ -387,15 +393,15 @@ impl Router {
             return Err(not_found(&channel.key).into());
         }
         let stored = StoredMessage { id, frame: frame.clone() };
+        if let Some(broker) = &self.inner.broker {
+            // Across nodes, in history order.
+            return self.publish_placed(channel, from, stored, broker).await;
+        }
         // Synchronous when the backend can (memory): no boxed futures per message.
         if append_fast(&*self.inner.storage, &channel.key, stored).await? == Appended::Duplicate {
             return Ok(None);
         }
-        let delivered = channel.deliver(&frame, Some(from));
-        if let Some(broker) = &self.inner.broker {
-            broker.forward(Delivery::Channel { key: channel.key.clone(), frame, from });
-        }
-        Ok(Some(delivered))
+        Ok(Some(channel.deliver(&frame, Some(from))))
     }
 
     /// Delivers a room-wide message: each member of any channel once.

@@ -40,7 +40,9 @@ use dashmap::DashMap;
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
-use crate::{Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage};
+use crate::{
+    After, Appended, ChannelRecord, ChannelStats, Health, PlacedRead, Since, Storage, StorageError, StoredMessage,
+};
 
 /// Every operation goes to the backend.
 const UP: u8 = 0;
@@ -262,16 +264,16 @@ impl Shared {
         key: &ChannelKey,
         mirror: &mut Mirror,
         message: &StoredMessage,
-    ) -> Result<Appended, StorageError> {
+    ) -> Result<(Appended, Option<u64>), StorageError> {
         if !mirror.seeded {
             self.seed(key, mirror).await?;
         }
-        let appended = self.primary.append(key, message.clone()).await?;
+        let (appended, position) = self.primary.append_placed(key, message.clone()).await?;
         if appended == Appended::Stored {
             mirror.push(message.clone());
             mirror.confirm_newest(&self.options);
         }
-        Ok(appended)
+        Ok((appended, position))
     }
 
     /// Accepts a message into the journal (or recognises a retry).
@@ -686,7 +688,7 @@ impl Storage for FallbackStorage {
         let mut m = mirror.lock().await;
         if shared.direct(&m) {
             match shared.append_direct(key, &mut m, &message).await {
-                Ok(appended) => return Ok(appended),
+                Ok((appended, _)) => return Ok(appended),
                 // The message may or may not have reached the backend: it is
                 // journaled, and the backend's dedupe by id settles it when
                 // the journal is written back.
@@ -694,6 +696,34 @@ impl Storage for FallbackStorage {
             }
         }
         shared.journal(&mut m, message)
+    }
+
+    /// As `append`, with the backend's position when it went there directly.
+    async fn append_placed(
+        &self,
+        key: &ChannelKey,
+        message: StoredMessage,
+    ) -> Result<(Appended, Option<u64>), StorageError> {
+        let shared = &self.shared;
+        let mirror = shared.mirror(key);
+        let mut m = mirror.lock().await;
+        if shared.direct(&m) {
+            match shared.append_direct(key, &mut m, &message).await {
+                Ok(placed) => return Ok(placed),
+                Err(error) => shared.degrade(&error),
+            }
+        }
+        Ok((shared.journal(&mut m, message)?, None))
+    }
+
+    /// Positions come from the backend only: journaled messages have none yet.
+    async fn read_placed(
+        &self,
+        key: &ChannelKey,
+        after: After,
+        limit: usize,
+    ) -> Result<Option<PlacedRead>, StorageError> {
+        self.shared.primary.read_placed(key, after, limit).await
     }
 
     async fn history(

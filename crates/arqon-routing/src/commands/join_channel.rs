@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec};
 use crate::router::not_found;
-use crate::{Delivery, RoutingError};
+use crate::{Delivery, Place, RoutingError};
 
 pub(crate) static SPEC: Spec = Spec {
     name: "join_channel",
@@ -58,9 +58,11 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
         if channel.is_deleted() {
             return Err(not_found(&key).into());
         }
-        let replay = match args.message_id("since") {
-            Some(since) => Some(router.inner.storage.since(&key, since).await?),
-            None => None,
+        let replay = match (router.broker(), args.message_id("since")) {
+            // Across nodes, the replay and live delivery meet at one position.
+            (Some(_), since) => router.join_placed(&channel, since, ctx.session.client.id).await?,
+            (None, Some(since)) => Some(router.inner.storage.since(&key, since).await?),
+            (None, None) => None,
         };
         let (added, members) = channel.add(&ctx.session.client);
         ctx.session.joined.insert(key.clone());
@@ -106,6 +108,6 @@ pub(crate) fn announce_from(session: &mut crate::Session, key: &ChannelKey, even
     let frame = encode::event(session.ids.message_id(), Timestamp::now(), &payload);
     channel.deliver(&frame, Some(from));
     if let Some(broker) = router.broker() {
-        broker.forward(Delivery::Channel { key: key.clone(), frame, from });
+        broker.forward(Delivery::Channel { key: key.clone(), frame, from, place: Place::Unstored });
     }
 }
