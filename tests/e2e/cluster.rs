@@ -545,12 +545,16 @@ async fn follow(
 }
 
 /// Two nodes, a subscriber and a publisher on each, and Redis frozen
-/// (SIGSTOP) for three seconds after `before` messages per publisher, with
+/// (SIGSTOP) for `freeze` after `before` messages per publisher, with
 /// `during` sent while it is frozen and `after` once it is back. Every
 /// subscriber must end with exactly the channel's history, in its order:
 /// live, or through `channel_gap` and `since` as an SDK does. Returns how
 /// many gaps each subscriber was told of.
-async fn freeze_with_traffic(channel: &'static str, before: u64, during: u64, after: u64) -> Vec<usize> {
+async fn freeze_with_traffic(
+    channel: &'static str,
+    freeze: Option<Duration>,
+    (before, during, after): (u64, u64, u64),
+) -> Vec<usize> {
     use tokio::sync::watch;
     let redis = RedisProcess::start();
     let nodes = start_nodes(&redis, 2).await;
@@ -592,12 +596,14 @@ async fn freeze_with_traffic(channel: &'static str, before: u64, during: u64, af
     for _ in 0..2 {
         sent_before_rx.recv().await.unwrap();
     }
-    // Let the first messages cross before the freeze.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    redis.stop();
-    phase_tx.send(1).unwrap();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    redis.cont();
+    if let Some(freeze) = freeze {
+        // Let the first messages cross before the freeze.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.stop();
+        phase_tx.send(1).unwrap();
+        tokio::time::sleep(freeze).await;
+        redis.cont();
+    }
     phase_tx.send(2).unwrap();
     let mut keep = Vec::new();
     for publisher in publishers {
@@ -644,7 +650,7 @@ async fn freeze_with_traffic(channel: &'static str, before: u64, during: u64, af
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frozen_redis_under_traffic_loses_nothing_silently() {
     need_redis!("a_frozen_redis_under_traffic_loses_nothing_silently");
-    let gaps = freeze_with_traffic("frozen", 20, 50, 20).await;
+    let gaps = freeze_with_traffic("frozen", Some(Duration::from_secs(3)), (20, 50, 20)).await;
     // Each node delivered its own publisher's messages while cut off, so at
     // most one of the two orders can match history without a gap.
     assert!(gaps.iter().any(|n| *n > 0), "{gaps:?}");
@@ -655,5 +661,14 @@ async fn traffic_that_stops_during_a_freeze_is_recovered_once() {
     need_redis!("traffic_that_stops_during_a_freeze_is_recovered_once");
     // Nothing is published after Redis is back: the nodes must look at
     // history themselves, and the rejoin must not replay what was seen.
-    freeze_with_traffic("stopped", 20, 40, 0).await;
+    freeze_with_traffic("stopped", Some(Duration::from_secs(3)), (20, 40, 0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_on_two_nodes_reach_every_subscriber_in_history_order() {
+    need_redis!("publishers_on_two_nodes_reach_every_subscriber_in_history_order");
+    // Both publish at the same moments: each node's own message and the
+    // other's copy race, and history decides. Redis stays up: no gap.
+    let gaps = freeze_with_traffic("race", None, (60, 0, 0)).await;
+    assert_eq!(gaps, [0, 0]);
 }
