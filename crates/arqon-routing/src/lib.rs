@@ -13,7 +13,10 @@
 //! - [`Router`]: the bus; [`Router::connect`] registers a client and returns
 //!   its [`Session`] (feed it frames) and [`Inbox`] (deliver what comes out).
 //! - [`RouterConfig`]: limits and policies.
-//! - [`Broker`]: the seam for cross-node fan-out.
+//! - [`Broker`]: the seam for cross-node fan-out; with a broker, stored
+//!   channel messages carry their [`Place`] in history and every node
+//!   delivers them in history order, filling gaps from storage or telling
+//!   members with `channel_gap` (`sequence`, [`Router::catch_up`]).
 //! - [`Observer`], [`BusEvent`]: the seam for metrics and telemetry.
 //! - [`RoutingError`]: this layer's error.
 //!
