@@ -118,6 +118,16 @@ impl Sequence {
         }
     }
 
+    /// Stops trusting the unplaced list: the next placement is a gap. For a
+    /// member joining with `since` while some are unplaced: its replay
+    /// (from history) lacks them, so skipping them later would lose them.
+    pub(crate) fn distrust_unplaced(&mut self) {
+        if !self.clean() {
+            self.lost = true;
+            self.unplaced.clear();
+        }
+    }
+
     /// Settles the gap up to `target` (a message at `target + 1` is about to
     /// be placed) or, with `None`, up to the tip, from `read`: storage's
     /// answer after the last delivered position (`None`: it failed).
@@ -292,7 +302,11 @@ impl Router {
             // Without positions (or while storage is out of reach): as on one node.
             _ => return Ok(Some(self.inner.storage.since(key, after).await?)),
         };
-        let last = channel.sequence.lock().last;
+        let last = {
+            let mut sequence = channel.sequence.lock();
+            sequence.distrust_unplaced();
+            sequence.last
+        };
         let mut steps = Vec::new();
         match last {
             Some(last) if last < read.tip => {
@@ -478,6 +492,20 @@ mod tests {
         let mut steps = Vec::new();
         seq.fill(Some(&read(&ids, 1, 2)), None, &mut steps);
         assert_eq!(steps, [Step::Gap(Some(ids[0]))]);
+    }
+
+    #[test]
+    fn a_distrusted_unplaced_list_makes_the_next_placement_a_gap() {
+        let ids = ids(10);
+        let mut seq = Sequence::default();
+        seq.delivered(2, ids[2]);
+        seq.distrust_unplaced();
+        assert_eq!(seq.plan(3), Plan::Deliver, "nothing unplaced: nothing to distrust");
+        seq.unplaced(ids[3]);
+        seq.distrust_unplaced();
+        let mut steps = Vec::new();
+        seq.fill(Some(&read(&ids, 3, 4)), None, &mut steps);
+        assert_eq!(steps, [Step::Gap(Some(ids[2]))]);
     }
 
     #[test]
