@@ -698,22 +698,28 @@ impl Storage for FallbackStorage {
         shared.journal(&mut m, message)
     }
 
-    /// As `append`, with the backend's position when it went there directly.
+    /// As `append`, with the backend's position when it went there
+    /// directly; otherwise `append` itself (the journal) answers, without a
+    /// position. (Between the two the mirror is unlocked: the router's order
+    /// lock still serializes appends to the channel, and a message that
+    /// reaches the backend that way merely has no position.)
     async fn append_placed(
         &self,
         key: &ChannelKey,
         message: StoredMessage,
     ) -> Result<(Appended, Option<u64>), StorageError> {
         let shared = &self.shared;
-        let mirror = shared.mirror(key);
-        let mut m = mirror.lock().await;
-        if shared.direct(&m) {
-            match shared.append_direct(key, &mut m, &message).await {
-                Ok(placed) => return Ok(placed),
-                Err(error) => shared.degrade(&error),
+        {
+            let mirror = shared.mirror(key);
+            let mut m = mirror.lock().await;
+            if shared.direct(&m) {
+                match shared.append_direct(key, &mut m, &message).await {
+                    Ok(placed) => return Ok(placed),
+                    Err(error) => shared.degrade(&error),
+                }
             }
         }
-        Ok((shared.journal(&mut m, message)?, None))
+        Ok((self.append(key, message).await?, None))
     }
 
     /// Positions come from the backend only: journaled messages have none yet.
