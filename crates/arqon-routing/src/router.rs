@@ -8,13 +8,13 @@ use arqon_outbound::{Budget, Outbound};
 use arqon_protocol::{
     ChannelKey, ClientId, ErrorCode, Frame, IdGenerator, MessageId, Name, ProtocolError, Role, Timestamp,
 };
-use arqon_storage::{Health, Storage};
+use arqon_storage::{Health, Storage, StoredMessage};
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Delivery};
+use crate::broker::{Broker, Delivery, Place};
 use crate::channel::Channel;
 use crate::client::{ClientEntry, RoomAccess};
 use crate::observer::{BusEvent, NoObserver, Observer};
@@ -311,10 +311,16 @@ impl Router {
     }
 
     /// Delivers traffic that arrived from another node through the broker to
-    /// this node's local clients. Never forwards it again.
-    pub fn deliver_from_broker(&self, delivery: &Delivery) -> usize {
+    /// this node's local clients, stored channel messages in history order
+    /// (crate::sequence). Never forwards it again.
+    pub async fn deliver_from_broker(&self, delivery: &Delivery) -> usize {
         match delivery {
-            Delivery::Channel { key, frame, from } => {
+            Delivery::Channel { key, frame, from, place: Place::At(position, id) } => {
+                self.deliver_placed(key, frame, *from, *position, *id).await
+            }
+            // Found in history later, at its place.
+            Delivery::Channel { place: Place::Unplaced, .. } => 0,
+            Delivery::Channel { key, frame, from, place: Place::Unstored } => {
                 self.lookup(key).map_or(0, |channel| channel.deliver(frame, Some(*from)))
             }
             Delivery::Room { room, frame, from } => self.deliver_room_local(room, frame, Some(*from)),
@@ -539,12 +545,11 @@ impl Router {
         id: MessageId,
         frame: Frame,
     ) -> Result<Option<usize>, RoutingError> {
-        let forward = || {
-            if let Some(broker) = &self.inner.broker {
-                broker.forward(Delivery::Channel { key: channel.key.clone(), frame: frame.clone(), from });
-            }
-        };
-        channel.publish(&*self.inner.storage, id, &frame, from, forward).await
+        if let Some(broker) = &self.inner.broker {
+            // Across nodes, in history order.
+            return self.publish_placed(channel, from, StoredMessage { id, frame }, broker).await;
+        }
+        channel.publish(&*self.inner.storage, id, &frame, from).await
     }
 
     /// Delivers a room-wide message: each member of any channel once.

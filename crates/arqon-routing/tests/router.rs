@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use arqon_outbound::{Closing, Outbound, SlowCause};
 use arqon_protocol::{ChannelKey, ClientId, CloseReason, ErrorCode, Frame, IdGenerator, MessageId, Role, Timestamp};
-use arqon_routing::{Broker, Delivery, Identity, Inbox, RoomAccess, Router, RouterConfig, RoutingError, Session};
+use arqon_routing::{
+    Broker, Delivery, Identity, Inbox, Place, RoomAccess, Router, RouterConfig, RoutingError, Session,
+};
 use arqon_storage::{
     AppendNow, Appended, ChannelRecord, ChannelStats, Health, MemoryStorage, Since, Storage, StorageError,
     StoredMessage, async_trait,
@@ -1825,7 +1827,7 @@ async fn broker_gets_one_forward_per_channel_or_room_publish() {
     let delivered = b.next().await;
     let forwarded = broker.take_forwarded();
     assert_eq!(forwarded.len(), 1, "{forwarded:?}");
-    let Delivery::Channel { key: k, frame, from } = &forwarded[0] else { panic!("{forwarded:?}") };
+    let Delivery::Channel { key: k, frame, from, .. } = &forwarded[0] else { panic!("{forwarded:?}") };
     assert_eq!(*k, key("r", "c"));
     assert_eq!(*from, a.id);
     assert_eq!(parse_frame(frame), delivered);
@@ -1941,7 +1943,14 @@ async fn deliveries_from_the_broker_reach_local_members_except_the_sender() {
         .encode()
     };
     let frame = remote_frame(&mut ids, &rc, true);
-    let n = router.deliver_from_broker(&Delivery::Channel { key: rc.clone(), frame: frame.clone(), from: b.id });
+    let n = router
+        .deliver_from_broker(&Delivery::Channel {
+            key: rc.clone(),
+            frame: frame.clone(),
+            from: b.id,
+            place: Place::Unstored,
+        })
+        .await;
     assert_eq!(n, 2);
     for member in [&mut a, &mut c] {
         assert_eq!(member.next().await, parse_frame(&frame));
@@ -1951,7 +1960,8 @@ async fn deliveries_from_the_broker_reach_local_members_except_the_sender() {
     elsewhere.assert_quiet();
 
     let frame = remote_frame(&mut ids, &rc, false);
-    let n = router.deliver_from_broker(&Delivery::Room { room: rc.room.clone(), frame: frame.clone(), from: a.id });
+    let n =
+        router.deliver_from_broker(&Delivery::Room { room: rc.room.clone(), frame: frame.clone(), from: a.id }).await;
     assert_eq!(n, 2); // b once, although in two channels; c
     assert_eq!(b.next().await, parse_frame(&frame));
     assert_eq!(c.next().await, parse_frame(&frame));
@@ -1959,12 +1969,17 @@ async fn deliveries_from_the_broker_reach_local_members_except_the_sender() {
     b.assert_quiet();
 
     let frame = remote_frame(&mut ids, &rc, false);
-    assert_eq!(router.deliver_from_broker(&Delivery::Direct { to: elsewhere.id, frame: frame.clone() }), 1);
+    assert_eq!(router.deliver_from_broker(&Delivery::Direct { to: elsewhere.id, frame: frame.clone() }).await, 1);
     assert_eq!(elsewhere.next().await, parse_frame(&frame));
     let nobody = IdGenerator::new().client_id();
-    assert_eq!(router.deliver_from_broker(&Delivery::Direct { to: nobody, frame: frame.clone() }), 0);
+    assert_eq!(router.deliver_from_broker(&Delivery::Direct { to: nobody, frame: frame.clone() }).await, 0);
     let missing = key("r", "missing");
-    assert_eq!(router.deliver_from_broker(&Delivery::Channel { key: missing, frame, from: b.id }), 0);
+    assert_eq!(
+        router
+            .deliver_from_broker(&Delivery::Channel { key: missing, frame, from: b.id, place: Place::Unstored })
+            .await,
+        0
+    );
     // Never forwarded again, and never stored.
     assert!(broker.take_forwarded().is_empty());
     assert_eq!(c.ok("history", json!({"room": "r", "channel": "c"})).await["messages"], json!([]));

@@ -56,7 +56,9 @@ use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
 use crate::journal::{Journal, JournalOptions, Record};
-use crate::{Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage};
+use crate::{
+    After, Appended, ChannelRecord, ChannelStats, Health, PlacedRead, Since, Storage, StorageError, StoredMessage,
+};
 
 /// What a message is counted as in the byte budgets: its frame plus this,
 /// for its id, its place in the maps and the entry itself.
@@ -559,11 +561,11 @@ impl Shared {
         key: &ChannelKey,
         mirror: &mut Mirror,
         message: &StoredMessage,
-    ) -> Result<Appended, StorageError> {
+    ) -> Result<(Appended, Option<u64>), StorageError> {
         if !mirror.seeded {
             self.seed(key, mirror).await?;
         }
-        let appended = self.primary.append(key, message.clone()).await?;
+        let (appended, position) = self.primary.append_placed(key, message.clone()).await?;
         if appended == Appended::Stored {
             let before = mirror.cached_bytes;
             mirror.push(message.clone());
@@ -571,7 +573,7 @@ impl Shared {
             mirror.confirm_newest(self.options.max_len);
             self.settle(mirror, before);
         }
-        Ok(appended)
+        Ok((appended, position))
     }
 
     /// Writes `record` to the journal on disk, if there is one.
@@ -1079,7 +1081,7 @@ impl Storage for FallbackStorage {
         let mut m = mirror.lock().await;
         if shared.direct(&m) {
             match shared.append_direct(key, &mut m, &message).await {
-                Ok(appended) => return Ok(appended),
+                Ok((appended, _)) => return Ok(appended),
                 // The message may or may not have reached the backend: it is
                 // journaled, and the backend's dedupe by id settles it when
                 // the journal is written back.
@@ -1087,6 +1089,40 @@ impl Storage for FallbackStorage {
             }
         }
         shared.journal(key, &mut m, message).await
+    }
+
+    /// As `append`, with the backend's position when it went there
+    /// directly; otherwise `append` itself (the journal) answers, without a
+    /// position. (Between the two the mirror is unlocked: the router's order
+    /// lock still serializes appends to the channel, and a message that
+    /// reaches the backend that way merely has no position.)
+    async fn append_placed(
+        &self,
+        key: &ChannelKey,
+        message: StoredMessage,
+    ) -> Result<(Appended, Option<u64>), StorageError> {
+        let shared = &self.shared;
+        {
+            let mirror = shared.mirror(key);
+            let mut m = mirror.lock().await;
+            if shared.direct(&m) {
+                match shared.append_direct(key, &mut m, &message).await {
+                    Ok(placed) => return Ok(placed),
+                    Err(error) => shared.degrade(&error),
+                }
+            }
+        }
+        Ok((self.append(key, message).await?, None))
+    }
+
+    /// Positions come from the backend only: journaled messages have none yet.
+    async fn read_placed(
+        &self,
+        key: &ChannelKey,
+        after: After,
+        limit: usize,
+    ) -> Result<Option<PlacedRead>, StorageError> {
+        self.shared.primary.read_placed(key, after, limit).await
     }
 
     async fn history(

@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 
 use arqon_protocol::{ChannelKey, Timestamp};
 use arqon_storage::{
-    Appended, ChannelRecord, ChannelStats, FallbackOptions, FallbackStorage, FsyncPolicy, JournalOptions, RedisOptions,
-    RedisStorage, Storage, StorageError,
+    After, Appended, ChannelRecord, ChannelStats, FallbackOptions, FallbackStorage, FsyncPolicy, JournalOptions,
+    RedisOptions, RedisStorage, Storage, StorageError,
 };
 use support::{RedisProcess, fresh_ids, ids, message, redis_available, redis_options, start_redis, until_ping};
 
@@ -198,4 +198,46 @@ async fn an_append_that_timed_out_and_landed_later_is_stored_once_after_the_jour
     assert_eq!(storage.health().journaled, 0);
     drop(storage);
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_number_appends_and_reads_by_position_see_exactly_the_window() {
+    if !redis_available("positions_number_appends_and_reads_by_position_see_exactly_the_window") {
+        return;
+    }
+    let redis = start_redis();
+    let storage = RedisStorage::connect(redis_options(&redis, 5)).await.unwrap();
+    let chan = key("p");
+    let empty = storage.read_placed(&chan, After::Position(0), 10).await.unwrap().unwrap();
+    assert_eq!((empty.messages.len(), empty.truncated, empty.tip, empty.tip_id), (0, false, 0, None));
+    let all = fresh_ids(8);
+    for (n, &id) in all.iter().enumerate() {
+        let placed = storage.append_placed(&chan, message(&chan, id)).await.unwrap();
+        assert_eq!(placed, (Appended::Stored, Some(n as u64 + 1)));
+    }
+    // A retry has no new position.
+    assert_eq!(storage.append_placed(&chan, message(&chan, all[7])).await.unwrap(), (Appended::Duplicate, None));
+    let positions = |read: &arqon_storage::PlacedRead| -> Vec<(u64, arqon_protocol::MessageId)> {
+        read.messages.iter().map(|p| (p.position, p.message.id)).collect()
+    };
+    // Kept: positions 4..=8. After position 5, at most 2.
+    let read = storage.read_placed(&chan, After::Position(5), 2).await.unwrap().unwrap();
+    assert_eq!(positions(&read), [(6, all[5]), (7, all[6])]);
+    assert_eq!((read.truncated, read.tip, read.tip_id), (false, 8, Some(all[7])));
+    // Right after a trimmed position: everything kept, truncated.
+    let read = storage.read_placed(&chan, After::Position(1), 10).await.unwrap().unwrap();
+    assert_eq!((positions(&read).first().copied(), read.messages.len(), read.truncated), (Some((4, all[3])), 5, true));
+    // Just before the window is not truncated; at the tip, nothing.
+    let read = storage.read_placed(&chan, After::Position(3), 10).await.unwrap().unwrap();
+    assert_eq!((read.messages.len(), read.truncated), (5, false));
+    let read = storage.read_placed(&chan, After::Position(8), 10).await.unwrap().unwrap();
+    assert_eq!((read.messages.len(), read.truncated, read.tip), (0, false, 8));
+    // By id, as `since`; limit 0 reads the tip only.
+    let read = storage.read_placed(&chan, After::Id(all[5]), 10).await.unwrap().unwrap();
+    assert_eq!(positions(&read), [(7, all[6]), (8, all[7])]);
+    let since = storage.since(&chan, all[5]).await.unwrap();
+    assert_eq!(ids(&since.messages), all[6..]);
+    assert!(storage.read_placed(&chan, After::Id(all[0]), 10).await.unwrap().unwrap().truncated);
+    let tip = storage.read_placed(&chan, After::Position(0), 0).await.unwrap().unwrap();
+    assert_eq!((tip.messages.len(), tip.tip, tip.tip_id), (0, 8, Some(all[7])));
 }
