@@ -6,10 +6,12 @@ slow consumer. This script measures it as a user sees it, against a running
 server: one subscriber with a 4 KiB receive buffer reads for a moment, then
 stops at T0 while a publisher keeps a steady stream going to the channel, and
 100 other subscribers keep reading. The time from T0 to the close (read from
-/metrics, `arqon_slow_consumer_disconnects_total{cause="write_timeout"}`) is
-an upper bound on "socket stopped -> closed" (the socket fills a few
-milliseconds after T0). The readers' rate before and after T0 shows what the
-stall costs them.
+/metrics, `arqon_slow_consumer_disconnects_total{cause="write_timeout"}`)
+includes the seconds the kernel's buffers take to fill after T0; the
+moment the socket really stopped accepting is when the largest send queue
+of the server's connections (`ss -tn`) stopped growing, and the script
+reports the close time from there too (`socket_full_to_close_s`). The
+readers' rate before and after T0 shows what the stall costs them.
 
     python benches/stall_close.py ws://127.0.0.1:9100/ws http://127.0.0.1:9101
 
@@ -19,6 +21,7 @@ Bounded: at most 30 s of publishing. Needs `websockets`.
 import asyncio
 import json
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
@@ -37,6 +40,13 @@ def closes(cause: str) -> float:
         if line.startswith(f'arqon_slow_consumer_disconnects_total{{cause="{cause}"}}'):
             return float(line.split()[-1])
     return 0.0
+
+
+def largest_send_queue(port: str) -> int:
+    """The largest Send-Q among the server's connections on `port`."""
+    out = subprocess.run(["ss", "-tnH", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, timeout=5).stdout
+    return max((int(line.split()[1]) for line in out.splitlines() if line.strip()), default=0)
 
 
 async def opened(**kwargs):
@@ -71,6 +81,7 @@ async def main() -> None:
     t0 = start + 2.0  # the stalled client stops reading 2 s in
     sent, closed_at, rate_before, rate_after = 0, None, None, None
     mark = (start, 0)
+    queue, queue_grew_at = 0, None
     while time.monotonic() - start < LIMIT_S:
         now = time.monotonic()
         due = int((now - start) * RATE)
@@ -87,6 +98,10 @@ async def main() -> None:
         if rate_before is None and now >= t0:
             rate_before = sum(counts) / (now - start)
             mark = (now, sum(counts))
+        if now >= t0:
+            q = largest_send_queue(port)
+            if q > queue:
+                queue, queue_grew_at = q, now
         if closed_at is None and now >= t0 and int(now * 10) % 2 == 0:
             if closes("write_timeout") > before:
                 closed_at = now
@@ -97,6 +112,8 @@ async def main() -> None:
         t.cancel()
     print(json.dumps({
         "stop_to_close_s": None if closed_at is None else round(closed_at - t0, 2),
+        "socket_full_to_close_s": None if closed_at is None or queue_grew_at is None else round(closed_at - queue_grew_at, 2),
+        "send_queue_bytes": queue,
         "readers_rate_before": round(rate_before or 0), "readers_rate_during_stall": round(rate_after or 0),
         "published": sent,
     }))
