@@ -507,7 +507,7 @@ where
             match item {
                 Outbound::Frame(frame) => self.put(&mut batch, OP_TEXT, frame.bytes()).await?,
                 Outbound::Batch(frames) => {
-                    for frame in frames {
+                    for frame in &frames {
                         self.put(&mut batch, OP_TEXT, frame.bytes()).await?;
                     }
                 }

@@ -237,7 +237,7 @@ impl Channel {
         self.touch();
         respond(members, replay.as_ref().map(|r| r.truncated));
         if let Some(replay) = replay.filter(|r| !r.messages.is_empty()) {
-            let frames = replay.messages.into_iter().map(|m| m.frame).collect();
+            let frames: Box<[Frame]> = replay.messages.into_iter().map(|m| m.frame).collect();
             client.outlet.push(Outbound::Batch(frames));
         }
         Ok(Joined { added, members })
