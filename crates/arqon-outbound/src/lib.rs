@@ -25,5 +25,5 @@ mod queue;
 
 pub use budget::Budget;
 pub use queue::{
-    Closing, Outbound, OutboundReceiver, OutboundSender, Recv, SlowCause, TryRecvError, TrySendError, queue,
+    Closing, Outbound, OutboundReceiver, OutboundSender, Recv, SlowCause, Spliced, TryRecvError, TrySendError, queue,
 };

@@ -22,8 +22,57 @@ pub enum Outbound {
     /// the transport, such as the echo server the Autobahn|Testsuite runs
     /// against.
     Binary(Box<[u8]>),
+    /// One text message spliced from shared pieces (a `history` response:
+    /// the stored frames are written from history's own memory, not copied).
+    Spliced(Box<Spliced>),
 }
 
+/// One text message made of `head`, then `items` separated by commas, then
+/// `tail`: how a response embedding stored frames is queued without copying
+/// them.
+#[derive(Debug, Clone)]
+pub struct Spliced {
+    /// Everything before the first item.
+    pub head: Frame,
+    /// The shared frames, in order.
+    pub items: Box<[Frame]>,
+    /// Everything after the last item.
+    pub tail: &'static [u8],
+}
+
+impl Spliced {
+    /// The message's length in bytes.
+    pub fn len(&self) -> usize {
+        self.head.len()
+            + self.items.iter().map(Frame::len).sum::<usize>()
+            + self.items.len().saturating_sub(1)
+            + self.tail.len()
+    }
+
+    /// Whether the message is empty (never, for a response).
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The message's bytes, piece by piece, in order.
+    pub fn parts(&self) -> impl Iterator<Item = &[u8]> {
+        let items = self.items.iter().enumerate().flat_map(|(i, item)| {
+            let comma: &[u8] = if i > 0 { b"," } else { b"" };
+            [comma, item.bytes()]
+        });
+        std::iter::once(self.head.bytes()).chain(items).chain(std::iter::once(self.tail))
+    }
+
+    /// The whole message as one frame (a copy: for embedders that want one
+    /// block, and tests).
+    pub fn to_frame(&self) -> Frame {
+        let mut text = Vec::with_capacity(self.len());
+        for part in self.parts() {
+            text.extend_from_slice(part);
+        }
+        Frame::from_text(String::from_utf8_lossy(&text).into_owned())
+    }
+}
 // Every queued delivery holds one of these (a burst to many subscribers holds
 // one per subscriber per message): two words, so that the bookkeeping stays
 // small beside the frame, which is shared.
@@ -37,6 +86,7 @@ impl Outbound {
             Outbound::Frame(frame) => frame.len(),
             Outbound::Batch(frames) => frames.iter().map(Frame::len).sum(),
             Outbound::Binary(data) => data.len(),
+            Outbound::Spliced(spliced) => spliced.len(),
         }
     }
 }
@@ -706,6 +756,21 @@ mod tests {
         assert!(rx.poll_recv(&mut Context::from_waker(&waker)).is_pending());
         assert!(highest.max(seen_by_writer) <= PUSHES * 10, "the counter wrapped: {highest} {seen_by_writer}");
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn a_spliced_message_is_its_pieces_in_order() {
+        let spliced = Spliced {
+            head: Frame::from_text("{\"m\":["),
+            items: vec![Frame::from_text("1"), Frame::from_text("22"), Frame::from_text("333")].into(),
+            tail: b"]}",
+        };
+        assert_eq!(spliced.to_frame().as_str(), r#"{"m":[1,22,333]}"#);
+        assert_eq!(spliced.len(), spliced.to_frame().len());
+        assert_eq!(Outbound::Spliced(Box::new(spliced)).bytes(), 16);
+        let empty = Spliced { head: Frame::from_text("{\"m\":["), items: Box::new([]), tail: b"]}" };
+        assert_eq!(empty.to_frame().as_str(), r#"{"m":[]}"#);
+        assert_eq!(empty.len(), 8);
     }
 
     #[test]

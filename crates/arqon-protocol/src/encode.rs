@@ -196,28 +196,49 @@ pub fn response(id: MessageId, timestamp: Timestamp, request_id: Option<MessageI
 }
 
 /// A `type: response` whose payload is `{"messages":[…]}` built from stored
-/// frames, without re-parsing them.
+/// frames, without re-parsing them: [`messages_response_head`], the frames
+/// separated by commas, then [`MESSAGES_RESPONSE_TAIL`], in one block.
 pub fn messages_response(
     id: MessageId,
     timestamp: Timestamp,
     request_id: Option<MessageId>,
     messages: &[Frame],
 ) -> Frame {
-    let total: usize = messages.iter().map(|m| m.len() + 1).sum();
-    let mut w = Writer::start(total + 16, id, "response", timestamp);
+    let head = messages_response_head(id, timestamp, request_id);
+    let total: usize = head.len() + messages.iter().map(|m| m.len() + 1).sum::<usize>() + MESSAGES_RESPONSE_TAIL.len();
+    let mut out = crate::scratch::take();
+    out.reserve(total);
+    out.extend_from_slice(head.bytes());
+    for (i, message) in messages.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(message.bytes());
+    }
+    out.extend_from_slice(MESSAGES_RESPONSE_TAIL);
+    let frame = Frame(Arc::from(&out[..]));
+    crate::scratch::give(out);
+    frame
+}
+
+/// What closes a [`messages_response_head`]: the `messages` array, the
+/// payload object and the envelope.
+pub const MESSAGES_RESPONSE_TAIL: &[u8] = b"]}}";
+
+/// The start of a [`messages_response`], up to and including
+/// `"payload":{"messages":[`. With the stored frames (comma-separated) and
+/// [`MESSAGES_RESPONSE_TAIL`] after it, a transport can write the response
+/// as one message without copying the frames out of history.
+pub fn messages_response_head(id: MessageId, timestamp: Timestamp, request_id: Option<MessageId>) -> Frame {
+    let mut w = Writer::start(64, id, "response", timestamp);
     if let Some(request_id) = request_id {
         w.id("request_id", |out| request_id.write_to(out));
     }
     w.key("payload");
     w.out.extend_from_slice(b"{\"messages\":[");
-    for (i, message) in messages.iter().enumerate() {
-        if i > 0 {
-            w.out.push(b',');
-        }
-        w.out.extend_from_slice(message.bytes());
-    }
-    w.out.extend_from_slice(b"]}");
-    w.finish()
+    let frame = Frame(Arc::from(&w.out[..]));
+    crate::scratch::give(w.out);
+    frame
 }
 
 /// A `type: event`; `payload` must serialize to an object with an `event` field.

@@ -114,6 +114,7 @@ impl Client {
     async fn next(&mut self) -> Value {
         match self.next_outbound().await {
             Outbound::Frame(frame) => parse_frame(&frame),
+            Outbound::Spliced(spliced) => parse_frame(&spliced.to_frame()),
             Outbound::Batch(frames) => panic!("expected one frame, got a batch of {}", frames.len()),
             Outbound::Binary(data) => panic!("the bus never sends binary, got {} bytes", data.len()),
         }
@@ -123,6 +124,7 @@ impl Client {
     fn try_next(&mut self) -> Option<Value> {
         match self.inbox.frames.try_recv() {
             Ok(Outbound::Frame(frame)) => Some(parse_frame(&frame)),
+            Ok(Outbound::Spliced(spliced)) => Some(parse_frame(&spliced.to_frame())),
             Ok(Outbound::Batch(frames)) => panic!("expected one frame, got a batch of {}", frames.len()),
             Ok(Outbound::Binary(data)) => panic!("the bus never sends binary, got {} bytes", data.len()),
             Err(_) => None,
@@ -938,6 +940,7 @@ async fn join_since(client: &mut Client, room: &str, channel: &str, since: Messa
             frames.iter().map(parse_frame).collect()
         }
         Ok(Outbound::Frame(frame)) => panic!("expected the replay batch, got {frame:?}"),
+        Ok(Outbound::Spliced(spliced)) => panic!("expected the replay batch, got {spliced:?}"),
         Ok(Outbound::Binary(data)) => panic!("the bus never sends binary, got {} bytes", data.len()),
         Err(_) => Vec::new(),
     };
@@ -2376,4 +2379,41 @@ async fn a_member_may_join_without_member_events() {
     assert_eq!(quiet.try_next().unwrap()["payload"]["event"], "member_left");
     let error = quiet.fail("join_channel", json!({"room": "r", "channel": "c", "member_events": "no"})).await;
     assert_eq!(error["code"], "INVALID_ARGS");
+}
+
+#[tokio::test]
+async fn history_responses_share_the_stored_frames_and_count_against_the_backlog() {
+    let router = router_with(RouterConfig { max_backlog_bytes: 1 << 20, ..config() });
+    let mut publisher = Client::connect(&router, Role::User);
+    let mut member = Client::connect(&router, Role::User);
+    member.join("r", "c").await;
+    let pad = "x".repeat(1000);
+    for n in 0..100 {
+        publisher.message(json!({"room": "r", "channel": "c", "payload": {"n": n, "pad": pad}})).await;
+    }
+    // The frame delivered live and the one in the history response are the
+    // same memory: the response is spliced from history, not copied.
+    let Ok(Outbound::Frame(live)) = member.inbox.frames.try_recv() else { panic!("the first message") };
+    let _ = queued(&mut member);
+    let id = member.new_id();
+    member
+        .send_value(json!({"type": "command", "id": id, "command": "history",
+                           "args": {"room": "r", "channel": "c", "limit": 100}}))
+        .await;
+    let Ok(Outbound::Spliced(response)) = member.inbox.frames.try_recv() else { panic!("a spliced response") };
+    assert_eq!(response.items[0].bytes().as_ptr(), live.bytes().as_ptr());
+    let parsed = parse_frame(&response.to_frame());
+    assert_eq!(parsed["request_id"], id.to_string());
+    assert_eq!(parsed["payload"]["messages"].as_array().unwrap().len(), 100);
+    assert_eq!(parsed["payload"]["messages"][0]["payload"]["n"], 0);
+
+    // A client that asks for history and never reads: each ~110 KB response
+    // counts in full, so it is closed at its 1 MiB backlog, not grown
+    // without bound (60 requests once took a server to 1.2 GiB).
+    let mut hoarder = Client::connect(&router, Role::User);
+    for _ in 0..60 {
+        hoarder.send(r#"{"type":"command","command":"history","args":{"room":"r","channel":"c","limit":100}}"#).await;
+    }
+    assert_eq!(hoarder.inbox.frames.closing(), Some(Closing::slow(SlowCause::Backlog)));
+    assert!(router.backlog_budget().used() < 2 << 20, "{}", router.backlog_budget().used());
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arqon_outbound::{Closing, Outbound, OutboundReceiver, Recv, SlowCause};
+use arqon_outbound::{Closing, Outbound, OutboundReceiver, Recv, SlowCause, Spliced};
 use arqon_protocol::{CloseReason, IdGenerator, Timestamp, encode, scratch};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::watch;
@@ -512,11 +512,36 @@ where
                     }
                 }
                 Outbound::Binary(data) => self.put(&mut batch, OP_BINARY, &data).await?,
+                Outbound::Spliced(spliced) => self.put_spliced(&mut batch, &spliced).await?,
             }
         }
         self.write_out(&mut batch.buf).await?;
         scratch::give(batch.buf);
         self.flush().await
+    }
+
+    /// Appends one text message made of shared pieces: one header, then each
+    /// piece, large ones written straight from their own storage as in
+    /// [`put`](Self::put).
+    async fn put_spliced(&mut self, batch: &mut Batch, spliced: &Spliced) -> Result<(), WriteError> {
+        wire::put_header(&mut batch.buf, OP_TEXT, spliced.len());
+        for part in spliced.parts() {
+            if part.len() < LARGE_PAYLOAD {
+                batch.buf.extend_from_slice(part);
+                if batch.buf.len() >= FLUSH_BYTES {
+                    self.write_out(&mut batch.buf).await?;
+                }
+            } else {
+                self.write_out(&mut batch.buf).await?;
+                self.write_all(part).await?;
+            }
+        }
+        batch.framed += 1;
+        if batch.framed >= self.batch || batch.buf.len() >= FLUSH_BYTES {
+            self.write_out(&mut batch.buf).await?;
+            batch.framed = 0;
+        }
+        Ok(())
     }
 
     /// Frames and writes a few frames that did not come through the queue.
@@ -706,6 +731,20 @@ mod tests {
         assert_eq!(opcode, crate::wire::OP_CLOSE, "the queued frame was dropped, not written");
         assert_eq!(close_code(&payload), 1008);
         assert_eq!(&payload[2..], b"slow consumer");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spliced_message_goes_out_as_one_text_message() {
+        let mut h = harness(256 * 1024, 0);
+        let items: Box<[Frame]> = (0..3).map(|n| Frame::from_text(format!("{n}").repeat(20_000))).collect();
+        let spliced = Spliced { head: Frame::from_text("[\""), items, tail: b"\"]" };
+        let expected = spliced.to_frame();
+        h.frames.try_send(Outbound::Spliced(Box::new(spliced))).unwrap();
+        h.frames.try_send(text(5)).unwrap();
+        let (opcode, payload) = read_frame(&mut h.client).await;
+        assert_eq!((opcode, payload.len()), (OP_TEXT, expected.len()));
+        assert_eq!(payload, expected.bytes());
+        assert_eq!(read_frame(&mut h.client).await, (OP_TEXT, vec![b'x'; 5]));
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,5 +1,6 @@
 //! `history`: the newest kept messages of a channel, oldest first.
 
+use arqon_outbound::{Outbound, Spliced};
 use arqon_protocol::{Frame, Role, Timestamp, encode};
 
 use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec};
@@ -29,9 +30,12 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     router.lookup(&key).ok_or_else(|| not_found(&key))?;
     let limit = usize::try_from(args.int("limit").unwrap_or(DEFAULT_LIMIT)).unwrap_or(usize::MAX);
     let messages = router.inner.storage.history(&key, limit, args.message_id("before")).await?;
-    let frames: Vec<Frame> = messages.into_iter().map(|m| m.frame).collect();
-    // Stored frames are embedded as they are, never re-parsed.
-    let frame = encode::messages_response(ctx.session.ids.message_id(), Timestamp::now(), ctx.request_id, &frames);
-    ctx.session.push(frame);
+    // Stored frames are embedded as they are, never re-parsed nor copied:
+    // the writer sends them from history's own memory. The response still
+    // counts in full against the client's backlog.
+    let items: Box<[Frame]> = messages.into_iter().map(|m| m.frame).collect();
+    let head = encode::messages_response_head(ctx.session.ids.message_id(), Timestamp::now(), ctx.request_id);
+    let spliced = Spliced { head, items, tail: encode::MESSAGES_RESPONSE_TAIL };
+    ctx.session.client.outlet.push(Outbound::Spliced(Box::new(spliced)));
     Ok(())
 }
