@@ -231,3 +231,36 @@ async fn gentoken_signs_what_the_server_accepts() {
     assert!(stderr(&unsigned).contains("ARQON_AUTH__JWT__SECRET"), "{}", stderr(&unsigned));
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gentoken_signs_rs256_with_the_private_key_given() {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures");
+    let public = format!("{fixtures}/jwt_rs256_public.pem");
+    let mut config = test_config();
+    config.auth.mode = arqon_config::AuthMode::Jwt;
+    config.auth.jwt.algorithm = arqon_config::JwtAlgorithm::RS256;
+    config.auth.jwt.public_key_file = public.clone();
+    let server = TestServer::start_with(config).await;
+    let url = server.url();
+
+    let dir = std::env::temp_dir().join(format!("arqon-cli-rs256-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("rs256.toml");
+    let toml = format!("[auth]\nmode = \"jwt\"\n\n[auth.jwt]\nalgorithm = \"RS256\"\npublic_key_file = \"{public}\"\n");
+    std::fs::write(&file, toml).unwrap();
+    let file = file.to_str().unwrap();
+
+    let no_key = run(&["gentoken", "--config", file, "--sub", "carol"]).await;
+    assert_eq!(no_key.status.code(), Some(1));
+    assert!(stderr(&no_key).contains("--key FILE"), "{}", stderr(&no_key));
+
+    for (key, expected) in [("jwt_rs256_private.pem", 0), ("jwt_rs256_other_private.pem", 3)] {
+        let key = format!("{fixtures}/{key}");
+        let made = run(&["gentoken", "--config", file, "--key", &key, "--sub", "carol"]).await;
+        assert_eq!(made.status.code(), Some(0), "{}", stderr(&made));
+        let token = stdout(&made).trim().to_owned();
+        let status = run(&["--url", &url, "--token", &token, "status"]).await;
+        assert_eq!(status.status.code(), Some(expected), "{key}: {}", stderr(&status));
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
