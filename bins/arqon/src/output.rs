@@ -22,21 +22,21 @@ pub(crate) fn message_json(message: &Message) -> Value {
 
 /// Prints one message: `ID TIMESTAMP FROM PAYLOAD` for people, or its JSON
 /// object. Flushed at once so that a pipe sees each message as it arrives.
-pub(crate) fn print_message(message: &Message, json: bool) {
+/// Returns `false` once stdout is closed (`arqon sub ... | head -1`).
+pub(crate) fn print_message(message: &Message, json: bool) -> bool {
     let line = if json {
         message_json(message).to_string()
     } else {
         format!("{} {} {} {}", message.id, message.timestamp, message.from, message.payload.get())
     };
-    print_line(&line);
+    print_line(&line)
 }
 
-/// Prints a line on stdout and flushes it.
-pub(crate) fn print_line(line: &str) {
+/// Prints a line on stdout and flushes it; `false` if stdout is closed.
+pub(crate) fn print_line(line: &str) -> bool {
     let mut out = std::io::stdout().lock();
-    // A closed pipe (`arqon sub ... | head -1`) is not worth a panic.
-    let _ = writeln!(out, "{line}");
-    let _ = out.flush();
+    // A closed pipe is not worth a panic (println! would panic).
+    writeln!(out, "{line}").and_then(|()| out.flush()).is_ok()
 }
 
 /// A JSON object as `key: value` lines, nested keys joined with dots:

@@ -264,3 +264,21 @@ async fn gentoken_signs_rs256_with_the_private_key_given() {
     }
     let _ = std::fs::remove_dir_all(dir);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sub_stops_when_its_reader_goes_away() {
+    let server = TestServer::start().await;
+    let url = server.url();
+    // As in `arqon sub demo/head | head -1`.
+    let mut sub = arqon(&["--url", &url, "sub", "demo/head"]).spawn().unwrap();
+    let mut notes = BufReader::new(sub.stderr.take().unwrap()).lines();
+    tokio::time::timeout(TIMEOUT, notes.next_line()).await.expect("sub joins in time").unwrap().unwrap();
+    let mut out = BufReader::new(sub.stdout.take().unwrap()).lines();
+    assert_eq!(run(&["--url", &url, "pub", "demo/head", "1"]).await.status.code(), Some(0));
+    let first = tokio::time::timeout(TIMEOUT, out.next_line()).await.unwrap().unwrap().unwrap();
+    assert!(first.ends_with(" 1"), "{first}");
+    drop(out);
+    assert_eq!(run(&["--url", &url, "pub", "demo/head", "2"]).await.status.code(), Some(0));
+    let status = tokio::time::timeout(TIMEOUT, sub.wait()).await.expect("sub exits once stdout is closed").unwrap();
+    assert_eq!(status.code(), Some(0));
+}

@@ -45,7 +45,10 @@ pub(crate) async fn run(invocation: &Invocation) -> Result<(), Failure> {
         let Some(item) = events.recv().await else { break };
         match item {
             Incoming::Message(message) => {
-                print_message(&message, invocation.json);
+                if !print_message(&message, invocation.json) {
+                    // Nobody reads stdout any more (`| head -1`): done.
+                    break;
+                }
                 printed += 1;
             }
             Incoming::Event(Event::MemberJoined { client_id, .. }) => eprintln!("* {client_id} joined {key}"),
