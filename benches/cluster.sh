@@ -74,7 +74,7 @@ start_node() {
     local mode=$1 name=$2 stdout=$out/$2.stdout
     : >"$stdout"
     local env=(ARQON_SERVER__HOST=127.0.0.1 ARQON_SERVER__PORT=0 ARQON_MONITORING__PORT=0
-        ARQON_LIMITS__RATE_PER_S=0 ARQON_LOG=warn)
+        ARQON_LIMITS__RATE_PER_S=0 ARQON_LIMITS__BYTES_PER_S=0 ARQON_LOG=warn)
     if [[ $mode != memory ]]; then
         env+=(ARQON_STORAGE__BACKEND=redis "ARQON_STORAGE__REDIS__URL=redis://127.0.0.1:$port")
     fi

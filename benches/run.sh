@@ -11,9 +11,11 @@
 #   bash benches/run.sh --nice N        # scheduling priority of server and generator [-10 where allowed, else 0]
 #
 # The server runs pinned to core 0 (taskset -c 0) and the generator to core 1,
-# on 127.0.0.1 only. Benchmark configuration: the per-client rate limit is
-# lifted (ARQON_LIMITS__RATE_PER_S=0); every other limit keeps its default
-# (history 1,000 per channel, outbound queue 1,024 with slow-consumer close,
+# on 127.0.0.1 only. Benchmark configuration: the per-client rate limits are
+# lifted (ARQON_LIMITS__RATE_PER_S=0, ARQON_LIMITS__BYTES_PER_S=0); every
+# other limit keeps its default (history 1,000 per channel, a 64 MiB backlog
+# per client with a 10 s write timeout and a 1 GiB budget for all backlogs,
+# slow-consumer close,
 # frame size, heartbeat). Each generator run is bounded by --timeout, and the
 # script by `timeout` around each run.
 #
@@ -98,7 +100,7 @@ start_server() {
     local stdout=$out/server.stdout stderr=$out/server.stderr
     : >"$stdout"
     ARQON_SERVER__HOST=127.0.0.1 ARQON_SERVER__PORT=0 ARQON_MONITORING__PORT=0 \
-        ARQON_LIMITS__RATE_PER_S=0 ARQON_LOG=warn \
+        ARQON_LIMITS__RATE_PER_S=0 ARQON_LIMITS__BYTES_PER_S=0 ARQON_LOG=warn \
         "${server_pin[@]}" "$server_bin" >"$stdout" 2>>"$stderr" &
     server_pid=$!
     for _ in $(seq 1 200); do
@@ -182,9 +184,10 @@ else
         fanout --subscribers 100 --messages 20000 --payload 256
     run_case "fanout 1->1000, 20k msgs" "reported (NATS: n/a)" 240 \
         fanout --subscribers 1000 --messages 20000 --payload 256
-    # 60,000 messages: enough to overflow the stalled client's socket buffers
-    # and its 1,024-frame queue, so that the bus must close it (1008); the
-    # same run without the stalled client is the baseline it is held to.
+    # 60,000 messages: enough to fill the stalled client's socket buffers, so
+    # that the bus holds a backlog for it (closed by the write timeout, 10 s
+    # after its socket stops, which is after this run); the same run without
+    # the stalled client is the baseline it is held to.
     run_case "fanout 1->100, 60k msgs" "baseline of the stalled run" 120 \
         fanout --subscribers 100 --messages 60000 --payload 256
     run_case "fanout 1->100 + 1 stalled, 60k msgs" "within 10% of 1->100" 120 \
@@ -227,7 +230,7 @@ fi
     echo "- date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
     echo "- machine: $(nproc) cores, $(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -1), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), Linux $(uname -r)"
     echo "- server: ${server_pin[*]} $server_bin, generator: ${gen_pin[*]} $gen_bin, runs per configuration: $runs"
-    echo "- configuration: ARQON_LIMITS__RATE_PER_S=0 (per-client rate limit lifted); every other limit at its default"
+    echo "- configuration: ARQON_LIMITS__RATE_PER_S=0 ARQON_LIMITS__BYTES_PER_S=0 (per-client rate limits lifted); every other limit at its default"
     echo "- RLIMIT_NOFILE: $nofile"
     echo
     "$gen_bin" summarize "$results"

@@ -50,7 +50,7 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// rate limit lifted, history on (1,000 per channel, in memory), the default
 /// backlog limits (64 MiB per client, 1 GiB in all).
 pub fn router() -> Router {
-    let config = RouterConfig { rate_per_s: 0, ..RouterConfig::default() };
+    let config = RouterConfig { rate_per_s: 0, bytes_per_s: 0, ..RouterConfig::default() };
     Router::new(config, Arc::new(MemoryStorage::new(MemoryStorage::DEFAULT_MAX_PER_CHANNEL)))
 }
 

@@ -24,6 +24,7 @@ fn node_config_ttl(redis: &RedisProcess, node: &str, ttl_ms: u64) -> Config {
     config.storage.redis.url = redis.url();
     config.storage.redis.command_timeout_ms = 500;
     config.storage.redis.connect_timeout_ms = 1000;
+    config.storage.journal.path = redis.dir().join("journal").display().to_string();
     config.cluster.enabled = true;
     config.cluster.node_id = node.to_owned();
     config.cluster.registry_ttl_ms = ttl_ms;
@@ -490,4 +491,185 @@ async fn losing_and_regaining_redis_is_streamed_as_telemetry() {
     assert_eq!((degraded["event"].as_str(), degraded["node_id"].as_str()), (Some("cluster_degraded"), Some("node-0")));
     redis.restart();
     assert_eq!(next().await["event"], "cluster_recovered");
+}
+
+/// One subscriber doing what an SDK does with one channel: it keeps the
+/// messages in the order received; on `channel_gap` it drops what came
+/// after `last_id` (not history's order, or incomplete) and rejoins with
+/// `since: last_id`, whose replay and the live messages after it continue
+/// the channel's history exactly. Returns the ids it ends with and how many
+/// gaps it was told of, once it holds `expected` (or after a deadline).
+async fn follow(
+    mut client: TestClient,
+    channel: &'static str,
+    mut expected: tokio::sync::watch::Receiver<Option<Vec<String>>>,
+) -> (Vec<String>, usize) {
+    let mut sequence: Vec<String> = Vec::new();
+    let mut gaps = 0;
+    let mut deadline: Option<Instant> = None;
+    loop {
+        if let Some(expected) = expected.borrow_and_update().as_ref() {
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + TIMEOUT);
+            if sequence.len() >= expected.len() || Instant::now() > deadline {
+                return (sequence, gaps);
+            }
+        }
+        let Ok(frame) = tokio::time::timeout(Duration::from_millis(200), client.recv()).await else { continue };
+        if frame["type"] == "message" {
+            sequence.push(frame["id"].as_str().unwrap().to_owned());
+            continue;
+        }
+        if frame["payload"]["event"] != "channel_gap" {
+            continue;
+        }
+        gaps += 1;
+        assert_eq!(
+            (frame["payload"]["room"].as_str(), frame["payload"]["channel"].as_str()),
+            (Some("r"), Some(channel))
+        );
+        let last = frame["payload"]["last_id"].as_str().expect("a last id: messages came before").to_owned();
+        let at = sequence.iter().position(|id| *id == last).expect("last_id is a message this client got");
+        sequence.truncate(at + 1);
+        let rejoin = client.new_id();
+        let args = json!({"room": "r", "channel": channel, "since": last});
+        client.send(json!({"id": rejoin, "type": "command", "command": "join_channel", "args": args})).await;
+        // What arrives before the answer is superseded by the replay.
+        loop {
+            let frame = client.recv().await;
+            if frame["request_id"] == rejoin.as_str() {
+                assert_eq!(frame["type"], "response", "{frame}");
+                assert!(frame["payload"].get("truncated").is_none_or(|t| t == false), "{frame}");
+                break;
+            }
+        }
+    }
+}
+
+/// Two nodes, a subscriber and a publisher on each, and Redis frozen
+/// (SIGSTOP) for `freeze` after `before` messages per publisher, with
+/// `during` sent while it is frozen and `after` once it is back. Every
+/// subscriber must end with exactly the channel's history, in its order:
+/// live, or through `channel_gap` and `since` as an SDK does. Returns how
+/// many gaps each subscriber was told of.
+async fn freeze_with_traffic(
+    channel: &'static str,
+    freeze: Option<Duration>,
+    (before, during, after): (u64, u64, u64),
+) -> Vec<usize> {
+    use tokio::sync::watch;
+    let redis = RedisProcess::start();
+    let nodes = start_nodes(&redis, 2).await;
+    let (expected_tx, expected_rx) = watch::channel(None);
+    let mut followers = Vec::new();
+    for node in &nodes {
+        let mut subscriber = node.client().await;
+        subscriber.join("r", channel).await;
+        followers.push(subscriber);
+    }
+    followers[0].until_members("r", channel, 2).await;
+    let followers: Vec<_> =
+        followers.into_iter().map(|client| tokio::spawn(follow(client, channel, expected_rx.clone()))).collect();
+    // 0: before the freeze, 1: frozen, 2: thawed.
+    let (phase_tx, phase_rx) = watch::channel(0u8);
+    let (sent_before_tx, mut sent_before_rx) = tokio::sync::mpsc::channel::<()>(2);
+    let mut publishers = Vec::new();
+    for (n, node) in nodes.iter().enumerate() {
+        let mut publisher = node.client().await;
+        let mut phase = phase_rx.clone();
+        let sent_before = sent_before_tx.clone();
+        publishers.push(tokio::spawn(async move {
+            // 20 messages a second from each publisher.
+            let mut i = 0;
+            for (count, wait_for) in [(before, 0u8), (during, 1), (after, 2)] {
+                phase.wait_for(|p| *p >= wait_for).await.unwrap();
+                for _ in 0..count {
+                    publisher.publish_ff("r", channel, json!({"node": n, "i": i})).await;
+                    i += 1;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                if wait_for == 0 {
+                    sent_before.send(()).await.unwrap();
+                }
+            }
+            publisher
+        }));
+    }
+    for _ in 0..2 {
+        sent_before_rx.recv().await.unwrap();
+    }
+    if let Some(freeze) = freeze {
+        // Let the first messages cross before the freeze.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        redis.stop();
+        phase_tx.send(1).unwrap();
+        tokio::time::sleep(freeze).await;
+        redis.cont();
+    }
+    phase_tx.send(2).unwrap();
+    let mut keep = Vec::new();
+    for publisher in publishers {
+        keep.push(publisher.await.unwrap());
+    }
+    // Once both nodes are back and their journals are written, history is
+    // complete: every message of both publishers, once.
+    for node in &nodes {
+        until_status(node, |s| {
+            s["cluster"]["healthy"] == true && s["storage"]["healthy"] == true && s["storage"]["journaled"] == 0
+        })
+        .await;
+    }
+    let history = keep[0].ok("history", json!({"room": "r", "channel": channel, "limit": 1000})).await;
+    let messages = history["messages"].as_array().unwrap();
+    let mut sent: Vec<(u64, u64)> = messages
+        .iter()
+        .map(|m| (m["payload"]["node"].as_u64().unwrap(), m["payload"]["i"].as_u64().unwrap()))
+        .collect();
+    sent.sort_unstable();
+    let total = before + during + after;
+    let all: Vec<(u64, u64)> = (0..2).flat_map(|n| (0..total).map(move |i| (n, i))).collect();
+    assert_eq!(sent, all, "history holds every message once");
+    let history: Vec<String> = messages.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+    expected_tx.send(Some(history.clone())).unwrap();
+    let mut gaps = Vec::new();
+    for (n, follower) in followers.into_iter().enumerate() {
+        let (sequence, told) = follower.await.unwrap();
+        let missing = history.iter().filter(|id| !sequence.contains(id)).count();
+        let twice = sequence.len() - sequence.iter().collect::<std::collections::HashSet<_>>().len();
+        let first_difference = sequence.iter().zip(&history).position(|(a, b)| a != b);
+        assert!(
+            sequence == history,
+            "subscriber on node {n} (told of {told} gaps) does not end with the channel's history: {} of {} \
+             messages, {missing} missing, {twice} twice, first difference at {first_difference:?}",
+            sequence.len(),
+            history.len()
+        );
+        gaps.push(told);
+    }
+    gaps
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_redis_under_traffic_loses_nothing_silently() {
+    need_redis!("a_frozen_redis_under_traffic_loses_nothing_silently");
+    let gaps = freeze_with_traffic("frozen", Some(Duration::from_secs(3)), (20, 50, 20)).await;
+    // Each node delivered its own publisher's messages while cut off, so at
+    // most one of the two orders can match history without a gap.
+    assert!(gaps.iter().any(|n| *n > 0), "{gaps:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traffic_that_stops_during_a_freeze_is_recovered_once() {
+    need_redis!("traffic_that_stops_during_a_freeze_is_recovered_once");
+    // Nothing is published after Redis is back: the nodes must look at
+    // history themselves, and the rejoin must not replay what was seen.
+    freeze_with_traffic("stopped", Some(Duration::from_secs(3)), (20, 40, 0)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishers_on_two_nodes_reach_every_subscriber_in_history_order() {
+    need_redis!("publishers_on_two_nodes_reach_every_subscriber_in_history_order");
+    // Both publish at the same moments: each node's own message and the
+    // other's copy race, and history decides. Redis stays up: no gap.
+    let gaps = freeze_with_traffic("race", None, (60, 0, 0)).await;
+    assert_eq!(gaps, [0, 0]);
 }

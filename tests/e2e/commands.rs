@@ -67,7 +67,8 @@ async fn welcome_reports_identity_and_limits() {
     assert_eq!(w["payload"]["heartbeat_s"], 20);
     assert_eq!(
         w["payload"]["limits"],
-        json!({"max_message_bytes": 1_048_576, "rate_per_s": 0, "burst": 200, "max_backlog_bytes": 64 << 20})
+        json!({"max_message_bytes": 1_048_576, "rate_per_s": 0, "burst": 200, "bytes_per_s": 0,
+               "bytes_burst": 4_194_304, "max_backlog_bytes": 64 << 20})
     );
     assert!(w["payload"]["server_version"].is_string());
 }

@@ -29,6 +29,7 @@ fn redis_config(redis: &RedisProcess) -> Config {
     config.storage.redis.url = redis.url();
     config.storage.redis.command_timeout_ms = COMMAND_TIMEOUT_MS;
     config.storage.redis.connect_timeout_ms = 1000;
+    config.storage.journal.path = redis.dir().join("journal").display().to_string();
     config
 }
 

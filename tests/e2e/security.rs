@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-const SECRET: &str = "test-secret-that-is-long-enough";
+const SECRET: &str = "test-secret-that-is-long-enough-for-hs256";
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures");
 
 fn now_s() -> u64 {
@@ -509,4 +509,157 @@ async fn ten_thousand_malformed_frames_get_errors_while_others_are_served() {
     }
     honest.await.unwrap();
     assert_eq!(fuzzer.ok("ping", json!({})).await["pong"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_exp_is_required_and_aud_and_iss_are_checked_when_set() {
+    let server = TestServer::start_with(jwt_config(JwtAlgorithm::HS256)).await;
+    let url = server.url();
+    assert_unauthorized(try_connect(&url, Some(&hs256(&json!({"sub": "forever"}))), None).await);
+    drop(server);
+
+    let mut config = jwt_config(JwtAlgorithm::HS256);
+    config.auth.jwt.require_exp = false;
+    let server = TestServer::start_with(config).await;
+    let forever = try_connect(&server.url(), Some(&hs256(&json!({"sub": "forever"}))), None).await;
+    assert_eq!(forever.unwrap().welcome["payload"]["role"], "user", "allowed when require_exp = false");
+    drop(server);
+
+    let mut config = jwt_config(JwtAlgorithm::HS256);
+    config.auth.jwt.audience = "bus".into();
+    config.auth.jwt.issuer = "https://id.example".into();
+    let server = TestServer::start_with(config).await;
+    let url = server.url();
+    let exp = now_s() + 3600;
+    let good = hs256(&json!({"sub": "x", "exp": exp, "aud": "bus", "iss": "https://id.example"}));
+    assert!(try_connect(&url, Some(&good), None).await.is_ok());
+    let listed = hs256(&json!({"sub": "x", "exp": exp, "aud": ["other", "bus"], "iss": "https://id.example"}));
+    assert!(try_connect(&url, Some(&listed), None).await.is_ok(), "aud may be a list naming us");
+    for claims in [
+        json!({"sub": "x", "exp": exp, "aud": "other", "iss": "https://id.example"}),
+        json!({"sub": "x", "exp": exp, "iss": "https://id.example"}),
+        json!({"sub": "x", "exp": exp, "aud": "bus", "iss": "https://evil.example"}),
+        json!({"sub": "x", "exp": exp, "aud": "bus"}),
+    ] {
+        assert_unauthorized(try_connect(&url, Some(&hs256(&claims)), None).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_hs256_secret_stops_start_up_naming_the_key() {
+    let mut config = jwt_config(JwtAlgorithm::HS256);
+    config.auth.jwt.secret = "k".into();
+    let Err(error) = arqon_server::Bus::bind(&config).await else { panic!("a one-byte secret was accepted") };
+    let message = error.to_string();
+    assert!(message.contains("auth.jwt.secret") && message.contains("at least 32 bytes"), "{message}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_rooms_claim_grants_no_room() {
+    let server = TestServer::start_with(jwt_config(JwtAlgorithm::HS256)).await;
+    let url = server.url();
+    let mut admin =
+        try_connect(&url, Some(&hs256(&json!({"sub": "root", "role": "admin", "exp": now_s() + 3600}))), None)
+            .await
+            .unwrap();
+    admin.join("lobby", "c").await;
+    let none = hs256(&json!({"sub": "nobody", "exp": now_s() + 3600, "rooms": []}));
+    let mut nobody = try_connect(&url, Some(&none), None).await.unwrap();
+    assert_eq!(nobody.err("join_channel", json!({"room": "lobby", "channel": "c"})).await, "FORBIDDEN");
+    assert_eq!(nobody.err("history", json!({"room": "lobby", "channel": "c"})).await, "FORBIDDEN");
+    let err = nobody.request(json!({"type": "message", "room": "lobby", "channel": "c", "payload": 1})).await;
+    assert_eq!(err["error"]["code"], "FORBIDDEN");
+    assert_eq!(nobody.ok("list_channels", json!({})).await["channels"], json!([]));
+    let status = nobody.ok("status", json!({})).await;
+    assert_eq!((&status["connections"], &status["rooms"], &status["channels"]), (&json!(0), &json!(0), &json!(0)));
+    assert_eq!(nobody.ok("ping", json!({})).await["pong"], true);
+    // It may still write to an unrestricted client (the application's service).
+    nobody.send(json!({"type": "message", "to": admin.id, "payload": "help"})).await;
+    assert_eq!(admin.recv_message().await["payload"], "help");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_http_request_gets_426_naming_the_websocket_url() {
+    let server = TestServer::start_with(test_config()).await;
+    for path in ["/", "/ws", "/elsewhere"] {
+        let mut stream = TcpStream::connect(server.addr).await.unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nAccept: */*\r\n\r\n", server.addr);
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        tokio::time::timeout(TIMEOUT, stream.read_to_end(&mut response)).await.expect("answered in time").unwrap();
+        let response = String::from_utf8(response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{response}");
+        assert!(response.contains("\r\nUpgrade: websocket\r\n"), "{response}");
+        assert!(response.ends_with(&format!("connect a WebSocket client to ws://{}/ws\n", server.addr)), "{response}");
+    }
+    // WebSocket clients are unaffected, on / and on /ws.
+    let mut client = TestClient::connect(&format!("ws://{}/", server.addr)).await;
+    assert_eq!(client.ok("ping", json!({})).await["pong"], true);
+    let mut client = server.client().await;
+    assert_eq!(client.ok("ping", json!({})).await["pong"], true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binary_frames_and_pings_count_against_the_rate_limit() {
+    let mut config = test_config();
+    config.limits.rate_per_s = 1;
+    config.limits.burst = 3;
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    client.ws.send(Message::binary(vec![1u8, 2])).await.unwrap();
+    assert_eq!(client.recv().await["error"]["code"], "UNSUPPORTED_FRAME");
+    for payload in ["p1", "p2", "p3"] {
+        client.ws.send(Message::Ping(payload.as_bytes().to_vec().into())).await.unwrap();
+    }
+    client.ws.send(Message::binary(vec![3u8])).await.unwrap();
+    // p3 and the second binary frame are over the burst of 3.
+    let mut pongs = Vec::new();
+    let mut refusals = 0;
+    while refusals < 2 || pongs.last().map(Vec::as_slice) != Some(&b"last"[..]) {
+        let frame = tokio::time::timeout(TIMEOUT, client.ws.next()).await.expect("a frame in time").unwrap().unwrap();
+        match frame {
+            Message::Pong(payload) => pongs.push(payload.to_vec()),
+            Message::Text(text) => {
+                let error: Value = serde_json::from_str(text.as_str()).unwrap();
+                assert_eq!(error["error"]["code"], "RATE_LIMITED", "{error}");
+                refusals += 1;
+                if refusals == 2 {
+                    // A token comes back within a second: ping again then.
+                    let wait = error["error"]["retry_after_ms"].as_u64().unwrap();
+                    tokio::time::sleep(Duration::from_millis(wait + 50)).await;
+                    client.ws.send(Message::Ping(b"last".to_vec().into())).await.unwrap();
+                }
+            }
+            Message::Ping(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(pongs, [b"p1".to_vec(), b"p2".to_vec(), b"last".to_vec()], "the over-rate ping got no pong");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_connections_with_month_long_tokens_leave_no_task_behind() {
+    let server = TestServer::start_with(jwt_config(JwtAlgorithm::HS256)).await;
+    let tasks = tokio::runtime::Handle::current().metrics();
+    let month = now_s() + 30 * 24 * 3600;
+    // One connection first, so that the server's own tasks (started as it
+    // begins serving) are all running before counting.
+    let token = hs256(&json!({"sub": "warm-up", "exp": month}));
+    let mut client = try_connect(&server.url(), Some(&token), None).await.unwrap();
+    client.ws.close(None).await.unwrap();
+    drop(client);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle = tasks.num_alive_tasks();
+    for n in 0..200 {
+        let token = hs256(&json!({"sub": format!("client-{n}"), "exp": month}));
+        let mut client = try_connect(&server.url(), Some(&token), None).await.unwrap();
+        assert_eq!(client.ok("ping", json!({})).await["pong"], true);
+        client.ws.close(None).await.unwrap();
+    }
+    // Connection tasks end as their sockets close; bounded wait for the last.
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    while tasks.num_alive_tasks() > idle && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(tasks.num_alive_tasks(), idle, "every task a connection started ended with it");
 }

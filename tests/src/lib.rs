@@ -34,6 +34,7 @@ pub fn test_config() -> Config {
     config.server.port = 0;
     config.monitoring.port = 0;
     config.limits.rate_per_s = 0;
+    config.limits.bytes_per_s = 0;
     config
 }
 

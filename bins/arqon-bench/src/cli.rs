@@ -53,9 +53,9 @@ fanout, fanin, latency:
   --rate R             messages/s per publisher (fanout/fanin: unlimited)
   --duration SECS      latency: messages = rate x duration
   --window W           at most W messages in flight between the publishers and
-                       the slowest subscriber, below the bus's outbound queue
-                       (1,024) so max rate does not trip slow-consumer closes;
-                       0 = open loop [512]
+                       the slowest subscriber, so that the measured rate is
+                       the rate the whole path sustains rather than how much
+                       the bus buffers (64 MiB per client); 0 = open loop [512]
   --stalled K          K extra subscribers join and never read
   --drain SECS         after publishing, give up after SECS without progress [3]
 

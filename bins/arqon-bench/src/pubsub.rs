@@ -8,11 +8,13 @@
 //! are its own (no lock on the delivery path) and are merged at the end.
 //!
 //! Flow control: at "max rate" a publisher could run arbitrarily far ahead of
-//! the subscribers, and the bus closes any client whose 1,024-frame outbound
-//! queue overflows (slow consumer, close 1008). The [`Flow`] window keeps the
-//! publishers at most `--window` messages ahead of the slowest live
-//! subscriber, so the measured rate is the rate the whole path sustains,
-//! without loss. `--window 0` turns it off (open loop).
+//! the subscribers; the bus absorbs that in each client's backlog (64 MiB by
+//! default) and closes a client only past it, or when its socket takes
+//! nothing for the write timeout (close 1008, protocol section 8.1). The
+//! [`Flow`] window keeps the publishers at most `--window` messages ahead of
+//! the slowest live subscriber, so the measured rate is the rate the whole
+//! path sustains, not the rate at which the bus buffers. `--window 0` turns
+//! it off (open loop).
 //!
 //! Subscribers are lean (the default) or, with `--subscriber ordinary`, read
 //! like an application ([`crate::ordinary`]); both kinds check and time

@@ -208,6 +208,7 @@ async fn start_node(redis: &arqon_e2e::redis::RedisProcess, node: &str) -> (Chil
         .env("ARQON_CLUSTER__ENABLED", "true")
         .env("ARQON_CLUSTER__NODE_ID", node)
         .env("ARQON_CLUSTER__REGISTRY_TTL_MS", "1500")
+        .env("ARQON_STORAGE__JOURNAL__PATH", redis.dir().join("journal"))
         .env("ARQON_LIMITS__RATE_PER_S", "0");
     start_command(command).await
 }
@@ -261,4 +262,172 @@ async fn a_node_killed_with_kill_9_leaves_the_others_serving_and_its_clients_rec
     }
     moved.expect_silence(Duration::from_millis(300)).await;
     let _ = n2;
+}
+
+/// A bus over `redis` with its storage journal in `journal`: short Redis
+/// timeouts, no rate limit, a 1.5 s shutdown grace.
+fn journaled_bus(redis: &arqon_e2e::redis::RedisProcess, journal: &std::path::Path) -> Command {
+    let mut command = arqonbus();
+    command
+        .env("ARQON_STORAGE__BACKEND", "redis")
+        .env("ARQON_STORAGE__REDIS__URL", redis.url())
+        .env("ARQON_STORAGE__REDIS__COMMAND_TIMEOUT_MS", "300")
+        .env("ARQON_STORAGE__REDIS__CONNECT_TIMEOUT_MS", "2000")
+        .env("ARQON_STORAGE__JOURNAL__PATH", journal)
+        .env("ARQON_SERVER__SHUTDOWN_GRACE_MS", "1500")
+        .env("ARQON_LIMITS__RATE_PER_S", "0");
+    command
+}
+
+/// Publishes payload `i` to `r`/`k` with `publish`; returns the id it was
+/// acknowledged with.
+async fn publish_acknowledged(client: &mut TestClient, i: u64) -> String {
+    let answer = client.ok("publish", json!({"room": "r", "channel": "k", "payload": i})).await;
+    answer["id"].as_str().expect("an acknowledged publish has an id").to_owned()
+}
+
+/// The ids of `r`/`k`'s history, oldest first.
+async fn history_ids(client: &mut TestClient) -> Vec<String> {
+    let history = client.ok("history", json!({"room": "r", "channel": "k", "limit": 1000})).await;
+    history["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+}
+
+/// Bytes left in the journal files under `dir`.
+fn journal_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "journal"))
+                .map(|entry| entry.metadata().map_or(0, |m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outage {
+    /// `kill -STOP` of Redis, `kill -CONT` after the bus stopped.
+    Frozen,
+    /// `kill -9` of Redis, restarted (with its append-only file) after the
+    /// bus stopped.
+    Killed,
+}
+
+/// 5 publishes to a healthy Redis, then 100 during an outage; the bus is
+/// stopped with `stop` (`TERM` or `KILL`) before Redis is back, then Redis
+/// and the bus come back: every acknowledged publish is in history once, in
+/// order, and the journal file is emptied.
+async fn acknowledged_publishes_survive(outage: Outage, stop: &str) {
+    let mut redis = tokio::task::block_in_place(arqon_e2e::redis::RedisProcess::start_durable);
+    let journal = redis.dir().join("journal");
+    let (mut bus, url) = start_command(journaled_bus(&redis, &journal)).await;
+    let mut client = TestClient::connect(&url).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        acknowledged.push(publish_acknowledged(&mut client, i).await);
+    }
+    match outage {
+        Outage::Frozen => redis.stop(),
+        Outage::Killed => tokio::task::block_in_place(|| redis.kill()),
+    }
+    for i in 5..105 {
+        acknowledged.push(publish_acknowledged(&mut client, i).await);
+    }
+    assert!(journal_bytes(&journal) > 0, "the outage's publishes are in the journal file");
+    signal(&bus, stop);
+    let status = tokio::time::timeout(TIMEOUT, bus.wait()).await.expect("exits in time").unwrap();
+    if stop == "TERM" {
+        assert_eq!(status.code(), Some(0));
+    }
+    match outage {
+        Outage::Frozen => redis.cont(),
+        Outage::Killed => tokio::task::block_in_place(|| redis.restart()),
+    }
+    // The journal is written back before the bus serves: no waiting here.
+    let (_bus, url) = start_command(journaled_bus(&redis, &journal)).await;
+    let mut client = TestClient::connect(&url).await;
+    assert_eq!(history_ids(&mut client).await, acknowledged);
+    assert_eq!(journal_bytes(&journal), 0, "the journal file is emptied once written back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_acknowledged_while_redis_is_frozen_survive_sigterm() {
+    if arqon_e2e::redis::redis_available("publishes_acknowledged_while_redis_is_frozen_survive_sigterm") {
+        acknowledged_publishes_survive(Outage::Frozen, "TERM").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_acknowledged_while_redis_is_frozen_survive_kill_9() {
+    if arqon_e2e::redis::redis_available("publishes_acknowledged_while_redis_is_frozen_survive_kill_9") {
+        acknowledged_publishes_survive(Outage::Frozen, "KILL").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishes_acknowledged_while_redis_is_dead_survive_sigterm() {
+    if arqon_e2e::redis::redis_available("publishes_acknowledged_while_redis_is_dead_survive_sigterm") {
+        acknowledged_publishes_survive(Outage::Killed, "TERM").await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_writes_the_journal_back_within_the_grace_when_redis_returns() {
+    if !arqon_e2e::redis::redis_available("sigterm_writes_the_journal_back_within_the_grace_when_redis_returns") {
+        return;
+    }
+    let mut redis = tokio::task::block_in_place(arqon_e2e::redis::RedisProcess::start);
+    let journal = redis.dir().join("journal");
+    let mut command = journaled_bus(&redis, &journal);
+    command.env("ARQON_SERVER__SHUTDOWN_GRACE_MS", "15000");
+    let (mut bus, url) = start_command(command).await;
+    let mut client = TestClient::connect(&url).await;
+    tokio::task::block_in_place(|| redis.kill());
+    for i in 0..20 {
+        publish_acknowledged(&mut client, i).await;
+    }
+    drop(client);
+    // Redis comes back only once the bus is stopping.
+    signal(&bus, "TERM");
+    tokio::task::block_in_place(|| redis.restart());
+    let status = tokio::time::timeout(TIMEOUT, bus.wait()).await.expect("exits in time").unwrap();
+    assert_eq!(status.code(), Some(0));
+    // Written to Redis during the grace, not left for the next start.
+    assert_eq!(journal_bytes(&journal), 0);
+    assert_eq!(redis.command(&["ZCARD", "arqon:ids:{r:k}"]), ":20");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_journal_tail_is_reported_and_only_whole_records_are_replayed() {
+    if !arqon_e2e::redis::redis_available("a_torn_journal_tail_is_reported_and_only_whole_records_are_replayed") {
+        return;
+    }
+    let mut redis = tokio::task::block_in_place(arqon_e2e::redis::RedisProcess::start);
+    let journal = redis.dir().join("journal");
+    let (bus, url) = start_command(journaled_bus(&redis, &journal)).await;
+    let mut client = TestClient::connect(&url).await;
+    tokio::task::block_in_place(|| redis.kill());
+    let mut acknowledged = Vec::new();
+    for i in 0..10 {
+        acknowledged.push(publish_acknowledged(&mut client, i).await);
+    }
+    signal(&bus, "KILL");
+    // A crash in the middle of the last write: its record is cut short.
+    let file = std::fs::read_dir(&journal)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .find(|path| path.extension().is_some_and(|ext| ext == "journal"))
+        .unwrap();
+    let length = std::fs::metadata(&file).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(length - 5).unwrap();
+
+    tokio::task::block_in_place(|| redis.restart());
+    let (mut bus, url) = start_command(journaled_bus(&redis, &journal)).await;
+    let mut client = TestClient::connect(&url).await;
+    assert_eq!(history_ids(&mut client).await, acknowledged[..9], "the nine whole records, in order");
+    bus.kill().await.unwrap();
+    let output = bus.wait_with_output().await.unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("storage journal ends in a torn or corrupt record"), "{stderr}");
 }

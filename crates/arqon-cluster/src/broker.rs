@@ -50,6 +50,11 @@ pub(crate) struct Shared {
     pub(crate) dropped: AtomicU64,
     /// Set once a drop has been logged; cleared when healthy traffic resumes.
     overflow_logged: AtomicBool,
+    /// Channels whose history may hold messages this node's members did not
+    /// get (after an outage, a lagging receiver, or another node's journaled
+    /// messages), and until when the heartbeat checks them. At most one
+    /// entry per channel with local members.
+    pub(crate) suspect: Mutex<HashMap<ChannelKey, Instant>>,
 }
 
 /// This node's own clients and memberships (for rewriting its registry
@@ -148,6 +153,7 @@ impl RedisBroker {
             received: AtomicU64::new(0),
             dropped: AtomicU64::new(0),
             overflow_logged: AtomicBool::new(false),
+            suspect: Mutex::new(HashMap::new()),
         });
         Ok(RedisBroker { shared, clients, outgoing: Arc::new(Mutex::new(Some(outgoing))) })
     }
@@ -203,6 +209,21 @@ impl Shared {
     pub(crate) fn delivered_ok(&self, count: u64) {
         self.forwarded.fetch_add(count, Ordering::Relaxed);
         self.overflow_logged.store(false, Ordering::Relaxed);
+    }
+
+    /// Has the heartbeat check `keys`' history for a while (see `suspect`).
+    pub(crate) fn suspect(&self, keys: impl IntoIterator<Item = ChannelKey>) {
+        let until = Instant::now() + 2 * self.options.registry_ttl;
+        let mut suspect = self.suspect.lock();
+        for key in keys {
+            suspect.insert(key, until);
+        }
+    }
+
+    /// [`Shared::suspect`] for every channel with local members.
+    pub(crate) fn suspect_all(&self) {
+        let keys: Vec<ChannelKey> = self.local.lock().members.keys().cloned().collect();
+        self.suspect(keys);
     }
 
     fn changed(&self, f: impl FnOnce(&mut Local)) {

@@ -8,6 +8,10 @@
 //! member counts (Redis sets and hashes refreshed by heartbeats, mirrored in
 //! memory from announcements on a control topic), and node liveness. History
 //! is not its business: the nodes share it through the Redis storage backend.
+//! Forwarded channel messages carry their position in that history, which
+//! the router uses to deliver in history order; after an outage this layer
+//! has the router check each channel's history for what was missed
+//! ([`Router::catch_up`](arqon_routing::Router::catch_up)).
 //!
 //! It knows routing's public API and Redis, nothing of sockets, configuration
 //! files or metrics exporters: the server reads [`RedisBroker::health`] for

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arqon_protocol::{ChannelKey, ClientId, Timestamp};
-use arqon_routing::{Delivery, Router};
+use arqon_routing::{Delivery, Place, Router};
 use bytes::Bytes;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
@@ -139,6 +139,8 @@ pub(crate) async fn start(
                         Ok(message) => node.receive(message).await,
                         Err(tokio::sync::broadcast::error::RecvError::Lagged(lost)) => {
                             node.shared.drop_deliveries(lost, "receiving too slowly");
+                            // What was lost is in history: fill it from there.
+                            node.shared.suspect_all();
                         }
                         Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
                     }
@@ -221,9 +223,9 @@ impl Node {
         let names = &self.shared.names;
         let node = &self.shared.node;
         Some(match delivery {
-            Delivery::Channel { key, frame, from } => {
+            Delivery::Channel { key, frame, from, place } => {
                 let topic = names.channel_topic(&key);
-                (topic, wire::encode_traffic(node, &Target::Channel(key, from), &frame))
+                (topic, wire::encode_traffic(node, &Target::Channel(key, from, place), &frame))
             }
             Delivery::Room { room, frame, from } => {
                 let topic = names.room_topic(&room);
@@ -407,11 +409,18 @@ impl Node {
                 }
                 shared.received.fetch_add(1, Ordering::Relaxed);
                 let delivery = match target {
-                    Target::Channel(key, from) => Delivery::Channel { key, frame, from },
+                    Target::Channel(key, from, place) => {
+                        if place == Place::Unplaced {
+                            // Its node stored it without a place yet: look for
+                            // it in history until it turns up.
+                            shared.suspect([key.clone()]);
+                        }
+                        Delivery::Channel { key, frame, from, place }
+                    }
                     Target::Room(room, from) => Delivery::Room { room, frame, from },
                     Target::Direct(to) => Delivery::Direct { to, frame },
                 };
-                self.router.deliver_from_broker(&delivery);
+                self.router.deliver_from_broker(&delivery).await;
             }
             Topic::Unknown => {}
         }
@@ -582,6 +591,8 @@ impl Node {
         let ttl = self.shared.options.registry_ttl;
         let interval = ttl / 3;
         let mut reconnects = self.clients.subscriber.reconnect_rx();
+        // The running round of history checks, if any (one at a time).
+        let mut checking: Option<JoinHandle<()>> = None;
         loop {
             let wait = if self.shared.is_healthy() { interval } else { RETRY.min(interval) };
             tokio::select! {
@@ -596,6 +607,9 @@ impl Node {
                 }
             }
             self.beat().await;
+            if self.shared.is_healthy() && checking.as_ref().is_none_or(JoinHandle::is_finished) {
+                checking = Some(tokio::spawn(self.clone().check_suspects()));
+            }
             let now = Instant::now();
             for dead in self.shared.view.write().sweep(now, ttl) {
                 tracing::warn!(node = %dead, "cluster: node silent past the registry TTL; forgetting its clients");
@@ -639,10 +653,28 @@ impl Node {
         }
         .await;
         if rejoined.is_ok() {
+            // Cross-node copies were lost meanwhile, and the nodes' journals
+            // reach history over the next moments: check it for a while.
+            self.shared.suspect_all();
             self.shared.healthy.store(true, Ordering::Release);
             tracing::info!(peers = self.shared.view.read().node_count(), "cluster: redis is back; rejoined");
             // Pending local changes were folded into the rewrite.
             self.shared.wake.notify_one();
+        }
+    }
+
+    /// Delivers to local members what history holds and they did not get,
+    /// for every channel under suspicion (see `Shared::suspect`): one read
+    /// per channel, usually empty.
+    async fn check_suspects(self) {
+        let now = Instant::now();
+        let keys: Vec<ChannelKey> = {
+            let mut suspect = self.shared.suspect.lock();
+            suspect.retain(|_, until| *until > now);
+            suspect.keys().cloned().collect()
+        };
+        for key in keys {
+            self.router.catch_up(&key).await;
         }
     }
 

@@ -1,7 +1,8 @@
 //! What nodes say to each other through Redis: topic and key names, the
 //! framing of forwarded deliveries, and the control messages.
 
-use arqon_protocol::{ChannelKey, ClientId, Frame, Name, Timestamp};
+use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Name, Timestamp};
+use arqon_routing::Place;
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
@@ -93,8 +94,9 @@ pub(crate) fn parse_member_field(field: &str) -> Option<ChannelKey> {
 /// parser serves every topic.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Target {
-    /// Every member of the channel but `from`.
-    Channel(ChannelKey, ClientId),
+    /// Every member of the channel but `from`; stored messages carry their
+    /// place in the channel's history.
+    Channel(ChannelKey, ClientId, Place),
     /// Every member of the room's channels but `from`.
     Room(Name, ClientId),
     /// One client.
@@ -102,11 +104,17 @@ pub(crate) enum Target {
 }
 
 /// A forwarded delivery: `origin node`, target and the frame, as
-/// `node \n c room channel from \n frame` (or `r room from`, `d to`). The
-/// frame is the exact envelope delivered locally, so it is never re-encoded.
+/// `node \n c room channel from [place] \n frame` (or `r room from`, `d to`),
+/// where a stored message's place is `position id`, or `?` while it has
+/// none. The frame is the exact envelope delivered locally, so it is never
+/// re-encoded.
 pub(crate) fn encode_traffic(origin: &str, target: &Target, frame: &Frame) -> Bytes {
     let header = match target {
-        Target::Channel(key, from) => format!("{origin}\nc {} {} {from}\n", key.room, key.channel),
+        Target::Channel(key, from, Place::Unstored) => format!("{origin}\nc {} {} {from}\n", key.room, key.channel),
+        Target::Channel(key, from, Place::At(position, id)) => {
+            format!("{origin}\nc {} {} {from} {position} {id}\n", key.room, key.channel)
+        }
+        Target::Channel(key, from, Place::Unplaced) => format!("{origin}\nc {} {} {from} ?\n", key.room, key.channel),
         Target::Room(room, from) => format!("{origin}\nr {room} {from}\n"),
         Target::Direct(to) => format!("{origin}\nd {to}\n"),
     };
@@ -122,13 +130,19 @@ pub(crate) fn decode_traffic(bytes: &Bytes) -> Option<(&str, Target, Frame)> {
     let second = first + 1 + bytes[first + 1..].iter().position(|b| *b == b'\n')?;
     let origin = std::str::from_utf8(&bytes[..first]).ok()?;
     let header = std::str::from_utf8(&bytes[first + 1..second]).ok()?;
-    let mut parts = header.split(' ');
-    let target = match (parts.next()?, parts.next(), parts.next(), parts.next(), parts.next()) {
-        ("c", Some(room), Some(channel), Some(from), None) => {
-            Target::Channel(ChannelKey::parse(room, channel).ok()?, ClientId::parse(from).ok()?)
+    let parts: Vec<&str> = header.split(' ').collect();
+    let target = match parts[..] {
+        ["c", room, channel, from, ref place @ ..] => {
+            let place = match place {
+                [] => Place::Unstored,
+                ["?"] => Place::Unplaced,
+                [position, id] => Place::At(position.parse().ok()?, MessageId::parse(id).ok()?),
+                _ => return None,
+            };
+            Target::Channel(ChannelKey::parse(room, channel).ok()?, ClientId::parse(from).ok()?, place)
         }
-        ("r", Some(room), Some(from), None, None) => Target::Room(Name::parse(room).ok()?, ClientId::parse(from).ok()?),
-        ("d", Some(to), None, None, None) => Target::Direct(ClientId::parse(to).ok()?),
+        ["r", room, from] => Target::Room(Name::parse(room).ok()?, ClientId::parse(from).ok()?),
+        ["d", to] => Target::Direct(ClientId::parse(to).ok()?),
         _ => return None,
     };
     let frame = Frame::from_utf8(bytes.slice(second + 1..)).ok()?;
@@ -202,9 +216,14 @@ mod tests {
     fn traffic_round_trips_for_every_target() {
         let frame = Frame::from_text(r#"{"type":"message","payload":"a\nb"}"#);
         let key = ChannelKey::parse("r1", "c.1").unwrap();
-        for target in
-            [Target::Channel(key, id(1)), Target::Room(Name::parse("r-2").unwrap(), id(2)), Target::Direct(id(3))]
-        {
+        let message = arqon_protocol::IdGenerator::new().message_id();
+        for target in [
+            Target::Channel(key.clone(), id(1), Place::Unstored),
+            Target::Channel(key.clone(), id(1), Place::At(42, message)),
+            Target::Channel(key, id(1), Place::Unplaced),
+            Target::Room(Name::parse("r-2").unwrap(), id(2)),
+            Target::Direct(id(3)),
+        ] {
             let bytes = encode_traffic("node-a", &target, &frame);
             let (origin, back, body) = decode_traffic(&bytes).unwrap();
             assert_eq!((origin, &back, body.as_str()), ("node-a", &target, frame.as_str()));
@@ -213,8 +232,21 @@ mod tests {
 
     #[test]
     fn malformed_traffic_is_rejected() {
-        for bad in ["", "node", "node\nc r c\n{}", "node\nx a\n{}", "node\nd arq_bad\n{}", "node\nc r: c arq_x\n{}"] {
-            assert!(decode_traffic(&Bytes::from(bad)).is_none(), "{bad:?}");
+        let from = id(1).to_string();
+        let bad_places = [
+            format!("n\nc r c {from} 12\n{{}}"),
+            format!("n\nc r c {from} x {from}\n{{}}"),
+            format!("n\nc r c {from} 1 2 3\n{{}}"),
+        ];
+        for bad in bad_places.iter().map(String::as_str).chain([
+            "",
+            "node",
+            "node\nc r c\n{}",
+            "node\nx a\n{}",
+            "node\nd arq_bad\n{}",
+            "node\nc r: c arq_x\n{}",
+        ]) {
+            assert!(decode_traffic(&Bytes::copy_from_slice(bad.as_bytes())).is_none(), "{bad:?}");
         }
         let mut invalid = b"n\nd ".to_vec();
         invalid.extend_from_slice(id(1).to_string().as_bytes());

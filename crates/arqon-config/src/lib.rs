@@ -32,7 +32,11 @@ mod settings;
 
 pub use cluster::ClusterConfig;
 pub use error::ConfigError;
-pub use security::{AuthConfig, AuthMode, JwtAlgorithm, JwtConfig, RoleRate, RoleRates, StaticToken, TlsSettings};
+pub use security::{
+    AuthConfig, AuthMode, JwtAlgorithm, JwtConfig, MIN_HS256_SECRET_BYTES, RoleRate, RoleRates, StaticToken,
+    TlsSettings,
+};
 pub use settings::{
-    ChannelsConfig, Config, LimitsConfig, MonitoringConfig, RedisConfig, ServerConfig, StorageBackend, StorageConfig,
+    ChannelsConfig, Config, JournalConfig, JournalFsync, LimitsConfig, MonitoringConfig, RedisConfig, ServerConfig,
+    StorageBackend, StorageConfig,
 };

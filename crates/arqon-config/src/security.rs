@@ -30,8 +30,10 @@ pub struct StaticToken {
     /// in `welcome`; empty: a fresh id per connection. Default: empty.
     #[serde(default)]
     pub client: String,
-    /// Rooms the client may join and publish to; `["*"]` or empty: all.
-    /// Default: all.
+    /// Rooms the client may join and publish to; `["*"]`: all. Default
+    /// (the key left out): all. Note: an explicit empty list also means all
+    /// here (TOML cannot tell it from a missing key), unlike a JWT's
+    /// `rooms: []`, which grants none.
     #[serde(default)]
     pub rooms: Vec<String>,
 }
@@ -52,17 +54,38 @@ pub enum JwtAlgorithm {
 pub struct JwtConfig {
     /// `HS256` or `RS256`. Default: `HS256`.
     pub algorithm: JwtAlgorithm,
-    /// Shared secret for HS256. Default: empty.
+    /// Shared secret for HS256; at least 32 bytes (a shorter one is refused
+    /// at start-up). Default: empty.
     pub secret: String,
     /// Path of the PEM public key for RS256. Default: empty.
     pub public_key_file: String,
     /// Seconds of clock skew tolerated on `exp` and `nbf`. Default: `0`.
     pub leeway_s: u64,
+    /// Whether a token must carry `exp`; one without it is refused (HTTP
+    /// 401). With `false`, such a token never expires. Default: `true`.
+    pub require_exp: bool,
+    /// When set, a token's `aud` must name this audience. Default: empty (not
+    /// checked).
+    pub audience: String,
+    /// When set, a token's `iss` must be this issuer. Default: empty (not
+    /// checked).
+    pub issuer: String,
 }
+
+/// Shortest HS256 secret accepted: the hash's output size (RFC 7518 3.2).
+pub const MIN_HS256_SECRET_BYTES: usize = 32;
 
 impl Default for JwtConfig {
     fn default() -> Self {
-        Self { algorithm: JwtAlgorithm::HS256, secret: String::new(), public_key_file: String::new(), leeway_s: 0 }
+        Self {
+            algorithm: JwtAlgorithm::HS256,
+            secret: String::new(),
+            public_key_file: String::new(),
+            leeway_s: 0,
+            require_exp: true,
+            audience: String::new(),
+            issuer: String::new(),
+        }
     }
 }
 

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ConfigError;
 use crate::cluster::ClusterConfig;
-use crate::security::{AuthConfig, AuthMode, JwtAlgorithm, RoleRates, TlsSettings};
+use crate::security::{AuthConfig, AuthMode, JwtAlgorithm, MIN_HS256_SECRET_BYTES, RoleRates, TlsSettings};
 
 /// Smallest accepted `limits.max_message_bytes`: room for an envelope with a
 /// short payload, so a typo such as `1` cannot make every frame too large.
@@ -187,9 +187,21 @@ pub struct LimitsConfig {
     /// over its life; past it creating fails with `FORBIDDEN`. 0: no limit.
     /// Default: `1000`.
     pub max_channels_created_per_client: usize,
-    /// Consecutive rate-limited frames after which a client is closed with
-    /// 1008 (repeated abuse); 0: never. Default: `100`.
+    /// Payload bytes per second each client may send, over all its frames
+    /// (text, binary, pings); `0` means unlimited. Default: `1048576` (1 MiB).
+    pub bytes_per_s: u64,
+    /// Bytes a client may send at once above `bytes_per_s`; a single frame
+    /// larger than this passes when the client's byte budget is full. At
+    /// least 1 while `bytes_per_s` is above 0. Default: `4194304` (4 MiB).
+    pub bytes_burst: u64,
+    /// Refusals (frames over the frame or byte rate) after which a client is
+    /// closed with 1008 (repeated abuse); 0: never. A sliding count: it
+    /// drains at `abuse_limit` per `abuse_window_s`, so `abuse_limit`
+    /// refusals in quick succession, or refusals arriving steadily faster
+    /// than that, close the client. Default: `100`.
     pub abuse_limit: u32,
+    /// The window of `abuse_limit`, in seconds. At least 1. Default: `10`.
+    pub abuse_window_s: u64,
     /// Per-role rate overrides, e.g. `[limits.roles.guest]` with `rate_per_s`
     /// and `burst`; a role not listed uses `rate_per_s` and `burst`.
     /// Default: none.
@@ -217,7 +229,10 @@ impl Default for LimitsConfig {
             max_channels: 10_000,
             max_channels_per_room: 1000,
             max_channels_created_per_client: 1000,
+            bytes_per_s: 1 << 20,
+            bytes_burst: 4 << 20,
             abuse_limit: 100,
+            abuse_window_s: 10,
             roles: RoleRates::new(),
         }
     }
@@ -250,6 +265,42 @@ pub struct StorageConfig {
     pub backend: StorageBackend,
     /// The Redis backend, read when `backend` is `redis`. Default: see [`RedisConfig`].
     pub redis: RedisConfig,
+    /// The write-ahead journal of the Redis backend. Default: see [`JournalConfig`].
+    pub journal: JournalConfig,
+}
+
+/// `[storage.journal]`: where the Redis backend keeps, on disk, what it
+/// accepted while Redis was unreachable, so that it survives the bus
+/// stopping before Redis returns (docs/storage.md). Unused by `memory`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct JournalConfig {
+    /// Directory of the journal files, created if missing; relative to the
+    /// working directory unless absolute. Not empty. Default: `arqon-journal`.
+    pub path: String,
+    /// When journal writes reach the disk: `always` (before the publish is
+    /// answered) or `interval` (every `fsync_interval_ms`). Default: `always`.
+    pub fsync: JournalFsync,
+    /// Milliseconds between two syncs with `fsync = "interval"`. 1 to
+    /// 60000. Default: `1000`.
+    pub fsync_interval_ms: u64,
+}
+
+impl Default for JournalConfig {
+    fn default() -> Self {
+        Self { path: "arqon-journal".to_owned(), fsync: JournalFsync::Always, fsync_interval_ms: 1000 }
+    }
+}
+
+/// `storage.journal.fsync`, named in lower case.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalFsync {
+    /// Every journal write is synced before the publish is answered.
+    #[default]
+    Always,
+    /// Written at once, synced every `fsync_interval_ms`.
+    Interval,
 }
 
 /// `[storage.redis]`: where the Redis backend keeps history, and how the bus
@@ -280,10 +331,18 @@ pub struct RedisConfig {
     /// unreachable; past it publishing fails with `STORAGE_UNAVAILABLE`.
     /// `0` refuses every publish during an outage. Default: `100000`.
     pub journal_capacity: usize,
+    /// Most bytes held in that journal (each message counts its envelope
+    /// plus 64); past it publishing fails with `STORAGE_UNAVAILABLE`.
+    /// Default: `268435456` (256 MiB).
+    pub journal_bytes: u64,
     /// Newest messages per channel also kept in memory, to answer `history`
     /// and `join_channel` `since` during an outage. At most `max_len`.
     /// Default: `1000`.
     pub cache_per_channel: usize,
+    /// Most bytes those caches hold over all channels (counted as for
+    /// `journal_bytes`); past it the oldest cached messages are dropped,
+    /// from channels not being written first. Default: `67108864` (64 MiB).
+    pub cache_bytes: u64,
 }
 
 impl Default for RedisConfig {
@@ -296,7 +355,9 @@ impl Default for RedisConfig {
             command_timeout_ms: 1000,
             pool_size: 2,
             journal_capacity: 100_000,
+            journal_bytes: 256 << 20,
             cache_per_channel: 1000,
+            cache_bytes: 64 << 20,
         }
     }
 }
@@ -371,6 +432,13 @@ impl Config {
             "must be at least 1 while limits.rate_per_s is above 0",
         )?;
         rule(
+            limits.bytes_per_s == 0 || limits.bytes_burst >= 1,
+            "limits.bytes_burst",
+            limits.bytes_burst,
+            "must be at least 1 while limits.bytes_per_s is above 0",
+        )?;
+        rule(limits.abuse_window_s >= 1, "limits.abuse_window_s", limits.abuse_window_s, "must be at least 1")?;
+        rule(
             limits.max_backlog_bytes >= MIN_BACKLOG_BYTES.max(limits.max_message_bytes),
             "limits.max_backlog_bytes",
             limits.max_backlog_bytes,
@@ -424,7 +492,14 @@ impl Config {
         if auth.mode == AuthMode::Jwt {
             match auth.jwt.algorithm {
                 JwtAlgorithm::HS256 => {
-                    rule(!auth.jwt.secret.is_empty(), "auth.jwt.secret", "\"\"", "HS256 needs a secret")?
+                    rule(!auth.jwt.secret.is_empty(), "auth.jwt.secret", "\"\"", "HS256 needs a secret")?;
+                    // The value itself is a secret: only its length is shown.
+                    rule(
+                        auth.jwt.secret.len() >= MIN_HS256_SECRET_BYTES,
+                        "auth.jwt.secret",
+                        format!("of {} bytes", auth.jwt.secret.len()),
+                        "an HS256 secret must be at least 32 bytes (generate one with `openssl rand -base64 32`)",
+                    )?
                 }
                 JwtAlgorithm::RS256 => rule(
                     !auth.jwt.public_key_file.is_empty(),
@@ -453,6 +528,7 @@ impl Config {
             "must be at least limits.history_bytes_per_channel",
         )?;
         self.storage.redis.validate()?;
+        self.storage.journal.validate()?;
         self.cluster.validate(self.storage.backend)
     }
 
@@ -513,6 +589,18 @@ impl RedisConfig {
             "storage.redis.cache_per_channel",
             self.cache_per_channel,
             "must be at most storage.redis.max_len",
+        )
+    }
+}
+
+impl JournalConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        rule(!self.path.is_empty(), "storage.journal.path", format!("{:?}", self.path), "must not be empty")?;
+        rule(
+            (1..=60_000).contains(&self.fsync_interval_ms),
+            "storage.journal.fsync_interval_ms",
+            self.fsync_interval_ms,
+            "must be between 1 and 60000",
         )
     }
 }

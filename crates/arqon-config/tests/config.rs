@@ -4,7 +4,10 @@
 use std::collections::BTreeMap;
 use std::io::Write;
 
-use arqon_config::{ChannelsConfig, Config, ConfigError, LimitsConfig, RedisConfig, ServerConfig, StorageBackend};
+use arqon_config::{
+    ChannelsConfig, Config, ConfigError, JournalConfig, JournalFsync, LimitsConfig, RedisConfig, ServerConfig,
+    StorageBackend,
+};
 use arqon_protocol::Role;
 
 /// The configuration reference, compiled in so that editing it reruns the check.
@@ -62,7 +65,10 @@ fn defaults_are_protocol_section_7() {
             max_channels: 10_000,
             max_channels_per_room: 1000,
             max_channels_created_per_client: 1000,
+            bytes_per_s: 1 << 20,
+            bytes_burst: 4 << 20,
             abuse_limit: 100,
+            abuse_window_s: 10,
             roles: Default::default(),
         }
     );
@@ -256,6 +262,8 @@ fn each_validation_rule_names_key_and_value() {
             "limits.backlog_budget_bytes",
             "69999",
         ),
+        (&[("ARQON_LIMITS__BYTES_PER_S", "10"), ("ARQON_LIMITS__BYTES_BURST", "0")], "limits.bytes_burst", "0"),
+        (&[("ARQON_LIMITS__ABUSE_WINDOW_S", "0")], "limits.abuse_window_s", "0"),
         (&[("ARQON_LIMITS__HISTORY_PER_CHANNEL", "0")], "limits.history_per_channel", "0"),
         (&[("ARQON_LIMITS__HISTORY_BYTES_PER_CHANNEL", "1048575")], "limits.history_bytes_per_channel", "1048575"),
         (
@@ -479,9 +487,32 @@ fn redis_defaults_are_documented_values() {
             command_timeout_ms: 1000,
             pool_size: 2,
             journal_capacity: 100_000,
+            journal_bytes: 256 << 20,
             cache_per_channel: 1000,
+            cache_bytes: 64 << 20,
         }
     );
+}
+
+#[test]
+fn journal_settings_load_and_are_checked() {
+    assert_eq!(
+        Config::default().storage.journal,
+        JournalConfig { path: "arqon-journal".to_owned(), fsync: JournalFsync::Always, fsync_interval_ms: 1000 }
+    );
+    let file = toml_file("[storage.journal]\npath = \"/var/lib/arqon\"\nfsync = \"interval\"\n");
+    let env =
+        vars(&[("ARQON_STORAGE__JOURNAL__FSYNC_INTERVAL_MS", "50"), ("ARQON_STORAGE__REDIS__CACHE_BYTES", "1024")]);
+    let config = Config::load(Some(file.path()), env).unwrap();
+    assert_eq!(
+        config.storage.journal,
+        JournalConfig { path: "/var/lib/arqon".to_owned(), fsync: JournalFsync::Interval, fsync_interval_ms: 50 }
+    );
+    assert_eq!(config.storage.redis.cache_bytes, 1024);
+    assert_fails_naming(load_env(&[("ARQON_STORAGE__JOURNAL__FSYNC", "sometimes")]), &["storage.journal.fsync"]);
+    assert_fails_naming(load_env(&[("ARQON_STORAGE__JOURNAL__FSYNC_INTERVAL_MS", "0")]), &["fsync_interval_ms", "0"]);
+    let file = toml_file("[storage.journal]\npath = \"\"\n");
+    assert_fails_naming(Config::load(Some(file.path()), vars(&[])), &["storage.journal.path"]);
 }
 
 #[test]
@@ -552,4 +583,36 @@ fn each_cluster_rule_names_key_and_value() {
     assert!(config.cluster.enabled);
     assert_eq!((config.cluster.registry_ttl_ms, config.cluster.forward_queue), (500, 1));
     assert_eq!(config.cluster.redis_url, "redis://10.0.0.1:6380");
+}
+
+#[test]
+fn a_short_hs256_secret_fails_naming_the_key_not_the_secret() {
+    let jwt = |secret: &str| load_env(&[("ARQON_AUTH__MODE", "jwt"), ("ARQON_AUTH__JWT__SECRET", secret)]);
+    for (secret, shown) in [("k", "of 1 bytes"), ("0123456789abcdef0123456789abcde", "of 31 bytes")] {
+        let error = assert_fails_naming(jwt(secret), &["`auth.jwt.secret`", shown, "at least 32 bytes"]);
+        assert!(!error.to_string().contains(secret), "the secret is not printed: {error}");
+    }
+    let config = jwt("0123456789abcdef0123456789abcdef").unwrap();
+    assert_eq!(config.auth.jwt.secret.len(), 32, "32 bytes pass");
+    // RS256 has no secret to check.
+    let config = load_env(&[
+        ("ARQON_AUTH__MODE", "jwt"),
+        ("ARQON_AUTH__JWT__ALGORITHM", "RS256"),
+        ("ARQON_AUTH__JWT__PUBLIC_KEY_FILE", "k.pem"),
+    ]);
+    assert_eq!(config.unwrap().auth.jwt.secret, "");
+}
+
+#[test]
+fn jwt_claims_checks_default_to_exp_required_and_no_audience_or_issuer() {
+    let jwt = Config::default().auth.jwt;
+    assert_eq!((jwt.require_exp, jwt.audience.as_str(), jwt.issuer.as_str()), (true, "", ""));
+    let config = load_env(&[
+        ("ARQON_AUTH__JWT__REQUIRE_EXP", "false"),
+        ("ARQON_AUTH__JWT__AUDIENCE", "bus"),
+        ("ARQON_AUTH__JWT__ISSUER", "https://id.example"),
+    ])
+    .unwrap();
+    let jwt = config.auth.jwt;
+    assert_eq!((jwt.require_exp, jwt.audience.as_str(), jwt.issuer.as_str()), (false, "bus", "https://id.example"));
 }

@@ -6,7 +6,6 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use arqon_protocol::{CloseReason, Frame};
-use bytes::Bytes;
 
 use crate::budget::Budget;
 
@@ -17,13 +16,18 @@ pub enum Outbound {
     Frame(Frame),
     /// Frames to write back to back, in order (a `join_channel` replay: it
     /// must reach the client before any live frame queued after it).
-    Batch(Vec<Frame>),
+    Batch(Box<[Frame]>),
     /// A binary WebSocket message. The bus itself never sends binary (every
     /// envelope is a text frame); this variant exists for harnesses built on
     /// the transport, such as the echo server the Autobahn|Testsuite runs
     /// against.
-    Binary(Bytes),
+    Binary(Box<[u8]>),
 }
+
+// Every queued delivery holds one of these (a burst to many subscribers holds
+// one per subscriber per message): two words, so that the bookkeeping stays
+// small beside the frame, which is shared.
+const _: () = assert!(std::mem::size_of::<Outbound>() == 24);
 
 impl Outbound {
     /// Bytes of payload this item puts on the wire (frame headers aside):
@@ -130,8 +134,13 @@ const IDLE_KEEP: usize = 4;
 #[derive(Debug)]
 struct Entry {
     item: Outbound,
-    bytes: usize,
-    share: usize,
+    bytes: u32,
+    share: u32,
+}
+
+/// A size as stored in an [`Entry`]; nothing queued comes near 4 GiB.
+fn small(n: usize) -> u32 {
+    u32::try_from(n).unwrap_or(u32::MAX)
 }
 
 #[derive(Debug)]
@@ -258,7 +267,7 @@ impl OutboundSender {
             // Charged before the item is visible to the writer, so that its
             // release can never come first.
             let over_budget = self.shared.budget.charge(share);
-            state.items.push_back(Entry { item, bytes, share });
+            state.items.push_back(Entry { item, bytes: small(bytes), share: small(share) });
             state.backlog += bytes;
             state.charged += share;
             // Only the empty -> non-empty transition wakes the writer: it
@@ -426,8 +435,8 @@ impl OutboundReceiver {
     /// backlog (it is being written).
     pub fn pop(&mut self) -> Option<Outbound> {
         let entry = self.taken.pop_front()?;
-        self.released.bytes += entry.bytes;
-        self.released.share += entry.share;
+        self.released.bytes += entry.bytes as usize;
+        self.released.share += entry.share as usize;
         Some(entry.item)
     }
 

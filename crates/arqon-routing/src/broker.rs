@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use arqon_protocol::{ChannelKey, ClientId, Frame, Name, Timestamp};
+use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Name, Timestamp};
 
 /// Resolves once this node receives a channel's traffic from the other nodes
 /// (see [`Broker::subscribe`]).
@@ -20,6 +20,8 @@ pub enum Delivery {
         frame: Frame,
         /// The sender, who must not receive it.
         from: ClientId,
+        /// Where it sits in the channel's history.
+        place: Place,
     },
     /// To every member of any channel of a room, each once.
     Room {
@@ -37,6 +39,20 @@ pub enum Delivery {
         /// The frame as delivered.
         frame: Frame,
     },
+}
+
+/// Where a channel delivery sits in the channel's history: receiving nodes
+/// deliver stored messages in history order (filling gaps from storage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// Not stored (a member event): delivered as it arrives.
+    Unstored,
+    /// Stored at this position (see `Storage::append_placed`), with this id.
+    At(u64, MessageId),
+    /// Stored, but its position is not known yet (journaled while storage
+    /// was unreachable): not delivered from the copy; the receiving node
+    /// finds it in history later ([`Router::catch_up`](crate::Router::catch_up)).
+    Unplaced,
 }
 
 /// Carries traffic between nodes of one bus.

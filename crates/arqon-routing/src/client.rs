@@ -44,4 +44,16 @@ impl RoomAccess {
             RoomAccess::Only(rooms) => rooms.contains(room),
         }
     }
+
+    /// Whether a client with this access may send a direct message to one
+    /// with `to`'s: an unrestricted client reaches anyone; a client limited
+    /// to some rooms reaches unrestricted clients (the application's own
+    /// services) and clients that share one of its rooms, never a client
+    /// confined to other rooms (another tenant).
+    pub fn may_reach(&self, to: &RoomAccess) -> bool {
+        match (self, to) {
+            (RoomAccess::All, _) | (RoomAccess::Only(_), RoomAccess::All) => true,
+            (RoomAccess::Only(mine), RoomAccess::Only(theirs)) => !mine.is_disjoint(theirs),
+        }
+    }
 }

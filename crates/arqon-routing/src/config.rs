@@ -55,9 +55,21 @@ pub struct RouterConfig {
     pub server_version: String,
     /// Per-role overrides of `rate_per_s`/`burst`. Default: none.
     pub role_rates: BTreeMap<Role, RateLimit>,
-    /// Consecutive rate-limited frames after which a client is closed with
-    /// 1008; 0: never. Default: 100.
+    /// Payload bytes per second per client, counted over every frame it
+    /// sends (text and binary); 0 means unlimited. Default: 1 MiB.
+    pub bytes_per_s: u64,
+    /// Bytes a client may send at once before `bytes_per_s` applies; a
+    /// single frame larger than this passes when the client's byte budget
+    /// is full. Default: 4 MiB.
+    pub bytes_burst: u64,
+    /// Refusals (over the frame or byte rate) after which a client is closed
+    /// with 1008; 0: never. Counted over a sliding window: the count drains
+    /// at `abuse_limit` per `abuse_window`, so `abuse_limit` refusals in
+    /// quick succession, or refusals arriving steadily faster than
+    /// `abuse_limit` per `abuse_window`, close the client. Default: 100.
     pub abuse_limit: u32,
+    /// The window of `abuse_limit`. Default: 10 s.
+    pub abuse_window: Duration,
     /// Time between `token_expired` and the close. Default: 2 s.
     pub expiry_grace: Duration,
     /// Channels on this node at most; creating one more fails with
@@ -99,7 +111,10 @@ impl Default for RouterConfig {
             heartbeat_s: 20,
             server_version: env!("CARGO_PKG_VERSION").to_owned(),
             role_rates: BTreeMap::new(),
+            bytes_per_s: 1 << 20,
+            bytes_burst: 4 << 20,
             abuse_limit: 100,
+            abuse_window: Duration::from_secs(10),
             expiry_grace: Duration::from_secs(2),
             max_channels: 10_000,
             max_channels_per_room: 1000,

@@ -16,7 +16,10 @@
 //!   checked wherever a channel is created.
 //! - [`Router::run_reclaim`]: the periodic removal of idle auto-created
 //!   channels, run beside the bus until its shutdown future resolves.
-//! - [`Broker`]: the seam for cross-node fan-out.
+//! - [`Broker`]: the seam for cross-node fan-out; with a broker, stored
+//!   channel messages carry their [`Place`] in history and every node
+//!   delivers them in history order, filling gaps from storage or telling
+//!   members with `channel_gap` (`sequence`, [`Router::catch_up`]).
 //! - [`Observer`], [`BusEvent`]: the seam for metrics and telemetry.
 //! - [`RoutingError`]: this layer's error.
 //!
@@ -54,7 +57,7 @@ mod reclaim;
 mod router;
 mod session;
 
-pub use broker::{Broker, Delivery, Subscribed};
+pub use broker::{Broker, Delivery, Place, Subscribed};
 pub use client::RoomAccess;
 pub use config::{RateLimit, RouterConfig};
 pub use error::RoutingError;

@@ -36,13 +36,13 @@ pub(crate) enum Gate {
 
 impl MemberEventGate {
     pub(crate) fn new(rate: RateLimit) -> Self {
-        MemberEventGate { bucket: TokenBucket::new(rate.rate_per_s, rate.burst), suppressed: 0 }
+        MemberEventGate { bucket: TokenBucket::new(u64::from(rate.rate_per_s), u64::from(rate.burst)), suppressed: 0 }
     }
 
     /// Decides one event. While a summary is due every event is counted,
     /// so that the summary is the last word on the churn it covers.
     pub(crate) fn admit(&mut self) -> Gate {
-        if self.suppressed == 0 && self.bucket.take().is_ok() {
+        if self.suppressed == 0 && self.bucket.take_one().is_ok() {
             return Gate::Send;
         }
         self.suppressed += 1;

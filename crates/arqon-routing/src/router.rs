@@ -8,13 +8,13 @@ use arqon_outbound::{Budget, Outbound};
 use arqon_protocol::{
     ChannelKey, ClientId, ErrorCode, Frame, IdGenerator, MessageId, Name, ProtocolError, Role, Timestamp,
 };
-use arqon_storage::{Health, Storage};
+use arqon_storage::{Health, Storage, StoredMessage};
 use dashmap::DashMap;
 use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Delivery};
+use crate::broker::{Broker, Delivery, Place};
 use crate::channel::Channel;
 use crate::client::{ClientEntry, RoomAccess};
 use crate::observer::{BusEvent, NoObserver, Observer};
@@ -105,6 +105,7 @@ impl RouterBuilder {
                 client_ids: Mutex::new(IdGenerator::new()),
                 channel_count: AtomicUsize::new(0),
                 started: Instant::now(),
+                expiry_timers: Arc::new(AtomicUsize::new(0)),
                 broker: self.broker,
                 observer: self.observer,
             }),
@@ -131,6 +132,8 @@ pub(crate) struct Inner {
     /// `max_channels` check needs no walk over the rooms.
     channel_count: AtomicUsize,
     pub(crate) started: Instant,
+    /// Credential expiry timers whose task is still alive.
+    expiry_timers: Arc<AtomicUsize>,
     broker: Option<Arc<dyn Broker>>,
     pub(crate) observer: Arc<dyn Observer>,
 }
@@ -195,8 +198,8 @@ impl Router {
             outlet,
             channels_created: AtomicUsize::new(0),
             direct_inbound: parking_lot::Mutex::new(TokenBucket::new(
-                self.inner.config.direct_rate.rate_per_s,
-                self.inner.config.direct_rate.burst,
+                u64::from(self.inner.config.direct_rate.rate_per_s),
+                u64::from(self.inner.config.direct_rate.burst),
             )),
         });
         match self.inner.clients.entry(id) {
@@ -209,12 +212,56 @@ impl Router {
         if let Some(broker) = &self.inner.broker {
             broker.client_connected(id);
         }
-        if let Some(expires_in) = identity.expires_in {
-            tokio::spawn(expire(Arc::downgrade(&entry), expires_in, self.inner.config.expiry_grace));
-        }
-        let session = Session::new(self.clone(), entry);
+        let expiry = identity.expires_in.map(|after| self.start_expiry(&entry, after));
+        let mut session = Session::new(self.clone(), entry);
+        session.expiry = expiry;
         session.send_welcome();
         Ok((session, inbox))
+    }
+
+    /// Credential expiry timers still running: one per connected client
+    /// whose credentials expire, and none once it has left (the session
+    /// aborts its timer when dropped). For monitoring and leak tests.
+    pub fn live_expiry_timers(&self) -> usize {
+        self.inner.expiry_timers.load(Ordering::Acquire)
+    }
+
+    /// Starts the task that tells `entry` its credentials expired after
+    /// `after`, then closes it; the session owns the returned timer.
+    fn start_expiry(&self, entry: &Arc<ClientEntry>, after: std::time::Duration) -> ExpiryTimer {
+        let live = LiveTimer::new(&self.inner.expiry_timers);
+        let client = Arc::downgrade(entry);
+        let grace = self.inner.config.expiry_grace;
+        // From now, not from the task's first poll.
+        let deadline = Instant::now() + after;
+        let task = tokio::spawn(async move {
+            // Counted while the task's future exists: dropped when it ends
+            // and when it is aborted.
+            let _live = live;
+            expire(client, deadline, grace).await;
+        });
+        ExpiryTimer(task.abort_handle())
+    }
+
+    /// Counts as a client with `access` may see them: every count for an
+    /// unrestricted client; for one limited to some rooms, its rooms that
+    /// have channels, their channels, and the distinct clients (on this
+    /// node) in those channels.
+    pub(crate) fn counts_for(&self, access: &RoomAccess) -> BusCounts {
+        let RoomAccess::Only(allowed) = access else { return self.counts() };
+        let (mut rooms, mut channels) = (0, 0);
+        let mut members = std::collections::HashSet::new();
+        for room in allowed {
+            let Some(room) = self.inner.rooms.get(room) else { continue };
+            rooms += 1;
+            channels += room.len();
+            for channel in room.values() {
+                channel.for_each_member(|m| {
+                    members.insert(m.id);
+                });
+            }
+        }
+        BusCounts { connections: members.len(), rooms, channels }
     }
 
     /// Current counts.
@@ -264,10 +311,16 @@ impl Router {
     }
 
     /// Delivers traffic that arrived from another node through the broker to
-    /// this node's local clients. Never forwards it again.
-    pub fn deliver_from_broker(&self, delivery: &Delivery) -> usize {
+    /// this node's local clients, stored channel messages in history order
+    /// (crate::sequence). Never forwards it again.
+    pub async fn deliver_from_broker(&self, delivery: &Delivery) -> usize {
         match delivery {
-            Delivery::Channel { key, frame, from } => {
+            Delivery::Channel { key, frame, from, place: Place::At(position, id) } => {
+                self.deliver_placed(key, frame, *from, *position, *id).await
+            }
+            // Found in history later, at its place.
+            Delivery::Channel { place: Place::Unplaced, .. } => 0,
+            Delivery::Channel { key, frame, from, place: Place::Unstored } => {
                 self.lookup(key).map_or(0, |channel| channel.deliver(frame, Some(*from)))
             }
             Delivery::Room { room, frame, from } => self.deliver_room_local(room, frame, Some(*from)),
@@ -492,12 +545,11 @@ impl Router {
         id: MessageId,
         frame: Frame,
     ) -> Result<Option<usize>, RoutingError> {
-        let forward = || {
-            if let Some(broker) = &self.inner.broker {
-                broker.forward(Delivery::Channel { key: channel.key.clone(), frame: frame.clone(), from });
-            }
-        };
-        channel.publish(&*self.inner.storage, id, &frame, from, forward).await
+        if let Some(broker) = &self.inner.broker {
+            // Across nodes, in history order.
+            return self.publish_placed(channel, from, StoredMessage { id, frame }, broker).await;
+        }
+        channel.publish(&*self.inner.storage, id, &frame, from).await
     }
 
     /// Delivers a room-wide message: each member of any channel once.
@@ -512,18 +564,26 @@ impl Router {
         Ok(delivered)
     }
 
-    /// Delivers a direct message.
-    pub(crate) fn publish_direct(&self, to: ClientId, frame: Frame) -> Result<usize, RoutingError> {
+    /// Delivers a direct message from a client with access `from`. A
+    /// client it may not reach ([`RoomAccess::may_reach`]) gets the same
+    /// answer as an absent one, so that the refusal tells the sender nothing
+    /// about clients outside its rooms. A rooms-limited client cannot reach
+    /// clients on other nodes (their rooms are not known here).
+    pub(crate) fn publish_direct(&self, from: &RoomAccess, to: ClientId, frame: Frame) -> Result<usize, RoutingError> {
+        let absent = || ProtocolError::new(ErrorCode::NotFound, format!("no client {to} is connected")).into();
         if let Some(client) = self.inner.clients.get(&to).map(|c| Arc::clone(&c)) {
+            if !from.may_reach(&client.rooms) {
+                return Err(absent());
+            }
             self.admit_direct(&client)?;
             return Ok(usize::from(client.outlet.push(Outbound::Frame(frame))));
         }
         match &self.inner.broker {
-            Some(broker) if broker.knows_client(to) => {
+            Some(broker) if *from == RoomAccess::All && broker.knows_client(to) => {
                 broker.forward(Delivery::Direct { to, frame });
                 Ok(1)
             }
-            _ => Err(ProtocolError::new(ErrorCode::NotFound, format!("no client {to} is connected")).into()),
+            _ => Err(absent()),
         }
     }
 
@@ -571,7 +631,7 @@ impl Router {
             )
             .with_retry_after(DIRECT_BACKLOG_RETRY));
         }
-        client.direct_inbound.lock().take().map_err(|wait| {
+        client.direct_inbound.lock().take_one().map_err(|wait| {
             ProtocolError::new(
                 ErrorCode::RateLimited,
                 format!("client {} receives too many direct messages; direct message refused", client.id),
@@ -602,10 +662,36 @@ impl Router {
     }
 }
 
+/// A session's credential expiry timer; aborts the timer's task when dropped.
+#[derive(Debug)]
+pub(crate) struct ExpiryTimer(tokio::task::AbortHandle);
+
+impl Drop for ExpiryTimer {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// One live expiry task in [`Router::live_expiry_timers`]'s count.
+struct LiveTimer(Arc<AtomicUsize>);
+
+impl LiveTimer {
+    fn new(count: &Arc<AtomicUsize>) -> Self {
+        count.fetch_add(1, Ordering::AcqRel);
+        LiveTimer(Arc::clone(count))
+    }
+}
+
+impl Drop for LiveTimer {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// Tells a client its credentials expired, then closes it after `grace`.
 /// Holds no strong reference: a client that leaves first is simply gone.
-async fn expire(client: std::sync::Weak<ClientEntry>, after: std::time::Duration, grace: std::time::Duration) {
-    tokio::time::sleep(after).await;
+async fn expire(client: std::sync::Weak<ClientEntry>, deadline: Instant, grace: std::time::Duration) {
+    tokio::time::sleep_until(deadline).await;
     let Some(entry) = client.upgrade() else { return };
     #[derive(serde::Serialize)]
     struct TokenExpired {

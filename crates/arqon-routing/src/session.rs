@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::client::ClientEntry;
 use crate::commands;
 use crate::observer::{BusEvent, FrameKind};
-use crate::rate::TokenBucket;
+use crate::rate::{Limiter, Limits, Verdict};
 use crate::router::{Create, Router};
 
 /// A connected client's session. Feed it every frame the client sends; it
@@ -28,11 +28,13 @@ pub struct Session {
     /// Channels joined through this session. May hold channels deleted since
     /// (leaving those is a no-op).
     pub(crate) joined: HashSet<ChannelKey>,
-    bucket: TokenBucket,
+    /// Every frame the client sends (text, binary, ping) passes through it.
+    limiter: Limiter,
     /// When the frame being handled arrived (for routing latency).
     received: std::time::Instant,
-    /// Rate-limited frames since the last accepted one.
-    refused_in_a_row: u32,
+    /// The credentials' expiry timer, if any: aborted when the session ends,
+    /// so that nothing the connection started outlives it.
+    pub(crate) expiry: Option<crate::router::ExpiryTimer>,
 }
 
 #[derive(Serialize)]
@@ -50,21 +52,31 @@ struct WelcomeLimits {
     max_message_bytes: usize,
     rate_per_s: u32,
     burst: u32,
+    bytes_per_s: u64,
+    bytes_burst: u64,
     max_backlog_bytes: usize,
 }
 
 impl Session {
     pub(crate) fn new(router: Router, client: Arc<ClientEntry>) -> Self {
-        let rate = router.inner.config.rate_for(client.role);
-        let bucket = TokenBucket::new(rate.rate_per_s, rate.burst);
+        let config = &router.inner.config;
+        let rate = config.rate_for(client.role);
+        let limiter = Limiter::new(Limits {
+            frames_per_s: rate.rate_per_s,
+            frame_burst: rate.burst,
+            bytes_per_s: config.bytes_per_s,
+            byte_burst: config.bytes_burst,
+            abuse_limit: config.abuse_limit,
+            abuse_window: config.abuse_window,
+        });
         Session {
             router,
             client,
             ids: IdGenerator::new(),
             joined: HashSet::new(),
-            bucket,
+            limiter,
             received: std::time::Instant::now(),
-            refused_in_a_row: 0,
+            expiry: None,
         }
     }
 
@@ -91,6 +103,8 @@ impl Session {
                 max_message_bytes: config.max_message_bytes,
                 rate_per_s: config.rate_for(self.client.role).rate_per_s,
                 burst: config.rate_for(self.client.role).burst,
+                bytes_per_s: config.bytes_per_s,
+                bytes_burst: config.bytes_burst,
                 max_backlog_bytes: config.max_backlog_bytes,
             },
         };
@@ -100,23 +114,11 @@ impl Session {
     /// Handles one text frame from the client.
     pub async fn handle_text(&mut self, text: &str) {
         self.received = std::time::Instant::now();
-        if let Err(wait) = self.bucket.take() {
-            self.observe(&BusEvent::RateLimited { client_id: self.client.id });
-            // Checked before parsing; the id is recovered only to let the
-            // client correlate the refusal.
-            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-            let error = ProtocolError::new(ErrorCode::RateLimited, "rate limit exceeded; frame not processed")
-                .with_request_id(arqon_protocol::extract_id(text));
-            self.send_error_with(&error, Some(retry_after_ms));
-            self.refused_in_a_row = self.refused_in_a_row.saturating_add(1);
-            let limit = self.router.inner.config.abuse_limit;
-            if limit > 0 && self.refused_in_a_row >= limit {
-                tracing::info!(client_id = %self.client.id, "closing a client that kept exceeding its rate limit");
-                self.client.outlet.close(CloseReason::ABUSE);
-            }
+        // Checked before parsing; the id is recovered only to let the client
+        // correlate the refusal.
+        if !self.admit(text.len(), "frame not processed", || arqon_protocol::extract_id(text)) {
             return;
         }
-        self.refused_in_a_row = 0;
         let now = Timestamp::now();
         let frame = match arqon_protocol::decode(text, now) {
             Ok(frame) => frame,
@@ -136,13 +138,44 @@ impl Session {
         }
     }
 
-    /// Answers a binary frame: not part of the protocol.
-    pub fn handle_binary(&mut self) {
+    /// Answers a binary frame of `len` bytes: not part of the protocol, but
+    /// counted against the client's frame and byte rates like any frame.
+    pub fn handle_binary(&mut self, len: usize) {
+        if !self.admit(len, "frame not processed", || None) {
+            return;
+        }
         self.observe(&BusEvent::FrameReceived { kind: FrameKind::Binary });
         self.send_error(&ProtocolError::new(
             ErrorCode::UnsupportedFrame,
             "binary frames are not supported; send JSON text frames",
         ));
+    }
+
+    /// Counts a ping of `len` payload bytes against the client's rates;
+    /// returns whether the transport may answer it with a pong. An over-rate
+    /// ping gets `RATE_LIMITED` instead and counts as a refusal.
+    pub fn handle_ping(&mut self, len: usize) -> bool {
+        self.admit(len, "ping not answered", || None)
+    }
+
+    /// Runs a frame of `bytes` bytes past the client's limits. Over them, the
+    /// client gets `RATE_LIMITED` with `retry_after_ms` (`what` says what
+    /// became of the frame) and, once it keeps sending over its rate, is
+    /// closed with 1008.
+    fn admit(&mut self, bytes: usize, what: &str, request_id: impl FnOnce() -> Option<MessageId>) -> bool {
+        let Verdict::Refused { retry_after, abusive } = self.limiter.admit(bytes) else {
+            return true;
+        };
+        self.observe(&BusEvent::RateLimited { client_id: self.client.id });
+        let retry_after_ms = u64::try_from(retry_after.as_millis()).unwrap_or(u64::MAX).max(1);
+        let error = ProtocolError::new(ErrorCode::RateLimited, format!("rate limit exceeded; {what}"))
+            .with_request_id(request_id());
+        self.send_error_with(&error, Some(retry_after_ms));
+        if abusive {
+            tracing::info!(client_id = %self.client.id, "closing a client that kept exceeding its rate limit");
+            self.client.outlet.close(CloseReason::ABUSE);
+        }
+        false
     }
 
     /// Answers a frame over `max_message_bytes` (best effort: the transport
@@ -231,7 +264,7 @@ impl Session {
                 router.publish_to(key, create, self.client.id, id, encoded).await
             }
             Target::Room(room) => router.publish_room(room, self.client.id, encoded).map(Some),
-            Target::Client(to) => router.publish_direct(*to, encoded).map(Some),
+            Target::Client(to) => router.publish_direct(&self.client.rooms, *to, encoded).map(Some),
         }
         .map_err(|e| e.into_protocol())?;
         // A retry (None) was neither stored nor delivered: nothing was routed.
@@ -297,6 +330,9 @@ fn spoofed_from() -> ProtocolError {
 
 impl Drop for Session {
     fn drop(&mut self) {
+        // The timer must not outlive the connection (a 30-day token would
+        // keep its task, and the memory it holds, for 30 days).
+        drop(self.expiry.take());
         let joined: Vec<ChannelKey> = self.joined.drain().collect();
         for key in joined {
             commands::leave::leave_quietly(self, &key);

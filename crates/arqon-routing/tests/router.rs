@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use arqon_outbound::{Closing, Outbound, SlowCause};
 use arqon_protocol::{ChannelKey, ClientId, CloseReason, ErrorCode, Frame, IdGenerator, MessageId, Role, Timestamp};
-use arqon_routing::{Broker, Delivery, Identity, Inbox, Router, RouterConfig, RoutingError, Session};
+use arqon_routing::{
+    Broker, Delivery, Identity, Inbox, Place, RoomAccess, Router, RouterConfig, RoutingError, Session,
+};
 use arqon_storage::{
     AppendNow, Appended, ChannelRecord, ChannelStats, Health, MemoryStorage, Since, Storage, StorageError,
     StoredMessage, async_trait,
@@ -22,9 +24,9 @@ use serde_json::{Value, json};
 /// Longest wait for a frame that should already be queued.
 const WAIT: Duration = Duration::from_secs(5);
 
-/// Defaults, without the rate limit (tests send many frames at once).
+/// Defaults, without the rate limits (tests send many frames at once).
 fn config() -> RouterConfig {
-    RouterConfig { rate_per_s: 0, ..RouterConfig::default() }
+    RouterConfig { rate_per_s: 0, bytes_per_s: 0, ..RouterConfig::default() }
 }
 
 fn router() -> Router {
@@ -67,7 +69,13 @@ struct Client {
 impl Client {
     /// Connects and consumes (and checks) the `welcome` event.
     fn connect(router: &Router, role: Role) -> Client {
-        let (session, inbox) = router.connect(Identity::new(role)).unwrap();
+        Client::connect_as(router, Identity::new(role))
+    }
+
+    /// Connects with `identity` and consumes (and checks) the `welcome` event.
+    fn connect_as(router: &Router, identity: Identity) -> Client {
+        let role = identity.role;
+        let (session, inbox) = router.connect(identity).unwrap();
         let id = session.client_id();
         assert_eq!(session.role(), role);
         let mut client = Client { session, inbox, id, ids: IdGenerator::new() };
@@ -377,7 +385,7 @@ async fn decode_errors_are_reported_with_their_request_id() {
     assert_eq!(error["request_id"], id.to_string());
     a.send(r#"{"type":"message","room":"bad name"}"#).await;
     assert_eq!(code(&a.next().await), "INVALID_NAME");
-    a.session.handle_binary();
+    a.session.handle_binary(2);
     assert_eq!(code(&a.next().await), "UNSUPPORTED_FRAME");
     assert_eq!(a.inbox.frames.closing(), None);
     a.session.handle_oversize();
@@ -1361,6 +1369,230 @@ async fn rate_zero_is_unlimited_and_welcome_says_so() {
     }
 }
 
+#[tokio::test(start_paused = true)]
+async fn binary_frames_and_pings_count_against_the_rate() {
+    let router = router_with(RouterConfig { rate_per_s: 10, burst: 4, abuse_limit: 0, ..config() });
+    let mut a = Client::connect(&router, Role::User);
+    for _ in 0..2 {
+        a.session.handle_binary(2);
+        assert_eq!(code(&a.next().await), "UNSUPPORTED_FRAME");
+    }
+    assert!(a.session.handle_ping(4), "a ping within the rate is answered by the transport");
+    a.assert_quiet();
+    assert_eq!(a.ok("ping", json!({})).await, json!({"pong": true}));
+    // The burst of 4 is spent, on binary frames and pings as much as on text.
+    a.session.handle_binary(2);
+    let error = a.next().await;
+    assert_eq!(code(&error), "RATE_LIMITED");
+    assert_eq!(error["error"]["retry_after_ms"], 100);
+    assert!(!a.session.handle_ping(4), "an over-rate ping gets no pong");
+    assert_eq!(code(&a.next().await), "RATE_LIMITED");
+    assert_eq!(a.fail("ping", json!({})).await["code"], "RATE_LIMITED");
+    tokio::time::advance(Duration::from_millis(100)).await;
+    assert!(a.session.handle_ping(4));
+    a.assert_quiet();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_sending_steadily_over_its_rate_is_closed_1008() {
+    let router = router_with(RouterConfig {
+        rate_per_s: 10,
+        burst: 10,
+        abuse_limit: 20,
+        abuse_window: Duration::from_secs(10),
+        ..config()
+    });
+    let mut a = Client::connect(&router, Role::User);
+    // 90 frames/s, nine times its rate: after the burst, eight in nine are
+    // refused, so refusals never come 20 in a row (the old rule never closed it).
+    let mut sent = 0;
+    while a.inbox.frames.closing().is_none() && sent < 900 {
+        a.send(r#"{"type":"command","command":"ping"}"#).await;
+        a.drain();
+        sent += 1;
+        tokio::time::advance(Duration::from_micros(11_111)).await;
+    }
+    assert_eq!(a.inbox.frames.closing(), Some(CloseReason::ABUSE.into()));
+    // 10 of the burst, then 3 of 24 passed: the 21st refusal (less 0.5
+    // drained over 0.26 s) reaches 20.
+    assert_eq!(sent, 34, "closed a third of a second in");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_slowed_by_the_rate_but_within_the_abuse_window_stays() {
+    let router = router_with(RouterConfig {
+        rate_per_s: 10,
+        burst: 1,
+        abuse_limit: 20,
+        abuse_window: Duration::from_secs(10),
+        ..config()
+    });
+    let mut a = Client::connect(&router, Role::User);
+    // One refusal per second (twice its rate for a moment, then obeying
+    // retry_after) drains faster than it fills: never closed.
+    for _ in 0..100 {
+        assert_eq!(a.ok("ping", json!({})).await, json!({"pong": true}));
+        assert_eq!(a.fail("ping", json!({})).await["code"], "RATE_LIMITED");
+        tokio::time::advance(Duration::from_secs(1)).await;
+    }
+    assert!(a.inbox.frames.closing().is_none());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_inbound_byte_rate_refuses_large_frames_and_counts_the_refusals() {
+    let router = router_with(RouterConfig { bytes_per_s: 10_000, bytes_burst: 40_000, abuse_limit: 5, ..config() });
+    let (_session, mut inbox) = router.connect(Identity::new(Role::User)).unwrap();
+    let Some(Outbound::Frame(welcome)) = inbox.frames.recv().await else { panic!("no welcome") };
+    let welcome = parse_frame(&welcome);
+    assert_eq!(welcome["payload"]["limits"]["bytes_per_s"], 10_000);
+    assert_eq!(welcome["payload"]["limits"]["bytes_burst"], 40_000);
+
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::User);
+    b.join("r", "c").await;
+    let frame = json!({"type": "message", "room": "r", "channel": "c", "payload": "x".repeat(9_900)}).to_string();
+    let len = frame.len();
+    // Four fit in the burst, within the frame rate.
+    for _ in 0..4 {
+        a.send(&frame).await;
+        a.assert_quiet();
+        assert_eq!(b.next().await["payload"].as_str().map(str::len), Some(9_900));
+    }
+    a.send(&frame).await;
+    let error = a.next().await;
+    assert_eq!(code(&error), "RATE_LIMITED");
+    let wait = Duration::from_secs_f64((5 * len - 40_000) as f64 / 10_000.0).as_millis();
+    assert_eq!(error["error"]["retry_after_ms"], u64::try_from(wait).unwrap());
+    b.assert_quiet();
+    // What is left of the byte budget still carries a small frame.
+    assert_eq!(a.ok("ping", json!({})).await, json!({"pong": true}));
+    for _ in 0..3 {
+        a.send(&frame).await;
+        assert_eq!(code(&a.next().await), "RATE_LIMITED");
+    }
+    assert!(a.inbox.frames.closing().is_none());
+    a.send(&frame).await;
+    assert_eq!(code(&a.next().await), "RATE_LIMITED");
+    assert_eq!(a.inbox.frames.closing(), Some(CloseReason::ABUSE.into()), "the 5th refusal in a moment closes");
+    b.assert_quiet();
+}
+
+/// Lets the runtime drop the tasks aborted so far (it does so when it next runs them).
+async fn settle(router: &Router, tasks: &tokio::runtime::RuntimeMetrics, alive: usize) {
+    for _ in 0..1000 {
+        if router.live_expiry_timers() == 0 && tasks.num_alive_tasks() == alive {
+            return;
+        }
+        tokio::task::yield_now().await;
+    }
+}
+
+#[tokio::test]
+async fn connections_with_expiring_credentials_leave_no_timer_behind() {
+    let router = router();
+    let tasks = tokio::runtime::Handle::current().metrics();
+    let alive = tasks.num_alive_tasks();
+    for n in 0..20_000 {
+        let mut identity = Identity::new(Role::User);
+        identity.expires_in = Some(Duration::from_secs(30 * 24 * 3600));
+        let (session, inbox) = router.connect(identity).unwrap();
+        if n == 0 {
+            assert_eq!((router.live_expiry_timers(), tasks.num_alive_tasks()), (1, alive + 1));
+        }
+        drop(session);
+        drop(inbox);
+        if n % 1000 == 999 {
+            tokio::task::yield_now().await;
+        }
+    }
+    settle(&router, &tasks, alive).await;
+    assert_eq!(router.live_expiry_timers(), 0);
+    assert_eq!(tasks.num_alive_tasks(), alive, "every expiry task ended with its connection");
+    assert_eq!(router.counts().connections, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn expiring_credentials_are_told_then_closed_and_the_timer_ends() {
+    let router = router_with(RouterConfig { expiry_grace: Duration::from_secs(2), ..config() });
+    let mut identity = Identity::new(Role::User);
+    identity.expires_in = Some(Duration::from_secs(60));
+    let mut a = Client::connect_as(&router, identity);
+    assert_eq!(router.live_expiry_timers(), 1);
+    tokio::time::advance(Duration::from_secs(59)).await;
+    a.assert_quiet();
+    tokio::time::advance(Duration::from_secs(1)).await;
+    assert_eq!(a.next().await["payload"]["event"], "token_expired");
+    assert!(a.inbox.frames.closing().is_none());
+    tokio::time::advance(Duration::from_secs(2)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(a.inbox.frames.closing(), Some(CloseReason::TOKEN_EXPIRED.into()));
+    let tasks = tokio::runtime::Handle::current().metrics();
+    settle(&router, &tasks, 0).await;
+    assert_eq!(router.live_expiry_timers(), 0, "a timer that fired is gone");
+}
+
+// ---------------------------------------------------------------------------
+// Clients limited to some rooms
+// ---------------------------------------------------------------------------
+
+fn limited_to(rooms: &[&str]) -> Identity {
+    let mut identity = Identity::new(Role::User);
+    identity.rooms = RoomAccess::Only(rooms.iter().map(|r| arqon_protocol::Name::parse(r).unwrap()).collect());
+    identity
+}
+
+#[tokio::test]
+async fn direct_messages_from_a_rooms_limited_client_reach_only_its_rooms_and_services() {
+    let router = router();
+    let mut tenant_a = Client::connect_as(&router, limited_to(&["a", "shared"]));
+    let mut tenant_b = Client::connect_as(&router, limited_to(&["b"]));
+    let mut peer = Client::connect_as(&router, limited_to(&["shared"]));
+    let mut service = Client::connect(&router, Role::User);
+    let mut nobody = Client::connect_as(&router, limited_to(&[]));
+    let to = |c: &Client, n: u32| json!({"to": c.id_str(), "payload": n});
+
+    // Another tenant: the same answer as for a client that is not there.
+    let error = tenant_a.message(to(&tenant_b, 1)).await.unwrap();
+    assert_eq!(code(&error), "NOT_FOUND");
+    assert_eq!(error["error"]["message"], format!("no client {} is connected", tenant_b.id_str()));
+    tenant_b.assert_quiet();
+    // A client sharing one of its rooms, and an unrestricted one (a service).
+    assert!(tenant_a.message(to(&peer, 2)).await.is_none());
+    assert_eq!(peer.next().await["payload"], 2);
+    assert!(tenant_a.message(to(&service, 3)).await.is_none());
+    assert_eq!(service.next().await["payload"], 3);
+    // Unrestricted clients reach anyone.
+    assert!(service.message(to(&tenant_b, 4)).await.is_none());
+    assert_eq!(tenant_b.next().await["payload"], 4);
+    // `rooms: []`: no room, but ping, status, help and services.
+    assert_eq!(nobody.fail("join_channel", json!({"room": "a", "channel": "c"})).await["code"], "FORBIDDEN");
+    assert_eq!(nobody.ok("ping", json!({})).await, json!({"pong": true}));
+    assert_eq!(code(&nobody.message(to(&tenant_a, 5)).await.unwrap()), "NOT_FOUND");
+    assert!(nobody.message(to(&service, 6)).await.is_none());
+    assert_eq!(service.next().await["payload"], 6);
+    tenant_a.assert_quiet();
+}
+
+#[tokio::test]
+async fn status_shows_a_rooms_limited_client_only_its_rooms() {
+    let router = router();
+    let mut admin = Client::connect(&router, Role::Admin);
+    let mut tenant = Client::connect_as(&router, limited_to(&["a"]));
+    let mut other = Client::connect_as(&router, limited_to(&["b"]));
+    for (room, channel) in [("a", "1"), ("a", "2"), ("b", "1"), ("c", "1")] {
+        admin.create(room, channel).await;
+    }
+    tenant.join("a", "1").await;
+    other.join("b", "1").await;
+    admin.join("a", "2").await;
+    admin.join("b", "1").await;
+    tenant.drain();
+    let status = tenant.ok("status", json!({})).await;
+    assert_eq!((&status["connections"], &status["rooms"], &status["channels"]), (&json!(2), &json!(1), &json!(2)));
+    let status = admin.ok("status", json!({})).await;
+    assert_eq!((&status["connections"], &status["rooms"], &status["channels"]), (&json!(3), &json!(3), &json!(4)));
+}
+
 // ---------------------------------------------------------------------------
 // Channel budgets: caps on creation, idle reclaim
 // ---------------------------------------------------------------------------
@@ -1595,7 +1827,7 @@ async fn broker_gets_one_forward_per_channel_or_room_publish() {
     let delivered = b.next().await;
     let forwarded = broker.take_forwarded();
     assert_eq!(forwarded.len(), 1, "{forwarded:?}");
-    let Delivery::Channel { key: k, frame, from } = &forwarded[0] else { panic!("{forwarded:?}") };
+    let Delivery::Channel { key: k, frame, from, .. } = &forwarded[0] else { panic!("{forwarded:?}") };
     assert_eq!(*k, key("r", "c"));
     assert_eq!(*from, a.id);
     assert_eq!(parse_frame(frame), delivered);
@@ -1711,7 +1943,14 @@ async fn deliveries_from_the_broker_reach_local_members_except_the_sender() {
         .encode()
     };
     let frame = remote_frame(&mut ids, &rc, true);
-    let n = router.deliver_from_broker(&Delivery::Channel { key: rc.clone(), frame: frame.clone(), from: b.id });
+    let n = router
+        .deliver_from_broker(&Delivery::Channel {
+            key: rc.clone(),
+            frame: frame.clone(),
+            from: b.id,
+            place: Place::Unstored,
+        })
+        .await;
     assert_eq!(n, 2);
     for member in [&mut a, &mut c] {
         assert_eq!(member.next().await, parse_frame(&frame));
@@ -1721,7 +1960,8 @@ async fn deliveries_from_the_broker_reach_local_members_except_the_sender() {
     elsewhere.assert_quiet();
 
     let frame = remote_frame(&mut ids, &rc, false);
-    let n = router.deliver_from_broker(&Delivery::Room { room: rc.room.clone(), frame: frame.clone(), from: a.id });
+    let n =
+        router.deliver_from_broker(&Delivery::Room { room: rc.room.clone(), frame: frame.clone(), from: a.id }).await;
     assert_eq!(n, 2); // b once, although in two channels; c
     assert_eq!(b.next().await, parse_frame(&frame));
     assert_eq!(c.next().await, parse_frame(&frame));
@@ -1729,12 +1969,17 @@ async fn deliveries_from_the_broker_reach_local_members_except_the_sender() {
     b.assert_quiet();
 
     let frame = remote_frame(&mut ids, &rc, false);
-    assert_eq!(router.deliver_from_broker(&Delivery::Direct { to: elsewhere.id, frame: frame.clone() }), 1);
+    assert_eq!(router.deliver_from_broker(&Delivery::Direct { to: elsewhere.id, frame: frame.clone() }).await, 1);
     assert_eq!(elsewhere.next().await, parse_frame(&frame));
     let nobody = IdGenerator::new().client_id();
-    assert_eq!(router.deliver_from_broker(&Delivery::Direct { to: nobody, frame: frame.clone() }), 0);
+    assert_eq!(router.deliver_from_broker(&Delivery::Direct { to: nobody, frame: frame.clone() }).await, 0);
     let missing = key("r", "missing");
-    assert_eq!(router.deliver_from_broker(&Delivery::Channel { key: missing, frame, from: b.id }), 0);
+    assert_eq!(
+        router
+            .deliver_from_broker(&Delivery::Channel { key: missing, frame, from: b.id, place: Place::Unstored })
+            .await,
+        0
+    );
     // Never forwarded again, and never stored.
     assert!(broker.take_forwarded().is_empty());
     assert_eq!(c.ok("history", json!({"room": "r", "channel": "c"})).await["messages"], json!([]));

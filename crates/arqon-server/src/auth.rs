@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use arqon_config::{AuthConfig, AuthMode, JwtAlgorithm, StaticToken};
+use arqon_config::{AuthConfig, AuthMode, JwtAlgorithm, MIN_HS256_SECRET_BYTES, StaticToken};
 use arqon_protocol::{ClientId, Name, Role};
 use arqon_routing::{Identity, RoomAccess};
 use arqon_transport::{Refusal, UpgradeRequest};
@@ -69,6 +69,15 @@ impl Authenticator {
             AuthMode::Jwt => {
                 let (key, algorithm) = match auth.jwt.algorithm {
                     JwtAlgorithm::HS256 => {
+                        // Config::validate refuses it too; checked again here
+                        // for a server built from an unvalidated Config.
+                        let length = auth.jwt.secret.len();
+                        if length < MIN_HS256_SECRET_BYTES {
+                            return Err(ServerError::Auth(format!(
+                                "auth.jwt.secret: an HS256 secret must be at least {MIN_HS256_SECRET_BYTES} bytes \
+                                 (this one has {length})"
+                            )));
+                        }
                         let key = DecodingKey::from_secret(auth.jwt.secret.as_bytes())
                             .map_err(|e| ServerError::Auth(format!("auth.jwt.secret: {e}")))?;
                         (key, Algorithm::HS256)
@@ -82,11 +91,25 @@ impl Authenticator {
                         (key, Algorithm::RS256)
                     }
                 };
+                let jwt = &auth.jwt;
                 let mut validation = Validation::new(algorithm);
-                validation.leeway = auth.jwt.leeway_s;
+                validation.leeway = jwt.leeway_s;
                 validation.validate_nbf = true;
-                validation.validate_aud = false;
-                validation.required_spec_claims = HashSet::new();
+                let mut required = HashSet::new();
+                if jwt.require_exp {
+                    required.insert("exp".to_owned());
+                }
+                if jwt.audience.is_empty() {
+                    validation.validate_aud = false;
+                } else {
+                    validation.set_audience(&[&jwt.audience]);
+                    required.insert("aud".to_owned());
+                }
+                if !jwt.issuer.is_empty() {
+                    validation.set_issuer(&[&jwt.issuer]);
+                    required.insert("iss".to_owned());
+                }
+                validation.required_spec_claims = required;
                 Authenticator::Jwt {
                     key: Box::new(key),
                     validation: Box::new(validation),
@@ -125,6 +148,8 @@ impl Authenticator {
                     None => RoomAccess::All,
                     Some(RoomsClaim::All(star)) if star == "*" => RoomAccess::All,
                     Some(RoomsClaim::All(one)) => room_access(std::slice::from_ref(one)),
+                    // An explicit empty list grants no room at all.
+                    Some(RoomsClaim::Some(rooms)) if rooms.is_empty() => RoomAccess::Only(HashSet::new()),
                     Some(RoomsClaim::Some(rooms)) => room_access(rooms),
                 };
                 if let Some(exp) = claims.exp {

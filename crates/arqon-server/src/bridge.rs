@@ -51,9 +51,14 @@ impl Connection for SessionConn {
         self.session.handle_text(text).instrument(span).await;
     }
 
-    fn on_binary(&mut self, _data: &[u8]) {
+    fn on_binary(&mut self, data: &[u8]) {
         let _entered = self.span.enter();
-        self.session.handle_binary();
+        self.session.handle_binary(data.len());
+    }
+
+    fn on_ping(&mut self, payload: &[u8]) -> bool {
+        let _entered = self.span.enter();
+        self.session.handle_ping(payload.len())
     }
 
     fn on_oversize(&mut self) {

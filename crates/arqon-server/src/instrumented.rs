@@ -4,7 +4,8 @@ use std::sync::Arc;
 
 use arqon_protocol::{ChannelKey, MessageId, Timestamp};
 use arqon_storage::{
-    AppendNow, Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage, async_trait,
+    After, AppendNow, Appended, ChannelRecord, ChannelStats, Health, PlacedRead, Since, Storage, StorageError,
+    StoredMessage, async_trait,
 };
 
 use crate::observer::Telemetry;
@@ -64,6 +65,24 @@ impl Storage for Instrumented {
             AppendNow::Done(appended) => AppendNow::Done(self.count("append", appended)),
             later @ AppendNow::Later(_) => later,
         }
+    }
+
+    async fn append_placed(
+        &self,
+        key: &ChannelKey,
+        message: StoredMessage,
+    ) -> Result<(Appended, Option<u64>), StorageError> {
+        self.count("append", self.inner.append_placed(key, message).await)
+    }
+
+    async fn read_placed(
+        &self,
+        key: &ChannelKey,
+        after: After,
+        limit: usize,
+    ) -> Result<Option<PlacedRead>, StorageError> {
+        // A positioned `since` (join replays, gap fills): counted as one.
+        self.count("since", self.inner.read_placed(key, after, limit).await)
     }
 
     async fn history(

@@ -98,6 +98,10 @@ pub struct Bus {
     authenticator: Arc<auth::Authenticator>,
     telemetry: Arc<Telemetry>,
     cluster: Option<(arqon_cluster::RedisBroker, arqon_cluster::ClusterHandle)>,
+    /// The degradation wrapper over Redis, whose journal the shutdown
+    /// writes back within what is left of `shutdown_grace`.
+    fallback: Option<Arc<arqon_storage::FallbackStorage>>,
+    shutdown_grace: Duration,
     about: About,
 }
 
@@ -153,7 +157,7 @@ impl Bus {
     /// listener.
     pub async fn bind(config: &Config) -> Result<Bus, ServerError> {
         let telemetry = Arc::new(Telemetry::new(config.monitoring.telemetry_buffer));
-        let storage = storage::open_storage(config).await?;
+        let (storage, fallback) = storage::open_storage(config).await?;
         let broker = cluster::open_broker(config).await?;
         // With monitoring off nothing would read the numbers: skip collecting them.
         let router = if config.monitoring.enabled {
@@ -193,6 +197,8 @@ impl Bus {
             authenticator: Arc::new(auth::Authenticator::from_config(&config.auth)?),
             telemetry,
             cluster,
+            fallback,
+            shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
             about: About::of(config),
         })
     }
@@ -233,7 +239,18 @@ impl Bus {
         // The one start-up line: what is running, and where.
         let (url, monitoring_url) = (self.url(), self.monitoring_url());
         let node = self.node_id().map(str::to_owned);
-        let Bus { router, listener, monitoring, transport, authenticator, telemetry, cluster, about } = self;
+        let Bus {
+            router,
+            listener,
+            monitoring,
+            transport,
+            authenticator,
+            telemetry,
+            cluster,
+            fallback,
+            shutdown_grace,
+            about,
+        } = self;
         tracing::info!(
             version = env!("CARGO_PKG_VERSION"),
             git = GIT_REV,
@@ -271,8 +288,10 @@ impl Bus {
         let acceptor = Arc::new(BusAcceptor::new(router.clone(), authenticator));
         accepting.store(true, Ordering::Release);
         let flag = Arc::clone(&accepting);
+        let (began_tx, began_rx) = tokio::sync::oneshot::channel();
         let result = arqon_transport::serve(listener, acceptor, transport, async move {
             shutdown.await;
+            let _ = began_tx.send(tokio::time::Instant::now());
             // Not ready from the first moment of shutdown, while connections drain.
             flag.store(false, Ordering::Release);
         })
@@ -286,6 +305,12 @@ impl Bus {
         // Last: the other nodes forget this one's clients at once.
         if let Some(handle) = cluster_handle {
             handle.shutdown().await;
+        }
+        // What is left of the grace goes to writing the storage journal
+        // back (what does not make it stays on disk for the next start).
+        if let Some(fallback) = fallback {
+            let began = began_rx.await.unwrap_or_else(|_| tokio::time::Instant::now());
+            fallback.close(shutdown_grace.saturating_sub(began.elapsed())).await;
         }
         tracing::info!("stopped");
         Ok(result?)
@@ -319,6 +344,7 @@ async fn watch_health(
             }
         }
         let health = router.storage_health();
+        telemetry.metrics.set_storage_bytes(health.journal_bytes, health.cache_bytes, health.journal_skipped);
         if health.healthy != healthy {
             healthy = health.healthy;
             telemetry.metrics.set_storage_healthy(healthy);
@@ -361,7 +387,10 @@ fn router_config(config: &Config) -> RouterConfig {
             .iter()
             .map(|(role, rate)| (*role, RateLimit { rate_per_s: rate.rate_per_s, burst: rate.burst }))
             .collect(),
+        bytes_per_s: config.limits.bytes_per_s,
+        bytes_burst: config.limits.bytes_burst,
         abuse_limit: config.limits.abuse_limit,
+        abuse_window: Duration::from_secs(config.limits.abuse_window_s),
         expiry_grace: Duration::from_millis(config.auth.expiry_grace_ms),
         max_channels: config.limits.max_channels,
         max_channels_per_room: config.limits.max_channels_per_room,

@@ -3,23 +3,36 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use arqon_config::{Config, StorageBackend};
-use arqon_storage::{FallbackOptions, FallbackStorage, MemoryStorage, RedisOptions, RedisStorage, Storage};
+use arqon_config::{Config, JournalFsync, StorageBackend};
+use arqon_storage::{
+    FallbackOptions, FallbackStorage, FsyncPolicy, JournalOptions, MemoryStorage, RedisOptions, RedisStorage, Storage,
+    name_hash,
+};
 
 use crate::ServerError;
+
+/// The opened backend, and the degradation wrapper again when there is one,
+/// for the shutdown to write its journal back ([`FallbackStorage::close`]).
+pub(crate) type Opened = (Arc<dyn Storage>, Option<Arc<FallbackStorage>>);
 
 /// Opens the configured storage backend.
 ///
 /// `redis` is Redis Streams behind the degradation wrapper: the bus starts
 /// even while Redis is unreachable (it waits `connect_timeout_ms` for it),
 /// keeps serving through an outage and writes what it accepted back to Redis
-/// when it returns (docs/storage.md). Only settings that can never work (a
-/// URL that does not parse) fail start-up.
-pub(crate) async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, ServerError> {
+/// when it returns (docs/storage.md). What it accepts meanwhile is written to
+/// the journal file in `storage.journal.path` before it is answered; a
+/// journal left by an earlier run is written to Redis here, before the bus
+/// serves (if Redis answers). Only settings that can never work (a URL that
+/// does not parse, a journal file that cannot be opened) fail start-up.
+pub(crate) async fn open_storage(config: &Config) -> Result<Opened, ServerError> {
     Ok(match config.storage.backend {
-        StorageBackend::Memory => Arc::new(
-            MemoryStorage::new(config.limits.history_per_channel)
-                .with_byte_budget(config.limits.history_bytes_per_channel, config.limits.history_bytes_total),
+        StorageBackend::Memory => (
+            Arc::new(
+                MemoryStorage::new(config.limits.history_per_channel)
+                    .with_byte_budget(config.limits.history_bytes_per_channel, config.limits.history_bytes_total),
+            ),
+            None,
         ),
         StorageBackend::Redis => {
             let redis = &config.storage.redis;
@@ -37,11 +50,35 @@ pub(crate) async fn open_storage(config: &Config) -> Result<Arc<dyn Storage>, Se
             let cache_per_channel = if config.cluster.enabled { 0 } else { redis.cache_per_channel };
             let options = FallbackOptions {
                 journal_capacity: redis.journal_capacity,
+                journal_bytes: redis.journal_bytes,
                 cache_per_channel,
+                cache_bytes: redis.cache_bytes,
                 max_len: redis.max_len,
                 ..FallbackOptions::default()
             };
-            Arc::new(FallbackStorage::new(Arc::new(primary), options))
+            let fallback = Arc::new(FallbackStorage::open(Arc::new(primary), options, &journal_options(config)).await?);
+            (Arc::clone(&fallback) as Arc<dyn Storage>, Some(fallback))
         }
     })
+}
+
+/// Where the journal goes: a file named after the Redis server and key
+/// prefix it is for (never written back to another), without the URL's
+/// credentials, so that a new password finds the same file.
+fn journal_options(config: &Config) -> JournalOptions {
+    let redis = &config.storage.redis;
+    let journal = &config.storage.journal;
+    let url = &redis.url;
+    let target = match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => format!("{}{}", &url[..scheme + 3], &url[at + 1..]),
+        _ => url.clone(),
+    };
+    JournalOptions {
+        dir: journal.path.clone().into(),
+        name: format!("redis-{:016x}", name_hash(&format!("{target}\n{}", redis.key_prefix))),
+        fsync: match journal.fsync {
+            JournalFsync::Always => FsyncPolicy::Always,
+            JournalFsync::Interval => FsyncPolicy::Interval(Duration::from_millis(journal.fsync_interval_ms)),
+        },
+    }
 }

@@ -8,7 +8,8 @@
 //!   [`FallbackOptions::cache_per_channel`] messages).
 //! - **Down**: entered on the first failed operation (or at start-up when
 //!   the backend is unreachable), logged once. Appends go to the *journal*,
-//!   in memory, and are accepted at once; reads are answered from the cache
+//!   in memory (and first to its file, see "On disk"), and are accepted at
+//!   once; reads are answered from the cache
 //!   and the journal when that answer is exact, else they fail with
 //!   [`StorageError::Unavailable`]. A background task pings the backend
 //!   every [`FallbackOptions::retry_interval`].
@@ -20,10 +21,24 @@
 //!   on the way goes back to Down; what was written stays written.
 //!
 //! The journal is bounded by [`FallbackOptions::journal_capacity`] messages
-//! in all. When it is full, appends are *refused* with
+//! and [`FallbackOptions::journal_bytes`] bytes in all (the cache by
+//! [`FallbackOptions::cache_bytes`], evicting). When it is full, appends are
+//! *refused* with
 //! [`StorageError::Unavailable`] (the bus answers `STORAGE_UNAVAILABLE` and
 //! does not deliver the message), counted in [`Health::refused`]: the bus
 //! never accepts a message it may later have to drop.
+//!
+//! # On disk
+//!
+//! Built with [`FallbackStorage::open`], every journaled operation is also
+//! written to a journal file (module `journal`) before it is answered, so
+//! that an accepted message survives the bus stopping before the backend
+//! returns: `open` reads the file back and writes it to the backend before
+//! it returns (or, the backend being down, journals it again in memory),
+//! [`FallbackStorage::close`] spends a shutdown grace writing the journal
+//! back and leaves the rest on disk, and the file is emptied each time the
+//! whole journal has been written back. [`FallbackStorage::new`] keeps the
+//! journal in memory only.
 //!
 //! docs/storage.md states the same rules for operators, with the exact
 //! answers of `history` and `join_channel since` while degraded.
@@ -40,7 +55,20 @@ use dashmap::DashMap;
 use tokio::sync::{Mutex, Notify};
 use tokio::task::JoinHandle;
 
-use crate::{Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage};
+use crate::journal::{Journal, JournalOptions, Record};
+use crate::{
+    After, Appended, ChannelRecord, ChannelStats, Health, PlacedRead, Since, Storage, StorageError, StoredMessage,
+};
+
+/// What a message is counted as in the byte budgets: its frame plus this,
+/// for its id, its place in the maps and the entry itself.
+const ENTRY_OVERHEAD: u64 = 64;
+
+/// The bytes a message counts for in [`FallbackOptions::journal_bytes`] and
+/// [`FallbackOptions::cache_bytes`].
+fn cost(message: &StoredMessage) -> u64 {
+    message.frame.len() as u64 + ENTRY_OVERHEAD
+}
 
 /// Every operation goes to the backend.
 const UP: u8 = 0;
@@ -58,11 +86,19 @@ pub struct FallbackOptions {
     /// `0` journals nothing: every append is refused while the backend is
     /// down. Default: `100000`.
     pub journal_capacity: usize,
+    /// Most bytes journaled at once (each message counts its frame plus 64
+    /// bytes), beside `journal_capacity`: past either, appends are refused.
+    /// Default: `268435456` (256 MiB).
+    pub journal_bytes: u64,
     /// Newest messages per channel kept in memory while the backend is up,
     /// to answer `history` and `since` during an outage. `0` keeps none:
     /// reads then fail while the backend is down, except within the journal.
     /// Capped at `max_len`. Default: `1000`.
     pub cache_per_channel: usize,
+    /// Most bytes the caches of all channels hold together (counted as for
+    /// `journal_bytes`); past it, oldest cached messages are evicted, from
+    /// channels not being written first. Default: `67108864` (64 MiB).
+    pub cache_bytes: u64,
     /// The backend's own bound on messages per channel, so that answers from
     /// memory keep exactly what the backend would. Default: `10000` (the
     /// Redis default).
@@ -76,7 +112,9 @@ impl Default for FallbackOptions {
     fn default() -> Self {
         FallbackOptions {
             journal_capacity: 100_000,
+            journal_bytes: 256 << 20,
             cache_per_channel: 1_000,
+            cache_bytes: 64 << 20,
             max_len: 10_000,
             retry_interval: Duration::from_millis(250),
         }
@@ -92,8 +130,10 @@ impl Default for FallbackOptions {
 /// `healthy: false` from the first failure until the journal is written back,
 /// and carries the journal's size and the count of refused appends.
 ///
-/// The journal lives in this process: if the bus stops while the backend is
-/// still down, journaled messages are lost, and an error log says how many.
+/// Built with [`FallbackStorage::new`], the journal lives in this process:
+/// if the bus stops while the backend is still down, journaled messages are
+/// lost, and an error log says how many. Built with
+/// [`FallbackStorage::open`], it is also on disk and survives the process.
 pub struct FallbackStorage {
     shared: Arc<Shared>,
     /// The task that pings a failed backend and writes the journal back.
@@ -107,16 +147,93 @@ impl fmt::Debug for FallbackStorage {
             .field("state", &self.shared.state())
             .field("journaled", &self.shared.journaled.load(Ordering::Relaxed))
             .field("refused", &self.shared.refused.load(Ordering::Relaxed))
+            .field("journal_bytes", &self.shared.journal_bytes.load(Ordering::Relaxed))
+            .field("cache_bytes", &self.shared.cache_bytes.load(Ordering::Relaxed))
+            .field("disk", &self.shared.disk.as_ref().map(|disk| disk.path().to_owned()))
             .field("channels", &self.shared.mirrors.len())
             .finish()
     }
 }
 
 impl FallbackStorage {
-    /// Wraps `primary`. Starts Down (and logs it) if `primary` reports itself
-    /// unhealthy. Must be called within a Tokio runtime: it spawns the task
-    /// that watches over the backend, which stops when this value is dropped.
-    pub fn new(primary: Arc<dyn Storage>, mut options: FallbackOptions) -> Self {
+    /// Wraps `primary`, with the journal in memory only. Starts Down (and
+    /// logs it) if `primary` reports itself unhealthy. Must be called within
+    /// a Tokio runtime: it spawns the task that watches over the backend,
+    /// which stops when this value is dropped.
+    pub fn new(primary: Arc<dyn Storage>, options: FallbackOptions) -> Self {
+        Self::start(Self::shared(primary, options, None, 0))
+    }
+
+    /// Wraps `primary`, with the journal also on disk as `journal` says:
+    /// every journaled append, channel record and deletion is written to
+    /// the file (and synced as its policy says) before it is answered.
+    ///
+    /// Reads back what an earlier run left in the file, skipping (and
+    /// reporting) a torn or corrupt tail, and, when `primary` answers,
+    /// writes it all to `primary` before returning, so that a bus serves
+    /// only once its journal is written back. If `primary` does not answer,
+    /// the records are journaled in memory again and written back when it
+    /// returns. Must be called within a Tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`StorageError::Unavailable`] when the journal file cannot be created,
+    /// read or locked (the bus must not start accepting what it cannot
+    /// keep).
+    pub async fn open(
+        primary: Arc<dyn Storage>,
+        options: FallbackOptions,
+        journal: &JournalOptions,
+    ) -> Result<Self, StorageError> {
+        let opened = Journal::open(journal)?;
+        let path = opened.journal.path().to_owned();
+        let shared = Self::shared(primary, options, Some(opened.journal), opened.skipped);
+        let count = opened.records.len();
+        if count > 0 {
+            // Before the supervisor starts: it must not find the journal
+            // written back (and empty the file) while records are still
+            // being taken back.
+            shared.state.store(DOWN, Ordering::SeqCst);
+            for record in opened.records {
+                shared.reload(record).await;
+            }
+        }
+        let storage = Self::start(shared);
+        if count == 0 {
+            return Ok(storage);
+        }
+        let shared = &storage.shared;
+        if !shared.primary.health().healthy || shared.primary.ping().await.is_err() {
+            tracing::warn!(
+                records = count,
+                path = %path.display(),
+                "storage journal from an earlier run kept: the backend is unreachable, it is written back when it answers"
+            );
+            return Ok(storage);
+        }
+        shared.state.store(RECOVERING, Ordering::SeqCst);
+        match shared.flush_all().await {
+            Ok(flushed) if shared.finish_recovery() => tracing::info!(
+                records = count,
+                written = flushed.stored,
+                already_there = flushed.duplicates,
+                path = %path.display(),
+                "storage journal from an earlier run written back"
+            ),
+            // The supervisor goes on from here.
+            Ok(_) => {}
+            Err(error) => shared.degrade(&error),
+        }
+        Ok(storage)
+    }
+
+    /// The state, Down if `primary` reports itself unhealthy (logged).
+    fn shared(
+        primary: Arc<dyn Storage>,
+        mut options: FallbackOptions,
+        disk: Option<Arc<Journal>>,
+        skipped: u64,
+    ) -> Arc<Shared> {
         options.cache_per_channel = options.cache_per_channel.min(options.max_len);
         let backend = primary.health().backend;
         let up = primary.health().healthy;
@@ -125,17 +242,56 @@ impl FallbackStorage {
             options,
             state: AtomicU8::new(if up { UP } else { DOWN }),
             journaled: AtomicU64::new(0),
+            journal_bytes: AtomicU64::new(0),
+            cache_bytes: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             journal_full: AtomicBool::new(false),
             mirrors: DashMap::new(),
             records: DashMap::new(),
             wake: Notify::new(),
+            disk,
+            skipped: AtomicU64::new(skipped),
         });
         if !up {
             tracing::warn!(backend, "storage backend unavailable at start-up: journaling appends until it answers");
         }
+        shared
+    }
+
+    /// Starts the task that watches over the backend.
+    fn start(shared: Arc<Shared>) -> Self {
         let supervisor = tokio::spawn(supervise(Arc::clone(&shared)));
         FallbackStorage { shared, supervisor }
+    }
+
+    /// Stops, for a shutdown: spends up to `within` writing the journal
+    /// back (the backend may be back, or come back meanwhile), then syncs
+    /// what is left to disk and closes the file. Returns how many journaled
+    /// messages were left: on disk for the next start when the journal is
+    /// there (see [`FallbackStorage::open`]), else lost.
+    pub async fn close(&self, within: Duration) -> u64 {
+        let shared = &self.shared;
+        let deadline = tokio::time::Instant::now() + within;
+        // The supervisor writes the journal back as soon as the backend
+        // answers; wait for it to be done, bounded by the deadline.
+        while shared.state() != UP && tokio::time::Instant::now() < deadline {
+            shared.wake.notify_one();
+            let _ = tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(10))).await;
+        }
+        let left = shared.journaled.load(Ordering::SeqCst);
+        if let Some(disk) = &shared.disk {
+            let synced = disk.sync().await;
+            if shared.state() != UP {
+                tracing::warn!(
+                    journaled = left,
+                    path = %disk.path().display(),
+                    synced = synced.is_ok(),
+                    "storage backend still unreachable at shutdown: the journal stays on disk and is written back at the next start (a message whose append timed out may be in the backend already: it is recognised then, not stored twice)"
+                );
+            }
+            disk.close();
+        }
+        left
     }
 }
 
@@ -143,14 +299,26 @@ impl Drop for FallbackStorage {
     fn drop(&mut self) {
         self.supervisor.abort();
         let journaled = self.shared.journaled.load(Ordering::SeqCst);
-        if journaled > 0 {
-            tracing::error!(
+        match &self.shared.disk {
+            Some(disk) => disk.close(),
+            None if journaled > 0 => tracing::error!(
                 journaled,
                 backend = self.shared.primary.health().backend,
-                "storage closed while the backend was unreachable: journaled messages were never written and are lost"
-            );
+                "storage closed while the backend was unreachable: up to this many journaled messages are lost (one whose append timed out may have reached the backend after all)"
+            ),
+            None => {}
         }
     }
+}
+
+/// What a write-back did.
+#[derive(Debug, Clone, Copy, Default)]
+struct Flushed {
+    /// Messages the backend stored.
+    stored: u64,
+    /// Messages the backend already kept (an append whose reply was lost,
+    /// or a record replayed from disk that had been written already).
+    duplicates: u64,
 }
 
 /// State shared by the storage handle and its supervisor task.
@@ -162,20 +330,31 @@ struct Shared {
     /// Messages in the journal, over all channels; at most
     /// `options.journal_capacity` (reserved before a message is journaled).
     journaled: AtomicU64,
+    /// Bytes of the journal's messages ([`cost`]); at most
+    /// `options.journal_bytes`, reserved with `journaled`.
+    journal_bytes: AtomicU64,
+    /// Bytes of every channel's cache ([`cost`]); kept at most
+    /// `options.cache_bytes` by [`Shared::settle`].
+    cache_bytes: AtomicU64,
     /// Appends refused because the journal was full.
     refused: AtomicU64,
     /// Whether the journal is full, so that it is logged once per episode.
     journal_full: AtomicBool,
     /// What this process knows of each channel's history. An entry is made
     /// on a channel's first append or record change; reads do not make one.
-    /// Capacity: the cache part is bounded per channel, the journal part by
-    /// `journaled`.
+    /// Capacity: the cache part is bounded per channel and in bytes, the
+    /// journal part by `journaled` and `journal_bytes`.
     mirrors: DashMap<ChannelKey, Arc<Mutex<Mirror>>>,
     /// Channel records as last seen from (or sent to) the backend, served
     /// by `channels` while it is down.
     records: DashMap<ChannelKey, ChannelRecord>,
     /// Wakes the supervisor when the state leaves Up.
     wake: Notify,
+    /// The journal on disk, if any: written before a journaled operation is
+    /// answered, emptied when everything is written back.
+    disk: Option<Arc<Journal>>,
+    /// Bytes of a torn or corrupt journal tail skipped at start-up.
+    skipped: AtomicU64,
 }
 
 impl Shared {
@@ -202,7 +381,8 @@ impl Shared {
                 tracing::warn!(
                     backend = self.primary.health().backend,
                     %error,
-                    "storage backend unavailable: journaling appends in memory until it is back"
+                    on_disk = self.disk.is_some(),
+                    "storage backend unavailable: journaling appends until it is back"
                 );
                 self.wake.notify_one();
             }
@@ -211,30 +391,70 @@ impl Shared {
         }
     }
 
-    /// Reserves room for one journaled message, or counts a refusal.
-    fn reserve(&self) -> bool {
+    /// Recovering → Up once the whole journal is written (and nothing failed
+    /// since the write-back started), emptying the journal file; whether it
+    /// is Up now.
+    fn finish_recovery(&self) -> bool {
+        if self.journaled.load(Ordering::SeqCst) != 0
+            || self.state.compare_exchange(RECOVERING, UP, Ordering::SeqCst, Ordering::SeqCst).is_err()
+        {
+            return false;
+        }
+        if let Some(disk) = &self.disk {
+            // Up with an empty journal means every record in the file is in
+            // the backend; anything journaled after a new failure (Down) is
+            // written under the file's lock, after this check or not at all.
+            match disk.truncate_if(|| self.state() == UP && self.journaled.load(Ordering::SeqCst) == 0) {
+                Ok(_) => {}
+                Err(error) => tracing::warn!(%error, "could not empty the storage journal file"),
+            }
+        }
+        true
+    }
+
+    /// Reserves room for one journaled message of `bytes`, or counts a
+    /// refusal. The journal file counts too: it also holds what was
+    /// journaled then dropped (a deleted channel's messages) until it is
+    /// emptied, so past twice the byte budget it takes nothing more.
+    fn reserve(&self, bytes: u64) -> bool {
         let capacity = self.options.journal_capacity as u64;
-        let reserved = self
-            .journaled
-            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < capacity).then_some(n + 1))
-            .is_ok();
-        if !reserved {
+        let budget = self.options.journal_bytes;
+        let disk_full = self.disk.as_ref().is_some_and(|disk| disk.len() >= budget.saturating_mul(2));
+        let counted = !disk_full
+            && self
+                .journaled
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| (n < capacity).then_some(n + 1))
+                .is_ok();
+        let fits = counted
+            && self
+                .journal_bytes
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |b| {
+                    (b.saturating_add(bytes) <= budget).then_some(b + bytes)
+                })
+                .is_ok();
+        if counted && !fits {
+            self.journaled.fetch_sub(1, Ordering::SeqCst);
+        }
+        if !fits {
             self.refused.fetch_add(1, Ordering::SeqCst);
             if !self.journal_full.swap(true, Ordering::SeqCst) {
                 tracing::error!(
                     capacity,
+                    bytes = budget,
                     "storage journal is full: appends are refused with STORAGE_UNAVAILABLE until the backend is back"
                 );
             }
         }
-        reserved
+        fits
     }
 
-    /// Releases `n` journal places.
-    fn release(&self, n: u64) {
+    /// Releases `n` journal places holding `bytes`.
+    fn release(&self, n: u64, bytes: u64) {
         self.journaled.fetch_sub(n, Ordering::SeqCst);
+        self.journal_bytes.fetch_sub(bytes, Ordering::SeqCst);
         if self.journal_full.load(Ordering::SeqCst)
             && self.journaled.load(Ordering::SeqCst) < self.options.journal_capacity as u64
+            && self.journal_bytes.load(Ordering::SeqCst) < self.options.journal_bytes
             && self.journal_full.swap(false, Ordering::SeqCst)
         {
             tracing::info!("storage journal has room again: appends are accepted");
@@ -247,13 +467,92 @@ impl Shared {
         self.state() != DOWN && !mirror.has_work()
     }
 
+    /// After the cache of `mirror` changed from `before` bytes: counts the
+    /// change in the total, evicts this channel's oldest cached messages
+    /// beyond `cache_per_channel`, then, while the total is over
+    /// `cache_bytes`, the oldest cached message of another channel (the
+    /// first of a few, not busy, that has one) or else of this one. So the
+    /// total never grows past the budget, and a channel idle since it filled
+    /// the cache gives way to the ones being written.
+    fn settle(&self, mirror: &mut Mirror, before: u64) {
+        let after = mirror.cached_bytes;
+        if after >= before {
+            self.cache_bytes.fetch_add(after - before, Ordering::SeqCst);
+        } else {
+            self.cache_bytes.fetch_sub(before - after, Ordering::SeqCst);
+        }
+        while mirror.cached() > self.options.cache_per_channel {
+            let freed = mirror.pop_front();
+            self.cache_bytes.fetch_sub(freed, Ordering::SeqCst);
+        }
+        while self.cache_bytes.load(Ordering::SeqCst) > self.options.cache_bytes {
+            let freed = match self.evict_elsewhere() {
+                0 if mirror.cached() > 0 => mirror.pop_front(),
+                0 => break,
+                freed => freed,
+            };
+            self.cache_bytes.fetch_sub(freed, Ordering::SeqCst);
+        }
+    }
+
+    /// Evicts the oldest cached message of another channel: the first with
+    /// one among the first few whose lock is free (the caller holds its own
+    /// channel's lock, so that one is never taken here). Returns the bytes
+    /// freed, 0 if none was found.
+    fn evict_elsewhere(&self) -> u64 {
+        /// Channels looked at per eviction, so that an append never walks
+        /// every channel.
+        const LOOK_AT: usize = 8;
+        for entry in self.mirrors.iter().take(LOOK_AT) {
+            if let Ok(mut other) = entry.value().try_lock()
+                && other.cached() > 0
+            {
+                return other.pop_front();
+            }
+        }
+        0
+    }
+
     /// Loads the backend's newest messages into the channel's cache and
     /// learns how many it keeps; journaled messages stay behind them.
+    ///
+    /// Reads newest first, in pages that start small and double, and stops
+    /// at `cache_per_channel` messages or once they reach `cache_bytes`: a
+    /// channel of large messages is never read whole into memory just to be
+    /// evicted.
     async fn seed(&self, key: &ChannelKey, mirror: &mut Mirror) -> Result<(), StorageError> {
+        /// The first page; each next one is twice as long.
+        const FIRST_PAGE: usize = 16;
         let capacity = self.options.cache_per_channel;
-        let kept = if capacity == 0 { Vec::new() } else { self.primary.history(key, capacity, None).await? };
-        let count = if kept.len() < capacity { kept.len() as u64 } else { self.primary.stats(key).await?.stored };
-        mirror.reseed(kept, count, capacity);
+        let mut pages: Vec<Vec<StoredMessage>> = Vec::new();
+        let (mut held, mut bytes, mut page) = (0, 0, FIRST_PAGE);
+        let mut before = None;
+        // Whether the backend has nothing older than what was read.
+        let mut whole = false;
+        while held < capacity && bytes < self.options.cache_bytes {
+            let limit = page.min(capacity - held);
+            let read = match self.primary.history(key, limit, before).await {
+                Ok(read) => read,
+                // The cursor was trimmed meanwhile: what was read is still
+                // the newest; the count below comes from the backend.
+                Err(StorageError::UnknownCursor(_)) => break,
+                Err(error) => return Err(error),
+            };
+            held += read.len();
+            bytes += read.iter().map(cost).sum::<u64>();
+            whole = read.len() < limit;
+            before = read.first().map(|message| message.id);
+            pages.push(read);
+            if whole {
+                break;
+            }
+            page = page.saturating_mul(2);
+        }
+        let kept: Vec<StoredMessage> = pages.into_iter().rev().flatten().collect();
+        let count = if whole { kept.len() as u64 } else { self.primary.stats(key).await?.stored };
+        let before = mirror.cached_bytes;
+        mirror.reseed(kept, count);
+        self.settle(mirror, before);
         Ok(())
     }
 
@@ -262,53 +561,124 @@ impl Shared {
         key: &ChannelKey,
         mirror: &mut Mirror,
         message: &StoredMessage,
-    ) -> Result<Appended, StorageError> {
+    ) -> Result<(Appended, Option<u64>), StorageError> {
         if !mirror.seeded {
             self.seed(key, mirror).await?;
         }
-        let appended = self.primary.append(key, message.clone()).await?;
+        let (appended, position) = self.primary.append_placed(key, message.clone()).await?;
         if appended == Appended::Stored {
+            let before = mirror.cached_bytes;
             mirror.push(message.clone());
-            mirror.confirm_newest(&self.options);
+            mirror.cached_bytes += cost(message);
+            mirror.confirm_newest(self.options.max_len);
+            self.settle(mirror, before);
         }
-        Ok(appended)
+        Ok((appended, position))
     }
 
-    /// Accepts a message into the journal (or recognises a retry).
-    fn journal(&self, mirror: &mut Mirror, message: StoredMessage) -> Result<Appended, StorageError> {
+    /// Writes `record` to the journal on disk, if there is one.
+    async fn write_ahead(&self, record: impl FnOnce() -> Record) -> Result<(), StorageError> {
+        match &self.disk {
+            Some(disk) => disk.append(&record()).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Accepts a message into the journal (or recognises a retry): on disk
+    /// first, if the journal is there, then in memory.
+    async fn journal(
+        &self,
+        key: &ChannelKey,
+        mirror: &mut Mirror,
+        message: StoredMessage,
+    ) -> Result<Appended, StorageError> {
         if mirror.kept_position(&message.id, self.options.max_len).is_some() {
             return Ok(Appended::Duplicate);
         }
-        if !self.reserve() {
+        let bytes = cost(&message);
+        if !self.reserve(bytes) {
             return Err(StorageError::Unavailable(format!(
-                "the backend is unreachable and the journal is full ({} messages)",
-                self.options.journal_capacity
+                "the backend is unreachable and the journal is full ({} messages, {} bytes)",
+                self.options.journal_capacity, self.options.journal_bytes
             )));
         }
-        mirror.push(message);
-        mirror.pending += 1;
+        if let Err(error) = self.write_ahead(|| Record::Append(key.clone(), message.clone())).await {
+            self.release(1, bytes);
+            tracing::error!(%error, "storage journal write failed: the append is refused");
+            return Err(error);
+        }
+        mirror.push_pending(message);
         Ok(Appended::Stored)
     }
 
-    /// Writes every channel's journaled work back; returns how many
-    /// messages were written.
-    async fn flush_all(&self) -> Result<u64, StorageError> {
+    /// Journals a channel record (the backend is down for this channel).
+    fn journal_create(&self, key: &ChannelKey, mirror: &mut Mirror, created_at: Timestamp) -> ChannelRecord {
+        let record = ChannelRecord { key: key.clone(), created_at };
+        self.records.insert(key.clone(), record.clone());
+        mirror.create_pending = Some(created_at);
+        record
+    }
+
+    /// Journals a deletion: the channel's journaled messages need not be
+    /// written any more.
+    fn journal_delete(&self, key: &ChannelKey, mirror: &mut Mirror) {
+        self.release(mirror.pending as u64, mirror.pending_bytes);
+        self.records.remove(key);
+        let before = mirror.cached_bytes;
+        mirror.clear();
+        self.settle(mirror, before);
+        mirror.delete_pending = true;
+    }
+
+    /// Takes back one record an earlier run left in the journal file, as
+    /// the journaling paths of `append`, `create_channel` and
+    /// `delete_channel` would have taken it (it is on disk already).
+    async fn reload(&self, record: Record) {
+        match record {
+            Record::Append(key, message) => {
+                let mirror = self.mirror(&key);
+                let mut m = mirror.lock().await;
+                if m.kept_position(&message.id, self.options.max_len).is_none() {
+                    // Accepted already: past the bounds if they shrank.
+                    self.journaled.fetch_add(1, Ordering::SeqCst);
+                    self.journal_bytes.fetch_add(cost(&message), Ordering::SeqCst);
+                    m.push_pending(message);
+                }
+            }
+            Record::Create(key, created_at) => {
+                if !self.records.contains_key(&key) {
+                    let mirror = self.mirror(&key);
+                    let mut m = mirror.lock().await;
+                    self.journal_create(&key, &mut m, created_at);
+                }
+            }
+            Record::Delete(key) => {
+                let mirror = self.mirror(&key);
+                let mut m = mirror.lock().await;
+                self.journal_delete(&key, &mut m);
+            }
+        }
+    }
+
+    /// Writes every channel's journaled work back.
+    async fn flush_all(&self) -> Result<Flushed, StorageError> {
         let mirrors: Vec<(ChannelKey, Arc<Mutex<Mirror>>)> =
             self.mirrors.iter().map(|entry| (entry.key().clone(), Arc::clone(entry.value()))).collect();
-        let mut written = 0;
+        let mut flushed = Flushed::default();
         for (key, mirror) in mirrors {
-            written += self.flush_channel(&key, &mirror).await?;
+            let channel = self.flush_channel(&key, &mirror).await?;
+            flushed.stored += channel.stored;
+            flushed.duplicates += channel.duplicates;
         }
-        Ok(written)
+        Ok(flushed)
     }
 
     /// Writes one channel's journal back, oldest first: a pending deletion,
     /// then a pending record, then the messages. The lock is taken per
     /// message, so appends to the channel wait for one backend call at most
     /// (and journal behind what is left).
-    async fn flush_channel(&self, key: &ChannelKey, mirror: &Mutex<Mirror>) -> Result<u64, StorageError> {
-        let mut written = 0;
-        let mut duplicates = false;
+    async fn flush_channel(&self, key: &ChannelKey, mirror: &Mutex<Mirror>) -> Result<Flushed, StorageError> {
+        let mut flushed = Flushed::default();
         loop {
             let mut guard = mirror.lock().await;
             let m = &mut *guard;
@@ -322,23 +692,29 @@ impl Shared {
                 m.create_pending = None;
             }
             let Some(next) = m.oldest_pending().cloned() else {
-                if duplicates {
+                if flushed.duplicates > 0 {
                     // A duplicate was a message that had reached the backend
                     // after all (its reply was lost), or an id the backend
                     // kept from before: reload the cache so that it is again
                     // exactly the backend's newest messages.
                     if let Err(error) = self.seed(key, m).await {
+                        let before = m.cached_bytes;
                         m.forget_cache();
+                        self.settle(m, before);
                         return Err(error);
                     }
                 }
-                return Ok(written);
+                return Ok(flushed);
             };
-            duplicates |= self.primary.append(key, next).await? == Appended::Duplicate;
-            m.pending -= 1;
-            m.confirm_newest(&self.options);
-            self.release(1);
-            written += 1;
+            let bytes = cost(&next);
+            match self.primary.append(key, next).await? {
+                Appended::Stored => flushed.stored += 1,
+                Appended::Duplicate => flushed.duplicates += 1,
+            }
+            let before = m.cached_bytes;
+            m.confirm_oldest_pending(bytes, self.options.max_len);
+            self.settle(m, before);
+            self.release(1, bytes);
         }
     }
 }
@@ -364,15 +740,14 @@ async fn supervise(shared: Arc<Shared>) {
             );
         }
         match shared.flush_all().await {
-            Ok(written) => {
+            Ok(flushed) => {
                 // Only the journal being empty *and* no failure since the
                 // flush started (state still Recovering) makes us healthy.
-                if shared.journaled.load(Ordering::SeqCst) == 0
-                    && shared.state.compare_exchange(RECOVERING, UP, Ordering::SeqCst, Ordering::SeqCst).is_ok()
-                {
+                if shared.finish_recovery() {
                     tracing::info!(
                         backend = shared.primary.health().backend,
-                        written,
+                        written = flushed.stored,
+                        already_there = flushed.duplicates,
                         refused = shared.refused.load(Ordering::SeqCst),
                         "storage backend healthy again: journal written back"
                     );
@@ -413,6 +788,10 @@ struct Mirror {
     delete_pending: bool,
     /// The channel was recorded while the backend was down.
     create_pending: Option<Timestamp>,
+    /// Bytes ([`cost`]) of the cached entries.
+    cached_bytes: u64,
+    /// Bytes ([`cost`]) of the journaled entries.
+    pending_bytes: u64,
 }
 
 impl Mirror {
@@ -449,49 +828,66 @@ impl Mirror {
         self.entries.len() >= max_len || self.primary_count == Some(self.cached() as u64)
     }
 
+    /// Adds an entry at the end; the caller counts its bytes as cached or
+    /// journaled.
     fn push(&mut self, message: StoredMessage) {
         let seq = self.first_seq + self.entries.len() as u64;
         self.index.insert(message.id, seq);
         self.entries.push_back(message);
     }
 
+    /// Adds a journaled entry.
+    fn push_pending(&mut self, message: StoredMessage) {
+        self.pending_bytes += cost(&message);
+        self.pending += 1;
+        self.push(message);
+    }
+
     /// The backend now keeps one more message of this channel: the newest
-    /// cached entry. Evicts the cache down to its capacity.
-    fn confirm_newest(&mut self, options: &FallbackOptions) {
-        self.primary_count = self.primary_count.map(|n| (n + 1).min(options.max_len as u64));
-        self.evict(options.cache_per_channel);
+    /// cached entry.
+    fn confirm_newest(&mut self, max_len: usize) {
+        self.primary_count = self.primary_count.map(|n| (n + 1).min(max_len as u64));
     }
 
-    /// Drops the oldest cached entries beyond `capacity`; journaled entries
-    /// are never evicted.
-    fn evict(&mut self, capacity: usize) {
-        while self.cached() > capacity {
-            self.pop_front();
-        }
+    /// The oldest journaled entry, of `bytes`, was written to the backend:
+    /// it is now the newest cached one.
+    fn confirm_oldest_pending(&mut self, bytes: u64, max_len: usize) {
+        self.pending -= 1;
+        self.pending_bytes -= bytes;
+        self.cached_bytes += bytes;
+        self.confirm_newest(max_len);
     }
 
-    fn pop_front(&mut self) {
-        if let Some(oldest) = self.entries.pop_front() {
-            // The id may have been appended again later (after leaving the
-            // window); only forget it if the index still points here.
-            if self.index.get(&oldest.id) == Some(&self.first_seq) {
-                self.index.remove(&oldest.id);
-            }
-            self.first_seq += 1;
+    /// Drops the oldest entry, which must be cached (journaled entries are
+    /// never evicted); returns its bytes.
+    fn pop_front(&mut self) -> u64 {
+        if self.cached() == 0 {
+            return 0;
         }
+        let Some(oldest) = self.entries.pop_front() else { return 0 };
+        // The id may have been appended again later (after leaving the
+        // window); only forget it if the index still points here.
+        if self.index.get(&oldest.id) == Some(&self.first_seq) {
+            self.index.remove(&oldest.id);
+        }
+        self.first_seq += 1;
+        let bytes = cost(&oldest);
+        self.cached_bytes -= bytes;
+        bytes
     }
 
     /// Replaces the cache with `kept` (the backend's newest, oldest first),
-    /// of `count` kept in all, keeping the journal behind it.
-    fn reseed(&mut self, kept: Vec<StoredMessage>, count: u64, capacity: usize) {
+    /// of `count` kept in all, keeping the journal behind it. The caller
+    /// evicts ([`Shared::settle`]).
+    fn reseed(&mut self, kept: Vec<StoredMessage>, count: u64) {
         let journal: Vec<StoredMessage> = self.entries.drain(self.cached()..).collect();
         self.entries.clear();
         self.index.clear();
         self.first_seq = 0;
+        self.cached_bytes = kept.iter().map(cost).sum();
         kept.into_iter().chain(journal).for_each(|message| self.push(message));
         self.primary_count = Some(count);
         self.seeded = true;
-        self.evict(capacity);
     }
 
     /// Drops the cache (it may not match the backend); the journal stays.
@@ -510,6 +906,8 @@ impl Mirror {
         self.index.clear();
         self.first_seq = 0;
         self.pending = 0;
+        self.cached_bytes = 0;
+        self.pending_bytes = 0;
         self.primary_count = Some(0);
         self.seeded = true;
         self.create_pending = None;
@@ -624,10 +1022,8 @@ impl Storage for FallbackStorage {
         if let Some(known) = shared.records.get(key) {
             return Ok((known.clone(), false));
         }
-        let record = ChannelRecord { key: key.clone(), created_at };
-        shared.records.insert(key.clone(), record.clone());
-        m.create_pending = Some(created_at);
-        Ok((record, true))
+        shared.write_ahead(|| Record::Create(key.clone(), created_at)).await?;
+        Ok((shared.journal_create(key, &mut m, created_at), true))
     }
 
     async fn channels(&self) -> Result<Vec<ChannelRecord>, StorageError> {
@@ -660,17 +1056,16 @@ impl Storage for FallbackStorage {
             match shared.primary.delete_channel(key).await {
                 Ok(existed) => {
                     shared.records.remove(key);
+                    let before = m.cached_bytes;
                     m.clear();
+                    shared.settle(&mut m, before);
                     return Ok(existed);
                 }
                 Err(error) => shared.degrade(&error),
             }
         }
-        // Journaled messages of a deleted channel need not be written.
-        shared.release(m.pending as u64);
-        shared.records.remove(key);
-        m.clear();
-        m.delete_pending = true;
+        shared.write_ahead(|| Record::Delete(key.clone())).await?;
+        shared.journal_delete(key, &mut m);
         // Whether the backend had it cannot be known now; the bus deletes
         // only channels it knows, so report it as existing.
         Ok(true)
@@ -686,14 +1081,48 @@ impl Storage for FallbackStorage {
         let mut m = mirror.lock().await;
         if shared.direct(&m) {
             match shared.append_direct(key, &mut m, &message).await {
-                Ok(appended) => return Ok(appended),
+                Ok((appended, _)) => return Ok(appended),
                 // The message may or may not have reached the backend: it is
                 // journaled, and the backend's dedupe by id settles it when
                 // the journal is written back.
                 Err(error) => shared.degrade(&error),
             }
         }
-        shared.journal(&mut m, message)
+        shared.journal(key, &mut m, message).await
+    }
+
+    /// As `append`, with the backend's position when it went there
+    /// directly; otherwise `append` itself (the journal) answers, without a
+    /// position. (Between the two the mirror is unlocked: the router's order
+    /// lock still serializes appends to the channel, and a message that
+    /// reaches the backend that way merely has no position.)
+    async fn append_placed(
+        &self,
+        key: &ChannelKey,
+        message: StoredMessage,
+    ) -> Result<(Appended, Option<u64>), StorageError> {
+        let shared = &self.shared;
+        {
+            let mirror = shared.mirror(key);
+            let mut m = mirror.lock().await;
+            if shared.direct(&m) {
+                match shared.append_direct(key, &mut m, &message).await {
+                    Ok(placed) => return Ok(placed),
+                    Err(error) => shared.degrade(&error),
+                }
+            }
+        }
+        Ok((self.append(key, message).await?, None))
+    }
+
+    /// Positions come from the backend only: journaled messages have none yet.
+    async fn read_placed(
+        &self,
+        key: &ChannelKey,
+        after: After,
+        limit: usize,
+    ) -> Result<Option<PlacedRead>, StorageError> {
+        self.shared.primary.read_placed(key, after, limit).await
     }
 
     async fn history(
@@ -733,6 +1162,9 @@ impl Storage for FallbackStorage {
         let mut health = Health::new(shared.primary.health().backend, shared.state() == UP);
         health.journaled = shared.journaled.load(Ordering::SeqCst);
         health.refused = shared.refused.load(Ordering::SeqCst);
+        health.journal_bytes = shared.journal_bytes.load(Ordering::SeqCst);
+        health.cache_bytes = shared.cache_bytes.load(Ordering::SeqCst);
+        health.journal_skipped = shared.skipped.load(Ordering::SeqCst);
         health
     }
 

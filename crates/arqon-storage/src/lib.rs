@@ -16,9 +16,13 @@
 //! - [`FallbackStorage`]: the degradation wrapper over any backend: while
 //!   the backend is unreachable it keeps accepting appends into a bounded
 //!   journal and writes them back, in order, when the backend returns
-//!   ([`FallbackOptions`]).
+//!   ([`FallbackOptions`]); with [`FallbackStorage::open`] that journal is
+//!   also a write-ahead file on disk ([`JournalOptions`], [`FsyncPolicy`]),
+//!   so an accepted message survives the bus stopping.
 //! - [`StoredMessage`], [`ChannelRecord`], [`ChannelStats`], [`Appended`],
-//!   [`AppendNow`], [`Since`]: the data the trait speaks.
+//!   [`AppendNow`], [`Since`]: the data the trait speaks; [`Placed`],
+//!   [`After`] and [`PlacedRead`] for backends that number each channel's
+//!   messages (positions, which cluster nodes use to deliver in history order).
 //! - [`append_fast`]: how the router appends: [`Storage::append_now`] first,
 //!   [`Storage::append`] only when the backend must wait.
 //! - [`StorageError`]: the one error type of this layer.
@@ -31,12 +35,14 @@
 //! degradation rules for operators and for authors of new backends.
 
 mod fallback;
+mod journal;
 mod memory;
 mod redis;
 
 use arqon_protocol::{ChannelKey, Frame, MessageId, Timestamp};
 
 pub use fallback::{FallbackOptions, FallbackStorage};
+pub use journal::{FsyncPolicy, JournalOptions, name_hash};
 pub use memory::MemoryStorage;
 pub use redis::{RedisOptions, RedisStorage};
 
@@ -103,6 +109,39 @@ pub struct Since {
     pub truncated: bool,
 }
 
+/// A kept message and its position: its number in the channel's order
+/// (1, 2, 3, … with no gaps), for [`Storage::read_placed`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Placed {
+    /// The message's position in its channel.
+    pub position: u64,
+    /// The message.
+    pub message: StoredMessage,
+}
+
+/// Where [`Storage::read_placed`] starts: after a message id, or after a position.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum After {
+    /// After this message (as `since` does).
+    Id(MessageId),
+    /// After this position (0: from the first message).
+    Position(u64),
+}
+
+/// The answer of [`Storage::read_placed`].
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct PlacedRead {
+    /// Kept messages after the cursor, oldest first, at most the limit asked.
+    pub messages: Vec<Placed>,
+    /// True when messages right after the cursor are no longer (or never
+    /// were) kept, so `messages` starts at the oldest kept one.
+    pub truncated: bool,
+    /// The channel's newest position (0 before its first message).
+    pub tip: u64,
+    /// The id of the newest kept message, if any.
+    pub tip_id: Option<MessageId>,
+}
+
 /// Health as reported by `status`.
 ///
 /// Build one with [`Health::new`]; the struct is `non_exhaustive` so that
@@ -120,6 +159,16 @@ pub struct Health {
     /// Appends refused since start because the journal was full. Always 0
     /// for a plain backend.
     pub refused: u64,
+    /// Bytes of the messages in the journal (each counted as its frame plus
+    /// 64). Always 0 for a plain backend.
+    pub journal_bytes: u64,
+    /// Bytes of the messages [`FallbackStorage`] caches to answer reads
+    /// during an outage (counted as for `journal_bytes`). Always 0 for a
+    /// plain backend.
+    pub cache_bytes: u64,
+    /// Bytes of a torn or corrupt journal file tail skipped (reported, never
+    /// replayed) at start-up. Always 0 for a plain backend.
+    pub journal_skipped: u64,
     /// Bytes of history held in this process's memory, as counted against
     /// `history_bytes_budget` ([`MemoryStorage`]: frames plus a per-message
     /// estimate). 0 for a backend that keeps history elsewhere.
@@ -133,7 +182,17 @@ impl Health {
     /// A backend's health with no journal and no history in memory: every
     /// counter zero.
     pub const fn new(backend: &'static str, healthy: bool) -> Self {
-        Health { backend, healthy, journaled: 0, refused: 0, history_bytes: 0, history_bytes_budget: 0 }
+        Health {
+            backend,
+            healthy,
+            journaled: 0,
+            refused: 0,
+            journal_bytes: 0,
+            cache_bytes: 0,
+            journal_skipped: 0,
+            history_bytes: 0,
+            history_bytes_budget: 0,
+        }
     }
 }
 
@@ -237,6 +296,34 @@ pub trait Storage: Send + Sync + 'static {
 
     /// Backend name and current health.
     fn health(&self) -> Health;
+
+    /// Appends like [`append`](Storage::append) and also returns the
+    /// message's position, when the backend numbers each channel's messages
+    /// (1, 2, 3, … in append order, never reused while the channel lives)
+    /// and the message was stored there (`None` otherwise, e.g. journaled).
+    ///
+    /// Called only on cluster nodes, which use positions to deliver every
+    /// channel in history order. The default appends and returns no
+    /// position, so a backend without positions works unchanged.
+    async fn append_placed(
+        &self,
+        key: &ChannelKey,
+        message: StoredMessage,
+    ) -> Result<(Appended, Option<u64>), StorageError> {
+        Ok((self.append(key, message).await?, None))
+    }
+
+    /// Reads up to `limit` kept messages after `after`, with their
+    /// positions, and the channel's newest position; `Ok(None)` when the
+    /// backend has no positions (the default). `limit` 0 reads only the tip.
+    async fn read_placed(
+        &self,
+        _key: &ChannelKey,
+        _after: After,
+        _limit: usize,
+    ) -> Result<Option<PlacedRead>, StorageError> {
+        Ok(None)
+    }
 
     /// Checks that the backend answers right now, with one cheap round trip
     /// (Redis: `PING`). [`FallbackStorage`] calls it to learn that a failed

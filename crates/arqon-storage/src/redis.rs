@@ -27,6 +27,10 @@
 //! nodes, so the stream may physically hold up to about a hundred entries
 //! more than `max_len`; they are outside the window and never returned).
 //!
+//! The seq is also the message's *position* ([`Storage::append_placed`],
+//! [`Storage::read_placed`]): cluster nodes compare positions to deliver
+//! every channel in history order (docs/cluster.md).
+//!
 //! # Id lookup and dedupe
 //!
 //! The sorted set maps an `arq_` id to its seq in O(1) (`ZSCORE`), which
@@ -56,7 +60,10 @@ use fred::prelude::{
 use fred::types::config::UnresponsiveConfig;
 use fred::types::{ClusterHash, CustomCommand};
 
-use crate::{Appended, ChannelRecord, ChannelStats, Health, Since, Storage, StorageError, StoredMessage};
+use crate::{
+    After, Appended, ChannelRecord, ChannelStats, Health, Placed, PlacedRead, Since, Storage, StorageError,
+    StoredMessage,
+};
 
 /// Commands waiting to be written, per pooled connection, before further
 /// commands fail at once with a backpressure error instead of queueing: a
@@ -331,6 +338,10 @@ fn malformed(what: &str) -> StorageError {
     StorageError::Backend(format!("redis: unexpected reply to {what}"))
 }
 
+fn parse_id(value: &Value, what: &str) -> Result<MessageId, StorageError> {
+    value.as_str().and_then(|text| MessageId::parse(&text).ok()).ok_or_else(|| malformed(what))
+}
+
 fn integer(value: &Value, what: &str) -> Result<i64, StorageError> {
     value.as_i64().ok_or_else(|| malformed(what))
 }
@@ -389,10 +400,53 @@ impl Storage for RedisStorage {
     }
 
     async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
+        Ok(self.append_placed(key, message).await?.0)
+    }
+
+    /// The seq the script assigned is the position.
+    async fn append_placed(
+        &self,
+        key: &ChannelKey,
+        message: StoredMessage,
+    ) -> Result<(Appended, Option<u64>), StorageError> {
         let args =
             vec![Value::from(message.id.to_string()), Value::Bytes(message.frame.to_bytes()), self.max_len_arg()];
         let reply = self.run(&self.scripts.append, self.channel_keys(key), args).await?;
-        Ok(if integer(&reply, "append")? == 1 { Appended::Stored } else { Appended::Duplicate })
+        match u64::try_from(integer(&reply, "append")?).map_err(|_| malformed("append"))? {
+            0 => Ok((Appended::Duplicate, None)),
+            seq => Ok((Appended::Stored, Some(seq))),
+        }
+    }
+
+    async fn read_placed(
+        &self,
+        key: &ChannelKey,
+        after: After,
+        limit: usize,
+    ) -> Result<Option<PlacedRead>, StorageError> {
+        let (kind, cursor) = match after {
+            After::Id(id) => ("id", Value::from(id.to_string())),
+            After::Position(at) => ("pos", Value::Integer(i64::try_from(at).unwrap_or(i64::MAX))),
+        };
+        let limit = Value::Integer(i64::try_from(limit.min(self.max_len)).unwrap_or(i64::MAX));
+        let args = vec![Value::from_static_str(kind), cursor, limit, self.max_len_arg()];
+        let reply = self.run(&self.scripts.read_placed, self.channel_keys(key), args).await?.into_array();
+        let mut reply = reply.into_iter();
+        let mut next = || reply.next().ok_or_else(|| malformed("read_placed"));
+        let truncated = integer(&next()?, "read_placed")? == 1;
+        let tip = u64::try_from(integer(&next()?, "read_placed")?).map_err(|_| malformed("read_placed"))?;
+        let tip_id = match next()? {
+            Value::Null => None,
+            id => Some(parse_id(&id, "read_placed")?),
+        };
+        let mut placed = Vec::new();
+        while let Some(position) = reply.next() {
+            let position = u64::try_from(integer(&position, "read_placed")?).map_err(|_| malformed("read_placed"))?;
+            let mut message = messages(reply.by_ref().take(2), "read_placed")?;
+            let message = message.pop().ok_or_else(|| malformed("read_placed"))?;
+            placed.push(Placed { position, message });
+        }
+        Ok(Some(PlacedRead { messages: placed, truncated, tip, tip_id }))
     }
 
     async fn history(
@@ -461,6 +515,7 @@ struct Scripts {
     stats: Script,
     create: Script,
     delete: Script,
+    read_placed: Script,
 }
 
 impl Scripts {
@@ -472,12 +527,14 @@ impl Scripts {
             stats: Script::new(&[STATS]),
             create: Script::new(&[CREATE]),
             delete: Script::new(&[DELETE]),
+            read_placed: Script::new(&[WINDOW, READ_PLACED]),
         }
     }
 }
 
 /// `KEYS`: stream, id set, counter. `ARGV`: id, frame, max_len.
-/// Returns 1 when stored, 0 when the id is kept already.
+/// Returns the message's seq (its position) when stored, 0 when the id is
+/// kept already.
 const APPEND: &str = r"
 if redis.call('ZSCORE', KEYS[2], ARGV[1]) then
   return 0
@@ -487,7 +544,7 @@ local seq = redis.call('INCR', KEYS[3])
 redis.call('XADD', KEYS[1], 'MAXLEN', '~', max_len, seq .. '-0', 'id', ARGV[1], 'frame', ARGV[2])
 redis.call('ZADD', KEYS[2], seq, ARGV[1])
 redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (seq - max_len + 1))
-return 1
+return seq
 ";
 
 /// Shared by the read scripts (`KEYS` as for [`APPEND`], the last `ARGV` is
@@ -542,6 +599,32 @@ local out = {truncated}
 if kept and start <= last then
   local entries = redis.call('XRANGE', KEYS[1], start .. '-0', last .. '-0')
   push_entries(out, entries, 1, #entries, 1)
+end
+return out
+";
+
+/// `ARGV`: cursor kind (`id` or `pos`), cursor, limit, max_len. Returns
+/// `truncated (0|1), last seq, newest id or nil, seq, id, frame, …`: up to
+/// `limit` kept entries after the cursor. Positions not kept any more right
+/// after a `pos` cursor make it truncated, as an unknown `id` does.
+const READ_PLACED: &str = r"
+local start, truncated = lo, 1
+if ARGV[1] == 'id' then
+  local at = redis.call('ZSCORE', KEYS[2], ARGV[2])
+  if at and tonumber(at) >= lo then start, truncated = tonumber(at) + 1, 0 end
+else
+  local after = tonumber(ARGV[2])
+  if after + 1 >= lo or after >= last then start, truncated = after + 1, 0 end
+end
+local newest = redis.call('ZRANGE', KEYS[2], -1, -1)
+local out = {truncated, last, newest[1] or false}
+local limit = tonumber(ARGV[3])
+if kept and start <= last and limit > 0 then
+  local entries = redis.call('XRANGE', KEYS[1], start .. '-0', last .. '-0', 'COUNT', limit)
+  for i = 1, #entries do
+    out[#out + 1] = tonumber(string.match(entries[i][1], '^(%d+)'))
+    push_entries(out, entries, i, i, 1)
+  end
 end
 return out
 ";

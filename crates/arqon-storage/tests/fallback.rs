@@ -12,8 +12,8 @@ use std::time::Duration;
 use arqon_protocol::encode::MessageFrame;
 use arqon_protocol::{ChannelKey, IdGenerator, MessageId, Timestamp};
 use arqon_storage::{
-    Appended, ChannelRecord, ChannelStats, FallbackOptions, FallbackStorage, Health, MemoryStorage, Since, Storage,
-    StorageError, StoredMessage, async_trait,
+    Appended, ChannelRecord, ChannelStats, FallbackOptions, FallbackStorage, FsyncPolicy, Health, JournalOptions,
+    MemoryStorage, Since, Storage, StorageError, StoredMessage, async_trait,
 };
 
 /// A memory backend that fails every call while `down`, and can "lose the
@@ -23,6 +23,8 @@ struct Switch {
     inner: MemoryStorage,
     down: AtomicBool,
     lose_replies: AtomicBool,
+    /// The largest `limit` a `history` call asked for.
+    largest_read: std::sync::atomic::AtomicUsize,
 }
 
 impl Switch {
@@ -31,6 +33,7 @@ impl Switch {
             inner: MemoryStorage::new(capacity),
             down: AtomicBool::new(false),
             lose_replies: AtomicBool::new(false),
+            largest_read: std::sync::atomic::AtomicUsize::new(0),
         })
     }
 
@@ -81,6 +84,7 @@ impl Storage for Switch {
         before: Option<MessageId>,
     ) -> Result<Vec<StoredMessage>, StorageError> {
         self.check()?;
+        self.largest_read.fetch_max(limit, Ordering::SeqCst);
         self.inner.history(key, limit, before).await
     }
     async fn since(&self, key: &ChannelKey, after: MessageId) -> Result<Since, StorageError> {
@@ -377,5 +381,205 @@ async fn appends_during_the_write_back_stay_behind_the_journal() {
     for (c, chan) in chans.iter().enumerate() {
         let expected: Vec<MessageId> = all.iter().skip(c).step_by(2).copied().collect();
         assert_eq!(primary.kept(chan).await, expected, "{chan}");
+    }
+}
+
+/// A journal directory of its own, removed on drop.
+struct JournalDir(std::path::PathBuf);
+
+impl JournalDir {
+    fn new() -> JournalDir {
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        JournalDir(std::env::temp_dir().join(format!("arqon-journal-test-{}-{n}", std::process::id())))
+    }
+
+    fn options(&self, fsync: FsyncPolicy) -> JournalOptions {
+        JournalOptions { dir: self.0.clone(), name: "switch".to_owned(), fsync }
+    }
+
+    fn file(&self) -> std::path::PathBuf {
+        self.0.join("switch.journal")
+    }
+
+    fn len(&self) -> u64 {
+        std::fs::metadata(self.file()).map_or(0, |m| m.len())
+    }
+}
+
+impl Drop for JournalDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+async fn open(primary: &Arc<Switch>, dir: &JournalDir, fsync: FsyncPolicy) -> FallbackStorage {
+    let options =
+        FallbackOptions { max_len: 100, retry_interval: Duration::from_millis(10), ..FallbackOptions::default() };
+    FallbackStorage::open(Arc::clone(primary) as Arc<dyn Storage>, options, &dir.options(fsync)).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_on_disk_outlives_the_process_and_is_written_back_before_open_returns() {
+    for fsync in [FsyncPolicy::Always, FsyncPolicy::Interval(Duration::from_millis(5))] {
+        let dir = JournalDir::new();
+        let primary = Switch::new(100);
+        let chan = key("c");
+        let all = fresh_ids(10);
+        let created = Timestamp::from_unix_ms(5);
+        primary.set_down(true);
+        let storage = open(&primary, &dir, fsync).await;
+        assert!(storage.create_channel(&chan, created).await.unwrap().1);
+        append_all(&storage, &chan, &all).await;
+        // A second bus cannot take the same file while this one holds it.
+        let other = open(&primary, &dir, fsync).await;
+        assert_eq!(other.health().journaled, 0, "{fsync:?}: the other bus got a journal of its own");
+        drop(other);
+        drop(storage); // the bus stops (or dies) with the backend still down
+
+        assert!(dir.len() > 0, "{fsync:?}");
+        primary.set_down(false);
+        let storage = open(&primary, &dir, fsync).await;
+        // Written back before `open` returned, not later.
+        assert_eq!(primary.kept(&chan).await, all, "{fsync:?}");
+        assert_eq!(
+            primary.inner.channels().await.unwrap(),
+            vec![ChannelRecord { key: chan.clone(), created_at: created }]
+        );
+        let health = storage.health();
+        assert_eq!((health.healthy, health.journaled, health.journal_bytes, health.journal_skipped), (true, 0, 0, 0));
+        assert_eq!(dir.len(), 0, "{fsync:?}: emptied once written back");
+        drop(storage);
+        assert!(!dir.file().exists(), "{fsync:?}: an empty journal file is removed when closed");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_reopened_while_the_backend_is_down_is_served_then_written_back() {
+    let dir = JournalDir::new();
+    let primary = Switch::new(100);
+    let chan = key("c");
+    let all = fresh_ids(8);
+    primary.set_down(true);
+    let storage = open(&primary, &dir, FsyncPolicy::Always).await;
+    append_all(&storage, &chan, &all[..5]).await;
+    assert_eq!(storage.close(Duration::from_millis(50)).await, 5, "the backend is down: all five stay on disk");
+    drop(storage);
+
+    let storage = open(&primary, &dir, FsyncPolicy::Always).await;
+    assert_eq!(storage.health().journaled, 5);
+    assert_eq!(ids(&storage.history(&chan, 5, None).await.unwrap()), all[..5], "served from the reloaded journal");
+    assert_eq!(storage.append(&chan, message(&chan, all[2])).await.unwrap(), Appended::Duplicate);
+    append_all(&storage, &chan, &all[5..]).await;
+    primary.set_down(false);
+    until_healthy(&storage).await;
+    assert_eq!(primary.kept(&chan).await, all);
+    assert_eq!(dir.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_torn_or_corrupt_journal_tail_is_reported_and_skipped() {
+    // (what is done to the file of 5 records of `size` bytes, whole records left)
+    type Damage = fn(&mut Vec<u8>, usize);
+    let cases: [(&str, Damage, usize); 3] = [
+        ("cut mid-record", |bytes, size| bytes.truncate(4 * size + size / 2), 4),
+        ("a byte flipped in the third record", |bytes, size| bytes[2 * size + size / 2] ^= 0x01, 2),
+        ("garbage after the records", |bytes, _| bytes.extend_from_slice(b"\x10\x00\x00\x00not a record at all"), 5),
+    ];
+    for (what, damage, whole) in cases {
+        let dir = JournalDir::new();
+        let primary = Switch::new(100);
+        let chan = key("c");
+        let all = fresh_ids(5);
+        primary.set_down(true);
+        let storage = open(&primary, &dir, FsyncPolicy::Always).await;
+        append_all(&storage, &chan, &all).await;
+        drop(storage);
+        let mut bytes = std::fs::read(dir.file()).unwrap();
+        // The records are all alike in size (same frame length, same id length).
+        let size = bytes.len() / 5;
+        assert_eq!(size * 5, bytes.len());
+        damage(&mut bytes, size);
+        std::fs::write(dir.file(), &bytes).unwrap();
+
+        primary.set_down(false);
+        let storage = open(&primary, &dir, FsyncPolicy::Always).await;
+        assert_eq!(primary.kept(&chan).await, all[..whole], "{what}: the valid prefix is written back");
+        let skipped = (bytes.len() - whole * size) as u64;
+        assert_eq!(storage.health().journal_skipped, skipped, "{what}: reported");
+        let aside = std::fs::read(dir.0.join("switch.journal.corrupt")).unwrap();
+        assert_eq!(aside, bytes[whole * size..], "{what}: kept aside");
+        assert_eq!(dir.len(), 0, "{what}: the file holds nothing to replay again");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_write_that_fails_refuses_the_append() {
+    let dir = JournalDir::new();
+    let primary = Switch::new(100);
+    let chan = key("c");
+    let all = fresh_ids(2);
+    primary.set_down(true);
+    let storage = open(&primary, &dir, FsyncPolicy::Always).await;
+    append_all(&storage, &chan, &all[..1]).await;
+    storage.close(Duration::ZERO).await; // the file is gone from under the storage
+    assert!(is_unavailable(storage.append(&chan, message(&chan, all[1])).await));
+    assert_eq!(storage.health().journaled, 1, "never accepted what is not on disk");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_and_the_cache_are_bounded_in_bytes() {
+    let primary = Switch::new(100);
+    let (a, b) = (key("a"), key("b"));
+    let all = fresh_ids(12);
+    let cost = message(&a, all[0]).frame.len() as u64 + 64;
+    let options =
+        FallbackOptions { max_len: 100, journal_bytes: 3 * cost, cache_bytes: 4 * cost, ..FallbackOptions::default() };
+    let storage = wrap(&primary, options);
+    append_all(&storage, &a, &all[..6]).await;
+    assert_eq!(storage.health().cache_bytes, 4 * cost, "the cache stops at its budget");
+    // A channel written now takes room from the idle one, not from itself.
+    append_all(&storage, &b, &all[6..8]).await;
+    assert_eq!(storage.health().cache_bytes, 4 * cost);
+    primary.set_down(true);
+    assert_eq!(ids(&storage.history(&b, 2, None).await.unwrap()), all[6..8], "b's newest are cached");
+    assert!(is_unavailable(storage.history(&a, 6, None).await), "a's evicted messages are not answered from memory");
+
+    append_all(&storage, &b, &all[8..11]).await;
+    assert!(is_unavailable(storage.append(&b, message(&b, all[11])).await), "past the journal's byte budget");
+    let health = storage.health();
+    assert_eq!((health.journaled, health.journal_bytes, health.refused), (3, 3 * cost, 1));
+    primary.set_down(false);
+    until_healthy(&storage).await;
+    assert_eq!(primary.kept(&b).await, all[6..11]);
+    let health = storage.health();
+    assert_eq!(health.journal_bytes, 0);
+    assert!(health.cache_bytes <= 4 * cost, "{health:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cache_is_loaded_in_pages_and_no_further_than_its_byte_budget() {
+    let chan = key("c");
+    let old = fresh_ids(100);
+    let new = fresh_ids(1);
+    let cost = message(&chan, old[0]).frame.len() as u64 + 64;
+    for (cache_bytes, cached) in [(u64::MAX, 60), (20 * cost, 20)] {
+        let primary = Switch::new(1000);
+        for &id in &old {
+            primary.inner.append(&chan, message(&chan, id)).await.unwrap();
+        }
+        let options =
+            FallbackOptions { cache_per_channel: 60, cache_bytes, max_len: 1000, ..FallbackOptions::default() };
+        let storage = wrap(&primary, options);
+        append_all(&storage, &chan, &new).await; // loads the cache, then appends
+        let largest = primary.largest_read.load(Ordering::SeqCst);
+        assert!(largest <= 32, "read in small pages, not {largest} at once");
+        assert_eq!(storage.health().cache_bytes, cached as u64 * cost);
+        primary.set_down(true);
+        let mut newest: Vec<MessageId> = old[old.len() + 1 - cached..].to_vec();
+        newest.extend(&new);
+        assert_eq!(ids(&storage.history(&chan, cached, None).await.unwrap()), newest, "budget {cache_bytes}");
+        assert!(is_unavailable(storage.history(&chan, cached + 1, None).await));
+        assert_eq!(storage.stats(&chan).await.unwrap(), ChannelStats { stored: 101, last_id: Some(new[0]) });
     }
 }

@@ -8,10 +8,14 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use arqon_protocol::{ChannelKey, Timestamp};
-use arqon_storage::{Appended, ChannelRecord, ChannelStats, RedisOptions, RedisStorage, Storage, StorageError};
+use arqon_storage::{
+    After, Appended, ChannelRecord, ChannelStats, FallbackOptions, FallbackStorage, FsyncPolicy, JournalOptions,
+    RedisOptions, RedisStorage, Storage, StorageError,
+};
 use support::{RedisProcess, fresh_ids, ids, message, redis_available, redis_options, start_redis, until_ping};
 
 /// Slack over a timeout for a slow, busy machine.
@@ -155,4 +159,85 @@ async fn a_larger_max_len_later_reveals_nothing_already_trimmed() {
     assert_eq!(larger.stats(&chan).await.unwrap().stored, 5);
     append_all(&larger, &chan, &all[10..]).await;
     assert_eq!(ids(&larger.history(&chan, 50, None).await.unwrap()), all[5..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_append_that_timed_out_and_landed_later_is_stored_once_after_the_journal_is_replayed() {
+    if !redis_available("an_append_that_timed_out_and_landed_later_is_stored_once_after_the_journal_is_replayed") {
+        return;
+    }
+    let redis = start_redis();
+    let options = RedisOptions { command_timeout: Duration::from_millis(300), ..redis_options(&redis, 100) };
+    let ids_key = format!("{}ids:{{r:c}}", options.key_prefix);
+    let dir = std::env::temp_dir().join(format!("arqon-journal-redis-test-{}", std::process::id()));
+    let journal = JournalOptions { dir: dir.clone(), name: "redis".to_owned(), fsync: FsyncPolicy::Always };
+    let fallback = FallbackOptions { max_len: 100, retry_interval: Duration::from_millis(20), ..Default::default() };
+    let open = async || {
+        let primary = Arc::new(RedisStorage::connect(options.clone()).await.unwrap());
+        FallbackStorage::open(primary, fallback.clone(), &journal).await.unwrap()
+    };
+    let chan = key("c");
+    let all = fresh_ids(5);
+
+    let storage = open().await;
+    append_all(&storage, &chan, &all[..2]).await;
+    redis.stop();
+    // Times out (journaled, on disk), but the command is in Redis's socket.
+    append_all(&storage, &chan, &all[2..]).await;
+    assert_eq!(storage.health().journaled, 3);
+    drop(storage); // the bus dies before Redis is back
+    redis.cont();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while redis.command(&["ZCARD", &ids_key]) != ":3" {
+        assert!(Instant::now() < deadline, "the timed-out append never landed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    let storage = open().await;
+    assert_eq!(ids(&storage.history(&chan, 10, None).await.unwrap()), all, "each once, in order");
+    assert_eq!(storage.health().journaled, 0);
+    drop(storage);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn positions_number_appends_and_reads_by_position_see_exactly_the_window() {
+    if !redis_available("positions_number_appends_and_reads_by_position_see_exactly_the_window") {
+        return;
+    }
+    let redis = start_redis();
+    let storage = RedisStorage::connect(redis_options(&redis, 5)).await.unwrap();
+    let chan = key("p");
+    let empty = storage.read_placed(&chan, After::Position(0), 10).await.unwrap().unwrap();
+    assert_eq!((empty.messages.len(), empty.truncated, empty.tip, empty.tip_id), (0, false, 0, None));
+    let all = fresh_ids(8);
+    for (n, &id) in all.iter().enumerate() {
+        let placed = storage.append_placed(&chan, message(&chan, id)).await.unwrap();
+        assert_eq!(placed, (Appended::Stored, Some(n as u64 + 1)));
+    }
+    // A retry has no new position.
+    assert_eq!(storage.append_placed(&chan, message(&chan, all[7])).await.unwrap(), (Appended::Duplicate, None));
+    let positions = |read: &arqon_storage::PlacedRead| -> Vec<(u64, arqon_protocol::MessageId)> {
+        read.messages.iter().map(|p| (p.position, p.message.id)).collect()
+    };
+    // Kept: positions 4..=8. After position 5, at most 2.
+    let read = storage.read_placed(&chan, After::Position(5), 2).await.unwrap().unwrap();
+    assert_eq!(positions(&read), [(6, all[5]), (7, all[6])]);
+    assert_eq!((read.truncated, read.tip, read.tip_id), (false, 8, Some(all[7])));
+    // Right after a trimmed position: everything kept, truncated.
+    let read = storage.read_placed(&chan, After::Position(1), 10).await.unwrap().unwrap();
+    assert_eq!((positions(&read).first().copied(), read.messages.len(), read.truncated), (Some((4, all[3])), 5, true));
+    // Just before the window is not truncated; at the tip, nothing.
+    let read = storage.read_placed(&chan, After::Position(3), 10).await.unwrap().unwrap();
+    assert_eq!((read.messages.len(), read.truncated), (5, false));
+    let read = storage.read_placed(&chan, After::Position(8), 10).await.unwrap().unwrap();
+    assert_eq!((read.messages.len(), read.truncated, read.tip), (0, false, 8));
+    // By id, as `since`; limit 0 reads the tip only.
+    let read = storage.read_placed(&chan, After::Id(all[5]), 10).await.unwrap().unwrap();
+    assert_eq!(positions(&read), [(7, all[6]), (8, all[7])]);
+    let since = storage.since(&chan, all[5]).await.unwrap();
+    assert_eq!(ids(&since.messages), all[6..]);
+    assert!(storage.read_placed(&chan, After::Id(all[0]), 10).await.unwrap().unwrap().truncated);
+    let tip = storage.read_placed(&chan, After::Position(0), 0).await.unwrap().unwrap();
+    assert_eq!((tip.messages.len(), tip.tip, tip.tip_id), (0, 8, Some(all[7])));
 }

@@ -47,6 +47,9 @@ pub struct BusMetrics {
     backlog_bytes: Gauge,
     backlog_budget_bytes: Gauge,
     storage_healthy: Gauge,
+    storage_journal_bytes: Gauge,
+    storage_cache_bytes: Gauge,
+    storage_journal_skipped: Gauge,
     storage_ok: [Counter; STORAGE_OPS.len()],
     storage_failed: [Counter; STORAGE_OPS.len()],
     budgets: BudgetGauges,
@@ -162,6 +165,18 @@ impl BusMetrics {
                 "Clients closed with 1008 for not reading, by cause (backlog, write_timeout, budget)."
             );
             metrics::describe_gauge!("arqon_storage_healthy", "1 while the storage backend is healthy.");
+            metrics::describe_gauge!(
+                "arqon_storage_journal_bytes",
+                "Bytes of messages journaled during a storage outage."
+            );
+            metrics::describe_gauge!(
+                "arqon_storage_cache_bytes",
+                "Bytes of messages cached to answer reads during an outage."
+            );
+            metrics::describe_gauge!(
+                "arqon_storage_journal_skipped_bytes",
+                "Bytes of a torn or corrupt journal file tail skipped at start-up."
+            );
             metrics::describe_gauge!("arqon_channels", "Channels on this node.");
             metrics::describe_gauge!(
                 "arqon_channels_limit",
@@ -187,6 +202,9 @@ impl BusMetrics {
                 backlog_bytes: metrics::gauge!("arqon_backlog_bytes"),
                 backlog_budget_bytes: metrics::gauge!("arqon_backlog_budget_bytes"),
                 storage_healthy: metrics::gauge!("arqon_storage_healthy"),
+                storage_journal_bytes: metrics::gauge!("arqon_storage_journal_bytes"),
+                storage_cache_bytes: metrics::gauge!("arqon_storage_cache_bytes"),
+                storage_journal_skipped: metrics::gauge!("arqon_storage_journal_skipped_bytes"),
                 storage_ok: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_operations_total", "op" => op)),
                 storage_failed: STORAGE_OPS.map(|op| metrics::counter!("arqon_storage_failures_total", "op" => op)),
                 budgets: BudgetGauges {
@@ -322,6 +340,15 @@ impl BusMetrics {
     /// Sets whether storage is healthy.
     pub fn set_storage_healthy(&self, healthy: bool) {
         self.storage_healthy.set(if healthy { 1.0 } else { 0.0 });
+    }
+
+    /// Sets the bytes the storage wrapper holds in memory (its outage
+    /// journal and its read cache) and the bytes of a bad journal file tail
+    /// it skipped at start-up.
+    pub fn set_storage_bytes(&self, journal: u64, cache: u64, skipped: u64) {
+        self.storage_journal_bytes.set(journal as f64);
+        self.storage_cache_bytes.set(cache as f64);
+        self.storage_journal_skipped.set(skipped as f64);
     }
 
     /// Sets the budget gauges (sampled when scraped).

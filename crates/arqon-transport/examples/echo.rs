@@ -17,7 +17,6 @@ use std::sync::Arc;
 use arqon_outbound::{Budget, Closing, Outbound, OutboundSender, SlowCause, TrySendError};
 use arqon_protocol::Frame;
 use arqon_transport::{Accepted, Acceptor, Connection, Refusal, TransportConfig, UpgradeRequest};
-use bytes::Bytes;
 use tokio::net::TcpListener;
 
 /// Backlog per connection, in bytes. Generous, because the test suite sends
@@ -74,7 +73,7 @@ impl Connection for Echo {
     }
 
     fn on_binary(&mut self, data: &[u8]) {
-        self.push(Outbound::Binary(Bytes::copy_from_slice(data)));
+        self.push(Outbound::Binary(data.into()));
     }
 
     fn on_oversize(&mut self) {

@@ -187,6 +187,9 @@ async fn handle<C: Connection>(reader: &mut FrameReader, conn: &mut C, control: 
             // connection; one allocation per message is the price.
             Event::Text(text) => Box::pin(conn.on_text(text)).await,
             Event::Binary(data) => conn.on_binary(data),
+            // The handler may refuse an over-rate ping; the control limit
+            // still cuts off a client that pings faster than it drains.
+            Event::Ping(payload) if !conn.on_ping(payload) => {}
             Event::Ping(payload) => {
                 if control.pong(payload).is_err() {
                     return Ok(Handled::Flooded);
@@ -504,7 +507,7 @@ where
             match item {
                 Outbound::Frame(frame) => self.put(&mut batch, OP_TEXT, frame.bytes()).await?,
                 Outbound::Batch(frames) => {
-                    for frame in frames {
+                    for frame in &frames {
                         self.put(&mut batch, OP_TEXT, frame.bytes()).await?;
                     }
                 }

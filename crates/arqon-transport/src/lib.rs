@@ -152,6 +152,13 @@ pub trait Connection: Send + 'static {
     /// A binary frame arrived.
     fn on_binary(&mut self, data: &[u8]);
 
+    /// A ping arrived; returns whether to answer it with a pong. A handler
+    /// that rate-limits its client counts pings here too (an over-rate ping
+    /// goes unanswered). Default: always answer.
+    fn on_ping(&mut self, _payload: &[u8]) -> bool {
+        true
+    }
+
     /// A frame over `max_message_bytes` arrived; the transport closes with
     /// 1009 after writing whatever this queues.
     fn on_oversize(&mut self);

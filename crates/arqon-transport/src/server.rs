@@ -4,6 +4,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -149,22 +150,32 @@ where
             Err(refusal) => Err(refusal_response(&refusal)),
         }
     };
-    let handshake = tokio_tungstenite::accept_hdr_async_with_config(Wire::new(stream), callback, Some(ws_config()));
-    let ws = match tokio::time::timeout_at(deadline, handshake).await {
-        Ok(Ok(ws)) => ws,
+    let mut wire = Wire::new(stream);
+    let handshake = tokio_tungstenite::accept_hdr_async_with_config(&mut wire, callback, Some(ws_config()));
+    match tokio::time::timeout_at(deadline, handshake).await {
+        Ok(Ok(_)) => {}
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "upgrade failed");
+            // A plain HTTP request (a browser, curl) gets 426 rather than
+            // an empty reply.
+            if let Some(response) = wire.upgrade_required(config.tls.is_some()) {
+                let _ = tokio::time::timeout_at(deadline, async {
+                    wire.write_all(&response).await?;
+                    wire.shutdown().await
+                })
+                .await;
+            }
             return None;
         }
         Err(_) => {
             tracing::debug!(%peer, "upgrade deadline elapsed");
             return None;
         }
-    };
+    }
     // The callback ran (the handshake succeeded), so `admitted` is set.
     let accepted = admitted?;
     // From here on the connection reads and writes frames itself.
-    let (stream, early) = ws.into_inner().into_parts();
+    let (stream, early) = wire.into_parts();
     let (read, write) = tokio::io::split(stream);
     Some(Box::pin(async move {
         // The slot is held for the connection's whole life.

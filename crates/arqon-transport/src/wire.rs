@@ -176,7 +176,13 @@ pub(crate) struct Wire<S> {
     /// How much of `\r\n\r\n` (the end of the request head) the bytes
     /// handed over so far end with; 4 once the head is complete.
     matched: usize,
+    /// The request head as handed over, up to [`HEAD_KEPT`] bytes: read
+    /// when the upgrade fails, to answer a plain HTTP request.
+    head: Vec<u8>,
 }
+
+/// Bytes of the request head kept for [`Wire::upgrade_required`].
+const HEAD_KEPT: usize = 8192;
 
 /// Bytes one read takes during the upgrade.
 const UPGRADE_READ_BYTES: usize = 4096;
@@ -195,7 +201,47 @@ fn advance(matched: usize, byte: u8) -> usize {
 
 impl<S> Wire<S> {
     pub(crate) fn new(io: S) -> Self {
-        Wire { io, ahead: Vec::new(), matched: 0 }
+        Wire { io, ahead: Vec::new(), matched: 0, head: Vec::new() }
+    }
+
+    /// After a failed upgrade: the `426 Upgrade Required` response to send
+    /// when the client made a complete plain HTTP request (one without
+    /// `Upgrade: websocket`), naming the WebSocket URL (`wss` with `tls`);
+    /// `None` for anything else (a broken WebSocket handshake, a partial
+    /// request), which gets no answer.
+    pub(crate) fn upgrade_required(&self, tls: bool) -> Option<Vec<u8>> {
+        if self.matched != 4 {
+            return None;
+        }
+        let head = String::from_utf8_lossy(&self.head);
+        let header = |name: &str| {
+            head.split("\r\n").skip(1).find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                key.trim().eq_ignore_ascii_case(name).then(|| value.trim())
+            })
+        };
+        if header("upgrade").is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("websocket"))) {
+            return None;
+        }
+        // The Host header is the client's own word: only a plausible host
+        // (and port) is echoed back.
+        let host = header("host")
+            .filter(|h| !h.is_empty() && h.len() <= 255)
+            .filter(|h| h.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)))
+            .unwrap_or("HOST:PORT");
+        let scheme = if tls { "wss" } else { "ws" };
+        // Plain text: this is no refusal of the bus (those carry a wire
+        // error code), just directions for a person with a browser or curl.
+        let body =
+            format!("This is an ArqonBus WebSocket endpoint: connect a WebSocket client to {scheme}://{host}/ws\n");
+        Some(
+            format!(
+                "HTTP/1.1 426 Upgrade Required\r\nUpgrade: websocket\r\nConnection: Upgrade, close\r\n\
+                 Content-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .into_bytes(),
+        )
     }
 
     /// After the upgrade: the socket, and the bytes the client sent after
@@ -224,6 +270,8 @@ impl<S: AsyncRead + Unpin> AsyncRead for Wire<S> {
             n += 1;
         }
         buf.put_slice(&this.ahead[..n]);
+        let keep = n.min(HEAD_KEPT.saturating_sub(this.head.len()));
+        this.head.extend_from_slice(&this.ahead[..keep]);
         this.ahead.drain(..n);
         Poll::Ready(Ok(()))
     }
@@ -267,6 +315,37 @@ mod tests {
         assert!(wire.read(&mut small).await.is_err(), "a read past the request fails");
         let (_, ahead) = wire.into_parts();
         assert_eq!(ahead, early, "the early frame is kept for the frame reader");
+    }
+
+    async fn head_of(request: &str) -> Wire<tokio::io::DuplexStream> {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(64 * 1024);
+        client.write_all(request.as_bytes()).await.unwrap();
+        drop(client);
+        let mut wire = Wire::new(server);
+        let mut buf = [0u8; 64];
+        while wire.matched < 4 && wire.read(&mut buf).await.unwrap() > 0 {}
+        wire
+    }
+
+    #[tokio::test]
+    async fn plain_http_requests_get_426_naming_the_websocket_url() {
+        let wire = head_of("GET / HTTP/1.1\r\nHost: bus.example:9100\r\nAccept: */*\r\n\r\n").await;
+        let response = String::from_utf8(wire.upgrade_required(false).expect("a plain request")).unwrap();
+        assert!(response.starts_with("HTTP/1.1 426 Upgrade Required\r\n"), "{response}");
+        assert!(response.contains("\r\nUpgrade: websocket\r\n"), "{response}");
+        assert!(response.ends_with(
+            "\r\n\r\nThis is an ArqonBus WebSocket endpoint: connect a WebSocket client to ws://bus.example:9100/ws\n"
+        ));
+        let wire = head_of("GET / HTTP/1.1\r\nhost: <script>\r\n\r\n").await;
+        let response = String::from_utf8(wire.upgrade_required(true).unwrap()).unwrap();
+        assert!(response.ends_with("to wss://HOST:PORT/ws\n"), "a host that is no host name is not echoed: {response}");
+        // A WebSocket handshake gone wrong, or a request cut short, is not
+        // answered this way.
+        let wire = head_of("GET / HTTP/1.1\r\nHost: x\r\nUpgrade: WebSocket\r\n\r\n").await;
+        assert_eq!(wire.upgrade_required(false), None);
+        let wire = head_of("GET / HTTP/1.1\r\nHost: x\r\n").await;
+        assert_eq!(wire.upgrade_required(false), None);
     }
 
     #[test]

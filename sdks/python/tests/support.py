@@ -47,6 +47,7 @@ class BusServer:
             {
                 "ARQON_SERVER__PORT": "0",
                 "ARQON_LIMITS__RATE_PER_S": "0",
+                "ARQON_LIMITS__BYTES_PER_S": "0",
                 "ARQON_SERVER__HEARTBEAT_S": str(heartbeat_s),
                 "ARQON_AUTH__DEFAULT_ROLE": role,
                 # A short drain so SIGTERM at teardown is quick.

@@ -9,7 +9,7 @@ use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec};
 use crate::channel::Channel;
 use crate::member_events::{Gate, SUMMARY_DELAY};
 use crate::router::{Create, Router};
-use crate::{Delivery, RoutingError};
+use crate::{Delivery, Place, RoutingError};
 
 pub(crate) static SPEC: Spec = Spec {
     name: "join_channel",
@@ -74,7 +74,14 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
                 truncated,
             });
         };
-        match channel.join(&*router.inner.storage, &client, since, respond).await {
+        let joiner = client.id;
+        let replay = async || match (router.broker(), since) {
+            // Across nodes, the replay and live delivery meet at one position.
+            (Some(_), since) => router.join_placed(&channel, since, joiner).await,
+            (None, Some(since)) => Ok(Some(router.inner.storage.since(&key, since).await?)),
+            (None, None) => Ok(None),
+        };
+        match channel.join(&client, replay, respond).await {
             Err(_) if channel.is_deleted() && std::mem::take(&mut may_retry) => continue,
             joined => break joined?,
         }
@@ -125,7 +132,7 @@ pub(crate) fn announce_from(session: &mut crate::Session, key: &ChannelKey, even
     let frame = encode::event(session.ids.message_id(), Timestamp::now(), &payload);
     channel.deliver_member_event(&frame, Some(from));
     if let Some(broker) = router.broker() {
-        broker.forward(Delivery::Channel { key: key.clone(), frame, from });
+        broker.forward(Delivery::Channel { key: key.clone(), frame, from, place: Place::Unstored });
     }
 }
 
@@ -163,6 +170,6 @@ async fn summarize_member_events(router: Router, channel: Arc<Channel>) {
     channel.deliver_member_event(&frame, None);
     if let Some(broker) = router.broker() {
         // No sender to leave out: an id no client has.
-        broker.forward(Delivery::Channel { key: key.clone(), frame, from: ids.client_id() });
+        broker.forward(Delivery::Channel { key: key.clone(), frame, from: ids.client_id(), place: Place::Unstored });
     }
 }

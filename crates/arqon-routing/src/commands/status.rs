@@ -36,7 +36,8 @@ struct StorageStatus {
 
 pub(crate) fn run(ctx: &mut Ctx<'_>) -> Result<(), RoutingError> {
     let router = ctx.session.router.clone();
-    let counts = router.counts();
+    // A client limited to some rooms sees the counts of those rooms only.
+    let counts = router.counts_for(&ctx.session.client.rooms);
     let health = router.storage_health();
     ctx.respond(&Status {
         version: &router.inner.config.server_version,

@@ -1,10 +1,12 @@
 //! One channel: its members and the lock that orders its traffic.
 //!
-//! The ordering invariant lives here and only here: "append to history, then
-//! deliver" (publish), "read the replay, then become a member" (join), "count
-//! what was stored and delivered" (stats) and "forget the history, then the
-//! members" (retire) each run under the channel's `order` lock, which no
-//! other file can take. So history order is live order, a joiner sees
+//! The ordering invariant lives in this module and only here: "append to
+//! history, then deliver" (publish), "read the replay, then become a member"
+//! (join), "count what was stored and delivered" (stats) and "forget the
+//! history, then the members" (retire) each run under the channel's `order`
+//! lock, which nothing outside this module can take; on a cluster node its
+//! child module `sequence` keeps cross-node deliveries in history order
+//! under the same lock. So history order is live order, a joiner sees
 //! neither a gap nor a duplicate between replay and live traffic, and
 //! `channel_info`'s `last_id` is a resume point.
 
@@ -15,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use arqon_outbound::Outbound;
 use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Timestamp};
 use arqon_storage::{Appended, ChannelStats, Since, Storage, StoredMessage, append_fast};
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::RoutingError;
 use crate::client::ClientEntry;
@@ -33,6 +35,10 @@ pub(crate) struct Joined {
     pub(crate) members: usize,
 }
 
+mod sequence;
+
+use sequence::Sequence;
+
 /// A live channel.
 ///
 /// `order` serializes "append to history, then deliver" (and a join's
@@ -44,6 +50,9 @@ pub(crate) struct Channel {
     pub(crate) key: ChannelKey,
     pub(crate) created_at: Timestamp,
     order: tokio::sync::Mutex<()>,
+    /// Where the members are in history, on a cluster node (`sequence`);
+    /// touched only under `order`.
+    sequence: Mutex<Sequence>,
     members: RwLock<HashMap<ClientId, Arc<ClientEntry>>>,
     deleted: AtomicBool,
     /// Made by auto-create and never claimed by `create_channel`: the idle
@@ -70,6 +79,7 @@ impl Channel {
             key,
             created_at,
             order: tokio::sync::Mutex::new(()),
+            sequence: Mutex::new(Sequence::default()),
             members: RwLock::new(HashMap::new()),
             deleted: AtomicBool::new(false),
             reclaimable: AtomicBool::new(false),
@@ -179,17 +189,16 @@ impl Channel {
     }
 
     /// Appends a message to history, then queues it to every member but
-    /// `from`, then runs `then` (cross-node forwarding), all in order with
-    /// every other publish to this channel. Returns how many members got it,
-    /// or `None` for a retry (an id already kept: neither stored nor
-    /// delivered).
+    /// `from`, in order with every other publish to this channel (a node
+    /// alone; a cluster node goes through `sequence`). Returns how many
+    /// members got it, or `None` for a retry (an id already kept: neither
+    /// stored nor delivered).
     pub(crate) async fn publish(
         &self,
         storage: &dyn Storage,
         id: MessageId,
         frame: &Frame,
         from: ClientId,
-        then: impl FnOnce(),
     ) -> Result<Option<usize>, RoutingError> {
         let _order = self.lock_order().await;
         if self.is_deleted() {
@@ -201,35 +210,34 @@ impl Channel {
         if append_fast(storage, &self.key, stored).await? == Appended::Duplicate {
             return Ok(None);
         }
-        let delivered = self.deliver(frame, Some(from));
-        then();
-        Ok(Some(delivered))
+        Ok(Some(self.deliver(frame, Some(from))))
     }
 
-    /// Makes `client` a member. With `since`, reads what it missed first;
-    /// `respond` queues the join's response (given the member count and the
-    /// replay's `truncated`), then the replay is queued as one item: all of
-    /// it before any live message published after the join.
-    pub(crate) async fn join(
+    /// Makes `client` a member. `replay` reads what it missed (for `since`;
+    /// on a cluster node it also brings the other members up to the same
+    /// place); `respond` queues the join's response (given the member count
+    /// and the replay's `truncated`); then the replay is queued as one item.
+    /// All of it under the order lock: before any live message published
+    /// after the join, with no gap and no duplicate.
+    pub(crate) async fn join<R>(
         &self,
-        storage: &dyn Storage,
         client: &Arc<ClientEntry>,
-        since: Option<MessageId>,
+        replay: R,
         respond: impl FnOnce(usize, Option<bool>),
-    ) -> Result<Joined, RoutingError> {
+    ) -> Result<Joined, RoutingError>
+    where
+        R: AsyncFnOnce() -> Result<Option<Since>, RoutingError>,
+    {
         let _order = self.lock_order().await;
         if self.is_deleted() {
             return Err(not_found(&self.key).into());
         }
-        let replay: Option<Since> = match since {
-            Some(since) => Some(storage.since(&self.key, since).await?),
-            None => None,
-        };
+        let replay = replay().await?;
         let (added, members) = self.add(client);
         self.touch();
         respond(members, replay.as_ref().map(|r| r.truncated));
         if let Some(replay) = replay.filter(|r| !r.messages.is_empty()) {
-            let frames = replay.messages.into_iter().map(|m| m.frame).collect();
+            let frames: Box<[Frame]> = replay.messages.into_iter().map(|m| m.frame).collect();
             client.outlet.push(Outbound::Batch(frames));
         }
         Ok(Joined { added, members })
