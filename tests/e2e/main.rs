@@ -1,5 +1,6 @@
 //! End-to-end tests: a real server on 127.0.0.1 port 0, real WebSocket
-//! clients, every rule of PROTOCOL.md checked on the wire.
+//! clients, every rule of docs/protocol.md checked on the wire; and the
+//! repository's own consistency (layer order, links in the docs).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -8,6 +9,7 @@ mod commands;
 mod errors;
 mod layers;
 mod lifecycle;
+mod links;
 mod monitoring;
 mod redis;
 mod routing;

@@ -109,6 +109,36 @@ async fn health_status_and_http_errors() {
     assert_eq!(status, 400);
 }
 
+/// `/status` `messages.in` counts every message a client got into the bus,
+/// whether sent as a `message` frame or with the `publish` command; a retried
+/// publish (same id) is not a new message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_counts_messages_in_from_publish_commands_and_frames() {
+    let server = TestServer::start().await;
+    let mon = server.monitoring.unwrap();
+    let mut reader = server.client().await;
+    reader.join("s", "in").await;
+    let mut writer = server.client().await;
+    writer.ok("publish", json!({"room": "s", "channel": "in", "payload": 1})).await;
+    let id = writer.new_id();
+    for _ in 0..2 {
+        let frame = json!({"type": "command", "id": id, "command": "publish",
+                           "args": {"room": "s", "channel": "in", "payload": 2}});
+        writer.send(frame).await;
+        let answer = writer.recv_where(|v| v["request_id"] == id.as_str()).await;
+        assert_eq!(answer["type"], "response", "{answer}");
+    }
+    writer.publish_ff("s", "in", json!(3)).await;
+    assert_eq!(writer.err("publish", json!({"room": "s", "channel": "in"})).await, "INVALID_ARGS");
+    for payload in [1, 2, 3] {
+        assert_eq!(reader.recv_message().await["payload"], payload);
+    }
+    let (status, body) = http(mon, "GET", "/status").await;
+    assert_eq!(status, 200);
+    let s: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(s["messages"], json!({"in": 3, "out": 3}), "{body}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ready_is_503_while_shutting_down() {
     let mut config = test_config();

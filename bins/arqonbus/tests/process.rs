@@ -110,19 +110,53 @@ async fn help_and_usage_errors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_port_in_use_is_a_clear_error() {
+async fn a_port_in_use_names_the_setting_to_change() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port().to_string();
-    let output = tokio::time::timeout(Duration::from_secs(30), arqonbus().env("ARQON_SERVER__PORT", &port).output())
-        .await
-        .unwrap()
-        .unwrap();
-    assert_eq!(output.status.code(), Some(1));
-    assert!(
-        String::from_utf8_lossy(&output.stderr).contains("cannot listen on"),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    for (var, key, what) in [
+        ("ARQON_SERVER__PORT", "server.port", "WebSocket clients"),
+        ("ARQON_MONITORING__PORT", "monitoring.port", "monitoring"),
+    ] {
+        let output =
+            tokio::time::timeout(Duration::from_secs(30), arqonbus().env(var, &port).output()).await.unwrap().unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let expected = format!("cannot listen on 127.0.0.1:{port} ({what})");
+        assert!(stderr.contains(&expected), "{stderr}");
+        assert!(stderr.contains(&format!("set {key} in the config file or {var}")), "{stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn start_up_says_what_is_running_and_where_without_colour_in_a_pipe() {
+    let mut child = arqonbus().spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = tokio::time::timeout(TIMEOUT, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let url = first.strip_prefix("ArqonBus listening on ").unwrap().to_owned();
+    let second = tokio::time::timeout(TIMEOUT, lines.next_line()).await.unwrap().unwrap().unwrap();
+    let monitoring = second.strip_prefix("Monitoring on ").unwrap().split(' ').next().unwrap().to_owned();
+    assert!(monitoring.starts_with("http://127.0.0.1:"), "{second}");
+    signal(&child, "TERM");
+    let output = tokio::time::timeout(TIMEOUT, child.wait_with_output()).await.unwrap().unwrap();
+    assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert!(!stderr.contains('\x1b'), "ANSI codes in a pipe:\n{stderr}");
+    let started: Vec<&str> = stderr.lines().filter(|l| l.contains("ArqonBus started")).collect();
+    assert_eq!(started.len(), 1, "{stderr}");
+    for field in [
+        format!("version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        format!("url={url} "),
+        format!("monitoring=\"{monitoring}\""),
+        "storage=\"memory\"".to_owned(),
+        "auth=none (everyone is user)".to_owned(),
+        "tls=false".to_owned(),
+        "cluster=off".to_owned(),
+    ] {
+        assert!(started[0].contains(&field), "{field} missing from: {}", started[0]);
+    }
+    let git = started[0].split("git=\"").nth(1).and_then(|rest| rest.split('"').next()).unwrap();
+    assert!(git == "unknown" || (git.len() >= 7 && git.chars().all(|c| c.is_ascii_hexdigit())), "{git}");
+    assert!(!stderr.contains("Some("), "{stderr}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -142,11 +176,19 @@ async fn json_logs_are_one_object_per_line_with_the_client_id() {
     assert_eq!(output.status.code(), Some(0));
     let stderr = String::from_utf8(output.stderr).unwrap();
     let mut saw_client = false;
+    let mut saw_start = false;
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
         let value: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
         assert!(value.is_object() && value["level"].is_string(), "{line}");
         saw_client |= line.contains(&client.id);
+        if value["message"] == "ArqonBus started" {
+            // Addresses as plain strings, not `Some(...)` debug text.
+            assert_eq!(value["url"], url.as_str());
+            assert!(value["monitoring"].as_str().unwrap().starts_with("http://127.0.0.1:"), "{line}");
+            saw_start = true;
+        }
     }
+    assert!(saw_start, "no start-up line:\n{stderr}");
     assert!(saw_client, "no log line names the client:\n{stderr}");
 }
 

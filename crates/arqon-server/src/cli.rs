@@ -19,8 +19,11 @@ Options:
   -V, --version       print the version
 
 Every setting can also be given as an environment variable, e.g.
-ARQON_SERVER__PORT=9200 or ARQON_LIMITS__RATE_PER_S=0 (these win over the file).
-Logging: ARQON_LOG (filter, e.g. \"info\" or \"arqon=debug\"), ARQON_LOG_FORMAT (pretty|json).
+ARQON_LIMITS__RATE_PER_S=0 (these win over the file). A second instance on
+the same machine needs both of its ports moved:
+ARQON_SERVER__PORT=9200 ARQON_MONITORING__PORT=9201 arqonbus
+Logging: ARQON_LOG (filter, e.g. \"info\" or \"arqon=debug\"), ARQON_LOG_FORMAT (pretty|json);
+colour only when stderr is a terminal.
 ";
 
 /// What the command line asked for.
@@ -66,7 +69,7 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Ok(Command::Version) => {
-            println!("arqonbus {}", env!("CARGO_PKG_VERSION"));
+            println!("arqonbus {} (git {})", env!("CARGO_PKG_VERSION"), crate::GIT_REV);
             ExitCode::SUCCESS
         }
         Ok(Command::Run { config }) => match run(config) {
@@ -100,7 +103,10 @@ fn run(config_path: Option<PathBuf>) -> Result<(), ServerError> {
         // One machine-readable line on stdout: scripts and tests wait for it
         // (with port 0 it is the only way to learn the port).
         let mut stdout = std::io::stdout();
-        let _ = writeln!(stdout, "ArqonBus listening on ws://{}/ws", bus.local_addr());
+        let _ = writeln!(stdout, "ArqonBus listening on {}", bus.url());
+        if let Some(monitoring) = bus.monitoring_url() {
+            let _ = writeln!(stdout, "Monitoring on {monitoring} (/health, /ready, /status, /metrics, /telemetry)");
+        }
         let _ = stdout.flush();
         bus.serve(shutdown).await
     })

@@ -47,11 +47,18 @@ pub enum ServerError {
     /// Logging could not be set up.
     #[error(transparent)]
     Telemetry(#[from] arqon_telemetry::TelemetryError),
-    /// The listener could not be bound.
-    #[error("cannot listen on {addr}: {source}")]
+    /// A listener could not be bound. The message names the setting that
+    /// picks its port, so that a second instance knows what to change.
+    #[error("cannot listen on {addr} ({what}): {source}; to use another port, set {key} in the config file or {var}")]
     Bind {
         /// The address asked for.
         addr: SocketAddr,
+        /// Which listener: `WebSocket clients` or `monitoring`.
+        what: &'static str,
+        /// The config key of its port, e.g. `server.port`.
+        key: &'static str,
+        /// The environment variable of its port, e.g. `ARQON_SERVER__PORT`.
+        var: &'static str,
         /// Why binding failed.
         source: std::io::Error,
     },
@@ -95,6 +102,54 @@ pub struct Bus {
     /// writes back within what is left of `shutdown_grace`.
     fallback: Option<Arc<arqon_storage::FallbackStorage>>,
     shutdown_grace: Duration,
+    about: About,
+}
+
+/// What the start-up line says about the settings in force.
+#[derive(Debug, Clone)]
+struct About {
+    /// `ws` or `wss`.
+    scheme: &'static str,
+    storage: &'static str,
+    /// `none`, `token`, `jwt HS256`, `jwt RS256`.
+    auth: String,
+    rate_per_s: u32,
+    max_message_bytes: usize,
+}
+
+impl About {
+    fn of(config: &Config) -> About {
+        use arqon_config::{AuthMode, JwtAlgorithm};
+        let auth = match config.auth.mode {
+            AuthMode::None => format!("none (everyone is {})", config.auth.default_role),
+            AuthMode::Token => "token".to_owned(),
+            AuthMode::Jwt => match config.auth.jwt.algorithm {
+                JwtAlgorithm::HS256 => "jwt HS256".to_owned(),
+                JwtAlgorithm::RS256 => "jwt RS256".to_owned(),
+            },
+        };
+        About {
+            scheme: if config.tls.enabled() { "wss" } else { "ws" },
+            storage: config.storage.backend.as_str(),
+            auth,
+            rate_per_s: config.limits.rate_per_s,
+            max_message_bytes: config.limits.max_message_bytes,
+        }
+    }
+}
+
+/// The git revision the server was built from (`unknown` outside a git
+/// checkout); see build.rs.
+pub const GIT_REV: &str = env!("ARQON_GIT_REV");
+
+/// Binds `addr`, or says which setting to change.
+async fn listen(
+    addr: SocketAddr,
+    what: &'static str,
+    key: &'static str,
+    var: &'static str,
+) -> Result<TcpListener, ServerError> {
+    TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, what, key, var, source })
 }
 
 impl Bus {
@@ -127,11 +182,10 @@ impl Bus {
             }
             None => None,
         };
-        let addr = config.listen_addr();
-        let listener = TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?;
+        let listener = listen(config.listen_addr(), "WebSocket clients", "server.port", "ARQON_SERVER__PORT").await?;
         let monitoring = if config.monitoring.enabled {
             let addr = config.monitoring_addr();
-            Some(TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, source })?)
+            Some(listen(addr, "monitoring", "monitoring.port", "ARQON_MONITORING__PORT").await?)
         } else {
             None
         };
@@ -145,7 +199,18 @@ impl Bus {
             cluster,
             fallback,
             shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
+            about: About::of(config),
         })
+    }
+
+    /// The URL clients connect to: `ws://ADDR/ws`, or `wss://` with TLS.
+    pub fn url(&self) -> String {
+        format!("{}://{}/ws", self.about.scheme, self.local_addr())
+    }
+
+    /// The monitoring listener's base URL (`http://ADDR`), if it is enabled.
+    pub fn monitoring_url(&self) -> Option<String> {
+        self.monitoring_addr().map(|addr| format!("http://{addr}"))
     }
 
     /// The address clients connect to.
@@ -171,6 +236,9 @@ impl Bus {
     /// Serves until `shutdown` resolves, then closes every connection
     /// (the `shutdown` event, close 1001) within the configured grace.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
+        // The one start-up line: what is running, and where.
+        let (url, monitoring_url) = (self.url(), self.monitoring_url());
+        let node = self.node_id().map(str::to_owned);
         let Bus {
             router,
             listener,
@@ -181,12 +249,25 @@ impl Bus {
             cluster,
             fallback,
             shutdown_grace,
+            about,
         } = self;
+        tracing::info!(
+            version = env!("CARGO_PKG_VERSION"),
+            git = GIT_REV,
+            url = %url,
+            monitoring = monitoring_url.as_deref().unwrap_or("off"),
+            storage = about.storage,
+            auth = %about.auth,
+            tls = about.scheme == "wss",
+            cluster = %node.as_deref().map_or("off".to_owned(), |id| format!("node {id}")),
+            rate_per_s = about.rate_per_s,
+            max_message_bytes = about.max_message_bytes,
+            "ArqonBus started",
+        );
         let (broker, cluster_handle) = cluster.unzip();
         let accepting = Arc::new(AtomicBool::new(false));
         let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
         let monitor_task = monitoring.map(|listener| {
-            tracing::info!(addr = ?listener.local_addr().ok(), "serving monitoring endpoints");
             let monitor = Arc::new(BusMonitor {
                 router: router.clone(),
                 telemetry: Arc::clone(&telemetry),
@@ -205,7 +286,6 @@ impl Bus {
         let health_task =
             tokio::spawn(watch_health(router.clone(), broker.clone(), Arc::clone(&telemetry), stopped_rx));
         let acceptor = Arc::new(BusAcceptor::new(router.clone(), authenticator));
-        tracing::info!(addr = ?listener.local_addr().ok(), "serving WebSocket clients");
         accepting.store(true, Ordering::Release);
         let flag = Arc::clone(&accepting);
         let (began_tx, began_rx) = tokio::sync::oneshot::channel();

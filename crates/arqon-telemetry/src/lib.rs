@@ -90,7 +90,10 @@ pub fn init_logging(filter: Option<&str>, format: LogFormat) -> Result<(), Telem
     let filter = EnvFilter::builder()
         .parse(directives)
         .map_err(|e| TelemetryError::BadFilter { filter: directives.to_owned(), reason: e.to_string() })?;
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal: ANSI codes in a file, a pipe
+    // or a log collector are noise.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     let result = match format {
         LogFormat::Pretty => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).with_current_span(true).try_init(),

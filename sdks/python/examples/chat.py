@@ -2,8 +2,10 @@
 
 Run with:  python examples/chat.py ws://127.0.0.1:9100/ws ROOM CHANNEL [--nick NAME]
 
-Shows the channel's last messages, then every new one; each line typed on
-standard input is published to the channel. End with Ctrl-D (or Ctrl-C).
+Shows the channel's last messages, then every new one, as
+``[HH:MM:SS] <nick> text`` (UTC); each line typed on standard input is
+published to the channel as ``{"nick": NAME, "text": LINE}`` and shown too
+(the bus does not send you your own messages). End with Ctrl-D (or Ctrl-C).
 The connection is kept alive and rejoined automatically; nothing said in the
 channel meanwhile is missed.
 """
@@ -15,27 +17,41 @@ import asyncio
 import getpass
 import sys
 import threading
+from datetime import datetime, timezone
 from typing import Dict, Optional
 
 import arqonbus
 
 
+def _short(client_id: Optional[str]) -> str:
+    """The last 6 characters of a client id: enough to tell people apart."""
+    return (client_id or "someone")[-6:]
+
+
 def _line(message: arqonbus.Message, nicks: Dict[str, str]) -> str:
+    """``[HH:MM:SS] <nick> text``: the payload's nick, else the sender's short
+    id (a sender such as `arqon pub` or the Rust chat may send no nick)."""
     payload = message.payload
-    if isinstance(payload, dict):
-        nick = str(payload.get("nick") or "?")
-        text = str(payload.get("text", ""))
+    if isinstance(payload, dict) and "text" in payload:
+        text = str(payload["text"])
     else:
-        nick, text = (message.from_ or "?")[-6:], str(payload)
-    if message.from_:
-        nicks[message.from_] = nick
-    return f"[{message.time:%H:%M:%S}] <{nick}> {text}"
+        text = str(payload)
+    nick = payload.get("nick") if isinstance(payload, dict) else None
+    if nick and message.from_:
+        nicks[message.from_] = str(nick)
+    shown = str(nick) if nick else _short(message.from_)
+    return f"[{message.time:%H:%M:%S}] <{shown}> {text}"
+
+
+def _own_line(nick: str, text: str) -> str:
+    """A line you sent, as the others see it."""
+    return f"[{datetime.now(timezone.utc):%H:%M:%S}] <{nick}> {text}"
 
 
 def _who(client_id: Optional[str], nicks: Dict[str, str]) -> str:
     if not client_id:
         return "someone"
-    return nicks.get(client_id, client_id[-6:])
+    return nicks.get(client_id, _short(client_id))
 
 
 async def show(client: arqonbus.Client, nicks: Dict[str, str]) -> None:
@@ -104,6 +120,8 @@ async def chat(url: str, room: str, channel: str, nick: str) -> None:
                 if text:
                     try:
                         await client.publish(room, channel, {"nick": nick, "text": text})
+                        # The bus delivers to every member but the sender.
+                        print(_own_line(nick, text), flush=True)
                     except arqonbus.ArqonError as exc:
                         print(f"* not sent: {exc}", flush=True)
         finally:
