@@ -56,7 +56,14 @@ find_python27() {
         command -v python2.7
     else
         log "no Python 2.7 found (pyenv 2.7.18, python2.7 or PYTHON27)"
-        exit 2
+        if [ "${CI:-}" = "true" ]; then
+            exit 2
+        fi
+        # Outside CI the compliance stage is optional: say so loudly and
+        # let the rest of the suite run.
+        printf '\n!!! SKIPPED: the Autobahn WebSocket compliance suite needs Python 2.7\n' >&2
+        printf '!!! (pyenv install 2.7.18, or PYTHON27=/path/to/python2.7). CI runs it.\n\n' >&2
+        exit 77
     fi
 }
 

@@ -39,7 +39,12 @@ cargo bench --locked -p arqon-benches --no-run
 bash benches/run.sh --smoke
 
 step "WebSocket compliance (Autobahn fuzzingclient)"
-bash scripts/autobahn.sh
+# Exit 77: skipped outside CI (no Python 2.7); the script said so loudly.
+status=0
+bash scripts/autobahn.sh || status=$?
+if [ "$status" -ne 0 ] && [ "$status" -ne 77 ]; then
+    exit "$status"
+fi
 
 if [ -f sdks/python/run_tests.sh ]; then
     step "python SDK"
