@@ -40,6 +40,18 @@ async fn publish_past(publisher: &mut TestClient, fast: TestClient, n: u64) -> T
     reader.await.unwrap()
 }
 
+/// A client that never reads and one that does join `load/c`; 6,000
+/// messages of about 2 KB (12 MB) go past them. Returns (stalled, reader,
+/// publisher).
+async fn burst_past_a_stalled_client(server: &TestServer) -> (TestClient, TestClient, TestClient) {
+    let mut slow = stubborn_client(server).await;
+    let (mut fast, mut publisher) = (server.client().await, server.client().await);
+    slow.join("load", "c").await;
+    fast.join("load", "c").await;
+    let fast = publish_past(&mut publisher, fast, 6000).await;
+    (slow, fast, publisher)
+}
+
 /// Messages `slow` got before its close are `0..k`, in order, none twice.
 fn assert_prefix(frames: &[Value]) {
     let got: Vec<&Value> = frames.iter().filter(|f| f["type"] == "message").map(|f| &f["payload"]["i"]).collect();
@@ -66,12 +78,7 @@ async fn a_slow_consumer_past_its_backlog_bytes_is_closed_with_1008_and_others_g
     config.limits.max_backlog_bytes = 1 << 20;
     config.limits.write_timeout_ms = 600_000;
     let server = TestServer::start_with(config).await;
-    let mut slow = stubborn_client(&server).await;
-    let (fast, mut publisher) = (server.client().await, server.client().await);
-    slow.join("load", "c").await;
-    let mut fast = fast;
-    fast.join("load", "c").await;
-    let _fast = publish_past(&mut publisher, fast, 6000).await;
+    let (mut slow, _fast, mut publisher) = burst_past_a_stalled_client(&server).await;
     // Its queued frames were dropped when it was closed; what was already in
     // the socket arrives, then the close frame.
     let (frames, closed) = slow.drain_until_closed().await;
@@ -97,12 +104,7 @@ async fn a_client_whose_socket_takes_nothing_is_dropped_after_the_write_timeout(
     let mut config = test_config();
     config.limits.write_timeout_ms = 1000;
     let server = TestServer::start_with(config).await;
-    let mut slow = stubborn_client(&server).await;
-    let (fast, mut publisher) = (server.client().await, server.client().await);
-    slow.join("load", "c").await;
-    let mut fast = fast;
-    fast.join("load", "c").await;
-    let _fast = publish_past(&mut publisher, fast, 6000).await;
+    let (mut slow, _fast, _publisher) = burst_past_a_stalled_client(&server).await;
     let deadline = tokio::time::Instant::now() + arqon_e2e::TIMEOUT;
     while slow_consumer_closes(&server, "write_timeout").await != 1.0 {
         assert!(tokio::time::Instant::now() < deadline, "the stalled client was never closed");
