@@ -169,6 +169,12 @@ class _Subscription:
         # and nothing arrived since): a rejoin then replays everything kept,
         # and the server's `truncated: true` is expected, not a loss.
         self.zero_anchor = cursor_is_anchor_zero
+        # Where this connection's (re)join started: what a `channel_gap`
+        # with no `last_id` (nothing received here in history order) repairs
+        # from.
+        self.link_anchor = cursor
+        # `channel_gap` repairs in flight for this channel.
+        self.repairing = 0
         self._recent: Deque[str] = deque()
         self._recent_set: Set[str] = set()
 
@@ -184,9 +190,19 @@ class _Subscription:
             if len(self._recent) > _DEDUPE_WINDOW:
                 self._recent_set.discard(self._recent.popleft())
 
+    def rewind(self, anchor: str) -> None:
+        """The messages after ``anchor`` were not the channel's history
+        (``channel_gap``): resume from there; ids already seen stay seen, so
+        the repair's replay brings only what was missing."""
+        self.cursor = anchor
+        self.zero_anchor = anchor == ZERO_ID
+
     def record(self, message_id: str) -> None:
-        """A message of this channel was handled: resume after it."""
-        self.cursor = message_id
+        """A message of this channel was handled: resume after it (unless a
+        gap is being repaired: until its replay is complete, the cursor stays
+        at the gap, so a reconnect meanwhile still brings what was missing)."""
+        if self.repairing == 0:
+            self.cursor = message_id
         self.zero_anchor = False
         self.remember(message_id)
 
@@ -324,6 +340,8 @@ class Client:
         self._pending: Dict[str, _Pending] = {}
         # Insertion-ordered: channels are rejoined in the order joined.
         self._subs: Dict[ChannelKey, _Subscription] = {}
+        # `channel_gap` repairs in flight (held so they are not collected).
+        self._repairs: Set["asyncio.Task[None]"] = set()
         self._inbox: Optional[_Inbox] = None
         self._changed: Optional["asyncio.Future[None]"] = None
         self._supervisor: Optional["asyncio.Task[None]"] = None
@@ -929,6 +947,8 @@ class Client:
                     self._subs.pop((room, channel), None)
             event = Event(name=str(name), payload=payload, id=frame.get("id"), timestamp=frame.get("timestamp"))
             await self._deliver(link, event)
+            if name == "channel_gap":
+                self._repair_gap(payload)
         else:
             log.warning("ignoring a frame of unknown type %r", kind)
 
@@ -1068,6 +1088,39 @@ class Client:
             log.exception("arqonbus supervisor failed")
             self._fail(ConnectionLost(message=f"supervisor failed: {exc!r}"))
 
+    def _repair_gap(self, payload: Dict[str, Any]) -> None:
+        """``channel_gap``: what arrived after ``last_id`` in that channel was
+        not its history (a cluster node lost Redis). Rejoin from ``last_id``
+        (or from where this connection joined, when it is null): the replay
+        brings what was missing, and the ids already seen are skipped. The
+        event itself has reached the user first, so an application that
+        cares about order knows the earlier deliveries were out of it."""
+        key = (payload.get("room"), payload.get("channel"))
+        sub = self._subs.get(key)  # type: ignore[arg-type]
+        if sub is None:
+            return
+        last = payload.get("last_id")
+        anchor = last if isinstance(last, str) else sub.link_anchor
+        sub.rewind(anchor)
+        sub.repairing += 1
+        task = asyncio.get_running_loop().create_task(self._rejoin_one(key, sub, anchor))  # type: ignore[arg-type]
+        self._repairs.add(task)
+        task.add_done_callback(self._repairs.discard)
+
+    async def _rejoin_one(self, key: ChannelKey, sub: _Subscription, anchor: str) -> None:
+        try:
+            if self._subs.get(key) is not sub:
+                return  # left meanwhile
+            await self.request("join_channel", {"room": key[0], "channel": key[1], "since": anchor}, retry=True)
+        except ClientClosed:
+            pass
+        except ArqonError as exc:
+            # A reconnect rejoins from the held cursor anyway; say why the
+            # repair did not happen at once.
+            log.warning("could not repair the gap in %s/%s: %s", key[0], key[1], exc)
+        finally:
+            sub.repairing -= 1
+
     async def _rejoin(
         self, link: _Link
     ) -> Tuple[List[ChannelKey], List[ChannelKey], Dict[ChannelKey, ArqonError]]:
@@ -1078,6 +1131,7 @@ class Client:
         for key, sub in list(self._subs.items()):
             while self._subs.get(key) is sub:  # else: left meanwhile
                 zero_anchor = sub.zero_anchor
+                sub.link_anchor = sub.cursor
                 rid = new_id()
                 args = {"room": key[0], "channel": key[1], "since": sub.cursor}
                 text = json.dumps({"type": "command", "id": rid, "command": "join_channel", "args": args})
