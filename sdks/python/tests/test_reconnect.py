@@ -346,8 +346,8 @@ async def test_channel_gap_is_repaired_from_last_id(make_client) -> None:
 
     from websockets.asyncio.server import ServerConnection, serve
 
-    ids = [arqonbus.new_id() for _ in range(4)]
-    m1, m2, m3, m4 = sorted(ids)
+    ids = [arqonbus.new_id() for _ in range(5)]
+    m1, m2, m3, m4, m5 = sorted(ids)
     joins: List[dict] = []
 
     def message(mid: str, n: int) -> str:
@@ -370,20 +370,22 @@ async def test_channel_gap_is_repaired_from_last_id(make_client) -> None:
                 gap = {"event": "channel_gap", "room": "r", "channel": "c", "last_id": m1}
                 await ws.send(_frame("event", id=arqonbus.new_id(), payload=gap))
             else:
-                # The replay since m1, then the answer, then live traffic.
-                await ws.send(message(m2, 2))
-                await ws.send(message(m3, 3))
+                # A live copy before the answer (dropped: the replay holds
+                # it), the answer, the replay since m1, then live traffic.
+                await ws.send(message(m4, 4))
                 await ws.send(_frame("response", id=arqonbus.new_id(), request_id=frame["id"],
                                      payload={"room": "r", "channel": "c", "members": 2}))
-                await ws.send(message(m4, 4))
+                for n, mid in enumerate((m2, m3, m4), start=2):
+                    await ws.send(message(mid, n))
+                await ws.send(message(m5, 5))
 
     async with serve(node, "127.0.0.1", 0) as server:
         port = next(iter(server.sockets)).getsockname()[1]
         client = await make_client(f"ws://127.0.0.1:{port}/ws")
         await client.join("r", "c", since=arqonbus.ZERO_ID)
         got: List[object] = []
-        while len([item for item in got if isinstance(item, Message)]) < 4:
+        while len([item for item in got if isinstance(item, Message)]) < 5:
             got.append(await asyncio.wait_for(client.receive(), 15))
         seen = [item.id if isinstance(item, Message) else item.name for item in got]  # type: ignore[attr-defined]
-        assert seen == [m1, m3, "channel_gap", m2, m4]
+        assert seen == [m1, m3, "channel_gap", m2, m4, m5]
         assert [join.get("since") for join in joins] == [arqonbus.ZERO_ID, m1]

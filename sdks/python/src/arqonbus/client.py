@@ -173,7 +173,9 @@ class _Subscription:
         # with no `last_id` (nothing received here in history order) repairs
         # from.
         self.link_anchor = cursor
-        # `channel_gap` repairs in flight for this channel.
+        # `channel_gap` re-joins sent and not yet answered: live copies are
+        # dropped meanwhile, since the replay right after the answer holds
+        # them in history's order (and the cursor stays at the gap).
         self.repairing = 0
         self._recent: Deque[str] = deque()
         self._recent_set: Set[str] = set()
@@ -198,11 +200,8 @@ class _Subscription:
         self.zero_anchor = anchor == ZERO_ID
 
     def record(self, message_id: str) -> None:
-        """A message of this channel was handled: resume after it (unless a
-        gap is being repaired: until its replay is complete, the cursor stays
-        at the gap, so a reconnect meanwhile still brings what was missing)."""
-        if self.repairing == 0:
-            self.cursor = message_id
+        """A message of this channel was handled: resume after it."""
+        self.cursor = message_id
         self.zero_anchor = False
         self.remember(message_id)
 
@@ -929,6 +928,8 @@ class Client:
                 if sub is not None and sub.seen(message.id):
                     log.debug("dropping duplicate %s in %s/%s", message.id, message.room, message.channel)
                     return
+                if sub is not None and sub.repairing:
+                    return  # the repair's replay brings it, in order
             await self._deliver(link, message)
             # Only once it is in the inbox: a message lost with a dying
             # reader is then replayed by the rejoin.
@@ -1108,18 +1109,31 @@ class Client:
         task.add_done_callback(self._repairs.discard)
 
     async def _rejoin_one(self, key: ChannelKey, sub: _Subscription, anchor: str) -> None:
+        answered = False
+
+        def replay_follows(_payload: Any) -> None:
+            # In the reader, before the replay's first frame.
+            nonlocal answered
+            answered = True
+            sub.repairing -= 1
+
         try:
             if self._subs.get(key) is not sub:
                 return  # left meanwhile
-            await self.request("join_channel", {"room": key[0], "channel": key[1], "since": anchor}, retry=True)
+            args = {"room": key[0], "channel": key[1], "since": anchor}
+            await self.request("join_channel", args, retry=True, on_response=replay_follows)
         except ClientClosed:
             pass
         except ArqonError as exc:
-            # A reconnect rejoins from the held cursor anyway; say why the
-            # repair did not happen at once.
-            log.warning("could not repair the gap in %s/%s: %s", key[0], key[1], exc)
+            # Live copies were dropped while waiting: reconnect, whose rejoin
+            # starts from the cursor still held at the gap.
+            log.warning("could not repair the gap in %s/%s: %s; reconnecting", key[0], key[1], exc)
+            link = self._link
+            if link is not None:
+                self._abort(link, f"repairing {key[0]}/{key[1]} failed: {exc}")
         finally:
-            sub.repairing -= 1
+            if not answered:
+                sub.repairing -= 1
 
     async def _rejoin(
         self, link: _Link
