@@ -124,13 +124,22 @@ enum Phase {
 #[derive(Debug)]
 struct ChannelState {
     cursor: Cursor,
+    /// Where this connection's (re-)join started: what a `channel_gap`
+    /// without `last_id` (nothing received here in history order) repairs
+    /// from.
+    anchor: Cursor,
     phase: Phase,
     recent: RecentIds,
 }
 
 impl ChannelState {
     fn new() -> Self {
-        ChannelState { cursor: Cursor::Unknown, phase: Phase::Live, recent: RecentIds::default() }
+        ChannelState {
+            cursor: Cursor::Unknown,
+            anchor: Cursor::Unknown,
+            phase: Phase::Live,
+            recent: RecentIds::default(),
+        }
     }
 }
 
@@ -494,6 +503,7 @@ impl Driver {
     fn send_rejoin(&mut self, key: ChannelKey) {
         let Some(state) = self.channels.get_mut(&key) else { return };
         state.phase = Phase::Syncing;
+        state.anchor = state.cursor;
         let since = match state.cursor {
             Cursor::After(id) => Some(id),
             Cursor::Start => MessageId::parse(FROM_START).ok(),
@@ -625,6 +635,7 @@ impl Driver {
                     // Nothing delivered since the join: every message
                     // delivered after this answer is newer than last_id.
                     state.cursor = info.last_id.map_or(Cursor::Start, Cursor::After);
+                    state.anchor = state.cursor;
                 }
             }
         }
@@ -642,7 +653,12 @@ impl Driver {
         match joined {
             Ok(joined) => {
                 let mut needs_baseline = false;
-                if let Some(state) = self.channels.get_mut(&key) {
+                // A later re-join of the same channel (a gap repair) is still
+                // in flight: its replay holds the live copies, keep dropping.
+                let again = self.pending.values().any(|p| matches!(p, Pending::Rejoin { key: k, .. } if *k == key));
+                if let Some(state) = self.channels.get_mut(&key)
+                    && !again
+                {
                     state.phase = Phase::Live;
                     needs_baseline = state.cursor == Cursor::Unknown;
                 }
@@ -754,6 +770,28 @@ impl Driver {
                     Err(_) => Event::Other { name, payload },
                 }
             }
+            "channel_gap" => {
+                #[derive(Deserialize)]
+                struct Gap {
+                    room: arqon_protocol::Name,
+                    channel: arqon_protocol::Name,
+                    last_id: Option<MessageId>,
+                }
+                match serde_json::from_value::<Gap>(payload.clone()) {
+                    Ok(gap) => {
+                        let event = Event::ChannelGap {
+                            room: gap.room.clone(),
+                            channel: gap.channel.clone(),
+                            last_id: gap.last_id,
+                        };
+                        // The event first: what the repair replays comes after it.
+                        self.emit(Incoming::Event(event));
+                        self.repair_gap(ChannelKey::new(gap.room, gap.channel), gap.last_id);
+                        return;
+                    }
+                    Err(_) => Event::Other { name, payload },
+                }
+            }
             "shutdown" => {
                 let reason = payload.get("reason").and_then(serde_json::Value::as_str).unwrap_or_default().to_owned();
                 Event::Shutdown { reason }
@@ -761,6 +799,15 @@ impl Driver {
             _ => Event::Other { name, payload },
         };
         self.emit(Incoming::Event(event));
+    }
+
+    /// `channel_gap`: re-join from `last_id` (or from where this connection
+    /// joined). Live copies are dropped until the answer, because the replay
+    /// before it holds them; ids already delivered are skipped.
+    fn repair_gap(&mut self, key: ChannelKey, last_id: Option<MessageId>) {
+        let Some(state) = self.channels.get_mut(&key) else { return };
+        state.cursor = last_id.map_or(state.anchor, Cursor::After);
+        self.send_rejoin(key);
     }
 
     /// Queues an item that cannot be replayed; on a full queue it is dropped

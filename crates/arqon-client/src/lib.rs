@@ -72,6 +72,13 @@
 //! Room-wide and direct messages are never stored by the bus, so those sent
 //! while disconnected are lost.
 //!
+//! In a cluster, a bus node that lost touch with the others (a Redis outage)
+//! may say [`Event::ChannelGap`]: what it delivered from a channel after
+//! `last_id` was not the channel's history. The client emits the event and
+//! repairs the channel the same way: it re-joins from `last_id`, drops live
+//! copies until the answer (the replay right after it holds them), and
+//! delivers only ids it had not delivered.
+//!
 //! The same replay covers a slow consumer: when the [`Events`] queue is full,
 //! a channel's messages are paused, and replayed from history once the queue
 //! has drained to half.

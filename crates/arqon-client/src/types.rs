@@ -87,6 +87,21 @@ pub enum Event {
         /// The channel.
         channel: Name,
     },
+    /// In a cluster: the messages delivered from this channel after
+    /// `last_id` were not its history (some missing, or out of order),
+    /// because the bus node lost touch with the others. The client repairs
+    /// the channel by itself (it re-joins from `last_id` and delivers only
+    /// what it had not delivered); this event says that what came before the
+    /// repair may have been out of order.
+    ChannelGap {
+        /// The room.
+        room: Name,
+        /// The channel.
+        channel: Name,
+        /// The last message received in history order; `None` if none was
+        /// on this connection.
+        last_id: Option<MessageId>,
+    },
     /// The bus is stopping. The client reconnects (with backoff) if
     /// [`ClientOptions::reconnect`](crate::ClientOptions::reconnect) is on.
     Shutdown {

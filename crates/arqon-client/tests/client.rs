@@ -737,3 +737,92 @@ async fn a_refused_upgrade_surfaces_the_bus_error_code() {
     }
     server.await.unwrap();
 }
+
+/// A cluster node that lost Redis says `channel_gap`: the client hands the
+/// event on, re-joins from `last_id`, and of the replay delivers only what
+/// it had not; live messages after it go on. A scripted bus: m2 never came
+/// live, m3 did (out of history's order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_channel_gap_is_repaired_from_last_id() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let id = |n: u8| format!("arq_01JDQ8Z6W3T7M5KX2C9V4B8N{n:02}");
+    let (m1, m2, m3, m4, m5) = (id(1), id(2), id(3), id(4), id(5));
+    let (joins_tx, mut joins) = mpsc::unbounded_channel::<Value>();
+    let bus = {
+        let (m1, m2, m3, m4, m5) = (m1.clone(), m2.clone(), m3.clone(), m4.clone(), m5.clone());
+        tokio::spawn(async move {
+            let (stream, _) = listener.accept().await.unwrap();
+            let mut ws = tokio_tungstenite::accept_async(stream).await.unwrap();
+            let envelope = |kind: &str, fields: Value| {
+                let mut frame = json!({"version": 1, "type": kind, "timestamp": "2026-11-29T12:00:00.123Z"});
+                frame.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+                tungstenite::Message::text(frame.to_string())
+            };
+            let message = |mid: &str, n: u64| {
+                envelope("message", json!({"id": mid, "room": "r", "channel": "c", "from": id(9), "payload": {"n": n}}))
+            };
+            let welcome = json!({"id": id(10), "payload": {
+                "event": "welcome", "client_id": id(11), "role": "user", "server_version": "fake", "heartbeat_s": 60,
+                "limits": {"max_message_bytes": 1048576, "rate_per_s": 0, "burst": 0}}});
+            ws.send(envelope("event", welcome)).await.unwrap();
+            let mut joined = 0;
+            while let Some(Ok(frame)) = ws.next().await {
+                let Ok(text) = frame.to_text() else { continue };
+                let Ok(frame) = serde_json::from_str::<Value>(text) else { continue };
+                let answer = |payload: Value| {
+                    envelope("response", json!({"id": id(12), "request_id": frame["id"], "payload": payload}))
+                };
+                match frame["command"].as_str() {
+                    Some("join_channel") => {
+                        joined += 1;
+                        joins_tx.send(frame["args"].clone()).unwrap();
+                        if joined == 1 {
+                            ws.send(answer(json!({"room": "r", "channel": "c", "members": 2}))).await.unwrap();
+                        } else {
+                            // A live copy before the answer (dropped: the
+                            // replay holds it), the answer, the replay since
+                            // m1, then live traffic.
+                            ws.send(message(&m4, 4)).await.unwrap();
+                            ws.send(answer(json!({"room": "r", "channel": "c", "members": 2}))).await.unwrap();
+                            for (n, mid) in [(2, &m2), (3, &m3), (4, &m4), (5, &m5)] {
+                                ws.send(message(mid, n)).await.unwrap();
+                            }
+                        }
+                    }
+                    Some("channel_info") => {
+                        let info = json!({"room": "r", "channel": "c", "members": 2,
+                            "created_at": "2026-11-29T12:00:00.000Z", "stored": 0, "last_id": null});
+                        ws.send(answer(info)).await.unwrap();
+                        ws.send(message(&m1, 1)).await.unwrap();
+                        ws.send(message(&m3, 3)).await.unwrap();
+                        let gap = json!({"event": "channel_gap", "room": "r", "channel": "c", "last_id": m1});
+                        ws.send(envelope("event", json!({"id": id(13), "payload": gap}))).await.unwrap();
+                    }
+                    _ => {}
+                }
+            }
+        })
+    };
+
+    let (client, mut events) = connect(&format!("ws://{addr}/ws")).await;
+    client.join("r", "c").await.unwrap();
+    let mut seen = Vec::new();
+    while seen.iter().filter(|s: &&String| s.starts_with("arq_")).count() < 5 {
+        match next_item(&mut events).await {
+            Incoming::Message(message) => seen.push(message.id.to_string()),
+            Incoming::Event(Event::ChannelGap { room, channel, last_id }) => {
+                assert_eq!((room.as_str(), channel.as_str()), ("r", "c"));
+                assert_eq!(last_id.map(|id| id.to_string()), Some(m1.clone()));
+                seen.push("gap".to_owned());
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(seen, [m1.as_str(), m3.as_str(), "gap", m2.as_str(), m4.as_str(), m5.as_str()]);
+    let first = joins.recv().await.unwrap();
+    assert!(first.get("since").is_none(), "{first}");
+    assert_eq!(joins.recv().await.unwrap()["since"], m1.as_str());
+    client.close().await;
+    bus.abort();
+}

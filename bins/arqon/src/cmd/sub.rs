@@ -57,6 +57,9 @@ pub(crate) async fn run(invocation: &Invocation) -> Result<(), Failure> {
                 client.close().await;
                 return Err(Failure::Refused(format!("{key} was deleted")));
             }
+            Incoming::Event(Event::ChannelGap { .. }) => {
+                eprintln!("* the bus lost touch with its cluster: what follows fills in what {key} missed")
+            }
             Incoming::Event(Event::Shutdown { reason }) => eprintln!("* the bus is stopping ({reason})"),
             Incoming::Disconnected { error } => eprintln!("* connection lost ({error}); reconnecting"),
             Incoming::Reconnected { .. } => eprintln!("* reconnected; replaying what was missed"),
