@@ -14,7 +14,7 @@ use crate::cmd::{COMMANDS, Command};
 pub(crate) const DEFAULT_URL: &str = "ws://127.0.0.1:9100/ws";
 
 /// Options every command accepts, with a value.
-const GLOBAL_VALUED: &[&str] = &["--url", "--token"];
+const GLOBAL_VALUED: &[&str] = &["--url", "--token", "--ca"];
 /// Options every command accepts, without a value.
 const GLOBAL_SWITCHES: &[&str] = &["--json", "--help", "-h", "--version", "-V"];
 
@@ -36,6 +36,9 @@ pub(crate) struct Invocation {
     pub(crate) url: String,
     /// Credentials (`--token`), sent as `Authorization: Bearer`. Default: none.
     pub(crate) token: Option<String>,
+    /// `--ca FILE`: PEM certificates trusted for `wss://` besides the public
+    /// roots (a self-signed bus, a private CA). Default: none.
+    pub(crate) ca: Option<String>,
     /// `--json`: machine output, one JSON value per line.
     pub(crate) json: bool,
     /// The command.
@@ -77,6 +80,7 @@ impl Invocation {
     pub(crate) fn parse(argv: &[String]) -> Result<Parse, Failure> {
         let mut url = None;
         let mut token = None;
+        let mut ca = None;
         let mut json = false;
         let mut command: Option<&'static Command> = None;
         let mut opts = Opts::default();
@@ -113,7 +117,11 @@ impl Invocation {
             let command_valued = command.is_some_and(|c| c.valued.contains(&name));
             if GLOBAL_VALUED.contains(&name) {
                 let value = take_value()?;
-                if name == "--url" { url = Some(value) } else { token = Some(value) }
+                match name {
+                    "--url" => url = Some(value),
+                    "--ca" => ca = Some(value),
+                    _ => token = Some(value),
+                }
             } else if command_valued {
                 let value = take_value()?;
                 opts.values.insert(name.to_owned(), value);
@@ -142,7 +150,7 @@ impl Invocation {
             return Err(Failure::Usage(format!("usage: arqon {}", command.usage)));
         }
         let url = url.unwrap_or_else(|| DEFAULT_URL.to_owned());
-        Ok(Parse::Run(Invocation { url, token, json, command, opts }))
+        Ok(Parse::Run(Invocation { url, token, ca, json, command, opts }))
     }
 }
 
@@ -176,6 +184,7 @@ mod tests {
         assert_eq!(a.opts.value("--limit"), Some("5"));
         assert_eq!(a.opts.operands, ["demo/news"]);
         assert_eq!(run(&["status"]).url, DEFAULT_URL);
+        assert_eq!(run(&["ping", "--ca=/etc/bus.pem"]).ca.as_deref(), Some("/etc/bus.pem"));
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! # Layout
 //!
 //! - `args`: a small hand-written option parser (no CLI crate: builds stay
-//!   quick) and the global options `--url`, `--token`, `--json`.
+//!   quick) and the global options `--url`, `--token`, `--ca`, `--json`.
 //! - `cmd`: one module per command, and [`cmd::COMMANDS`], the table both
 //!   the dispatcher and `--help` read, so help never drifts.
 //! - `output`: how messages and answers are printed, for people or, with

@@ -89,6 +89,7 @@ mod driver;
 mod error;
 mod events;
 mod options;
+mod tls;
 mod types;
 mod wire;
 

@@ -47,6 +47,10 @@ pub struct ClientOptions {
     /// connection is lost, the answer times out or the bus says
     /// `RATE_LIMITED`. Default: 3.
     pub publish_attempts: u32,
+    /// Certificates (PEM) trusted for `wss://` besides the web's public
+    /// roots (the Mozilla set, built in): your own CA, or a self-signed
+    /// bus's certificate. Default: `None` (public roots only).
+    pub tls_roots_pem: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -61,6 +65,7 @@ impl Default for ClientOptions {
             event_capacity: 1024,
             command_capacity: 256,
             publish_attempts: 3,
+            tls_roots_pem: None,
         }
     }
 }
@@ -78,6 +83,7 @@ impl fmt::Debug for ClientOptions {
             .field("event_capacity", &self.event_capacity)
             .field("command_capacity", &self.command_capacity)
             .field("publish_attempts", &self.publish_attempts)
+            .field("tls_roots_pem", &self.tls_roots_pem.as_ref().map(|pem| format!("{} bytes", pem.len())))
             .finish()
     }
 }

@@ -30,7 +30,9 @@ pub(crate) async fn open(url: &str, options: &ClientOptions) -> Result<(Ws, Serv
                 .map_err(|_| ClientError::Transport("the token is not a valid HTTP header value".to_owned()))?;
             request.headers_mut().insert(AUTHORIZATION, value);
         }
-        let (mut ws, _response) = tokio_tungstenite::connect_async(request).await?;
+        let connector = crate::tls::connector(request.uri(), options)?;
+        let (mut ws, _response) =
+            tokio_tungstenite::connect_async_tls_with_config(request, None, false, connector).await?;
         let info = read_welcome(&mut ws).await?;
         Ok((ws, info))
     };

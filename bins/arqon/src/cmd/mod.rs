@@ -64,7 +64,7 @@ pub(crate) async fn run(invocation: Invocation) -> Result<(), Failure> {
 pub(crate) fn help_text() -> String {
     let mut text = String::from(
         "arqon: the ArqonBus command-line client\n\n\
-         Usage: arqon [--url URL] [--token TOKEN] [--json] COMMAND [ARGS]\n\n\
+         Usage: arqon [--url URL] [--token TOKEN] [--ca FILE] [--json] COMMAND [ARGS]\n\n\
          Commands:\n",
     );
     for command in COMMANDS {
@@ -78,6 +78,7 @@ pub(crate) fn help_text() -> String {
         "\nGlobal options:\n\
          \x20 --url URL        the bus's WebSocket URL (default {DEFAULT_URL})\n\
          \x20 --token TOKEN    credentials for a bus with auth.mode token or jwt (sent as Authorization: Bearer)\n\
+         \x20 --ca FILE        PEM certificates trusted for wss:// besides the public roots (a self-signed bus)\n\
          \x20 --json           machine output: one JSON value per line on stdout\n\
          \x20 -h, --help       this text;  -V, --version  the version\n\n\
          What the bus sends goes to stdout; notes and errors go to stderr.\n\n\
@@ -103,8 +104,18 @@ pub(crate) fn channel(text: &str) -> Result<ChannelKey, Failure> {
 /// Connects to `--url` with `--token`. `reconnect` keeps a subscription
 /// alive across a restart of the bus; one-shot commands fail fast instead.
 pub(crate) async fn connect(invocation: &Invocation, options: ClientOptions) -> Result<Client, Failure> {
-    let options =
-        ClientOptions { token: invocation.token.clone(), connect_timeout: Duration::from_secs(10), ..options };
+    let tls_roots_pem = match &invocation.ca {
+        Some(path) => {
+            Some(std::fs::read_to_string(path).map_err(|e| Failure::Usage(format!("cannot read --ca {path}: {e}")))?)
+        }
+        None => None,
+    };
+    let options = ClientOptions {
+        token: invocation.token.clone(),
+        connect_timeout: Duration::from_secs(10),
+        tls_roots_pem,
+        ..options
+    };
     Client::connect_with(&invocation.url, options).await.map_err(|error| match error {
         ClientError::Rejected { .. } => {
             Failure::Refused(format!("the bus at {} refused the connection: {error}", invocation.url))
