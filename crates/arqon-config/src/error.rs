@@ -84,6 +84,10 @@ pub enum ConfigError {
         rule: &'static str,
     },
 
+    /// The configuration has no TOML form (`--print-config`).
+    #[error("cannot print the configuration as TOML: {0}")]
+    Print(String),
+
     /// The `config` library failed in a way the checks above do not foresee.
     #[error("cannot load configuration: {0}")]
     Load(#[source] config::ConfigError),

@@ -17,6 +17,8 @@
 //! - `load`: [`Config::load`] and [`Config::from_env`], the layering and the
 //!   strict per-value type check.
 //! - `cluster`: [`ClusterConfig`], the `[cluster]` section.
+//! - `print`: [`Config::redacted`] and [`Config::to_toml`], for
+//!   `arqonbus --print-config`.
 //! - `error`: [`ConfigError`].
 //!
 //! The reference of every key is docs/configuration.md; a test keeps it in
@@ -27,11 +29,13 @@
 mod cluster;
 mod error;
 mod load;
+mod print;
 mod security;
 mod settings;
 
 pub use cluster::ClusterConfig;
 pub use error::ConfigError;
+pub use print::REDACTED;
 pub use security::{
     AuthConfig, AuthMode, JwtAlgorithm, JwtConfig, MIN_HS256_SECRET_BYTES, RoleRate, RoleRates, StaticToken,
     TlsSettings,

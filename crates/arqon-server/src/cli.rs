@@ -12,11 +12,18 @@ const USAGE: &str = "\
 ArqonBus: a small, fast real-time message bus over WebSocket.
 
 Usage: arqonbus [--config PATH]
+       arqonbus --check-config [PATH]
+       arqonbus --print-config [--config PATH]
 
 Options:
-  -c, --config PATH   read settings from a TOML file (see docs/configuration.md)
-  -h, --help          print this help
-  -V, --version       print the version
+  -c, --config PATH       read settings from a TOML file (see docs/configuration.md)
+  --check-config [PATH]   load and check the configuration (PATH, or --config,
+                          and the ARQON_* variables), TLS files and auth keys
+                          included, then exit: 0 if the server would start with it
+  --print-config          print the effective configuration as TOML, secrets
+                          redacted, then exit
+  -h, --help              print this help
+  -V, --version           print the version and git revision
 
 Every setting can also be given as an environment variable, e.g.
 ARQON_LIMITS__RATE_PER_S=0 (these win over the file). A second instance on
@@ -34,6 +41,16 @@ pub enum Command {
         /// `--config PATH`, if given.
         config: Option<PathBuf>,
     },
+    /// Load and check the configuration, then exit.
+    CheckConfig {
+        /// The file: `--check-config PATH` or `--config PATH`, if given.
+        config: Option<PathBuf>,
+    },
+    /// Print the effective configuration, secrets redacted, then exit.
+    PrintConfig {
+        /// `--config PATH`, if given.
+        config: Option<PathBuf>,
+    },
     /// Print help.
     Help,
     /// Print the version.
@@ -42,8 +59,9 @@ pub enum Command {
 
 /// Parses the arguments after the program name.
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, ServerError> {
-    let mut args = args.into_iter();
+    let mut args = args.into_iter().peekable();
     let mut config = None;
+    let (mut check, mut print) = (false, false);
     while let Some(arg) = args.next() {
         match arg.as_str() {
             "-h" | "--help" => return Ok(Command::Help),
@@ -52,13 +70,31 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<Command, Ser
                 Some(path) => config = Some(PathBuf::from(path)),
                 None => return Err(ServerError::Usage(format!("{arg} needs a path\n\n{USAGE}"))),
             },
-            other => match other.strip_prefix("--config=") {
-                Some(path) => config = Some(PathBuf::from(path)),
+            "--check-config" => {
+                check = true;
+                // The path is optional: anything that is not an option.
+                if let Some(path) = args.next_if(|next| !next.starts_with('-')) {
+                    config = Some(PathBuf::from(path));
+                }
+            }
+            "--print-config" => print = true,
+            other => match other.strip_prefix("--config=").or_else(|| other.strip_prefix("--check-config=")) {
+                Some(path) => {
+                    check |= other.starts_with("--check-config=");
+                    config = Some(PathBuf::from(path));
+                }
                 None => return Err(ServerError::Usage(format!("unknown argument {other:?}\n\n{USAGE}"))),
             },
         }
     }
-    Ok(Command::Run { config })
+    Ok(match (check, print) {
+        (true, true) => {
+            return Err(ServerError::Usage(format!("--check-config and --print-config are exclusive\n\n{USAGE}")));
+        }
+        (true, false) => Command::CheckConfig { config },
+        (false, true) => Command::PrintConfig { config },
+        (false, false) => Command::Run { config },
+    })
 }
 
 /// The whole program: parse, set up logging, serve until SIGINT/SIGTERM.
@@ -72,6 +108,31 @@ pub fn main() -> ExitCode {
             println!("arqonbus {} (git {})", env!("CARGO_PKG_VERSION"), crate::GIT_REV);
             ExitCode::SUCCESS
         }
+        Ok(Command::CheckConfig { config }) => match check_config(config.as_deref()) {
+            Ok(summary) => {
+                println!("arqonbus: configuration OK ({summary})");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("arqonbus: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(Command::PrintConfig { config }) => {
+            match Config::from_env(config.as_deref())
+                .map_err(ServerError::from)
+                .and_then(|c| Ok(c.redacted().to_toml()?))
+            {
+                Ok(text) => {
+                    print!("{text}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("arqonbus: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Ok(Command::Run { config }) => match run(config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -84,6 +145,22 @@ pub fn main() -> ExitCode {
             ExitCode::from(2)
         }
     }
+}
+
+/// Everything start-up checks before it binds: the settings and their
+/// rules, the TLS certificate and key, the auth keys. Returns what was read.
+fn check_config(path: Option<&std::path::Path>) -> Result<String, ServerError> {
+    let config = Config::from_env(path)?;
+    crate::transport_config(&config)?;
+    crate::auth::Authenticator::from_config(&config.auth)?;
+    let vars = std::env::vars_os()
+        .filter(|(name, _)| {
+            let name = name.to_string_lossy();
+            name.starts_with("ARQON_") && name != "ARQON_LOG" && name != "ARQON_LOG_FORMAT"
+        })
+        .count();
+    let file = path.map_or_else(|| "no file".to_owned(), |p| p.display().to_string());
+    Ok(format!("{file}, {vars} ARQON_* variable(s)"))
 }
 
 fn run(config_path: Option<PathBuf>) -> Result<(), ServerError> {
@@ -162,11 +239,26 @@ mod tests {
         assert_eq!(parse(&["--config=a.toml"]).unwrap(), Command::Run { config: Some("a.toml".into()) });
         assert_eq!(parse(&["--help"]).unwrap(), Command::Help);
         assert_eq!(parse(&["-V"]).unwrap(), Command::Version);
+        assert_eq!(parse(&["--check-config"]).unwrap(), Command::CheckConfig { config: None });
+        assert_eq!(
+            parse(&["--check-config", "a.toml"]).unwrap(),
+            Command::CheckConfig { config: Some("a.toml".into()) }
+        );
+        assert_eq!(parse(&["--check-config=a.toml"]).unwrap(), Command::CheckConfig { config: Some("a.toml".into()) });
+        assert_eq!(
+            parse(&["--check-config", "-c", "a.toml"]).unwrap(),
+            Command::CheckConfig { config: Some("a.toml".into()) }
+        );
+        assert_eq!(
+            parse(&["--print-config", "-c", "a.toml"]).unwrap(),
+            Command::PrintConfig { config: Some("a.toml".into()) }
+        );
     }
 
     #[test]
     fn bad_arguments_are_usage_errors() {
         assert!(matches!(parse(&["--config"]), Err(ServerError::Usage(_))));
         assert!(matches!(parse(&["--port", "1"]), Err(ServerError::Usage(_))));
+        assert!(matches!(parse(&["--check-config", "--print-config"]), Err(ServerError::Usage(_))));
     }
 }
