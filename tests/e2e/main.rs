@@ -14,3 +14,4 @@ mod monitoring;
 mod redis;
 mod routing;
 mod security;
+mod storage;

@@ -9,7 +9,10 @@
 //! # Layout
 //!
 //! - [`Bus`]: a bound, not yet serving bus; [`Bus::serve`] runs it until a
-//!   shutdown future resolves.
+//!   shutdown future resolves. [`Bus::bind`] builds everything from the
+//!   configuration; [`Bus::builder`] also takes parts the configuration
+//!   cannot name, such as a storage backend of the embedder's own
+//!   ([`BusBuilder::storage`]).
 //! - [`cli`]: the `arqonbus` command line (`--config`, `--help`).
 //! - [`ServerError`]: this crate's error.
 
@@ -30,6 +33,7 @@ use std::time::Duration;
 
 pub use arqon_config::Config;
 use arqon_routing::{RateLimit, Router, RouterConfig};
+use arqon_storage::Storage;
 use arqon_transport::TransportConfig;
 use tokio::net::TcpListener;
 
@@ -118,7 +122,7 @@ struct About {
 }
 
 impl About {
-    fn of(config: &Config) -> About {
+    fn of(config: &Config, storage: &'static str) -> About {
         use arqon_config::{AuthMode, JwtAlgorithm};
         let auth = match config.auth.mode {
             AuthMode::None => format!("none (everyone is {})", config.auth.default_role),
@@ -130,7 +134,7 @@ impl About {
         };
         About {
             scheme: if config.tls.enabled() { "wss" } else { "ws" },
-            storage: config.storage.backend.as_str(),
+            storage,
             auth,
             rate_per_s: config.limits.rate_per_s,
             max_message_bytes: config.limits.max_message_bytes,
@@ -152,16 +156,105 @@ async fn listen(
     TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, what, key, var, source })
 }
 
+/// Builds a [`Bus`] from a configuration and parts it cannot name; start
+/// one with [`Bus::builder`].
+///
+/// What is not given is built from the configuration, exactly as
+/// [`Bus::bind`] does.
+#[must_use = "a builder does nothing until bound"]
+pub struct BusBuilder<'a> {
+    config: &'a Config,
+    storage: Option<Arc<dyn Storage>>,
+}
+
+impl std::fmt::Debug for BusBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusBuilder")
+            .field("storage", &self.storage.as_ref().map(|s| s.health().backend))
+            .finish_non_exhaustive()
+    }
+}
+
+impl BusBuilder<'_> {
+    /// Keeps channels and history in `storage` instead of the backend the
+    /// configuration names: any implementation of [`Storage`], such as a
+    /// third-party backend crate (docs/storage.md, "Write your own backend").
+    ///
+    /// The `[storage]` section of the configuration is then not used at all:
+    /// no Redis connection, no journal file. The bus restores the channels
+    /// `storage` lists before it serves, reports its [`Health`] in `/status`
+    /// and `/ready`, and names it in the start-up line by
+    /// `Health::backend`. Its limits are the backend's own (the
+    /// `limits.history_*` settings configure only the built-in memory
+    /// backend). A [`FallbackStorage`] handed here is not closed by
+    /// [`Bus::serve`]: call [`FallbackStorage::close`] after it returns to
+    /// write its journal back.
+    ///
+    /// [`Health`]: arqon_storage::Health
+    /// [`FallbackStorage`]: arqon_storage::FallbackStorage
+    /// [`FallbackStorage::close`]: arqon_storage::FallbackStorage::close
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Opens what was not given, builds the router and binds the
+    /// listeners; the bus is ready to [`serve`](Bus::serve).
+    pub async fn bind(self) -> Result<Bus, ServerError> {
+        let config = self.config;
+        let (storage, fallback, storage_name) = match self.storage {
+            Some(storage) => {
+                let name = storage.health().backend;
+                (storage, None, name)
+            }
+            None => {
+                let (storage, fallback) = storage::open_storage(config).await?;
+                (storage, fallback, config.storage.backend.as_str())
+            }
+        };
+        Bus::assemble(config, storage, fallback, storage_name).await
+    }
+}
+
 impl Bus {
     /// Builds storage and router from `config` and binds the WebSocket
-    /// listener.
+    /// listener: the same as `Bus::builder(config).bind()`.
     pub async fn bind(config: &Config) -> Result<Bus, ServerError> {
+        Bus::builder(config).bind().await
+    }
+
+    /// Starts building a bus from `config`, with parts of the embedder's
+    /// own:
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use arqon_server::{Bus, Config};
+    /// use arqon_storage::{MemoryStorage, Storage};
+    ///
+    /// # async fn run() -> Result<(), arqon_server::ServerError> {
+    /// // Any `Storage`, e.g. a backend crate of your own.
+    /// let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(10_000));
+    /// let config = Config::default();
+    /// let bus = Bus::builder(&config).storage(storage).bind().await?;
+    /// bus.serve(async { let _ = tokio::signal::ctrl_c().await; }).await
+    /// # }
+    /// ```
+    pub fn builder(config: &Config) -> BusBuilder<'_> {
+        BusBuilder { config, storage: None }
+    }
+
+    /// Builds the router over `storage` and binds the listeners.
+    async fn assemble(
+        config: &Config,
+        storage: Arc<dyn Storage>,
+        fallback: Option<Arc<arqon_storage::FallbackStorage>>,
+        storage_name: &'static str,
+    ) -> Result<Bus, ServerError> {
         let telemetry = Arc::new(Telemetry::new(config.monitoring.telemetry_buffer));
-        let (storage, fallback) = storage::open_storage(config).await?;
         let broker = cluster::open_broker(config).await?;
         // With monitoring off nothing would read the numbers: skip collecting them.
         let router = if config.monitoring.enabled {
-            let storage: Arc<dyn arqon_storage::Storage> = Arc::new(Instrumented::new(storage, Arc::clone(&telemetry)));
+            let storage: Arc<dyn Storage> = Arc::new(Instrumented::new(storage, Arc::clone(&telemetry)));
             Router::builder(router_config(config), storage).observer(telemetry.clone())
         } else {
             Router::builder(router_config(config), storage)
@@ -199,7 +292,7 @@ impl Bus {
             cluster,
             fallback,
             shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
-            about: About::of(config),
+            about: About::of(config, storage_name),
         })
     }
 
