@@ -81,8 +81,20 @@ pub enum ServerError {
     Auth(String),
     /// The cluster broker could not be set up (e.g. a bad Redis URL; an
     /// unreachable Redis is not an error).
+    #[cfg(feature = "redis")]
     #[error(transparent)]
     Cluster(#[from] arqon_cluster::ClusterError),
+    /// The configuration asks for something this build left out: Redis
+    /// storage or clustering in a binary built without the `redis` feature.
+    #[error(
+        "{setting} needs Redis, but this binary was built without the `redis` feature; \
+         rebuild with it (it is on by default: drop `--no-default-features`, or add `--features redis`), \
+         or change the setting"
+    )]
+    NotBuiltIn {
+        /// The setting that asks for it, e.g. `storage.backend = "redis"`.
+        setting: &'static str,
+    },
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(String),
@@ -101,7 +113,7 @@ pub struct Bus {
     transport: TransportConfig,
     authenticator: Arc<auth::Authenticator>,
     telemetry: Arc<Telemetry>,
-    cluster: Option<(arqon_cluster::RedisBroker, arqon_cluster::ClusterHandle)>,
+    cluster: Option<(cluster::Broker, cluster::Handle)>,
     /// The degradation wrapper over Redis, whose journal the shutdown
     /// writes back within what is left of `shutdown_grace`.
     fallback: Option<Arc<arqon_storage::FallbackStorage>>,
@@ -260,7 +272,7 @@ impl Bus {
             Router::builder(router_config(config), storage)
         };
         let router = match &broker {
-            Some(broker) => router.broker(Arc::new(broker.clone())).build(),
+            Some(broker) => router.broker(cluster::for_router(broker)).build(),
             None => router.build(),
         };
         let restored = router.restore().await?;
@@ -270,7 +282,7 @@ impl Bus {
         // Joins the cluster (when Redis answers) before clients can connect.
         let cluster = match broker {
             Some(broker) => {
-                let handle = broker.start(router.clone()).await;
+                let handle = cluster::start(&broker, router.clone()).await;
                 Some((broker, handle))
             }
             None => None,
@@ -318,7 +330,7 @@ impl Bus {
 
     /// This node's id in the cluster, if `cluster.enabled`.
     pub fn node_id(&self) -> Option<&str> {
-        self.cluster.as_ref().map(|(broker, _)| broker.node_id())
+        self.cluster.as_ref().map(|(broker, _)| cluster::node_id(broker))
     }
 
     /// The router, for embedding or inspection.
@@ -397,7 +409,7 @@ impl Bus {
         let _ = reclaim_task.await;
         // Last: the other nodes forget this one's clients at once.
         if let Some(handle) = cluster_handle {
-            handle.shutdown().await;
+            cluster::shutdown(handle).await;
         }
         // What is left of the grace goes to writing the storage journal
         // back (what does not make it stays on disk for the next start).
@@ -415,13 +427,13 @@ impl Bus {
 /// happens.
 async fn watch_health(
     router: Router,
-    broker: Option<arqon_cluster::RedisBroker>,
+    broker: Option<cluster::Broker>,
     telemetry: Arc<Telemetry>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut healthy = router.storage_health().healthy;
     telemetry.metrics.set_storage_healthy(healthy);
-    let mut cluster_healthy = broker.as_ref().map(|b| b.health().healthy);
+    let mut cluster_healthy = broker.as_ref().map(|b| cluster::report(&telemetry, b));
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -429,12 +441,7 @@ async fn watch_health(
             _ = tick.tick() => {}
         }
         if let Some(broker) = &broker {
-            let health = broker.health();
-            cluster::report(&telemetry, &health);
-            if cluster_healthy != Some(health.healthy) {
-                cluster_healthy = Some(health.healthy);
-                cluster::transition(&telemetry, &health);
-            }
+            cluster::watch(&telemetry, broker, &mut cluster_healthy);
         }
         let health = router.storage_health();
         telemetry.metrics.set_storage_bytes(health.journal_bytes, health.cache_bytes, health.journal_skipped);
