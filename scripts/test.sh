@@ -28,6 +28,16 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "without the redis feature: storage lints, the bus builds with no fred, refuses Redis config"
+# Cheap: the same dependencies as the default build, minus fred and cluster.
+cargo clippy --locked -p arqon-storage --no-default-features --all-targets -- -D warnings
+cargo build --locked -p arqonbus --no-default-features
+if cargo tree --locked -p arqonbus --no-default-features | grep -q fred; then
+    echo "fred is in arqonbus's tree without the redis feature" >&2
+    exit 1
+fi
+cargo test --locked -p arqon-server --no-default-features --lib -q
+
 step "build the server binary"
 cargo build --locked -p arqonbus
 

@@ -9,6 +9,7 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("arqon-protocol", &[]),
     ("arqon-config", &["arqon-protocol"]),
     ("arqon-storage", &["arqon-protocol"]),
+    ("arqon-storage-conformance", &["arqon-protocol", "arqon-storage"]),
     ("arqon-telemetry", &["arqon-protocol"]),
     ("arqon-outbound", &["arqon-protocol"]),
     ("arqon-routing", &["arqon-protocol", "arqon-outbound", "arqon-storage"]),

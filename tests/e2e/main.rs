@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[cfg(feature = "redis")]
 mod cluster;
 mod commands;
 mod errors;
@@ -11,6 +12,8 @@ mod layers;
 mod lifecycle;
 mod links;
 mod monitoring;
+#[cfg(feature = "redis")]
 mod redis;
 mod routing;
 mod security;
+mod storage;

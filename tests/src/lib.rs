@@ -93,7 +93,11 @@ impl TestServer {
     }
 
     pub async fn start_with(config: Config) -> TestServer {
-        let bus = Bus::bind(&config).await.expect("bind");
+        Self::serve(Bus::bind(&config).await.expect("bind"))
+    }
+
+    /// Serves a bus bound by the caller (e.g. with `Bus::builder`).
+    pub fn serve(bus: Bus) -> TestServer {
         let addr = bus.local_addr();
         let monitoring = bus.monitoring_addr();
         let (stop, stopped) = oneshot::channel::<()>();

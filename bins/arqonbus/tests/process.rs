@@ -199,235 +199,253 @@ async fn a_bad_log_format_fails_start_up() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("ARQON_LOG_FORMAT"));
 }
 
-/// A cluster node over `redis`, with a short registry TTL.
-async fn start_node(redis: &arqon_e2e::redis::RedisProcess, node: &str) -> (Child, String) {
-    let mut command = arqonbus();
-    command
-        .env("ARQON_STORAGE__BACKEND", "redis")
-        .env("ARQON_STORAGE__REDIS__URL", redis.url())
-        .env("ARQON_CLUSTER__ENABLED", "true")
-        .env("ARQON_CLUSTER__NODE_ID", node)
-        .env("ARQON_CLUSTER__REGISTRY_TTL_MS", "1500")
-        .env("ARQON_STORAGE__JOURNAL__PATH", redis.dir().join("journal"))
-        .env("ARQON_LIMITS__RATE_PER_S", "0");
-    start_command(command).await
-}
-
+/// A build without the `redis` feature refuses a Redis configuration at
+/// start-up, saying why, instead of running without the history it asked for.
+#[cfg(not(feature = "redis"))]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_node_killed_with_kill_9_leaves_the_others_serving_and_its_clients_recover_elsewhere() {
-    if !arqon_e2e::redis::redis_available("a_node_killed_with_kill_9") {
-        return;
-    }
-    let redis = arqon_e2e::redis::RedisProcess::start();
-    let (_n0, url0) = start_node(&redis, "n0").await;
-    let (_n1, url1) = start_node(&redis, "n1").await;
-    let (n2, url2) = start_node(&redis, "n2").await;
-    let (mut a, mut b, mut c) =
-        (TestClient::connect(&url0).await, TestClient::connect(&url1).await, TestClient::connect(&url2).await);
-    for client in [&mut a, &mut b, &mut c] {
-        client.join("r", "k").await;
-    }
-    a.until_members("r", "k", 3).await;
-    let publish = |i: u64| json!({"room": "r", "channel": "k", "payload": i});
-    for i in 0..20 {
-        a.ok("publish", publish(i)).await;
-    }
-    let mut last_seen_by_c = None;
-    for i in 0..20 {
-        assert_eq!(b.recv_message().await["payload"], i);
-        let message = c.recv_message().await;
-        assert_eq!(message["payload"], i);
-        last_seen_by_c = Some(message["id"].clone());
-    }
-
-    signal(&n2, "KILL");
-    let killed = std::time::Instant::now();
-    assert!(matches!(c.closed().await, Closed::Eof | Closed::Code(1006)));
-    // The others go on as if nothing happened.
-    for i in 20..40 {
-        a.ok("publish", publish(i)).await;
-        assert_eq!(b.recv_message().await["payload"], i);
-    }
-    // The dead node's member disappears once it has been silent for the TTL.
-    a.until_members("r", "k", 2).await;
-    b.until_members("r", "k", 2).await;
-    assert!(killed.elapsed() < Duration::from_secs(15), "took {:?}", killed.elapsed());
-    // Its client reconnects to another node and recovers what it missed.
-    let mut moved = TestClient::connect(&url1).await;
-    let args = json!({"room": "r", "channel": "k", "since": last_seen_by_c.unwrap()});
-    let joined = moved.ok("join_channel", args).await;
-    assert!(joined.get("truncated").is_none_or(|t| t == false), "{joined}");
-    for i in 20..40 {
-        assert_eq!(moved.recv_message().await["payload"], i);
-    }
-    moved.expect_silence(Duration::from_millis(300)).await;
-    let _ = n2;
-}
-
-/// A bus over `redis` with its storage journal in `journal`: short Redis
-/// timeouts, no rate limit, a 1.5 s shutdown grace.
-fn journaled_bus(redis: &arqon_e2e::redis::RedisProcess, journal: &std::path::Path) -> Command {
-    let mut command = arqonbus();
-    command
-        .env("ARQON_STORAGE__BACKEND", "redis")
-        .env("ARQON_STORAGE__REDIS__URL", redis.url())
-        .env("ARQON_STORAGE__REDIS__COMMAND_TIMEOUT_MS", "300")
-        .env("ARQON_STORAGE__REDIS__CONNECT_TIMEOUT_MS", "2000")
-        .env("ARQON_STORAGE__JOURNAL__PATH", journal)
-        .env("ARQON_SERVER__SHUTDOWN_GRACE_MS", "1500")
-        .env("ARQON_LIMITS__RATE_PER_S", "0");
-    command
-}
-
-/// Publishes payload `i` to `r`/`k` with `publish`; returns the id it was
-/// acknowledged with.
-async fn publish_acknowledged(client: &mut TestClient, i: u64) -> String {
-    let answer = client.ok("publish", json!({"room": "r", "channel": "k", "payload": i})).await;
-    answer["id"].as_str().expect("an acknowledged publish has an id").to_owned()
-}
-
-/// The ids of `r`/`k`'s history, oldest first.
-async fn history_ids(client: &mut TestClient) -> Vec<String> {
-    let history = client.ok("history", json!({"room": "r", "channel": "k", "limit": 1000})).await;
-    history["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
-}
-
-/// Bytes left in the journal files under `dir`.
-fn journal_bytes(dir: &std::path::Path) -> u64 {
-    std::fs::read_dir(dir)
-        .map(|entries| {
-            entries
-                .filter_map(Result::ok)
-                .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "journal"))
-                .map(|entry| entry.metadata().map_or(0, |m| m.len()))
-                .sum()
-        })
-        .unwrap_or(0)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Outage {
-    /// `kill -STOP` of Redis, `kill -CONT` after the bus stopped.
-    Frozen,
-    /// `kill -9` of Redis, restarted (with its append-only file) after the
-    /// bus stopped.
-    Killed,
-}
-
-/// 5 publishes to a healthy Redis, then 100 during an outage; the bus is
-/// stopped with `stop` (`TERM` or `KILL`) before Redis is back, then Redis
-/// and the bus come back: every acknowledged publish is in history once, in
-/// order, and the journal file is emptied.
-async fn acknowledged_publishes_survive(outage: Outage, stop: &str) {
-    let mut redis = tokio::task::block_in_place(arqon_e2e::redis::RedisProcess::start_durable);
-    let journal = redis.dir().join("journal");
-    let (mut bus, url) = start_command(journaled_bus(&redis, &journal)).await;
-    let mut client = TestClient::connect(&url).await;
-    let mut acknowledged = Vec::new();
-    for i in 0..5 {
-        acknowledged.push(publish_acknowledged(&mut client, i).await);
-    }
-    match outage {
-        Outage::Frozen => redis.stop(),
-        Outage::Killed => tokio::task::block_in_place(|| redis.kill()),
-    }
-    for i in 5..105 {
-        acknowledged.push(publish_acknowledged(&mut client, i).await);
-    }
-    assert!(journal_bytes(&journal) > 0, "the outage's publishes are in the journal file");
-    signal(&bus, stop);
-    let status = tokio::time::timeout(TIMEOUT, bus.wait()).await.expect("exits in time").unwrap();
-    if stop == "TERM" {
-        assert_eq!(status.code(), Some(0));
-    }
-    match outage {
-        Outage::Frozen => redis.cont(),
-        Outage::Killed => tokio::task::block_in_place(|| redis.restart()),
-    }
-    // The journal is written back before the bus serves: no waiting here.
-    let (_bus, url) = start_command(journaled_bus(&redis, &journal)).await;
-    let mut client = TestClient::connect(&url).await;
-    assert_eq!(history_ids(&mut client).await, acknowledged);
-    assert_eq!(journal_bytes(&journal), 0, "the journal file is emptied once written back");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publishes_acknowledged_while_redis_is_frozen_survive_sigterm() {
-    if arqon_e2e::redis::redis_available("publishes_acknowledged_while_redis_is_frozen_survive_sigterm") {
-        acknowledged_publishes_survive(Outage::Frozen, "TERM").await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publishes_acknowledged_while_redis_is_frozen_survive_kill_9() {
-    if arqon_e2e::redis::redis_available("publishes_acknowledged_while_redis_is_frozen_survive_kill_9") {
-        acknowledged_publishes_survive(Outage::Frozen, "KILL").await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn publishes_acknowledged_while_redis_is_dead_survive_sigterm() {
-    if arqon_e2e::redis::redis_available("publishes_acknowledged_while_redis_is_dead_survive_sigterm") {
-        acknowledged_publishes_survive(Outage::Killed, "TERM").await;
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_writes_the_journal_back_within_the_grace_when_redis_returns() {
-    if !arqon_e2e::redis::redis_available("sigterm_writes_the_journal_back_within_the_grace_when_redis_returns") {
-        return;
-    }
-    let mut redis = tokio::task::block_in_place(arqon_e2e::redis::RedisProcess::start);
-    let journal = redis.dir().join("journal");
-    let mut command = journaled_bus(&redis, &journal);
-    command.env("ARQON_SERVER__SHUTDOWN_GRACE_MS", "15000");
-    let (mut bus, url) = start_command(command).await;
-    let mut client = TestClient::connect(&url).await;
-    tokio::task::block_in_place(|| redis.kill());
-    for i in 0..20 {
-        publish_acknowledged(&mut client, i).await;
-    }
-    drop(client);
-    // Redis comes back only once the bus is stopping.
-    signal(&bus, "TERM");
-    tokio::task::block_in_place(|| redis.restart());
-    let status = tokio::time::timeout(TIMEOUT, bus.wait()).await.expect("exits in time").unwrap();
-    assert_eq!(status.code(), Some(0));
-    // Written to Redis during the grace, not left for the next start.
-    assert_eq!(journal_bytes(&journal), 0);
-    assert_eq!(redis.command(&["ZCARD", "arqon:ids:{r:k}"]), ":20");
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_torn_journal_tail_is_reported_and_only_whole_records_are_replayed() {
-    if !arqon_e2e::redis::redis_available("a_torn_journal_tail_is_reported_and_only_whole_records_are_replayed") {
-        return;
-    }
-    let mut redis = tokio::task::block_in_place(arqon_e2e::redis::RedisProcess::start);
-    let journal = redis.dir().join("journal");
-    let (bus, url) = start_command(journaled_bus(&redis, &journal)).await;
-    let mut client = TestClient::connect(&url).await;
-    tokio::task::block_in_place(|| redis.kill());
-    let mut acknowledged = Vec::new();
-    for i in 0..10 {
-        acknowledged.push(publish_acknowledged(&mut client, i).await);
-    }
-    signal(&bus, "KILL");
-    // A crash in the middle of the last write: its record is cut short.
-    let file = std::fs::read_dir(&journal)
-        .unwrap()
-        .map(|entry| entry.unwrap().path())
-        .find(|path| path.extension().is_some_and(|ext| ext == "journal"))
-        .unwrap();
-    let length = std::fs::metadata(&file).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(length - 5).unwrap();
-
-    tokio::task::block_in_place(|| redis.restart());
-    let (mut bus, url) = start_command(journaled_bus(&redis, &journal)).await;
-    let mut client = TestClient::connect(&url).await;
-    assert_eq!(history_ids(&mut client).await, acknowledged[..9], "the nine whole records, in order");
-    bus.kill().await.unwrap();
-    let output = bus.wait_with_output().await.unwrap();
+async fn a_redis_config_fails_start_up_in_a_build_without_redis() {
+    let output = arqonbus().env("ARQON_STORAGE__BACKEND", "redis").kill_on_drop(true).output();
+    let output = tokio::time::timeout(TIMEOUT, output).await.expect("exits in time").unwrap();
+    assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("storage journal ends in a torn or corrupt record"), "{stderr}");
+    assert!(stderr.contains("built without the `redis` feature"), "{stderr}");
+}
+
+/// The tests against a real Redis: only in a build with it.
+#[cfg(feature = "redis")]
+mod redis {
+    use super::*;
+
+    /// A cluster node over `redis`, with a short registry TTL.
+    async fn start_node(redis: &arqon_e2e::redis::RedisProcess, node: &str) -> (Child, String) {
+        let mut command = arqonbus();
+        command
+            .env("ARQON_STORAGE__BACKEND", "redis")
+            .env("ARQON_STORAGE__REDIS__URL", redis.url())
+            .env("ARQON_CLUSTER__ENABLED", "true")
+            .env("ARQON_CLUSTER__NODE_ID", node)
+            .env("ARQON_CLUSTER__REGISTRY_TTL_MS", "1500")
+            .env("ARQON_STORAGE__JOURNAL__PATH", redis.dir().join("journal"))
+            .env("ARQON_LIMITS__RATE_PER_S", "0");
+        start_command(command).await
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_killed_with_kill_9_leaves_the_others_serving_and_its_clients_recover_elsewhere() {
+        if !arqon_e2e::redis::redis_available("a_node_killed_with_kill_9") {
+            return;
+        }
+        let redis = arqon_e2e::redis::RedisProcess::start();
+        let (_n0, url0) = start_node(&redis, "n0").await;
+        let (_n1, url1) = start_node(&redis, "n1").await;
+        let (n2, url2) = start_node(&redis, "n2").await;
+        let (mut a, mut b, mut c) =
+            (TestClient::connect(&url0).await, TestClient::connect(&url1).await, TestClient::connect(&url2).await);
+        for client in [&mut a, &mut b, &mut c] {
+            client.join("r", "k").await;
+        }
+        a.until_members("r", "k", 3).await;
+        let publish = |i: u64| json!({"room": "r", "channel": "k", "payload": i});
+        for i in 0..20 {
+            a.ok("publish", publish(i)).await;
+        }
+        let mut last_seen_by_c = None;
+        for i in 0..20 {
+            assert_eq!(b.recv_message().await["payload"], i);
+            let message = c.recv_message().await;
+            assert_eq!(message["payload"], i);
+            last_seen_by_c = Some(message["id"].clone());
+        }
+
+        signal(&n2, "KILL");
+        let killed = std::time::Instant::now();
+        assert!(matches!(c.closed().await, Closed::Eof | Closed::Code(1006)));
+        // The others go on as if nothing happened.
+        for i in 20..40 {
+            a.ok("publish", publish(i)).await;
+            assert_eq!(b.recv_message().await["payload"], i);
+        }
+        // The dead node's member disappears once it has been silent for the TTL.
+        a.until_members("r", "k", 2).await;
+        b.until_members("r", "k", 2).await;
+        assert!(killed.elapsed() < Duration::from_secs(15), "took {:?}", killed.elapsed());
+        // Its client reconnects to another node and recovers what it missed.
+        let mut moved = TestClient::connect(&url1).await;
+        let args = json!({"room": "r", "channel": "k", "since": last_seen_by_c.unwrap()});
+        let joined = moved.ok("join_channel", args).await;
+        assert!(joined.get("truncated").is_none_or(|t| t == false), "{joined}");
+        for i in 20..40 {
+            assert_eq!(moved.recv_message().await["payload"], i);
+        }
+        moved.expect_silence(Duration::from_millis(300)).await;
+        let _ = n2;
+    }
+
+    /// A bus over `redis` with its storage journal in `journal`: short Redis
+    /// timeouts, no rate limit, a 1.5 s shutdown grace.
+    fn journaled_bus(redis: &arqon_e2e::redis::RedisProcess, journal: &std::path::Path) -> Command {
+        let mut command = arqonbus();
+        command
+            .env("ARQON_STORAGE__BACKEND", "redis")
+            .env("ARQON_STORAGE__REDIS__URL", redis.url())
+            .env("ARQON_STORAGE__REDIS__COMMAND_TIMEOUT_MS", "300")
+            .env("ARQON_STORAGE__REDIS__CONNECT_TIMEOUT_MS", "2000")
+            .env("ARQON_STORAGE__JOURNAL__PATH", journal)
+            .env("ARQON_SERVER__SHUTDOWN_GRACE_MS", "1500")
+            .env("ARQON_LIMITS__RATE_PER_S", "0");
+        command
+    }
+
+    /// Publishes payload `i` to `r`/`k` with `publish`; returns the id it was
+    /// acknowledged with.
+    async fn publish_acknowledged(client: &mut TestClient, i: u64) -> String {
+        let answer = client.ok("publish", json!({"room": "r", "channel": "k", "payload": i})).await;
+        answer["id"].as_str().expect("an acknowledged publish has an id").to_owned()
+    }
+
+    /// The ids of `r`/`k`'s history, oldest first.
+    async fn history_ids(client: &mut TestClient) -> Vec<String> {
+        let history = client.ok("history", json!({"room": "r", "channel": "k", "limit": 1000})).await;
+        history["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+    }
+
+    /// Bytes left in the journal files under `dir`.
+    fn journal_bytes(dir: &std::path::Path) -> u64 {
+        std::fs::read_dir(dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .filter(|entry| entry.path().extension().is_some_and(|ext| ext == "journal"))
+                    .map(|entry| entry.metadata().map_or(0, |m| m.len()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    }
+
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    enum Outage {
+        /// `kill -STOP` of Redis, `kill -CONT` after the bus stopped.
+        Frozen,
+        /// `kill -9` of Redis, restarted (with its append-only file) after the
+        /// bus stopped.
+        Killed,
+    }
+
+    /// 5 publishes to a healthy Redis, then 100 during an outage; the bus is
+    /// stopped with `stop` (`TERM` or `KILL`) before Redis is back, then Redis
+    /// and the bus come back: every acknowledged publish is in history once, in
+    /// order, and the journal file is emptied.
+    async fn acknowledged_publishes_survive(outage: Outage, stop: &str) {
+        let mut redis = tokio::task::block_in_place(arqon_e2e::redis::RedisProcess::start_durable);
+        let journal = redis.dir().join("journal");
+        let (mut bus, url) = start_command(journaled_bus(&redis, &journal)).await;
+        let mut client = TestClient::connect(&url).await;
+        let mut acknowledged = Vec::new();
+        for i in 0..5 {
+            acknowledged.push(publish_acknowledged(&mut client, i).await);
+        }
+        match outage {
+            Outage::Frozen => redis.stop(),
+            Outage::Killed => tokio::task::block_in_place(|| redis.kill()),
+        }
+        for i in 5..105 {
+            acknowledged.push(publish_acknowledged(&mut client, i).await);
+        }
+        assert!(journal_bytes(&journal) > 0, "the outage's publishes are in the journal file");
+        signal(&bus, stop);
+        let status = tokio::time::timeout(TIMEOUT, bus.wait()).await.expect("exits in time").unwrap();
+        if stop == "TERM" {
+            assert_eq!(status.code(), Some(0));
+        }
+        match outage {
+            Outage::Frozen => redis.cont(),
+            Outage::Killed => tokio::task::block_in_place(|| redis.restart()),
+        }
+        // The journal is written back before the bus serves: no waiting here.
+        let (_bus, url) = start_command(journaled_bus(&redis, &journal)).await;
+        let mut client = TestClient::connect(&url).await;
+        assert_eq!(history_ids(&mut client).await, acknowledged);
+        assert_eq!(journal_bytes(&journal), 0, "the journal file is emptied once written back");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishes_acknowledged_while_redis_is_frozen_survive_sigterm() {
+        if arqon_e2e::redis::redis_available("publishes_acknowledged_while_redis_is_frozen_survive_sigterm") {
+            acknowledged_publishes_survive(Outage::Frozen, "TERM").await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishes_acknowledged_while_redis_is_frozen_survive_kill_9() {
+        if arqon_e2e::redis::redis_available("publishes_acknowledged_while_redis_is_frozen_survive_kill_9") {
+            acknowledged_publishes_survive(Outage::Frozen, "KILL").await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn publishes_acknowledged_while_redis_is_dead_survive_sigterm() {
+        if arqon_e2e::redis::redis_available("publishes_acknowledged_while_redis_is_dead_survive_sigterm") {
+            acknowledged_publishes_survive(Outage::Killed, "TERM").await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_writes_the_journal_back_within_the_grace_when_redis_returns() {
+        if !arqon_e2e::redis::redis_available("sigterm_writes_the_journal_back_within_the_grace_when_redis_returns") {
+            return;
+        }
+        let mut redis = tokio::task::block_in_place(arqon_e2e::redis::RedisProcess::start);
+        let journal = redis.dir().join("journal");
+        let mut command = journaled_bus(&redis, &journal);
+        command.env("ARQON_SERVER__SHUTDOWN_GRACE_MS", "15000");
+        let (mut bus, url) = start_command(command).await;
+        let mut client = TestClient::connect(&url).await;
+        tokio::task::block_in_place(|| redis.kill());
+        for i in 0..20 {
+            publish_acknowledged(&mut client, i).await;
+        }
+        drop(client);
+        // Redis comes back only once the bus is stopping.
+        signal(&bus, "TERM");
+        tokio::task::block_in_place(|| redis.restart());
+        let status = tokio::time::timeout(TIMEOUT, bus.wait()).await.expect("exits in time").unwrap();
+        assert_eq!(status.code(), Some(0));
+        // Written to Redis during the grace, not left for the next start.
+        assert_eq!(journal_bytes(&journal), 0);
+        assert_eq!(redis.command(&["ZCARD", "arqon:ids:{r:k}"]), ":20");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_torn_journal_tail_is_reported_and_only_whole_records_are_replayed() {
+        if !arqon_e2e::redis::redis_available("a_torn_journal_tail_is_reported_and_only_whole_records_are_replayed") {
+            return;
+        }
+        let mut redis = tokio::task::block_in_place(arqon_e2e::redis::RedisProcess::start);
+        let journal = redis.dir().join("journal");
+        let (bus, url) = start_command(journaled_bus(&redis, &journal)).await;
+        let mut client = TestClient::connect(&url).await;
+        tokio::task::block_in_place(|| redis.kill());
+        let mut acknowledged = Vec::new();
+        for i in 0..10 {
+            acknowledged.push(publish_acknowledged(&mut client, i).await);
+        }
+        signal(&bus, "KILL");
+        // A crash in the middle of the last write: its record is cut short.
+        let file = std::fs::read_dir(&journal)
+            .unwrap()
+            .map(|entry| entry.unwrap().path())
+            .find(|path| path.extension().is_some_and(|ext| ext == "journal"))
+            .unwrap();
+        let length = std::fs::metadata(&file).unwrap().len();
+        std::fs::OpenOptions::new().write(true).open(&file).unwrap().set_len(length - 5).unwrap();
+
+        tokio::task::block_in_place(|| redis.restart());
+        let (mut bus, url) = start_command(journaled_bus(&redis, &journal)).await;
+        let mut client = TestClient::connect(&url).await;
+        assert_eq!(history_ids(&mut client).await, acknowledged[..9], "the nine whole records, in order");
+        bus.kill().await.unwrap();
+        let output = bus.wait_with_output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("storage journal ends in a torn or corrupt record"), "{stderr}");
+    }
 }

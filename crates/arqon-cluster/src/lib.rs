@@ -19,6 +19,10 @@
 //! code rather than inside it because it needs the router, which storage
 //! must not know. docs/cluster.md describes the design and its guarantees.
 //!
+//! Being Redis through and through, this crate has no `redis` feature of
+//! its own: `arqon-server` depends on it only with its `redis` feature, so
+//! a build without Redis leaves this crate (and `fred`) out altogether.
+//!
 //! # Layout
 //!
 //! - `broker`: [`RedisBroker`], the synchronous side the router calls

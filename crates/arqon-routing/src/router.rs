@@ -161,6 +161,27 @@ impl Router {
     }
 
     /// Starts building a bus with optional parts.
+    ///
+    /// `storage` is any [`Storage`] behind an `Arc`: a backend of
+    /// `arqon-storage`, or one of your own crate, written against the trait
+    /// and checked with the conformance kit `arqon-storage-conformance`
+    /// (docs/storage.md, "Write your own backend"). The router appends to it
+    /// on every publish and reads history, `since` replays and channel
+    /// records from it.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use arqon_routing::{Router, RouterConfig};
+    /// use arqon_storage::{FallbackOptions, FallbackStorage, MemoryStorage, Storage};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// // Any implementation of the trait; here the degradation wrapper over memory.
+    /// let memory = Arc::new(MemoryStorage::new(1000));
+    /// let storage: Arc<dyn Storage> = Arc::new(FallbackStorage::new(memory, FallbackOptions::default()));
+    /// let router = Router::builder(RouterConfig::default(), storage).build();
+    /// assert_eq!(router.storage_health().backend, "memory");
+    /// # }
+    /// ```
     pub fn builder(config: RouterConfig, storage: Arc<dyn Storage>) -> RouterBuilder {
         RouterBuilder { config, storage, broker: None, observer: Arc::new(NoObserver) }
     }

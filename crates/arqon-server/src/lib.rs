@@ -9,7 +9,10 @@
 //! # Layout
 //!
 //! - [`Bus`]: a bound, not yet serving bus; [`Bus::serve`] runs it until a
-//!   shutdown future resolves.
+//!   shutdown future resolves. [`Bus::bind`] builds everything from the
+//!   configuration; [`Bus::builder`] also takes parts the configuration
+//!   cannot name, such as a storage backend of the embedder's own
+//!   ([`BusBuilder::storage`]).
 //! - [`cli`]: the `arqonbus` command line (`--config`, `--help`).
 //! - [`ServerError`]: this crate's error.
 
@@ -30,6 +33,7 @@ use std::time::Duration;
 
 pub use arqon_config::Config;
 use arqon_routing::{RateLimit, Router, RouterConfig};
+use arqon_storage::Storage;
 use arqon_transport::TransportConfig;
 use tokio::net::TcpListener;
 
@@ -77,8 +81,20 @@ pub enum ServerError {
     Auth(String),
     /// The cluster broker could not be set up (e.g. a bad Redis URL; an
     /// unreachable Redis is not an error).
+    #[cfg(feature = "redis")]
     #[error(transparent)]
     Cluster(#[from] arqon_cluster::ClusterError),
+    /// The configuration asks for something this build left out: Redis
+    /// storage or clustering in a binary built without the `redis` feature.
+    #[error(
+        "{setting} needs Redis, but this binary was built without the `redis` feature; \
+         rebuild with it (it is on by default: drop `--no-default-features`, or add `--features redis`), \
+         or change the setting"
+    )]
+    NotBuiltIn {
+        /// The setting that asks for it, e.g. `storage.backend = "redis"`.
+        setting: &'static str,
+    },
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(String),
@@ -97,7 +113,7 @@ pub struct Bus {
     transport: TransportConfig,
     authenticator: Arc<auth::Authenticator>,
     telemetry: Arc<Telemetry>,
-    cluster: Option<(arqon_cluster::RedisBroker, arqon_cluster::ClusterHandle)>,
+    cluster: Option<(cluster::Broker, cluster::Handle)>,
     /// The degradation wrapper over Redis, whose journal the shutdown
     /// writes back within what is left of `shutdown_grace`.
     fallback: Option<Arc<arqon_storage::FallbackStorage>>,
@@ -118,7 +134,7 @@ struct About {
 }
 
 impl About {
-    fn of(config: &Config) -> About {
+    fn of(config: &Config, storage: &'static str) -> About {
         use arqon_config::{AuthMode, JwtAlgorithm};
         let auth = match config.auth.mode {
             AuthMode::None => format!("none (everyone is {})", config.auth.default_role),
@@ -130,7 +146,7 @@ impl About {
         };
         About {
             scheme: if config.tls.enabled() { "wss" } else { "ws" },
-            storage: config.storage.backend.as_str(),
+            storage,
             auth,
             rate_per_s: config.limits.rate_per_s,
             max_message_bytes: config.limits.max_message_bytes,
@@ -152,22 +168,111 @@ async fn listen(
     TcpListener::bind(addr).await.map_err(|source| ServerError::Bind { addr, what, key, var, source })
 }
 
+/// Builds a [`Bus`] from a configuration and parts it cannot name; start
+/// one with [`Bus::builder`].
+///
+/// What is not given is built from the configuration, exactly as
+/// [`Bus::bind`] does.
+#[must_use = "a builder does nothing until bound"]
+pub struct BusBuilder<'a> {
+    config: &'a Config,
+    storage: Option<Arc<dyn Storage>>,
+}
+
+impl std::fmt::Debug for BusBuilder<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BusBuilder")
+            .field("storage", &self.storage.as_ref().map(|s| s.health().backend))
+            .finish_non_exhaustive()
+    }
+}
+
+impl BusBuilder<'_> {
+    /// Keeps channels and history in `storage` instead of the backend the
+    /// configuration names: any implementation of [`Storage`], such as a
+    /// third-party backend crate (docs/storage.md, "Write your own backend").
+    ///
+    /// The `[storage]` section of the configuration is then not used at all:
+    /// no Redis connection, no journal file. The bus restores the channels
+    /// `storage` lists before it serves, reports its [`Health`] in `/status`
+    /// and `/ready`, and names it in the start-up line by
+    /// `Health::backend`. Its limits are the backend's own (the
+    /// `limits.history_*` settings configure only the built-in memory
+    /// backend). A [`FallbackStorage`] handed here is not closed by
+    /// [`Bus::serve`]: call [`FallbackStorage::close`] after it returns to
+    /// write its journal back.
+    ///
+    /// [`Health`]: arqon_storage::Health
+    /// [`FallbackStorage`]: arqon_storage::FallbackStorage
+    /// [`FallbackStorage::close`]: arqon_storage::FallbackStorage::close
+    pub fn storage(mut self, storage: Arc<dyn Storage>) -> Self {
+        self.storage = Some(storage);
+        self
+    }
+
+    /// Opens what was not given, builds the router and binds the
+    /// listeners; the bus is ready to [`serve`](Bus::serve).
+    pub async fn bind(self) -> Result<Bus, ServerError> {
+        let config = self.config;
+        let (storage, fallback, storage_name) = match self.storage {
+            Some(storage) => {
+                let name = storage.health().backend;
+                (storage, None, name)
+            }
+            None => {
+                let (storage, fallback) = storage::open_storage(config).await?;
+                (storage, fallback, config.storage.backend.as_str())
+            }
+        };
+        Bus::assemble(config, storage, fallback, storage_name).await
+    }
+}
+
 impl Bus {
     /// Builds storage and router from `config` and binds the WebSocket
-    /// listener.
+    /// listener: the same as `Bus::builder(config).bind()`.
     pub async fn bind(config: &Config) -> Result<Bus, ServerError> {
+        Bus::builder(config).bind().await
+    }
+
+    /// Starts building a bus from `config`, with parts of the embedder's
+    /// own:
+    ///
+    /// ```no_run
+    /// use std::sync::Arc;
+    /// use arqon_server::{Bus, Config};
+    /// use arqon_storage::{MemoryStorage, Storage};
+    ///
+    /// # async fn run() -> Result<(), arqon_server::ServerError> {
+    /// // Any `Storage`, e.g. a backend crate of your own.
+    /// let storage: Arc<dyn Storage> = Arc::new(MemoryStorage::new(10_000));
+    /// let config = Config::default();
+    /// let bus = Bus::builder(&config).storage(storage).bind().await?;
+    /// bus.serve(async { let _ = tokio::signal::ctrl_c().await; }).await
+    /// # }
+    /// ```
+    pub fn builder(config: &Config) -> BusBuilder<'_> {
+        BusBuilder { config, storage: None }
+    }
+
+    /// Builds the router over `storage` and binds the listeners.
+    async fn assemble(
+        config: &Config,
+        storage: Arc<dyn Storage>,
+        fallback: Option<Arc<arqon_storage::FallbackStorage>>,
+        storage_name: &'static str,
+    ) -> Result<Bus, ServerError> {
         let telemetry = Arc::new(Telemetry::new(config.monitoring.telemetry_buffer));
-        let (storage, fallback) = storage::open_storage(config).await?;
         let broker = cluster::open_broker(config).await?;
         // With monitoring off nothing would read the numbers: skip collecting them.
         let router = if config.monitoring.enabled {
-            let storage: Arc<dyn arqon_storage::Storage> = Arc::new(Instrumented::new(storage, Arc::clone(&telemetry)));
+            let storage: Arc<dyn Storage> = Arc::new(Instrumented::new(storage, Arc::clone(&telemetry)));
             Router::builder(router_config(config), storage).observer(telemetry.clone())
         } else {
             Router::builder(router_config(config), storage)
         };
         let router = match &broker {
-            Some(broker) => router.broker(Arc::new(broker.clone())).build(),
+            Some(broker) => router.broker(cluster::for_router(broker)).build(),
             None => router.build(),
         };
         let restored = router.restore().await?;
@@ -177,7 +282,7 @@ impl Bus {
         // Joins the cluster (when Redis answers) before clients can connect.
         let cluster = match broker {
             Some(broker) => {
-                let handle = broker.start(router.clone()).await;
+                let handle = cluster::start(&broker, router.clone()).await;
                 Some((broker, handle))
             }
             None => None,
@@ -199,7 +304,7 @@ impl Bus {
             cluster,
             fallback,
             shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
-            about: About::of(config),
+            about: About::of(config, storage_name),
         })
     }
 
@@ -225,7 +330,7 @@ impl Bus {
 
     /// This node's id in the cluster, if `cluster.enabled`.
     pub fn node_id(&self) -> Option<&str> {
-        self.cluster.as_ref().map(|(broker, _)| broker.node_id())
+        self.cluster.as_ref().map(|(broker, _)| cluster::node_id(broker))
     }
 
     /// The router, for embedding or inspection.
@@ -304,7 +409,7 @@ impl Bus {
         let _ = reclaim_task.await;
         // Last: the other nodes forget this one's clients at once.
         if let Some(handle) = cluster_handle {
-            handle.shutdown().await;
+            cluster::shutdown(handle).await;
         }
         // What is left of the grace goes to writing the storage journal
         // back (what does not make it stays on disk for the next start).
@@ -322,13 +427,13 @@ impl Bus {
 /// happens.
 async fn watch_health(
     router: Router,
-    broker: Option<arqon_cluster::RedisBroker>,
+    broker: Option<cluster::Broker>,
     telemetry: Arc<Telemetry>,
     mut stopped: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut healthy = router.storage_health().healthy;
     telemetry.metrics.set_storage_healthy(healthy);
-    let mut cluster_healthy = broker.as_ref().map(|b| b.health().healthy);
+    let mut cluster_healthy = broker.as_ref().map(|b| cluster::report(&telemetry, b));
     let mut tick = tokio::time::interval(Duration::from_millis(500));
     loop {
         tokio::select! {
@@ -336,12 +441,7 @@ async fn watch_health(
             _ = tick.tick() => {}
         }
         if let Some(broker) = &broker {
-            let health = broker.health();
-            cluster::report(&telemetry, &health);
-            if cluster_healthy != Some(health.healthy) {
-                cluster_healthy = Some(health.healthy);
-                cluster::transition(&telemetry, &health);
-            }
+            cluster::watch(&telemetry, broker, &mut cluster_healthy);
         }
         let health = router.storage_health();
         telemetry.metrics.set_storage_bytes(health.journal_bytes, health.cache_bytes, health.journal_skipped);

@@ -17,7 +17,7 @@ pub(crate) struct BusMonitor {
     /// True from the moment the bus accepts clients until shutdown begins.
     pub(crate) accepting: Arc<AtomicBool>,
     /// The cluster broker, if this node is part of one.
-    pub(crate) broker: Option<arqon_cluster::RedisBroker>,
+    pub(crate) broker: Option<crate::cluster::Broker>,
 }
 
 impl BusMonitor {
@@ -32,7 +32,7 @@ impl BusMonitor {
     }
 
     fn cluster(&self) -> Option<serde_json::Value> {
-        self.broker.as_ref().map(|b| crate::cluster::status(&b.health()))
+        self.broker.as_ref().map(crate::cluster::status)
     }
 }
 
@@ -98,7 +98,7 @@ impl Monitor for BusMonitor {
             history_bytes_limit: health.history_bytes_budget,
         });
         if let Some(broker) = &self.broker {
-            crate::cluster::report(&self.telemetry, &broker.health());
+            crate::cluster::report(&self.telemetry, broker);
         }
         self.telemetry.metrics.render()
     }

@@ -1,13 +1,19 @@
 //! Turns the storage section of the configuration into a backend.
+//!
+//! The Redis backend exists only with the `redis` feature; without it,
+//! `storage.backend = "redis"` fails start-up with
+//! [`ServerError::NotBuiltIn`].
 
 use std::sync::Arc;
+#[cfg(feature = "redis")]
 use std::time::Duration;
 
-use arqon_config::{Config, JournalFsync, StorageBackend};
-use arqon_storage::{
-    FallbackOptions, FallbackStorage, FsyncPolicy, JournalOptions, MemoryStorage, RedisOptions, RedisStorage, Storage,
-    name_hash,
-};
+#[cfg(feature = "redis")]
+use arqon_config::JournalFsync;
+use arqon_config::{Config, StorageBackend};
+#[cfg(feature = "redis")]
+use arqon_storage::{FallbackOptions, FsyncPolicy, JournalOptions, RedisOptions, RedisStorage, name_hash};
+use arqon_storage::{FallbackStorage, MemoryStorage, Storage};
 
 use crate::ServerError;
 
@@ -24,7 +30,8 @@ pub(crate) type Opened = (Arc<dyn Storage>, Option<Arc<FallbackStorage>>);
 /// the journal file in `storage.journal.path` before it is answered; a
 /// journal left by an earlier run is written to Redis here, before the bus
 /// serves (if Redis answers). Only settings that can never work (a URL that
-/// does not parse, a journal file that cannot be opened) fail start-up.
+/// does not parse, a journal file that cannot be opened, a binary built
+/// without the `redis` feature) fail start-up.
 pub(crate) async fn open_storage(config: &Config) -> Result<Opened, ServerError> {
     Ok(match config.storage.backend {
         StorageBackend::Memory => (
@@ -34,6 +41,9 @@ pub(crate) async fn open_storage(config: &Config) -> Result<Opened, ServerError>
             ),
             None,
         ),
+        #[cfg(not(feature = "redis"))]
+        StorageBackend::Redis => return Err(ServerError::NotBuiltIn { setting: r#"storage.backend = "redis""# }),
+        #[cfg(feature = "redis")]
         StorageBackend::Redis => {
             let redis = &config.storage.redis;
             let primary = RedisStorage::connect(RedisOptions {
@@ -62,6 +72,7 @@ pub(crate) async fn open_storage(config: &Config) -> Result<Opened, ServerError>
     })
 }
 
+#[cfg(feature = "redis")]
 /// Where the journal goes: a file named after the Redis server and key
 /// prefix it is for (never written back to another), without the URL's
 /// credentials, so that a new password finds the same file.
@@ -80,5 +91,44 @@ fn journal_options(config: &Config) -> JournalOptions {
             JournalFsync::Always => FsyncPolicy::Always,
             JournalFsync::Interval => FsyncPolicy::Interval(Duration::from_millis(journal.fsync_interval_ms)),
         },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A configuration that asks for Redis from a build without it fails
+    /// start-up, naming the setting and the missing feature.
+    #[cfg(not(feature = "redis"))]
+    #[tokio::test]
+    async fn redis_storage_without_the_feature_fails_start_up_clearly() {
+        let mut config = Config::default();
+        config.storage.backend = StorageBackend::Redis;
+        let Err(error) = open_storage(&config).await else { panic!("opened Redis storage without the feature") };
+        let message = error.to_string();
+        assert!(message.contains(r#"storage.backend = "redis""#), "{message}");
+        assert!(message.contains("built without the `redis` feature"), "{message}");
+
+        config.storage.backend = StorageBackend::Memory;
+        config.cluster.enabled = true;
+        let Err(error) = crate::Bus::bind(&config).await else { panic!("a cluster node without the feature") };
+        let message = error.to_string();
+        assert!(message.contains("cluster.enabled = true"), "{message}");
+        assert!(message.contains("built without the `redis` feature"), "{message}");
+    }
+
+    /// The memory backend needs no feature, and the error type keeps its
+    /// message for builds that have one.
+    #[tokio::test]
+    async fn memory_storage_opens_in_every_build() {
+        let (storage, fallback) = open_storage(&Config::default()).await.expect("memory opens");
+        assert_eq!(storage.health().backend, "memory");
+        assert!(fallback.is_none());
+        let message = ServerError::NotBuiltIn { setting: "x" }.to_string();
+        assert!(
+            message.starts_with("x needs Redis, but this binary was built without the `redis` feature"),
+            "{message}"
+        );
     }
 }

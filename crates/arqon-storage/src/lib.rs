@@ -11,8 +11,10 @@
 //! - [`Storage`]: the trait every backend implements, with its contract.
 //! - [`MemoryStorage`]: the default backend, a log per channel bounded in
 //!   messages and bytes, under a byte budget over all channels.
-//! - [`RedisStorage`]: history in Redis Streams, one stream per channel, so
-//!   that it survives a restart of the bus ([`RedisOptions`]).
+//! - `RedisStorage`: history in Redis Streams, one stream per channel, so
+//!   that it survives a restart of the bus (`RedisOptions`). Only with the
+//!   `redis` cargo feature (on by default), which brings in the `fred`
+//!   client; without it this crate depends on no network client at all.
 //! - [`FallbackStorage`]: the degradation wrapper over any backend: while
 //!   the backend is unreachable it keeps accepting appends into a bounded
 //!   journal and writes them back, in order, when the backend returns
@@ -28,8 +30,11 @@
 //! - [`StorageError`]: the one error type of this layer.
 //! - [`async_trait`](macro@async_trait): re-exported, so a backend crate
 //!   implements [`Storage`] with nothing but this crate and `arqon-protocol`.
-//!   `tests/conformance.rs` holds the suite every backend must pass, with a
-//!   third-party backend as an example.
+//!
+//! Every rule of the contract is checked by the conformance kit, the crate
+//! `arqon-storage-conformance`: a backend crate runs it in its own tests
+//! with one line, and this crate runs its backends through it too
+//! (`tests/conformance.rs`).
 //!
 //! docs/storage.md describes the backends, the Redis key layout and the
 //! degradation rules for operators and for authors of new backends.
@@ -37,6 +42,7 @@
 mod fallback;
 mod journal;
 mod memory;
+#[cfg(feature = "redis")]
 mod redis;
 
 use arqon_protocol::{ChannelKey, Frame, MessageId, Timestamp};
@@ -44,6 +50,7 @@ use arqon_protocol::{ChannelKey, Frame, MessageId, Timestamp};
 pub use fallback::{FallbackOptions, FallbackStorage};
 pub use journal::{FsyncPolicy, JournalOptions, name_hash};
 pub use memory::MemoryStorage;
+#[cfg(feature = "redis")]
 pub use redis::{RedisOptions, RedisStorage};
 
 /// The attribute [`Storage`] is declared with, re-exported so that a backend
@@ -214,8 +221,8 @@ pub enum StorageError {
 ///
 /// # Contract
 ///
-/// Every backend must hold these, and the conformance suite in this crate's
-/// tests checks them:
+/// Every backend must hold these, and the conformance kit
+/// (`arqon-storage-conformance`) checks them:
 ///
 /// - Order is append order per channel, never id order.
 /// - `append` of an id already kept in that channel returns

@@ -4,6 +4,7 @@
 //! suite.) Each test spawns its own redis-server; without one installed the
 //! tests skip with a notice, except under `CI=true`, where they fail.
 
+#![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)]
 
 mod support;

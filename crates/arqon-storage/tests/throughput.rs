@@ -15,6 +15,8 @@
 //! and on disk with each fsync policy (docs/performance.md, "Journal fsync
 //! cost").
 
+// Measures Redis too, so it needs the `redis` feature.
+#![cfg(feature = "redis")]
 #![allow(clippy::unwrap_used)]
 
 mod support;
