@@ -1055,13 +1055,15 @@ export class Client {
     sub.joinedFrom = since;
     const rid = newId();
     const text = JSON.stringify({ type: "command", id: rid, command: "join_channel", args: { room, channel, since } });
-    this.exchange(link, rid, text, () => {
-      if (sub.resyncs === generation) sub.frozen = false;
+    // The notice goes out from the response hook, so it comes before the
+    // replay's messages, which may be parsed in the same tick.
+    this.exchange(link, rid, text, (result) => {
+      if (sub.resyncs !== generation) return;
+      sub.frozen = false;
+      const truncated = isObject(result) && result.truncated === true && !sub.zeroAnchor;
+      this.emit({ kind: "resynced", room, channel, since, truncated });
     }).then(
-      (result) => {
-        const truncated = isObject(result) && result.truncated === true && !sub.zeroAnchor;
-        this.emit({ kind: "resynced", room, channel, since, truncated });
-      },
+      () => {},
       (e) => {
         // LINK_LOST: the rejoin after the reconnect resumes from the same cursor.
         if (e === LINK_LOST) return;
