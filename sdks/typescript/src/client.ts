@@ -228,10 +228,14 @@ class Link {
 class Subscription {
   /** Ids of recently handled messages, oldest first (a Set keeps insertion order). */
   private readonly recent = new Set<string>();
-  /** While a `channel_gap` resync is in flight, the cursor stays at the gap's `last_id`. */
-  frozen = false;
-  /** Bumped per resync, so a stale answer does not unfreeze a newer one. */
-  resyncs = 0;
+  /**
+   * While a `channel_gap` repair is unanswered: the cursor stays at the gap's
+   * `last_id`, and live copies are dropped, since the replay right after the
+   * answer brings them in history's order.
+   */
+  repairing = false;
+  /** Bumped per repair, so a stale answer does not end a newer one. */
+  repairs = 0;
   /** The `since` of the latest join on the current link (the resume point when a gap's `last_id` is null). */
   joinedFrom: string;
 
@@ -264,10 +268,8 @@ class Subscription {
 
   /** A message of this channel was handled: resume after it. */
   record(id: string): void {
-    if (!this.frozen) {
-      this.cursor = id;
-      this.zeroAnchor = false;
-    }
+    this.cursor = id;
+    this.zeroAnchor = false;
     this.remember(id);
   }
 }
@@ -1008,6 +1010,10 @@ export class Client {
         this.log.debug(`dropping duplicate ${message.id} in ${message.room}/${message.channel}`);
         return;
       }
+      if (entry !== undefined && entry.sub.repairing) {
+        this.log.debug(`dropping ${message.id} in ${message.room}/${message.channel}: the gap repair's replay brings it`);
+        return;
+      }
       entry?.sub.record(message.id);
       this.deliver(link, message);
     } else if (kind === "event") {
@@ -1025,7 +1031,7 @@ export class Client {
         ...(typeof frame.timestamp === "string" ? { timestamp: frame.timestamp } : {}),
       };
       this.deliver(link, event);
-      if (name === "channel_gap") this.resync(link, payload);
+      if (name === "channel_gap") this.repairGap(link, payload);
       if (name === "token_expired") void this.retire(link, "token expired", 1000);
     } else {
       this.log.warn(`arqonbus: ignoring a frame of unknown type ${JSON.stringify(kind)}`);
@@ -1034,44 +1040,41 @@ export class Client {
 
   /**
    * `channel_gap`: what this connection received in a channel after
-   * `last_id` is not the channel's history. Join again with `since =
-   * last_id`: the replay is the channel's order from there; ids already
-   * handled are skipped. The cursor stays at `last_id` until the answer, so
-   * a reconnect meanwhile resumes from there too.
+   * `last_id` is not the channel's history (a cluster node lost Redis). Join
+   * again with `since = last_id` (or from where this connection joined, when
+   * it is null): the replay is the channel's order from there, and ids
+   * already delivered are skipped. Until the answer the cursor stays at the
+   * gap and live copies are dropped (the replay brings them, in order). The
+   * event itself has reached the user first. A repair that fails reconnects,
+   * and the rejoin starts from the cursor still held at the gap.
    */
-  private resync(link: Link, payload: Record<string, unknown>): void {
+  private repairGap(link: Link, payload: Record<string, unknown>): void {
     const { room, channel } = payload;
     if (typeof room !== "string" || typeof channel !== "string") return;
     const entry = this.subs.get(keyOf(room, channel));
     if (entry === undefined) return;
     const sub = entry.sub;
-    const lastId = typeof payload.last_id === "string" ? payload.last_id : null;
-    // null: nothing received on this node since joining it: resume from that join.
-    sub.cursor = lastId ?? sub.joinedFrom;
-    sub.zeroAnchor = lastId === null && sub.zeroAnchor;
-    sub.frozen = true;
-    const generation = ++sub.resyncs;
-    const since = sub.cursor;
+    const since = typeof payload.last_id === "string" ? payload.last_id : sub.joinedFrom;
+    sub.cursor = since;
+    sub.zeroAnchor = since === ZERO_ID;
+    sub.repairing = true;
+    const generation = ++sub.repairs;
     sub.joinedFrom = since;
     const rid = newId();
     const text = JSON.stringify({ type: "command", id: rid, command: "join_channel", args: { room, channel, since } });
     // The notice goes out from the response hook, so it comes before the
     // replay's messages, which may be parsed in the same tick.
     this.exchange(link, rid, text, (result) => {
-      if (sub.resyncs !== generation) return;
-      sub.frozen = false;
+      if (sub.repairs !== generation) return;
+      sub.repairing = false;
       const truncated = isObject(result) && result.truncated === true && !sub.zeroAnchor;
       this.emit({ kind: "resynced", room, channel, since, truncated });
-    }).then(
-      () => {},
-      (e) => {
-        // LINK_LOST: the rejoin after the reconnect resumes from the same cursor.
-        if (e === LINK_LOST) return;
-        const error = e instanceof ArqonError ? e : new ConnectionLost(String(e));
-        if (PERMANENT_JOIN_ERRORS.some((cls) => error instanceof cls)) this.subs.delete(keyOf(room, channel));
-        this.emit({ kind: "error", error });
-      },
-    );
+    }).catch((e) => {
+      // LINK_LOST: the rejoin after the reconnect resumes from the same cursor.
+      if (e === LINK_LOST || link.lost) return;
+      this.log.warn(`arqonbus: could not repair the gap in ${room}/${channel}: ${(e as Error)?.message ?? e}`);
+      this.dropLink(link, `repairing ${room}/${channel} failed: ${(e as Error)?.message ?? e}`, undefined, false);
+    });
   }
 
   private deadAfter(link: Link): number {
@@ -1283,7 +1286,7 @@ export class Client {
         try {
           payload = await Promise.race([
             this.exchange(link, rid, text, () => {
-              sub.frozen = false;
+              sub.repairing = false; // the replay that follows is the channel's order
             }),
             new Promise<never>((_, reject) => {
               timer = setTimeout(() => reject(new RequestTimeout("no answer to join_channel while rejoining")), this.opts.requestTimeoutMs);

@@ -43,7 +43,7 @@ export interface ServerEvent {
 /**
  * An error the server sent that answers no pending request: typically a
  * failed fire-and-forget {@link Client.send} (`error.requestId` is the id
- * `send` returned), or a failed resynchronisation after `channel_gap`.
+ * `send` returned).
  */
 export interface ErrorReceived {
   readonly kind: "error";
@@ -78,9 +78,10 @@ export interface Reconnected {
 }
 
 /**
- * The SDK handled a `channel_gap` event: it joined the channel again with
- * `since` = the event's `last_id`; the replay that follows this notice is the
- * channel's order from there (ids already delivered are skipped).
+ * The SDK repaired a channel after a `channel_gap` event: it joined the
+ * channel again with `since` = the event's `last_id` (or where this
+ * connection joined, when that is null); the replay that follows this notice
+ * is the channel's order from there (ids already delivered are skipped).
  */
 export interface Resynced {
   readonly kind: "resynced";

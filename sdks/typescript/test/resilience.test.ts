@@ -29,9 +29,9 @@ describe("channel_gap", () => {
   const r = new Resources();
   afterEach(() => r.close());
 
-  test("is surfaced, and resolved by rejoining since last_id without duplicates", T, async () => {
+  test("is surfaced, and repaired by rejoining since last_id: nothing twice, live copies in history order", T, async () => {
     const [room, channel] = ["r", "c"];
-    const [m1, m2, m3, m4, m5] = Array.from({ length: 5 }, () => newId());
+    const [m1, m2, m3, m4, m5, m6] = Array.from({ length: 6 }, () => newId());
     const joins: Array<Record<string, unknown>> = [];
     const server = await FakeServer.start((ws, frame) => {
       if (frame.command === "channel_info") {
@@ -42,29 +42,29 @@ describe("channel_gap", () => {
         ws.send(messageFrame(room, channel, m1!, 1));
         ws.send(messageFrame(room, channel, m2!, 2));
         ws.send(messageFrame(room, channel, m3!, 3));
-        // m4 was stored between m1 and m2 on another node; this node missed it.
+        // m4 was stored between m1 and m2 through another node; this one missed it.
         ws.send(JSON.stringify({ version: 1, id: newId(), type: "event", payload: { event: "channel_gap", room, channel, last_id: m1 } }));
+        // A live copy while the repair is unanswered: dropped, the replay brings it.
+        ws.send(messageFrame(room, channel, m6!, 6));
       } else if (frame.command === "join_channel") {
         joins.push(frame.args);
         ws.send(reply("response", frame.id, { payload: { room, channel, members: 1, truncated: false } }));
-        // History's order after m1: m4, m2, m3; then live m5.
-        ws.send(messageFrame(room, channel, m4!, 4));
-        ws.send(messageFrame(room, channel, m2!, 2));
-        ws.send(messageFrame(room, channel, m3!, 3));
-        ws.send(messageFrame(room, channel, m5!, 5));
+        // History's order after m1: m4, m2, m3, m6; then live m5.
+        for (const [id, n] of [[m4, 4], [m2, 2], [m3, 3], [m6, 6], [m5, 5]] as const) {
+          ws.send(messageFrame(room, channel, id!, n));
+        }
       }
     });
     r.add(() => server.close());
     const client = await r.client(server.url, FAST);
     await client.join(room, channel);
     const items: Incoming[] = [];
-    while (items.length < 7) items.push(await client.receive(15_000));
+    while (items.length < 8) items.push(await client.receive(15_000));
     assert.deepEqual(
       items.map((i) => (i.kind === "message" ? i.payload : i.kind === "event" ? i.name : i.kind)),
-      [1, 2, 3, "channel_gap", "resynced", 4, 5],
+      [1, 2, 3, "channel_gap", "resynced", 4, 6, 5],
     );
-    const resynced = items[4]!;
-    assert.deepEqual(resynced, { kind: "resynced", room, channel, since: m1, truncated: false });
+    assert.deepEqual(items[4], { kind: "resynced", room, channel, since: m1, truncated: false });
     assert.deepEqual(joins, [
       { room, channel, since: ZERO_ID },
       { room, channel, since: m1 },
@@ -72,6 +72,49 @@ describe("channel_gap", () => {
     // The connection stays, and nothing else arrives.
     assert.equal(client.reconnects, 0);
     await assert.rejects(client.receive(300));
+  });
+
+  test("a repair the server refuses reconnects and rejoins from the gap", T, async () => {
+    const [room, channel] = ["r", "c"];
+    const [m1, m2] = [newId(), newId()];
+    const joins: Array<Record<string, unknown>> = [];
+    const server = await FakeServer.start((ws, frame, index) => {
+      if (frame.command === "channel_info") {
+        ws.send(reply("response", frame.id, { payload: { room, channel, members: 0, created_at: "", stored: 1, last_id: m1 } }));
+      } else if (frame.command === "join_channel") {
+        joins.push({ connection: index, ...frame.args });
+        if (index === 0 && joins.length === 1) {
+          ws.send(reply("response", frame.id, { payload: { room, channel, members: 1 } }));
+          ws.send(messageFrame(room, channel, m2!, 2));
+          ws.send(JSON.stringify({ version: 1, id: newId(), type: "event", payload: { event: "channel_gap", room, channel, last_id: m1 } }));
+        } else if (index === 0) {
+          ws.send(reply("error", frame.id, { error: { code: "STORAGE_UNAVAILABLE", message: "redis is down" } }));
+        } else {
+          ws.send(reply("response", frame.id, { payload: { room, channel, members: 1, truncated: false } }));
+          ws.send(messageFrame(room, channel, m2!, 2)); // already delivered: skipped
+        }
+      }
+    });
+    r.add(() => server.close());
+    const client = await r.client(server.url, FAST);
+    await client.join(room, channel);
+    const skipped: Incoming[] = [];
+    const reconnected = await nextItem(client, "reconnected", { skipped });
+    assert.match(
+      skipped.map((i) => (i.kind === "disconnected" ? i.reason : "")).join(""),
+      /repairing r\/c failed: STORAGE_UNAVAILABLE/,
+    );
+    assert.deepEqual(reconnected.rejoined, [[room, channel]]);
+    assert.deepEqual(joins, [
+      { connection: 0, room, channel, since: m1 },
+      { connection: 0, room, channel, since: m1 },
+      { connection: 1, room, channel, since: m1 },
+    ]);
+    assert.deepEqual(
+      skipped.map((i) => (i.kind === "message" ? i.payload : i.kind === "event" ? i.name : i.kind)),
+      [2, "channel_gap", "disconnected"],
+    );
+    await assert.rejects(client.receive(300)); // m2 was not delivered twice
   });
 });
 
