@@ -58,6 +58,7 @@ import {
   type CommandHelp,
   type Incoming,
   type JoinResult,
+  type Message,
   type Status,
   type Welcome,
 } from "./models.js";
@@ -171,6 +172,9 @@ const PERMANENT_JOIN_ERRORS = [NotFound, Forbidden, InvalidName, InvalidArgs, In
 /** How long {@link Client.close} waits for the closing handshake. */
 const CLOSE_TIMEOUT_MS = 2000;
 
+/** The shortest time between a connection and its token refresh. */
+const MIN_REFRESH_DELAY_MS = 1000;
+
 /** Internal: the link a request was sent on died before the answer came. */
 const LINK_LOST = Symbol("link lost");
 
@@ -208,20 +212,12 @@ class Link {
   refresh: ReturnType<typeof setTimeout> | undefined;
   /** Resolves when the socket has closed (either side). */
   socketClosed!: Promise<void>;
-  /** Resolves when the link is lost. */
-  readonly whenLost: Promise<void>;
-  markLost!: () => void;
   /** Until the welcome: where frames go. */
   onWelcome: ((frame: Record<string, unknown>) => void) | undefined;
   onEarlyClose: ((reason: string) => void) | undefined;
   tokenExpiresAt: number | undefined;
   tokenFetchedAt = Date.now();
 
-  constructor() {
-    this.whenLost = new Promise((resolve) => {
-      this.markLost = resolve;
-    });
-  }
 }
 
 /** A channel the user joined: where to resume, and what was already seen. */
@@ -403,7 +399,9 @@ export class Client {
     const link = this.link;
     if (link !== undefined && !link.lost) {
       this.dropLink(link, "client closed", undefined, true);
-      await Promise.race([link.socketClosed, sleep(CLOSE_TIMEOUT_MS)]);
+      let timer: ReturnType<typeof setTimeout> | undefined;
+      await Promise.race([link.socketClosed, new Promise((resolve) => (timer = setTimeout(resolve, CLOSE_TIMEOUT_MS)))]);
+      clearTimeout(timer);
       link.socket.abort();
     }
     for (const [rid, pending] of this.pending) {
@@ -695,7 +693,7 @@ export class Client {
     room: string,
     channel: string,
     options: RequestOptions & { limit?: number; before?: string } = {},
-  ): Promise<import("./models.js").Message[]> {
+  ): Promise<Message[]> {
     const args: Record<string, unknown> = { room, channel };
     if (options.limit !== undefined) args.limit = options.limit;
     if (options.before !== undefined) args.before = options.before;
@@ -1129,7 +1127,9 @@ export class Client {
     if (expiresAt === undefined || typeof this.opts.token !== "function") return;
     const lifetime = Math.max(0, expiresAt - link.tokenFetchedAt);
     const lead = Math.min(this.opts.tokenRefreshLeadMs, lifetime / 4);
-    const delay = Math.min(2 ** 31 - 1, Math.max(0, expiresAt - lead - Date.now()));
+    // At least a second apart, so that a provider handing out a token about
+    // to expire (or a clock far off) cannot make the client reconnect in a loop.
+    const delay = Math.min(2 ** 31 - 1, Math.max(MIN_REFRESH_DELAY_MS, expiresAt - lead - Date.now()));
     link.refresh = setTimeout(() => void this.retire(link, "token refresh", this.opts.requestTimeoutMs), delay);
   }
 
@@ -1154,7 +1154,6 @@ export class Client {
   private dropLink(link: Link, reason: string, code: number | undefined, graceful: boolean, immediate = false): void {
     if (link.lost) return;
     link.lost = true;
-    link.markLost();
     clearInterval(link.watchdog);
     clearTimeout(link.refresh);
     if (graceful) link.socket.close(1000, "");

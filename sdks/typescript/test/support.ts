@@ -10,7 +10,7 @@ import { existsSync } from "node:fs";
 import * as net from "node:net";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
-import { WebSocketServer, type WebSocket as WsSocket } from "ws";
+import { WebSocket as WsClient, WebSocketServer, type WebSocket as WsSocket } from "ws";
 
 import { connect, newId, type Client, type ClientOptions, type Incoming } from "arqonbus";
 
@@ -392,5 +392,44 @@ export async function within<T>(ms: number, promise: Promise<T>): Promise<T> {
     ]);
   } finally {
     clearTimeout(timer);
+  }
+}
+
+/**
+ * A standard (browser-shaped) WebSocket built on `ws`: `onopen`,
+ * `onmessage`, `onclose`, `readyState`, `send`, `close`, and nothing else.
+ * Like a browser's, it answers the server's pings without showing them, and
+ * it cannot be paused, so it drives the SDK's browser code path in Node.
+ */
+export class StandardWebSocket {
+  onopen: ((event: unknown) => void) | null = null;
+  onmessage: ((event: { data: unknown }) => void) | null = null;
+  onclose: ((event: { code: number; reason: string }) => void) | null = null;
+  onerror: ((event: unknown) => void) | null = null;
+  /** Every URL opened, to check where the token went. */
+  static readonly urls: string[] = [];
+  private readonly inner: WsSocket;
+
+  constructor(url: string) {
+    StandardWebSocket.urls.push(url);
+    this.inner = new WsClient(url, { perMessageDeflate: false, maxPayload: 0 });
+    this.inner.on("open", () => this.onopen?.({}));
+    this.inner.on("message", (data: Buffer, isBinary: boolean) =>
+      this.onmessage?.({ data: isBinary ? new ArrayBuffer(0) : data.toString("utf8") }),
+    );
+    this.inner.on("close", (code: number, reason: Buffer) => this.onclose?.({ code, reason: reason.toString("utf8") }));
+    this.inner.on("error", () => this.onerror?.({}));
+  }
+
+  get readyState(): number {
+    return this.inner.readyState;
+  }
+
+  send(data: string): void {
+    this.inner.send(data);
+  }
+
+  close(code?: number, reason?: string): void {
+    this.inner.close(code, reason);
   }
 }
