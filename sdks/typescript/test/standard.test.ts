@@ -94,7 +94,8 @@ describe("standard WebSocket", () => {
     await within(90_000, publishing);
     await within(90_000, consuming);
     assert.deepEqual(received, [...Array(total).keys()], "every message exactly once, in order");
-    assert.ok(subscriber.reconnects >= 3);
+    // The last cut may land after the last message: its reconnect still comes.
+    await eventually(() => subscriber.reconnects >= 3, 30_000);
   });
 
   test("a full inbox drops the link and resumes it when drained: everything once, in order", { timeout: 90_000 }, async () => {
