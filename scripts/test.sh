@@ -60,3 +60,8 @@ if [ -f sdks/python/run_tests.sh ]; then
     step "python SDK"
     ARQONBUS_BIN="$PWD/target/debug/arqonbus" bash sdks/python/run_tests.sh
 fi
+
+if [ -f sdks/typescript/run_tests.sh ]; then
+    step "typescript SDK"
+    ARQONBUS_BIN="$PWD/target/debug/arqonbus" bash sdks/typescript/run_tests.sh
+fi
