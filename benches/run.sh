@@ -176,7 +176,7 @@ headline() {
     fi
     if [[ $line == *'"scenario":"readrate"'* ]]; then
         value=$(grep -o '"socket_per_s":[0-9.e+-]*' <<<"$line" | cut -d: -f2 || true)
-        [[ -n $value ]] && awk -v v="$value" 'BEGIN { printf "%.0f k/s read from a socket", v / 1000 }' && return 0
+        [[ -n $value ]] && awk -v v="$value" 'BEGIN { if (v >= 1e6) printf "%.2f M/s", v / 1e6; else printf "%.0f k/s", v / 1e3; printf " read from a socket" }' && return 0
     fi
     if [[ -n $value ]]; then
         awk -v v="$value" 'BEGIN { if (v >= 1e6) printf "%.2f M deliveries/s", v / 1e6; else printf "%.0f k deliveries/s", v / 1e3 }'

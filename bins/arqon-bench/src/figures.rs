@@ -240,7 +240,11 @@ pub(crate) fn load(path: &Path) -> Result<Figures, BenchError> {
     if file.extension().is_some_and(|e| e == "json") {
         return parse(&text);
     }
-    Ok(Figures { measured: String::new(), source: file.display().to_string(), figures: from_reports(&text)? })
+    // run.sh names a run's directory after its UTC start time: the best
+    // "when" a raw results file carries.
+    let measured =
+        file.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    Ok(Figures { measured, source: file.display().to_string(), figures: from_reports(&text)? })
 }
 
 #[cfg(test)]
