@@ -150,4 +150,17 @@ mod tests {
         assert_eq!(lines[3], "| latency 1k/s ->100, 5 s | p99 **0.860 ms** |  |  |  | 2026-11-30 |");
         assert_eq!(lines.len(), 4, "{table}");
     }
+
+    #[test]
+    fn the_docs_table_is_what_the_checked_in_figures_give() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let newest = crate::summarize::newest_figures(&root.join("benches/results")).unwrap();
+        let figures = figures::load(&newest).unwrap();
+        let reference = Reference::load(&root.join("benches/reference.json")).unwrap();
+        let table = table(&figures, &reference);
+        let summary = std::fs::read_to_string(root.join("docs/img/summary.md")).unwrap();
+        assert_eq!(table, summary, "run `cargo run -p arqon-bench -- summarize --out docs/img`");
+        let docs = std::fs::read_to_string(root.join("docs/performance.md")).unwrap();
+        assert!(docs.contains(&table), "docs/performance.md must carry docs/img/summary.md as it is");
+    }
 }

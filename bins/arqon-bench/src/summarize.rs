@@ -183,7 +183,7 @@ fn write(path: &Path, text: &str) -> Result<(), BenchError> {
 
 /// The newest figures file under `dir`: names are dates, so the greatest
 /// name is the latest.
-fn newest_figures(dir: &Path) -> Result<PathBuf, BenchError> {
+pub(crate) fn newest_figures(dir: &Path) -> Result<PathBuf, BenchError> {
     let entries =
         std::fs::read_dir(dir).map_err(|e| BenchError::Results(format!("cannot list {}: {e}", dir.display())))?;
     entries
