@@ -9,6 +9,11 @@
 #   bash benches/run.sh --out DIR       # where results go [target/bench-results/<UTC time>]
 #   bash benches/run.sh --bin-dir DIR   # use arqonbus and arqon-bench already built in DIR; no build
 #   bash benches/run.sh --nice N        # scheduling priority of server and generator [-10 where allowed, else 0]
+#   bash benches/run.sh --charts        # also draw SVG charts of the results into <out>/charts
+#
+# Progress goes to stderr as it runs: "[k/n] label (client) …" when a run
+# starts, and its time, the suite's elapsed time and its headline figure when
+# it ends.
 #
 # The server runs pinned to core 0 (taskset -c 0) and the generator to core 1,
 # on 127.0.0.1 only. Benchmark configuration: the per-client rate limits are
@@ -33,6 +38,7 @@ only=""
 out=""
 bin_dir=""
 nice_level=""
+charts=0
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --smoke) mode=smoke ;;
@@ -41,7 +47,8 @@ while [[ $# -gt 0 ]]; do
         --out) out="$2"; shift ;;
         --bin-dir) bin_dir="$2"; shift ;;
         --nice) nice_level="$2"; shift ;;
-        -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
+        --charts) charts=1 ;;
+        -h|--help) awk 'NR > 1 && /^#/ { print; next } NR > 1 { exit }' "$0"; exit 0 ;;
         *) echo "run.sh: unknown argument $1" >&2; exit 2 ;;
     esac
     shift
@@ -49,11 +56,11 @@ done
 
 if [[ $mode == smoke ]]; then
     runs=1
-    bin=target/debug
+    bin=${CARGO_TARGET_DIR:-target}/debug
     [[ -z $bin_dir ]] && cargo build -p arqon-bench -p arqonbus
     out=${out:-target/bench-results/smoke}
 else
-    bin=target/release
+    bin=${CARGO_TARGET_DIR:-target}/release
     [[ -z $bin_dir ]] && cargo build --release -p arqonbus -p arqon-bench
     out=${out:-target/bench-results/$(date -u +%Y%m%dT%H%M%SZ)}
 fi
@@ -132,6 +139,52 @@ trap stop_server EXIT
 
 failed=0
 
+# Progress: the cases are listed twice, first only counted (so that each run
+# can say "k of n"), then run.
+counting=0
+total=0
+done_runs=0
+started=$SECONDS
+
+# client_of GENERATOR-ARGS...: the subscriber kind of a publish/subscribe
+# case (the generator's default is lean), nothing for the others.
+client_of() {
+    case "$1" in
+        fanout|fanin|latency|readrate) ;;
+        *) return 0 ;;
+    esac
+    local kind=lean
+    while [[ $# -gt 0 ]]; do
+        [[ $1 == --subscriber ]] && kind=$2
+        shift
+    done
+    echo " ($kind)"
+}
+
+# headline JSON-LINE: the figure a run is judged by first, for the progress
+# line (the results table has them all).
+headline() {
+    local line=$1 value
+    value=$(grep -o '"deliveries_per_s":[0-9.e+-]*' <<<"$line" | head -1 | cut -d: -f2 || true)
+    if [[ $line == *'"scenario":"latency"'* || $line == *'"scenario":"commands"'* ]]; then
+        value=$(grep -o '"p99_us":[0-9.e+-]*' <<<"$line" | head -1 | cut -d: -f2 || true)
+        [[ -n $value ]] && awk -v v="$value" 'BEGIN { printf "p99 %.3f ms", v / 1000 }' && return 0
+    fi
+    if [[ $line == *'"scenario":"conns"'* ]]; then
+        value=$(grep -o '"rss_per_conn_kib":[0-9.e+-]*' <<<"$line" | cut -d: -f2 || true)
+        [[ -n $value ]] && awk -v v="$value" 'BEGIN { printf "%.2f KiB per connection", v }' && return 0
+    fi
+    if [[ $line == *'"scenario":"readrate"'* ]]; then
+        value=$(grep -o '"socket_per_s":[0-9.e+-]*' <<<"$line" | cut -d: -f2 || true)
+        [[ -n $value ]] && awk -v v="$value" 'BEGIN { if (v >= 1e6) printf "%.2f M/s", v / 1e6; else printf "%.0f k/s", v / 1e3; printf " read from a socket" }' && return 0
+    fi
+    if [[ -n $value ]]; then
+        awk -v v="$value" 'BEGIN { if (v >= 1e6) printf "%.2f M deliveries/s", v / 1e6; else printf "%.0f k deliveries/s", v / 1e3 }'
+        return 0
+    fi
+    grep -o '"failure":"[^"]*"' <<<"$line" | cut -d'"' -f4 || echo "no figure"
+}
+
 # run_case LABEL TARGET TIMEOUT_S GENERATOR-ARGS...
 run_case() {
     local label=$1 target=$2 limit=$3
@@ -139,7 +192,18 @@ run_case() {
     if [[ -n $only && $label != *$only* ]]; then
         return 0
     fi
+    if [[ $counting -eq 1 ]]; then
+        total=$((total + runs))
+        return 0
+    fi
+    local client case_start
+    client=$(client_of "$@")
     for run in $(seq 1 "$runs"); do
+        done_runs=$((done_runs + 1))
+        case_start=$SECONDS
+        local step="[$done_runs/$total] $label$client"
+        [[ $runs -gt 1 ]] && step="$step, run $run of $runs"
+        echo "$step … elapsed $((SECONDS - started)) s" >&2
         echo "=== $label (run $run of $runs)" | tee -a "$log"
         if ! start_server; then
             echo "{\"scenario\":\"$1\",\"label\":\"$label\",\"target\":\"$target\",\"failure\":\"server did not start\"}" >>"$results"
@@ -161,68 +225,79 @@ run_case() {
             failed=1
         fi
         stop_server
+        echo "$step: $((SECONDS - case_start)) s, elapsed $((SECONDS - started)) s, last: $(headline "$(tail -1 "$results")")" >&2
     done
 }
 
-if [[ $mode == smoke ]]; then
-    run_case "smoke fanout 1->10" "no loss" 20 fanout --subscribers 10 --messages 500 --drain 2
-    run_case "smoke fanin 5->1" "no loss" 20 fanin --publishers 5 --messages 200 --drain 2
-    run_case "smoke latency 200/s ->10" "no loss" 20 latency --rate 200 --duration 1 --subscribers 10 --drain 2
-    run_case "smoke conns 200" "all open" 20 conns --connections 200 --settle 0.2
-    run_case "smoke commands ping" "all answered" 20 commands --command ping --rate 200 --duration 1 --drain 2
-    run_case "smoke commands join" "all answered" 20 commands --command join --rate 200 --duration 1 --drain 2
-    run_case "smoke fanout 1->10, ordinary" "no loss" 20 fanout --subscribers 10 --messages 500 --drain 2 \
-        --subscriber ordinary
-    run_case "smoke fanin 5->1, ordinary" "no loss" 20 fanin --publishers 5 --messages 200 --drain 2 \
-        --subscriber ordinary
-    run_case "smoke latency 200/s ->10, ordinary" "no loss" 20 latency --rate 200 --duration 1 --subscribers 10 \
-        --drain 2 --subscriber ordinary
-    run_case "smoke readrate ordinary" "reported" 20 readrate --subscriber ordinary --messages 5000
-    run_case "smoke readrate lean" "reported" 20 readrate --subscriber lean --messages 5000
-else
-    run_case "fanout 1->100, 20k msgs" ">= 4 M deliveries/s (NATS 2.7 M)" 120 \
-        fanout --subscribers 100 --messages 20000 --payload 256
-    run_case "fanout 1->1000, 20k msgs" "reported (NATS: n/a)" 240 \
-        fanout --subscribers 1000 --messages 20000 --payload 256
-    # 60,000 messages: enough to fill the stalled client's socket buffers, so
-    # that the bus holds a backlog for it (closed by the write timeout, 10 s
-    # after its socket stops, which is after this run); the same run without
-    # the stalled client is the baseline it is held to.
-    run_case "fanout 1->100, 60k msgs" "baseline of the stalled run" 120 \
-        fanout --subscribers 100 --messages 60000 --payload 256
-    run_case "fanout 1->100 + 1 stalled, 60k msgs" "within 10% of 1->100" 120 \
-        fanout --subscribers 100 --stalled 1 --messages 60000 --payload 256
-    run_case "fanin 50->1, 2k each" ">= 1.5 M deliveries/s (NATS 0.95 M)" 120 \
-        fanin --publishers 50 --messages 2000 --payload 256
-    run_case "latency 1k/s ->100, 5 s" "p99 <= 1 ms (NATS 2.8 ms)" 60 \
-        latency --rate 1000 --duration 5 --subscribers 100 --payload 256
-    run_case "latency 10k/s ->100, 5 s" "reported" 60 \
-        latency --rate 10000 --duration 5 --subscribers 100 --payload 256
-    run_case "conns 5000 idle" "<= 8 KiB each (NATS 25 KiB)" 120 conns --connections 5000
-    if [[ $max_conns -ge 100000 ]]; then
-        run_case "conns 100000 idle" "open and idle in < 1 GiB" 300 conns --connections 100000
+cases() {
+    if [[ $mode == smoke ]]; then
+        run_case "smoke fanout 1->10" "no loss" 20 fanout --subscribers 10 --messages 500 --drain 2
+        run_case "smoke fanin 5->1" "no loss" 20 fanin --publishers 5 --messages 200 --drain 2
+        run_case "smoke latency 200/s ->10" "no loss" 20 latency --rate 200 --duration 1 --subscribers 10 --drain 2
+        run_case "smoke conns 200" "all open" 20 conns --connections 200 --settle 0.2
+        run_case "smoke commands ping" "all answered" 20 commands --command ping --rate 200 --duration 1 --drain 2
+        run_case "smoke commands join" "all answered" 20 commands --command join --rate 200 --duration 1 --drain 2
+        run_case "smoke fanout 1->10, ordinary" "no loss" 20 fanout --subscribers 10 --messages 500 --drain 2 \
+            --subscriber ordinary
+        run_case "smoke fanin 5->1, ordinary" "no loss" 20 fanin --publishers 5 --messages 200 --drain 2 \
+            --subscriber ordinary
+        run_case "smoke latency 200/s ->10, ordinary" "no loss" 20 latency --rate 200 --duration 1 --subscribers 10 \
+            --drain 2 --subscriber ordinary
+        run_case "smoke readrate ordinary" "reported" 20 readrate --subscriber ordinary --messages 5000
+        run_case "smoke readrate lean" "reported" 20 readrate --subscriber lean --messages 5000
     else
-        echo "note: RLIMIT_NOFILE is $nofile here (hard limit $(ulimit -Hn)); the 100,000-connection run is capped at $max_conns" | tee -a "$log"
-        run_case "conns 100000 idle (capped at $max_conns: nofile $nofile)" "open and idle in < 1 GiB" 300 \
-            conns --connections "$max_conns"
+        run_case "fanout 1->100, 20k msgs" ">= 4 M deliveries/s (NATS 2.7 M)" 120 \
+            fanout --subscribers 100 --messages 20000 --payload 256
+        run_case "fanout 1->1000, 20k msgs" "reported (NATS: n/a)" 240 \
+            fanout --subscribers 1000 --messages 20000 --payload 256
+        # 60,000 messages: enough to fill the stalled client's socket buffers, so
+        # that the bus holds a backlog for it (closed by the write timeout, 10 s
+        # after its socket stops, which is after this run); the same run without
+        # the stalled client is the baseline it is held to.
+        run_case "fanout 1->100, 60k msgs" "baseline of the stalled run" 120 \
+            fanout --subscribers 100 --messages 60000 --payload 256
+        run_case "fanout 1->100 + 1 stalled, 60k msgs" "within 10% of 1->100" 120 \
+            fanout --subscribers 100 --stalled 1 --messages 60000 --payload 256
+        run_case "fanin 50->1, 2k each" ">= 1.5 M deliveries/s (NATS 0.95 M)" 120 \
+            fanin --publishers 50 --messages 2000 --payload 256
+        run_case "latency 1k/s ->100, 5 s" "p99 <= 1 ms (NATS 2.8 ms)" 60 \
+            latency --rate 1000 --duration 5 --subscribers 100 --payload 256
+        run_case "latency 10k/s ->100, 5 s" "reported" 60 \
+            latency --rate 10000 --duration 5 --subscribers 100 --payload 256
+        run_case "conns 5000 idle" "<= 8 KiB each (NATS 25 KiB)" 120 conns --connections 5000
+        if [[ $max_conns -ge 100000 ]]; then
+            run_case "conns 100000 idle" "open and idle in < 1 GiB" 300 conns --connections 100000
+        else
+            if [[ $counting -eq 0 ]]; then
+                echo "note: RLIMIT_NOFILE is $nofile here (hard limit $(ulimit -Hn)); the 100,000-connection run is capped at $max_conns" | tee -a "$log"
+            fi
+            run_case "conns 100000 idle (capped at $max_conns: nofile $nofile)" "open and idle in < 1 GiB" 300 \
+                conns --connections "$max_conns"
+        fi
+        run_case "commands ping 1k/s, 5 s" "p99 <= 0.5 ms" 60 commands --command ping --rate 1000 --duration 5
+        run_case "commands join+leave 1k/s, 5 s" "p99 <= 0.5 ms" 60 commands --command join --rate 1000 --duration 5
+        # Ordinary subscribers (a serde_json::Value per message). Windowed runs
+        # measure the rate the whole path sustains with them; open-loop runs
+        # (--window 0) measure what the bus does when they fall behind: every
+        # message must still arrive, with no slow-consumer close.
+        run_case "fanout 1->100, 20k msgs, ordinary" "reported" 120 \
+            fanout --subscribers 100 --messages 20000 --payload 256 --subscriber ordinary
+        run_case "fanout 1->100, 20k msgs, ordinary, open loop" "no loss, no close" 120 \
+            fanout --subscribers 100 --messages 20000 --payload 256 --subscriber ordinary --window 0
+        run_case "fanin 100->1, 200 each (one burst), ordinary, open loop" "no loss, no close" 120 \
+            fanin --publishers 100 --messages 200 --payload 256 --subscriber ordinary --window 0
+        run_case "latency 1k/s ->100, 5 s, ordinary" "reported" 60 \
+            latency --rate 1000 --duration 5 --subscribers 100 --payload 256 --subscriber ordinary
+        run_case "readrate ordinary, 100k msgs" "reported" 60 readrate --subscriber ordinary --messages 100000 --payload 256
+        run_case "readrate lean, 100k msgs" "reported" 60 readrate --subscriber lean --messages 100000 --payload 256
     fi
-    run_case "commands ping 1k/s, 5 s" "p99 <= 0.5 ms" 60 commands --command ping --rate 1000 --duration 5
-    run_case "commands join+leave 1k/s, 5 s" "p99 <= 0.5 ms" 60 commands --command join --rate 1000 --duration 5
-    # Ordinary subscribers (a serde_json::Value per message). Windowed runs
-    # measure the rate the whole path sustains with them; open-loop runs
-    # (--window 0) measure what the bus does when they fall behind: every
-    # message must still arrive, with no slow-consumer close.
-    run_case "fanout 1->100, 20k msgs, ordinary" "reported" 120 \
-        fanout --subscribers 100 --messages 20000 --payload 256 --subscriber ordinary
-    run_case "fanout 1->100, 20k msgs, ordinary, open loop" "no loss, no close" 120 \
-        fanout --subscribers 100 --messages 20000 --payload 256 --subscriber ordinary --window 0
-    run_case "fanin 100->1, 200 each (one burst), ordinary, open loop" "no loss, no close" 120 \
-        fanin --publishers 100 --messages 200 --payload 256 --subscriber ordinary --window 0
-    run_case "latency 1k/s ->100, 5 s, ordinary" "reported" 60 \
-        latency --rate 1000 --duration 5 --subscribers 100 --payload 256 --subscriber ordinary
-    run_case "readrate ordinary, 100k msgs" "reported" 60 readrate --subscriber ordinary --messages 100000 --payload 256
-    run_case "readrate lean, 100k msgs" "reported" 60 readrate --subscriber lean --messages 100000 --payload 256
-fi
+}
+
+counting=1
+cases
+counting=0
+echo "$total runs to go ($mode)" >&2
+cases
 
 {
     echo "# ArqonBus load benchmark ($mode)"
@@ -238,6 +313,12 @@ fi
 cat "$out/results.md"
 echo
 echo "results: $out/results.md (raw: $results, log: $log)"
+if [[ $charts -eq 1 ]]; then
+    # The peers and targets come from benches/reference.json (cwd is the
+    # repository root); the charts go beside the results.
+    "$gen_bin" summarize "$results" --out "$out/charts" >/dev/null
+    echo "charts: $out/charts (deliveries.svg, latency.svg, memory.svg, summary.md)"
+fi
 if [[ $failed -ne 0 ]]; then
     echo "some runs lost messages, failed or timed out: see the table and $log" >&2
     exit 1

@@ -5,13 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::BenchError;
+use crate::summarize::Request;
 
 pub(crate) const USAGE: &str = "\
 arqon-bench: load generator for ArqonBus (protocol v1 over WebSocket).
 
 Usage:
   arqon-bench SCENARIO [OPTIONS]
-  arqon-bench summarize RESULTS.jsonl [--out TABLE.md]
+  arqon-bench summarize [RESULTS] [--table TABLE.md] [--out DIR] [--reference FILE]
 
 Scenarios (defaults in brackets):
   fanout    1 publisher -> N subscribers, M messages at max rate
@@ -66,6 +67,14 @@ conns:
 
 commands:
   --command ping|join --rate R --duration SECS
+
+summarize (run from the repository root):
+  RESULTS, --results PATH   a results.jsonl, the directory run.sh wrote it to,
+                       or a figures file [the newest benches/results/*.json]
+  --table FILE         also write the median-and-range table there
+  --out DIR            write deliveries.svg, latency.svg, memory.svg and
+                       summary.md (and figures.json for raw results) there
+  --reference FILE     peers' figures and targets [benches/reference.json]
 
 Output: a human table, then one JSON line (the last line, starting with {).
 Exit status: 0; 1 if anything was lost, errored or timed out (unless
@@ -143,13 +152,8 @@ pub(crate) enum CommandKind {
 pub(crate) enum Invocation {
     /// Run one scenario.
     Run(Box<Options>),
-    /// Summarize a JSON-lines results file.
-    Summarize {
-        /// The results file.
-        input: PathBuf,
-        /// Where to write the table (stdout always gets it too).
-        output: Option<PathBuf>,
-    },
+    /// Summarize results: a table, and charts with `--out`.
+    Summarize(Request),
     /// Print usage.
     Help,
 }
@@ -222,17 +226,31 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
     match first.as_str() {
         "-h" | "--help" | "help" => return Ok(Invocation::Help),
         "summarize" => {
-            let mut input = None;
-            let mut output = None;
+            let mut request = Request { input: None, table: None, out: None, reference: None };
             while let Some(arg) = args.next() {
+                let mut value =
+                    |what: &str| args.next().map(PathBuf::from).ok_or_else(|| usage(format!("{arg} needs {what}")));
                 match arg.as_str() {
-                    "--out" => output = Some(PathBuf::from(args.next().ok_or_else(|| usage("--out needs a path"))?)),
-                    other if input.is_none() && !other.starts_with('-') => input = Some(PathBuf::from(other)),
+                    "--results" => request.input = Some(value("a path")?),
+                    "--table" => request.table = Some(value("a path")?),
+                    // `--out TABLE.md` named the table before charts came:
+                    // a Markdown path still means that.
+                    "--out" => {
+                        let path = value("a directory")?;
+                        if path.extension().is_some_and(|e| e == "md") {
+                            request.table = Some(path);
+                        } else {
+                            request.out = Some(path);
+                        }
+                    }
+                    "--reference" => request.reference = Some(value("a path")?),
+                    other if request.input.is_none() && !other.starts_with('-') => {
+                        request.input = Some(PathBuf::from(other));
+                    }
                     other => return Err(usage(format!("summarize: unexpected argument {other:?}"))),
                 }
             }
-            let input = input.ok_or_else(|| usage("summarize needs a results file"))?;
-            return Ok(Invocation::Summarize { input, output });
+            return Ok(Invocation::Summarize(request));
         }
         _ => {}
     }
@@ -471,5 +489,26 @@ mod tests {
             assert!(parse(args.iter().map(|s| (*s).to_owned())).is_err(), "{args:?}");
         }
         assert!(matches!(parse(["summarize".to_owned(), "r.jsonl".to_owned()]), Ok(Invocation::Summarize { .. })));
+    }
+
+    #[test]
+    fn summarize_takes_results_charts_and_a_table() {
+        let args = |a: &[&str]| parse(a.iter().map(|s| (*s).to_owned()));
+        let Ok(Invocation::Summarize(r)) =
+            args(&["summarize", "--results", "d", "--out", "img", "--reference", "x.json"])
+        else {
+            panic!("not a summarize")
+        };
+        let expected =
+            Request { input: Some("d".into()), table: None, out: Some("img".into()), reference: Some("x.json".into()) };
+        assert_eq!(r, expected);
+        let Ok(Invocation::Summarize(r)) = args(&["summarize", "r.jsonl", "--out", "t.md"]) else {
+            panic!("not a summarize")
+        };
+        assert_eq!((r.table, r.out), (Some("t.md".into()), None), "--out TABLE.md still names the table");
+        let Ok(Invocation::Summarize(r)) = args(&["summarize"]) else { panic!("not a summarize") };
+        assert_eq!(r.input, None, "the newest checked-in figures by default");
+        assert!(args(&["summarize", "--out"]).is_err());
+        assert!(args(&["summarize", "a", "b"]).is_err());
     }
 }

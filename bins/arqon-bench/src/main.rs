@@ -22,22 +22,29 @@
 //! - `ordinary`: the ordinary subscriber (tokio-tungstenite, a
 //!   `serde_json::Value` per message) and `readrate`.
 //! - `pubsub`: `fanout`, `fanin`, `latency`; `conns`; `commands`.
-//! - `histogram`, `report`, `summarize`, `procfs`: measuring and reporting.
+//! - `histogram`, `report`, `procfs`: measuring and reporting one run.
+//! - `summarize`: the table of repeated runs; `figures` (medians and
+//!   ranges, raw or checked in), `reference` (peers and targets), `charts`
+//!   (SVG) and `overview` (the one-screen table) behind `summarize --out`.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod charts;
 mod cli;
 mod client;
 mod commands;
 mod conns;
+mod figures;
 mod frame;
 mod histogram;
 mod lean;
 mod ordinary;
+mod overview;
 mod procfs;
 mod pubsub;
+mod reference;
 mod report;
 mod summarize;
 
@@ -55,6 +62,9 @@ pub(crate) enum BenchError {
     /// A results file could not be read or written.
     #[error("{0}")]
     Results(String),
+    /// A chart could not be drawn.
+    #[error("cannot draw a chart: {0}")]
+    Chart(String),
 }
 
 /// The generator's monotonic clock: nanoseconds since the process started
@@ -110,7 +120,7 @@ fn main() -> ExitCode {
             print!("{}", cli::USAGE);
             ExitCode::SUCCESS
         }
-        Invocation::Summarize { input, output } => match summarize::run(&input, output.as_deref()) {
+        Invocation::Summarize(request) => match summarize::run(&request) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("arqon-bench: {e}");

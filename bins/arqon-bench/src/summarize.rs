@@ -1,12 +1,41 @@
-//! `arqon-bench summarize RESULTS.jsonl`: the median and range of repeated
-//! runs, as a Markdown table.
+//! `arqon-bench summarize`: the median and range of repeated runs as a
+//! Markdown table, and with `--out DIR` the SVG charts and the one-screen
+//! summary of docs/performance.md.
+//!
+//! The input is a run's `results.jsonl` (or the directory `benches/run.sh`
+//! wrote it to), or a figures file (`benches/results/*.json`, the latest by
+//! default) holding figures recorded before; the peers' figures and the
+//! targets come from `benches/reference.json`.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use crate::BenchError;
+use crate::charts;
+use crate::figures::{self, median};
+use crate::overview;
+use crate::reference::Reference;
 use crate::report::Report;
+
+/// Where the checked-in figures live; the newest is the default input.
+pub(crate) const RESULTS_DIR: &str = "benches/results";
+/// The peers' figures and the targets.
+pub(crate) const REFERENCE: &str = "benches/reference.json";
+
+/// What `summarize` was asked to do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Request {
+    /// Results: a `results.jsonl`, a run directory or a figures file; `None`:
+    /// the newest figures file under [`RESULTS_DIR`].
+    pub(crate) input: Option<PathBuf>,
+    /// Where to write the median-and-range table, besides stdout.
+    pub(crate) table: Option<PathBuf>,
+    /// Where to write the charts and `summary.md`.
+    pub(crate) out: Option<PathBuf>,
+    /// The reference file; `None`: [`REFERENCE`] if it exists.
+    pub(crate) reference: Option<PathBuf>,
+}
 
 /// How a metric is read out of a report and shown.
 struct Metric {
@@ -90,11 +119,6 @@ fn metrics(scenario: &str) -> Vec<Metric> {
     list
 }
 
-fn median(sorted: &[f64]) -> f64 {
-    let n = sorted.len();
-    if n % 2 == 1 { sorted[n / 2] } else { (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0 }
-}
-
 /// Builds the table from JSON lines (other lines are ignored, so a whole log
 /// can be fed in).
 pub(crate) fn table(text: &str) -> Result<String, BenchError> {
@@ -153,15 +177,84 @@ pub(crate) fn table(text: &str) -> Result<String, BenchError> {
     Ok(out)
 }
 
-/// Reads `input`, prints the table, and writes it to `output` if given.
-pub(crate) fn run(input: &Path, output: Option<&Path>) -> Result<(), BenchError> {
-    let text = std::fs::read_to_string(input)
-        .map_err(|e| BenchError::Results(format!("cannot read {}: {e}", input.display())))?;
-    let table = table(&text)?;
-    print!("{table}");
-    if let Some(output) = output {
-        std::fs::write(output, &table)
-            .map_err(|e| BenchError::Results(format!("cannot write {}: {e}", output.display())))?;
+fn write(path: &Path, text: &str) -> Result<(), BenchError> {
+    std::fs::write(path, text).map_err(|e| BenchError::Results(format!("cannot write {}: {e}", path.display())))
+}
+
+/// The newest figures file under `dir`: names are dates, so the greatest
+/// name is the latest.
+pub(crate) fn newest_figures(dir: &Path) -> Result<PathBuf, BenchError> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| BenchError::Results(format!("cannot list {}: {e}", dir.display())))?;
+    entries
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .max()
+        .ok_or_else(|| BenchError::Results(format!("no figures file (*.json) in {}", dir.display())))
+}
+
+fn reference(request: &Request) -> Result<Reference, BenchError> {
+    match &request.reference {
+        Some(path) => Reference::load(path),
+        None if Path::new(REFERENCE).is_file() => Reference::load(Path::new(REFERENCE)),
+        // Run from elsewhere than the repository root: charts without the
+        // peers and targets are still worth having.
+        None => {
+            eprintln!("arqon-bench: {REFERENCE} not found here: no peers or targets on the charts");
+            Ok(Reference::default())
+        }
+    }
+}
+
+/// Prints the median-and-range table of a results file (writing it to
+/// `request.table` too) and, with `request.out`, writes the charts,
+/// `summary.md` and, for raw results, `figures.json` there.
+pub(crate) fn run(request: &Request) -> Result<(), BenchError> {
+    let input = match &request.input {
+        Some(path) => path.clone(),
+        None => newest_figures(Path::new(RESULTS_DIR))?,
+    };
+    let figures = figures::load(&input)?;
+    let raw = input.extension().is_none_or(|e| e != "json");
+    if raw {
+        let file = if input.is_dir() { input.join("results.jsonl") } else { input.clone() };
+        let text = std::fs::read_to_string(&file)
+            .map_err(|e| BenchError::Results(format!("cannot read {}: {e}", file.display())))?;
+        let table = table(&text)?;
+        print!("{table}");
+        if let Some(path) = &request.table {
+            write(path, &table)?;
+        }
+    } else if request.table.is_some() {
+        return Err(BenchError::Results(format!(
+            "{} holds figures, not runs: the median-and-range table needs a results.jsonl",
+            input.display()
+        )));
+    }
+    let reference = reference(request)?;
+    let summary = overview::table(&figures, &reference);
+    let Some(out) = &request.out else {
+        if !raw {
+            print!("{summary}");
+        }
+        return Ok(());
+    };
+    std::fs::create_dir_all(out).map_err(|e| BenchError::Results(format!("cannot create {}: {e}", out.display())))?;
+    for (name, svg) in charts::draw_all(&figures.figures, &reference)? {
+        let path = out.join(name);
+        write(&path, &svg)?;
+        eprintln!("wrote {}", path.display());
+    }
+    write(&out.join("summary.md"), &summary)?;
+    if raw {
+        let json = serde_json::to_string_pretty(&figures)
+            .map_err(|e| BenchError::Results(format!("cannot encode figures: {e}")))?;
+        write(&out.join("figures.json"), &(json + "\n"))?;
+    }
+    eprintln!("wrote {}", out.join("summary.md").display());
+    if !raw {
+        print!("{summary}");
     }
     Ok(())
 }
