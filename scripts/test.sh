@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole ArqonBus test suite: lints, every Rust test, the Python SDK tests.
-# Installs what it needs (redis-server, Python packages) by itself.
+# Installs what it needs (redis-server, systemd-analyze, promtool, Python and
+# npm packages) by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -20,6 +21,16 @@ elif [ "${CI:-}" = "true" ]; then
     exit 1
 else
     echo "note: redis-server not found; Redis tests will say they are skipped" >&2
+fi
+
+# deploy/ checks: `systemd-analyze verify` of the unit, `promtool check rules`
+# of the alerts (tests/e2e/deploy.rs; they fail under CI=true when missing).
+missing=()
+command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 step "format"

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 /// Short, so that tests about dead nodes finish quickly.
 const REGISTRY_TTL_MS: u64 = 1500;
 
-fn node_config(redis: &RedisProcess, node: &str) -> Config {
+pub(crate) fn node_config(redis: &RedisProcess, node: &str) -> Config {
     node_config_ttl(redis, node, REGISTRY_TTL_MS)
 }
 

@@ -7,6 +7,7 @@
 #[cfg(feature = "redis")]
 mod cluster;
 mod commands;
+mod deploy;
 mod errors;
 mod layers;
 mod lifecycle;

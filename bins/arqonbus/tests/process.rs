@@ -449,3 +449,40 @@ mod redis {
         assert!(stderr.contains("storage journal ends in a torn or corrupt record"), "{stderr}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_config_and_print_config_exit_without_serving() {
+    let sample = concat!(env!("CARGO_MANIFEST_DIR"), "/../../deploy/arqonbus.toml");
+    let output = arqonbus().args(["--check-config", sample]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("configuration OK") && stdout.contains("arqonbus.toml"), "{stdout}");
+
+    // A bad value, and a TLS file that does not exist: named, exit 1.
+    let output = arqonbus().args(["--check-config"]).env("ARQON_SERVER__HEARTBEAT_S", "soon").output().await.unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("server.heartbeat_s"));
+    let output = arqonbus()
+        .args(["--check-config"])
+        .env("ARQON_TLS__CERT", "/nonexistent/cert.pem")
+        .env("ARQON_TLS__KEY", "/nonexistent/key.pem")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("/nonexistent/cert.pem"));
+
+    // The effective settings, secrets redacted, loadable again.
+    let secret = "a-very-long-hs256-secret-of-more-than-32-bytes";
+    let output = arqonbus()
+        .args(["--print-config", "--config", sample])
+        .env("ARQON_AUTH__MODE", "jwt")
+        .env("ARQON_AUTH__JWT__SECRET", secret)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stderr));
+    let printed = String::from_utf8_lossy(&output.stdout);
+    assert!(!printed.contains(secret) && printed.contains("<redacted>"), "{printed}");
+    assert!(printed.contains("mode = \"jwt\"") && printed.contains("host = \"0.0.0.0\""), "{printed}");
+}
