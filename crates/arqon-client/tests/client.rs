@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arqon_client::{
@@ -438,6 +440,10 @@ struct Proxy {
     addr: SocketAddr,
     /// (kill generation, freeze generation).
     control: watch::Sender<(u64, u64)>,
+    /// Connections forwarding or frozen (not yet closed or killed).
+    open: Arc<AtomicUsize>,
+    /// Connections that have stopped forwarding since the last freeze.
+    frozen: Arc<watch::Sender<usize>>,
     task: JoinHandle<()>,
 }
 
@@ -446,24 +452,34 @@ impl Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (control, _) = watch::channel((0u64, 0u64));
+        let open = Arc::new(AtomicUsize::new(0));
+        let frozen = Arc::new(watch::channel(0usize).0);
         let accept_control = control.clone();
+        let (accept_open, accept_frozen) = (Arc::clone(&open), Arc::clone(&frozen));
         let task = tokio::spawn(async move {
             loop {
                 let Ok((mut inbound, _)) = listener.accept().await else { return };
                 let Ok(mut outbound) = TcpStream::connect(target).await else { continue };
                 let mut control = accept_control.subscribe();
                 let (kill0, freeze0) = *control.borrow_and_update();
+                let (open, frozen) = (Arc::clone(&accept_open), Arc::clone(&accept_frozen));
+                open.fetch_add(1, Ordering::SeqCst);
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {
+                            open.fetch_sub(1, Ordering::SeqCst);
+                            return;
+                        }
                         _ = control.wait_for(|&(kill, freeze)| kill != kill0 || freeze != freeze0) => {}
                     }
                     // Frozen: hold both sockets, forward nothing, until killed.
+                    frozen.send_modify(|n| *n += 1);
                     let _ = control.wait_for(|&(kill, _)| kill != kill0).await;
+                    open.fetch_sub(1, Ordering::SeqCst);
                 });
             }
         });
-        Proxy { addr, control, task }
+        Proxy { addr, control, open, frozen, task }
     }
 
     fn url(&self) -> String {
@@ -474,8 +490,14 @@ impl Proxy {
         self.control.send_modify(|c| c.0 += 1);
     }
 
-    fn freeze(&self) {
+    /// Freezes every open connection, and returns once none of them forwards
+    /// anything any more (so what is sent after this cannot slip through).
+    async fn freeze(&self) {
+        let open = self.open.load(Ordering::SeqCst);
+        self.frozen.send_replace(0);
+        let mut frozen = self.frozen.subscribe();
         self.control.send_modify(|c| c.1 += 1);
+        tokio::time::timeout(WAIT, frozen.wait_for(|&n| n >= open)).await.expect("frozen in time").unwrap();
     }
 }
 
@@ -490,12 +512,12 @@ impl Drop for Proxy {
 async fn after_reconnects_every_message_arrives_exactly_once_in_order() {
     const COUNT: u64 = 200;
     let server = TestServer::start().await;
-    let proxy = std::sync::Arc::new(Proxy::start(server.addr).await);
+    let proxy = Arc::new(Proxy::start(server.addr).await);
     let (subscriber, mut events) = connect_with(&proxy.url(), fast_reconnect()).await;
     subscriber.join("reconnect", "feed").await.unwrap();
     let (publisher, _publisher_events) = connect(&server.url()).await;
 
-    let cutter = std::sync::Arc::clone(&proxy);
+    let cutter = Arc::clone(&proxy);
     let publishing = tokio::spawn(async move {
         for n in 0..COUNT {
             publisher.publish("reconnect", "feed", &json!({ "n": n })).await.unwrap();
@@ -550,7 +572,7 @@ async fn a_frozen_connection_is_detected_by_the_heartbeat_and_replaced() {
     assert_eq!(n_of(&next_message(&mut events).await), 0);
 
     let frozen_at = tokio::time::Instant::now();
-    proxy.freeze();
+    proxy.freeze().await;
     // Published into the frozen connection: lost on the wire, so it must come
     // back through the replay after the reconnect.
     publisher.publish("hb", "c", &json!({"n": 1})).await.unwrap();
