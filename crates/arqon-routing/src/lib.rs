@@ -25,6 +25,10 @@
 //!
 //! # Embedding
 //!
+//! A longer example, two clients in a channel and history read back, is
+//! `examples/in_process.rs` (`cargo run -p arqon-routing --example
+//! in_process`; its test runs with the crate's).
+//!
 //! ```
 //! use std::sync::Arc;
 //! use arqon_protocol::Role;
