@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arqon_config::{AuthMode, JwtAlgorithm, RoleRate, StaticToken};
+use arqon_e2e::tls::SelfSigned;
 use arqon_e2e::{Closed, TIMEOUT, TestClient, TestServer, test_config};
 use arqon_protocol::Role;
 use futures_util::{SinkExt, StreamExt};
@@ -382,19 +383,11 @@ async fn half_open_upgrades_are_closed_at_the_deadline_while_others_connect() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_round_trip() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let dir = std::env::temp_dir().join(format!("arqon-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let mut config = test_config();
-    config.tls.cert = cert_path.display().to_string();
-    config.tls.key = key_path.display().to_string();
-    let server = TestServer::start_with(config).await;
+    let cert = SelfSigned::new("e2e");
+    let server = TestServer::start_with(cert.config(test_config())).await;
 
     let mut roots = tokio_rustls::rustls::RootCertStore::empty();
-    roots.add(cert.cert.der().clone()).unwrap();
+    roots.add(cert.key.cert.der().clone()).unwrap();
     let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
     let client_config = tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -416,7 +409,6 @@ async fn tls_round_trip() {
     assert!(pong.to_text().unwrap().contains("\"pong\":true"), "{pong}");
     // Plain WebSocket to a TLS listener does not get in.
     assert!(tokio_tungstenite::connect_async(server.url()).await.is_err());
-    let _ = std::fs::remove_dir_all(dir);
 }
 
 /// A small deterministic generator, so a failure can be replayed.

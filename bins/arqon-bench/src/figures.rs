@@ -8,7 +8,6 @@
 //! `results.jsonl` of a `benches/run.sh` run is reduced to the same form, so
 //! the charts are drawn from either.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -164,19 +163,8 @@ pub(crate) fn median(sorted: &[f64]) -> f64 {
 /// Reduces JSON result lines (other lines are ignored) to figures, in the
 /// order the configurations first appear.
 pub(crate) fn from_reports(text: &str) -> Result<Vec<Figure>, BenchError> {
-    let mut order: Vec<String> = Vec::new();
-    let mut groups: BTreeMap<String, Vec<Report>> = BTreeMap::new();
-    for line in text.lines().map(str::trim).filter(|l| l.starts_with('{')) {
-        let report: Report =
-            serde_json::from_str(line).map_err(|e| BenchError::Results(format!("bad result line: {e}")))?;
-        if !groups.contains_key(&report.label) {
-            order.push(report.label.clone());
-        }
-        groups.entry(report.label.clone()).or_default().push(report);
-    }
     let mut figures = Vec::new();
-    for label in order {
-        let runs = &groups[&label];
+    for (label, runs) in crate::report::grouped(text)? {
         let first = &runs[0];
         let client = first.params.get("subscriber").and_then(|v| v.as_str()).map(str::to_owned);
         let lost = runs.iter().map(|r| r.lost).sum();

@@ -136,6 +136,22 @@ pub(crate) struct Report {
     pub(crate) failure: Option<String>,
 }
 
+/// The runs of each configuration, from JSON result lines (other lines are
+/// ignored, so a whole log can be fed in), in the order the configurations
+/// first appear.
+pub(crate) fn grouped(text: &str) -> Result<Vec<(String, Vec<Report>)>, crate::BenchError> {
+    let mut groups: Vec<(String, Vec<Report>)> = Vec::new();
+    for line in text.lines().map(str::trim).filter(|l| l.starts_with('{')) {
+        let report: Report =
+            serde_json::from_str(line).map_err(|e| crate::BenchError::Results(format!("bad result line: {e}")))?;
+        match groups.iter_mut().find(|(label, _)| *label == report.label) {
+            Some((_, runs)) => runs.push(report),
+            None => groups.push((report.label.clone(), vec![report])),
+        }
+    }
+    Ok(groups)
+}
+
 impl Report {
     /// Counts one error under `code`.
     pub(crate) fn error(&mut self, code: impl Into<String>, n: u64) {

@@ -122,21 +122,11 @@ fn metrics(scenario: &str) -> Vec<Metric> {
 /// Builds the table from JSON lines (other lines are ignored, so a whole log
 /// can be fed in).
 pub(crate) fn table(text: &str) -> Result<String, BenchError> {
-    let mut order: Vec<String> = Vec::new();
-    let mut groups: BTreeMap<String, Vec<Report>> = BTreeMap::new();
-    for line in text.lines().map(str::trim).filter(|l| l.starts_with('{')) {
-        let report: Report =
-            serde_json::from_str(line).map_err(|e| BenchError::Results(format!("bad result line: {e}")))?;
-        if !groups.contains_key(&report.label) {
-            order.push(report.label.clone());
-        }
-        groups.entry(report.label.clone()).or_default().push(report);
-    }
+    let groups = crate::report::grouped(text)?;
     let mut out = String::new();
     out.push_str("| configuration | metric | median | range (min - max) | runs | target | lost | errors |\n");
     out.push_str("|---|---|---|---|---|---|---|---|\n");
-    for label in order {
-        let runs = &groups[&label];
+    for (label, runs) in &groups {
         let first = &runs[0];
         let lost: u64 = runs.iter().map(|r| r.lost).sum();
         let mut errors: BTreeMap<&str, u64> = BTreeMap::new();

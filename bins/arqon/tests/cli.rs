@@ -5,6 +5,7 @@
 
 use std::process::{Output, Stdio};
 
+use arqon_e2e::tls::SelfSigned;
 use arqon_e2e::{TIMEOUT, TestServer, test_config};
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -285,18 +286,10 @@ async fn sub_stops_when_its_reader_goes_away() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_needs_the_bus_certificate_with_ca() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let dir = std::env::temp_dir().join(format!("arqon-cli-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let mut config = test_config();
-    config.tls.cert = cert_path.display().to_string();
-    config.tls.key = key_path.display().to_string();
-    let server = TestServer::start_with(config).await;
+    let tls = SelfSigned::new("cli");
+    let server = TestServer::start_with(tls.config(test_config())).await;
     let url = format!("wss://localhost:{}/ws", server.addr.port());
-    let ca = cert_path.display().to_string();
+    let ca = tls.cert_path.display().to_string();
 
     let trusted = run(&["--url", &url, "--ca", &ca, "ping", "--count", "1"]).await;
     assert_eq!(trusted.status.code(), Some(0), "{}", stderr(&trusted));
@@ -306,5 +299,4 @@ async fn wss_needs_the_bus_certificate_with_ca() {
     let missing = run(&["--url", &url, "--ca", "/nonexistent/ca.pem", "ping"]).await;
     assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
     assert!(stderr(&missing).contains("cannot read --ca /nonexistent/ca.pem"), "{}", stderr(&missing));
-    let _ = std::fs::remove_dir_all(dir);
 }

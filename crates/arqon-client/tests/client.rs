@@ -16,6 +16,7 @@ use arqon_client::{
     ChannelKey, Client, ClientError, ClientOptions, ErrorCode, Event, Events, Incoming, Message, MessageId, Name,
     PublishOptions, Role, Target,
 };
+use arqon_e2e::tls::SelfSigned;
 use arqon_e2e::{TestServer, test_config};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -854,19 +855,11 @@ async fn a_channel_gap_is_repaired_from_last_id() {
 /// not, and a `tls_roots_pem` that holds no certificate is a clear error.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wss_with_the_bus_certificate_as_a_root() {
-    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let dir = std::env::temp_dir().join(format!("arqon-client-tls-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let (cert_path, key_path) = (dir.join("cert.pem"), dir.join("key.pem"));
-    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
-    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
-    let mut config = test_config();
-    config.tls.cert = cert_path.display().to_string();
-    config.tls.key = key_path.display().to_string();
-    let server = TestServer::start_with(config).await;
+    let tls = SelfSigned::new("client");
+    let server = TestServer::start_with(tls.config(test_config())).await;
     let url = format!("wss://localhost:{}/ws", server.addr.port());
 
-    let trusted = ClientOptions { tls_roots_pem: Some(cert.cert.pem()), ..ClientOptions::default() };
+    let trusted = ClientOptions { tls_roots_pem: Some(tls.cert_pem.clone()), ..ClientOptions::default() };
     let (client, _events) = connect_with(&url, trusted).await;
     client.ping().await.unwrap();
     client.publish("tls", "c", &json!({"n": 1})).await.unwrap();
@@ -882,5 +875,4 @@ async fn wss_with_the_bus_certificate_as_a_root() {
     let refused = tokio::time::timeout(WAIT, Client::connect_with(&url, garbage)).await.unwrap();
     let error = refused.expect_err("no root, no connection").to_string();
     assert!(error.contains("tls_roots_pem holds no certificate"), "{error}");
-    let _ = std::fs::remove_dir_all(dir);
 }

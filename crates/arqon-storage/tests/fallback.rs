@@ -9,12 +9,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arqon_protocol::encode::MessageFrame;
 use arqon_protocol::{ChannelKey, IdGenerator, MessageId, Timestamp};
 use arqon_storage::{
     Appended, ChannelRecord, ChannelStats, FallbackOptions, FallbackStorage, FsyncPolicy, Health, JournalOptions,
     MemoryStorage, Since, Storage, StorageError, StoredMessage, async_trait,
 };
+use arqon_storage_conformance::fixtures::message;
 
 /// A memory backend that fails every call while `down`, and can "lose the
 /// reply" of appends: store the message, then fail as a timeout would.
@@ -105,20 +105,6 @@ impl Storage for Switch {
 
 fn key(channel: &str) -> ChannelKey {
     ChannelKey::parse("r", channel).unwrap()
-}
-
-fn message(key: &ChannelKey, id: MessageId) -> StoredMessage {
-    let frame = MessageFrame {
-        id,
-        timestamp: Timestamp::from_unix_ms(1_700_000_000_000),
-        from: IdGenerator::new().client_id(),
-        room: Some(&key.room),
-        channel: Some(&key.channel),
-        payload: None,
-        meta: None,
-    }
-    .encode();
-    StoredMessage { id, frame }
 }
 
 fn fresh_ids(n: usize) -> Vec<MessageId> {

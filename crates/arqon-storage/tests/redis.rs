@@ -17,7 +17,8 @@ use arqon_storage::{
     After, Appended, ChannelRecord, ChannelStats, FallbackOptions, FallbackStorage, FsyncPolicy, JournalOptions,
     RedisOptions, RedisStorage, Storage, StorageError,
 };
-use support::{RedisProcess, fresh_ids, ids, message, redis_available, redis_options, start_redis, until_ping};
+use arqon_storage_conformance::fixtures::message;
+use support::{RedisProcess, fresh_ids, ids, redis_available, redis_options, start_redis, until_ping};
 
 /// Slack over a timeout for a slow, busy machine.
 const SLACK: Duration = Duration::from_millis(1500);

@@ -29,7 +29,8 @@ use arqon_storage::{
     ChannelRecord, ChannelStats, FallbackOptions, FallbackStorage, FsyncPolicy, Health, JournalOptions, MemoryStorage,
     RedisStorage, Since, Storage, StorageError, StoredMessage, async_trait,
 };
-use support::{fresh_ids, message, redis_available, redis_options, start_redis};
+use arqon_storage_conformance::fixtures::message;
+use support::{fresh_ids, redis_available, redis_options, start_redis};
 
 const KEPT: usize = 10_000;
 const APPENDS: usize = 20_000;

@@ -164,21 +164,6 @@ impl<S: Storage + std::fmt::Debug, G: std::fmt::Debug + Send + Sync + 'static> S
     }
 }
 
-/// A message as the bus would store it: the real encoded envelope.
-pub fn message(key: &ChannelKey, id: MessageId) -> StoredMessage {
-    let frame = arqon_protocol::encode::MessageFrame {
-        id,
-        timestamp: Timestamp::from_unix_ms(1_700_000_000_000),
-        from: arqon_protocol::IdGenerator::new().client_id(),
-        room: Some(&key.room),
-        channel: Some(&key.channel),
-        payload: None,
-        meta: None,
-    }
-    .encode();
-    StoredMessage { id, frame }
-}
-
 /// `n` fresh ids, in creation order.
 pub fn fresh_ids(n: usize) -> Vec<MessageId> {
     let mut generator = arqon_protocol::IdGenerator::new();
