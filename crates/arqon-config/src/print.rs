@@ -20,6 +20,9 @@ impl Config {
         for token in &mut config.auth.tokens {
             token.token = REDACTED.to_owned();
         }
+        for key in &mut config.api.keys {
+            key.key = REDACTED.to_owned();
+        }
         config.storage.redis.url = redact_url(&config.storage.redis.url);
         config.cluster.redis_url = redact_url(&config.cluster.redis_url);
         config

@@ -16,6 +16,7 @@
 //! - [`cli`]: the `arqonbus` command line (`--config`, `--help`).
 //! - [`ServerError`]: this crate's error.
 
+mod api;
 mod auth;
 mod bridge;
 pub mod cli;
@@ -32,7 +33,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use arqon_config::Config;
-use arqon_routing::{RateLimit, Router, RouterConfig};
+use arqon_routing::{RateLimit, RoomOptions, RoomRule, RoomRules, Router, RouterConfig};
 use arqon_storage::Storage;
 use arqon_transport::TransportConfig;
 use tokio::net::TcpListener;
@@ -112,6 +113,7 @@ pub struct Bus {
     monitoring: Option<TcpListener>,
     transport: TransportConfig,
     authenticator: Arc<auth::Authenticator>,
+    api_keys: api::ApiKeys,
     telemetry: Arc<Telemetry>,
     cluster: Option<(cluster::Broker, cluster::Handle)>,
     /// The degradation wrapper over Redis, whose journal the shutdown
@@ -300,6 +302,7 @@ impl Bus {
             monitoring,
             transport: transport_config(config)?,
             authenticator: Arc::new(auth::Authenticator::from_config(&config.auth)?),
+            api_keys: api::ApiKeys::new(&config.api),
             telemetry,
             cluster,
             fallback,
@@ -350,6 +353,7 @@ impl Bus {
             monitoring,
             transport,
             authenticator,
+            api_keys,
             telemetry,
             cluster,
             fallback,
@@ -390,7 +394,7 @@ impl Bus {
         });
         let health_task =
             tokio::spawn(watch_health(router.clone(), broker.clone(), Arc::clone(&telemetry), stopped_rx));
-        let acceptor = Arc::new(BusAcceptor::new(router.clone(), authenticator));
+        let acceptor = Arc::new(BusAcceptor::new(router.clone(), authenticator, api_keys));
         accepting.store(true, Ordering::Release);
         let flag = Arc::clone(&accepting);
         let (began_tx, began_rx) = tokio::sync::oneshot::channel();
@@ -496,7 +500,31 @@ fn router_config(config: &Config) -> RouterConfig {
         max_channels_per_room: config.limits.max_channels_per_room,
         max_channels_created_per_client: config.limits.max_channels_created_per_client,
         idle_reclaim: Duration::from_secs(config.channels.idle_reclaim_s),
+        rooms: room_rules(config),
     }
+}
+
+/// `[rooms."pattern"]` as the router's rules.
+fn room_rules(config: &Config) -> RoomRules {
+    let defaults = RoomOptions::default();
+    RoomRules::new(
+        config
+            .rooms
+            .iter()
+            .map(|(pattern, room)| RoomRule {
+                pattern: pattern.clone(),
+                options: RoomOptions {
+                    history_size: room.history_size,
+                    history_ttl_s: room.history_ttl_s.unwrap_or(defaults.history_ttl_s),
+                    presence: room.presence.unwrap_or(defaults.presence),
+                    member_events: room.member_events.unwrap_or(defaults.member_events),
+                    join_role: room.join_role.unwrap_or(defaults.join_role),
+                    publish_role: room.publish_role.unwrap_or(defaults.publish_role),
+                    auto_create: room.auto_create,
+                },
+            })
+            .collect(),
+    )
 }
 
 fn transport_config(config: &Config) -> Result<TransportConfig, ServerError> {

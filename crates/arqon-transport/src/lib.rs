@@ -28,6 +28,7 @@
 
 mod accept;
 mod admission;
+mod api;
 mod connection;
 mod frames;
 mod http;
@@ -41,6 +42,7 @@ use std::time::Duration;
 
 use arqon_outbound::OutboundReceiver;
 
+pub use api::{API_PREFIX, ApiFuture, ApiRequest, ApiResponse};
 pub use http::{Monitor, TextStream, serve_monitoring};
 pub use server::serve;
 pub use tls::{TlsConfig, tls_config};
@@ -142,6 +144,19 @@ pub trait Acceptor: Send + Sync + 'static {
 
     /// Admits or refuses a client. Runs during the handshake; must not block.
     fn accept(&self, request: &UpgradeRequest<'_>) -> Result<Accepted<Self::Conn>, Refusal>;
+
+    /// Whether `/api/…` requests are served ([`Acceptor::api`]). Default:
+    /// no; such a request is then refused like any unknown path.
+    fn serves_api(&self) -> bool {
+        false
+    }
+
+    /// Answers one server API call (PROTOCOL.md section 8.3). Called only
+    /// when [`Acceptor::serves_api`] says so.
+    fn api(&self, request: ApiRequest) -> ApiFuture {
+        let _ = request;
+        Box::pin(std::future::ready(ApiResponse::error(404, "NOT_FOUND", "this server has no API")))
+    }
 }
 
 /// Handles one client's frames. Dropping it means the client is gone.

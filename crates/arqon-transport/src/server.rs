@@ -111,7 +111,7 @@ async fn establish<A: Acceptor>(
 }
 
 async fn upgrade<S, A>(
-    stream: S,
+    mut stream: S,
     peer: std::net::SocketAddr,
     slot: Result<Slot, Refusal>,
     acceptor: Arc<A>,
@@ -123,6 +123,29 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     A: Acceptor,
 {
+    // The server API shares the listener: its requests are told apart by
+    // their request line, read before the WebSocket handshake starts.
+    let mut ahead = Vec::new();
+    if acceptor.serves_api() && slot.is_ok() {
+        match tokio::time::timeout_at(deadline, crate::api::read_request_line(&mut stream)).await {
+            Ok(Ok(head)) => ahead = head,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "reading the request failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "upgrade deadline elapsed");
+                return None;
+            }
+        }
+        if crate::api::is_api_request(&ahead) {
+            return Some(Box::pin(async move {
+                // The slot is held for the connection's whole life.
+                let _slot = slot;
+                crate::api::serve_api(stream, ahead, peer, acceptor, config, stop).await;
+            }));
+        }
+    }
     let mut admitted: Option<Accepted<A::Conn>> = None;
     let refused_by_limit = slot.as_ref().err().cloned();
     // The callback's signature is tungstenite's; its error type is large by design.
@@ -150,7 +173,7 @@ where
             Err(refusal) => Err(refusal_response(&refusal)),
         }
     };
-    let mut wire = Wire::new(stream);
+    let mut wire = Wire::with_ahead(stream, ahead);
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(&mut wire, callback, Some(ws_config()));
     match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(_)) => {}

@@ -3,7 +3,7 @@
 use arqon_outbound::{Outbound, Spliced};
 use arqon_protocol::{Frame, Role, Timestamp, encode};
 
-use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec};
+use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec, Surface};
 use crate::RoutingError;
 use crate::router::not_found;
 
@@ -21,6 +21,7 @@ pub(crate) static SPEC: Spec = Spec {
         ArgSpec::optional("before", ArgKind::MessageId, "only messages stored before this one"),
     ],
     kind: Kind::History,
+    surface: Surface::Both,
 };
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
@@ -34,6 +35,19 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     // the writer sends them from history's own memory. The response still
     // counts in full against the client's backlog.
     let items: Box<[Frame]> = messages.into_iter().map(|m| m.frame).collect();
+    if ctx.session.client.server {
+        // The server API answers with the payload alone.
+        let mut payload = String::from("{\"messages\":[");
+        for (i, item) in items.iter().enumerate() {
+            if i > 0 {
+                payload.push(',');
+            }
+            payload.push_str(item.as_str());
+        }
+        payload.push_str("]}");
+        ctx.session.captured = Some(payload);
+        return Ok(());
+    }
     let head = encode::messages_response_head(ctx.session.ids.message_id(), Timestamp::now(), ctx.request_id);
     let spliced = Spliced { head, items, tail: encode::MESSAGES_RESPONSE_TAIL };
     ctx.session.client.outlet.push(Outbound::Spliced(Box::new(spliced)));
