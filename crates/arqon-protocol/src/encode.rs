@@ -71,6 +71,19 @@ impl fmt::Debug for Frame {
     }
 }
 
+impl Frame {
+    /// The server time written in the frame (`timestamp`), if it has one:
+    /// every envelope this module builds does, near its start.
+    pub fn timestamp(&self) -> Option<Timestamp> {
+        const KEY: &[u8] = b"\"timestamp\":\"";
+        let bytes = self.bytes();
+        let head = &bytes[..bytes.len().min(160)];
+        let at = head.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+        let text = std::str::from_utf8(bytes.get(at..at + 24)?).ok()?;
+        Timestamp::parse(text).ok()
+    }
+}
+
 /// `PROTOCOL_VERSION` as written in every frame.
 const VERSION_TEXT: &str = "1";
 const _: () = assert!(PROTOCOL_VERSION == 1, "update VERSION_TEXT with PROTOCOL_VERSION");
@@ -345,6 +358,8 @@ mod tests {
         assert_eq!(v["room"], "r");
         assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
         assert_eq!(v["user"], "ann \"a\"");
+        assert_eq!(frame.timestamp(), Some(Timestamp::from_unix_ms(0)));
+        assert_eq!(Frame::from_text(r#"{"a":1}"#).timestamp(), None);
     }
 
     #[test]

@@ -59,6 +59,7 @@ mod observer;
 mod outlet;
 mod rate;
 mod reclaim;
+mod retention;
 mod room_options;
 mod router;
 mod session;

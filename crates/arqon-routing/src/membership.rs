@@ -14,7 +14,7 @@ use crate::channel::Channel;
 use crate::client::ClientEntry;
 use crate::member_events::{Gate, SUMMARY_DELAY};
 use crate::router::{Create, Router};
-use crate::{Delivery, Place, RoutingError};
+use crate::{Delivery, Place, RoutingError, retention};
 
 /// The answer to a join (`join_channel`'s response, the API's `subscribe`).
 #[derive(Debug, Serialize)]
@@ -81,11 +81,15 @@ pub(crate) async fn join(
             }
         };
         let joiner = client.id;
-        let replay = async || match (router.broker(), since) {
-            // Across nodes, the replay and live delivery meet at one position.
-            (Some(_), since) => router.join_placed(&channel, since, joiner).await,
-            (None, Some(since)) => Ok(Some(router.inner.storage.since(key, since).await?)),
-            (None, None) => Ok(None),
+        let replay = async || {
+            let since = match (router.broker(), since) {
+                // Across nodes, the replay and live delivery meet at one position.
+                (Some(_), since) => router.join_placed(&channel, since, joiner).await?,
+                (None, Some(since)) => Some(router.inner.storage.since(key, since).await?),
+                (None, None) => None,
+            };
+            let options = router.room_options(&key.room);
+            Ok(since.map(|since| retention::replay(options, Timestamp::now(), since)))
         };
         match channel.join(client, replay, answer).await {
             Err(_) if channel.is_deleted() && std::mem::take(&mut may_retry) => continue,

@@ -2723,3 +2723,32 @@ async fn room_options_apply_by_the_most_specific_rule() {
     assert_eq!(err["code"], "NOT_FOUND", "no auto-create in fixed-*");
     a.publish("other", "c", json!(1)).await;
 }
+
+#[tokio::test]
+async fn a_rooms_history_size_narrows_history_and_replay() {
+    use arqon_routing::{RoomOptions, RoomRule, RoomRules};
+    let options = RoomOptions { history_size: Some(2), ..RoomOptions::default() };
+    let rules = RoomRules::new(vec![RoomRule { pattern: "short-*".to_owned(), options }]);
+    let router = router_with(RouterConfig { rooms: rules, ..config() });
+    let mut a = Client::connect(&router, Role::User);
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(a.publish("short-1", "c", json!(n)).await);
+        a.publish("long", "c", json!(n)).await;
+    }
+    let history = a.ok("history", json!({"room": "short-1", "channel": "c"})).await;
+    let payloads: Vec<&Value> = history["messages"].as_array().unwrap().iter().map(|m| &m["payload"]).collect();
+    assert_eq!(payloads, [&json!(3), &json!(4)]);
+    let page = a.ok("history", json!({"room": "short-1", "channel": "c", "before": ids[4].to_string()})).await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
+    let all = a.ok("history", json!({"room": "long", "channel": "c"})).await;
+    assert_eq!(all["messages"].as_array().unwrap().len(), 5);
+    let mut b = Client::connect(&router, Role::User);
+    let joined = b.ok("join_channel", json!({"room": "short-1", "channel": "c", "since": ids[0].to_string()})).await;
+    assert_eq!(joined["truncated"], true, "{joined}");
+    let replay = match b.next_outbound().await {
+        Outbound::Batch(frames) => frames.iter().map(|f| parse_frame(f)["payload"].clone()).collect::<Vec<_>>(),
+        other => panic!("expected the replay, got {other:?}"),
+    };
+    assert_eq!(replay, [json!(3), json!(4)]);
+}
