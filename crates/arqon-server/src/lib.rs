@@ -13,6 +13,9 @@
 //!   configuration; [`Bus::builder`] also takes parts the configuration
 //!   cannot name, such as a storage backend of the embedder's own
 //!   ([`BusBuilder::storage`]).
+//! - [`Bus::endpoint`], [`BusBuilder::embedded`]: the bus mounted on a path
+//!   of an HTTP server of the embedder's own (re-exported from
+//!   `arqon-transport`: [`Endpoint`], [`Admitted`], [`websocket_accept`]).
 //! - [`cli`]: the `arqonbus` command line (`--config`, `--help`).
 //! - [`ServerError`]: this crate's error.
 
@@ -36,6 +39,7 @@ pub use arqon_config::Config;
 use arqon_routing::{RateLimit, RoomOptions, RoomRule, RoomRules, Router, RouterConfig};
 use arqon_storage::Storage;
 use arqon_transport::TransportConfig;
+pub use arqon_transport::{Admitted, Endpoint, Refusal, UpgradeRequest, websocket_accept};
 use tokio::net::TcpListener;
 
 use crate::bridge::BusAcceptor;
@@ -109,11 +113,12 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Bus {
     router: Router,
-    listener: TcpListener,
+    /// None for an embedded bus ([`BusBuilder::embedded`]).
+    listener: Option<TcpListener>,
     monitoring: Option<TcpListener>,
     transport: TransportConfig,
-    authenticator: Arc<auth::Authenticator>,
-    api_keys: api::ApiKeys,
+    acceptor: Arc<BusAcceptor>,
+    endpoint: Endpoint,
     telemetry: Arc<Telemetry>,
     cluster: Option<(cluster::Broker, cluster::Handle)>,
     /// The degradation wrapper over Redis, whose journal the shutdown
@@ -179,12 +184,14 @@ async fn listen(
 pub struct BusBuilder<'a> {
     config: &'a Config,
     storage: Option<Arc<dyn Storage>>,
+    embedded: bool,
 }
 
 impl std::fmt::Debug for BusBuilder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BusBuilder")
             .field("storage", &self.storage.as_ref().map(|s| s.health().backend))
+            .field("embedded", &self.embedded)
             .finish_non_exhaustive()
     }
 }
@@ -212,6 +219,17 @@ impl BusBuilder<'_> {
         self
     }
 
+    /// Binds no WebSocket listener of the bus's own: clients reach it only
+    /// through [`Bus::endpoint`], mounted on a path of the embedder's HTTP
+    /// server (docs/embedding.md). `server.host`, `server.port`, `tls` and
+    /// `server.upgrade_timeout_ms` are then the embedder's business; every
+    /// other setting applies as for a bus with its own listener, and the
+    /// monitoring listener is bound if `monitoring.enabled`.
+    pub fn embedded(mut self) -> Self {
+        self.embedded = true;
+        self
+    }
+
     /// Opens what was not given, builds the router and binds the
     /// listeners; the bus is ready to [`serve`](Bus::serve).
     pub async fn bind(self) -> Result<Bus, ServerError> {
@@ -226,7 +244,7 @@ impl BusBuilder<'_> {
                 (storage, fallback, config.storage.backend.as_str())
             }
         };
-        Bus::assemble(config, storage, fallback, storage_name).await
+        Bus::assemble(config, storage, fallback, storage_name, self.embedded).await
     }
 }
 
@@ -254,7 +272,7 @@ impl Bus {
     /// # }
     /// ```
     pub fn builder(config: &Config) -> BusBuilder<'_> {
-        BusBuilder { config, storage: None }
+        BusBuilder { config, storage: None, embedded: false }
     }
 
     /// Builds the router over `storage` and binds the listeners.
@@ -263,6 +281,7 @@ impl Bus {
         storage: Arc<dyn Storage>,
         fallback: Option<Arc<arqon_storage::FallbackStorage>>,
         storage_name: &'static str,
+        embedded: bool,
     ) -> Result<Bus, ServerError> {
         let telemetry = Arc::new(Telemetry::new(config.monitoring.telemetry_buffer));
         let broker = cluster::open_broker(config).await?;
@@ -289,20 +308,28 @@ impl Bus {
             }
             None => None,
         };
-        let listener = listen(config.listen_addr(), "WebSocket clients", "server.port", "ARQON_SERVER__PORT").await?;
+        let listener = if embedded {
+            None
+        } else {
+            Some(listen(config.listen_addr(), "WebSocket clients", "server.port", "ARQON_SERVER__PORT").await?)
+        };
         let monitoring = if config.monitoring.enabled {
             let addr = config.monitoring_addr();
             Some(listen(addr, "monitoring", "monitoring.port", "ARQON_MONITORING__PORT").await?)
         } else {
             None
         };
+        let transport = transport_config(config)?;
+        let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth)?);
+        let acceptor = Arc::new(BusAcceptor::new(router.clone(), authenticator, api::ApiKeys::new(&config.api)));
+        let endpoint = Endpoint::new(Arc::clone(&acceptor), transport.clone());
         Ok(Bus {
             router,
             listener,
             monitoring,
-            transport: transport_config(config)?,
-            authenticator: Arc::new(auth::Authenticator::from_config(&config.auth)?),
-            api_keys: api::ApiKeys::new(&config.api),
+            transport,
+            acceptor,
+            endpoint,
             telemetry,
             cluster,
             fallback,
@@ -321,9 +348,24 @@ impl Bus {
         self.monitoring_addr().map(|addr| format!("http://{addr}"))
     }
 
-    /// The address clients connect to.
+    /// The address clients connect to (`127.0.0.1:0` for an embedded bus,
+    /// which has no listener of its own).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The bus's WebSocket endpoint, to mount on a path of an HTTP server
+    /// of one's own (hyper, axum): each connection it serves is one of this
+    /// bus's clients, with the same authentication, limits, heartbeat,
+    /// close codes and slow-consumer policy as the bus's own listener, and
+    /// [`serve`](Bus::serve) closes them at shutdown. Usually with an
+    /// [`embedded`](BusBuilder::embedded) bus; see docs/embedding.md and
+    /// the `embed_hyper` example.
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint.clone()
     }
 
     /// The monitoring listener's address, if it is enabled.
@@ -345,15 +387,16 @@ impl Bus {
     /// (the `shutdown` event, close 1001) within the configured grace.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         // The one start-up line: what is running, and where.
-        let (url, monitoring_url) = (self.url(), self.monitoring_url());
+        let url = if self.listener.is_some() { self.url() } else { "embedded (Bus::endpoint)".to_owned() };
+        let monitoring_url = self.monitoring_url();
         let node = self.node_id().map(str::to_owned);
         let Bus {
             router,
             listener,
             monitoring,
             transport,
-            authenticator,
-            api_keys,
+            acceptor,
+            endpoint,
             telemetry,
             cluster,
             fallback,
@@ -394,17 +437,25 @@ impl Bus {
         });
         let health_task =
             tokio::spawn(watch_health(router.clone(), broker.clone(), Arc::clone(&telemetry), stopped_rx));
-        let acceptor = Arc::new(BusAcceptor::new(router.clone(), authenticator, api_keys));
         accepting.store(true, Ordering::Release);
         let flag = Arc::clone(&accepting);
         let (began_tx, began_rx) = tokio::sync::oneshot::channel();
-        let result = arqon_transport::serve(listener, acceptor, transport, async move {
+        let shutdown = async move {
             shutdown.await;
             let _ = began_tx.send(tokio::time::Instant::now());
             // Not ready from the first moment of shutdown, while connections drain.
             flag.store(false, Ordering::Release);
-        })
-        .await;
+        };
+        let result = match listener {
+            Some(listener) => arqon_transport::serve(listener, acceptor, transport, shutdown).await,
+            None => {
+                shutdown.await;
+                Ok(())
+            }
+        };
+        // The connections an embedder's server handed over (none, usually,
+        // when the bus has a listener of its own).
+        endpoint.shutdown().await;
         let _ = stopped_tx.send(true);
         if let Some(task) = monitor_task {
             let _ = task.await;

@@ -19,6 +19,9 @@
 //! # Layout
 //!
 //! - [`serve`]: the accept loop; shutdown is an argument.
+//! - [`Endpoint`], [`Admitted`], [`websocket_accept`]: the same connections
+//!   on a path of an HTTP server of the embedder's own (hyper, axum), which
+//!   performs the upgrade; the per-connection task is the listener's.
 //! - [`Acceptor`], [`Connection`], [`Accepted`], [`UpgradeRequest`],
 //!   [`Refusal`]: what the embedding layer implements and returns.
 //! - [`serve_monitoring`], [`Monitor`]: the HTTP monitoring listener
@@ -30,6 +33,7 @@ mod accept;
 mod admission;
 mod api;
 mod connection;
+mod embed;
 mod frames;
 mod http;
 mod server;
@@ -43,6 +47,7 @@ use std::time::Duration;
 use arqon_outbound::OutboundReceiver;
 
 pub use api::{API_PREFIX, ApiFuture, ApiRequest, ApiResponse};
+pub use embed::{Admitted, Endpoint, websocket_accept};
 pub use http::{Monitor, TextStream, serve_monitoring};
 pub use server::serve;
 pub use tls::{TlsConfig, tls_config};
