@@ -192,7 +192,8 @@ pub struct RedbStorage {
     /// The writer's queue; `None` only while dropping.
     jobs: Option<mpsc::Sender<Job>>,
     writer: Option<JoinHandle<()>>,
-    /// The outcome of the last write or read.
+    /// The outcome of the writer's last commit: a file that can be read
+    /// but not written (a full disk) is not healthy.
     healthy: Arc<AtomicBool>,
 }
 
@@ -267,11 +268,6 @@ impl RedbStorage {
         let result = tokio::task::spawn_blocking(move || read(&db.begin_read()?))
             .await
             .map_err(|e| RedbError::Read(e.to_string()))?;
-        match &result {
-            Ok(_) => self.healthy.store(true, Ordering::Relaxed),
-            Err(RedbError::Database(_)) => self.healthy.store(false, Ordering::Relaxed),
-            Err(_) => {}
-        }
         Ok(result?)
     }
 }
