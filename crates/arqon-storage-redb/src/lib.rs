@@ -484,7 +484,9 @@ impl Storage for RedbStorage {
     }
 
     fn health(&self) -> Health {
-        Health::new("redb", self.healthy.load(Ordering::Relaxed))
+        // A writer thread that is gone (it panicked) can never commit again.
+        let writer_alive = self.writer.as_ref().is_some_and(|writer| !writer.is_finished());
+        Health::new("redb", writer_alive && self.healthy.load(Ordering::Relaxed))
     }
 
     /// Positions are the numbers the writer gives each append.
