@@ -191,7 +191,7 @@ pub struct RedbStorage {
     max_len: usize,
     /// The writer's queue; `None` only while dropping.
     jobs: Option<mpsc::Sender<Job>>,
-    writer: Option<JoinHandle<()>>,
+    writer: Option<JoinHandle<u64>>,
     /// The outcome of the writer's last commit: a file that can be read
     /// but not written (a full disk) is not healthy.
     healthy: Arc<AtomicBool>,

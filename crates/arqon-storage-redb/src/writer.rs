@@ -73,8 +73,9 @@ impl Writer {
     }
 
     /// Serves the queue until every sender is gone, then syncs what is not
-    /// synced yet.
-    pub(crate) fn run(mut self, queue: Receiver<Job>) {
+    /// synced yet. Returns how many batches it committed.
+    pub(crate) fn run(mut self, queue: Receiver<Job>) -> u64 {
+        let mut batches = 0;
         loop {
             let first = match self.until_sync() {
                 None => match queue.recv() {
@@ -98,8 +99,10 @@ impl Writer {
                 }
             }
             self.commit(batch);
+            batches += 1;
         }
         self.sync();
+        batches
     }
 
     /// With unsynced commits, how long until the next sync is due.
@@ -254,5 +257,48 @@ impl Tables<'_> {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::mpsc;
+
+    use arqon_protocol::{Frame, IdGenerator};
+
+    use super::*;
+
+    /// Appends queued while the writer is busy go into one transaction, and
+    /// each is still answered with its own outcome.
+    #[test]
+    fn queued_appends_share_one_commit() {
+        let dir = std::env::temp_dir().join(format!("arqon-redb-writer-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let db = Arc::new(Database::create(dir.join("w.redb")).unwrap());
+        let writer = Writer::new(db, 100, Durability::Immediate, Arc::new(AtomicBool::new(true)));
+        let (jobs, queue) = mpsc::channel();
+        let key = ChannelKey::parse("r", "c").unwrap();
+        let mut ids = IdGenerator::new();
+        let mut answers = Vec::new();
+        for _ in 0..300 {
+            let id = ids.message_id();
+            let message = StoredMessage { id, frame: Frame::from_text(format!(r#"{{"id":"{id}"}}"#)) };
+            let (reply, answer) = oneshot::channel();
+            jobs.send(Job { op: Op::Append(key.clone(), message), reply }).unwrap();
+            answers.push(answer);
+        }
+        drop(jobs);
+        assert_eq!(writer.run(queue), 1, "300 queued appends, one commit");
+        for (n, mut answer) in answers.into_iter().enumerate() {
+            match answer.try_recv().unwrap().unwrap() {
+                Outcome::Appended(appended, position) => {
+                    assert_eq!((appended, position), (Appended::Stored, Some(n as u64 + 1)));
+                }
+                _ => panic!("an append answered with another outcome"),
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
