@@ -45,6 +45,6 @@ pub use security::{
     TlsSettings,
 };
 pub use settings::{
-    ChannelsConfig, Config, JournalConfig, JournalFsync, LimitsConfig, MonitoringConfig, RedisConfig, ServerConfig,
-    StorageBackend, StorageConfig,
+    ChannelsConfig, Config, JournalConfig, JournalFsync, LimitsConfig, MonitoringConfig, RedbConfig, RedisConfig,
+    ServerConfig, StorageBackend, StorageConfig,
 };

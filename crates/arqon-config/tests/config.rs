@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use arqon_config::{
-    ChannelsConfig, Config, ConfigError, JournalConfig, JournalFsync, LimitsConfig, RedisConfig, ServerConfig,
-    StorageBackend,
+    ChannelsConfig, Config, ConfigError, JournalConfig, JournalFsync, LimitsConfig, RedbConfig, RedisConfig,
+    ServerConfig, StorageBackend,
 };
 use arqon_protocol::Role;
 
@@ -514,6 +514,40 @@ fn journal_settings_load_and_are_checked() {
     assert_fails_naming(load_env(&[("ARQON_STORAGE__JOURNAL__FSYNC_INTERVAL_MS", "0")]), &["fsync_interval_ms", "0"]);
     let file = toml_file("[storage.journal]\npath = \"\"\n");
     assert_fails_naming(Config::load(Some(file.path()), vars(&[])), &["storage.journal.path"]);
+}
+
+#[test]
+fn redb_settings_load_and_the_path_is_required_by_the_redb_backend() {
+    assert_eq!(
+        Config::default().storage.redb,
+        RedbConfig { path: String::new(), max_len: 10_000, fsync: JournalFsync::Always, fsync_interval_ms: 1000 }
+    );
+    let file = toml_file("[storage]\nbackend = \"redb\"\n[storage.redb]\npath = \"/var/lib/arqon/history.redb\"\n");
+    let env = vars(&[("ARQON_STORAGE__REDB__FSYNC", "interval"), ("ARQON_STORAGE__REDB__MAX_LEN", "500")]);
+    let config = Config::load(Some(file.path()), env).unwrap();
+    assert_eq!((config.storage.backend, config.storage.backend.to_string()), (StorageBackend::Redb, "redb".to_owned()));
+    assert_eq!(
+        config.storage.redb,
+        RedbConfig {
+            path: "/var/lib/arqon/history.redb".to_owned(),
+            max_len: 500,
+            fsync: JournalFsync::Interval,
+            fsync_interval_ms: 1000,
+        }
+    );
+    // No path: start-up fails naming the key, and only for this backend.
+    let error = assert_fails_naming(load_env(&[("ARQON_STORAGE__BACKEND", "redb")]), &["storage.redb.path"]);
+    assert!(error.to_string().contains(r#"storage.backend = "redb""#), "{error}");
+    load_env(&[("ARQON_STORAGE__BACKEND", "memory")]).unwrap();
+    let with_path = ("ARQON_STORAGE__REDB__PATH", "history.redb");
+    load_env(&[("ARQON_STORAGE__BACKEND", "redb"), with_path]).unwrap();
+    assert_fails_naming(load_env(&[with_path, ("ARQON_STORAGE__REDB__MAX_LEN", "0")]), &["storage.redb.max_len"]);
+    assert_fails_naming(load_env(&[("ARQON_STORAGE__REDB__FSYNC", "never")]), &["storage.redb.fsync"]);
+    assert_fails_naming(
+        load_env(&[("ARQON_STORAGE__REDB__FSYNC_INTERVAL_MS", "60001")]),
+        &["storage.redb.fsync_interval_ms", "60001"],
+    );
+    assert_fails_naming(load_env(&[("ARQON_STORAGE__BACKEND", "sqlite")]), &["storage.backend", "sqlite"]);
 }
 
 #[test]

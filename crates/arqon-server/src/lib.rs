@@ -100,6 +100,17 @@ pub enum ServerError {
         /// The setting that asks for it, e.g. `storage.backend = "redis"`.
         setting: &'static str,
     },
+    /// The configuration asks for the redb backend in a binary built
+    /// without the `redb` feature.
+    #[error(
+        "{setting} needs the embedded redb backend, but this binary was built without the `redb` feature; \
+         rebuild with it (it is on by default: drop `--no-default-features`, or add `--features redb`), \
+         or change the setting"
+    )]
+    RedbNotBuiltIn {
+        /// The setting that asks for it: `storage.backend = "redb"`.
+        setting: &'static str,
+    },
     /// TLS could not be set up.
     #[error("TLS: {0}")]
     Tls(String),
