@@ -14,7 +14,7 @@ Layout:
 
 Retry policy when a link dies with requests in flight: requests whose repeat
 gives the same answer (``ping``, ``status``, ``help``, ``list_channels``,
-``channel_info``, ``history``, ``join_channel`` and ``publish``, which the
+``channel_info``, ``history``, ``presence``, ``join_channel`` and ``publish``, which the
 server de-duplicates by its id) are sent again, with the same id, once the
 client has reconnected. The others (``create_channel``, ``delete_channel``,
 ``leave_channel`` and everything sent through :meth:`Client.command`) fail
