@@ -144,6 +144,8 @@ export interface CommandHelp {
   readonly role: string;
   /** Whether this connection's role may run it. */
   readonly allowed: boolean;
+  /** Only the server API has it (`POST /api/<name>`), not a WebSocket. */
+  readonly apiOnly: boolean;
 }
 
 /** The `join_channel` command's answer. */
@@ -245,6 +247,7 @@ export function commandHelpFromPayload(p: Json): CommandHelp {
     })),
     role: str(p.role),
     allowed: p.allowed === true,
+    apiOnly: p.api_only === true,
   };
 }
 

@@ -219,6 +219,8 @@ class CommandHelp:
     args: List[Dict[str, Any]]
     role: str
     allowed: bool
+    #: Only the server API has it (``POST /api/<name>``), not a WebSocket.
+    api_only: bool = False
 
     @classmethod
     def from_payload(cls, p: Mapping[str, Any]) -> "CommandHelp":
@@ -229,6 +231,7 @@ class CommandHelp:
             args=list(p.get("args") or []),
             role=str(p.get("role", "")),
             allowed=bool(p.get("allowed")),
+            api_only=bool(p.get("api_only")),
         )
 
 
