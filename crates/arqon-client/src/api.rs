@@ -389,22 +389,28 @@ impl ServerApi {
     /// is fresh enough, else on a new one.
     async fn exchange(&self, command: &str, body: Bytes) -> Result<(StatusCode, Bytes), ClientError> {
         let idle = self.inner.idle.lock().unwrap_or_else(PoisonError::into_inner).take();
-        let reused = idle.filter(|(sender, since)| since.elapsed() < MAX_IDLE && !sender.is_closed());
-        let mut sender = match reused {
+        let idle = idle.filter(|(sender, since)| since.elapsed() < MAX_IDLE && !sender.is_closed());
+        let (mut sender, reused) = match idle {
             Some((mut sender, _)) => match sender.ready().await {
-                Ok(()) => sender,
-                Err(_) => self.open().await?,
+                Ok(()) => (sender, true),
+                Err(_) => (self.open().await?, false),
             },
-            None => self.open().await?,
+            None => (self.open().await?, false),
         };
         let response = match sender.try_send_request(self.request(command, body.clone())?).await {
             Ok(response) => response,
             Err(mut failed) => {
-                if failed.take_message().is_none() {
+                // Sent again on a new connection only when this one was
+                // kept alive and it is certain the bus did not process the
+                // request: it was not written at all, or the connection
+                // ended without a byte of answer (the bus drops a
+                // connection idle for its upgrade timeout, and it closed
+                // this one as the request went out).
+                let unsent = failed.take_message().is_some();
+                let dropped = failed.error().is_incomplete_message() || failed.error().is_canceled();
+                if !(unsent || (reused && dropped)) {
                     return Err(http_error(failed.into_error()));
                 }
-                // Not written at all (the connection closed meanwhile): safe
-                // to send again on a new connection.
                 debug!(error = %failed.error(), "server API connection closed; sending again on a new one");
                 sender = self.open().await?;
                 sender.send_request(self.request(command, body)?).await.map_err(http_error)?

@@ -252,3 +252,22 @@ async fn https_with_the_bus_certificate_as_a_root() {
     let error = untrusted.call("ping", serde_json::Value::Null).await.unwrap_err().to_string();
     assert!(error.to_lowercase().contains("certificate"), "{error}");
 }
+
+/// The bus drops an API connection idle for its upgrade timeout; the next
+/// call opens a new one instead of failing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_alive_connection_the_bus_dropped_is_replaced() {
+    let mut config = api_config();
+    config.server.upgrade_timeout_ms = 200;
+    let server = TestServer::start_with(config).await;
+    let backend = api(&server, USER_KEY);
+    for _ in 0..3 {
+        assert_eq!(backend.call("ping", serde_json::Value::Null).await.unwrap(), json!({"pong": true}));
+        tokio::time::sleep(Duration::from_millis(400)).await;
+    }
+    // Calls at the same time each get a connection.
+    let calls = (0..8).map(|_| backend.presence_stats("none", "here"));
+    for result in futures_util::future::join_all(calls).await {
+        assert_eq!(result.unwrap_err().code(), Some(ErrorCode::NotFound));
+    }
+}
