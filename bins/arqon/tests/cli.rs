@@ -311,7 +311,7 @@ async fn presence_lists_members_with_their_users() {
     let mut config = test_config();
     config.auth.mode = AuthMode::Token;
     for (token, user) in [("alice-token-0123456789", "alice"), ("bob-token-0123456789", "bob")] {
-        let role = arqon_protocol::Role::User;
+        let role = arqon_client::Role::User;
         config.auth.tokens.push(StaticToken { token: token.to_owned(), role, client: user.to_owned(), rooms: vec![] });
     }
     config.rooms.insert("quiet".to_owned(), RoomConfig { presence: Some(false), ..RoomConfig::default() });
