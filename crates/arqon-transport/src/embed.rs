@@ -96,8 +96,8 @@ impl fmt::Debug for Endpoint {
 
 impl Endpoint {
     /// An endpoint that admits clients with `acceptor`, within the limits
-    /// and timings of `config` (its `tls`, `upgrade_timeout` and
-    /// `shutdown_grace` aside: see [`Endpoint`]).
+    /// and timings of `config` (all but `tls` and `upgrade_timeout`, which
+    /// are the embedder's server's: see [`Endpoint`]).
     pub fn new<A: Acceptor>(acceptor: Arc<A>, config: TransportConfig) -> Endpoint {
         let (stop, _) = watch::channel(false);
         Endpoint {
