@@ -135,7 +135,9 @@ impl Endpoint {
     /// refuses new ones, and waits until the connections have ended, at
     /// most `shutdown_grace`.
     pub async fn shutdown(&self) {
-        let _ = self.inner.stop.send(true);
+        // send_replace: `send` would keep the old value with no connection
+        // subscribed, and later upgrades would still be admitted.
+        self.inner.stop.send_replace(true);
         let admission = &self.inner.admission;
         let drained = tokio::time::timeout(self.inner.config.shutdown_grace, async {
             while admission.live() > 0 {
