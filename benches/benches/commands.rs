@@ -78,7 +78,8 @@ fn presence(c: &mut Criterion) {
     ids.sort();
     let (mut session, mut inbox) = connect(&router);
     drain(&mut inbox);
-    let first = r#"{"type":"command","command":"presence","args":{"room":"bench","channel":"crowd","limit":100}}"#.to_owned();
+    let first =
+        r#"{"type":"command","command":"presence","args":{"room":"bench","channel":"crowd","limit":100}}"#.to_owned();
     let middle = format!(
         r#"{{"type":"command","command":"presence","args":{{"room":"bench","channel":"crowd","limit":100,"after":"{}"}}}}"#,
         ids[MEMBERS / 2]
