@@ -49,6 +49,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The server API's keys (`[[api.keys]]`). Default: none.
     pub api: crate::api::ApiConfig,
+    /// Signed event batches to the application (`[webhooks]`). Default: off.
+    pub webhooks: crate::webhooks::WebhooksConfig,
     /// Options per room, by name or `*` glob (`[rooms."chat-*"]`).
     /// Default: none.
     pub rooms: std::collections::BTreeMap<String, crate::rooms::RoomConfig>,
@@ -570,6 +572,7 @@ impl Config {
         self.storage.journal.validate()?;
         self.storage.redb.validate(self.storage.backend)?;
         self.api.validate()?;
+        self.webhooks.validate()?;
         crate::rooms::validate(&self.rooms, limits.history_per_channel)?;
         self.cluster.validate(self.storage.backend)
     }

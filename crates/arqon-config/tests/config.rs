@@ -685,3 +685,21 @@ fn bad_api_keys_and_room_options_stop_start_up_naming_them() {
     assert_fails_naming(load_toml("[rooms.chat]\njoin_role = \"root\"\n"), &["rooms", "root"]);
     assert_fails_naming(load_toml("rooms = 3\n"), &["rooms"]);
 }
+
+#[test]
+fn bad_webhook_settings_stop_start_up_naming_them() {
+    assert_fails_naming(
+        load_toml("[webhooks]\nurl = \"https://x/y\"\nsecret = \"0123456789abcdef\"\n"),
+        &["webhooks.url", "http://"],
+    );
+    assert_fails_naming(
+        load_toml("[webhooks]\nurl = \"http://x/y\"\nsecret = \"short\"\n"),
+        &["webhooks.secret", "16 bytes"],
+    );
+    let events = "[webhooks]\nurl = \"http://x/y\"\nsecret = \"0123456789abcdef\"\nevents = [\"member_joined\"]\n";
+    assert_fails_naming(load_toml(events), &["webhooks.events", "member_joined"]);
+    assert_fails_naming(load_toml("[webhooks]\nqueue = 0\n"), &["webhooks.queue"]);
+    let on = load_toml("[webhooks]\nurl = \"http://127.0.0.1:8080/h\"\nsecret = \"0123456789abcdef\"\n").unwrap();
+    assert!(on.webhooks.enabled());
+    assert!(!on.redacted().to_toml().unwrap().contains("0123456789abcdef"), "the secret is redacted");
+}
