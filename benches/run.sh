@@ -103,12 +103,17 @@ max_conns=$((nofile - 100))
 server_pid=""
 server_url=""
 
+# The server API's key for the `api` cases (a file: keys are TOML only).
+api_key=bench-api-key-0123456789abcdef
+bench_config=$out/bench.toml
+printf '[[api.keys]]\nname = "bench"\nkey = "%s"\nrole = "user"\n' "$api_key" >"$bench_config"
+
 start_server() {
     local stdout=$out/server.stdout stderr=$out/server.stderr
     : >"$stdout"
     ARQON_SERVER__HOST=127.0.0.1 ARQON_SERVER__PORT=0 ARQON_MONITORING__PORT=0 \
         ARQON_LIMITS__RATE_PER_S=0 ARQON_LIMITS__BYTES_PER_S=0 ARQON_LOG=warn \
-        "${server_pin[@]}" "$server_bin" >"$stdout" 2>>"$stderr" &
+        "${server_pin[@]}" "$server_bin" --config "$bench_config" >"$stdout" 2>>"$stderr" &
     server_pid=$!
     for _ in $(seq 1 200); do
         server_url=$(sed -n 's|^ArqonBus listening on \(ws://[^ ]*\)$|\1|p' "$stdout")
@@ -150,7 +155,7 @@ started=$SECONDS
 # case (the generator's default is lean), nothing for the others.
 client_of() {
     case "$1" in
-        fanout|fanin|latency|readrate) ;;
+        fanout|fanin|latency|readrate|api) ;;
         *) return 0 ;;
     esac
     local kind=lean
@@ -245,6 +250,8 @@ cases() {
             --drain 2 --subscriber ordinary
         run_case "smoke readrate ordinary" "reported" 20 readrate --subscriber ordinary --messages 5000
         run_case "smoke readrate lean" "reported" 20 readrate --subscriber lean --messages 5000
+        run_case "smoke api 4->10" "no loss" 20 api --publishers 4 --subscribers 10 --messages 200 --drain 2 \
+            --api-key "$api_key"
     else
         run_case "fanout 1->100, 20k msgs" ">= 4 M deliveries/s (NATS 2.7 M)" 120 \
             fanout --subscribers 100 --messages 20000 --payload 256
@@ -264,6 +271,10 @@ cases() {
             latency --rate 1000 --duration 5 --subscribers 100 --payload 256
         run_case "latency 10k/s ->100, 5 s" "reported" 60 \
             latency --rate 10000 --duration 5 --subscribers 100 --payload 256
+        run_case "api 16->100, 2k each" ">= 50,000 publishes/s" 120 \
+            api --publishers 16 --subscribers 100 --messages 2000 --payload 256 --api-key "$api_key"
+        run_case "api 16x312.5/s ->100, 5 s" "p99 <= 2 ms at 5,000/s" 60 \
+            api --publishers 16 --subscribers 100 --rate 312.5 --duration 5 --payload 256 --api-key "$api_key"
         run_case "conns 5000 idle" "<= 8 KiB each (NATS 25 KiB)" 120 conns --connections 5000
         if [[ $max_conns -ge 100000 ]]; then
             run_case "conns 100000 idle" "open and idle in < 1 GiB" 300 conns --connections 100000

@@ -25,6 +25,9 @@ Scenarios (defaults in brackets):
             reports the server's RSS per connection [--connections 5000]
   commands  ping, or join_channel + leave_channel, round trips at a fixed rate
             [--command ping --rate 1000 --duration 5]
+  api       P backends POST /api/publish (kept-alive HTTP, one request at a
+            time each) -> N WebSocket subscribers; needs --api-key
+            [--publishers 16 --subscribers 100 --messages 2000]
   readrate  no bus: how fast one subscriber of --subscriber's kind reads M
             deliveries from memory, then from a local socket that a writer
             of pre-encoded frames keeps full [--messages 100000]
@@ -44,7 +47,10 @@ Common options:
   --allow-loss         exit 0 even when messages were lost or errors occurred
   --room NAME, --channel NAME   where the traffic goes [bench / c]
 
-fanout, fanin, latency:
+api:
+  --api-key KEY        a server API key of the bus ([[api.keys]], role user)
+
+fanout, fanin, latency, api:
   --subscribers N --publishers P --messages M (per publisher)
   --subscriber KIND    lean: the generator's own reader, millions of frames/s;
                        ordinary: reads like a typical application (tokio-
@@ -96,6 +102,8 @@ pub(crate) enum Scenario {
     Commands,
     /// One subscriber's own read rate, without a bus.
     Readrate,
+    /// Server API publishers (HTTP), WebSocket subscribers.
+    Api,
 }
 
 impl Scenario {
@@ -108,13 +116,22 @@ impl Scenario {
             Scenario::Conns => "conns",
             Scenario::Commands => "commands",
             Scenario::Readrate => "readrate",
+            Scenario::Api => "api",
         }
     }
 
     fn parse(text: &str) -> Option<Self> {
-        [Scenario::Fanout, Scenario::Fanin, Scenario::Latency, Scenario::Conns, Scenario::Commands, Scenario::Readrate]
-            .into_iter()
-            .find(|s| s.name() == text)
+        [
+            Scenario::Fanout,
+            Scenario::Fanin,
+            Scenario::Latency,
+            Scenario::Conns,
+            Scenario::Commands,
+            Scenario::Readrate,
+            Scenario::Api,
+        ]
+        .into_iter()
+        .find(|s| s.name() == text)
     }
 }
 
@@ -190,6 +207,8 @@ pub(crate) struct Options {
     pub(crate) concurrency: usize,
     pub(crate) settle: Duration,
     pub(crate) command: CommandKind,
+    /// `api`: the server API key its publishers send.
+    pub(crate) api_key: Option<String>,
 }
 
 fn usage(message: impl Into<String>) -> BenchError {
@@ -275,11 +294,12 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
         },
         publishers: match scenario {
             Scenario::Fanin => 50,
+            Scenario::Api => 16,
             _ => 1,
         },
         subscriber: SubscriberKind::Lean,
         messages: match scenario {
-            Scenario::Fanin => 2000,
+            Scenario::Fanin | Scenario::Api => 2000,
             Scenario::Readrate => 100_000,
             _ => 20_000,
         },
@@ -300,6 +320,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
         concurrency: 256,
         settle: Duration::from_secs(2),
         command: CommandKind::Ping,
+        api_key: None,
     };
     let mut messages_given = false;
     while let Some(arg) = args.next() {
@@ -333,6 +354,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
             "--target" => o.target = Some(value.clone()),
             "--room" => o.room = value.clone(),
             "--channel" => o.channel = value.clone(),
+            "--api-key" => o.api_key = Some(value.clone()),
             "--subscribers" => o.subscribers = number(&flag, v)?,
             "--subscriber" => {
                 o.subscriber = match v {
@@ -376,7 +398,10 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
     if let (Some(rate), Some(duration), false) = (o.rate, o.duration, messages_given) {
         o.messages = (rate * duration).round().max(1.0) as u64;
     }
-    if matches!(o.scenario, Scenario::Fanout | Scenario::Fanin | Scenario::Latency | Scenario::Readrate)
+    if o.scenario == Scenario::Api && o.api_key.is_none() {
+        return Err(usage("api needs --api-key KEY (a key of the bus's [[api.keys]])"));
+    }
+    if matches!(o.scenario, Scenario::Fanout | Scenario::Fanin | Scenario::Latency | Scenario::Readrate | Scenario::Api)
         && (o.subscribers == 0 || o.publishers == 0 || o.messages == 0)
     {
         return Err(usage("--subscribers, --publishers and --messages must be at least 1"));
@@ -400,7 +425,7 @@ impl Options {
     fn default_label(&self) -> String {
         let label = self.scenario_label();
         match (self.scenario, self.subscriber) {
-            (Scenario::Fanout | Scenario::Fanin | Scenario::Latency, SubscriberKind::Ordinary) => {
+            (Scenario::Fanout | Scenario::Fanin | Scenario::Latency | Scenario::Api, SubscriberKind::Ordinary) => {
                 format!("{label}, ordinary subscribers")
             }
             _ => label,
@@ -428,6 +453,10 @@ impl Options {
                 self.rate.unwrap_or(0.0)
             ),
             Scenario::Readrate => format!("readrate {} x{}", self.subscriber.name(), self.messages),
+            Scenario::Api => match self.rate {
+                Some(rate) => format!("api {}x{rate}/s ->{}", self.publishers, self.subscribers),
+                None => format!("api {}->{} x{}", self.publishers, self.subscribers, self.messages),
+            },
         }
     }
 }

@@ -57,6 +57,11 @@ impl Endpoint {
         Endpoint { url: url.to_owned(), addr, per_ip }
     }
 
+    /// The bus's address (the server API shares the WebSocket listener).
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
     /// The source address of the `index`-th connection of a run.
     fn source(&self, index: usize) -> Option<IpAddr> {
         if self.per_ip == 0 || !self.addr.ip().is_loopback() {

@@ -60,6 +60,13 @@ impl MessageWriter {
         MessageWriter { prefix, payload_bytes }
     }
 
+    /// Server API `publish` bodies (the command's args) for `room`/`channel`,
+    /// with the same stamped payloads.
+    pub(crate) fn api(room: &str, channel: &str, payload_bytes: usize) -> Self {
+        let prefix = format!(r#"{{"room":"{room}","channel":"{channel}","payload":{{"x":""#);
+        MessageWriter { prefix, payload_bytes }
+    }
+
     /// Writes one complete frame into `out` (cleared first).
     pub(crate) fn write(&self, out: &mut String, stamp: Stamp) {
         out.clear();

@@ -21,7 +21,8 @@
 //! - `lean`: the lean WebSocket client of publishers and subscribers.
 //! - `ordinary`: the ordinary subscriber (tokio-tungstenite, a
 //!   `serde_json::Value` per message) and `readrate`.
-//! - `pubsub`: `fanout`, `fanin`, `latency`; `conns`; `commands`.
+//! - `pubsub`: `fanout`, `fanin`, `latency`, `api` (its HTTP publishers in
+//!   `api`); `conns`; `commands`.
 //! - `histogram`, `report`, `procfs`: measuring and reporting one run.
 //! - `summarize`: the table of repeated runs; `figures` (medians and
 //!   ranges, raw or checked in), `reference` (peers and targets), `charts`
@@ -31,6 +32,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
+mod api;
 mod charts;
 mod cli;
 mod client;
@@ -95,7 +97,7 @@ fn run(options: &Options) -> Result<report::Report, BenchError> {
     let load_avg = procfs::load_average();
     let mut report = runtime.block_on(async {
         match options.scenario {
-            Scenario::Fanout | Scenario::Fanin | Scenario::Latency => pubsub::run(options, clock).await,
+            Scenario::Fanout | Scenario::Fanin | Scenario::Latency | Scenario::Api => pubsub::run(options, clock).await,
             Scenario::Conns => conns::run(options).await,
             Scenario::Commands => commands::run(options, clock).await,
             Scenario::Readrate => ordinary::run(options).await,

@@ -249,6 +249,8 @@ struct Run {
     /// Limits handshakes in flight.
     setup: Semaphore,
     setup_limit: Duration,
+    /// Publishers use the server API with this key (`api` scenario).
+    api_key: Option<String>,
 }
 
 impl Run {
@@ -577,6 +579,66 @@ async fn publisher(
     result
 }
 
+/// A server API publisher: one kept-alive HTTP connection, one `publish` at
+/// a time (paced by `--rate` and the window like a WebSocket publisher).
+async fn api_publisher(
+    run: Arc<Run>,
+    publisher: u32,
+    ready: Ready,
+    mut start: watch::Receiver<bool>,
+    mut stop: watch::Receiver<bool>,
+) -> PubResult {
+    let mut result = PubResult::default();
+    let key = run.api_key.clone().unwrap_or_default();
+    let mut conn = match crate::api::ApiConn::connect(run.endpoint.addr(), &key).await {
+        Ok(conn) => {
+            let _ = ready.send(Ok(())).await;
+            conn
+        }
+        Err(e) => {
+            let _ = ready.send(Err(SetupError { code: "API_CONNECT".into(), detail: e.to_string() })).await;
+            return result;
+        }
+    };
+    if start.wait_for(|s| *s).await.is_err() {
+        return result;
+    }
+    let message = MessageWriter::api(&run.room, &run.channel, run.payload);
+    let mut text = String::with_capacity(run.payload + 128);
+    let begin = Instant::now();
+    let mut cached_min = 0;
+    for seq in 0..run.messages {
+        if run.halt.load(Ordering::Relaxed) {
+            break;
+        }
+        if let Some(rate) = run.rate {
+            let due = begin + Duration::from_secs_f64(seq as f64 / rate);
+            if due > Instant::now() {
+                tokio::time::sleep_until(due).await;
+            }
+        }
+        tokio::select! {
+            _ = run.flow.admit(&mut cached_min) => {}
+            _ = stop.wait_for(|s| *s) => break,
+        }
+        let sent_ns = run.clock.now_ns();
+        message.write(&mut text, Stamp { publisher, seq, sent_ns });
+        match conn.publish(&text).await {
+            Ok(200) => {
+                result.sent += 1;
+                result.last_ns = sent_ns;
+            }
+            Ok(status) => *result.errors.entry(format!("publisher:HTTP_{status}")).or_default() += 1,
+            Err(_) => {
+                *result.errors.entry("publisher:API_CONNECTION_LOST".into()).or_default() += 1;
+                break;
+            }
+        }
+    }
+    let _ = stop.wait_for(|s| *s).await;
+    result
+}
+
 async fn collect<T: Default>(handle: JoinHandle<T>, limit: Duration, report: &mut Report, what: &str) -> T {
     match tokio::time::timeout(limit, handle).await {
         Ok(Ok(value)) => value,
@@ -622,7 +684,7 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
         params: params(o),
         ..Report::default()
     };
-    debug_assert!(matches!(o.scenario, Scenario::Fanout | Scenario::Fanin | Scenario::Latency));
+    debug_assert!(matches!(o.scenario, Scenario::Fanout | Scenario::Fanin | Scenario::Latency | Scenario::Api));
     let run = Arc::new(Run {
         endpoint: Endpoint::new(&o.url, o.addr, o.per_ip),
         sub_endpoints: o.sub_urls.iter().map(|(url, addr)| Endpoint::new(url, *addr, o.per_ip)).collect(),
@@ -638,6 +700,7 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
         halt: AtomicBool::new(false),
         setup: Semaphore::new(o.concurrency),
         setup_limit: o.timeout.min(Duration::from_secs(30)),
+        api_key: o.api_key.clone(),
     });
     let clients = o.subscribers + o.stalled + o.publishers;
     // Every client reports its set-up exactly once, so a queue of `clients`
@@ -682,7 +745,10 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
             let index = o.subscribers + o.stalled + p;
             let id = u32::try_from(p).unwrap_or(u32::MAX);
             let (ready, start, stop) = (ready_tx.clone(), start_rx.clone(), stop_rx.clone());
-            tokio::spawn(publisher(Arc::clone(&run), id, index, ready, start, stop))
+            match run.api_key.is_some() {
+                true => tokio::spawn(api_publisher(Arc::clone(&run), id, ready, start, stop)),
+                false => tokio::spawn(publisher(Arc::clone(&run), id, index, ready, start, stop)),
+            }
         })
         .collect();
     drop(ready_tx);
@@ -844,6 +910,7 @@ mod tests {
                 halt: AtomicBool::new(false),
                 setup: Semaphore::new(1),
                 setup_limit: Duration::from_secs(30),
+                api_key: None,
             });
             let (ready_tx, mut ready_rx) = mpsc::channel(1);
             let (_stop_tx, stop_rx) = watch::channel(false);
