@@ -10,6 +10,7 @@ mod cluster;
 mod commands;
 mod deploy;
 mod errors;
+mod hooks;
 mod layers;
 mod lifecycle;
 mod links;

@@ -29,6 +29,7 @@
 mod api;
 mod cluster;
 mod error;
+mod hooks;
 mod load;
 mod print;
 mod rooms;
@@ -39,6 +40,7 @@ mod webhooks;
 pub use api::{ApiConfig, ApiKey, MIN_API_KEY_BYTES};
 pub use cluster::ClusterConfig;
 pub use error::ConfigError;
+pub use hooks::{HookFailure, HooksConfig};
 pub use print::REDACTED;
 pub use rooms::{RoomConfig, valid_room_pattern};
 pub use security::{

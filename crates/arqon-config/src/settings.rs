@@ -49,6 +49,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The server API's keys (`[[api.keys]]`). Default: none.
     pub api: crate::api::ApiConfig,
+    /// The application's connect hook (`[hooks]`). Default: off.
+    pub hooks: crate::hooks::HooksConfig,
     /// Signed event batches to the application (`[webhooks]`). Default: off.
     pub webhooks: crate::webhooks::WebhooksConfig,
     /// Options per room, by name or `*` glob (`[rooms."chat-*"]`).
@@ -573,6 +575,7 @@ impl Config {
         self.storage.redb.validate(self.storage.backend)?;
         self.api.validate()?;
         self.webhooks.validate()?;
+        self.hooks.validate(server.upgrade_timeout_ms)?;
         crate::rooms::validate(&self.rooms, limits.history_per_channel)?;
         self.cluster.validate(self.storage.backend)
     }

@@ -703,3 +703,12 @@ fn bad_webhook_settings_stop_start_up_naming_them() {
     assert!(on.webhooks.enabled());
     assert!(!on.redacted().to_toml().unwrap().contains("0123456789abcdef"), "the secret is redacted");
 }
+
+#[test]
+fn bad_hook_settings_stop_start_up_naming_them() {
+    assert_fails_naming(load_toml("[hooks]\nconnect_url = \"https://app/x\"\n"), &["hooks.connect_url", "http://"]);
+    assert_fails_naming(load_toml("[hooks]\ntimeout_ms = 20000\n"), &["hooks.timeout_ms", "upgrade_timeout_ms"]);
+    assert_fails_naming(load_toml("[hooks]\non_failure = \"open\"\n"), &["hooks.on_failure", "open"]);
+    let hook = load_toml("[hooks]\nconnect_url = \"http://127.0.0.1:8080/c\"\non_failure = \"guest\"\n").unwrap();
+    assert_eq!(hook.hooks.on_failure, arqon_config::HookFailure::Guest);
+}

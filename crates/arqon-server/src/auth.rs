@@ -184,7 +184,7 @@ fn anonymous(allowed: bool) -> Result<Identity, Refusal> {
 }
 
 /// `Authorization: Bearer …`, else `?token=…` (browsers cannot set headers).
-fn credentials(request: &UpgradeRequest<'_>) -> Option<String> {
+pub(crate) fn credentials(request: &UpgradeRequest<'_>) -> Option<String> {
     let header = request
         .headers
         .get("authorization")
@@ -219,7 +219,7 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn room_access(rooms: &[String]) -> RoomAccess {
+pub(crate) fn room_access(rooms: &[String]) -> RoomAccess {
     if rooms.is_empty() || rooms.iter().any(|r| r == "*") {
         return RoomAccess::All;
     }

@@ -2,12 +2,16 @@
 
 use std::sync::Arc;
 
+use arqon_routing::Identity;
 use arqon_routing::{Router, Session};
-use arqon_transport::{Accepted, Acceptor, ApiFuture, ApiRequest, Connection, Refusal, UpgradeRequest};
+use arqon_transport::{
+    Accepted, Acceptor, ApiFuture, ApiRequest, Connection, Refusal, UpgradeRequest, VetFuture, VetRequest, Vetted,
+};
 use tracing::Instrument;
 
 use crate::api::ApiKeys;
 use crate::auth::Authenticator;
+use crate::connect_hook::ConnectHook;
 
 /// Admits WebSocket clients into the bus.
 #[derive(Debug)]
@@ -15,11 +19,32 @@ pub(crate) struct BusAcceptor {
     router: Router,
     authenticator: Arc<Authenticator>,
     api_keys: Arc<ApiKeys>,
+    /// When set, the application decides who connects ([`Acceptor::vet`]).
+    connect_hook: Option<Arc<ConnectHook>>,
 }
 
 impl BusAcceptor {
-    pub(crate) fn new(router: Router, authenticator: Arc<Authenticator>, api_keys: ApiKeys) -> Self {
-        BusAcceptor { router, authenticator, api_keys: Arc::new(api_keys) }
+    pub(crate) fn new(
+        router: Router,
+        authenticator: Arc<Authenticator>,
+        api_keys: ApiKeys,
+        connect_hook: Option<Arc<ConnectHook>>,
+    ) -> Self {
+        BusAcceptor { router, authenticator, api_keys: Arc::new(api_keys), connect_hook }
+    }
+
+    /// Registers a client with `identity`.
+    fn connect(&self, request: &UpgradeRequest<'_>, identity: Identity) -> Result<Accepted<SessionConn>, Refusal> {
+        // Every connection gets a fresh id, so a refusal here is the bus's
+        // own trouble, not the client's.
+        let (session, inbox) = self.router.connect(identity).map_err(|e| Refusal {
+            status: 503,
+            code: "INTERNAL",
+            message: e.to_string(),
+        })?;
+        let span = tracing::info_span!("connection", client_id = %session.client_id(), peer = %request.peer);
+        span.in_scope(|| tracing::debug!(role = %session.role(), "client connected"));
+        Ok(Accepted { conn: SessionConn { session, span }, frames: inbox.frames })
     }
 }
 
@@ -35,17 +60,42 @@ impl Acceptor for BusAcceptor {
     type Conn = SessionConn;
 
     fn accept(&self, request: &UpgradeRequest<'_>) -> Result<Accepted<SessionConn>, Refusal> {
-        let identity = self.authenticator.identify(request)?;
-        // Every connection gets a fresh id, so a refusal here is the bus's
-        // own trouble, not the client's.
-        let (session, inbox) = self.router.connect(identity).map_err(|e| Refusal {
-            status: 503,
-            code: "INTERNAL",
-            message: e.to_string(),
-        })?;
-        let span = tracing::info_span!("connection", client_id = %session.client_id(), peer = %request.peer);
-        span.in_scope(|| tracing::debug!(role = %session.role(), "client connected"));
-        Ok(Accepted { conn: SessionConn { session, span }, frames: inbox.frames })
+        self.accept_vetted(request, None)
+    }
+
+    fn vets(&self) -> bool {
+        self.connect_hook.is_some()
+    }
+
+    fn vet(&self, request: VetRequest) -> VetFuture {
+        let hook = self.connect_hook.clone();
+        Box::pin(async move {
+            match hook {
+                Some(hook) => hook.ask(request).await.map(|identity| Box::new(identity) as Vetted),
+                None => Ok(Box::new(()) as Vetted),
+            }
+        })
+    }
+
+    fn accept_vetted(
+        &self,
+        request: &UpgradeRequest<'_>,
+        vetted: Option<Vetted>,
+    ) -> Result<Accepted<SessionConn>, Refusal> {
+        let identity = match (&self.connect_hook, vetted.and_then(|v| v.downcast::<Identity>().ok())) {
+            (_, Some(identity)) => *identity,
+            (None, None) => self.authenticator.identify(request)?,
+            // An upgrade that skipped the hook (an embedding service's own
+            // HTTP server): fail closed rather than let it in unasked.
+            (Some(_), None) => {
+                return Err(Refusal {
+                    status: 503,
+                    code: "INTERNAL",
+                    message: "this bus asks a connect hook, which this endpoint cannot reach".to_owned(),
+                });
+            }
+        };
+        self.connect(request, identity)
     }
 
     /// Always: with no key configured, every call gets 401.

@@ -24,6 +24,8 @@ mod auth;
 mod bridge;
 pub mod cli;
 mod cluster;
+mod connect_hook;
+mod http_client;
 mod instrumented;
 mod monitor;
 mod observer;
@@ -344,7 +346,12 @@ impl Bus {
         };
         let transport = transport_config(config)?;
         let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth)?);
-        let acceptor = Arc::new(BusAcceptor::new(router.clone(), authenticator, api::ApiKeys::new(&config.api)));
+        let acceptor = Arc::new(BusAcceptor::new(
+            router.clone(),
+            authenticator,
+            api::ApiKeys::new(&config.api),
+            connect_hook::ConnectHook::from_config(&config.hooks),
+        ));
         let endpoint = Endpoint::new(Arc::clone(&acceptor), transport.clone());
         Ok(Bus {
             router,

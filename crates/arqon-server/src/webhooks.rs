@@ -14,14 +14,12 @@ use arqon_config::WebhooksConfig;
 use arqon_protocol::Timestamp;
 use arqon_routing::{BusEvent, Observer};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper::{Request, StatusCode};
-use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
+use crate::http_client::Target;
 use crate::observer::Telemetry;
 
 /// First retry's wait; doubled each time up to [`MAX_BACKOFF`].
@@ -156,9 +154,7 @@ impl Observer for WebhookSink {
 
 /// The delivering half.
 struct Sender {
-    authority: String,
-    host: String,
-    path: String,
+    target: Target,
     secret: Vec<u8>,
     batch_max: usize,
     flush: Duration,
@@ -174,14 +170,8 @@ struct Batch<'a> {
 
 impl Sender {
     fn new(config: &WebhooksConfig, telemetry: Arc<Telemetry>) -> Self {
-        // Validated at start-up: `http://authority/path`.
-        let rest = config.url.strip_prefix("http://").unwrap_or(&config.url);
-        let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-        let host = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
         Sender {
-            authority: authority.to_owned(),
-            host,
-            path,
+            target: Target::parse(&config.url),
             secret: config.secret.clone().into_bytes(),
             batch_max: config.batch_max,
             flush: Duration::from_millis(config.flush_ms),
@@ -221,12 +211,13 @@ impl Sender {
         let count = batch.len() as u64;
         let mut backoff = FIRST_BACKOFF;
         for attempt in 0..=self.retries {
-            match tokio::time::timeout(self.timeout, self.post(body.clone(), &signature)).await {
-                Ok(Ok(status)) if status.is_success() => {
+            let headers = [("x-arqon-signature", signature.as_str())];
+            match tokio::time::timeout(self.timeout, self.target.post(body.clone(), &headers)).await {
+                Ok(Ok((status, _))) if status.is_success() => {
                     self.telemetry.metrics.webhook_sent(count);
                     return;
                 }
-                Ok(Ok(status)) => tracing::warn!(%status, attempt, "the webhook receiver refused a batch"),
+                Ok(Ok((status, _))) => tracing::warn!(%status, attempt, "the webhook receiver refused a batch"),
                 Ok(Err(e)) => tracing::warn!(error = %e, attempt, "a webhook POST failed"),
                 Err(_) => tracing::warn!(attempt, "a webhook POST timed out"),
             }
@@ -237,23 +228,6 @@ impl Sender {
         }
         tracing::warn!(events = count, "dropping a webhook batch after its retries");
         self.telemetry.metrics.webhook_dropped("failed", count);
-    }
-
-    async fn post(&self, body: Bytes, signature: &str) -> Result<StatusCode, Box<dyn std::error::Error + Send + Sync>> {
-        let stream = tokio::net::TcpStream::connect(&self.host).await?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let connection = tokio::spawn(connection);
-        let request = Request::post(&self.path)
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json")
-            .header("x-arqon-signature", signature)
-            .body(Full::new(body))?;
-        let response = sender.send_request(request).await?;
-        let status = response.status();
-        // Read the answer so the connection ends cleanly; its body is not used.
-        let _ = response.into_body().collect().await;
-        connection.abort();
-        Ok(status)
     }
 }
 

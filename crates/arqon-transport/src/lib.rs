@@ -38,6 +38,7 @@ mod frames;
 mod http;
 mod server;
 mod tls;
+mod vet;
 mod wire;
 
 use std::future::Future;
@@ -119,6 +120,26 @@ pub struct UpgradeRequest<'a> {
     pub peer: SocketAddr,
 }
 
+/// An upgrade request as [`Acceptor::vet`] gets it: owned, so it can be
+/// carried across an await.
+#[derive(Debug, Clone)]
+pub struct VetRequest {
+    /// Request path, e.g. `/ws`.
+    pub path: String,
+    /// Raw query string, if any.
+    pub query: Option<String>,
+    /// Request headers.
+    pub headers: HeaderMap,
+    /// The peer's address.
+    pub peer: SocketAddr,
+}
+
+/// What [`Acceptor::vet`] found out, handed to [`Acceptor::accept_vetted`].
+pub type Vetted = Box<dyn std::any::Any + Send>;
+
+/// The future of [`Acceptor::vet`].
+pub type VetFuture = std::pin::Pin<Box<dyn Future<Output = Result<Vetted, Refusal>> + Send>>;
+
 /// Why an upgrade is refused: an HTTP status and a JSON error body
 /// `{"error":{"code":…,"message":…}}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -149,6 +170,35 @@ pub trait Acceptor: Send + Sync + 'static {
 
     /// Admits or refuses a client. Runs during the handshake; must not block.
     fn accept(&self, request: &UpgradeRequest<'_>) -> Result<Accepted<Self::Conn>, Refusal>;
+
+    /// Whether [`Acceptor::vet`] must be asked before each upgrade (a
+    /// connect hook to the application). Default: no.
+    fn vets(&self) -> bool {
+        false
+    }
+
+    /// Asks, before the WebSocket handshake and without blocking the
+    /// listener, whatever the acceptor must ask elsewhere about `request`
+    /// (say, the application's connect hook over HTTP). A refusal is sent
+    /// as the HTTP answer; otherwise the answer reaches
+    /// [`Acceptor::accept_vetted`]. Called only when [`Acceptor::vets`]
+    /// says so, once the request passed the listener's own checks (path,
+    /// connection limits, origin), within the upgrade deadline.
+    fn vet(&self, request: VetRequest) -> VetFuture {
+        let _ = request;
+        Box::pin(std::future::ready(Ok(Box::new(()) as Vetted)))
+    }
+
+    /// [`Acceptor::accept`] with what [`Acceptor::vet`] answered (`None`
+    /// when it was not asked). Default: `accept`.
+    fn accept_vetted(
+        &self,
+        request: &UpgradeRequest<'_>,
+        vetted: Option<Vetted>,
+    ) -> Result<Accepted<Self::Conn>, Refusal> {
+        let _ = vetted;
+        self.accept(request)
+    }
 
     /// Whether `/api/…` requests are served ([`Acceptor::api`]). Default:
     /// no; such a request is then refused like any unknown path.

@@ -146,6 +146,47 @@ where
             }));
         }
     }
+    // A connect hook (the acceptor vets): asked once the request head is in
+    // and the listener's own checks pass, before the handshake.
+    let mut vetted = None;
+    if acceptor.vets() && slot.is_ok() {
+        match tokio::time::timeout_at(deadline, crate::vet::read_head(&mut stream, &mut ahead)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "reading the request failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "upgrade deadline elapsed");
+                return None;
+            }
+        }
+        if let Some(request) = crate::vet::parse_head(&ahead, peer)
+            && (request.path == "/ws" || request.path == "/")
+            && check_origin(
+                request.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok()),
+                &config.allowed_origins,
+            )
+            .is_ok()
+        {
+            match tokio::time::timeout_at(deadline, acceptor.vet(request)).await {
+                Ok(Ok(answer)) => vetted = Some(answer),
+                Ok(Err(refusal)) => {
+                    crate::vet::refuse(&mut stream, &refusal, deadline).await;
+                    return None;
+                }
+                Err(_) => {
+                    let refusal = Refusal {
+                        status: 503,
+                        code: "INTERNAL",
+                        message: "the connection could not be vetted within the upgrade deadline".to_owned(),
+                    };
+                    crate::vet::refuse(&mut stream, &refusal, deadline).await;
+                    return None;
+                }
+            }
+        }
+    }
     let mut admitted: Option<Accepted<A::Conn>> = None;
     let refused_by_limit = slot.as_ref().err().cloned();
     // The callback's signature is tungstenite's; its error type is large by design.
@@ -160,7 +201,7 @@ where
             }));
         }
         let upgrade = UpgradeRequest { path, query: request.uri().query(), headers: request.headers(), peer };
-        match admit(refused_by_limit, &upgrade, &*acceptor, &config) {
+        match admit_vetted(refused_by_limit, &upgrade, &*acceptor, &config, vetted.take()) {
             Ok(accepted) => {
                 admitted = Some(accepted);
                 Ok(response)
@@ -209,12 +250,23 @@ pub(crate) fn admit<A: Acceptor>(
     acceptor: &A,
     config: &TransportConfig,
 ) -> Result<Accepted<A::Conn>, Refusal> {
+    admit_vetted(refused_by_limit, request, acceptor, config, None)
+}
+
+/// [`admit`], handing the acceptor what its vetting found.
+fn admit_vetted<A: Acceptor>(
+    refused_by_limit: Option<Refusal>,
+    request: &UpgradeRequest<'_>,
+    acceptor: &A,
+    config: &TransportConfig,
+    vetted: Option<crate::Vetted>,
+) -> Result<Accepted<A::Conn>, Refusal> {
     if let Some(refusal) = refused_by_limit {
         return Err(refusal);
     }
     let origin = request.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok());
     check_origin(origin, &config.allowed_origins)?;
-    acceptor.accept(request)
+    acceptor.accept_vetted(request, vetted)
 }
 
 /// Serves an upgraded connection to its end: the one per-connection task of

@@ -1,0 +1,56 @@
+//! `[hooks]`: the bus asks the application who may connect (docs/hooks.md).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ConfigError;
+use crate::settings::rule;
+
+/// What happens when the connect hook cannot answer (down, slow, garbage).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HookFailure {
+    /// Refuse the connection with 503 (fail closed).
+    #[default]
+    Refuse,
+    /// Let it in as an anonymous guest.
+    Guest,
+}
+
+/// `[hooks]`: off while `connect_url` is empty.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HooksConfig {
+    /// On every WebSocket upgrade the bus POSTs the request's credentials
+    /// here (`http://…`) and takes `{user, role, info, rooms}` from a 200
+    /// answer, or refuses on 401/403. Empty: off (the `[auth]` mode decides).
+    /// Default: empty.
+    pub connect_url: String,
+    /// Milliseconds the hook may take. Default: `2000`.
+    pub timeout_ms: u64,
+    /// When the hook is down, slow or answers garbage: `refuse` (503) or
+    /// `guest`. Default: `refuse`.
+    pub on_failure: HookFailure,
+}
+
+impl Default for HooksConfig {
+    fn default() -> Self {
+        HooksConfig { connect_url: String::new(), timeout_ms: 2000, on_failure: HookFailure::Refuse }
+    }
+}
+
+impl HooksConfig {
+    pub(crate) fn validate(&self, upgrade_timeout_ms: u64) -> Result<(), ConfigError> {
+        rule(
+            self.connect_url.is_empty() || self.connect_url.starts_with("http://"),
+            "hooks.connect_url",
+            format!("{:?}", self.connect_url),
+            "must be empty (off) or an http:// URL (keep the hook on a private network)",
+        )?;
+        rule(
+            (1..upgrade_timeout_ms).contains(&self.timeout_ms),
+            "hooks.timeout_ms",
+            self.timeout_ms,
+            "must be at least 1 and below server.upgrade_timeout_ms (the hook runs inside the upgrade)",
+        )
+    }
+}

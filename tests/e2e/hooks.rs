@@ -1,0 +1,146 @@
+//! Issue 16 part 4: the connect hook against a real local HTTP application:
+//! it admits with an identity, refuses, and when it is slow, down or answers
+//! garbage the bus fails closed (503) or admits a guest, as configured.
+
+use std::time::Duration;
+
+use arqon_config::HookFailure;
+use arqon_e2e::{TestClient, TestServer, test_config};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+use tokio_tungstenite::tungstenite;
+
+/// The application: decides by the token it is sent.
+async fn application() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/connect", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let body = read_body(&mut stream).await;
+                let ask: Value = serde_json::from_slice(&body).unwrap();
+                let token = ask["token"].as_str().unwrap_or_default().to_owned();
+                let (status, answer) = match token.as_str() {
+                    "ann" => (
+                        "200 OK",
+                        json!({"user": "ann", "role": "user", "info": {"plan": "pro"}, "rooms": ["chat"]}).to_string(),
+                    ),
+                    "cookie" => {
+                        let session = ask["cookies"]["session"].as_str().unwrap_or_default().to_owned();
+                        ("200 OK", json!({"user": session, "rooms": "*"}).to_string())
+                    }
+                    "banned" => ("403 Forbidden", json!({"error": {"message": "you are banned"}}).to_string()),
+                    "garbage" => ("200 OK", "{not json".to_owned()),
+                    "slow" => {
+                        tokio::time::sleep(Duration::from_secs(3)).await;
+                        ("200 OK", "{}".to_owned())
+                    }
+                    _ => ("401 Unauthorized", "{}".to_owned()),
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+async fn read_body(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0);
+        buffer.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: ").and_then(|v| v.trim().parse().ok()))
+                .unwrap_or(0);
+            while buffer.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0);
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            return buffer[end + 4..end + 4 + length].to_vec();
+        }
+    }
+}
+
+/// The HTTP status of a refused upgrade, or 101.
+async fn status(url: &str, cookie: Option<&str>) -> u16 {
+    use tungstenite::client::IntoClientRequest;
+    let mut request = url.into_client_request().unwrap();
+    if let Some(cookie) = cookie {
+        request.headers_mut().insert("cookie", cookie.parse().unwrap());
+    }
+    match tokio_tungstenite::connect_async(request).await {
+        Ok(_) => 101,
+        Err(tungstenite::Error::Http(response)) => response.status().as_u16(),
+        Err(e) => panic!("unexpected failure: {e}"),
+    }
+}
+
+fn config(url: &str, on_failure: HookFailure) -> arqon_config::Config {
+    let mut config = test_config();
+    config.hooks.connect_url = url.to_owned();
+    config.hooks.timeout_ms = 500;
+    config.hooks.on_failure = on_failure;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_application_admits_with_an_identity_or_refuses() {
+    let server = TestServer::start_with(config(&application().await, HookFailure::Refuse)).await;
+    let url = server.url();
+    let mut ann = TestClient::connect(&format!("{url}?token=ann")).await;
+    assert_eq!(ann.welcome["payload"]["user"], "ann");
+    assert_eq!(ann.welcome["payload"]["role"], "user");
+    ann.join("chat", "main").await;
+    assert_eq!(
+        ann.err("join_channel", json!({"room": "other", "channel": "c"})).await,
+        "FORBIDDEN",
+        "rooms from the hook"
+    );
+    let presence = ann.ok("presence", json!({"room": "chat", "channel": "main"})).await;
+    assert_eq!(presence["members"][0]["info"], json!({"plan": "pro"}));
+    // Cookies reach the hook.
+    use tungstenite::client::IntoClientRequest;
+    let mut request = format!("{url}?token=cookie").into_client_request().unwrap();
+    request.headers_mut().insert("cookie", "theme=dark; session=grace".parse().unwrap());
+    let (ws, _) = tokio_tungstenite::connect_async(request).await.unwrap();
+    let grace = TestClient::from_ws(ws).await;
+    assert_eq!(grace.welcome["payload"]["user"], "grace");
+    assert_eq!(status(&format!("{url}?token=banned"), None).await, 403);
+    assert_eq!(status(&format!("{url}?token=nobody"), None).await, 401);
+    assert_eq!(status(&url, None).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hook_that_fails_refuses_with_503_or_admits_guests_as_configured() {
+    let app = application().await;
+    let closed = TestServer::start_with(config(&app, HookFailure::Refuse)).await;
+    let url = closed.url();
+    assert_eq!(status(&format!("{url}?token=garbage"), None).await, 503);
+    assert_eq!(status(&format!("{url}?token=slow"), None).await, 503);
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let down = TestServer::start_with(config(&format!("http://127.0.0.1:{port}/x"), HookFailure::Refuse)).await;
+    assert_eq!(status(&down.url(), None).await, 503);
+    // The bus itself is unharmed: a good client still gets in at once.
+    let mut ann = TestClient::connect(&format!("{url}?token=ann")).await;
+    ann.ok("ping", json!({})).await;
+
+    let open = TestServer::start_with(config(&app, HookFailure::Guest)).await;
+    let guest = TestClient::connect(&format!("{}?token=garbage", open.url())).await;
+    assert_eq!(guest.welcome["payload"]["role"], "guest");
+    assert_eq!(status(&format!("{}?token=banned", open.url()), None).await, 403, "a refusal is still a refusal");
+}
