@@ -74,12 +74,14 @@ export class Bus {
   #exited;
   #stderr = "";
 
-  constructor(env) {
+  constructor(env, args) {
     this.env = env;
+    this.args = args;
   }
 
-  static async start(env = {}) {
-    const bus = new Bus(env);
+  /** Starts a bus with these `ARQON_*` variables (undefined removes one) and command-line arguments. */
+  static async start(env = {}, args = []) {
+    const bus = new Bus(env, args);
     await bus.#launch(0);
     return bus;
   }
@@ -107,7 +109,7 @@ export class Bus {
       if (bus?.startsWith("ArqonBus listening on ")) {
         this.url = bus.slice("ArqonBus listening on ".length).trim();
         this.port = Number(new URL(this.url).port);
-        this.monitoringUrl = monitoring?.startsWith("Monitoring on ") ? monitoring.slice("Monitoring on ".length).trim() : "";
+        this.monitoringUrl = monitoring?.startsWith("Monitoring on ") ? monitoring.slice("Monitoring on ".length).trim().split(" ")[0] : "";
         return;
       }
       await this.stop();
@@ -122,7 +124,7 @@ export class Bus {
   #spawnOnce(binary, env) {
     this.#stderr = "";
     const wanted = env.ARQON_MONITORING__ENABLED === "false" ? 1 : 2;
-    const child = spawn(binary, [], { env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(binary, this.args, { env, stdio: ["ignore", "pipe", "pipe"] });
     this.#child = child;
     this.#exited = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
     child.stderr.on("data", (chunk) => {

@@ -616,3 +616,14 @@ fn jwt_claims_checks_default_to_exp_required_and_no_audience_or_issuer() {
     let jwt = config.auth.jwt;
     assert_eq!((jwt.require_exp, jwt.audience.as_str(), jwt.issuer.as_str()), (false, "bus", "https://id.example"));
 }
+
+#[test]
+fn a_monitoring_token_is_empty_or_long_and_is_never_printed() {
+    let token = |value: &str| load_env(&[("ARQON_MONITORING__AUTH_TOKEN", value)]);
+    for (value, shown) in [("short-token", "of 11 characters"), ("0123456789 abcdef", "of 17 characters")] {
+        let error = assert_fails_naming(token(value), &["`monitoring.auth_token`", shown, "at least 16 characters"]);
+        assert!(!error.to_string().contains(value), "the token is not printed: {error}");
+    }
+    assert_eq!(token("0123456789abcdef").unwrap().monitoring.auth_token, "0123456789abcdef", "16 pass");
+    assert_eq!(Config::default().monitoring.auth_token, "", "none by default");
+}

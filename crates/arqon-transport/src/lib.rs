@@ -22,7 +22,9 @@
 //! - [`Acceptor`], [`Connection`], [`Accepted`], [`UpgradeRequest`],
 //!   [`Refusal`]: what the embedding layer implements and returns.
 //! - [`serve_monitoring`], [`Monitor`]: the HTTP monitoring listener
-//!   (health, readiness, status, metrics, telemetry WebSocket).
+//!   (health, readiness, status, metrics, telemetry WebSocket, and the
+//!   dashboard page at `/`); [`Access`]: who may open the dashboard and
+//!   the telemetry stream.
 //! - [`TransportConfig`]: limits and timings.
 //! - [`TransportError`]: this layer's error.
 
@@ -30,6 +32,7 @@ mod accept;
 mod admission;
 mod connection;
 mod frames;
+mod guard;
 mod http;
 mod server;
 mod tls;
@@ -41,6 +44,7 @@ use std::time::Duration;
 
 use arqon_outbound::OutboundReceiver;
 
+pub use guard::Access;
 pub use http::{Monitor, TextStream, serve_monitoring};
 pub use server::serve;
 pub use tls::{TlsConfig, tls_config};
