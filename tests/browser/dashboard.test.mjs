@@ -15,7 +15,7 @@ import { after, before, test } from "node:test";
 
 import { WebSocket } from "ws";
 
-import { Bus, WireClient, eventually, launchBrowser, newPage, screenshot, sleep, unique } from "./support.mjs";
+import { Bus, WireClient, eventually, launchBrowser, newPage, screenshot, unique } from "./support.mjs";
 
 let browser;
 
@@ -220,7 +220,10 @@ test("dashboard: admin actions through the server API", { timeout: 180_000 }, as
     // Disconnect a client.
     await page.type("#disconnect-id", victim.clientId);
     await page.click("#disconnect-btn");
-    assert.equal(await Promise.race([victimClosed, sleep(30_000).then(() => "still open")]), 4000);
+    let timer;
+    const late = new Promise((resolve) => (timer = setTimeout(() => resolve("still open"), 30_000)));
+    assert.equal(await Promise.race([victimClosed, late]), 4000);
+    clearTimeout(timer);
 
     // Delete the channel: it leaves the table.
     await page.type("#delete-room", room);

@@ -168,8 +168,11 @@ export class Bus {
   async stop() {
     if (!this.#child) return;
     if (this.#child.exitCode === null && this.#child.signalCode === null) this.#child.kill("SIGTERM");
-    const timeout = sleep(15_000).then(() => "timeout");
-    if ((await Promise.race([this.#exited, timeout])) === "timeout") {
+    let timer;
+    const timeout = new Promise((resolve) => (timer = setTimeout(() => resolve("timeout"), 15_000)));
+    const outcome = await Promise.race([this.#exited, timeout]);
+    clearTimeout(timer); // a pending timer would keep the test process alive
+    if (outcome === "timeout") {
       this.kill();
       await this.#exited;
     }
