@@ -47,6 +47,26 @@ cargo fmt --all -- --check
 step "clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "dependencies: licences, bans, sources (cargo deny)"
+# Pinned, and built without LTO (its release profile's fat LTO more than
+# doubles the build): about 3 minutes on 2 cores, once per machine.
+if ! cargo deny --version >/dev/null 2>&1; then
+    CARGO_PROFILE_RELEASE_LTO=false CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 \
+        cargo install --locked --quiet cargo-deny --version 0.20.2
+fi
+# Not `advisories`: it fetches the RustSec database from GitHub, which the
+# test machines cannot reach (deny.toml says the same).
+cargo deny --locked check --hide-inclusion-graph licenses bans sources
+
+step "every published crate packages and builds from its package"
+# One command for the whole workspace: cargo puts the packages in a local
+# registry overlay, so a crate whose arqon dependencies are not on crates.io
+# yet still verifies (crates.io is asked only for the others). The tools of
+# this repository are not published. --allow-dirty: this checks the crates,
+# not whether the work tree is committed.
+cargo package --workspace --locked --allow-dirty --quiet \
+    --exclude arqon-bench --exclude arqon-benches --exclude arqon-e2e
+
 step "without the redis feature: storage lints, the bus builds with no fred, refuses Redis config"
 # Cheap: the same dependencies as the default build, minus fred and cluster.
 cargo clippy --locked -p arqon-storage --no-default-features --all-targets -- -D warnings

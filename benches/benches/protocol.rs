@@ -42,7 +42,8 @@ fn encode(c: &mut Criterion) {
             let frame = MessageFrame {
                 id: ids.message_id(),
                 timestamp: now,
-                from,
+                from: from.into(),
+                user: None,
                 room: room.as_ref(),
                 channel: channel.as_ref(),
                 payload: Some(RawJson::from(&*body)),

@@ -31,7 +31,8 @@ fn storage(c: &mut Criterion) {
     let frame = MessageFrame {
         id: ids.message_id(),
         timestamp: Timestamp::now(),
-        from,
+        from: from.into(),
+        user: None,
         room: room.as_ref(),
         channel: channel.as_ref(),
         payload: Some(RawJson::from(&*body)),

@@ -94,7 +94,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let message_id = frame.id.unwrap_or(assigned);
     let delivered =
-        MessageFrame { id: message_id, timestamp: now, from, room, channel, payload: *payload, meta: frame.meta }
+        MessageFrame { id: message_id, timestamp: now, from: from.into(), user: None, room, channel, payload: *payload, meta: frame.meta }
             .encode();
     let parsed: Delivered<'_> = match serde_json::from_str(delivered.as_str()) {
         Ok(parsed) => parsed,

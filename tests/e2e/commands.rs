@@ -44,12 +44,20 @@ async fn ping_status_help() {
             "list_channels",
             "channel_info",
             "history",
-            "publish"
+            "publish",
+            "presence",
+            "presence_stats",
+            "broadcast",
+            "send",
+            "disconnect",
+            "subscribe",
+            "unsubscribe",
+            "batch"
         ]
     );
     for c in commands {
         assert!(c["description"].is_string() && c["args"].is_array() && c["role"].is_string(), "{c}");
-        let allowed = c["role"] != "admin";
+        let allowed = c["role"] != "admin" && c["api_only"] == false;
         assert_eq!(c["allowed"], allowed, "{c}");
     }
     let history = commands.iter().find(|c| c["name"] == "history").unwrap();
@@ -134,7 +142,7 @@ async fn roles_are_enforced_per_command() {
     }
     let help = guest.ok("help", json!({})).await;
     for c in help["commands"].as_array().unwrap() {
-        assert_eq!(c["allowed"], c["role"] == "guest", "{c}");
+        assert_eq!(c["allowed"], c["role"] == "guest" && c["api_only"] == false, "{c}");
     }
     let user_server = TestServer::start().await;
     let mut user = user_server.client().await;
@@ -149,7 +157,9 @@ async fn member_events_on_join_leave_and_disconnect() {
     a.join("r", "c").await;
     b.join("r", "c").await;
     let joined = a.recv_event("member_joined").await;
-    assert_eq!(joined["payload"], json!({"event": "member_joined", "room": "r", "channel": "c", "client_id": b.id}));
+    let expected =
+        json!({"event": "member_joined", "room": "r", "channel": "c", "client_id": b.id, "user": null, "info": null});
+    assert_eq!(joined["payload"], expected);
     b.ok("leave_channel", json!({"room": "r", "channel": "c"})).await;
     let left = a.recv_event("member_left").await;
     assert_eq!(left["payload"]["client_id"], b.id.as_str());

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod api;
 #[cfg(feature = "redis")]
 mod cluster;
 mod commands;

@@ -78,12 +78,12 @@ async fn static_tokens_valid_missing_and_unknown() {
     assert_eq!(admin.welcome["payload"]["role"], "admin");
     let alice = try_connect(&server.url(), Some("alice-token"), None).await.unwrap();
     assert_eq!(alice.welcome["payload"]["role"], "user");
-    // The fixed name maps to a stable id.
-    let alice_id = alice.id.clone();
-    drop(alice);
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The token's name is the user; every connection gets its own id, and a
+    // second one is not refused (two browser tabs).
+    assert_eq!(alice.welcome["payload"]["user"], "alice");
     let again = TestClient::connect(&format!("{}?token=alice-token", server.url())).await;
-    assert_eq!(again.id, alice_id);
+    assert_ne!(again.id, alice.id);
+    assert_eq!(again.welcome["payload"]["user"], "alice");
     assert_unauthorized(try_connect(&server.url(), None, None).await);
     assert_unauthorized(try_connect(&server.url(), Some("nope"), None).await);
 }
@@ -152,12 +152,19 @@ async fn hs256_tokens_every_failure_mode() {
     let bob = try_connect(&url, Some(&good), None).await.unwrap();
     assert_eq!(bob.welcome["payload"]["role"], "admin");
     assert!(bob.id.starts_with("arq_"));
-    // A subject that is an id is used as is; the query string works too.
+    assert_eq!(bob.welcome["payload"]["user"], "bob");
+    // The subject is the user, whatever it looks like; the connection gets a
+    // fresh id. The query string works too, and `info` is passed on.
     let id = "arq_01JDQ8Z6W3T7M5KX2C9V4B8N1P";
-    let by_id = hs256(&json!({"sub": id, "exp": now_s() + 3600}));
+    let by_id = hs256(&json!({"sub": id, "exp": now_s() + 3600, "info": {"name": "Bob"}}));
     let client = TestClient::connect(&format!("{url}?token={by_id}")).await;
-    assert_eq!(client.id, id);
+    assert_ne!(client.id, id);
+    assert_eq!(client.welcome["payload"]["user"], id);
     assert_eq!(client.welcome["payload"]["role"], "user");
+    let big_info = hs256(&json!({"sub": "x", "exp": now_s() + 3600, "info": {"blob": "x".repeat(1100)}}));
+    assert_unauthorized(try_connect(&url, Some(&big_info), None).await);
+    let not_object = hs256(&json!({"sub": "x", "exp": now_s() + 3600, "info": "text"}));
+    assert_unauthorized(try_connect(&url, Some(&not_object), None).await);
     assert_unauthorized(try_connect(&url, None, None).await);
     assert_unauthorized(try_connect(&url, Some("not.a.jwt"), None).await);
     assert_unauthorized(try_connect(&url, Some("garbage"), None).await);

@@ -257,6 +257,9 @@ pub struct CommandHelp {
     pub args: Vec<ArgHelp>,
     /// The least role allowed to run it.
     pub role: Role,
+    /// Only the server API has it (`POST /api/<name>`).
+    #[serde(default)]
+    pub api_only: bool,
     /// Whether this connection may run it.
     pub allowed: bool,
 }

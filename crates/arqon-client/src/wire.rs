@@ -156,7 +156,7 @@ struct MessageFrame<'a, P: Serialize> {
     #[serde(skip_serializing_if = "Option::is_none")]
     channel: Option<&'a Name>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    to: Option<ClientId>,
+    to: Option<String>,
     payload: &'a P,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     meta: &'a BTreeMap<String, String>,
@@ -172,7 +172,8 @@ pub(crate) fn message_frame<P: Serialize>(
     let (room, channel, to) = match target {
         Target::Channel(key) => (Some(&key.room), Some(&key.channel), None),
         Target::Room(room) => (Some(room), None, None),
-        Target::Client(client) => (None, None, Some(*client)),
+        Target::Client(client) => (None, None, Some(client.to_string())),
+        Target::User(user) => (None, None, Some(format!("{}{user}", arqon_protocol::USER_PREFIX))),
     };
     let frame = MessageFrame { kind: "message", id, room, channel, to, payload, meta };
     serde_json::to_string(&frame).map_err(|e| ClientError::Encode(e.to_string()))

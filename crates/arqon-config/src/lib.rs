@@ -26,16 +26,20 @@
 //!
 //! [`Role`]: arqon_protocol::Role
 
+mod api;
 mod cluster;
 mod error;
 mod load;
 mod print;
+mod rooms;
 mod security;
 mod settings;
 
+pub use api::{ApiConfig, ApiKey, MIN_API_KEY_BYTES};
 pub use cluster::ClusterConfig;
 pub use error::ConfigError;
 pub use print::REDACTED;
+pub use rooms::{RoomConfig, valid_room_pattern};
 pub use security::{
     AuthConfig, AuthMode, JwtAlgorithm, JwtConfig, MIN_HS256_SECRET_BYTES, RoleRate, RoleRates, StaticToken,
     TlsSettings,

@@ -89,6 +89,10 @@ fn schema() -> Result<Schema, ConfigError> {
 /// Whether a default is a table of settings, checked key by key: a struct
 /// such as `[storage.redis]`. An empty default table is a free-form map
 /// (`limits.roles`), checked as one value like any other setting.
+/// Top-level tables whose keys are names the user chooses (room patterns),
+/// not settings of ours.
+const FREE_TABLES: [&str; 1] = ["rooms"];
+
 fn is_section(default: &Value) -> bool {
     matches!(&default.kind, ValueKind::Table(keys) if !keys.is_empty())
 }
@@ -214,6 +218,14 @@ fn check_table(
         match (&default.kind, &value.kind) {
             (ValueKind::Table(defaults), ValueKind::Table(keys)) if is_section(default) => {
                 check_table(keys, defaults, Some(&key), origin)?;
+            }
+            // `[rooms."pattern"]`: a table whose keys are the user's own,
+            // checked whole by its type below.
+            (ValueKind::Table(_), ValueKind::Table(_)) if prefix.is_none() && FREE_TABLES.contains(&field.as_str()) => {
+                if let Err(reason) = strict_check(&key, &value.kind) {
+                    let origin = origin(&key);
+                    return Err(bad_value(key, &value.kind, origin, reason));
+                }
             }
             (_, _) if is_section(default) || prefix.is_none() => {
                 let reason = format!("expected a table of keys, [{key}]");

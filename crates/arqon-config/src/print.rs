@@ -20,6 +20,9 @@ impl Config {
         for token in &mut config.auth.tokens {
             token.token = REDACTED.to_owned();
         }
+        for key in &mut config.api.keys {
+            key.key = REDACTED.to_owned();
+        }
         if !config.monitoring.auth_token.is_empty() {
             config.monitoring.auth_token = REDACTED.to_owned();
         }

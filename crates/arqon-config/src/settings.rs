@@ -47,6 +47,11 @@ pub struct Config {
     pub tls: TlsSettings,
     /// Several nodes acting as one bus over Redis. Default: off.
     pub cluster: ClusterConfig,
+    /// The server API's keys (`[[api.keys]]`). Default: none.
+    pub api: crate::api::ApiConfig,
+    /// Options per room, by name or `*` glob (`[rooms."chat-*"]`).
+    /// Default: none.
+    pub rooms: std::collections::BTreeMap<String, crate::rooms::RoomConfig>,
 }
 
 /// `[monitoring]`: health, readiness, status, metrics and telemetry over HTTP.
@@ -553,6 +558,8 @@ impl Config {
         )?;
         self.storage.redis.validate()?;
         self.storage.journal.validate()?;
+        self.api.validate()?;
+        crate::rooms::validate(&self.rooms, limits.history_per_channel)?;
         self.cluster.validate(self.storage.backend)
     }
 

@@ -434,7 +434,8 @@ fn sample_file_in_the_docs_loads_to_the_defaults() {
     // Loading fills in what is missing, so check separately that it spells out every key.
     let sample = &REFERENCE[start..start + length];
     for key in default_keys().keys() {
-        let (section, field) = key.rsplit_once('.').unwrap();
+        // `rooms` is a table of the user's patterns: the docs show it apart.
+        let Some((section, field)) = key.rsplit_once('.') else { continue };
         let at = sample.find(&format!("[{section}]\n")).unwrap_or_else(|| panic!("sample lacks [{section}]"));
         let body = sample[at + 1..].split("\n[").next().unwrap();
         assert!(body.lines().any(|line| line.starts_with(&format!("{field} = "))), "sample lacks {key}");
@@ -626,4 +627,38 @@ fn a_monitoring_token_is_empty_or_long_and_is_never_printed() {
     }
     assert_eq!(token("0123456789abcdef").unwrap().monitoring.auth_token, "0123456789abcdef", "16 pass");
     assert_eq!(Config::default().monitoring.auth_token, "", "none by default");
+}
+
+#[test]
+fn api_keys_and_room_options_load_from_the_file() {
+    let config = load_toml(
+        "[[api.keys]]\nname = \"backend\"\nkey = \"0123456789abcdef0123\"\nrole = \"admin\"\n\n\
+         [rooms.\"chat-*\"]\nhistory_size = 200\npresence = false\n\n[rooms.staff]\njoin_role = \"admin\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.api.keys.len(), 1);
+    assert_eq!(config.api.keys[0].role, Role::Admin);
+    assert_eq!(config.rooms["chat-*"].history_size, Some(200));
+    assert_eq!(config.rooms["chat-*"].presence, Some(false));
+    assert_eq!(config.rooms["staff"].join_role, Some(Role::Admin));
+    assert!(!config.redacted().to_toml().unwrap().contains("0123456789abcdef"), "keys are redacted");
+}
+
+#[test]
+fn bad_api_keys_and_room_options_stop_start_up_naming_them() {
+    let key = |name: &str, key: &str, role: &str| {
+        format!("[[api.keys]]\nname = \"{name}\"\nkey = \"{key}\"\nrole = \"{role}\"\n")
+    };
+    assert_fails_naming(load_toml(&key("short", "tooshort", "user")), &["api.keys.key", "16 bytes"]);
+    assert_fails_naming(load_toml(&key("g", "0123456789abcdef", "guest")), &["api.keys.role", "user or admin"]);
+    assert_fails_naming(load_toml(&key("g", "0123456789abcdef", "root")), &["api.keys", "root"]);
+    let twice = key("a", "0123456789abcdef", "user") + &key("a", "fedcba9876543210", "user");
+    assert_fails_naming(load_toml(&twice), &["api.keys", "unique"]);
+    assert_fails_naming(load_toml("[[api.keys]]\nname = \"a\"\nkey = \"0123456789abcdef\"\n"), &["api.keys", "role"]);
+    assert_fails_naming(load_toml("[rooms.\"chat room\"]\npresence = true\n"), &["rooms", "chat room"]);
+    assert_fails_naming(load_toml("[rooms.chat]\npresense = true\n"), &["rooms", "presense"]);
+    assert_fails_naming(load_toml("[rooms.chat]\nhistory_size = 0\n"), &["rooms.*.history_size", "chat: 0"]);
+    assert_fails_naming(load_toml("[rooms.chat]\nhistory_size = 5000\n"), &["history_per_channel"]);
+    assert_fails_naming(load_toml("[rooms.chat]\njoin_role = \"root\"\n"), &["rooms", "root"]);
+    assert_fails_naming(load_toml("rooms = 3\n"), &["rooms"]);
 }

@@ -29,6 +29,36 @@ pub enum Target {
     Room(Name),
     /// One client.
     Client(ClientId),
+    /// Every connection of one user (`to: "user:NAME"`, PROTOCOL.md 8.2).
+    User(String),
+}
+
+/// The prefix of `to` that addresses a user rather than a client.
+pub const USER_PREFIX: &str = "user:";
+
+/// Longest user name, in bytes (a credential's identity).
+pub const MAX_USER_BYTES: usize = 256;
+
+/// Checks a user name: 1 to [`MAX_USER_BYTES`] bytes, no control characters.
+pub fn check_user(name: &str) -> Result<(), ProtocolError> {
+    if name.is_empty() || name.len() > MAX_USER_BYTES || name.chars().any(char::is_control) {
+        return Err(ProtocolError::new(
+            ErrorCode::InvalidId,
+            format!("a user name has 1 to {MAX_USER_BYTES} bytes and no control characters"),
+        ));
+    }
+    Ok(())
+}
+
+/// `to` of a direct message: a client id, or `user:NAME`.
+pub fn parse_to(to: &str) -> Result<Target, ProtocolError> {
+    match to.strip_prefix(USER_PREFIX) {
+        Some(user) => {
+            check_user(user)?;
+            Ok(Target::User(user.to_owned()))
+        }
+        None => ClientId::parse(to).map(Target::Client),
+    }
 }
 
 /// What a decoded client frame asks for.
@@ -366,7 +396,7 @@ fn check<'a>(wire: Wire<'a>, now: Timestamp) -> Result<ClientFrame<'a>, Protocol
     }
     // 3. INVALID_ID.
     let id = wire.id.as_deref().map(MessageId::parse).transpose()?;
-    let to = wire.to.as_deref().map(ClientId::parse).transpose()?;
+    let to = wire.to.as_deref().map(parse_to).transpose()?;
     // 4. INVALID_TIMESTAMP (the server's own time replaces it).
     if let Some(ts) = wire.timestamp.as_deref() {
         Timestamp::check_client(ts, now)?;
@@ -376,7 +406,7 @@ fn check<'a>(wire: Wire<'a>, now: Timestamp) -> Result<ClientFrame<'a>, Protocol
         FrameBody::Command { name: wire.command.unwrap_or_default(), args: wire.args }
     } else {
         let target = match (to, wire.room.as_deref(), wire.channel.as_deref()) {
-            (Some(client), _, _) => Target::Client(client),
+            (Some(to), _, _) => to,
             (None, Some(room), Some(channel)) => Target::Channel(ChannelKey::parse(room, channel)?),
             (None, Some(room), None) => Target::Room(Name::parse(room)?),
             (None, None, _) => return Err(envelope_error("a message needs a target")),
@@ -474,6 +504,24 @@ mod tests {
         assert_eq!(target, Target::Channel(ChannelKey::parse("r", "c").unwrap()));
         assert_eq!(payload.unwrap().get(), r#"{"a":[1,2]}"#);
         assert_eq!(frame.meta.unwrap().get(), r#"{"trace":"x"}"#);
+    }
+
+    #[test]
+    fn to_addresses_a_client_or_every_connection_of_a_user() {
+        let frame = decode(r#"{"type":"message","to":"user:ann@example.com","payload":1}"#, now()).unwrap();
+        let FrameBody::Message { target, .. } = frame.body else { panic!("not a message") };
+        assert_eq!(target, Target::User("ann@example.com".to_owned()));
+        assert_eq!(code(r#"{"type":"message","to":"user:","payload":1}"#), ErrorCode::InvalidId);
+        let long = "x".repeat(MAX_USER_BYTES + 1);
+        assert_eq!(code(&format!(r#"{{"type":"message","to":"user:{long}"}}"#)), ErrorCode::InvalidId);
+        assert_eq!(code(r#"{"type":"message","to":"user:a\nb"}"#), ErrorCode::InvalidId);
+    }
+
+    #[test]
+    fn a_client_cannot_claim_a_user() {
+        // The server sets `user`; a client that sends one is refused.
+        assert_eq!(code(r#"{"type":"message","room":"r","user":"admin"}"#), ErrorCode::InvalidEnvelope);
+        assert_eq!(code(r#"{"type":"command","command":"ping","user":"x"}"#), ErrorCode::InvalidEnvelope);
     }
 
     #[test]

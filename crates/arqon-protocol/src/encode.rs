@@ -71,6 +71,19 @@ impl fmt::Debug for Frame {
     }
 }
 
+impl Frame {
+    /// The server time written in the frame (`timestamp`), if it has one:
+    /// every envelope this module builds does, near its start.
+    pub fn timestamp(&self) -> Option<Timestamp> {
+        const KEY: &[u8] = b"\"timestamp\":\"";
+        let bytes = self.bytes();
+        let head = &bytes[..bytes.len().min(160)];
+        let at = head.windows(KEY.len()).position(|w| w == KEY)? + KEY.len();
+        let text = std::str::from_utf8(bytes.get(at..at + 24)?).ok()?;
+        Timestamp::parse(text).ok()
+    }
+}
+
 /// `PROTOCOL_VERSION` as written in every frame.
 const VERSION_TEXT: &str = "1";
 const _: () = assert!(PROTOCOL_VERSION == 1, "update VERSION_TEXT with PROTOCOL_VERSION");
@@ -144,6 +157,24 @@ impl Writer {
     }
 }
 
+/// `from` of a message the application's backend sent through the server API.
+pub const SERVER_SENDER: &str = "server";
+
+/// Who sent a delivered message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sender {
+    /// A connected client.
+    Client(ClientId),
+    /// The application, through the server API (`from: "server"`).
+    Server,
+}
+
+impl From<ClientId> for Sender {
+    fn from(id: ClientId) -> Self {
+        Sender::Client(id)
+    }
+}
+
 /// A `type: message` frame as delivered (and stored).
 #[derive(Debug, Clone, Copy)]
 pub struct MessageFrame<'a> {
@@ -152,7 +183,9 @@ pub struct MessageFrame<'a> {
     /// Server time of receipt.
     pub timestamp: Timestamp,
     /// The sender.
-    pub from: ClientId,
+    pub from: Sender,
+    /// The sender's user (PROTOCOL.md section 8.2), set by the server.
+    pub user: Option<&'a str>,
     /// Target room, for channel and room-wide messages.
     pub room: Option<&'a Name>,
     /// Target channel, for channel messages.
@@ -174,7 +207,13 @@ impl MessageFrame<'_> {
         if let Some(channel) = self.channel {
             w.token("channel", channel.as_str());
         }
-        w.id("from", |out| self.from.write_to(out));
+        match self.from {
+            Sender::Client(id) => w.id("from", |out| id.write_to(out)),
+            Sender::Server => w.token("from", SERVER_SENDER),
+        }
+        if let Some(user) = self.user {
+            w.serialized("user", &user);
+        }
         if let Some(payload) = self.payload {
             w.raw("payload", payload.get());
         }
@@ -304,7 +343,8 @@ mod tests {
         let frame = MessageFrame {
             id: ids.message_id(),
             timestamp: Timestamp::from_unix_ms(0),
-            from: ids.client_id(),
+            from: ids.client_id().into(),
+            user: Some("ann \"a\""),
             room: Some(&room),
             channel: Some(&channel),
             payload: Some(RawJson::from(&*payload)),
@@ -317,6 +357,29 @@ mod tests {
         assert_eq!(v["version"], 1);
         assert_eq!(v["room"], "r");
         assert_eq!(v["timestamp"], "1970-01-01T00:00:00.000Z");
+        assert_eq!(v["user"], "ann \"a\"");
+        assert_eq!(frame.timestamp(), Some(Timestamp::from_unix_ms(0)));
+        assert_eq!(Frame::from_text(r#"{"a":1}"#).timestamp(), None);
+    }
+
+    #[test]
+    fn server_messages_say_so_and_carry_no_user() {
+        let mut ids = IdGenerator::new();
+        let room = Name::parse("r").unwrap();
+        let frame = MessageFrame {
+            id: ids.message_id(),
+            timestamp: Timestamp::now(),
+            from: Sender::Server,
+            user: None,
+            room: Some(&room),
+            channel: None,
+            payload: None,
+            meta: None,
+        }
+        .encode();
+        let v = parse(&frame);
+        assert_eq!(v["from"], "server");
+        assert!(v.get("user").is_none());
     }
 
     #[test]

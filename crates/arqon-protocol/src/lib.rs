@@ -37,8 +37,10 @@ pub mod scratch;
 mod timestamp;
 
 pub use close::CloseReason;
-pub use decode::{ClientFrame, FrameBody, Target, decode, extract_id};
-pub use encode::Frame;
+pub use decode::{
+    ClientFrame, FrameBody, MAX_USER_BYTES, Target, USER_PREFIX, check_user, decode, extract_id, parse_to,
+};
+pub use encode::{Frame, Sender};
 pub use error::{ErrorCode, ProtocolError};
 pub use id::{ClientId, IdGenerator, MessageId};
 pub use name::{ChannelKey, Name};

@@ -268,9 +268,9 @@ proptest! {
         let (room, channel) = match target {
             Target::Channel(key) => (Some(&key.room), Some(&key.channel)),
             Target::Room(room) => (Some(room), None),
-            Target::Client(_) => (None, None),
+            Target::Client(_) | Target::User(_) => (None, None),
         };
-        let delivered = MessageFrame { id, timestamp: now, from, room, channel, payload: *payload, meta: frame.meta }.encode();
+        let delivered = MessageFrame { id, timestamp: now, from: from.into(), user: None, room, channel, payload: *payload, meta: frame.meta }.encode();
         let v = parse(&delivered);
         prop_assert_eq!(&v["type"], "message");
         prop_assert_eq!(&v["version"], 1);
@@ -572,7 +572,8 @@ fn deepest_accepted_payload_stays_parseable_wherever_the_bus_sends_it() {
     let delivered = MessageFrame {
         id: ids.message_id(),
         timestamp: now,
-        from: ids.client_id(),
+        from: ids.client_id().into(),
+        user: None,
         room: Some(&key.room),
         channel: Some(&key.channel),
         payload,

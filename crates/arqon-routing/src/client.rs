@@ -1,9 +1,10 @@
 //! What the bus knows about one connected client.
 
 use std::collections::HashSet;
-use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize};
 
-use arqon_protocol::{ClientId, Name, Role};
+use arqon_protocol::{ChannelKey, ClientId, Name, RawValue, Role};
 
 use crate::outlet::Outlet;
 use crate::rate::TokenBucket;
@@ -13,6 +14,20 @@ use crate::rate::TokenBucket;
 pub(crate) struct ClientEntry {
     pub(crate) id: ClientId,
     pub(crate) role: Role,
+    /// The credential's identity (PROTOCOL.md section 8.2); several
+    /// connections may share it.
+    pub(crate) user: Option<Arc<str>>,
+    /// The credential's `info` object, shown in presence as is.
+    pub(crate) info: Option<Arc<RawValue>>,
+    /// The application's backend calling through the server API: its
+    /// messages say `from: "server"` and it may run API-only commands.
+    pub(crate) server: bool,
+    /// Channels this connection is a member of, however it joined (its own
+    /// `join_channel` or the API's `subscribe`): left when it disconnects.
+    pub(crate) joined: parking_lot::Mutex<HashSet<ChannelKey>>,
+    /// Set once the connection is leaving; a join racing the disconnect
+    /// sees it and undoes itself.
+    pub(crate) gone: AtomicBool,
     pub(crate) rooms: RoomAccess,
     pub(crate) outlet: Outlet,
     /// Channels this connection has created (explicitly or by auto-create),

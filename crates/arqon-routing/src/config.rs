@@ -75,6 +75,9 @@ pub struct RouterConfig {
     /// Channels on this node at most; creating one more fails with
     /// `FORBIDDEN`. 0: no limit. Default: 10000.
     pub max_channels: usize,
+    /// Options per room (history, presence, member events, roles,
+    /// auto-create). Default: none, every room as configured above.
+    pub rooms: crate::RoomRules,
     /// Channels in one room at most; creating one more fails with
     /// `FORBIDDEN`. 0: no limit. Default: 1000.
     pub max_channels_per_room: usize,
@@ -118,6 +121,7 @@ impl Default for RouterConfig {
             expiry_grace: Duration::from_secs(2),
             max_channels: 10_000,
             max_channels_per_room: 1000,
+            rooms: crate::RoomRules::default(),
             max_channels_created_per_client: 1000,
             idle_reclaim: Duration::from_secs(300),
         }

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use arqon_outbound::{Budget, Outbound};
 use arqon_protocol::{
-    ChannelKey, ClientId, ErrorCode, Frame, IdGenerator, MessageId, Name, ProtocolError, Role, Timestamp,
+    ChannelKey, ClientId, ErrorCode, Frame, IdGenerator, MessageId, Name, ProtocolError, RawValue, Role, Timestamp,
 };
 use arqon_storage::{Health, Storage, StoredMessage};
 use dashmap::DashMap;
@@ -29,8 +29,13 @@ use crate::{RouterConfig, RoutingError};
 pub struct Identity {
     /// What the client may do.
     pub role: Role,
-    /// A fixed client id (e.g. a token's subject); `None` assigns a fresh one.
-    pub client_id: Option<ClientId>,
+    /// Who the client is (a token's subject), shared by every connection of
+    /// that user; `None` for an anonymous client. The connection itself
+    /// always gets a fresh client id (PROTOCOL.md section 8.2).
+    pub user: Option<Arc<str>>,
+    /// Application data about the user (a JWT's `info` claim), shown in
+    /// presence as is.
+    pub info: Option<Arc<RawValue>>,
     /// Rooms the client may use. Default: all.
     pub rooms: RoomAccess,
     /// Time left before the client's credentials expire; when it runs out
@@ -42,7 +47,13 @@ pub struct Identity {
 impl Identity {
     /// An identity with `role`, a fresh id, every room, no expiry.
     pub fn new(role: Role) -> Self {
-        Identity { role, client_id: None, rooms: RoomAccess::All, expires_in: None }
+        Identity { role, user: None, info: None, rooms: RoomAccess::All, expires_in: None }
+    }
+
+    /// The same identity as the user `user`.
+    pub fn with_user(mut self, user: impl Into<Arc<str>>) -> Self {
+        self.user = Some(user.into());
+        self
     }
 }
 
@@ -101,6 +112,7 @@ impl RouterBuilder {
                 config: self.config,
                 storage: self.storage,
                 clients: DashMap::with_hasher(RandomState::default()),
+                users: DashMap::with_hasher(RandomState::default()),
                 rooms: DashMap::with_hasher(RandomState::default()),
                 client_ids: Mutex::new(IdGenerator::new()),
                 channel_count: AtomicUsize::new(0),
@@ -125,6 +137,8 @@ pub(crate) struct Inner {
     /// Memory held by every client's backlog (PROTOCOL.md section 8.1).
     budget: Arc<Budget>,
     clients: DashMap<ClientId, Arc<ClientEntry>, RandomState>,
+    /// user → that user's connections on this node.
+    users: DashMap<Arc<str>, Vec<ClientId>, RandomState>,
     /// room → channel name → channel. A room exists while it has channels.
     pub(crate) rooms: DashMap<Name, HashMap<Name, Arc<Channel>, RandomState>, RandomState>,
     client_ids: Mutex<IdGenerator>,
@@ -207,14 +221,51 @@ impl Router {
     /// and its inbox (write what arrives there to the client). The `welcome`
     /// event is already queued.
     pub fn connect(&self, identity: Identity) -> Result<(Session, Inbox), RoutingError> {
-        let id = match identity.client_id {
-            Some(id) => id,
-            None => self.inner.client_ids.lock().client_id(),
-        };
+        let id = self.inner.client_ids.lock().client_id();
+        let user = identity.user.clone();
+        let expires_in = identity.expires_in;
+        let (entry, inbox) = self.entry(id, identity, false);
+        match self.inner.clients.entry(id) {
+            dashmap::Entry::Occupied(_) => return Err(RoutingError::DuplicateClient(id)),
+            dashmap::Entry::Vacant(slot) => {
+                slot.insert(Arc::clone(&entry));
+            }
+        }
+        if let Some(user) = user {
+            self.inner.users.entry(user).or_default().push(id);
+        }
+        self.inner.observer.observe(&BusEvent::ConnectionOpened { client_id: id, role: entry.role });
+        if let Some(broker) = &self.inner.broker {
+            broker.client_connected(id);
+        }
+        let expiry = expires_in.map(|after| self.start_expiry(&entry, after));
+        let mut session = Session::new(self.clone(), entry);
+        session.expiry = expiry;
+        session.send_welcome();
+        Ok((session, inbox))
+    }
+
+    /// A session for the application's backend (the server API, PROTOCOL.md
+    /// section 8.3) with `role`: not a connection (no welcome, not listed,
+    /// not counted), its messages come `from: "server"`, it may run the
+    /// API-only commands, and it answers one command at a time through
+    /// [`Session::call`]. Drop it when done.
+    pub fn api_session(&self, role: Role) -> Session {
+        let id = self.inner.client_ids.lock().client_id();
+        let (entry, _inbox) = self.entry(id, Identity::new(role), true);
+        Session::new(self.clone(), entry)
+    }
+
+    fn entry(&self, id: ClientId, identity: Identity, server: bool) -> (Arc<ClientEntry>, Inbox) {
         let (outlet, inbox) = Outlet::new(self.inner.config.max_backlog_bytes, &self.inner.budget);
         let entry = Arc::new(ClientEntry {
             id,
             role: identity.role,
+            user: identity.user,
+            info: identity.info,
+            server,
+            joined: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            gone: std::sync::atomic::AtomicBool::new(false),
             rooms: identity.rooms,
             outlet,
             channels_created: AtomicUsize::new(0),
@@ -223,21 +274,7 @@ impl Router {
                 u64::from(self.inner.config.direct_rate.burst),
             )),
         });
-        match self.inner.clients.entry(id) {
-            dashmap::Entry::Occupied(_) => return Err(RoutingError::DuplicateClient(id)),
-            dashmap::Entry::Vacant(slot) => {
-                slot.insert(Arc::clone(&entry));
-            }
-        }
-        self.inner.observer.observe(&BusEvent::ConnectionOpened { client_id: id, role: identity.role });
-        if let Some(broker) = &self.inner.broker {
-            broker.client_connected(id);
-        }
-        let expiry = identity.expires_in.map(|after| self.start_expiry(&entry, after));
-        let mut session = Session::new(self.clone(), entry);
-        session.expiry = expiry;
-        session.send_welcome();
-        Ok((session, inbox))
+        (entry, inbox)
     }
 
     /// Credential expiry timers still running: one per connected client
@@ -608,6 +645,63 @@ impl Router {
         }
     }
 
+    /// Delivers a direct message to every connection of `user` on this
+    /// node (`to: "user:NAME"`), each with the protection of a direct
+    /// message; `NOT_FOUND` when the user has none the sender may reach.
+    pub(crate) fn publish_user(&self, from: &RoomAccess, user: &str, frame: &Frame) -> Result<usize, RoutingError> {
+        let absent = || ProtocolError::new(ErrorCode::NotFound, format!("user {user:?} has no connection")).into();
+        let targets: Vec<Arc<ClientEntry>> = match self.inner.users.get(user) {
+            Some(ids) => ids.iter().filter_map(|id| self.inner.clients.get(id).map(|c| Arc::clone(&c))).collect(),
+            None => Vec::new(),
+        };
+        let targets: Vec<_> = targets.into_iter().filter(|c| from.may_reach(&c.rooms)).collect();
+        if targets.is_empty() {
+            return Err(absent());
+        }
+        let mut delivered = 0;
+        let mut refused = None;
+        for client in &targets {
+            match self.admit_direct(client) {
+                Ok(()) => delivered += usize::from(client.outlet.push(Outbound::Frame(frame.clone()))),
+                Err(error) => refused = Some(error),
+            }
+        }
+        match refused {
+            // Every connection refused it: the sender learns why and when to retry.
+            Some(error) if delivered == 0 => Err(error.into()),
+            _ => Ok(delivered),
+        }
+    }
+
+    /// The options of `room` (PROTOCOL.md section 8.4).
+    pub fn room_options(&self, room: &Name) -> &crate::RoomOptions {
+        self.inner.config.rooms.for_room(room.as_str())
+    }
+
+    /// Whether publishing to or joining a missing channel of `room` creates it.
+    pub(crate) fn auto_create(&self, room: &Name) -> bool {
+        self.room_options(room).auto_create.unwrap_or(self.inner.config.auto_create)
+    }
+
+    /// A connected client of this node.
+    pub(crate) fn client(&self, id: ClientId) -> Option<Arc<ClientEntry>> {
+        self.inner.clients.get(&id).map(|c| Arc::clone(&c))
+    }
+
+    /// Every connection of `user` on this node.
+    pub(crate) fn user_clients(&self, user: &str) -> Vec<Arc<ClientEntry>> {
+        match self.inner.users.get(user) {
+            Some(ids) => ids.iter().filter_map(|id| self.client(*id)).collect(),
+            None => Vec::new(),
+        }
+    }
+
+    /// A fresh id for a frame the bus itself sends (member events, API
+    /// deliveries).
+    pub(crate) fn message_id(&self) -> MessageId {
+        self.inner.client_ids.lock().message_id()
+    }
+
     fn deliver_room_local(&self, room: &Name, frame: &Frame, except: Option<ClientId>) -> usize {
         let channels: Vec<Arc<Channel>> = match self.inner.rooms.get(room) {
             Some(channels) => channels.values().cloned().collect(),
@@ -671,8 +765,17 @@ impl Router {
         Ok(members)
     }
 
-    pub(crate) fn unregister(&self, id: ClientId) {
+    pub(crate) fn unregister(&self, client: &ClientEntry) {
+        let id = client.id;
         self.inner.clients.remove(&id);
+        if let Some(user) = &client.user
+            && let dashmap::Entry::Occupied(mut ids) = self.inner.users.entry(Arc::clone(user))
+        {
+            ids.get_mut().retain(|c| *c != id);
+            if ids.get().is_empty() {
+                ids.remove();
+            }
+        }
         if let Some(broker) = &self.inner.broker {
             broker.client_disconnected(id);
         }

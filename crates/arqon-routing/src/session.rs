@@ -1,13 +1,12 @@
 //! One connected client's view of the bus: reads its frames, answers them.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use arqon_outbound::Outbound;
 use arqon_protocol::encode::{self, MessageFrame};
 use arqon_protocol::{
-    ChannelKey, ClientFrame, ClientId, CloseReason, ErrorCode, Frame, FrameBody, IdGenerator, MessageId, ProtocolError,
-    RawJson, Role, Target, Timestamp,
+    ClientFrame, ClientId, CloseReason, ErrorCode, Frame, FrameBody, IdGenerator, MessageId, ProtocolError, RawJson,
+    Role, Sender, Target, Timestamp,
 };
 use serde::Serialize;
 
@@ -25,9 +24,6 @@ pub struct Session {
     pub(crate) router: Router,
     pub(crate) client: Arc<ClientEntry>,
     pub(crate) ids: IdGenerator,
-    /// Channels joined through this session. May hold channels deleted since
-    /// (leaving those is a no-op).
-    pub(crate) joined: HashSet<ChannelKey>,
     /// Every frame the client sends (text, binary, ping) passes through it.
     limiter: Limiter,
     /// When the frame being handled arrived (for routing latency).
@@ -35,12 +31,16 @@ pub struct Session {
     /// The credentials' expiry timer, if any: aborted when the session ends,
     /// so that nothing the connection started outlives it.
     pub(crate) expiry: Option<crate::router::ExpiryTimer>,
+    /// The response payload of the command being run, on an API session
+    /// (which answers through [`Session::call`], not a frame).
+    pub(crate) captured: Option<String>,
 }
 
 #[derive(Serialize)]
 struct Welcome<'a> {
     event: &'static str,
     client_id: ClientId,
+    user: Option<&'a str>,
     role: Role,
     server_version: &'a str,
     heartbeat_s: u64,
@@ -73,10 +73,10 @@ impl Session {
             router,
             client,
             ids: IdGenerator::new(),
-            joined: HashSet::new(),
             limiter,
             received: std::time::Instant::now(),
             expiry: None,
+            captured: None,
         }
     }
 
@@ -96,6 +96,7 @@ impl Session {
         let welcome = Welcome {
             event: "welcome",
             client_id: self.client.id,
+            user: self.client.user.as_deref(),
             role: self.client.role,
             server_version: &config.server_version,
             heartbeat_s: config.heartbeat_s,
@@ -193,35 +194,14 @@ impl Session {
     async fn dispatch(&mut self, frame: ClientFrame<'_>, now: Timestamp) -> Result<(), ProtocolError> {
         match frame.body {
             FrameBody::Command { ref name, args } => {
-                let Some(command) = commands::find(name) else {
-                    return Err(ProtocolError::new(
-                        ErrorCode::UnknownCommand,
-                        format!("unknown command {name:?}; send \"help\" for the list"),
-                    ));
-                };
-                let args = commands::Args::parse(args, command.args)?;
                 if !frame.from_is(self.client.id) {
+                    // Checked once the command is known to exist and its
+                    // args parse, as before: the precedence of errors.
+                    let command = find_command(name, self.client.server)?;
+                    commands::Args::parse(args, command.args)?;
                     return Err(spoofed_from());
                 }
-                if self.client.role < command.role {
-                    return Err(ProtocolError::new(
-                        ErrorCode::Forbidden,
-                        format!("{} needs role {} (you are {})", command.name, command.role, self.client.role),
-                    ));
-                }
-                let started = std::time::Instant::now();
-                let mut ctx = commands::Ctx { session: self, request_id: frame.id, now };
-                // Boxed: a command's future is the largest the session awaits,
-                // and the transport boxes the whole handler per frame; inline,
-                // it would push every message's allocation past the
-                // allocator's small-size fast path.
-                let result = Box::pin(commands::run(command, &mut ctx, args)).await.map_err(|e| e.into_protocol());
-                self.observe(&BusEvent::CommandExecuted {
-                    command: command.name,
-                    error: result.as_ref().err().map(|e| e.code),
-                    duration: started.elapsed(),
-                });
-                result
+                self.run_command(name, args, frame.id, now).await
             }
             FrameBody::Message { ref target, payload } => {
                 if !frame.from_is(self.client.id) {
@@ -234,6 +214,51 @@ impl Session {
         }
     }
 
+    /// Runs one command for this session: lookup, args, role, then the
+    /// command itself, observed (one path for WebSocket frames and the
+    /// server API).
+    async fn run_command(
+        &mut self,
+        name: &str,
+        args: Option<RawJson<'_>>,
+        request_id: Option<MessageId>,
+        now: Timestamp,
+    ) -> Result<(), ProtocolError> {
+        let command = find_command(name, self.client.server)?;
+        let args = commands::Args::parse(args, command.args)?;
+        if self.client.role < command.role {
+            return Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!("{} needs role {} (you are {})", command.name, command.role, self.client.role),
+            ));
+        }
+        let started = std::time::Instant::now();
+        let mut ctx = commands::Ctx { session: self, request_id, now };
+        // Boxed: a command's future is the largest the session awaits,
+        // and the transport boxes the whole handler per frame; inline,
+        // it would push every message's allocation past the
+        // allocator's small-size fast path.
+        let result = Box::pin(commands::run(command, &mut ctx, args)).await.map_err(|e| e.into_protocol());
+        self.observe(&BusEvent::CommandExecuted {
+            command: command.name,
+            error: result.as_ref().err().map(|e| e.code),
+            duration: started.elapsed(),
+        });
+        result
+    }
+
+    /// Runs one command for the application's backend (a session from
+    /// [`Router::api_session`](crate::Router::api_session)): `args` is the
+    /// command's args object; the answer is the response `payload` as JSON
+    /// text, or the error the WebSocket path would send.
+    pub async fn call(&mut self, command: &str, args: Option<RawJson<'_>>) -> Result<String, ProtocolError> {
+        self.received = std::time::Instant::now();
+        self.observe(&BusEvent::FrameReceived { kind: FrameKind::Command });
+        self.captured = None;
+        self.run_command(command, args, None, Timestamp::now()).await?;
+        Ok(self.captured.take().unwrap_or_else(|| "{}".to_owned()))
+    }
+
     /// Routes a message; shared by fire-and-forget messages and `publish`.
     pub(crate) async fn send_message(
         &mut self,
@@ -242,17 +267,27 @@ impl Session {
         now: Timestamp,
         payload: Option<RawJson<'_>>,
         meta: Option<RawJson<'_>>,
-    ) -> Result<MessageId, ProtocolError> {
+    ) -> Result<Routed, ProtocolError> {
         let router = &self.router;
-        let mut frame =
-            MessageFrame { id, timestamp: now, from: self.client.id, room: None, channel: None, payload, meta };
+        let (from, user) = match self.client.server {
+            true => (Sender::Server, None),
+            false => (Sender::Client(self.client.id), self.client.user.as_deref()),
+        };
+        let mut frame = MessageFrame { id, timestamp: now, from, user, room: None, channel: None, payload, meta };
         let (room, channel) = match target {
             Target::Channel(key) => (Some(&key.room), Some(&key.channel)),
             Target::Room(room) => (Some(room), None),
-            Target::Client(_) => (None, None),
+            Target::Client(_) | Target::User(_) => (None, None),
         };
         if let Some(room) = room {
             self.require_room(room)?;
+            let least = router.room_options(room).publish_role;
+            if self.client.role < least {
+                return Err(ProtocolError::new(
+                    ErrorCode::Forbidden,
+                    format!("publishing in room {room} needs role {least} (you are {})", self.client.role),
+                ));
+            }
         }
         frame.room = room;
         frame.channel = channel;
@@ -260,11 +295,12 @@ impl Session {
         let bytes = encoded.len();
         let fanout = match target {
             Target::Channel(key) => {
-                let create = if router.inner.config.auto_create { Create::Auto(&self.client) } else { Create::No };
+                let create = if router.auto_create(&key.room) { Create::Auto(&self.client) } else { Create::No };
                 router.publish_to(key, create, self.client.id, id, encoded).await
             }
             Target::Room(room) => router.publish_room(room, self.client.id, encoded).map(Some),
             Target::Client(to) => router.publish_direct(&self.client.rooms, *to, encoded).map(Some),
+            Target::User(user) => router.publish_user(&self.client.rooms, user, &encoded).map(Some),
         }
         .map_err(|e| e.into_protocol())?;
         // A retry (None) was neither stored nor delivered: nothing was routed.
@@ -272,7 +308,7 @@ impl Session {
             let latency = self.received.elapsed();
             self.observe(&BusEvent::MessageRouted { room, channel, fanout, bytes, latency });
         }
-        Ok(id)
+        Ok(Routed { id, fanout: fanout.unwrap_or(0) })
     }
 
     /// Checks the client's room access (e.g. a token's `rooms` claim).
@@ -324,6 +360,33 @@ impl Session {
     }
 }
 
+/// The command `name`, if the caller may run it: API-only commands are for
+/// the server API (`server`).
+fn find_command(name: &str, server: bool) -> Result<&'static commands::Spec, ProtocolError> {
+    let Some(command) = commands::find(name) else {
+        return Err(ProtocolError::new(
+            ErrorCode::UnknownCommand,
+            format!("unknown command {name:?}; send \"help\" for the list"),
+        ));
+    };
+    if command.surface == commands::Surface::Api && !server {
+        return Err(ProtocolError::new(
+            ErrorCode::Forbidden,
+            format!("{name} is a server API command (POST /api/{name} with an API key)"),
+        ));
+    }
+    Ok(command)
+}
+
+/// What routing a message did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Routed {
+    /// The message id.
+    pub(crate) id: MessageId,
+    /// Connections it was queued for (0 for a recognised retry).
+    pub(crate) fanout: usize,
+}
+
 fn spoofed_from() -> ProtocolError {
     ProtocolError::new(ErrorCode::Forbidden, "from must be your own client id (or absent)")
 }
@@ -333,11 +396,12 @@ impl Drop for Session {
         // The timer must not outlive the connection (a 30-day token would
         // keep its task, and the memory it holds, for 30 days).
         drop(self.expiry.take());
-        let joined: Vec<ChannelKey> = self.joined.drain().collect();
-        for key in joined {
-            commands::leave::leave_quietly(self, &key);
+        crate::membership::leave_all(&self.router, &self.client);
+        if self.client.server {
+            // An API session was never a connection.
+            return;
         }
-        self.router.unregister(self.client.id);
+        self.router.unregister(&self.client);
         // Every slow-consumer close, whoever decided it (a push past the
         // backlog limit, the budget, the transport's write timeout), is
         // reported here, once, with its cause.

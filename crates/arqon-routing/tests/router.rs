@@ -8,9 +8,7 @@ use std::time::Duration;
 
 use arqon_outbound::{Closing, Outbound, SlowCause};
 use arqon_protocol::{ChannelKey, ClientId, CloseReason, ErrorCode, Frame, IdGenerator, MessageId, Role, Timestamp};
-use arqon_routing::{
-    Broker, Delivery, Identity, Inbox, Place, RoomAccess, Router, RouterConfig, RoutingError, Session,
-};
+use arqon_routing::{Broker, Delivery, Identity, Inbox, Place, RoomAccess, Router, RouterConfig, Session};
 use arqon_storage::{
     AppendNow, Appended, ChannelRecord, ChannelStats, Health, MemoryStorage, Since, Storage, StorageError,
     StoredMessage, async_trait,
@@ -520,13 +518,22 @@ async fn ping_status_and_help() {
             "list_channels",
             "channel_info",
             "history",
-            "publish"
+            "publish",
+            "presence",
+            "presence_stats",
+            "broadcast",
+            "send",
+            "disconnect",
+            "subscribe",
+            "unsubscribe",
+            "batch"
         ]
     );
     for command in help["commands"].as_array().unwrap() {
         assert!(command["description"].as_str().is_some_and(|d| !d.is_empty()), "{command}");
         assert!(command["args"].is_array(), "{command}");
-        assert_eq!(command["allowed"], command["role"] == "guest", "{command}");
+        let allowed = command["role"] == "guest" && command["api_only"] == false;
+        assert_eq!(command["allowed"], allowed, "{command}");
     }
     let history = &help["commands"][9];
     let arg_names: Vec<&str> =
@@ -912,17 +919,14 @@ async fn auto_create_needs_role_user() {
 }
 
 #[tokio::test]
-async fn a_client_id_is_connected_once() {
+async fn every_connection_gets_a_fresh_client_id() {
     let router = router();
-    let id = IdGenerator::new().client_id();
-    let (first, _inbox) = router.connect(Identity { client_id: Some(id), ..Identity::new(Role::User) }).unwrap();
-    assert_eq!(first.client_id(), id);
-    let err = router.connect(Identity { client_id: Some(id), ..Identity::new(Role::User) }).unwrap_err();
-    assert!(matches!(err, RoutingError::DuplicateClient(dup) if dup == id), "{err:?}");
-    assert_eq!(router.counts().connections, 1);
+    let first = Client::connect_as(&router, Identity::new(Role::User).with_user("ann"));
+    let second = Client::connect_as(&router, Identity::new(Role::User).with_user("ann"));
+    assert_ne!(first.id, second.id);
+    assert_eq!(router.counts().connections, 2);
     drop(first);
-    assert_eq!(router.counts().connections, 0);
-    assert!(router.connect(Identity { client_id: Some(id), ..Identity::new(Role::User) }).is_ok());
+    assert_eq!(router.counts().connections, 1);
 }
 
 // ---------------------------------------------------------------------------
@@ -1182,7 +1186,7 @@ async fn racing_deletes_and_a_re_create_leave_no_member_behind() {
 
 fn member_event(event: &str, key: &str, client: &Client) -> Value {
     let (room, channel) = key.split_once('/').unwrap();
-    json!({"event": event, "room": room, "channel": channel, "client_id": client.id_str()})
+    json!({"event": event, "room": room, "channel": channel, "client_id": client.id_str(), "user": null, "info": null})
 }
 
 #[tokio::test]
@@ -1937,7 +1941,8 @@ async fn deliveries_from_the_broker_reach_local_members_except_the_sender() {
         arqon_protocol::encode::MessageFrame {
             id: ids.message_id(),
             timestamp: Timestamp::now(),
-            from: b_id,
+            from: b_id.into(),
+            user: None,
             room: Some(&room.room),
             channel: channel.then_some(&room.channel),
             payload: None,
@@ -2416,4 +2421,334 @@ async fn history_responses_share_the_stored_frames_and_count_against_the_backlog
     }
     assert_eq!(hoarder.inbox.frames.closing(), Some(Closing::slow(SlowCause::Backlog)));
     assert!(router.backlog_budget().used() < 2 << 20, "{}", router.backlog_budget().used());
+}
+
+// ---------------------------------------------------------------------------
+// Users, presence (PROTOCOL.md section 8.2)
+// ---------------------------------------------------------------------------
+
+fn user(name: &str, info: Option<Value>) -> Identity {
+    let mut identity = Identity::new(Role::User).with_user(name);
+    identity.info = info.map(|v| Arc::from(serde_json::value::to_raw_value(&v).unwrap()));
+    identity
+}
+
+#[tokio::test]
+async fn a_user_holds_many_connections_and_is_addressed_by_name() {
+    let router = router();
+    let (session, mut inbox) = router.connect(user("ann", None)).unwrap();
+    let welcome = match inbox.frames.try_recv() {
+        Ok(Outbound::Frame(frame)) => parse_frame(&frame),
+        other => panic!("no welcome: {other:?}"),
+    };
+    assert_eq!(welcome["payload"]["user"], "ann");
+    drop(session);
+    let mut tab1 = Client::connect_as(&router, user("ann", None));
+    let mut tab2 = Client::connect_as(&router, user("ann", None));
+    let mut bob = Client::connect_as(&router, user("bob", None));
+    let mut anonymous = Client::connect(&router, Role::User);
+
+    assert!(bob.message(json!({"to": "user:ann", "payload": {"hi": 1}})).await.is_none());
+    for tab in [&mut tab1, &mut tab2] {
+        let got = tab.next().await;
+        assert_eq!(got["payload"]["hi"], 1, "{got}");
+        assert_eq!(got["from"], bob.id_str());
+        assert_eq!(got["user"], "bob", "the server names the sender's user");
+    }
+    let err = bob.message(json!({"to": "user:nobody", "payload": 1})).await.unwrap();
+    assert_eq!(code(&err), "NOT_FOUND");
+    // An anonymous sender's messages carry no user; nobody can claim one.
+    tab1.join("r", "c").await;
+    anonymous.publish("r", "c", json!(1)).await;
+    let got = tab1.next().await;
+    assert!(got.get("user").is_none(), "{got}");
+    let err = anonymous.message(json!({"room": "r", "channel": "c", "user": "ann", "payload": 1})).await.unwrap();
+    assert_eq!(code(&err), "INVALID_ENVELOPE");
+    tab1.assert_quiet();
+}
+
+#[tokio::test]
+async fn presence_lists_members_by_client_id_a_page_at_a_time() {
+    let router = router();
+    let mut clients = vec![
+        Client::connect_as(&router, user("ann", Some(json!({"name": "Ann"})))),
+        Client::connect_as(&router, user("ann", Some(json!({"name": "Ann"})))),
+        Client::connect_as(&router, user("bob", None)),
+        Client::connect(&router, Role::Guest),
+        Client::connect(&router, Role::Guest),
+    ];
+    clients[0].create("r", "c").await;
+    for client in &mut clients {
+        client.drain();
+        client.join("r", "c").await;
+    }
+    // Member events carry the user and its info.
+    let mut first = clients.remove(0);
+    first.drain();
+    let mut late = Client::connect_as(&router, user("cy", Some(json!({"n": 3}))));
+    late.join("r", "c").await;
+    let joined = first.next().await;
+    assert_eq!(joined["payload"]["event"], "member_joined");
+    assert_eq!(joined["payload"]["user"], "cy");
+    assert_eq!(joined["payload"]["info"], json!({"n": 3}));
+    clients.insert(0, first);
+    clients.push(late);
+
+    let mut expected: Vec<String> = clients.iter().map(Client::id_str).collect();
+    expected.sort();
+    let mut seen = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let mut args = json!({"room": "r", "channel": "c", "limit": 2});
+        if let Some(after) = &after {
+            args["after"] = json!(after);
+        }
+        clients[3].drain();
+        let page = clients[3].ok("presence", args).await;
+        assert_eq!(page["total"], 6, "{page}");
+        assert_eq!(page["users"], 5, "ann, bob, cy and two anonymous: {page}");
+        let members = page["members"].as_array().unwrap();
+        if members.is_empty() {
+            break;
+        }
+        assert!(members.len() <= 2);
+        for member in members {
+            assert!(member["joined_at"].is_string(), "{member}");
+            if member["user"] == "ann" {
+                assert_eq!(member["info"], json!({"name": "Ann"}));
+            }
+            seen.push(member["client_id"].as_str().unwrap().to_owned());
+        }
+        after = seen.last().cloned();
+    }
+    assert_eq!(seen, expected, "every member once, in client id order");
+    let err = clients[3].fail("presence", json!({"room": "r", "channel": "nope"})).await;
+    assert_eq!(err["code"], "NOT_FOUND");
+    let err = clients[3].fail("presence", json!({"room": "r", "channel": "c", "limit": 0})).await;
+    assert_eq!(err["code"], "INVALID_ARGS");
+    // A member that leaves (here: disconnects without a word) is gone at once.
+    let gone = clients.pop().unwrap();
+    drop(gone);
+    clients[3].drain();
+    let page = clients[3].ok("presence", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!((page["total"].as_u64(), page["users"].as_u64()), (Some(5), Some(4)));
+}
+
+// ---------------------------------------------------------------------------
+// The server API's sessions (PROTOCOL.md section 8.3)
+// ---------------------------------------------------------------------------
+
+async fn call(session: &mut Session, command: &str, args: Value) -> Result<Value, (ErrorCode, String)> {
+    let text = args.to_string();
+    let raw: &arqon_protocol::RawValue = serde_json::from_str(&text).unwrap();
+    match session.call(command, Some(raw.into())).await {
+        Ok(payload) => Ok(serde_json::from_str(&payload).unwrap_or_else(|e| panic!("{e}: {payload}"))),
+        Err(error) => Err((error.code, error.message)),
+    }
+}
+
+#[tokio::test]
+async fn the_api_publishes_as_the_server_and_a_retry_is_recognised() {
+    let router = router();
+    let mut member = Client::connect_as(&router, user("ann", None));
+    member.create("r", "c").await;
+    member.join("r", "c").await;
+    let mut api = router.api_session(Role::User);
+    assert_eq!(router.counts().connections, 1, "an API session is not a connection");
+    let id = IdGenerator::new().message_id().to_string();
+    let args = json!({"room": "r", "channel": "c", "payload": {"n": 1}, "id": id});
+    assert_eq!(call(&mut api, "publish", args.clone()).await.unwrap(), json!({"id": id}));
+    assert_eq!(call(&mut api, "publish", args).await.unwrap(), json!({"id": id}), "a retry answers the same");
+    let got = member.next().await;
+    assert_eq!(got["from"], "server");
+    assert!(got.get("user").is_none(), "{got}");
+    member.assert_quiet();
+    let history = call(&mut api, "history", json!({"room": "r", "channel": "c"})).await.unwrap();
+    assert_eq!(history["messages"].as_array().unwrap().len(), 1, "{history}");
+    assert_eq!(history["messages"][0]["payload"]["n"], 1);
+    // Every client command runs, with the same validation.
+    assert_eq!(call(&mut api, "ping", json!({})).await.unwrap()["pong"], true);
+    let (code, _) =
+        call(&mut api, "publish", json!({"room": "bad room", "channel": "c", "payload": 1})).await.unwrap_err();
+    assert_eq!(code, ErrorCode::InvalidName);
+    let (code, _) = call(&mut api, "nope", json!({})).await.unwrap_err();
+    assert_eq!(code, ErrorCode::UnknownCommand);
+    let (code, _) = call(&mut api, "delete_channel", json!({"room": "r", "channel": "c"})).await.unwrap_err();
+    assert_eq!(code, ErrorCode::Forbidden, "a user key cannot run admin commands");
+}
+
+#[tokio::test]
+async fn api_only_commands_reach_rooms_users_and_clients() {
+    let router = router();
+    let mut tab1 = Client::connect_as(&router, user("ann", None));
+    let mut tab2 = Client::connect_as(&router, user("ann", None));
+    let mut other = Client::connect_as(&router, user("bob", None));
+    tab1.create("r", "a").await;
+    tab1.create("r", "b").await;
+    tab1.join("r", "a").await;
+    other.join("r", "b").await;
+    tab1.drain();
+    let mut api = router.api_session(Role::Admin);
+
+    let reached = call(&mut api, "broadcast", json!({"room": "r", "payload": "all"})).await.unwrap();
+    assert_eq!(reached, json!({"delivered": 2}));
+    assert_eq!(tab1.next().await["payload"], "all");
+    assert_eq!(other.next().await["payload"], "all");
+    let empty = call(&mut api, "broadcast", json!({"room": "empty", "payload": 1})).await.unwrap();
+    assert_eq!(empty, json!({"delivered": 0}));
+
+    let sent = call(&mut api, "send", json!({"to": "user:ann", "payload": "dm"})).await.unwrap();
+    assert_eq!(sent, json!({"delivered": 2}));
+    for tab in [&mut tab1, &mut tab2] {
+        let got = tab.next().await;
+        assert_eq!((got["payload"].as_str(), got["from"].as_str()), (Some("dm"), Some("server")));
+    }
+    let (code, _) = call(&mut api, "send", json!({"to": "user:nobody", "payload": 1})).await.unwrap_err();
+    assert_eq!(code, ErrorCode::NotFound);
+    let (code, _) = call(&mut api, "send", json!({"to": "nobody", "payload": 1})).await.unwrap_err();
+    assert_eq!(code, ErrorCode::InvalidArgs);
+
+    // subscribe: the client gets the replay and live messages, no response.
+    let first = other.publish("r", "b", json!("before")).await;
+    other.publish("r", "b", json!("after")).await;
+    let joined = call(
+        &mut api,
+        "subscribe",
+        json!({"client_id": tab2.id_str(), "room": "r", "channel": "b", "since": first.to_string()}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(joined["members"], 2, "{joined}");
+    let replay = match tab2.next_outbound().await {
+        Outbound::Batch(frames) => frames.iter().map(parse_frame).collect::<Vec<_>>(),
+        other => panic!("expected the replay, got {other:?}"),
+    };
+    assert_eq!(replay.len(), 1);
+    assert_eq!(replay[0]["payload"], "after");
+    other.drain();
+    other.publish("r", "b", json!("live")).await;
+    assert_eq!(tab2.next().await["payload"], "live");
+    let stats = call(&mut api, "presence_stats", json!({"room": "r", "channel": "b"})).await.unwrap();
+    assert_eq!(stats, json!({"total": 2, "users": 2}));
+    let left = call(&mut api, "unsubscribe", json!({"client_id": tab2.id_str(), "room": "r", "channel": "b"})).await;
+    assert_eq!(left.unwrap(), json!({"left": true}));
+    let event = tab2.next().await;
+    assert_eq!(event["payload"]["event"], "channel_left", "{event}");
+    let stats = call(&mut api, "presence_stats", json!({"room": "r", "channel": "b"})).await.unwrap();
+    assert_eq!(stats, json!({"total": 1, "users": 1}));
+
+    // disconnect: every connection of the user, with the code, after a notice.
+    tab1.drain();
+    let closed = call(&mut api, "disconnect", json!({"user": "ann", "code": 4001, "reason": "banned"})).await;
+    assert_eq!(closed.unwrap(), json!({"disconnected": 2}));
+    for tab in [&mut tab1, &mut tab2] {
+        let notice = tab.next().await;
+        assert_eq!(notice["payload"], json!({"event": "disconnected", "code": 4001, "reason": "banned"}));
+        assert_eq!(tab.inbox.frames.closing().map(|c| c.reason.code), Some(4001));
+    }
+    let (code, _) = call(&mut api, "disconnect", json!({"code": 4000})).await.unwrap_err();
+    assert_eq!(code, ErrorCode::InvalidArgs);
+    let (code, _) = call(&mut api, "disconnect", json!({"user": "x", "code": 1000})).await.unwrap_err();
+    assert_eq!(code, ErrorCode::InvalidArgs);
+}
+
+#[tokio::test]
+async fn a_batch_runs_each_command_with_its_own_checks() {
+    let router = router();
+    let mut api = router.api_session(Role::User);
+    let batch = json!({"commands": [
+        {"command": "create_channel", "args": {"room": "r", "channel": "c"}},
+        {"command": "publish", "args": {"room": "r", "channel": "c", "payload": 1}},
+        {"command": "delete_channel", "args": {"room": "r", "channel": "c"}},
+        {"command": "nope"},
+    ]});
+    let results = call(&mut api, "batch", batch).await.unwrap();
+    let results = results["results"].as_array().unwrap();
+    assert_eq!(results.len(), 4);
+    assert_eq!(results[0]["created"], true, "{results:?}");
+    assert!(results[1]["id"].is_string());
+    assert_eq!(results[2]["error"]["code"], "FORBIDDEN");
+    assert_eq!(results[3]["error"]["code"], "UNKNOWN_COMMAND");
+    let many: Vec<Value> = (0..101).map(|_| json!({"command": "ping"})).collect();
+    let (code, _) = call(&mut api, "batch", json!({"commands": many})).await.unwrap_err();
+    assert_eq!(code, ErrorCode::InvalidArgs);
+    let (code, _) = call(&mut api, "batch", json!({"commands": [{"command": "batch"}]})).await.unwrap_err();
+    assert_eq!(code, ErrorCode::InvalidArgs);
+    let (code, _) = call(&mut api, "batch", json!({"commands": "ping"})).await.unwrap_err();
+    assert_eq!(code, ErrorCode::InvalidArgs);
+}
+
+#[tokio::test]
+async fn websocket_clients_cannot_run_api_commands_and_help_says_which() {
+    let router = router();
+    let mut admin = Client::connect(&router, Role::Admin);
+    let err = admin.fail("send", json!({"to": "user:x", "payload": 1})).await;
+    assert_eq!(err["code"], "FORBIDDEN");
+    assert!(err["message"].as_str().unwrap().contains("/api/send"), "{err}");
+    let help = admin.ok("help", json!({})).await;
+    let entry = |name: &str| help["commands"].as_array().unwrap().iter().find(|c| c["name"] == name).unwrap().clone();
+    assert_eq!((entry("send")["api_only"].as_bool(), entry("send")["allowed"].as_bool()), (Some(true), Some(false)));
+    assert_eq!(entry("presence")["api_only"], false);
+    assert_eq!(entry("presence")["allowed"], true);
+}
+
+// ---------------------------------------------------------------------------
+// Room options (PROTOCOL.md section 8.4)
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn room_options_apply_by_the_most_specific_rule() {
+    use arqon_routing::{RoomOptions, RoomRule, RoomRules};
+    let rule = |pattern: &str, options: RoomOptions| RoomRule { pattern: pattern.to_owned(), options };
+    let rules = RoomRules::new(vec![
+        rule("quiet-*", RoomOptions { presence: false, member_events: false, ..RoomOptions::default() }),
+        rule("staff", RoomOptions { join_role: Role::Admin, publish_role: Role::Admin, ..RoomOptions::default() }),
+        rule("fixed-*", RoomOptions { auto_create: Some(false), ..RoomOptions::default() }),
+    ]);
+    let router = router_with(RouterConfig { rooms: rules, ..config() });
+    let mut a = Client::connect_as(&router, user("ann", None));
+    let mut b = Client::connect_as(&router, user("bob", None));
+    a.join("quiet-1", "c").await;
+    b.join("quiet-1", "c").await;
+    a.assert_quiet();
+    let err = a.fail("presence", json!({"room": "quiet-1", "channel": "c"})).await;
+    assert_eq!(err["code"], "FORBIDDEN");
+    let err = a.fail("join_channel", json!({"room": "staff", "channel": "c"})).await;
+    assert_eq!(err["code"], "FORBIDDEN");
+    let err = a.fail("publish", json!({"room": "staff", "channel": "c", "payload": 1})).await;
+    assert_eq!(err["code"], "FORBIDDEN");
+    let mut admin = Client::connect(&router, Role::Admin);
+    admin.publish("staff", "c", json!(1)).await;
+    let err = a.fail("publish", json!({"room": "fixed-1", "channel": "c", "payload": 1})).await;
+    assert_eq!(err["code"], "NOT_FOUND", "no auto-create in fixed-*");
+    a.publish("other", "c", json!(1)).await;
+}
+
+#[tokio::test]
+async fn a_rooms_history_size_narrows_history_and_replay() {
+    use arqon_routing::{RoomOptions, RoomRule, RoomRules};
+    let options = RoomOptions { history_size: Some(2), ..RoomOptions::default() };
+    let rules = RoomRules::new(vec![RoomRule { pattern: "short-*".to_owned(), options }]);
+    let router = router_with(RouterConfig { rooms: rules, ..config() });
+    let mut a = Client::connect(&router, Role::User);
+    let mut ids = Vec::new();
+    for n in 0..5 {
+        ids.push(a.publish("short-1", "c", json!(n)).await);
+        a.publish("long", "c", json!(n)).await;
+    }
+    let history = a.ok("history", json!({"room": "short-1", "channel": "c"})).await;
+    let payloads: Vec<&Value> = history["messages"].as_array().unwrap().iter().map(|m| &m["payload"]).collect();
+    assert_eq!(payloads, [&json!(3), &json!(4)]);
+    let page = a.ok("history", json!({"room": "short-1", "channel": "c", "before": ids[4].to_string()})).await;
+    assert_eq!(page["messages"].as_array().unwrap().len(), 1, "{page}");
+    let all = a.ok("history", json!({"room": "long", "channel": "c"})).await;
+    assert_eq!(all["messages"].as_array().unwrap().len(), 5);
+    let mut b = Client::connect(&router, Role::User);
+    let joined = b.ok("join_channel", json!({"room": "short-1", "channel": "c", "since": ids[0].to_string()})).await;
+    assert_eq!(joined["truncated"], true, "{joined}");
+    let replay = match b.next_outbound().await {
+        Outbound::Batch(frames) => frames.iter().map(|f| parse_frame(f)["payload"].clone()).collect::<Vec<_>>(),
+        other => panic!("expected the replay, got {other:?}"),
+    };
+    assert_eq!(replay, [json!(3), json!(4)]);
 }

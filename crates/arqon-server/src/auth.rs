@@ -4,15 +4,15 @@
 //! module only establishes who the client is.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use arqon_config::{AuthConfig, AuthMode, JwtAlgorithm, MIN_HS256_SECRET_BYTES, StaticToken};
-use arqon_protocol::{ClientId, Name, Role};
+use arqon_protocol::{Name, RawValue, Role, check_user};
 use arqon_routing::{Identity, RoomAccess};
 use arqon_transport::{Refusal, UpgradeRequest};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use crate::ServerError;
 
@@ -43,7 +43,12 @@ struct Claims {
     role: Option<Role>,
     exp: Option<u64>,
     rooms: Option<RoomsClaim>,
+    /// Application data about the user, shown in presence (at most 1 KiB).
+    info: Option<Box<RawValue>>,
 }
+
+/// Largest `info` claim accepted, in bytes of JSON (PROTOCOL.md 8.2).
+const MAX_INFO_BYTES: usize = 1024;
 
 /// `rooms`: a list of room names, or `"*"` for all.
 #[derive(Debug, Deserialize)]
@@ -132,7 +137,7 @@ impl Authenticator {
                     .ok_or_else(|| unauthorized("unknown token"))?;
                 let mut identity = Identity::new(token.role);
                 if !token.client.is_empty() {
-                    identity.client_id = Some(client_id_for(&token.client));
+                    identity.user = Some(Arc::from(token.client.as_str()));
                 }
                 identity.rooms = room_access(&token.rooms);
                 Ok(identity)
@@ -143,7 +148,18 @@ impl Authenticator {
                     .map_err(|e| unauthorized(format!("invalid token: {e}")))?;
                 let claims = data.claims;
                 let mut identity = Identity::new(claims.role.unwrap_or(Role::User));
-                identity.client_id = claims.sub.as_deref().map(client_id_for);
+                if let Some(sub) = &claims.sub {
+                    check_user(sub).map_err(|e| unauthorized(format!("invalid token: sub: {}", e.message)))?;
+                    identity.user = Some(Arc::from(sub.as_str()));
+                }
+                if let Some(info) = claims.info {
+                    if info.get().len() > MAX_INFO_BYTES || !info.get().trim_start().starts_with('{') {
+                        return Err(unauthorized(format!(
+                            "invalid token: info must be a JSON object of at most {MAX_INFO_BYTES} bytes"
+                        )));
+                    }
+                    identity.info = Some(Arc::from(info));
+                }
                 identity.rooms = match &claims.rooms {
                     None => RoomAccess::All,
                     Some(RoomsClaim::All(star)) if star == "*" => RoomAccess::All,
@@ -203,19 +219,6 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// A client id from a token: the subject itself when it is an `arq_` id,
-/// else a stable id derived from it (the same name always maps to the same
-/// id, so others can address the client directly).
-pub(crate) fn client_id_for(subject: &str) -> ClientId {
-    if let Ok(id) = ClientId::parse(subject) {
-        return id;
-    }
-    let digest = Sha256::digest(subject.as_bytes());
-    let mut bytes = [0u8; 16];
-    bytes.copy_from_slice(&digest[..16]);
-    ClientId::from_ulid(ulid::Ulid::from_bytes(bytes))
-}
-
 fn room_access(rooms: &[String]) -> RoomAccess {
     if rooms.is_empty() || rooms.iter().any(|r| r == "*") {
         return RoomAccess::All;
@@ -224,21 +227,13 @@ fn room_access(rooms: &[String]) -> RoomAccess {
     RoomAccess::Only(rooms.iter().filter_map(|r| Name::parse(r).ok()).collect())
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn subjects_map_to_stable_ids() {
-        let id = "arq_01JDQ8Z6W3T7M5KX2C9V4B8N1P";
-        assert_eq!(client_id_for(id).to_string(), id);
-        assert_eq!(client_id_for("alice"), client_id_for("alice"));
-        assert_ne!(client_id_for("alice"), client_id_for("bob"));
-    }
 
     #[test]
     fn query_tokens_are_percent_decoded() {

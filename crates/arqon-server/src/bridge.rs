@@ -3,9 +3,10 @@
 use std::sync::Arc;
 
 use arqon_routing::{Router, Session};
-use arqon_transport::{Accepted, Acceptor, Connection, Refusal, UpgradeRequest};
+use arqon_transport::{Accepted, Acceptor, ApiFuture, ApiRequest, Connection, Refusal, UpgradeRequest};
 use tracing::Instrument;
 
+use crate::api::ApiKeys;
 use crate::auth::Authenticator;
 
 /// Admits WebSocket clients into the bus.
@@ -13,11 +14,12 @@ use crate::auth::Authenticator;
 pub(crate) struct BusAcceptor {
     router: Router,
     authenticator: Arc<Authenticator>,
+    api_keys: Arc<ApiKeys>,
 }
 
 impl BusAcceptor {
-    pub(crate) fn new(router: Router, authenticator: Arc<Authenticator>) -> Self {
-        BusAcceptor { router, authenticator }
+    pub(crate) fn new(router: Router, authenticator: Arc<Authenticator>, api_keys: ApiKeys) -> Self {
+        BusAcceptor { router, authenticator, api_keys: Arc::new(api_keys) }
     }
 }
 
@@ -34,14 +36,27 @@ impl Acceptor for BusAcceptor {
 
     fn accept(&self, request: &UpgradeRequest<'_>) -> Result<Accepted<SessionConn>, Refusal> {
         let identity = self.authenticator.identify(request)?;
+        // Every connection gets a fresh id, so a refusal here is the bus's
+        // own trouble, not the client's.
         let (session, inbox) = self.router.connect(identity).map_err(|e| Refusal {
-            status: 409,
-            code: "FORBIDDEN",
+            status: 503,
+            code: "INTERNAL",
             message: e.to_string(),
         })?;
         let span = tracing::info_span!("connection", client_id = %session.client_id(), peer = %request.peer);
         span.in_scope(|| tracing::debug!(role = %session.role(), "client connected"));
         Ok(Accepted { conn: SessionConn { session, span }, frames: inbox.frames })
+    }
+
+    /// Always: with no key configured, every call gets 401.
+    fn serves_api(&self) -> bool {
+        true
+    }
+
+    fn api(&self, request: ApiRequest) -> ApiFuture {
+        let router = self.router.clone();
+        let keys = Arc::clone(&self.api_keys);
+        Box::pin(async move { crate::api::call(&router, &keys, request).await })
     }
 }
 

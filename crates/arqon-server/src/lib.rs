@@ -13,9 +13,13 @@
 //!   configuration; [`Bus::builder`] also takes parts the configuration
 //!   cannot name, such as a storage backend of the embedder's own
 //!   ([`BusBuilder::storage`]).
+//! - [`Bus::endpoint`], [`BusBuilder::embedded`]: the bus mounted on a path
+//!   of an HTTP server of the embedder's own (re-exported from
+//!   `arqon-transport`: [`Endpoint`], [`Admitted`], [`websocket_accept`]).
 //! - [`cli`]: the `arqonbus` command line (`--config`, `--help`).
 //! - [`ServerError`]: this crate's error.
 
+mod api;
 mod auth;
 mod bridge;
 pub mod cli;
@@ -32,9 +36,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use arqon_config::Config;
-use arqon_routing::{RateLimit, Router, RouterConfig};
+use arqon_routing::{RateLimit, RoomOptions, RoomRule, RoomRules, Router, RouterConfig};
 use arqon_storage::Storage;
 use arqon_transport::TransportConfig;
+pub use arqon_transport::{Admitted, Endpoint, Refusal, UpgradeRequest, websocket_accept};
 use tokio::net::TcpListener;
 
 use crate::bridge::BusAcceptor;
@@ -108,10 +113,12 @@ pub enum ServerError {
 #[derive(Debug)]
 pub struct Bus {
     router: Router,
-    listener: TcpListener,
+    /// None for an embedded bus ([`BusBuilder::embedded`]).
+    listener: Option<TcpListener>,
     monitoring: Option<TcpListener>,
     transport: TransportConfig,
-    authenticator: Arc<auth::Authenticator>,
+    acceptor: Arc<BusAcceptor>,
+    endpoint: Endpoint,
     telemetry: Arc<Telemetry>,
     cluster: Option<(cluster::Broker, cluster::Handle)>,
     /// The degradation wrapper over Redis, whose journal the shutdown
@@ -180,12 +187,14 @@ async fn listen(
 pub struct BusBuilder<'a> {
     config: &'a Config,
     storage: Option<Arc<dyn Storage>>,
+    embedded: bool,
 }
 
 impl std::fmt::Debug for BusBuilder<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("BusBuilder")
             .field("storage", &self.storage.as_ref().map(|s| s.health().backend))
+            .field("embedded", &self.embedded)
             .finish_non_exhaustive()
     }
 }
@@ -213,6 +222,17 @@ impl BusBuilder<'_> {
         self
     }
 
+    /// Binds no WebSocket listener of the bus's own: clients reach it only
+    /// through [`Bus::endpoint`], mounted on a path of the embedder's HTTP
+    /// server (docs/embedding.md). `server.host`, `server.port`, `tls` and
+    /// `server.upgrade_timeout_ms` are then the embedder's business; every
+    /// other setting applies as for a bus with its own listener, and the
+    /// monitoring listener is bound if `monitoring.enabled`.
+    pub fn embedded(mut self) -> Self {
+        self.embedded = true;
+        self
+    }
+
     /// Opens what was not given, builds the router and binds the
     /// listeners; the bus is ready to [`serve`](Bus::serve).
     pub async fn bind(self) -> Result<Bus, ServerError> {
@@ -227,7 +247,7 @@ impl BusBuilder<'_> {
                 (storage, fallback, config.storage.backend.as_str())
             }
         };
-        Bus::assemble(config, storage, fallback, storage_name).await
+        Bus::assemble(config, storage, fallback, storage_name, self.embedded).await
     }
 }
 
@@ -255,7 +275,7 @@ impl Bus {
     /// # }
     /// ```
     pub fn builder(config: &Config) -> BusBuilder<'_> {
-        BusBuilder { config, storage: None }
+        BusBuilder { config, storage: None, embedded: false }
     }
 
     /// Builds the router over `storage` and binds the listeners.
@@ -264,6 +284,7 @@ impl Bus {
         storage: Arc<dyn Storage>,
         fallback: Option<Arc<arqon_storage::FallbackStorage>>,
         storage_name: &'static str,
+        embedded: bool,
     ) -> Result<Bus, ServerError> {
         let telemetry = Arc::new(Telemetry::new(config.monitoring.telemetry_buffer));
         let broker = cluster::open_broker(config).await?;
@@ -290,19 +311,28 @@ impl Bus {
             }
             None => None,
         };
-        let listener = listen(config.listen_addr(), "WebSocket clients", "server.port", "ARQON_SERVER__PORT").await?;
+        let listener = if embedded {
+            None
+        } else {
+            Some(listen(config.listen_addr(), "WebSocket clients", "server.port", "ARQON_SERVER__PORT").await?)
+        };
         let monitoring = if config.monitoring.enabled {
             let addr = config.monitoring_addr();
             Some(listen(addr, "monitoring", "monitoring.port", "ARQON_MONITORING__PORT").await?)
         } else {
             None
         };
+        let transport = transport_config(config)?;
+        let authenticator = Arc::new(auth::Authenticator::from_config(&config.auth)?);
+        let acceptor = Arc::new(BusAcceptor::new(router.clone(), authenticator, api::ApiKeys::new(&config.api)));
+        let endpoint = Endpoint::new(Arc::clone(&acceptor), transport.clone());
         Ok(Bus {
             router,
             listener,
             monitoring,
-            transport: transport_config(config)?,
-            authenticator: Arc::new(auth::Authenticator::from_config(&config.auth)?),
+            transport,
+            acceptor,
+            endpoint,
             telemetry,
             cluster,
             fallback,
@@ -321,9 +351,24 @@ impl Bus {
         self.monitoring_addr().map(|addr| format!("http://{addr}"))
     }
 
-    /// The address clients connect to.
+    /// The address clients connect to (`127.0.0.1:0` for an embedded bus,
+    /// which has no listener of its own).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 0)))
+        self.listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)))
+    }
+
+    /// The bus's WebSocket endpoint, to mount on a path of an HTTP server
+    /// of one's own (hyper, axum): each connection it serves is one of this
+    /// bus's clients, with the same authentication, limits, heartbeat,
+    /// close codes and slow-consumer policy as the bus's own listener, and
+    /// [`serve`](Bus::serve) closes them at shutdown. Usually with an
+    /// [`embedded`](BusBuilder::embedded) bus; see docs/embedding.md and
+    /// the `embed_hyper` example.
+    pub fn endpoint(&self) -> Endpoint {
+        self.endpoint.clone()
     }
 
     /// The monitoring listener's address, if it is enabled.
@@ -345,14 +390,16 @@ impl Bus {
     /// (the `shutdown` event, close 1001) within the configured grace.
     pub async fn serve(self, shutdown: impl Future<Output = ()>) -> Result<(), ServerError> {
         // The one start-up line: what is running, and where.
-        let (url, monitoring_url) = (self.url(), self.monitoring_url());
+        let url = if self.listener.is_some() { self.url() } else { "embedded (Bus::endpoint)".to_owned() };
+        let monitoring_url = self.monitoring_url();
         let node = self.node_id().map(str::to_owned);
         let Bus {
             router,
             listener,
             monitoring,
             transport,
-            authenticator,
+            acceptor,
+            endpoint,
             telemetry,
             cluster,
             fallback,
@@ -398,17 +445,25 @@ impl Bus {
         });
         let health_task =
             tokio::spawn(watch_health(router.clone(), broker.clone(), Arc::clone(&telemetry), stopped_rx));
-        let acceptor = Arc::new(BusAcceptor::new(router.clone(), authenticator));
         accepting.store(true, Ordering::Release);
         let flag = Arc::clone(&accepting);
         let (began_tx, began_rx) = tokio::sync::oneshot::channel();
-        let result = arqon_transport::serve(listener, acceptor, transport, async move {
+        let shutdown = async move {
             shutdown.await;
             let _ = began_tx.send(tokio::time::Instant::now());
             // Not ready from the first moment of shutdown, while connections drain.
             flag.store(false, Ordering::Release);
-        })
-        .await;
+        };
+        let result = match listener {
+            Some(listener) => arqon_transport::serve(listener, acceptor, transport, shutdown).await,
+            None => {
+                shutdown.await;
+                Ok(())
+            }
+        };
+        // The connections an embedder's server handed over (none, usually,
+        // when the bus has a listener of its own).
+        endpoint.shutdown().await;
         let _ = stopped_tx.send(true);
         if let Some(task) = monitor_task {
             let _ = task.await;
@@ -504,7 +559,31 @@ fn router_config(config: &Config) -> RouterConfig {
         max_channels_per_room: config.limits.max_channels_per_room,
         max_channels_created_per_client: config.limits.max_channels_created_per_client,
         idle_reclaim: Duration::from_secs(config.channels.idle_reclaim_s),
+        rooms: room_rules(config),
     }
+}
+
+/// `[rooms."pattern"]` as the router's rules.
+fn room_rules(config: &Config) -> RoomRules {
+    let defaults = RoomOptions::default();
+    RoomRules::new(
+        config
+            .rooms
+            .iter()
+            .map(|(pattern, room)| RoomRule {
+                pattern: pattern.clone(),
+                options: RoomOptions {
+                    history_size: room.history_size,
+                    history_ttl_s: room.history_ttl_s.unwrap_or(defaults.history_ttl_s),
+                    presence: room.presence.unwrap_or(defaults.presence),
+                    member_events: room.member_events.unwrap_or(defaults.member_events),
+                    join_role: room.join_role.unwrap_or(defaults.join_role),
+                    publish_role: room.publish_role.unwrap_or(defaults.publish_role),
+                    auto_create: room.auto_create,
+                },
+            })
+            .collect(),
+    )
 }
 
 fn transport_config(config: &Config) -> Result<TransportConfig, ServerError> {

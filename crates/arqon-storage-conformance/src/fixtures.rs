@@ -24,7 +24,8 @@ pub fn message(key: &ChannelKey, id: MessageId) -> StoredMessage {
     let frame = MessageFrame {
         id,
         timestamp: Timestamp::from_unix_ms(1_700_000_000_000),
-        from: IdGenerator::new().client_id(),
+        from: IdGenerator::new().client_id().into(),
+        user: None,
         room: Some(&key.room),
         channel: Some(&key.channel),
         payload: None,

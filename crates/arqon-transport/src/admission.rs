@@ -39,6 +39,11 @@ impl Drop for Slot {
 }
 
 impl Admission {
+    /// Connections holding a slot now (upgrades under way included).
+    pub(crate) fn live(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+
     /// Takes a slot for a connection from `ip` (half-open upgrades count
     /// too, so a flood of them cannot crowd out the limit's purpose), or says
     /// which limit refuses it.

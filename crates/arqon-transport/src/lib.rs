@@ -19,6 +19,9 @@
 //! # Layout
 //!
 //! - [`serve`]: the accept loop; shutdown is an argument.
+//! - [`Endpoint`], [`Admitted`], [`websocket_accept`]: the same connections
+//!   on a path of an HTTP server of the embedder's own (hyper, axum), which
+//!   performs the upgrade; the per-connection task is the listener's.
 //! - [`Acceptor`], [`Connection`], [`Accepted`], [`UpgradeRequest`],
 //!   [`Refusal`]: what the embedding layer implements and returns.
 //! - [`serve_monitoring`], [`Monitor`]: the HTTP monitoring listener
@@ -30,7 +33,9 @@
 
 mod accept;
 mod admission;
+mod api;
 mod connection;
+mod embed;
 mod frames;
 mod guard;
 mod http;
@@ -44,6 +49,8 @@ use std::time::Duration;
 
 use arqon_outbound::OutboundReceiver;
 
+pub use api::{API_PREFIX, ApiFuture, ApiRequest, ApiResponse};
+pub use embed::{Admitted, Endpoint, websocket_accept};
 pub use guard::Access;
 pub use http::{Monitor, TextStream, serve_monitoring};
 pub use server::serve;
@@ -146,6 +153,19 @@ pub trait Acceptor: Send + Sync + 'static {
 
     /// Admits or refuses a client. Runs during the handshake; must not block.
     fn accept(&self, request: &UpgradeRequest<'_>) -> Result<Accepted<Self::Conn>, Refusal>;
+
+    /// Whether `/api/…` requests are served ([`Acceptor::api`]). Default:
+    /// no; such a request is then refused like any unknown path.
+    fn serves_api(&self) -> bool {
+        false
+    }
+
+    /// Answers one server API call (PROTOCOL.md section 8.3). Called only
+    /// when [`Acceptor::serves_api`] says so.
+    fn api(&self, request: ApiRequest) -> ApiFuture {
+        let _ = request;
+        Box::pin(std::future::ready(ApiResponse::error(404, "NOT_FOUND", "this server has no API")))
+    }
 }
 
 /// Handles one client's frames. Dropping it means the client is gone.

@@ -15,7 +15,7 @@ use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use crate::admission::{Admission, Slot, check_origin};
 use crate::connection::run_connection;
 use crate::wire::Wire;
-use crate::{Accepted, Acceptor, Refusal, TransportConfig, TransportError, UpgradeRequest};
+use crate::{Accepted, Acceptor, Connection, Refusal, TransportConfig, TransportError, UpgradeRequest};
 
 /// Serves WebSocket clients on `listener` until `shutdown` resolves, then
 /// tells every connection to close (the `shutdown` event, close 1001) and
@@ -111,7 +111,7 @@ async fn establish<A: Acceptor>(
 }
 
 async fn upgrade<S, A>(
-    stream: S,
+    mut stream: S,
     peer: std::net::SocketAddr,
     slot: Result<Slot, Refusal>,
     acceptor: Arc<A>,
@@ -123,6 +123,29 @@ where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     A: Acceptor,
 {
+    // The server API shares the listener: its requests are told apart by
+    // their request line, read before the WebSocket handshake starts.
+    let mut ahead = Vec::new();
+    if acceptor.serves_api() && slot.is_ok() {
+        match tokio::time::timeout_at(deadline, crate::api::read_request_line(&mut stream)).await {
+            Ok(Ok(head)) => ahead = head,
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "reading the request failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "upgrade deadline elapsed");
+                return None;
+            }
+        }
+        if crate::api::is_api_request(&ahead) {
+            return Some(Box::pin(async move {
+                // The slot is held for the connection's whole life.
+                let _slot = slot;
+                crate::api::serve_api(stream, ahead, peer, acceptor, config, stop).await;
+            }));
+        }
+    }
     let mut admitted: Option<Accepted<A::Conn>> = None;
     let refused_by_limit = slot.as_ref().err().cloned();
     // The callback's signature is tungstenite's; its error type is large by design.
@@ -136,13 +159,8 @@ where
                 message: format!("no WebSocket endpoint at {path}; use /ws"),
             }));
         }
-        if let Some(refusal) = refused_by_limit {
-            return Err(refusal_response(&refusal));
-        }
-        let origin = request.headers().get(http::header::ORIGIN).and_then(|v| v.to_str().ok());
-        check_origin(origin, &config.allowed_origins).map_err(|r| refusal_response(&r))?;
         let upgrade = UpgradeRequest { path, query: request.uri().query(), headers: request.headers(), peer };
-        match acceptor.accept(&upgrade) {
+        match admit(refused_by_limit, &upgrade, &*acceptor, &config) {
             Ok(accepted) => {
                 admitted = Some(accepted);
                 Ok(response)
@@ -150,7 +168,7 @@ where
             Err(refusal) => Err(refusal_response(&refusal)),
         }
     };
-    let mut wire = Wire::new(stream);
+    let mut wire = Wire::with_ahead(stream, ahead);
     let handshake = tokio_tungstenite::accept_hdr_async_with_config(&mut wire, callback, Some(ws_config()));
     match tokio::time::timeout_at(deadline, handshake).await {
         Ok(Ok(_)) => {}
@@ -172,16 +190,52 @@ where
             return None;
         }
     }
-    // The callback ran (the handshake succeeded), so `admitted` is set.
+    // The callback ran (the handshake succeeded), so `admitted` and the
+    // slot are set.
     let accepted = admitted?;
+    let slot = slot.ok()?;
     // From here on the connection reads and writes frames itself.
     let (stream, early) = wire.into_parts();
+    Some(Box::pin(run_upgraded(stream, early, accepted, slot, config, stop)))
+}
+
+/// The checks every upgrade passes, whichever HTTP server performs it (this
+/// listener, or an embedder's through [`Endpoint`](crate::Endpoint)), in
+/// order: the connection limits (`refused_by_limit`, from taking the slot),
+/// the browser origin, then the acceptor.
+pub(crate) fn admit<A: Acceptor>(
+    refused_by_limit: Option<Refusal>,
+    request: &UpgradeRequest<'_>,
+    acceptor: &A,
+    config: &TransportConfig,
+) -> Result<Accepted<A::Conn>, Refusal> {
+    if let Some(refusal) = refused_by_limit {
+        return Err(refusal);
+    }
+    let origin = request.headers.get(http::header::ORIGIN).and_then(|v| v.to_str().ok());
+    check_origin(origin, &config.allowed_origins)?;
+    acceptor.accept(request)
+}
+
+/// Serves an upgraded connection to its end: the one per-connection task of
+/// both this listener and [`Endpoint`](crate::Endpoint) (heartbeat, frame
+/// limits, close codes, the writer's slow-consumer timeout, shutdown).
+/// `early` holds what the client sent after its upgrade request; the slot
+/// is held for the connection's whole life.
+pub(crate) async fn run_upgraded<S, C>(
+    stream: S,
+    early: Vec<u8>,
+    accepted: Accepted<C>,
+    slot: Slot,
+    config: Arc<TransportConfig>,
+    stop: watch::Receiver<bool>,
+) where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    C: Connection,
+{
+    let _slot = slot;
     let (read, write) = tokio::io::split(stream);
-    Some(Box::pin(async move {
-        // The slot is held for the connection's whole life.
-        let _slot = slot;
-        run_connection(read, write, early, accepted, &config, stop).await;
-    }))
+    run_connection(read, write, early, accepted, &config, stop).await;
 }
 
 #[cfg(test)]

@@ -200,8 +200,9 @@ fn advance(matched: usize, byte: u8) -> usize {
 }
 
 impl<S> Wire<S> {
-    pub(crate) fn new(io: S) -> Self {
-        Wire { io, ahead: Vec::new(), matched: 0, head: Vec::new() }
+    /// A wire whose first bytes, `ahead`, were already read from `io`.
+    pub(crate) fn with_ahead(io: S, ahead: Vec<u8>) -> Self {
+        Wire { io, ahead, matched: 0, head: Vec::new() }
     }
 
     /// After a failed upgrade: the `426 Upgrade Required` response to send
@@ -303,7 +304,7 @@ mod tests {
         let early = [0x81u8, 0x80, 1, 2, 3, 4];
         client.write_all(request.as_bytes()).await.unwrap();
         client.write_all(&early).await.unwrap();
-        let mut wire = Wire::new(server);
+        let mut wire = Wire::with_ahead(server, Vec::new());
         let mut got = Vec::new();
         let mut small = [0u8; 7];
         while !got.ends_with(b"\r\n\r\n") {
@@ -322,7 +323,7 @@ mod tests {
         let (mut client, server) = tokio::io::duplex(64 * 1024);
         client.write_all(request.as_bytes()).await.unwrap();
         drop(client);
-        let mut wire = Wire::new(server);
+        let mut wire = Wire::with_ahead(server, Vec::new());
         let mut buf = [0u8; 64];
         while wire.matched < 4 && wire.read(&mut buf).await.unwrap() > 0 {}
         wire

@@ -53,7 +53,7 @@ pub(crate) struct Channel {
     /// Where the members are in history, on a cluster node (`sequence`);
     /// touched only under `order`.
     sequence: Mutex<Sequence>,
-    members: RwLock<HashMap<ClientId, Arc<ClientEntry>>>,
+    members: RwLock<Members>,
     deleted: AtomicBool,
     /// Made by auto-create and never claimed by `create_channel`: the idle
     /// reclaim may remove it (crate::reclaim).
@@ -80,7 +80,7 @@ impl Channel {
             created_at,
             order: tokio::sync::Mutex::new(()),
             sequence: Mutex::new(Sequence::default()),
-            members: RwLock::new(HashMap::new()),
+            members: RwLock::new(Members::default()),
             deleted: AtomicBool::new(false),
             reclaimable: AtomicBool::new(false),
             active: AtomicBool::new(true),
@@ -129,24 +129,49 @@ impl Channel {
     }
 
     pub(crate) fn member_count(&self) -> usize {
-        self.members.read().len()
+        self.members.read().map.len()
     }
 
     /// Adds a member; returns (newly added, member count).
     pub(crate) fn add(&self, client: &Arc<ClientEntry>) -> (bool, usize) {
         let mut members = self.members.write();
-        let added = members.insert(client.id, Arc::clone(client)).is_none();
-        (added, members.len())
+        let added = members.insert(client);
+        (added, members.map.len())
     }
 
     /// Removes a member; returns (was a member, member count after).
     pub(crate) fn remove(&self, id: ClientId) -> (bool, usize) {
         let mut members = self.members.write();
-        let removed = members.remove(&id).is_some();
+        let removed = members.remove(id).is_some();
         if removed {
             self.quiet.lock().remove(&id);
         }
-        (removed, members.len())
+        (removed, members.map.len())
+    }
+
+    /// One page of the members, ordered by client id, from the first after
+    /// `after`; and the totals: connections, distinct users (an anonymous
+    /// member counts as one user).
+    pub(crate) fn presence(&self, after: Option<ClientId>, limit: usize) -> Presence {
+        let members = self.members.read();
+        let mut page: Vec<&Member> =
+            members.map.values().filter(|m| after.is_none_or(|after| m.client.id > after)).collect();
+        if page.len() > limit {
+            page.select_nth_unstable_by_key(limit, |m| m.client.id);
+            page.truncate(limit);
+        }
+        page.sort_unstable_by_key(|m| m.client.id);
+        Presence {
+            page: page.into_iter().map(|m| (Arc::clone(&m.client), m.joined_at)).collect(),
+            total: members.map.len(),
+            users: members.users.len() + members.anonymous,
+        }
+    }
+
+    /// Connections and distinct users, without a page.
+    pub(crate) fn presence_counts(&self) -> (usize, usize) {
+        let members = self.members.read();
+        (members.map.len(), members.users.len() + members.anonymous)
     }
 
     /// Whether a member wants member events of this channel (`join_channel`
@@ -180,8 +205,8 @@ impl Channel {
         }
         let members = self.members.read();
         let mut delivered = 0;
-        for (id, member) in members.iter() {
-            if Some(*id) != except && !quiet.contains(id) && member.outlet.push(Outbound::Frame(frame.clone())) {
+        for (id, member) in members.map.iter() {
+            if Some(*id) != except && !quiet.contains(id) && member.client.outlet.push(Outbound::Frame(frame.clone())) {
                 delivered += 1;
             }
         }
@@ -265,7 +290,7 @@ impl Channel {
             return Ok(None);
         }
         self.deleted.store(true, Ordering::Release);
-        Ok(Some(self.members.write().drain().map(|(_, c)| c).collect()))
+        Ok(Some(self.members.write().take()))
     }
 
     /// Takes `order`. Uncontended (the common case) it is taken at once,
@@ -286,12 +311,12 @@ impl Channel {
 
     /// Queues `frame` for every member except `except`; returns how many got it.
     pub(crate) fn deliver(&self, frame: &Frame, except: Option<ClientId>) -> usize {
-        let members = self.members.read();
+        let members = &self.members.read().map;
         let recipients = members.len() - usize::from(except.is_some_and(|id| members.contains_key(&id)));
         let share = share(frame.len(), recipients);
         let mut delivered = 0;
         for (id, member) in members.iter() {
-            if Some(*id) != except && member.outlet.push_shared(Outbound::Frame(frame.clone()), share) {
+            if Some(*id) != except && member.client.outlet.push_shared(Outbound::Frame(frame.clone()), share) {
                 delivered += 1;
             }
         }
@@ -300,8 +325,72 @@ impl Channel {
 
     /// Calls `f` with every member (under the read lock: `f` must not block).
     pub(crate) fn for_each_member(&self, mut f: impl FnMut(&Arc<ClientEntry>)) {
-        for member in self.members.read().values() {
-            f(member);
+        for member in self.members.read().map.values() {
+            f(&member.client);
         }
     }
+}
+
+/// A member and when it joined (shown by `presence`).
+#[derive(Debug)]
+struct Member {
+    client: Arc<ClientEntry>,
+    joined_at: Timestamp,
+}
+
+/// A channel's members, with the count of distinct users kept as they come
+/// and go (so `presence` need not walk them to count).
+#[derive(Debug, Default)]
+struct Members {
+    map: HashMap<ClientId, Member>,
+    /// user → its connections among the members.
+    users: HashMap<Arc<str>, usize>,
+    /// Members without a user.
+    anonymous: usize,
+}
+
+impl Members {
+    /// Adds `client`; false if it was a member already.
+    fn insert(&mut self, client: &Arc<ClientEntry>) -> bool {
+        if self.map.contains_key(&client.id) {
+            return false;
+        }
+        self.map.insert(client.id, Member { client: Arc::clone(client), joined_at: Timestamp::now() });
+        match &client.user {
+            Some(user) => *self.users.entry(Arc::clone(user)).or_default() += 1,
+            None => self.anonymous += 1,
+        }
+        true
+    }
+
+    fn remove(&mut self, id: ClientId) -> Option<Arc<ClientEntry>> {
+        let member = self.map.remove(&id)?;
+        match &member.client.user {
+            Some(user) => {
+                if let Some(count) = self.users.get_mut(user) {
+                    *count -= 1;
+                    if *count == 0 {
+                        self.users.remove(user);
+                    }
+                }
+            }
+            None => self.anonymous -= 1,
+        }
+        Some(member.client)
+    }
+
+    /// Takes every member, leaving none.
+    fn take(&mut self) -> Vec<Arc<ClientEntry>> {
+        self.users.clear();
+        self.anonymous = 0;
+        self.map.drain().map(|(_, m)| m.client).collect()
+    }
+}
+
+/// One page of a channel's members and its totals.
+#[derive(Debug)]
+pub(crate) struct Presence {
+    pub(crate) page: Vec<(Arc<ClientEntry>, Timestamp)>,
+    pub(crate) total: usize,
+    pub(crate) users: usize,
 }

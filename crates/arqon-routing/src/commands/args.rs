@@ -4,7 +4,9 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use arqon_protocol::{ChannelKey, ErrorCode, MAX_META_KEYS, MessageId, Name, ProtocolError, RawJson, RawValue};
+use arqon_protocol::{
+    ChannelKey, ClientId, ErrorCode, MAX_META_KEYS, MessageId, Name, ProtocolError, RawJson, RawValue,
+};
 use serde::Serialize;
 
 /// What type an argument has.
@@ -23,6 +25,12 @@ pub(crate) enum ArgKind {
     Meta,
     /// `true` or `false`.
     Bool,
+    /// A client id (`arq_` + ULID).
+    ClientId,
+    /// A string of at most 256 bytes.
+    Text,
+    /// An application close code, 4000 to 4999.
+    CloseCode,
 }
 
 /// One argument of a command, as `help` shows it.
@@ -45,6 +53,9 @@ impl ArgSpec {
     }
 }
 
+/// Longest [`ArgKind::Text`] argument, in bytes.
+pub(crate) const MAX_TEXT_BYTES: usize = 256;
+
 /// Largest `limit` a command accepts.
 pub(crate) const MAX_LIMIT: u64 = 1000;
 
@@ -52,6 +63,8 @@ pub(crate) const MAX_LIMIT: u64 = 1000;
 enum Value<'a> {
     Name(Name),
     Id(MessageId),
+    Client(ClientId),
+    Text(String),
     Int(u64),
     Bool(bool),
     Raw(&'a RawValue),
@@ -117,6 +130,25 @@ impl<'a> Args<'a> {
                         invalid(format!("argument {:?} must be an integer from 1 to {MAX_LIMIT}", spec.name))
                     })?,
                 ArgKind::Json => Value::Raw(raw),
+                ArgKind::ClientId => serde_json::from_str::<Cow<'_, str>>(raw.get())
+                    .ok()
+                    .and_then(|text| ClientId::parse(&text).ok())
+                    .map(Value::Client)
+                    .ok_or_else(|| invalid(format!("argument {:?} must be a client id (arq_ + ULID)", spec.name)))?,
+                ArgKind::Text => serde_json::from_str::<String>(raw.get())
+                    .ok()
+                    .filter(|text| text.len() <= MAX_TEXT_BYTES)
+                    .map(Value::Text)
+                    .ok_or_else(|| {
+                        invalid(format!("argument {:?} must be a string of at most {MAX_TEXT_BYTES} bytes", spec.name))
+                    })?,
+                ArgKind::CloseCode => serde_json::from_str::<u64>(raw.get())
+                    .ok()
+                    .filter(|n| (4000..=4999).contains(n))
+                    .map(Value::Int)
+                    .ok_or_else(|| {
+                        invalid(format!("argument {:?} must be a close code from 4000 to 4999", spec.name))
+                    })?,
                 ArgKind::Bool => serde_json::from_str::<bool>(raw.get())
                     .map(Value::Bool)
                     .map_err(|_| invalid(format!("argument {:?} must be true or false", spec.name)))?,
@@ -155,6 +187,20 @@ impl<'a> Args<'a> {
     pub(crate) fn message_id(&self, key: &str) -> Option<MessageId> {
         match self.values.get(key) {
             Some(Value::Id(id)) => Some(*id),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn client_id(&self, key: &str) -> Option<ClientId> {
+        match self.values.get(key) {
+            Some(Value::Client(id)) => Some(*id),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn text(&self, key: &str) -> Option<&str> {
+        match self.values.get(key) {
+            Some(Value::Text(text)) => Some(text),
             _ => None,
         }
     }

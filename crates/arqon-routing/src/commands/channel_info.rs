@@ -3,7 +3,7 @@
 use arqon_protocol::{MessageId, Name, Role, Timestamp};
 use serde::Serialize;
 
-use super::{Args, Ctx, Kind, ROOM_CHANNEL, Spec};
+use super::{Args, Ctx, Kind, ROOM_CHANNEL, Spec, Surface};
 use crate::RoutingError;
 use crate::router::not_found;
 
@@ -13,6 +13,7 @@ pub(crate) static SPEC: Spec = Spec {
     role: Role::Guest,
     args: &ROOM_CHANNEL,
     kind: Kind::ChannelInfo,
+    surface: Surface::Both,
 };
 
 #[derive(Serialize)]

@@ -3,7 +3,7 @@
 use arqon_protocol::{Name, Role};
 use serde::Serialize;
 
-use super::{Args, Ctx, Kind, ROOM_CHANNEL, Spec};
+use super::{Args, Ctx, Kind, ROOM_CHANNEL, Spec, Surface};
 use crate::RoutingError;
 use crate::router::Create;
 
@@ -13,6 +13,7 @@ pub(crate) static SPEC: Spec = Spec {
     role: Role::User,
     args: &ROOM_CHANNEL,
     kind: Kind::CreateChannel,
+    surface: Surface::Both,
 };
 
 #[derive(Serialize)]

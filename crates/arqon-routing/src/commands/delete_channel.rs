@@ -3,7 +3,7 @@
 use arqon_protocol::{Name, Role};
 use serde::Serialize;
 
-use super::{Args, Ctx, Kind, ROOM_CHANNEL, Spec};
+use super::{Args, Ctx, Kind, ROOM_CHANNEL, Spec, Surface};
 use crate::RoutingError;
 
 pub(crate) static SPEC: Spec = Spec {
@@ -12,6 +12,7 @@ pub(crate) static SPEC: Spec = Spec {
     role: Role::Admin,
     args: &ROOM_CHANNEL,
     kind: Kind::DeleteChannel,
+    surface: Surface::Both,
 };
 
 #[derive(Serialize)]
@@ -26,7 +27,7 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     ctx.session.require_room(&key.room)?;
     let router = ctx.session.router.clone();
     let members = router.delete_channel(&key).await?;
-    ctx.session.joined.remove(&key);
+    ctx.session.client.joined.lock().remove(&key);
     ctx.respond(&Deleted { room: &key.room, channel: &key.channel, deleted: true });
     router.notify_deleted(&key, &members);
     Ok(())

@@ -3,7 +3,7 @@
 use arqon_protocol::{Name, Role};
 use serde::Serialize;
 
-use super::{ArgKind, ArgSpec, Args, Ctx, Kind, Spec};
+use super::{ArgKind, ArgSpec, Args, Ctx, Kind, Spec, Surface};
 use crate::RoutingError;
 
 pub(crate) static SPEC: Spec = Spec {
@@ -12,6 +12,7 @@ pub(crate) static SPEC: Spec = Spec {
     role: Role::Guest,
     args: &[ArgSpec::optional("room", ArgKind::Name, "only this room")],
     kind: Kind::ListChannels,
+    surface: Surface::Both,
 };
 
 #[derive(Serialize)]

@@ -2,17 +2,22 @@
 //! module per command, and the shared argument parser.
 
 mod args;
+mod batch;
 mod channel_info;
 mod create_channel;
 mod delete_channel;
+mod deliver;
+mod disconnect;
 mod help;
 mod history;
 mod join_channel;
-pub(crate) mod leave;
+mod leave;
 mod list_channels;
 mod ping;
+mod presence;
 mod publish;
 mod status;
+mod subscribe;
 
 use arqon_protocol::encode;
 use arqon_protocol::{MessageId, Role, Timestamp};
@@ -37,6 +42,14 @@ pub(crate) enum Kind {
     ChannelInfo,
     History,
     Publish,
+    Presence,
+    PresenceStats,
+    Broadcast,
+    Send,
+    Disconnect,
+    Subscribe,
+    Unsubscribe,
+    Batch,
 }
 
 /// A command's entry in the table.
@@ -47,10 +60,22 @@ pub(crate) struct Spec {
     pub(crate) role: Role,
     pub(crate) args: &'static [ArgSpec],
     pub(crate) kind: Kind,
+    /// Who may run it.
+    pub(crate) surface: Surface,
+}
+
+/// Where a command may be run from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Surface {
+    /// WebSocket clients and the server API.
+    Both,
+    /// The server API alone (the application's backend).
+    Api,
 }
 
 /// Every command, in the order `help` lists them.
-pub(crate) static COMMANDS: [&Spec; 11] = [
+pub(crate) static COMMANDS: [&Spec; 19] = [
     &ping::SPEC,
     &status::SPEC,
     &help::SPEC,
@@ -62,6 +87,14 @@ pub(crate) static COMMANDS: [&Spec; 11] = [
     &channel_info::SPEC,
     &history::SPEC,
     &publish::SPEC,
+    &presence::SPEC,
+    &presence::STATS_SPEC,
+    &deliver::BROADCAST_SPEC,
+    &deliver::SEND_SPEC,
+    &disconnect::SPEC,
+    &subscribe::SPEC,
+    &subscribe::UNSUBSCRIBE_SPEC,
+    &batch::SPEC,
 ];
 
 pub(crate) fn find(name: &str) -> Option<&'static Spec> {
@@ -78,6 +111,11 @@ pub(crate) struct Ctx<'s> {
 impl Ctx<'_> {
     /// Queues the command's one response.
     pub(crate) fn respond(&mut self, payload: &impl Serialize) {
+        if self.session.client.server {
+            // Our payload types serialize infallibly.
+            self.session.captured = Some(serde_json::to_string(payload).unwrap_or_else(|_| "null".to_owned()));
+            return;
+        }
         let frame = encode::response(self.session.ids.message_id(), Timestamp::now(), self.request_id, payload);
         self.session.push(frame);
     }
@@ -97,7 +135,21 @@ pub(crate) async fn run(spec: &Spec, ctx: &mut Ctx<'_>, args: Args<'_>) -> Resul
         Kind::ChannelInfo => channel_info::run(ctx, &args).await,
         Kind::History => history::run(ctx, &args).await,
         Kind::Publish => publish::run(ctx, &args).await,
+        Kind::Presence => presence::run(ctx, &args),
+        Kind::PresenceStats => presence::run_stats(ctx, &args),
+        Kind::Broadcast => deliver::run_broadcast(ctx, &args).await,
+        Kind::Send => deliver::run_send(ctx, &args).await,
+        Kind::Disconnect => disconnect::run(ctx, &args),
+        Kind::Subscribe => subscribe::run(ctx, &args).await,
+        Kind::Unsubscribe => subscribe::run_unsubscribe(ctx, &args),
+        Kind::Batch => batch::run(ctx, &args).await,
     }
+}
+
+/// A required argument that is missing (the spec requires it, so only a
+/// command reading the wrong name gets here).
+pub(crate) fn missing(name: &str) -> arqon_protocol::ProtocolError {
+    arqon_protocol::ProtocolError::new(arqon_protocol::ErrorCode::InvalidArgs, format!("missing argument {name:?}"))
 }
 
 /// The `room` + `channel` pair most commands take.

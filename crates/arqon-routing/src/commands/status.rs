@@ -3,7 +3,7 @@
 use arqon_protocol::Role;
 use serde::Serialize;
 
-use super::{Ctx, Kind, Spec};
+use super::{Ctx, Kind, Spec, Surface};
 use crate::RoutingError;
 
 pub(crate) static SPEC: Spec = Spec {
@@ -12,6 +12,7 @@ pub(crate) static SPEC: Spec = Spec {
     role: Role::Guest,
     args: &[],
     kind: Kind::Status,
+    surface: Surface::Both,
 };
 
 #[derive(Serialize)]

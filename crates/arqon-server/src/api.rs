@@ -1,0 +1,124 @@
+//! The server API (PROTOCOL.md section 8.3): API keys to roles, the body to
+//! a command's args, and the routing core's answer to an HTTP status.
+
+use arqon_config::ApiConfig;
+use arqon_protocol::{ErrorCode, ProtocolError, RawValue, Role};
+use arqon_routing::Router;
+use arqon_transport::{ApiRequest, ApiResponse};
+
+use crate::auth::constant_time_eq;
+
+/// The configured keys: name, secret, role.
+#[derive(Clone)]
+pub(crate) struct ApiKeys {
+    keys: Vec<(String, Vec<u8>, Role)>,
+}
+
+impl std::fmt::Debug for ApiKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Names only: a key is never printed.
+        f.debug_list().entries(self.keys.iter().map(|(name, _, role)| (name, role))).finish()
+    }
+}
+
+impl ApiKeys {
+    pub(crate) fn new(config: &ApiConfig) -> Self {
+        ApiKeys { keys: config.keys.iter().map(|k| (k.name.clone(), k.key.clone().into_bytes(), k.role)).collect() }
+    }
+
+    /// The name and role of `given`. Every key is compared, each in
+    /// constant time, so the answer's timing tells nothing about the keys.
+    fn find(&self, given: &[u8]) -> Option<(&str, Role)> {
+        let mut found = None;
+        for (name, key, role) in &self.keys {
+            if constant_time_eq(key, given) && found.is_none() {
+                found = Some((name.as_str(), *role));
+            }
+        }
+        found
+    }
+}
+
+/// The HTTP status of a wire error code (section 8.3).
+pub(crate) fn status_of(code: ErrorCode) -> u16 {
+    match code {
+        ErrorCode::InvalidArgs | ErrorCode::InvalidName | ErrorCode::InvalidEnvelope => 400,
+        ErrorCode::Unauthorized => 401,
+        ErrorCode::Forbidden => 403,
+        ErrorCode::NotFound | ErrorCode::UnknownCommand => 404,
+        ErrorCode::MessageTooLarge => 413,
+        ErrorCode::RateLimited => 429,
+        ErrorCode::StorageUnavailable => 503,
+        ErrorCode::Internal => 500,
+        // Frame-level codes a command cannot produce; a client error if one does.
+        _ => 400,
+    }
+}
+
+fn error_response(error: &ProtocolError) -> ApiResponse {
+    ApiResponse::error(status_of(error.code), error.code.as_str(), &error.message)
+}
+
+/// Answers one API call.
+pub(crate) async fn call(router: &Router, keys: &ApiKeys, request: ApiRequest) -> ApiResponse {
+    let Some(given) = request.key.as_deref() else {
+        return ApiResponse::error(401, "UNAUTHORIZED", "an API key is required (Authorization: Bearer <key>)");
+    };
+    let Some((name, role)) = keys.find(given.as_bytes()) else {
+        tracing::info!(peer = %request.peer, command = %request.command, "server API call with an unknown key");
+        return ApiResponse::error(401, "UNAUTHORIZED", "unknown API key");
+    };
+    let args = match std::str::from_utf8(&request.body).ok().and_then(|text| {
+        serde_json::from_str::<&RawValue>(text).ok().filter(|raw| raw.get().trim_start().starts_with('{'))
+    }) {
+        Some(args) => args,
+        None => return ApiResponse::error(400, "INVALID_ARGS", "the body must be a JSON object: the command's args"),
+    };
+    let mut session = router.api_session(role);
+    let result = session.call(&request.command, Some(args.into())).await;
+    match result {
+        Ok(body) => ApiResponse { status: 200, body },
+        Err(error) => {
+            tracing::debug!(key = name, command = %request.command, code = %error.code.as_str(), "server API call refused");
+            error_response(&error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_the_documented_status() {
+        let table = [
+            (ErrorCode::InvalidArgs, 400),
+            (ErrorCode::InvalidName, 400),
+            (ErrorCode::InvalidEnvelope, 400),
+            (ErrorCode::Unauthorized, 401),
+            (ErrorCode::Forbidden, 403),
+            (ErrorCode::NotFound, 404),
+            (ErrorCode::UnknownCommand, 404),
+            (ErrorCode::MessageTooLarge, 413),
+            (ErrorCode::RateLimited, 429),
+            (ErrorCode::StorageUnavailable, 503),
+            (ErrorCode::Internal, 500),
+        ];
+        for (code, status) in table {
+            assert_eq!(status_of(code), status, "{code:?}");
+        }
+    }
+
+    #[test]
+    fn keys_are_found_by_secret_and_never_printed() {
+        let key = |name: &str, key: &str, role| arqon_config::ApiKey { name: name.into(), key: key.into(), role };
+        let config = ApiConfig {
+            keys: vec![key("backend", "0123456789abcdef", Role::Admin), key("reports", "fedcba9876543210", Role::User)],
+        };
+        let keys = ApiKeys::new(&config);
+        assert_eq!(keys.find(b"fedcba9876543210"), Some(("reports", Role::User)));
+        assert_eq!(keys.find(b"0123456789abcdef"), Some(("backend", Role::Admin)));
+        assert_eq!(keys.find(b"0123456789abcde"), None);
+        assert!(!format!("{keys:?}").contains("0123"));
+    }
+}
