@@ -204,6 +204,14 @@ test("dashboard: admin actions through the server API", { timeout: 180_000 }, as
     clients.push(victim);
     const victimClosed = new Promise((resolve) => victim.ws.once("close", (code) => resolve(code)));
 
+    // The page is on the monitoring listener's origin: the API must answer its CORS preflight.
+    const preflight = await fetch(`http://127.0.0.1:${bus.port}/api/publish`, {
+      method: "OPTIONS",
+      headers: { Origin: bus.monitoringUrl, "Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization,content-type" },
+    });
+    assert.equal(preflight.status, 204, "the server API answers the dashboard's CORS preflight");
+    assert.equal(preflight.headers.get("access-control-allow-origin"), bus.monitoringUrl);
+
     const { page } = await openDashboard(`${bus.monitoringUrl}/`);
     await eventually(async () => (await page.$eval("#api-url", (el) => el.value)) !== "", { what: "the API URL from /status" });
     await page.type("#admin-key", key);

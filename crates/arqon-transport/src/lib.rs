@@ -35,6 +35,7 @@ mod accept;
 mod admission;
 mod api;
 mod connection;
+mod cors;
 mod embed;
 mod frames;
 mod guard;
