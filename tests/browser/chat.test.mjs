@@ -142,14 +142,14 @@ async function chatAcrossRestart(bus, storage) {
       );
       for (const page of [alice, bob]) {
         assert.deepEqual(await notices(page, "truncated"), []);
-        assert.equal((await notices(page, "resumed")).length, 1);
+        assert.ok((await notices(page, "resumed")).length >= 1);
       }
       // The earlier conversation is not delivered again.
       assert.equal((await shown(bob)).filter((m) => m.text === "hello bob").length, 1);
     } else {
       // History lost with the process: each page says messages may be missing.
       for (const [who, page] of [["alice", alice], ["bob", bob]]) {
-        await eventually(async () => (await notices(page, "truncated")).length === 1, {
+        await eventually(async () => (await notices(page, "truncated")).length >= 1, {
           what: `${who}'s page to warn about lost history`,
         });
       }

@@ -47,6 +47,7 @@ async function openDashboard(url) {
 test("dashboard: loads clean, numbers move with traffic, search, telemetry panels", { timeout: 180_000 }, async () => {
   const bus = await Bus.start({});
   const clients = [];
+  const stops = [];
   try {
     const { page, response } = await openDashboard(`${bus.monitoringUrl}/`);
     assert.equal(response.status(), 200);
@@ -82,6 +83,9 @@ test("dashboard: loads clean, numbers move with traffic, search, telemetry panel
     );
     await eventually(async () => Number(await page.$eval("#chart", (c) => c.dataset.max)) > 0, { what: "the chart to show traffic" });
     assert.ok(sent > 0);
+    // A trickle from here on, so that the screenshot shows traffic in flight.
+    const trickle = setInterval(() => publisher.send({ room, channel: "news", payload: { trickle: true } }), 50);
+    stops.push(() => clearInterval(trickle));
 
     // An error frame (a bad name) shows in the errors panel, from telemetry.
     const bad = await clients[0].command("publish", { room: "no spaces allowed", channel: "x", payload: 1 });
@@ -115,6 +119,7 @@ test("dashboard: loads clean, numbers move with traffic, search, telemetry panel
     assert.deepEqual(page.problems, []);
     await page.close();
   } finally {
+    for (const stop of stops) stop();
     for (const client of clients) client.close();
     await bus.stop();
   }

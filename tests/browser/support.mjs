@@ -97,7 +97,8 @@ export class Bus {
       ARQON_MONITORING__PORT: "0",
       ARQON_LIMITS__RATE_PER_S: "0",
       ARQON_LIMITS__BYTES_PER_S: "0",
-      ARQON_SERVER__HEARTBEAT_S: "2",
+      // Pages on a busy machine may stall for a moment: no reconnect for that.
+      ARQON_SERVER__HEARTBEAT_S: "5",
       ARQON_SERVER__SHUTDOWN_GRACE_MS: "1000",
       ...this.env,
     };
