@@ -112,8 +112,13 @@ test("dashboard: loads clean, numbers move with traffic, search, telemetry panel
     await eventually(async () => (await page.$$eval("#top-table tr", (rows) => rows.map((r) => r.dataset.key)))[0] === `${room}/news`, {
       what: "news as the top channel",
     });
-    const seen = await page.$$eval("#clients-table tbody tr", (rows) => rows.map((r) => r.dataset.client));
-    for (const client of clients.slice(0, 3)) assert.ok(seen.includes(client.clientId), `${client.clientId} listed`);
+    const seen = () => page.$$eval("#clients-table tbody tr", (rows) => rows.map((r) => r.dataset.client));
+    await eventually(async () => {
+      const listed = await seen();
+      return clients.slice(0, 3).every((c) => listed.includes(c.clientId));
+    }, {
+      what: "the subscribers among the clients seen",
+    });
 
     await screenshot(page, "dashboard.png", { fullPage: true });
     assert.deepEqual(page.problems, []);
