@@ -81,7 +81,7 @@ step "each library crate builds on its own (no feature borrowed from a neighbour
 # A workspace build unifies features: a crate that forgets one it uses (tokio's
 # macros, say) still compiles there, and breaks for whoever pins it alone.
 for crate in arqon-protocol arqon-config arqon-outbound arqon-storage arqon-storage-conformance \
-    arqon-routing arqon-telemetry arqon-transport arqon-client arqon-cluster; do
+    arqon-storage-redb arqon-routing arqon-telemetry arqon-transport arqon-client arqon-cluster; do
     cargo check --locked -q -p "$crate" --no-default-features
 done
 

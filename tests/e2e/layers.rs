@@ -10,6 +10,8 @@ const ALLOWED: &[(&str, &[&str])] = &[
     ("arqon-config", &["arqon-protocol"]),
     ("arqon-storage", &["arqon-protocol"]),
     ("arqon-storage-conformance", &["arqon-protocol", "arqon-storage"]),
+    // A backend crate: the trait and the protocol types, nothing above.
+    ("arqon-storage-redb", &["arqon-protocol", "arqon-storage"]),
     ("arqon-telemetry", &["arqon-protocol"]),
     ("arqon-outbound", &["arqon-protocol"]),
     ("arqon-routing", &["arqon-protocol", "arqon-outbound", "arqon-storage"]),

@@ -19,3 +19,4 @@ mod redis;
 mod routing;
 mod security;
 mod storage;
+mod webhooks;

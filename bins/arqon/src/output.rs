@@ -12,7 +12,8 @@ pub(crate) fn message_json(message: &Message) -> Value {
         "id": message.id.to_string(),
         "room": message.room.as_ref().map(|r| r.as_str()),
         "channel": message.channel.as_ref().map(|c| c.as_str()),
-        "from": message.from.to_string(),
+        "from": message.from_label(),
+        "user": message.user,
         // The payload was valid JSON on the wire; `null` only if it was not.
         "payload": serde_json::from_str::<Value>(message.payload.get()).unwrap_or(Value::Null),
         "meta": message.meta,
@@ -20,14 +21,19 @@ pub(crate) fn message_json(message: &Message) -> Value {
     })
 }
 
-/// Prints one message: `ID TIMESTAMP FROM PAYLOAD` for people, or its JSON
+/// Prints one message: `ID TIMESTAMP FROM PAYLOAD` (`FROM(USER)` when the
+/// sender has a user; `server` for the server API) for people, or its JSON
 /// object. Flushed at once so that a pipe sees each message as it arrives.
 /// Returns `false` once stdout is closed (`arqon sub ... | head -1`).
 pub(crate) fn print_message(message: &Message, json: bool) -> bool {
     let line = if json {
         message_json(message).to_string()
     } else {
-        format!("{} {} {} {}", message.id, message.timestamp, message.from, message.payload.get())
+        let from = match &message.user {
+            Some(user) => format!("{}({user})", message.from_label()),
+            None => message.from_label(),
+        };
+        format!("{} {} {from} {}", message.id, message.timestamp, message.payload.get())
     };
     print_line(&line)
 }

@@ -300,3 +300,68 @@ async fn wss_needs_the_bus_certificate_with_ca() {
     assert_eq!(missing.status.code(), Some(1), "{}", stderr(&missing));
     assert!(stderr(&missing).contains("cannot read --ca /nonexistent/ca.pem"), "{}", stderr(&missing));
 }
+
+/// `arqon presence`: who is in a channel, with their users, for people and
+/// for scripts; a page at a time; a room without presence is refused (3).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_lists_members_with_their_users() {
+    use arqon_client::{Client, ClientOptions};
+    use arqon_config::{AuthMode, RoomConfig, StaticToken};
+
+    let mut config = test_config();
+    config.auth.mode = AuthMode::Token;
+    for (token, user) in [("alice-token-0123456789", "alice"), ("bob-token-0123456789", "bob")] {
+        let role = arqon_client::Role::User;
+        config.auth.tokens.push(StaticToken { token: token.to_owned(), role, client: user.to_owned(), rooms: vec![] });
+    }
+    config.rooms.insert("quiet".to_owned(), RoomConfig { presence: Some(false), ..RoomConfig::default() });
+    let server = TestServer::start_with(config).await;
+    let url = server.url();
+    let mut ids = Vec::new();
+    let mut clients = Vec::new();
+    for token in ["alice-token-0123456789", "alice-token-0123456789", "bob-token-0123456789"] {
+        let options = ClientOptions { token: Some(token.to_owned()), ..ClientOptions::default() };
+        let client = Client::connect_with(&url, options).await.unwrap();
+        client.join("demo", "room").await.unwrap();
+        ids.push(client.server_info().client_id.to_string());
+        clients.push(client);
+    }
+    ids.sort();
+    let alice = ["--url", &url, "--token", "alice-token-0123456789"];
+
+    let json = run(&[&alice[..], &["--json", "presence", "demo/room"]].concat()).await;
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let page = &json_lines(&json)[0];
+    assert_eq!((page["total"].clone(), page["users"].clone()), (json!(3), json!(2)));
+    let members = page["members"].as_array().unwrap();
+    assert_eq!(members.iter().map(|m| m["client_id"].as_str().unwrap()).collect::<Vec<_>>(), ids);
+    let mut users: Vec<&str> = members.iter().map(|m| m["user"].as_str().unwrap()).collect();
+    users.sort_unstable();
+    assert_eq!(users, ["alice", "alice", "bob"]);
+    assert!(members.iter().all(|m| m["info"].is_null() && m["joined_at"].as_str().unwrap().ends_with('Z')));
+
+    // People: a summary line, then `CLIENT_ID USER JOINED_AT`; a full page
+    // says on stderr how to get the next one.
+    let human = run(&[&alice[..], &["presence", "demo/room", "--limit", "2"]].concat()).await;
+    assert_eq!(human.status.code(), Some(0), "{}", stderr(&human));
+    let lines: Vec<String> = stdout(&human).lines().map(str::to_owned).collect();
+    assert_eq!(lines[0], "demo/room: 3 connection(s), 2 user(s)");
+    assert_eq!(lines.len(), 3, "{lines:?}");
+    assert!(lines[1].starts_with(&format!("{} ", ids[0])), "{}", lines[1]);
+    assert!(stderr(&human).contains(&format!("--after {}", ids[1])), "{}", stderr(&human));
+    let rest = run(&[&alice[..], &["presence", "demo/room", "--limit", "2", "--after", &ids[1]]].concat()).await;
+    let lines: Vec<String> = stdout(&rest).lines().map(str::to_owned).collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert!(lines[1].starts_with(&ids[2]), "{}", lines[1]);
+
+    let quiet = run(&[&alice[..], &["presence", "quiet/room"]].concat()).await;
+    assert_eq!(quiet.status.code(), Some(3), "{}", stderr(&quiet));
+    assert!(stderr(&quiet).contains("FORBIDDEN"), "{}", stderr(&quiet));
+    let bad = run(&[&alice[..], &["presence", "demo/room", "--after", "nope"]].concat()).await;
+    assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
+    let nobody = run(&["--url", &unreachable_url(), "presence", "demo/room"]).await;
+    assert_eq!(nobody.status.code(), Some(2), "{}", stderr(&nobody));
+    for client in clients {
+        client.close().await;
+    }
+}

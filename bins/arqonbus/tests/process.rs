@@ -486,3 +486,123 @@ async fn check_config_and_print_config_exit_without_serving() {
     assert!(!printed.contains(secret) && printed.contains("<redacted>"), "{printed}");
     assert!(printed.contains("mode = \"jwt\"") && printed.contains("host = \"0.0.0.0\""), "{printed}");
 }
+
+/// The embedded redb backend: a single node keeps its history across a
+/// `kill -9` and a restart, without Redis. Only in a build with it.
+#[cfg(feature = "redb")]
+mod redb {
+    use std::path::{Path, PathBuf};
+
+    use super::*;
+
+    /// Publishes acknowledged before the stop.
+    const PUBLISHES: u64 = 150;
+
+    /// A bus keeping history in `file`, with `fsync` (`always` or
+    /// `interval`), no rate limit.
+    fn redb_bus(file: &Path, fsync: &str) -> Command {
+        let mut command = arqonbus();
+        command
+            .env("ARQON_STORAGE__BACKEND", "redb")
+            .env("ARQON_STORAGE__REDB__PATH", file)
+            .env("ARQON_STORAGE__REDB__FSYNC", fsync)
+            .env("ARQON_LIMITS__RATE_PER_S", "0");
+        command
+    }
+
+    /// A database path in a fresh directory on the build's disk (a tmpfs
+    /// `/tmp` would make every sync free).
+    fn fresh_file(test: &str) -> PathBuf {
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("redb-{test}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        dir.join("data").join("history.redb")
+    }
+
+    /// The ids of `room`/`k`'s history, oldest first.
+    async fn history_ids(client: &mut TestClient, room: &str) -> Vec<String> {
+        let history = client.ok("history", json!({"room": room, "channel": "k", "limit": 1000})).await;
+        history["messages"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect()
+    }
+
+    /// `PUBLISHES` acknowledged publishes over two channels (from two
+    /// clients at once, so that commits are shared), the bus stopped with
+    /// `stop` (`TERM` or `KILL`) right after the last answer, then started
+    /// again on the same file: both channels' history holds every
+    /// acknowledged publish, once, in order, and numbering goes on.
+    async fn acknowledged_publishes_survive(test: &str, fsync: &str, stop: &str) {
+        let file = fresh_file(test);
+        let (mut bus, url) = start_command(redb_bus(&file, fsync)).await;
+        let publishers = ["a", "b"].map(|room| {
+            let url = url.clone();
+            tokio::spawn(async move {
+                let mut client = TestClient::connect(&url).await;
+                let mut acknowledged = Vec::new();
+                for i in 0..PUBLISHES / 2 {
+                    let answer = client.ok("publish", json!({"room": room, "channel": "k", "payload": i})).await;
+                    acknowledged.push(answer["id"].as_str().expect("an acknowledged publish has an id").to_owned());
+                }
+                acknowledged
+            })
+        });
+        let mut acknowledged = Vec::new();
+        for publisher in publishers {
+            acknowledged.push(publisher.await.unwrap());
+        }
+        signal(&bus, stop);
+        let status = tokio::time::timeout(TIMEOUT, bus.wait()).await.expect("exits in time").unwrap();
+        if stop == "TERM" {
+            assert_eq!(status.code(), Some(0));
+        }
+
+        let (_bus, url) = start_command(redb_bus(&file, fsync)).await;
+        let mut client = TestClient::connect(&url).await;
+        for (room, acknowledged) in ["a", "b"].into_iter().zip(&acknowledged) {
+            assert_eq!(&history_ids(&mut client, room).await, acknowledged, "{room}/k after {stop}");
+        }
+        // The channels came back, and a publish after the restart follows the
+        // kept history.
+        let listed = client.ok("list_channels", json!({"room": "a"})).await;
+        assert!(listed.to_string().contains("\"k\""), "{listed}");
+        let next = client.ok("publish", json!({"room": "a", "channel": "k", "payload": "after"})).await;
+        let ids = history_ids(&mut client, "a").await;
+        assert_eq!(ids.len(), acknowledged[0].len() + 1);
+        assert_eq!(ids.last().map(String::as_str), next["id"].as_str());
+        let _ = std::fs::remove_dir_all(file.parent().unwrap().parent().unwrap());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledged_publishes_survive_kill_9_with_the_redb_backend() {
+        acknowledged_publishes_survive("kill", "always", "KILL").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn acknowledged_publishes_survive_sigterm_with_the_redb_backend() {
+        acknowledged_publishes_survive("term", "always", "TERM").await;
+    }
+
+    /// With `fsync = "interval"` a clean stop still keeps everything: the
+    /// file is synced when the bus closes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sigterm_keeps_everything_with_interval_fsync_too() {
+        acknowledged_publishes_survive("interval-term", "interval", "TERM").await;
+    }
+
+    /// `storage.backend = "redb"` without a path, or with one that cannot
+    /// be a database file, fails start-up naming the key.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_redb_backend_without_a_usable_path_fails_start_up_naming_the_key() {
+        let output = arqonbus().env("ARQON_STORAGE__BACKEND", "redb").output().await.unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("storage.redb.path"), "{stderr}");
+
+        let file = fresh_file("bad-path");
+        let dir = file.parent().unwrap();
+        std::fs::create_dir_all(dir).unwrap();
+        let output = redb_bus(dir, "always").output().await.unwrap();
+        assert_ne!(output.status.code(), Some(0));
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("storage.redb.path") && stderr.contains(&dir.display().to_string()), "{stderr}");
+        let _ = std::fs::remove_dir_all(dir.parent().unwrap());
+    }
+}

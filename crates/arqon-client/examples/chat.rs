@@ -83,12 +83,15 @@ fn line(message: &Message, nicks: &mut HashMap<ClientId, String>) -> String {
         Some(text) => text.to_owned(),
         None => message.payload.get().to_owned(),
     };
-    let nick = match value.get("nick").and_then(|n| n.as_str()).filter(|n| !n.is_empty()) {
-        Some(nick) => {
-            nicks.insert(message.from, nick.to_owned());
+    let nick = match (value.get("nick").and_then(|n| n.as_str()).filter(|n| !n.is_empty()), message.from_client()) {
+        (Some(nick), Some(from)) => {
+            nicks.insert(from, nick.to_owned());
             nick.to_owned()
         }
-        None => short(&message.from),
+        (Some(nick), None) => nick.to_owned(),
+        (None, Some(from)) => short(&from),
+        // The application's backend, through the server API.
+        (None, None) => message.from_label(),
     };
     format!("[{}] <{nick}> {text}", clock(&message.timestamp))
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use arqon_protocol::{ChannelKey, ErrorCode, IdGenerator, MessageId, Name, RawValue, Target};
+use arqon_protocol::{ChannelKey, ClientId, ErrorCode, IdGenerator, MessageId, Name, RawValue, Target};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -12,7 +12,7 @@ use crate::driver::{Driver, Op, Reply, Snapshot, Track};
 use crate::types::{HistoryPage, Published};
 use crate::{
     ChannelCreated, ChannelDeleted, ChannelInfo, ChannelList, ClientError, ClientOptions, Events, Help, Joined, Left,
-    Message, Pong, ServerInfo, Status, wire,
+    Message, Pong, Presence, ServerInfo, Status, wire,
 };
 
 /// A connection to an ArqonBus, kept alive in the background.
@@ -332,6 +332,23 @@ impl Client {
         Ok(page.messages)
     }
 
+    /// `presence` (PROTOCOL.md 8.2): one page of a channel's members,
+    /// ordered by client id: at most `limit` (1 to 1000; the bus's default
+    /// is 100) after the client id `after` (the last one of the previous
+    /// page), with the channel's `total` connections and distinct `users`. A
+    /// room whose `presence` option is off answers `FORBIDDEN`.
+    pub async fn presence(
+        &self,
+        room: impl AsRef<str>,
+        channel: impl AsRef<str>,
+        limit: Option<u32>,
+        after: Option<ClientId>,
+    ) -> Result<Presence, ClientError> {
+        let key = channel_key(room, channel)?;
+        let args = PresenceArgs::new(&key, limit, after);
+        self.call("presence", Some(&args), Track::None).await
+    }
+
     /// The bus answers a frame over `max_message_bytes` by closing the
     /// connection (1009); refuse it here instead, with the same code, so that
     /// it neither costs a reconnect nor gets retried.
@@ -383,22 +400,39 @@ impl Client {
 
 /// `{"room", "channel"}`.
 #[derive(Serialize)]
-struct KeyArgs<'a> {
+pub(crate) struct KeyArgs<'a> {
     room: &'a Name,
     channel: &'a Name,
 }
 
 impl<'a> KeyArgs<'a> {
-    fn new(key: &'a ChannelKey) -> Self {
+    pub(crate) fn new(key: &'a ChannelKey) -> Self {
         KeyArgs { room: &key.room, channel: &key.channel }
     }
 }
 
+/// `presence`'s arguments (also the server API's).
+#[derive(Serialize)]
+pub(crate) struct PresenceArgs<'a> {
+    room: &'a Name,
+    channel: &'a Name,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    limit: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    after: Option<ClientId>,
+}
+
+impl<'a> PresenceArgs<'a> {
+    pub(crate) fn new(key: &'a ChannelKey, limit: Option<u32>, after: Option<ClientId>) -> Self {
+        PresenceArgs { room: &key.room, channel: &key.channel, limit, after }
+    }
+}
+
 /// Validates names locally, with the bus's own rules and error code.
-fn channel_key(room: impl AsRef<str>, channel: impl AsRef<str>) -> Result<ChannelKey, ClientError> {
+pub(crate) fn channel_key(room: impl AsRef<str>, channel: impl AsRef<str>) -> Result<ChannelKey, ClientError> {
     Ok(ChannelKey::parse(room.as_ref(), channel.as_ref())?)
 }
 
-fn decode<T: DeserializeOwned>(command: &str, raw: &RawValue) -> Result<T, ClientError> {
+pub(crate) fn decode<T: DeserializeOwned>(command: &str, raw: &RawValue) -> Result<T, ClientError> {
     serde_json::from_str(raw.get()).map_err(|e| ClientError::Decode(format!("{command} answer: {e}")))
 }

@@ -747,12 +747,52 @@ impl Driver {
                     room: arqon_protocol::Name,
                     channel: arqon_protocol::Name,
                     client_id: ClientId,
+                    #[serde(default)]
+                    user: Option<String>,
+                    #[serde(default)]
+                    info: serde_json::Value,
                 }
                 match serde_json::from_value::<Member>(payload.clone()) {
-                    Ok(m) if name == "member_joined" => {
-                        Event::MemberJoined { room: m.room, channel: m.channel, client_id: m.client_id }
+                    Ok(m) if name == "member_joined" => Event::MemberJoined {
+                        room: m.room,
+                        channel: m.channel,
+                        client_id: m.client_id,
+                        user: m.user,
+                        info: m.info,
+                    },
+                    Ok(m) => Event::MemberLeft {
+                        room: m.room,
+                        channel: m.channel,
+                        client_id: m.client_id,
+                        user: m.user,
+                        info: m.info,
+                    },
+                    Err(_) => Event::Other { name, payload },
+                }
+            }
+            "channel_left" => {
+                #[derive(Deserialize)]
+                struct Left {
+                    room: arqon_protocol::Name,
+                    channel: arqon_protocol::Name,
+                }
+                match serde_json::from_value::<Left>(payload.clone()) {
+                    Ok(left) => {
+                        self.untrack(&ChannelKey::new(left.room.clone(), left.channel.clone()));
+                        Event::ChannelLeft { room: left.room, channel: left.channel }
                     }
-                    Ok(m) => Event::MemberLeft { room: m.room, channel: m.channel, client_id: m.client_id },
+                    Err(_) => Event::Other { name, payload },
+                }
+            }
+            "disconnected" => {
+                #[derive(Deserialize)]
+                struct Notice {
+                    code: u16,
+                    #[serde(default)]
+                    reason: Option<String>,
+                }
+                match serde_json::from_value::<Notice>(payload.clone()) {
+                    Ok(n) => Event::Disconnected { code: n.code, reason: n.reason.unwrap_or_default() },
                     Err(_) => Event::Other { name, payload },
                 }
             }

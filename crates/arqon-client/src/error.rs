@@ -24,6 +24,22 @@ pub enum ClientError {
         /// With `RATE_LIMITED`: how long to wait before retrying.
         retry_after_ms: Option<u64>,
     },
+    /// The server API ([`ServerApi`](crate::ServerApi)) refused the call: the
+    /// HTTP status and the wire error code of its `{"error": {…}}` body
+    /// (PROTOCOL.md section 8.3). Items of a
+    /// [`ServerApi::batch`](crate::ServerApi::batch) that failed carry the
+    /// status the API gives that code.
+    #[error("HTTP {status} {code}: {message}")]
+    Api {
+        /// The HTTP status, e.g. 401.
+        status: u16,
+        /// The wire error code, e.g. `UNAUTHORIZED`.
+        code: ErrorCode,
+        /// The bus's explanation, safe to show a user.
+        message: String,
+        /// With `RATE_LIMITED`: how long to wait before retrying.
+        retry_after_ms: Option<u64>,
+    },
     /// No answer arrived within the request (or connect) timeout. The
     /// request may still have been applied by the bus.
     #[error("no answer within {0:?}")]
@@ -52,10 +68,19 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// The wire error code, for [`ClientError::Rejected`].
+    /// The wire error code, for [`ClientError::Rejected`] and
+    /// [`ClientError::Api`].
     pub fn code(&self) -> Option<ErrorCode> {
         match self {
-            ClientError::Rejected { code, .. } => Some(*code),
+            ClientError::Rejected { code, .. } | ClientError::Api { code, .. } => Some(*code),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status, for [`ClientError::Api`].
+    pub fn status(&self) -> Option<u16> {
+        match self {
+            ClientError::Api { status, .. } => Some(*status),
             _ => None,
         }
     }
@@ -112,6 +137,21 @@ pub(crate) struct WireError {
 }
 
 impl WireError {
+    /// The code, if this client knows it.
+    pub(crate) fn code(&self) -> Option<ErrorCode> {
+        ErrorCode::from_wire(&self.code)
+    }
+
+    /// As a server API refusal with this HTTP status.
+    pub(crate) fn into_api_error(self, status: u16) -> ClientError {
+        match self.into_client_error() {
+            ClientError::Rejected { code, message, retry_after_ms } => {
+                ClientError::Api { status, code, message, retry_after_ms }
+            }
+            other => other,
+        }
+    }
+
     pub(crate) fn into_client_error(self) -> ClientError {
         // A code newer than this client is kept readable rather than dropped.
         let (code, message) = match ErrorCode::from_wire(&self.code) {

@@ -28,7 +28,7 @@
 //!
 //!     while let Some(item) = events.next().await {
 //!         match item {
-//!             Incoming::Message(message) => println!("{}: {}", message.from, message.payload.get()),
+//!             Incoming::Message(message) => println!("{}: {}", message.from_label(), message.payload.get()),
 //!             Incoming::Reconnected { rejoined, .. } => println!("back, re-joined {}", rejoined.len()),
 //!             other => println!("{other:?}"),
 //!         }
@@ -44,12 +44,17 @@
 //!   [`Client::help`], [`Client::create_channel`], [`Client::delete_channel`],
 //!   [`Client::join_channel`], [`Client::leave_channel`],
 //!   [`Client::list_channels`], [`Client::channel_info`], [`Client::history`],
-//!   [`Client::publish`]), [`Client::command`] for any command as JSON, and
+//!   [`Client::publish`], and [`Client::presence`] of section 8.2),
+//!   [`Client::command`] for any command as JSON, and
 //!   [`Client::send`] for fire-and-forget messages.
 //! - A background task owns the WebSocket. Handles reach it through a bounded
 //!   queue; it matches each `response`/`error` to its request by id, and a
 //!   request that gets no answer within [`ClientOptions::request_timeout`]
 //!   fails with [`ClientError::Timeout`].
+//! - [`ServerApi`]: the bus's HTTP API for application backends
+//!   (PROTOCOL.md section 8.3): publish as `server`, broadcast, direct
+//!   messages to users, presence, disconnect and (un)subscribe clients, with
+//!   an API key; refusals are [`ClientError::Api`] with the HTTP status.
 //! - [`Events`]: a bounded [`Stream`](futures_util::Stream) of [`Incoming`]
 //!   items.
 //!
@@ -83,6 +88,7 @@
 //! a channel's messages are paused, and replayed from history once the queue
 //! has drained to half.
 
+mod api;
 mod backoff;
 mod client;
 mod driver;
@@ -93,12 +99,14 @@ mod tls;
 mod types;
 mod wire;
 
-pub use arqon_protocol::{ChannelKey, ClientId, ErrorCode, MessageId, Name, RawValue, Role, Target, Timestamp};
+pub use api::{BatchCommand, ServerApi};
+pub use arqon_protocol::{ChannelKey, ClientId, ErrorCode, MessageId, Name, RawValue, Role, Sender, Target, Timestamp};
 pub use client::{Client, PublishOptions};
 pub use error::ClientError;
 pub use events::Events;
 pub use options::ClientOptions;
 pub use types::{
     ArgHelp, ChannelCreated, ChannelDeleted, ChannelInfo, ChannelList, ChannelSummary, CommandHelp, Event, Help,
-    Incoming, Joined, Left, Limits, Message, Pong, ServerInfo, Status, StorageStatus,
+    Incoming, Joined, Left, Limits, Message, Pong, Presence, PresenceMember, PresenceStats, ServerInfo, Status,
+    StorageStatus,
 };

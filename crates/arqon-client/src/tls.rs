@@ -1,4 +1,4 @@
-//! `wss://`: the rustls configuration a connection uses. The web's public
+//! `wss://` and `https://`: the rustls configuration a connection uses. The web's public
 //! roots (webpki-roots) plus whatever [`ClientOptions::tls_roots_pem`] adds,
 //! with the ring provider the server uses too.
 
@@ -17,6 +17,11 @@ pub(crate) fn connector(uri: &Uri, options: &ClientOptions) -> Result<Option<Con
     if uri.scheme_str() != Some("wss") {
         return Ok(None);
     }
+    Ok(Some(Connector::Rustls(client_config(options)?)))
+}
+
+/// The rustls configuration for a TLS connection (`wss://`, `https://`).
+pub(crate) fn client_config(options: &ClientOptions) -> Result<Arc<ClientConfig>, ClientError> {
     let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
     if let Some(pem) = &options.tls_roots_pem {
         let mut added = 0;
@@ -34,7 +39,7 @@ pub(crate) fn connector(uri: &Uri, options: &ClientOptions) -> Result<Option<Con
         .map_err(|e| tls_error(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth();
-    Ok(Some(Connector::Rustls(Arc::new(config))))
+    Ok(Arc::new(config))
 }
 
 fn tls_error(message: String) -> ClientError {

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use arqon_protocol::{ChannelKey, ClientId, MessageId, Name, RawValue, Role, Timestamp};
+use arqon_protocol::{ChannelKey, ClientId, MessageId, Name, RawValue, Role, Sender, Timestamp};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 
@@ -21,8 +21,15 @@ pub struct Message {
     /// The channel, for channel messages.
     #[serde(default)]
     pub channel: Option<Name>,
-    /// The sender.
-    pub from: ClientId,
+    /// The sender: a client, or the application's backend through the
+    /// server API ([`Sender::Server`], `from: "server"` on the wire).
+    #[serde(deserialize_with = "sender")]
+    pub from: Sender,
+    /// The sender's user (PROTOCOL.md section 8.2): the identity in its
+    /// credential, set by the bus; `None` for an anonymous sender and for
+    /// messages sent through the server API.
+    #[serde(default)]
+    pub user: Option<String>,
     /// The body, exactly as the sender wrote it; JSON `null` if it sent none.
     #[serde(default = "null_payload")]
     pub payload: Box<RawValue>,
@@ -40,6 +47,19 @@ impl Message {
         serde_json::from_str(self.payload.get())
     }
 
+    /// The sending client's id; `None` when the server API sent it.
+    pub fn from_client(&self) -> Option<ClientId> {
+        match self.from {
+            Sender::Client(id) => Some(id),
+            Sender::Server => None,
+        }
+    }
+
+    /// The sender as the wire writes it: a client id, or `server`.
+    pub fn from_label(&self) -> String {
+        sender_label(&self.from)
+    }
+
     /// The channel this message was published to, if it was a channel message.
     pub fn channel_key(&self) -> Option<ChannelKey> {
         Some(ChannelKey::new(self.room.clone()?, self.channel.clone()?))
@@ -48,6 +68,27 @@ impl Message {
 
 pub(crate) fn null_payload() -> Box<RawValue> {
     RawValue::NULL.to_owned()
+}
+
+/// `from`: a client id, or `server` (PROTOCOL.md section 8.3).
+pub(crate) fn parse_sender(text: &str) -> Result<Sender, String> {
+    if text == arqon_protocol::encode::SERVER_SENDER {
+        return Ok(Sender::Server);
+    }
+    ClientId::parse(text).map(Sender::Client).map_err(|e| e.message)
+}
+
+/// A [`Sender`] as the wire writes it.
+pub(crate) fn sender_label(sender: &Sender) -> String {
+    match sender {
+        Sender::Client(id) => id.to_string(),
+        Sender::Server => arqon_protocol::encode::SERVER_SENDER.to_owned(),
+    }
+}
+
+fn sender<'de, D: Deserializer<'de>>(d: D) -> Result<Sender, D::Error> {
+    let text = std::borrow::Cow::<'de, str>::deserialize(d)?;
+    parse_sender(&text).map_err(serde::de::Error::custom)
 }
 
 /// Deserializes an RFC 3339 timestamp.
@@ -69,6 +110,10 @@ pub enum Event {
         channel: Name,
         /// Who joined.
         client_id: ClientId,
+        /// Its user (the identity of its credential), if any.
+        user: Option<String>,
+        /// Its JWT's `info` claim (an object), or `Null`.
+        info: serde_json::Value,
     },
     /// Another client left (or disconnected from) a channel you are in.
     MemberLeft {
@@ -78,6 +123,30 @@ pub enum Event {
         channel: Name,
         /// Who left.
         client_id: ClientId,
+        /// Its user (the identity of its credential), if any.
+        user: Option<String>,
+        /// Its JWT's `info` claim (an object), or `Null`.
+        info: serde_json::Value,
+    },
+    /// The application's backend took this client out of a channel (the
+    /// server API's `unsubscribe`); the client stops re-joining it.
+    ChannelLeft {
+        /// The room.
+        room: Name,
+        /// The channel.
+        channel: Name,
+    },
+    /// The application's backend is closing this connection (the server
+    /// API's `disconnect`); the close follows with the same code. The client
+    /// reconnects afterwards if
+    /// [`ClientOptions::reconnect`](crate::ClientOptions::reconnect) is on:
+    /// call [`Client::close`](crate::Client::close) on this event to honour
+    /// the disconnect.
+    Disconnected {
+        /// The close code, 4000 to 4999.
+        code: u16,
+        /// Why, in the application's words (may be empty).
+        reason: String,
     },
     /// A channel you were in was deleted; you are no longer a member, and the
     /// client stops re-joining it.
@@ -185,6 +254,10 @@ pub struct ServerInfo {
     pub client_id: ClientId,
     /// This connection's role.
     pub role: Role,
+    /// This connection's user: the identity of its credential (a static
+    /// token's `client`, a JWT's `sub`); `None` when anonymous.
+    #[serde(default)]
+    pub user: Option<String>,
     /// The bus's version.
     pub server_version: String,
     /// Keep-alive interval, seconds; the client treats a connection that is
@@ -203,6 +276,10 @@ pub struct Limits {
     pub rate_per_s: u64,
     /// Burst allowance, frames.
     pub burst: u64,
+    /// Bytes of frames the bus queues for this connection before closing it
+    /// as a slow consumer (PROTOCOL.md 8.1); 0 if the bus does not say.
+    #[serde(default)]
+    pub max_backlog_bytes: u64,
 }
 
 /// `ping`'s answer.
@@ -378,4 +455,41 @@ pub(crate) struct HistoryPage {
 #[derive(Debug, Deserialize)]
 pub(crate) struct Published {
     pub(crate) id: MessageId,
+}
+
+/// `presence`'s answer: one page of a channel's members.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct Presence {
+    /// Members, ordered by client id, at most the `limit` asked for. The
+    /// next page starts after the last one's `client_id`.
+    pub members: Vec<PresenceMember>,
+    /// Connections in the channel (all pages).
+    pub total: u64,
+    /// Distinct users in the channel; each anonymous connection counts as one.
+    pub users: u64,
+}
+
+/// One member in [`Presence`].
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct PresenceMember {
+    /// Its connection.
+    pub client_id: ClientId,
+    /// Its user, if the connection has a credential.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Its JWT's `info` claim (an object) as is, or `Null`.
+    #[serde(default)]
+    pub info: serde_json::Value,
+    /// When it joined the channel.
+    #[serde(deserialize_with = "timestamp")]
+    pub joined_at: Timestamp,
+}
+
+/// `presence_stats`'s answer (server API only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub struct PresenceStats {
+    /// Connections in the channel.
+    pub total: u64,
+    /// Distinct users; each anonymous connection counts as one.
+    pub users: u64,
 }

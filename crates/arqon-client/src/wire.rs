@@ -4,7 +4,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use arqon_protocol::{ClientId, MessageId, Name, RawValue, Target, Timestamp};
+use arqon_protocol::{MessageId, Name, RawValue, Target, Timestamp};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpStream;
@@ -95,8 +95,10 @@ pub(crate) struct Inbound<'a> {
     pub(crate) room: Option<Name>,
     #[serde(default)]
     pub(crate) channel: Option<Name>,
+    #[serde(default, borrow)]
+    pub(crate) from: Option<Cow<'a, str>>,
     #[serde(default)]
-    pub(crate) from: Option<ClientId>,
+    pub(crate) user: Option<String>,
     #[serde(default, borrow)]
     pub(crate) timestamp: Option<Cow<'a, str>>,
     #[serde(default)]
@@ -120,7 +122,9 @@ impl Inbound<'_> {
             id: self.id.ok_or_else(|| missing("id"))?,
             room: self.room,
             channel: self.channel,
-            from: self.from.ok_or_else(|| missing("from"))?,
+            from: crate::types::parse_sender(&self.from.ok_or_else(|| missing("from"))?)
+                .map_err(|e| ClientError::Decode(format!("message frame with a bad from: {e}")))?,
+            user: self.user,
             payload: self.payload.map_or_else(null_payload, RawValue::to_owned),
             meta: self.meta.unwrap_or_default(),
             timestamp: Timestamp::parse(&timestamp).map_err(|e| ClientError::Decode(e.message))?,
@@ -210,5 +214,26 @@ mod tests {
         let again: Message = serde_json::from_str(text).unwrap();
         assert_eq!(again.id, message.id);
         assert_eq!(again.timestamp, message.timestamp);
+        assert_eq!(message.user, None);
+    }
+
+    #[test]
+    fn messages_from_the_server_api_and_from_users_are_read() {
+        let text = r#"{"version":1,"id":"arq_01JDQ8Z6W3T7M5KX2C9V4B8N1P","type":"message",
+            "timestamp":"2026-11-29T12:00:00.123Z","room":"r","channel":"c","from":"server","payload":1}"#;
+        let message = serde_json::from_str::<Inbound<'_>>(text).unwrap().into_message().unwrap();
+        assert_eq!(message.from, arqon_protocol::Sender::Server);
+        assert_eq!(message.from_client(), None);
+        assert_eq!(message.from_label(), "server");
+        let text = r#"{"version":1,"id":"arq_01JDQ8Z6W3T7M5KX2C9V4B8N1P","type":"message",
+            "timestamp":"2026-11-29T12:00:00.123Z","to":"x","from":"arq_01JDQ8Z6W3T7M5KX2C9V4B8N1Q",
+            "user":"ana","payload":1}"#;
+        let message = serde_json::from_str::<Inbound<'_>>(text).unwrap().into_message().unwrap();
+        assert_eq!(message.user.as_deref(), Some("ana"));
+        assert_eq!(message.from_label(), "arq_01JDQ8Z6W3T7M5KX2C9V4B8N1Q");
+        let again: Message = serde_json::from_str(text).unwrap();
+        assert_eq!(again.user.as_deref(), Some("ana"));
+        let bad = text.replace("arq_01JDQ8Z6W3T7M5KX2C9V4B8N1Q", "nobody");
+        assert!(serde_json::from_str::<Inbound<'_>>(&bad).unwrap().into_message().is_err());
     }
 }

@@ -156,7 +156,9 @@ async fn every_typed_helper_returns_its_typed_answer() {
         Event::MemberJoined {
             room: Name::parse("lobby").unwrap(),
             channel: Name::parse("general").unwrap(),
-            client_id: bob.server_info().client_id
+            client_id: bob.server_info().client_id,
+            user: None,
+            info: Value::Null,
         }
     );
 
@@ -178,7 +180,7 @@ async fn every_typed_helper_returns_its_typed_answer() {
     for (n, id) in ids.iter().enumerate() {
         let message = next_message(&mut bob_events).await;
         assert_eq!((message.id, n_of(&message)), (*id, n as u64));
-        assert_eq!(message.from, alice.server_info().client_id);
+        assert_eq!(message.from_client(), Some(alice.server_info().client_id));
         assert_eq!(message.channel_key(), Some(key("lobby", "general")));
     }
     let meta = [("trace".to_owned(), "t-1".to_owned())].into_iter().collect();

@@ -34,6 +34,7 @@ mod print;
 mod rooms;
 mod security;
 mod settings;
+mod webhooks;
 
 pub use api::{ApiConfig, ApiKey, MIN_API_KEY_BYTES};
 pub use cluster::ClusterConfig;
@@ -45,6 +46,7 @@ pub use security::{
     TlsSettings,
 };
 pub use settings::{
-    ChannelsConfig, Config, JournalConfig, JournalFsync, LimitsConfig, MonitoringConfig, RedisConfig, ServerConfig,
-    StorageBackend, StorageConfig,
+    ChannelsConfig, Config, JournalConfig, JournalFsync, LimitsConfig, MonitoringConfig, RedbConfig, RedisConfig,
+    ServerConfig, StorageBackend, StorageConfig,
 };
+pub use webhooks::{MIN_WEBHOOK_SECRET_BYTES, WEBHOOK_EVENTS, WebhooksConfig};

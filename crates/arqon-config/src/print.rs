@@ -20,6 +20,9 @@ impl Config {
         for token in &mut config.auth.tokens {
             token.token = REDACTED.to_owned();
         }
+        if !config.webhooks.secret.is_empty() {
+            config.webhooks.secret = REDACTED.to_owned();
+        }
         for key in &mut config.api.keys {
             key.key = REDACTED.to_owned();
         }

@@ -26,8 +26,9 @@ pub struct StaticToken {
     pub token: String,
     /// The role it grants. Required.
     pub role: Role,
-    /// A fixed client id (`arq_` + ULID) or a name mapped to one, reported
-    /// in `welcome`; empty: a fresh id per connection. Default: empty.
+    /// The user this token stands for (PROTOCOL.md 8.2), reported as `user`
+    /// in `welcome`, in its messages and in presence; every connection still
+    /// gets a fresh client id. Empty: an anonymous user. Default: empty.
     #[serde(default)]
     pub client: String,
     /// Rooms the client may join and publish to; `["*"]`: all. Default

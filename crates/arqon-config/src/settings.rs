@@ -49,6 +49,8 @@ pub struct Config {
     pub cluster: ClusterConfig,
     /// The server API's keys (`[[api.keys]]`). Default: none.
     pub api: crate::api::ApiConfig,
+    /// Signed event batches to the application (`[webhooks]`). Default: off.
+    pub webhooks: crate::webhooks::WebhooksConfig,
     /// Options per room, by name or `*` glob (`[rooms."chat-*"]`).
     /// Default: none.
     pub rooms: std::collections::BTreeMap<String, crate::rooms::RoomConfig>,
@@ -280,12 +282,42 @@ impl Default for ChannelsConfig {
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct StorageConfig {
-    /// Which backend keeps channel history: `memory` or `redis`. Default: `memory`.
+    /// Which backend keeps channel history: `memory`, `redis` or `redb`.
+    /// Default: `memory`.
     pub backend: StorageBackend,
     /// The Redis backend, read when `backend` is `redis`. Default: see [`RedisConfig`].
     pub redis: RedisConfig,
     /// The write-ahead journal of the Redis backend. Default: see [`JournalConfig`].
     pub journal: JournalConfig,
+    /// The embedded file backend, read when `backend` is `redb`. Default:
+    /// see [`RedbConfig`].
+    pub redb: RedbConfig,
+}
+
+/// `[storage.redb]`: the embedded backend, history in one local file
+/// that survives restarts and crashes of the bus (docs/storage.md).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RedbConfig {
+    /// The database file, created with its directory if missing; relative
+    /// to the working directory unless absolute. Required (not empty) when
+    /// `storage.backend = "redb"`. Default: empty.
+    pub path: String,
+    /// Messages kept per channel; older ones are trimmed. At least 1.
+    /// Default: `10000`.
+    pub max_len: usize,
+    /// When a commit reaches the disk: `always` (before the publish is
+    /// answered) or `interval` (every `fsync_interval_ms`). Default: `always`.
+    pub fsync: JournalFsync,
+    /// Milliseconds between two syncs with `fsync = "interval"`. 1 to
+    /// 60000. Default: `1000`.
+    pub fsync_interval_ms: u64,
+}
+
+impl Default for RedbConfig {
+    fn default() -> Self {
+        Self { path: String::new(), max_len: 10_000, fsync: JournalFsync::Always, fsync_interval_ms: 1000 }
+    }
 }
 
 /// `[storage.journal]`: where the Redis backend keeps, on disk, what it
@@ -394,6 +426,9 @@ pub enum StorageBackend {
     /// Redis Streams (`[storage.redis]`); history survives restarts, and a
     /// Redis outage is ridden out in memory.
     Redis,
+    /// One local redb file (`[storage.redb]`); history survives restarts of
+    /// a single node without Redis.
+    Redb,
 }
 
 impl StorageBackend {
@@ -402,6 +437,7 @@ impl StorageBackend {
         match self {
             StorageBackend::Memory => "memory",
             StorageBackend::Redis => "redis",
+            StorageBackend::Redb => "redb",
         }
     }
 }
@@ -558,7 +594,9 @@ impl Config {
         )?;
         self.storage.redis.validate()?;
         self.storage.journal.validate()?;
+        self.storage.redb.validate(self.storage.backend)?;
         self.api.validate()?;
+        self.webhooks.validate()?;
         crate::rooms::validate(&self.rooms, limits.history_per_channel)?;
         self.cluster.validate(self.storage.backend)
     }
@@ -630,6 +668,26 @@ impl JournalConfig {
         rule(
             (1..=60_000).contains(&self.fsync_interval_ms),
             "storage.journal.fsync_interval_ms",
+            self.fsync_interval_ms,
+            "must be between 1 and 60000",
+        )
+    }
+}
+
+impl RedbConfig {
+    /// The path is required only by the redb backend; the other rules hold
+    /// whichever backend is chosen.
+    fn validate(&self, backend: StorageBackend) -> Result<(), ConfigError> {
+        rule(
+            backend != StorageBackend::Redb || !self.path.is_empty(),
+            "storage.redb.path",
+            format!("{:?}", self.path),
+            "must name the database file when storage.backend = \"redb\"",
+        )?;
+        rule(self.max_len >= 1, "storage.redb.max_len", self.max_len, "must be at least 1")?;
+        rule(
+            (1..=60_000).contains(&self.fsync_interval_ms),
+            "storage.redb.fsync_interval_ms",
             self.fsync_interval_ms,
             "must be between 1 and 60000",
         )

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::io::Write;
 
 use arqon_config::{
-    ChannelsConfig, Config, ConfigError, JournalConfig, JournalFsync, LimitsConfig, RedisConfig, ServerConfig,
-    StorageBackend,
+    ChannelsConfig, Config, ConfigError, JournalConfig, JournalFsync, LimitsConfig, RedbConfig, RedisConfig,
+    ServerConfig, StorageBackend,
 };
 use arqon_protocol::Role;
 
@@ -517,6 +517,40 @@ fn journal_settings_load_and_are_checked() {
 }
 
 #[test]
+fn redb_settings_load_and_the_path_is_required_by_the_redb_backend() {
+    assert_eq!(
+        Config::default().storage.redb,
+        RedbConfig { path: String::new(), max_len: 10_000, fsync: JournalFsync::Always, fsync_interval_ms: 1000 }
+    );
+    let file = toml_file("[storage]\nbackend = \"redb\"\n[storage.redb]\npath = \"/var/lib/arqon/history.redb\"\n");
+    let env = vars(&[("ARQON_STORAGE__REDB__FSYNC", "interval"), ("ARQON_STORAGE__REDB__MAX_LEN", "500")]);
+    let config = Config::load(Some(file.path()), env).unwrap();
+    assert_eq!((config.storage.backend, config.storage.backend.to_string()), (StorageBackend::Redb, "redb".to_owned()));
+    assert_eq!(
+        config.storage.redb,
+        RedbConfig {
+            path: "/var/lib/arqon/history.redb".to_owned(),
+            max_len: 500,
+            fsync: JournalFsync::Interval,
+            fsync_interval_ms: 1000,
+        }
+    );
+    // No path: start-up fails naming the key, and only for this backend.
+    let error = assert_fails_naming(load_env(&[("ARQON_STORAGE__BACKEND", "redb")]), &["storage.redb.path"]);
+    assert!(error.to_string().contains(r#"storage.backend = "redb""#), "{error}");
+    load_env(&[("ARQON_STORAGE__BACKEND", "memory")]).unwrap();
+    let with_path = ("ARQON_STORAGE__REDB__PATH", "history.redb");
+    load_env(&[("ARQON_STORAGE__BACKEND", "redb"), with_path]).unwrap();
+    assert_fails_naming(load_env(&[with_path, ("ARQON_STORAGE__REDB__MAX_LEN", "0")]), &["storage.redb.max_len"]);
+    assert_fails_naming(load_env(&[("ARQON_STORAGE__REDB__FSYNC", "never")]), &["storage.redb.fsync"]);
+    assert_fails_naming(
+        load_env(&[("ARQON_STORAGE__REDB__FSYNC_INTERVAL_MS", "60001")]),
+        &["storage.redb.fsync_interval_ms", "60001"],
+    );
+    assert_fails_naming(load_env(&[("ARQON_STORAGE__BACKEND", "sqlite")]), &["storage.backend", "sqlite"]);
+}
+
+#[test]
 fn unknown_nested_keys_and_variables_fail_naming_them() {
     let file = toml_file("[storage.redis]\nulr = \"redis://x\"\n");
     let error = assert_fails_naming(Config::load(Some(file.path()), vars(&[])), &["`storage.redis.ulr`"]);
@@ -661,4 +695,22 @@ fn bad_api_keys_and_room_options_stop_start_up_naming_them() {
     assert_fails_naming(load_toml("[rooms.chat]\nhistory_size = 5000\n"), &["history_per_channel"]);
     assert_fails_naming(load_toml("[rooms.chat]\njoin_role = \"root\"\n"), &["rooms", "root"]);
     assert_fails_naming(load_toml("rooms = 3\n"), &["rooms"]);
+}
+
+#[test]
+fn bad_webhook_settings_stop_start_up_naming_them() {
+    assert_fails_naming(
+        load_toml("[webhooks]\nurl = \"https://x/y\"\nsecret = \"0123456789abcdef\"\n"),
+        &["webhooks.url", "http://"],
+    );
+    assert_fails_naming(
+        load_toml("[webhooks]\nurl = \"http://x/y\"\nsecret = \"short\"\n"),
+        &["webhooks.secret", "16 bytes"],
+    );
+    let events = "[webhooks]\nurl = \"http://x/y\"\nsecret = \"0123456789abcdef\"\nevents = [\"member_joined\"]\n";
+    assert_fails_naming(load_toml(events), &["webhooks.events", "member_joined"]);
+    assert_fails_naming(load_toml("[webhooks]\nqueue = 0\n"), &["webhooks.queue"]);
+    let on = load_toml("[webhooks]\nurl = \"http://127.0.0.1:8080/h\"\nsecret = \"0123456789abcdef\"\n").unwrap();
+    assert!(on.webhooks.enabled());
+    assert!(!on.redacted().to_toml().unwrap().contains("0123456789abcdef"), "the secret is redacted");
 }

@@ -14,7 +14,7 @@ use crate::channel::Channel;
 use crate::client::ClientEntry;
 use crate::member_events::{Gate, SUMMARY_DELAY};
 use crate::router::{Create, Router};
-use crate::{Delivery, Place, RoutingError, retention};
+use crate::{BusEvent, Delivery, Place, RoutingError, retention};
 
 /// The answer to a join (`join_channel`'s response, the API's `subscribe`).
 #[derive(Debug, Serialize)]
@@ -101,6 +101,13 @@ pub(crate) async fn join(
         channel.set_member_events(client.id, member_events);
     }
     if joined.added {
+        router.inner.observer.observe(&BusEvent::MemberAdded {
+            key,
+            client_id: client.id,
+            user: client.user.as_deref(),
+            occupied: joined.members == 1,
+            new_user: joined.new_user,
+        });
         if let Some(broker) = router.broker() {
             broker.interest(key, joined.members);
         }
@@ -121,8 +128,16 @@ pub(crate) fn leave(router: &Router, client: &ClientEntry, key: &ChannelKey) -> 
     let Some(channel) = router.lookup(key) else {
         return false;
     };
-    let (removed, members) = channel.remove(client.id);
+    let change = channel.remove(client.id);
+    let (removed, members) = (change.removed, change.members);
     if removed {
+        router.inner.observer.observe(&BusEvent::MemberRemoved {
+            key,
+            client_id: client.id,
+            user: client.user.as_deref(),
+            vacated: members == 0,
+            user_gone: change.user_gone,
+        });
         channel.touch();
         if let Some(broker) = router.broker() {
             broker.interest(key, members);

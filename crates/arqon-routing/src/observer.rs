@@ -104,6 +104,41 @@ pub enum BusEvent<'a> {
         /// Which.
         key: &'a ChannelKey,
     },
+    /// A client became a member of a channel on this node.
+    MemberAdded {
+        /// The channel.
+        key: &'a ChannelKey,
+        /// The client.
+        client_id: ClientId,
+        /// Its user, if any.
+        user: Option<&'a str>,
+        /// It is the channel's first member on this node (the channel is
+        /// now occupied).
+        occupied: bool,
+        /// It is its user's first connection in the channel (an anonymous
+        /// client always is).
+        new_user: bool,
+    },
+    /// A client stopped being a member of a channel on this node.
+    MemberRemoved {
+        /// The channel.
+        key: &'a ChannelKey,
+        /// The client.
+        client_id: ClientId,
+        /// Its user, if any.
+        user: Option<&'a str>,
+        /// It was the channel's last member on this node (now vacated).
+        vacated: bool,
+        /// It was its user's last connection in the channel.
+        user_gone: bool,
+    },
+    /// A channel message was stored and delivered (not a retry).
+    MessagePublished {
+        /// The channel.
+        key: &'a ChannelKey,
+        /// The message as delivered.
+        frame: &'a arqon_protocol::Frame,
+    },
 }
 
 /// Receives every [`BusEvent`]. Called inline on the bus's hot path: it must

@@ -296,7 +296,11 @@ impl Session {
         let fanout = match target {
             Target::Channel(key) => {
                 let create = if router.auto_create(&key.room) { Create::Auto(&self.client) } else { Create::No };
-                router.publish_to(key, create, self.client.id, id, encoded).await
+                let fanout = router.publish_to(key, create, self.client.id, id, encoded.clone()).await;
+                if let Ok(Some(_)) = fanout {
+                    self.observe(&BusEvent::MessagePublished { key, frame: &encoded });
+                }
+                fanout
             }
             Target::Room(room) => router.publish_room(room, self.client.id, encoded).map(Some),
             Target::Client(to) => router.publish_direct(&self.client.rooms, *to, encoded).map(Some),

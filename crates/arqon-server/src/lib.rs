@@ -28,6 +28,9 @@ mod instrumented;
 mod monitor;
 mod observer;
 mod storage;
+mod webhooks;
+
+pub use webhooks::signature as webhook_signature;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -98,6 +101,17 @@ pub enum ServerError {
     )]
     NotBuiltIn {
         /// The setting that asks for it, e.g. `storage.backend = "redis"`.
+        setting: &'static str,
+    },
+    /// The configuration asks for the redb backend in a binary built
+    /// without the `redb` feature.
+    #[error(
+        "{setting} needs the embedded redb backend, but this binary was built without the `redb` feature; \
+         rebuild with it (it is on by default: drop `--no-default-features`, or add `--features redb`), \
+         or change the setting"
+    )]
+    RedbNotBuiltIn {
+        /// The setting that asks for it: `storage.backend = "redb"`.
         setting: &'static str,
     },
     /// TLS could not be set up.
@@ -288,10 +302,19 @@ impl Bus {
     ) -> Result<Bus, ServerError> {
         let telemetry = Arc::new(Telemetry::new(config.monitoring.telemetry_buffer));
         let broker = cluster::open_broker(config).await?;
+        let webhooks = config.webhooks.enabled().then(|| {
+            let (sink, deliver) = webhooks::WebhookSink::start(&config.webhooks, Arc::clone(&telemetry));
+            tokio::spawn(deliver);
+            sink
+        });
         // With monitoring off nothing would read the numbers: skip collecting them.
         let router = if config.monitoring.enabled {
             let storage: Arc<dyn Storage> = Arc::new(Instrumented::new(storage, Arc::clone(&telemetry)));
-            Router::builder(router_config(config), storage).observer(telemetry.clone())
+            let observer = observer::BusObserver { telemetry: Some(Arc::clone(&telemetry)), webhooks };
+            Router::builder(router_config(config), storage).observer(Arc::new(observer))
+        } else if webhooks.is_some() {
+            let observer = observer::BusObserver { telemetry: None, webhooks };
+            Router::builder(router_config(config), storage).observer(Arc::new(observer))
         } else {
             Router::builder(router_config(config), storage)
         };

@@ -94,6 +94,28 @@ impl Observer for Telemetry {
                     self.hub.publish("channel_deleted", json!({"room": key.room, "channel": key.channel}));
                 }
             }
+            // For webhooks (crate::webhooks); the member events clients get
+            // already say the same.
+            BusEvent::MemberAdded { .. } | BusEvent::MemberRemoved { .. } | BusEvent::MessagePublished { .. } => {}
+        }
+    }
+}
+
+/// Reports every event to the telemetry and to the webhooks, if on.
+#[derive(Debug)]
+pub(crate) struct BusObserver {
+    /// None while monitoring is off (nothing would read the numbers).
+    pub(crate) telemetry: Option<std::sync::Arc<Telemetry>>,
+    pub(crate) webhooks: Option<crate::webhooks::WebhookSink>,
+}
+
+impl Observer for BusObserver {
+    fn observe(&self, event: &BusEvent<'_>) {
+        if let Some(telemetry) = &self.telemetry {
+            telemetry.observe(event);
+        }
+        if let Some(webhooks) = &self.webhooks {
+            webhooks.observe(event);
         }
     }
 }

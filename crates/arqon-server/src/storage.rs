@@ -2,7 +2,8 @@
 //!
 //! The Redis backend exists only with the `redis` feature; without it,
 //! `storage.backend = "redis"` fails start-up with
-//! [`ServerError::NotBuiltIn`].
+//! [`ServerError::NotBuiltIn`]. Likewise the redb backend with the `redb`
+//! feature ([`ServerError::RedbNotBuiltIn`]).
 
 use std::sync::Arc;
 #[cfg(feature = "redis")]
@@ -41,6 +42,12 @@ pub(crate) async fn open_storage(config: &Config) -> Result<Opened, ServerError>
             ),
             None,
         ),
+        #[cfg(not(feature = "redb"))]
+        StorageBackend::Redb => {
+            return Err(ServerError::RedbNotBuiltIn { setting: r#"storage.backend = "redb""# });
+        }
+        #[cfg(feature = "redb")]
+        StorageBackend::Redb => (open_redb(config).await?, None),
         #[cfg(not(feature = "redis"))]
         StorageBackend::Redis => return Err(ServerError::NotBuiltIn { setting: r#"storage.backend = "redis""# }),
         #[cfg(feature = "redis")]
@@ -70,6 +77,33 @@ pub(crate) async fn open_storage(config: &Config) -> Result<Opened, ServerError>
             (Arc::clone(&fallback) as Arc<dyn Storage>, Some(fallback))
         }
     })
+}
+
+/// `redb`: the file at `storage.redb.path`, opened on the blocking pool
+/// (opening after a crash may repair the file first). A file that cannot be
+/// opened fails start-up, naming the key and the path.
+#[cfg(feature = "redb")]
+async fn open_redb(config: &Config) -> Result<Arc<dyn Storage>, ServerError> {
+    use arqon_config::JournalFsync;
+    use arqon_storage::StorageError;
+    use arqon_storage_redb::{Durability, RedbOptions, RedbStorage};
+
+    let redb = &config.storage.redb;
+    let options = RedbOptions {
+        path: redb.path.clone().into(),
+        max_len: redb.max_len,
+        durability: match redb.fsync {
+            JournalFsync::Always => Durability::Immediate,
+            JournalFsync::Interval => Durability::Interval(std::time::Duration::from_millis(redb.fsync_interval_ms)),
+        },
+    };
+    let opened = tokio::task::spawn_blocking(move || RedbStorage::open(options))
+        .await
+        .map_err(|e| StorageError::Backend(format!("storage.redb.path: opening the file did not finish: {e}")))?;
+    match opened {
+        Ok(storage) => Ok(Arc::new(storage)),
+        Err(error) => Err(StorageError::Backend(format!("storage.redb.path = {:?}: {error}", redb.path)).into()),
+    }
 }
 
 #[cfg(feature = "redis")]
@@ -116,6 +150,43 @@ mod tests {
         let message = error.to_string();
         assert!(message.contains("cluster.enabled = true"), "{message}");
         assert!(message.contains("built without the `redis` feature"), "{message}");
+    }
+
+    /// A configuration that asks for redb from a build without it fails
+    /// start-up, naming the setting and the missing feature.
+    #[cfg(not(feature = "redb"))]
+    #[tokio::test]
+    async fn redb_storage_without_the_feature_fails_start_up_clearly() {
+        let mut config = Config::default();
+        config.storage.backend = StorageBackend::Redb;
+        config.storage.redb.path = "history.redb".to_owned();
+        let Err(error) = open_storage(&config).await else { panic!("opened redb storage without the feature") };
+        let message = error.to_string();
+        assert!(message.contains(r#"storage.backend = "redb""#), "{message}");
+        assert!(message.contains("built without the `redb` feature"), "{message}");
+    }
+
+    /// redb opens the configured file; a path that cannot be a database
+    /// fails start-up naming the key and the path.
+    #[cfg(feature = "redb")]
+    #[tokio::test]
+    async fn redb_storage_opens_the_configured_file_or_names_the_key() {
+        let dir = std::env::temp_dir().join(format!("arqon-server-redb-{}", std::process::id()));
+        let mut config = Config::default();
+        config.storage.backend = StorageBackend::Redb;
+        config.storage.redb.path = dir.join("history.redb").display().to_string();
+        let (storage, fallback) = open_storage(&config).await.expect("redb opens");
+        assert_eq!(storage.health().backend, "redb");
+        assert!(fallback.is_none());
+        drop(storage);
+
+        // The directory itself is not a database file.
+        config.storage.redb.path = dir.display().to_string();
+        let Err(error) = open_storage(&config).await else { panic!("opened a directory as a redb file") };
+        let message = error.to_string();
+        assert!(message.starts_with("storage backend error: storage.redb.path = "), "{message}");
+        assert!(message.contains(&config.storage.redb.path), "{message}");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// The memory backend needs no feature, and the error type keeps its

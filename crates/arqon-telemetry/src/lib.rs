@@ -19,7 +19,8 @@ mod metrics;
 mod stream;
 
 pub use metrics::{
-    BudgetReport, BusMetrics, CHANNEL_LIMIT_SCOPES, ClusterReport, FRAME_KINDS, SLOW_CAUSES, STORAGE_OPS, sample,
+    BudgetReport, BusMetrics, CHANNEL_LIMIT_SCOPES, ClusterReport, FRAME_KINDS, SLOW_CAUSES, STORAGE_OPS,
+    WEBHOOK_DROPS, sample,
 };
 pub use stream::{DEFAULT_CAPACITY, EVENT_TYPES, TelemetryHub, parse_filter};
 

@@ -43,6 +43,8 @@ pub struct BusMetrics {
     commands: Mutex<BTreeMap<(&'static str, &'static str), Histogram>>,
     errors: [Counter; ErrorCode::ALL.len()],
     rate_limited: Counter,
+    webhook_sent: Counter,
+    webhook_dropped: [Counter; WEBHOOK_DROPS.len()],
     slow_consumers: [Counter; SLOW_CAUSES.len()],
     backlog_bytes: Gauge,
     backlog_budget_bytes: Gauge,
@@ -133,6 +135,9 @@ static LATENCY_BUCKETS_NS: [u64; 12] = [
 /// Why slow consumers are closed (PROTOCOL.md section 8.1), as the `cause`
 /// label of `arqon_slow_consumer_disconnects_total`.
 pub const SLOW_CAUSES: [&str; 3] = ["backlog", "write_timeout", "budget"];
+/// Why webhook events are dropped, as the `reason` label of
+/// `arqon_webhook_events_dropped_total`.
+pub const WEBHOOK_DROPS: [&str; 2] = ["queue_full", "failed"];
 /// Buckets for fan-out (members reached per message).
 static FANOUT_BUCKETS: [u64; 10] = [0, 1, 2, 5, 10, 50, 100, 500, 1000, 10000];
 /// Nanoseconds to seconds.
@@ -165,6 +170,11 @@ impl BusMetrics {
                 "Clients closed with 1008 for not reading, by cause (backlog, write_timeout, budget)."
             );
             metrics::describe_gauge!("arqon_storage_healthy", "1 while the storage backend is healthy.");
+            metrics::describe_counter!("arqon_webhook_events_sent_total", "Webhook events the receiver accepted.");
+            metrics::describe_counter!(
+                "arqon_webhook_events_dropped_total",
+                "Webhook events dropped, by reason (queue_full, failed)."
+            );
             metrics::describe_gauge!(
                 "arqon_storage_journal_bytes",
                 "Bytes of messages journaled during a storage outage."
@@ -197,6 +207,9 @@ impl BusMetrics {
                 commands: Mutex::default(),
                 errors: ErrorCode::ALL.map(|code| metrics::counter!("arqon_errors_total", "code" => code.as_str())),
                 rate_limited: metrics::counter!("arqon_rate_limited_total"),
+                webhook_sent: metrics::counter!("arqon_webhook_events_sent_total"),
+                webhook_dropped: WEBHOOK_DROPS
+                    .map(|reason| metrics::counter!("arqon_webhook_events_dropped_total", "reason" => reason)),
                 slow_consumers: SLOW_CAUSES
                     .map(|cause| metrics::counter!("arqon_slow_consumer_disconnects_total", "cause" => cause)),
                 backlog_bytes: metrics::gauge!("arqon_backlog_bytes"),
@@ -315,6 +328,19 @@ impl BusMetrics {
     pub fn error(&self, code: ErrorCode) {
         if let Some(i) = ErrorCode::ALL.iter().position(|c| *c == code) {
             self.errors[i].increment(1);
+        }
+    }
+
+    /// Webhook events the receiver accepted.
+    pub fn webhook_sent(&self, events: u64) {
+        self.webhook_sent.increment(events);
+    }
+
+    /// Webhook events dropped: `reason` is one of [`WEBHOOK_DROPS`]
+    /// (`queue_full`: the receiver is behind; `failed`: a batch out of retries).
+    pub fn webhook_dropped(&self, reason: &str, events: u64) {
+        if let Some(at) = WEBHOOK_DROPS.iter().position(|r| *r == reason) {
+            self.webhook_dropped[at].increment(events);
         }
     }
 

@@ -96,8 +96,8 @@ impl fmt::Debug for Endpoint {
 
 impl Endpoint {
     /// An endpoint that admits clients with `acceptor`, within the limits
-    /// and timings of `config` (its `tls`, `upgrade_timeout` and
-    /// `shutdown_grace` aside: see [`Endpoint`]).
+    /// and timings of `config` (all but `tls` and `upgrade_timeout`, which
+    /// are the embedder's server's: see [`Endpoint`]).
     pub fn new<A: Acceptor>(acceptor: Arc<A>, config: TransportConfig) -> Endpoint {
         let (stop, _) = watch::channel(false);
         Endpoint {
@@ -135,7 +135,9 @@ impl Endpoint {
     /// refuses new ones, and waits until the connections have ended, at
     /// most `shutdown_grace`.
     pub async fn shutdown(&self) {
-        let _ = self.inner.stop.send(true);
+        // send_replace: `send` would keep the old value with no connection
+        // subscribed, and later upgrades would still be admitted.
+        self.inner.stop.send_replace(true);
         let admission = &self.inner.admission;
         let drained = tokio::time::timeout(self.inner.config.shutdown_grace, async {
             while admission.live() > 0 {

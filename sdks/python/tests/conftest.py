@@ -86,3 +86,45 @@ async def make_proxy() -> AsyncIterator[Callable[[int], Awaitable[TcpProxy]]]:
     yield make
     for proxy in proxies:
         await proxy.close()
+
+
+#: API keys and static tokens of :func:`api_bus` (keys are at least 16 bytes).
+ADMIN_KEY = "test-admin-key-0123456789"
+USER_KEY = "test-user-key-0123456789"
+ALICE_TOKEN = "alice-token-0123456789"
+BOB_TOKEN = "bob-token-0123456789"
+
+API_CONFIG = f"""
+[auth]
+mode = "token"
+allow_anonymous = true
+
+[[auth.tokens]]
+token = "{ALICE_TOKEN}"
+role = "user"
+client = "alice"
+
+[[auth.tokens]]
+token = "{BOB_TOKEN}"
+role = "user"
+client = "bob"
+
+[[api.keys]]
+name = "backend-admin"
+key = "{ADMIN_KEY}"
+role = "admin"
+
+[[api.keys]]
+name = "backend-user"
+key = "{USER_KEY}"
+role = "user"
+"""
+
+
+@pytest.fixture
+def api_bus() -> BusServer:
+    """The shared server with static tokens for users ``alice`` and ``bob``
+    (anonymous connections allowed, role ``user``) and two API keys."""
+    if "api" not in _servers:
+        _servers["api"] = BusServer(role="user", heartbeat_s=1, config=API_CONFIG)
+    return _servers["api"]

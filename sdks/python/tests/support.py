@@ -32,10 +32,16 @@ class BusServer:
     """``arqonbus`` on a free port, with one role for everyone."""
 
     def __init__(
-        self, role: str = "user", heartbeat_s: int = 1, extra_env: Optional[Dict[str, Optional[str]]] = None
+        self,
+        role: str = "user",
+        heartbeat_s: int = 1,
+        extra_env: Optional[Dict[str, Optional[str]]] = None,
+        config: Optional[str] = None,
     ) -> None:
         """``extra_env`` overrides the test settings below; a value of None
-        removes the variable, so that the server's default applies."""
+        removes the variable, so that the server's default applies.
+        ``config`` is TOML for a ``--config`` file (e.g. ``[[api.keys]]``);
+        the variables still apply over it."""
         binary = server_binary()
         if not binary.exists():
             raise RuntimeError(
@@ -64,6 +70,13 @@ class BusServer:
                 env[key] = value
         self.role = role
         self.heartbeat_s = heartbeat_s
+        self._args: List[str] = []
+        self._config_path: Optional[str] = None
+        if config is not None:
+            with tempfile.NamedTemporaryFile("w", prefix="arqonbus-", suffix=".toml", delete=False) as file:
+                file.write(config)
+            self._config_path = file.name
+            self._args = ["--config", file.name]
         line = self._launch(binary, env)
         if not line and "ARQON_MONITORING__PORT names no configuration key" in self._log_text():
             # A server built before the monitoring listener existed rejects
@@ -82,7 +95,7 @@ class BusServer:
         """Starts the process; returns its first stdout line ('' if it exited)."""
         self.log = tempfile.NamedTemporaryFile(prefix=f"arqonbus-{self.role}-", suffix=".log", delete=False)
         self.process = subprocess.Popen(
-            [str(binary)],
+            [str(binary), *self._args],
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
@@ -124,6 +137,12 @@ class BusServer:
         if self.process.stdout is not None:
             self.process.stdout.close()
         self._discard_log()
+        if self._config_path is not None:
+            try:
+                os.unlink(self._config_path)
+            except OSError:
+                pass
+            self._config_path = None
         return code
 
     def _discard_log(self) -> None:

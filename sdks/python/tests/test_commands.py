@@ -65,6 +65,8 @@ async def test_help_lists_every_command(bus, make_client) -> None:
     assert by_name["delete_channel"].role == "admin"
     assert by_name["delete_channel"].allowed is False  # we are `user`
     assert by_name["publish"].allowed is True
+    assert by_name["presence"].api_only is False
+    assert by_name["broadcast"].api_only is True  # the server API's alone
     assert by_name["ping"].description
     assert {a["name"] for a in by_name["history"].args} == {"room", "channel", "limit", "before"}
 

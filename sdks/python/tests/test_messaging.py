@@ -76,7 +76,14 @@ async def test_member_events(bus, make_client) -> None:
     await alice.join(room, channel)
     await bob.join(room, channel)
     joined = await next_item(alice, Event, lambda e: e.name == "member_joined")
-    assert joined.payload == {"event": "member_joined", "room": room, "channel": channel, "client_id": bob.client_id}
+    assert joined.payload == {
+        "event": "member_joined",
+        "room": room,
+        "channel": channel,
+        "client_id": bob.client_id,
+        "user": None,  # anonymous (PROTOCOL.md 8.2)
+        "info": None,
+    }
     await bob.leave(room, channel)
     left = await next_item(alice, Event, lambda e: e.name == "member_left")
     assert left.payload["client_id"] == bob.client_id

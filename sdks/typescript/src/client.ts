@@ -18,7 +18,7 @@
  *
  * Retry policy when a link dies with requests in flight: requests whose repeat
  * gives the same answer (`ping`, `status`, `help`, `list_channels`,
- * `channel_info`, `history`, `join_channel`, and `publish`, which the server
+ * `channel_info`, `history`, `presence`, `join_channel`, and `publish`, which the server
  * de-duplicates by its id) are sent again, with the same id, once the client
  * has reconnected. The others (`create_channel`, `delete_channel`,
  * `leave_channel` and everything sent through {@link Client.command}) fail
@@ -50,6 +50,7 @@ import {
   channelInfoFromPayload,
   commandHelpFromPayload,
   messageFromEnvelope,
+  presenceFromPayload,
   statusFromPayload,
   welcomeFromPayload,
   type ChannelInfo,
@@ -59,6 +60,7 @@ import {
   type Incoming,
   type JoinResult,
   type Message,
+  type Presence,
   type Status,
   type Welcome,
 } from "./models.js";
@@ -686,6 +688,24 @@ export class Client {
   }
 
   /**
+   * Who is in a channel: at most `limit` (1..1000, server default 100)
+   * members ordered by client id, after the client id `after` (the last one
+   * of the previous page), with the channel's `total` connections and
+   * distinct `users`. A room whose `presence` option is off rejects with
+   * {@link Forbidden}.
+   */
+  async presence(
+    room: string,
+    channel: string,
+    options: RequestOptions & { limit?: number; after?: string } = {},
+  ): Promise<Presence> {
+    const args: Record<string, unknown> = { room, channel };
+    if (options.limit !== undefined) args.limit = options.limit;
+    if (options.after !== undefined) args.after = options.after;
+    return presenceFromPayload(await this.request("presence", args, { timeoutMs: options.timeoutMs, retry: true }));
+  }
+
+  /**
    * The newest `limit` (1..1000, server default 50) stored messages, older
    * than `before` if given, oldest first.
    */
@@ -1018,7 +1038,10 @@ export class Client {
       const payload = isObject(frame.payload) ? frame.payload : { event: null, value: frame.payload };
       const name = String(payload.event);
       if (name === "welcome") return; // handled in open(); not part of the stream
-      if (name === "channel_deleted" && typeof payload.room === "string" && typeof payload.channel === "string") {
+      // Deleted, or the application's backend took this client out (server
+      // API `unsubscribe`): not rejoined any more.
+      const gone = name === "channel_deleted" || name === "channel_left";
+      if (gone && typeof payload.room === "string" && typeof payload.channel === "string") {
         this.subs.delete(keyOf(payload.room, payload.channel));
       }
       const event: Incoming = {

@@ -24,10 +24,18 @@ export class ArqonError extends Error {
   readonly retryAfterMs: number | undefined;
   /** Every field of the wire `error` object, as received. */
   readonly details: Readonly<Record<string, unknown>>;
+  /** The HTTP status, for errors of the server API ({@link ServerApi}); undefined otherwise. */
+  readonly status: number | undefined;
 
   constructor(
     message = "",
-    init: { code?: string; requestId?: string; retryAfterMs?: number; details?: Record<string, unknown> } = {},
+    init: {
+      code?: string;
+      requestId?: string;
+      retryAfterMs?: number;
+      details?: Record<string, unknown>;
+      status?: number;
+    } = {},
   ) {
     const code = init.code ?? (new.target as typeof ArqonError).CODE ?? "UNKNOWN";
     super(message ? `${code}: ${message}` : code);
@@ -37,6 +45,7 @@ export class ArqonError extends Error {
     this.requestId = init.requestId;
     this.retryAfterMs = init.retryAfterMs;
     this.details = { ...(init.details ?? {}) };
+    this.status = init.status;
   }
 
 }
@@ -166,13 +175,34 @@ const BY_CODE: ReadonlyMap<string, ErrorClass> = new Map(
   ].map((cls) => [cls.CODE, cls] as const),
 );
 
+/** The HTTP status the server API gives each wire code (docs/protocol.md section 8.3). */
+export const HTTP_STATUS: Readonly<Record<string, number>> = {
+  INVALID_JSON: 400,
+  INVALID_ENVELOPE: 400,
+  UNSUPPORTED_VERSION: 400,
+  UNSUPPORTED_FRAME: 400,
+  INVALID_ID: 400,
+  INVALID_NAME: 400,
+  INVALID_TIMESTAMP: 400,
+  INVALID_ARGS: 400,
+  UNAUTHORIZED: 401,
+  FORBIDDEN: 403,
+  NOT_FOUND: 404,
+  UNKNOWN_COMMAND: 404,
+  MESSAGE_TOO_LARGE: 413,
+  RATE_LIMITED: 429,
+  STORAGE_UNAVAILABLE: 503,
+  INTERNAL: 500,
+};
+
 /**
  * Builds the typed error for a wire `error` object. An unknown code gives a
- * plain {@link ArqonError} that keeps the code.
+ * plain {@link ArqonError} that keeps the code. `status` (the server API's
+ * HTTP status) is kept as {@link ArqonError.status}.
  */
-export function errorFromWire(error: unknown, requestId?: string): ArqonError {
+export function errorFromWire(error: unknown, requestId?: string, status?: number): ArqonError {
   if (typeof error !== "object" || error === null || Array.isArray(error)) {
-    return new ProtocolViolation(`malformed error object: ${JSON.stringify(error)}`, { requestId });
+    return new ProtocolViolation(`malformed error object: ${JSON.stringify(error)}`, { requestId, status });
   }
   const fields = error as Record<string, unknown>;
   const code = typeof fields.code === "string" && fields.code ? fields.code : "UNKNOWN";
@@ -180,7 +210,7 @@ export function errorFromWire(error: unknown, requestId?: string): ArqonError {
   const retry = fields.retry_after_ms;
   const retryAfterMs = typeof retry === "number" && Number.isFinite(retry) ? retry : undefined;
   const cls = BY_CODE.get(code) ?? ArqonError;
-  return new cls(message, { code, requestId, retryAfterMs, details: fields });
+  return new cls(message, { code, requestId, retryAfterMs, details: fields, status });
 }
 
 /** A fresh error of the same class and fields (for reporting one failure to several callers). */
@@ -191,5 +221,6 @@ export function copyError(error: ArqonError): ArqonError {
     requestId: error.requestId,
     retryAfterMs: error.retryAfterMs,
     details: { ...error.details },
+    status: error.status,
   });
 }

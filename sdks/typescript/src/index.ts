@@ -18,13 +18,25 @@
  * }
  * ```
  *
+ * A Node backend publishes to the same channels over HTTP with an API key:
+ *
+ * ```ts
+ * import { ServerApi } from "arqonbus";
+ *
+ * const api = new ServerApi("http://127.0.0.1:9100", process.env.ARQON_API_KEY!);
+ * await api.publish("lobby", "general", { text: "deploy done" });
+ * ```
+ *
  * Layout: `client` (the Client and its reconnect machinery), `socket` (the
  * two WebSocket implementations behind one interface), `inbox` (the bounded
  * queue `messages()` reads), `errors`, `models`, `ids`, `environment`
- * (browser online/visibility signals).
+ * (browser online/visibility signals), `api` (the server API's
+ * {@link ServerApi}, over `fetch`).
  */
 
 export { Client, connect, jwtExpiry } from "./client.js";
+export { ServerApi } from "./api.js";
+export type { BatchCommand, ServerApiOptions } from "./api.js";
 export type { ClientOptions, ItemKind, Logger, RequestOptions, TokenProvider, TokenResult } from "./client.js";
 export { ZERO_ID, isValidId, newId } from "./ids.js";
 export {
@@ -50,6 +62,7 @@ export {
   UnknownCommand,
   UnsupportedFrame,
   UnsupportedVersion,
+  HTTP_STATUS,
   errorFromWire,
 } from "./errors.js";
 export type {
@@ -63,6 +76,9 @@ export type {
   Incoming,
   JoinResult,
   Message,
+  Presence,
+  PresenceMember,
+  PresenceStats,
   Reconnected,
   Resynced,
   ServerEvent,

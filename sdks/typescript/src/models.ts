@@ -20,8 +20,13 @@ export interface Message {
   readonly room?: string;
   /** Absent for a room-wide or direct message. */
   readonly channel?: string;
-  /** The sender's client id. */
+  /** The sender's client id, or `"server"` for a message the application's backend sent through the server API. */
   readonly from?: string;
+  /**
+   * The sender's user (the identity of its credential, set by the server);
+   * absent when the sender is anonymous or the server API.
+   */
+  readonly user?: string;
   /** The body; absent when the sender sent none (`null` is kept as `null`). */
   readonly payload?: unknown;
   readonly meta?: Readonly<Record<string, string>>;
@@ -100,6 +105,8 @@ export type Incoming = Message | ServerEvent | ErrorReceived | Disconnected | Re
 export interface Welcome {
   readonly clientId: string;
   readonly role: string;
+  /** The connection's user: its credential's identity (a static token's `client`, a JWT's `sub`); null when anonymous. */
+  readonly user: string | null;
   readonly serverVersion: string;
   /** Seconds between the server's pings. */
   readonly heartbeatS: number;
@@ -137,6 +144,8 @@ export interface CommandHelp {
   readonly role: string;
   /** Whether this connection's role may run it. */
   readonly allowed: boolean;
+  /** Only the server API has it (`POST /api/<name>`), not a WebSocket. */
+  readonly apiOnly: boolean;
 }
 
 /** The `join_channel` command's answer. */
@@ -191,6 +200,7 @@ export function messageFromEnvelope(frame: Json): Message {
   if (typeof frame.room === "string") message.room = frame.room;
   if (typeof frame.channel === "string") message.channel = frame.channel;
   if (typeof frame.from === "string") message.from = frame.from;
+  if (typeof frame.user === "string") message.user = frame.user;
   if ("payload" in frame) message.payload = frame.payload;
   if (typeof frame.meta === "object" && frame.meta !== null) message.meta = frame.meta as Record<string, string>;
   return message;
@@ -202,6 +212,7 @@ export function welcomeFromPayload(p: Json): Welcome {
   return {
     clientId: str(p.client_id),
     role: str(p.role),
+    user: typeof p.user === "string" ? p.user : null,
     serverVersion: str(p.server_version),
     heartbeatS: heartbeat > 0 ? heartbeat : 20,
     limits: typeof p.limits === "object" && p.limits !== null ? (p.limits as Json) : {},
@@ -236,6 +247,7 @@ export function commandHelpFromPayload(p: Json): CommandHelp {
     })),
     role: str(p.role),
     allowed: p.allowed === true,
+    apiOnly: p.api_only === true,
   };
 }
 
@@ -248,5 +260,49 @@ export function channelInfoFromPayload(p: Json): ChannelInfo {
     createdAt: str(p.created_at),
     stored: num(p.stored),
     lastId: typeof p.last_id === "string" ? p.last_id : null,
+  };
+}
+
+/** One member in {@link Presence}. */
+export interface PresenceMember {
+  readonly clientId: string;
+  /** Its user, or null when anonymous. */
+  readonly user: string | null;
+  /** Its JWT's `info` claim as sent, or null. */
+  readonly info: Readonly<Record<string, unknown>> | null;
+  /** When it joined the channel (RFC 3339 UTC). */
+  readonly joinedAt: string;
+}
+
+/**
+ * The `presence` command's answer: one page of a channel's members, ordered
+ * by client id (the next page starts `after` the last one's `clientId`).
+ */
+export interface Presence {
+  readonly members: readonly PresenceMember[];
+  /** Connections in the channel (all pages). */
+  readonly total: number;
+  /** Distinct users; each anonymous connection counts as one. */
+  readonly users: number;
+}
+
+/** The server API's `presence_stats` answer. */
+export interface PresenceStats {
+  readonly total: number;
+  readonly users: number;
+}
+
+/** Builds a {@link Presence} from the response payload. */
+export function presenceFromPayload(p: Json): Presence {
+  const members = Array.isArray(p.members) ? (p.members as Json[]) : [];
+  return {
+    members: members.map((m) => ({
+      clientId: str(m.client_id),
+      user: typeof m.user === "string" ? m.user : null,
+      info: typeof m.info === "object" && m.info !== null && !Array.isArray(m.info) ? (m.info as Json) : null,
+      joinedAt: str(m.joined_at),
+    })),
+    total: num(p.total),
+    users: num(p.users),
   };
 }

@@ -70,6 +70,8 @@ describe("commands", () => {
     assert.equal(byName.get("delete_channel")!.role, "admin");
     assert.equal(byName.get("delete_channel")!.allowed, false); // we are `user`
     assert.equal(byName.get("publish")!.allowed, true);
+    assert.equal(byName.get("presence")!.apiOnly, false);
+    assert.equal(byName.get("broadcast")!.apiOnly, true); // the server API's alone
     assert.ok(byName.get("ping")!.description);
     assert.deepEqual(
       byName

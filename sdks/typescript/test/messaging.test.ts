@@ -108,7 +108,15 @@ describe("messaging", () => {
     await alice.join(room, channel);
     await bob.join(room, channel);
     const joined = await nextItem(alice, "event", { predicate: (e) => e.name === "member_joined" });
-    assert.deepEqual(joined.payload, { event: "member_joined", room, channel, client_id: bob.clientId });
+    // Anonymous: no user, no info (docs/protocol.md 8.2).
+    assert.deepEqual(joined.payload, {
+      event: "member_joined",
+      room,
+      channel,
+      client_id: bob.clientId,
+      user: null,
+      info: null,
+    });
     await bob.leave(room, channel);
     const left = await nextItem(alice, "event", { predicate: (e) => e.name === "member_left" });
     assert.equal(left.payload.client_id, bob.clientId);

@@ -6,7 +6,8 @@
 
 import { spawn, type ChildProcess } from "node:child_process";
 import { randomUUID } from "node:crypto";
-import { existsSync } from "node:fs";
+import { existsSync, mkdtempSync, rmSync, writeFileSync } from "node:fs";
+import * as os from "node:os";
 import * as net from "node:net";
 import * as path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -32,19 +33,44 @@ export class BusServer {
   private stderr = "";
   private exited: Promise<number | null> | undefined;
 
+  /** `--config FILE` when the server was started with a TOML config. */
+  private args: string[] = [];
+  private configDir: string | undefined;
+
   private constructor(
     readonly role: string,
     readonly heartbeatS: number,
     private readonly extraEnv: Record<string, string | undefined>,
   ) {}
 
-  /** Starts a server; `extraEnv` overrides the test settings (undefined removes one). */
+  /**
+   * Starts a server; `env` overrides the test settings (undefined removes
+   * one); `config` is TOML for a `--config` file (e.g. `[[api.keys]]`), under
+   * the variables.
+   */
   static async start(
-    options: { role?: string; heartbeatS?: number; env?: Record<string, string | undefined>; port?: number } = {},
+    options: {
+      role?: string;
+      heartbeatS?: number;
+      env?: Record<string, string | undefined>;
+      port?: number;
+      config?: string;
+    } = {},
   ): Promise<BusServer> {
     const server = new BusServer(options.role ?? "user", options.heartbeatS ?? 1, options.env ?? {});
+    if (options.config !== undefined) {
+      server.configDir = mkdtempSync(path.join(os.tmpdir(), "arqonbus-ts-"));
+      const file = path.join(server.configDir, "arqonbus.toml");
+      writeFileSync(file, options.config);
+      server.args = ["--config", file];
+    }
     await server.launch(options.port ?? 0);
     return server;
+  }
+
+  /** The server API's base URL (same listener as the WebSocket). */
+  get httpUrl(): string {
+    return `http://127.0.0.1:${this.port}`;
   }
 
   private async launch(port: number): Promise<void> {
@@ -86,7 +112,7 @@ export class BusServer {
   /** Starts the process; resolves with its first stdout line ('' if it exited first). */
   private spawnOnce(binary: string, env: Record<string, string>): Promise<string> {
     this.stderr = "";
-    const child = spawn(binary, [], { env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(binary, this.args, { env, stdio: ["ignore", "pipe", "pipe"] });
     this.process = child;
     this.exited = new Promise((resolve) => child.once("exit", (code) => resolve(code)));
     child.stderr!.on("data", (chunk: Buffer) => {
@@ -135,6 +161,9 @@ export class BusServer {
     } catch {
       this.kill();
       return this.exited!;
+    } finally {
+      if (this.configDir !== undefined) rmSync(this.configDir, { recursive: true, force: true });
+      this.configDir = undefined;
     }
   }
 

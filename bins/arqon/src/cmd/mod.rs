@@ -5,6 +5,7 @@ mod bench;
 mod gentoken;
 mod history;
 mod ping;
+mod presence;
 mod publish;
 mod status;
 mod sub;
@@ -39,6 +40,7 @@ pub(crate) static COMMANDS: &[Command] = &[
     sub::COMMAND,
     publish::COMMAND,
     history::COMMAND,
+    presence::COMMAND,
     status::COMMAND,
     ping::COMMAND,
     bench::COMMAND,
@@ -51,6 +53,7 @@ pub(crate) async fn run(invocation: Invocation) -> Result<(), Failure> {
         "sub" => sub::run(&invocation).await,
         "pub" => publish::run(&invocation).await,
         "history" => history::run(&invocation).await,
+        "presence" => presence::run(&invocation).await,
         "status" => status::run(&invocation).await,
         "ping" => ping::run(&invocation).await,
         "bench" => bench::run(&invocation).await,
@@ -137,7 +140,9 @@ pub(crate) fn one_shot() -> ClientOptions {
 /// answer is 3, a lost or silent connection is 2.
 pub(crate) fn failed(what: &str, error: ClientError) -> Failure {
     match error {
-        ClientError::Rejected { .. } | ClientError::Decode(_) => Failure::Refused(format!("{what}: {error}")),
+        ClientError::Rejected { .. } | ClientError::Api { .. } | ClientError::Decode(_) => {
+            Failure::Refused(format!("{what}: {error}"))
+        }
         ClientError::Encode(_) => Failure::Usage(format!("{what}: {error}")),
         other => Failure::Connect(format!("{what}: {other}")),
     }

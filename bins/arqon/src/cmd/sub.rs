@@ -51,11 +51,23 @@ pub(crate) async fn run(invocation: &Invocation) -> Result<(), Failure> {
                 }
                 printed += 1;
             }
-            Incoming::Event(Event::MemberJoined { client_id, .. }) => eprintln!("* {client_id} joined {key}"),
-            Incoming::Event(Event::MemberLeft { client_id, .. }) => eprintln!("* {client_id} left {key}"),
+            Incoming::Event(Event::MemberJoined { client_id, user, .. }) => {
+                eprintln!("* {client_id}{} joined {key}", user_suffix(user.as_deref()));
+            }
+            Incoming::Event(Event::MemberLeft { client_id, user, .. }) => {
+                eprintln!("* {client_id}{} left {key}", user_suffix(user.as_deref()));
+            }
             Incoming::Event(Event::ChannelDeleted { .. }) => {
                 client.close().await;
                 return Err(Failure::Refused(format!("{key} was deleted")));
+            }
+            Incoming::Event(Event::ChannelLeft { room, channel }) if room == key.room && channel == key.channel => {
+                client.close().await;
+                return Err(Failure::Refused(format!("the application took this client out of {key}")));
+            }
+            Incoming::Event(Event::Disconnected { code, reason }) => {
+                client.close().await;
+                return Err(Failure::Refused(format!("disconnected by the application ({code} {reason})")));
             }
             Incoming::Event(Event::ChannelGap { .. }) => {
                 eprintln!("* the bus lost touch with its cluster: what follows fills in what {key} missed")
@@ -71,4 +83,9 @@ pub(crate) async fn run(invocation: &Invocation) -> Result<(), Failure> {
     }
     client.close().await;
     Ok(())
+}
+
+/// ` (USER)` after a client id, when it has a user.
+fn user_suffix(user: Option<&str>) -> String {
+    user.map(|user| format!(" ({user})")).unwrap_or_default()
 }

@@ -33,6 +33,19 @@ pub(crate) struct Joined {
     pub(crate) added: bool,
     /// Local members after the join.
     pub(crate) members: usize,
+    /// The client is its user's first connection among the members.
+    pub(crate) new_user: bool,
+}
+
+/// What [`Channel::remove`] did.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Removed {
+    /// The client was a member.
+    pub(crate) removed: bool,
+    /// Local members after.
+    pub(crate) members: usize,
+    /// The client was its user's last connection among the members.
+    pub(crate) user_gone: bool,
 }
 
 mod sequence;
@@ -132,21 +145,21 @@ impl Channel {
         self.members.read().map.len()
     }
 
-    /// Adds a member; returns (newly added, member count).
-    pub(crate) fn add(&self, client: &Arc<ClientEntry>) -> (bool, usize) {
+    /// Adds a member; returns (newly added, member count, first of its user).
+    pub(crate) fn add(&self, client: &Arc<ClientEntry>) -> (bool, usize, bool) {
         let mut members = self.members.write();
-        let added = members.insert(client);
-        (added, members.map.len())
+        let (added, new_user) = members.insert(client);
+        (added, members.map.len(), new_user)
     }
 
-    /// Removes a member; returns (was a member, member count after).
-    pub(crate) fn remove(&self, id: ClientId) -> (bool, usize) {
+    /// Removes a member.
+    pub(crate) fn remove(&self, id: ClientId) -> Removed {
         let mut members = self.members.write();
-        let removed = members.remove(id).is_some();
+        let (removed, user_gone) = members.remove(id).unwrap_or_default();
         if removed {
             self.quiet.lock().remove(&id);
         }
-        (removed, members.map.len())
+        Removed { removed, members: members.map.len(), user_gone }
     }
 
     /// One page of the members, ordered by client id, from the first after
@@ -258,14 +271,14 @@ impl Channel {
             return Err(not_found(&self.key).into());
         }
         let replay = replay().await?;
-        let (added, members) = self.add(client);
+        let (added, members, new_user) = self.add(client);
         self.touch();
         respond(members, replay.as_ref().map(|r| r.truncated));
         if let Some(replay) = replay.filter(|r| !r.messages.is_empty()) {
             let frames: Box<[Frame]> = replay.messages.into_iter().map(|m| m.frame).collect();
             client.outlet.push(Outbound::Batch(frames));
         }
-        Ok(Joined { added, members })
+        Ok(Joined { added, members, new_user })
     }
 
     /// The channel's stored count and last id, taken when every message
@@ -350,33 +363,48 @@ struct Members {
 }
 
 impl Members {
-    /// Adds `client`; false if it was a member already.
-    fn insert(&mut self, client: &Arc<ClientEntry>) -> bool {
+    /// Adds `client`; returns (added: false if it was a member already,
+    /// first connection of its user; an anonymous member is its own user).
+    fn insert(&mut self, client: &Arc<ClientEntry>) -> (bool, bool) {
         if self.map.contains_key(&client.id) {
-            return false;
+            return (false, false);
         }
         self.map.insert(client.id, Member { client: Arc::clone(client), joined_at: Timestamp::now() });
-        match &client.user {
-            Some(user) => *self.users.entry(Arc::clone(user)).or_default() += 1,
-            None => self.anonymous += 1,
-        }
-        true
+        let new_user = match &client.user {
+            Some(user) => {
+                let count = self.users.entry(Arc::clone(user)).or_default();
+                *count += 1;
+                *count == 1
+            }
+            None => {
+                self.anonymous += 1;
+                true
+            }
+        };
+        (true, new_user)
     }
 
-    fn remove(&mut self, id: ClientId) -> Option<Arc<ClientEntry>> {
+    /// Removes `id`; returns (true, last connection of its user), or `None`
+    /// if it was no member.
+    fn remove(&mut self, id: ClientId) -> Option<(bool, bool)> {
         let member = self.map.remove(&id)?;
-        match &member.client.user {
-            Some(user) => {
-                if let Some(count) = self.users.get_mut(user) {
+        let user_gone = match &member.client.user {
+            Some(user) => match self.users.get_mut(user) {
+                Some(count) if *count > 1 => {
                     *count -= 1;
-                    if *count == 0 {
-                        self.users.remove(user);
-                    }
+                    false
                 }
+                _ => {
+                    self.users.remove(user);
+                    true
+                }
+            },
+            None => {
+                self.anonymous -= 1;
+                true
             }
-            None => self.anonymous -= 1,
-        }
-        Some(member.client)
+        };
+        Some((true, user_gone))
     }
 
     /// Takes every member, leaving none.

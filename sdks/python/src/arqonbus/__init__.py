@@ -14,9 +14,15 @@ automatic reconnection that rejoins channels without gaps or duplicates.
         async for item in client.messages():
             if isinstance(item, arqonbus.Message):
                 print(item.from_, item.payload)
+
+A backend publishes to the same channels over HTTP with an API key::
+
+    async with arqonbus.ServerApi("http://127.0.0.1:9100", "the-backend-key-0123") as api:
+        await api.publish("lobby", "general", {"text": "deploy done"})
 """
 
 from ._ids import ZERO_ID, is_valid_id, new_id
+from .api import BatchCommand, ServerApi
 from .client import Client, connect
 from .errors import (
     ArqonError,
@@ -54,6 +60,9 @@ from .models import (
     Incoming,
     JoinResult,
     Message,
+    Presence,
+    PresenceMember,
+    PresenceStats,
     Reconnected,
     Status,
     StorageStatus,
@@ -65,6 +74,8 @@ __version__ = "0.1.0"
 __all__ = [
     "Client",
     "connect",
+    "ServerApi",
+    "BatchCommand",
     "new_id",
     "is_valid_id",
     "ZERO_ID",
@@ -107,5 +118,8 @@ __all__ = [
     "ChannelSummary",
     "ChannelInfo",
     "ChannelKey",
+    "Presence",
+    "PresenceMember",
+    "PresenceStats",
     "__version__",
 ]

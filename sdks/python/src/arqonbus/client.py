@@ -14,7 +14,7 @@ Layout:
 
 Retry policy when a link dies with requests in flight: requests whose repeat
 gives the same answer (``ping``, ``status``, ``help``, ``list_channels``,
-``channel_info``, ``history``, ``join_channel`` and ``publish``, which the
+``channel_info``, ``history``, ``presence``, ``join_channel`` and ``publish``, which the
 server de-duplicates by its id) are sent again, with the same id, once the
 client has reconnected. The others (``create_channel``, ``delete_channel``,
 ``leave_channel`` and everything sent through :meth:`Client.command`) fail
@@ -79,6 +79,7 @@ from .models import (
     Incoming,
     JoinResult,
     Message,
+    Presence,
     Reconnected,
     Status,
     Welcome,
@@ -667,6 +668,27 @@ class Client:
         payload = await self.request("history", args, timeout=timeout, retry=True)
         return [Message.from_envelope(m) for m in payload["messages"]]
 
+    async def presence(
+        self,
+        room: str,
+        channel: str,
+        limit: Optional[int] = None,
+        after: Optional[str] = None,
+        *,
+        timeout: Optional[float] = None,
+    ) -> Presence:
+        """Who is in a channel: at most ``limit`` (1..1000, server default 100)
+        members ordered by client id, after the client id ``after`` (the last
+        one of the previous page), with the channel's ``total`` connections and
+        distinct ``users``. A room whose ``presence`` option is off raises
+        :class:`~arqonbus.errors.Forbidden`."""
+        args: Dict[str, Any] = {"room": room, "channel": channel}
+        if limit is not None:
+            args["limit"] = limit
+        if after is not None:
+            args["after"] = after
+        return Presence.from_payload(await self.request("presence", args, timeout=timeout, retry=True))
+
     async def publish(
         self,
         room: str,
@@ -942,7 +964,9 @@ class Client:
             name = payload.get("event")
             if name == "welcome":
                 return  # handled in _open; not part of the stream
-            if name == "channel_deleted":
+            if name == "channel_deleted" or name == "channel_left":
+                # Deleted, or the application's backend took this client
+                # out (server API `unsubscribe`): not rejoined any more.
                 room, channel = payload.get("room"), payload.get("channel")
                 if isinstance(room, str) and isinstance(channel, str):
                     self._subs.pop((room, channel), None)

@@ -48,6 +48,8 @@ class ArqonError(Exception):
         request_id: the id of the frame this error answers, when known.
         retry_after_ms: for ``RATE_LIMITED``: when to retry.
         details: every field of the wire ``error`` object, as received.
+        status: the HTTP status, for errors of the server API
+            (:class:`arqonbus.ServerApi`); ``None`` otherwise.
     """
 
     #: The code this class stands for (``None`` on the base class).
@@ -66,6 +68,7 @@ class ArqonError(Exception):
         self.request_id = request_id
         self.retry_after_ms = retry_after_ms
         self.details: Dict[str, Any] = dict(details or {})
+        self.status: Optional[int] = None
         super().__init__(f"{self.code}: {message}" if message else self.code)
 
     def __repr__(self) -> str:
@@ -234,16 +237,42 @@ _BY_CODE: Dict[str, Type[ArqonError]] = {
 }
 
 
-def error_from_wire(error: Any, request_id: Optional[str] = None) -> ArqonError:
+#: The HTTP status the server API gives each code (PROTOCOL.md section 8.3).
+HTTP_STATUS: Dict[str, int] = {
+    "INVALID_JSON": 400,
+    "INVALID_ENVELOPE": 400,
+    "UNSUPPORTED_VERSION": 400,
+    "UNSUPPORTED_FRAME": 400,
+    "INVALID_ID": 400,
+    "INVALID_NAME": 400,
+    "INVALID_TIMESTAMP": 400,
+    "INVALID_ARGS": 400,
+    "UNAUTHORIZED": 401,
+    "FORBIDDEN": 403,
+    "NOT_FOUND": 404,
+    "UNKNOWN_COMMAND": 404,
+    "MESSAGE_TOO_LARGE": 413,
+    "RATE_LIMITED": 429,
+    "STORAGE_UNAVAILABLE": 503,
+    "INTERNAL": 500,
+}
+
+
+def error_from_wire(error: Any, request_id: Optional[str] = None, status: Optional[int] = None) -> ArqonError:
     """Builds the typed error for a wire ``error`` object.
 
     An unknown code gives a plain :class:`ArqonError` that keeps the code.
+    ``status`` (the server API's HTTP status) is kept as :attr:`ArqonError.status`.
     """
     if not isinstance(error, dict):
-        return ProtocolViolation(message=f"malformed error object: {error!r}", request_id=request_id)
+        violation = ProtocolViolation(message=f"malformed error object: {error!r}", request_id=request_id)
+        violation.status = status
+        return violation
     code = str(error.get("code") or "UNKNOWN")
     message = str(error.get("message") or "")
     retry = error.get("retry_after_ms")
     retry_after_ms = int(retry) if isinstance(retry, (int, float)) and not isinstance(retry, bool) else None
     cls = _BY_CODE.get(code, ArqonError)
-    return cls(code, message, request_id, retry_after_ms, error)
+    typed = cls(code, message, request_id, retry_after_ms, error)
+    typed.status = status
+    return typed

@@ -29,6 +29,9 @@ __all__ = [
     "ChannelSummary",
     "ChannelInfo",
     "ChannelKey",
+    "Presence",
+    "PresenceMember",
+    "PresenceStats",
 ]
 
 #: ``(room, channel)``.
@@ -47,7 +50,10 @@ class Message:
 
     ``channel`` is ``None`` for a room-wide message; ``room`` and ``channel``
     are both ``None`` for a direct message. ``from_`` is the sender's client
-    id (``from`` on the wire).
+    id (``from`` on the wire), or ``"server"`` for a message the application's
+    backend sent through the server API. ``user`` is the sender's user (the
+    identity of its credential, set by the server), ``None`` when the sender
+    is anonymous or the server API.
     """
 
     id: str
@@ -58,6 +64,7 @@ class Message:
     meta: Optional[Dict[str, str]]
     timestamp: str
     to: Optional[str] = None
+    user: Optional[str] = None
 
     @property
     def time(self) -> datetime:
@@ -77,6 +84,7 @@ class Message:
             meta=dict(meta) if isinstance(meta, dict) else None,
             timestamp=str(frame.get("timestamp", "")),
             to=frame.get("to"),
+            user=frame.get("user"),
         )
 
 
@@ -142,13 +150,18 @@ Incoming = Union[Message, Event, ErrorReceived, Disconnected, Reconnected]
 
 @dataclass(frozen=True)
 class Welcome:
-    """The ``welcome`` event that opens every connection."""
+    """The ``welcome`` event that opens every connection.
+
+    ``user`` is the connection's user: the identity of its credential (a
+    static token's ``client``, a JWT's ``sub``), ``None`` when anonymous.
+    """
 
     client_id: str
     role: str
     server_version: str
     heartbeat_s: float
     limits: Dict[str, Any]
+    user: Optional[str] = None
 
     @classmethod
     def from_payload(cls, payload: Mapping[str, Any]) -> "Welcome":
@@ -160,6 +173,7 @@ class Welcome:
             server_version=str(payload.get("server_version", "")),
             heartbeat_s=float(heartbeat) if isinstance(heartbeat, (int, float)) and heartbeat > 0 else 20.0,
             limits=dict(payload.get("limits") or {}),
+            user=payload.get("user") if isinstance(payload.get("user"), str) else None,
         )
 
 
@@ -205,6 +219,8 @@ class CommandHelp:
     args: List[Dict[str, Any]]
     role: str
     allowed: bool
+    #: Only the server API has it (``POST /api/<name>``), not a WebSocket.
+    api_only: bool = False
 
     @classmethod
     def from_payload(cls, p: Mapping[str, Any]) -> "CommandHelp":
@@ -215,6 +231,7 @@ class CommandHelp:
             args=list(p.get("args") or []),
             role=str(p.get("role", "")),
             allowed=bool(p.get("allowed")),
+            api_only=bool(p.get("api_only")),
         )
 
 
@@ -263,3 +280,55 @@ class ChannelInfo:
             stored=int(p.get("stored", 0)),
             last_id=p.get("last_id"),
         )
+
+
+@dataclass(frozen=True)
+class PresenceMember:
+    """One member in :class:`Presence`: a connection, its user (``None`` when
+    anonymous), its JWT's ``info`` claim as sent (a dict, or ``None``) and when
+    it joined the channel."""
+
+    client_id: str
+    user: Optional[str]
+    info: Optional[Dict[str, Any]]
+    joined_at: str
+
+    @classmethod
+    def from_payload(cls, p: Mapping[str, Any]) -> "PresenceMember":
+        """Builds it from one element of ``members``."""
+        info = p.get("info")
+        return cls(
+            client_id=str(p["client_id"]),
+            user=p.get("user"),
+            info=dict(info) if isinstance(info, dict) else None,
+            joined_at=str(p.get("joined_at", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Presence:
+    """The ``presence`` command's answer: one page of a channel's members,
+    ordered by client id (the next page starts ``after`` the last one's
+    ``client_id``), with the channel's ``total`` connections and distinct
+    ``users`` (each anonymous connection counts as one)."""
+
+    members: List[PresenceMember]
+    total: int
+    users: int
+
+    @classmethod
+    def from_payload(cls, p: Mapping[str, Any]) -> "Presence":
+        """Builds it from the response payload."""
+        return cls(
+            members=[PresenceMember.from_payload(m) for m in p.get("members") or []],
+            total=int(p["total"]),
+            users=int(p["users"]),
+        )
+
+
+@dataclass(frozen=True)
+class PresenceStats:
+    """The server API's ``presence_stats`` answer."""
+
+    total: int
+    users: int

@@ -1,0 +1,299 @@
+//! Webhooks (`[webhooks]`, docs/webhooks.md): membership changes (and, if
+//! asked, published messages) POSTed to the application in signed batches.
+//!
+//! The bus only hands events over: [`WebhookSink`] is an observer that
+//! copies the events wanted into a bounded queue and never waits. One task
+//! drains it: it gathers a batch, signs it (HMAC-SHA256 of the body in
+//! `X-Arqon-Signature`), POSTs it, and retries with backoff; past the
+//! queue's bound or the retries, events are dropped and counted.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use arqon_config::WebhooksConfig;
+use arqon_protocol::Timestamp;
+use arqon_routing::{BusEvent, Observer};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::{Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use serde::Serialize;
+use serde_json::value::RawValue;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+
+use crate::observer::Telemetry;
+
+/// First retry's wait; doubled each time up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(100);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// One event as the receiver gets it.
+#[derive(Debug, Clone, Serialize)]
+struct Event {
+    event: &'static str,
+    room: String,
+    channel: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<Box<RawValue>>,
+    time_ms: i64,
+}
+
+/// Which events are wanted.
+#[derive(Debug, Clone, Copy, Default)]
+struct Wanted {
+    occupied: bool,
+    vacated: bool,
+    added: bool,
+    removed: bool,
+    published: bool,
+}
+
+impl Wanted {
+    fn of(events: &[String]) -> Self {
+        let has = |name: &str| events.iter().any(|e| e == name);
+        Wanted {
+            occupied: has("channel_occupied"),
+            vacated: has("channel_vacated"),
+            added: has("member_added"),
+            removed: has("member_removed"),
+            published: has("message_published"),
+        }
+    }
+}
+
+/// The observer half: cheap, never blocks.
+#[derive(Debug)]
+pub(crate) struct WebhookSink {
+    wanted: Wanted,
+    queue: mpsc::Sender<Event>,
+    telemetry: Arc<Telemetry>,
+}
+
+impl WebhookSink {
+    /// The sink and the task that delivers what it queues (spawn it).
+    pub(crate) fn start(
+        config: &WebhooksConfig,
+        telemetry: Arc<Telemetry>,
+    ) -> (WebhookSink, impl std::future::Future<Output = ()> + Send + 'static) {
+        let (queue, events) = mpsc::channel(config.queue);
+        let sink = WebhookSink { wanted: Wanted::of(&config.events), queue, telemetry: Arc::clone(&telemetry) };
+        let sender = Sender::new(config, telemetry);
+        (sink, sender.run(events))
+    }
+
+    fn push(&self, event: Event) {
+        if self.queue.try_send(event).is_err() {
+            self.telemetry.metrics.webhook_dropped("queue_full", 1);
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    Timestamp::now().unix_ms()
+}
+
+impl Observer for WebhookSink {
+    fn observe(&self, event: &BusEvent<'_>) {
+        let w = self.wanted;
+        match *event {
+            BusEvent::MemberAdded { key, client_id, user, occupied, new_user } => {
+                let base = |name| Event {
+                    event: name,
+                    room: key.room.to_string(),
+                    channel: key.channel.to_string(),
+                    user: None,
+                    client_id: None,
+                    message: None,
+                    time_ms: now_ms(),
+                };
+                if occupied && w.occupied {
+                    self.push(base("channel_occupied"));
+                }
+                if new_user && w.added {
+                    let client = user.is_none().then(|| client_id.to_string());
+                    self.push(Event { user: user.map(str::to_owned), client_id: client, ..base("member_added") });
+                }
+            }
+            BusEvent::MemberRemoved { key, client_id, user, vacated, user_gone } => {
+                let base = |name| Event {
+                    event: name,
+                    room: key.room.to_string(),
+                    channel: key.channel.to_string(),
+                    user: None,
+                    client_id: None,
+                    message: None,
+                    time_ms: now_ms(),
+                };
+                if user_gone && w.removed {
+                    let client = user.is_none().then(|| client_id.to_string());
+                    self.push(Event { user: user.map(str::to_owned), client_id: client, ..base("member_removed") });
+                }
+                if vacated && w.vacated {
+                    self.push(base("channel_vacated"));
+                }
+            }
+            BusEvent::MessagePublished { key, frame } if w.published => {
+                let message = RawValue::from_string(frame.as_str().to_owned()).ok();
+                self.push(Event {
+                    event: "message_published",
+                    room: key.room.to_string(),
+                    channel: key.channel.to_string(),
+                    user: None,
+                    client_id: None,
+                    message,
+                    time_ms: now_ms(),
+                });
+            }
+            _ => {}
+        }
+    }
+}
+
+/// The delivering half.
+struct Sender {
+    authority: String,
+    host: String,
+    path: String,
+    secret: Vec<u8>,
+    batch_max: usize,
+    flush: Duration,
+    timeout: Duration,
+    retries: u32,
+    telemetry: Arc<Telemetry>,
+}
+
+#[derive(Serialize)]
+struct Batch<'a> {
+    events: &'a [Event],
+}
+
+impl Sender {
+    fn new(config: &WebhooksConfig, telemetry: Arc<Telemetry>) -> Self {
+        // Validated at start-up: `http://authority/path`.
+        let rest = config.url.strip_prefix("http://").unwrap_or(&config.url);
+        let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
+        let host = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
+        Sender {
+            authority: authority.to_owned(),
+            host,
+            path,
+            secret: config.secret.clone().into_bytes(),
+            batch_max: config.batch_max,
+            flush: Duration::from_millis(config.flush_ms),
+            timeout: Duration::from_millis(config.timeout_ms),
+            retries: config.retries,
+            telemetry,
+        }
+    }
+
+    async fn run(self, mut events: mpsc::Receiver<Event>) {
+        let mut batch = Vec::with_capacity(self.batch_max);
+        // Ends when the bus (the sink's last sender) is gone.
+        while let Some(first) = events.recv().await {
+            batch.push(first);
+            let deadline = tokio::time::Instant::now() + self.flush;
+            while batch.len() < self.batch_max {
+                match tokio::time::timeout_at(deadline, events.recv()).await {
+                    Ok(Some(event)) => batch.push(event),
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            self.deliver(&batch).await;
+            batch.clear();
+        }
+    }
+
+    /// POSTs one batch, retrying with backoff; counts the outcome.
+    async fn deliver(&self, batch: &[Event]) {
+        let body = match serde_json::to_vec(&Batch { events: batch }) {
+            Ok(body) => Bytes::from(body),
+            Err(e) => {
+                tracing::warn!(error = %e, "a webhook batch could not be encoded");
+                return;
+            }
+        };
+        let signature = signature(&self.secret, &body);
+        let count = batch.len() as u64;
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 0..=self.retries {
+            match tokio::time::timeout(self.timeout, self.post(body.clone(), &signature)).await {
+                Ok(Ok(status)) if status.is_success() => {
+                    self.telemetry.metrics.webhook_sent(count);
+                    return;
+                }
+                Ok(Ok(status)) => tracing::warn!(%status, attempt, "the webhook receiver refused a batch"),
+                Ok(Err(e)) => tracing::warn!(error = %e, attempt, "a webhook POST failed"),
+                Err(_) => tracing::warn!(attempt, "a webhook POST timed out"),
+            }
+            if attempt < self.retries {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+        }
+        tracing::warn!(events = count, "dropping a webhook batch after its retries");
+        self.telemetry.metrics.webhook_dropped("failed", count);
+    }
+
+    async fn post(&self, body: Bytes, signature: &str) -> Result<StatusCode, Box<dyn std::error::Error + Send + Sync>> {
+        let stream = tokio::net::TcpStream::connect(&self.host).await?;
+        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+        let connection = tokio::spawn(connection);
+        let request = Request::post(&self.path)
+            .header(hyper::header::HOST, &self.authority)
+            .header(hyper::header::CONTENT_TYPE, "application/json")
+            .header("x-arqon-signature", signature)
+            .body(Full::new(body))?;
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        // Read the answer so the connection ends cleanly; its body is not used.
+        let _ = response.into_body().collect().await;
+        connection.abort();
+        Ok(status)
+    }
+}
+
+/// The `X-Arqon-Signature` header of a webhook body under `secret`:
+/// `sha256=` and the hex HMAC-SHA256. A receiver computes the same over the
+/// raw body it got and compares (in constant time) before trusting it.
+pub fn signature(secret: &[u8], body: &[u8]) -> String {
+    format!("sha256={}", hex(&hmac_sha256(secret, body)))
+}
+
+/// HMAC-SHA256 (RFC 2104) of `message` under `key`.
+pub(crate) fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    const BLOCK: usize = 64;
+    let mut block = [0u8; BLOCK];
+    if key.len() > BLOCK {
+        block[..32].copy_from_slice(&Sha256::digest(key));
+    } else {
+        block[..key.len()].copy_from_slice(key);
+    }
+    let pad = |byte: u8| block.map(|b| b ^ byte);
+    let inner = Sha256::new().chain_update(pad(0x36)).chain_update(message).finalize();
+    let outer = Sha256::new().chain_update(pad(0x5c)).chain_update(inner).finalize();
+    outer.into()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2 of RFC 4231.
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        // Test case 6: a key longer than the block.
+        let mac = hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First");
+        assert_eq!(hex(&mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
+    }
+}

@@ -1,0 +1,199 @@
+//! Issue 16 part 4: webhooks to a real local HTTP receiver: per-user
+//! membership events in order, signed; a receiver that fails is retried; one
+//! that is down never slows delivery, and what cannot be sent is counted.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arqon_config::{AuthMode, StaticToken};
+use arqon_e2e::{TIMEOUT, TestClient, TestServer, http, test_config};
+use arqon_protocol::Role;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+const SECRET: &str = "webhook-secret-0123456789";
+
+/// Bodies accepted, each with its signature header.
+type Accepted = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
+
+/// A receiver: answers `failures` requests with 500, then 200; keeps every
+/// body it accepted with its signature header.
+#[derive(Clone, Default)]
+struct Receiver {
+    accepted: Accepted,
+    refused: Arc<Mutex<usize>>,
+}
+
+impl Receiver {
+    async fn start(failures: usize) -> (Receiver, String) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks/arqon", listener.local_addr().unwrap());
+        let receiver = Receiver::default();
+        let state = receiver.clone();
+        tokio::spawn(async move {
+            let mut left = failures;
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let (head, body) = read_request(&mut stream).await;
+                assert!(head.starts_with("POST /hooks/arqon HTTP/1.1"), "{head}");
+                let signature = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("x-arqon-signature: ").map(str::to_owned))
+                    .unwrap_or_default();
+                let status = if left > 0 {
+                    left -= 1;
+                    *state.refused.lock().unwrap() += 1;
+                    "500 Internal Server Error"
+                } else {
+                    state.accepted.lock().unwrap().push((signature, body));
+                    "200 OK"
+                };
+                let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        (receiver, url)
+    }
+
+    /// Every event accepted so far, in order, each batch's signature checked.
+    fn events(&self) -> Vec<Value> {
+        let accepted = self.accepted.lock().unwrap();
+        let mut events = Vec::new();
+        for (signature, body) in accepted.iter() {
+            assert_eq!(*signature, arqon_server::webhook_signature(SECRET.as_bytes(), body), "signed");
+            let batch: Value = serde_json::from_slice(body).unwrap();
+            events.extend(batch["events"].as_array().unwrap().iter().cloned());
+        }
+        events
+    }
+
+    /// Waits until `n` events arrived; returns them as (event, user) pairs.
+    async fn until(&self, n: usize) -> Vec<(String, Value)> {
+        let deadline = tokio::time::Instant::now() + TIMEOUT;
+        loop {
+            let events = self.events();
+            if events.len() >= n {
+                return events.iter().map(|e| (e["event"].as_str().unwrap().to_owned(), e["user"].clone())).collect();
+            }
+            assert!(tokio::time::Instant::now() < deadline, "only {events:?} arrived");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn read_request(stream: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = stream.read(&mut chunk).await.unwrap();
+        assert!(n > 0, "the bus closed before a whole request");
+        buffer.extend_from_slice(&chunk[..n]);
+        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase().replace("post /hooks", "POST /hooks");
+            let head = head.replace("http/1.1", "HTTP/1.1");
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length: ").and_then(|v| v.trim().parse().ok()))
+                .unwrap_or(0);
+            while buffer.len() < end + 4 + length {
+                let n = stream.read(&mut chunk).await.unwrap();
+                assert!(n > 0, "the bus closed inside a body");
+                buffer.extend_from_slice(&chunk[..n]);
+            }
+            return (head, buffer[end + 4..end + 4 + length].to_vec());
+        }
+    }
+}
+
+fn config(url: &str) -> arqon_config::Config {
+    let mut config = test_config();
+    config.auth.mode = AuthMode::Token;
+    let token = |token: &str, user: &str| StaticToken {
+        token: token.to_owned(),
+        role: Role::User,
+        client: user.to_owned(),
+        rooms: Vec::new(),
+    };
+    config.auth.tokens = vec![token("ann-token", "ann"), token("bob-token", "bob")];
+    config.webhooks.url = url.to_owned();
+    config.webhooks.secret = SECRET.to_owned();
+    config.webhooks.flush_ms = 10;
+    config
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn membership_webhooks_are_per_user_in_order_and_signed() {
+    let (receiver, url) = Receiver::start(1).await;
+    let server = TestServer::start_with(config(&url)).await;
+    let base = server.url();
+    let connect = async |token: &str| TestClient::connect(&format!("{base}?token={token}")).await;
+    let mut tab1 = connect("ann-token").await;
+    tab1.join("chat", "main").await;
+    let mut tab2 = connect("ann-token").await;
+    tab2.join("chat", "main").await; // ann's second tab: no member_added
+    let mut bob = connect("bob-token").await;
+    bob.join("chat", "main").await;
+    tab1.ok("leave_channel", json!({"room": "chat", "channel": "main"})).await; // ann still there
+    drop(tab2); // ann's last connection: member_removed
+    bob.ok("leave_channel", json!({"room": "chat", "channel": "main"})).await; // vacated
+    let events = receiver.until(6).await;
+    let user = |name: &str| json!(name);
+    assert_eq!(
+        events,
+        vec![
+            ("channel_occupied".to_owned(), Value::Null),
+            ("member_added".to_owned(), user("ann")),
+            ("member_added".to_owned(), user("bob")),
+            ("member_removed".to_owned(), user("ann")),
+            ("member_removed".to_owned(), user("bob")),
+            ("channel_vacated".to_owned(), Value::Null),
+        ]
+    );
+    assert!(*receiver.refused.lock().unwrap() >= 1, "the first POST was refused and retried");
+    let all = receiver.events();
+    assert!(all.iter().all(|e| e["room"] == "chat" && e["channel"] == "main" && e["time_ms"].is_i64()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_is_down_never_slows_delivery_and_drops_are_counted() {
+    // A port nobody listens on.
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    };
+    let mut config = config(&format!("http://127.0.0.1:{port}/down"));
+    config.webhooks.retries = 1;
+    config.webhooks.queue = 4;
+    config.webhooks.events.push("message_published".to_owned());
+    let server = TestServer::start_with(config).await;
+    let base = server.url();
+    let connect = async |token: &str| TestClient::connect(&format!("{base}?token={token}")).await;
+    let (mut ann, mut bob) = (connect("ann-token").await, connect("bob-token").await);
+    ann.join("r", "c").await;
+    bob.join("r", "c").await;
+    // 200 acknowledged publishes, each an event the queue cannot hold.
+    for n in 0..200 {
+        bob.ok("publish", json!({"room": "r", "channel": "c", "payload": n})).await;
+    }
+    for n in 0..200 {
+        assert_eq!(ann.recv_message().await["payload"], n);
+    }
+    let monitoring = server.monitoring.unwrap();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let (_, metrics) = http(monitoring, "GET", "/metrics").await;
+        let count = |reason: &str| {
+            metrics
+                .lines()
+                .find(|l| l.starts_with(&format!("arqon_webhook_events_dropped_total{{reason=\"{reason}\"}}")))
+                .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        if count("queue_full") > 0.0 && count("failed") > 0.0 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "drops not counted:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
