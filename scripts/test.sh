@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The whole ArqonBus test suite: lints, every Rust test, the Python SDK tests.
-# Installs what it needs (redis-server, systemd-analyze, promtool, Python and
-# npm packages) by itself.
+# The whole ArqonBus test suite: lints, every Rust test, the Python and
+# TypeScript SDK tests, the browser tests.
+# Installs what it needs (redis-server, systemd-analyze, promtool, chromium,
+# Python and npm packages) by itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TERM_COLOR=never
@@ -21,6 +22,13 @@ elif [ "${CI:-}" = "true" ]; then
     exit 1
 else
     echo "note: redis-server not found; Redis tests will say they are skipped" >&2
+fi
+
+# The browser tests (tests/browser) drive Debian's chromium headless; nothing
+# downloads a browser. They fail under CI=true when it is missing.
+if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
 fi
 
 # deploy/ checks: `systemd-analyze verify` of the unit, `promtool check rules`
@@ -103,4 +111,14 @@ fi
 if [ -f sdks/typescript/run_tests.sh ]; then
     step "typescript SDK"
     ARQONBUS_BIN="$PWD/target/debug/arqonbus" bash sdks/typescript/run_tests.sh
+fi
+
+step "browser tests (headless Chromium): a chat page on the TypeScript SDK, the admin dashboard"
+if command -v chromium >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then
+    ARQONBUS_BIN="$PWD/target/debug/arqonbus" CHROMIUM_BIN="$(command -v chromium)" bash tests/browser/run.sh
+elif [ "${CI:-}" = "true" ]; then
+    echo "chromium and Node.js are required in CI for the browser tests" >&2
+    exit 1
+else
+    echo "note: chromium or Node.js not found; the browser tests are skipped" >&2
 fi

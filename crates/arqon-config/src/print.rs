@@ -9,7 +9,7 @@ pub const REDACTED: &str = "<redacted>";
 
 impl Config {
     /// A copy with every secret replaced by [`REDACTED`]: the JWT secret,
-    /// static tokens, and passwords inside Redis URLs. Paths (TLS key, RS256
+    /// static tokens, `monitoring.auth_token`, and passwords inside Redis URLs. Paths (TLS key, RS256
     /// public key) are kept: they say where a secret is, not what it is.
     #[must_use]
     pub fn redacted(&self) -> Config {
@@ -25,6 +25,9 @@ impl Config {
         }
         for key in &mut config.api.keys {
             key.key = REDACTED.to_owned();
+        }
+        if !config.monitoring.auth_token.is_empty() {
+            config.monitoring.auth_token = REDACTED.to_owned();
         }
         config.storage.redis.url = redact_url(&config.storage.redis.url);
         config.cluster.redis_url = redact_url(&config.cluster.redis_url);
@@ -90,8 +93,9 @@ mod tests {
         }];
         config.storage.redis.url = "redis://:hunter2@10.0.0.1:6379".to_owned();
         config.cluster.redis_url = "redis://ops:hunter3@10.0.0.2".to_owned();
+        config.monitoring.auth_token = "monitor-secret-0123456789".to_owned();
         let text = config.redacted().to_toml().unwrap();
-        for secret in ["ssss", "tok-123", "hunter2", "hunter3"] {
+        for secret in ["ssss", "tok-123", "hunter2", "hunter3", "monitor-secret"] {
             assert!(!text.contains(secret), "{secret} printed:\n{text}");
         }
         assert!(text.contains("10.0.0.1:6379") && text.contains("ops:<redacted>@10.0.0.2"), "{text}");

@@ -65,19 +65,33 @@ pub struct MonitoringConfig {
     /// Whether the monitoring listener runs at all; when off, metrics and
     /// telemetry are not collected either. Default: `true`.
     pub enabled: bool,
-    /// IP address of the monitoring listener; keep it private, the endpoints
-    /// are unauthenticated. Default: `127.0.0.1`.
+    /// IP address of the monitoring listener; keep it private: `/health`,
+    /// `/ready`, `/status` and `/metrics` are unauthenticated. Default: `127.0.0.1`.
     pub host: String,
     /// TCP port of the monitoring listener; `0` picks any free port. Default: `9101`.
     pub port: u16,
     /// Telemetry events buffered for observers; one that falls further behind
     /// misses the oldest and gets a `dropped` event. At least 1. Default: `4096`.
     pub telemetry_buffer: usize,
+    /// The credential the dashboard (`/`) and `/telemetry` require
+    /// (`Authorization: Bearer` or `?token=`): empty, or at least 16
+    /// characters without spaces. Empty: they are open while `host` is a
+    /// loopback address and refused otherwise. Default: empty.
+    pub auth_token: String,
 }
+
+/// The shortest `monitoring.auth_token` accepted.
+pub(crate) const MIN_MONITORING_TOKEN_CHARS: usize = 16;
 
 impl Default for MonitoringConfig {
     fn default() -> Self {
-        Self { enabled: true, host: "127.0.0.1".to_owned(), port: 9101, telemetry_buffer: 4096 }
+        Self {
+            enabled: true,
+            host: "127.0.0.1".to_owned(),
+            port: 9101,
+            telemetry_buffer: 4096,
+            auth_token: String::new(),
+        }
     }
 }
 
@@ -498,6 +512,16 @@ impl Config {
             "monitoring.telemetry_buffer",
             self.monitoring.telemetry_buffer,
             "must be at least 1",
+        )?;
+        let token = &self.monitoring.auth_token;
+        rule(
+            token.is_empty()
+                || (token.chars().count() >= MIN_MONITORING_TOKEN_CHARS
+                    && !token.chars().any(|c| c.is_whitespace() || c.is_control())),
+            "monitoring.auth_token",
+            // Never printed: say what is wrong with it, not what it is.
+            format!("of {} characters", token.chars().count()),
+            "must be empty or at least 16 characters without spaces (e.g. `openssl rand -hex 24`)",
         )?;
         rule(
             server.upgrade_timeout_ms >= 100,

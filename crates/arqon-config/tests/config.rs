@@ -653,6 +653,17 @@ fn jwt_claims_checks_default_to_exp_required_and_no_audience_or_issuer() {
 }
 
 #[test]
+fn a_monitoring_token_is_empty_or_long_and_is_never_printed() {
+    let token = |value: &str| load_env(&[("ARQON_MONITORING__AUTH_TOKEN", value)]);
+    for (value, shown) in [("short-token", "of 11 characters"), ("0123456789 abcdef", "of 17 characters")] {
+        let error = assert_fails_naming(token(value), &["`monitoring.auth_token`", shown, "at least 16 characters"]);
+        assert!(!error.to_string().contains(value), "the token is not printed: {error}");
+    }
+    assert_eq!(token("0123456789abcdef").unwrap().monitoring.auth_token, "0123456789abcdef", "16 pass");
+    assert_eq!(Config::default().monitoring.auth_token, "", "none by default");
+}
+
+#[test]
 fn api_keys_and_room_options_load_from_the_file() {
     let config = load_toml(
         "[[api.keys]]\nname = \"backend\"\nkey = \"0123456789abcdef0123\"\nrole = \"admin\"\n\n\

@@ -182,7 +182,10 @@ fn run(config_path: Option<PathBuf>) -> Result<(), ServerError> {
         let mut stdout = std::io::stdout();
         let _ = writeln!(stdout, "ArqonBus listening on {}", bus.url());
         if let Some(monitoring) = bus.monitoring_url() {
-            let _ = writeln!(stdout, "Monitoring on {monitoring} (/health, /ready, /status, /metrics, /telemetry)");
+            let _ = writeln!(
+                stdout,
+                "Monitoring on {monitoring} (dashboard /, /health, /ready, /status, /metrics, /telemetry)"
+            );
         }
         let _ = stdout.flush();
         bus.serve(shutdown).await

@@ -154,6 +154,8 @@ struct About {
     auth: String,
     rate_per_s: u32,
     max_message_bytes: usize,
+    /// Who may open the dashboard and `/telemetry`.
+    monitoring_access: arqon_transport::Access,
 }
 
 impl About {
@@ -173,6 +175,7 @@ impl About {
             auth,
             rate_per_s: config.limits.rate_per_s,
             max_message_bytes: config.limits.max_message_bytes,
+            monitoring_access: monitor::access(config),
         }
     }
 }
@@ -446,6 +449,9 @@ impl Bus {
             max_message_bytes = about.max_message_bytes,
             "ArqonBus started",
         );
+        if let (Some(_), arqon_transport::Access::Closed(reason)) = (&monitoring_url, &about.monitoring_access) {
+            tracing::warn!("{reason}");
+        }
         let (broker, cluster_handle) = cluster.unzip();
         let accepting = Arc::new(AtomicBool::new(false));
         let (stopped_tx, stopped_rx) = tokio::sync::watch::channel(false);
@@ -455,6 +461,8 @@ impl Bus {
                 telemetry: Arc::clone(&telemetry),
                 accepting: Arc::clone(&accepting),
                 broker: broker.clone(),
+                url: url.clone(),
+                access: about.monitoring_access.clone(),
             });
             let mut stopped = stopped_rx.clone();
             tokio::spawn(arqon_transport::serve_monitoring(listener, monitor, async move {

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use arqon_routing::Router;
-use arqon_transport::{Monitor, TextStream};
+use arqon_transport::{Access, Monitor, TextStream};
 use serde_json::json;
 
 use crate::observer::Telemetry;
@@ -18,6 +18,29 @@ pub(crate) struct BusMonitor {
     pub(crate) accepting: Arc<AtomicBool>,
     /// The cluster broker, if this node is part of one.
     pub(crate) broker: Option<crate::cluster::Broker>,
+    /// The URL clients connect to, for `/status` (the dashboard derives the
+    /// server API's address from it).
+    pub(crate) url: String,
+    /// Who may open the dashboard and `/telemetry`.
+    pub(crate) access: Access,
+}
+
+/// Who may open the dashboard and `/telemetry`: holders of
+/// `monitoring.auth_token` when it is set; else anyone on loopback, nobody
+/// on another address (docs/security.md).
+pub(crate) fn access(config: &arqon_config::Config) -> Access {
+    let token = &config.monitoring.auth_token;
+    if !token.is_empty() {
+        Access::Token(token.clone())
+    } else if config.monitoring_addr().ip().is_loopback() {
+        Access::Open
+    } else {
+        Access::Closed(format!(
+            "the monitoring listener is bound to {}, beyond loopback: the dashboard and /telemetry need \
+             monitoring.auth_token (ARQON_MONITORING__AUTH_TOKEN) to be set",
+            config.monitoring.host
+        ))
+    }
 }
 
 impl BusMonitor {
@@ -61,6 +84,7 @@ impl Monitor for BusMonitor {
             .collect();
         let mut body = json!({
             "version": env!("CARGO_PKG_VERSION"),
+            "url": self.url,
             "uptime_s": self.router.uptime_s(),
             "connections": counts.connections,
             "rooms": counts.rooms,
@@ -101,6 +125,10 @@ impl Monitor for BusMonitor {
             crate::cluster::report(&self.telemetry, broker);
         }
         self.telemetry.metrics.render()
+    }
+
+    fn access(&self) -> &Access {
+        &self.access
     }
 
     fn telemetry(&self, query: Option<&str>) -> Result<TextStream, String> {

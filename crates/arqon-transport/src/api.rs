@@ -95,9 +95,19 @@ pub(crate) async fn serve_api<S, A>(
     A: Acceptor,
 {
     let limit = config.max_message_bytes;
+    let origins: Arc<[String]> = config.allowed_origins.clone().into();
     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
         let acceptor = Arc::clone(&acceptor);
-        async move { Ok::<_, Infallible>(handle(request, peer, limit, acceptor).await) }
+        let origin = crate::cors::allowed_origin(request.headers(), &origins);
+        let preflight = crate::cors::is_preflight(request.method(), request.headers());
+        async move {
+            if preflight {
+                return Ok::<_, Infallible>(crate::cors::preflight(origin));
+            }
+            let mut response = handle(request, peer, limit, acceptor).await;
+            crate::cors::expose(&mut response, origin);
+            Ok(response)
+        }
     });
     let connection = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())

@@ -1,5 +1,5 @@
-//! The monitoring HTTP listener: health, readiness, status, metrics and the
-//! telemetry WebSocket.
+//! The monitoring HTTP listener: health, readiness, status, metrics, the
+//! telemetry WebSocket, and the dashboard page that shows them.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -21,6 +21,17 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::protocol::Role;
 
 use crate::TransportError;
+use crate::guard::{Access, Denied};
+
+/// The dashboard: one static page (HTML, CSS and JavaScript, no
+/// dependency), built into the binary. It reads `/status`, `/metrics` and
+/// `/telemetry` from the listener that serves it.
+const DASHBOARD: &str = include_str!("dashboard.html");
+
+/// What `/` answers without the credential.
+const LOGIN: &str = include_str!("dashboard_login.html");
+
+static OPEN: Access = Access::Open;
 
 /// A stream of text frames for a telemetry observer.
 pub type TextStream = Pin<Box<dyn Stream<Item = String> + Send>>;
@@ -37,6 +48,10 @@ pub trait Monitor: Send + Sync + 'static {
     fn metrics(&self) -> String;
     /// A telemetry feed for `/telemetry?{query}`, or a reason to refuse it.
     fn telemetry(&self, query: Option<&str>) -> Result<TextStream, String>;
+    /// Who may open the dashboard (`/`) and `/telemetry`. Default: anyone.
+    fn access(&self) -> &Access {
+        &OPEN
+    }
 }
 
 type Body = Full<Bytes>;
@@ -56,7 +71,31 @@ fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
     json(status, crate::error_body(code, message))
 }
 
-const PATHS: [&str; 5] = ["/health", "/ready", "/status", "/metrics", "/telemetry"];
+const PATHS: [&str; 6] = ["/", "/health", "/ready", "/status", "/metrics", "/telemetry"];
+
+/// Headers of every dashboard answer: never cached, never framed, and the
+/// page's URL (which may hold `?token=`) never sent on as a referrer.
+fn page(status: StatusCode, body: &'static str) -> Response<Body> {
+    let mut response = respond(status, "text/html; charset=utf-8", body);
+    let headers = response.headers_mut();
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    response
+}
+
+fn dashboard<M: Monitor>(monitor: &Arc<M>, request: &Request<Incoming>) -> Response<Body> {
+    match monitor.access().check(request.headers(), request.uri().query()) {
+        Ok(()) => page(StatusCode::OK, DASHBOARD),
+        Err(Denied::Unauthorized) => page(StatusCode::UNAUTHORIZED, LOGIN),
+        Err(Denied::Closed(reason)) => {
+            let mut response = respond(StatusCode::FORBIDDEN, "text/plain; charset=utf-8", reason);
+            response.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            response
+        }
+    }
+}
 
 fn route<M: Monitor>(monitor: &Arc<M>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_owned();
@@ -73,6 +112,7 @@ fn route<M: Monitor>(monitor: &Arc<M>, request: Request<Incoming>) -> Response<B
         return response;
     }
     match path.as_str() {
+        "/" => dashboard(monitor, &request),
         "/health" => json(StatusCode::OK, r#"{"status":"ok"}"#.to_owned()),
         "/ready" => {
             let status = if monitor.ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
@@ -94,6 +134,17 @@ fn telemetry<M: Monitor>(monitor: &Arc<M>, mut request: Request<Incoming>) -> Re
     let Some(key) = request.headers().get(header::SEC_WEBSOCKET_KEY).filter(|_| is_upgrade) else {
         return error(StatusCode::BAD_REQUEST, "INVALID_ENVELOPE", "/telemetry is a WebSocket endpoint");
     };
+    match monitor.access().check(request.headers(), request.uri().query()) {
+        Ok(()) => {}
+        Err(Denied::Unauthorized) => {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "UNAUTHORIZED",
+                "/telemetry needs monitoring.auth_token: Authorization: Bearer TOKEN or ?token=TOKEN",
+            );
+        }
+        Err(Denied::Closed(reason)) => return error(StatusCode::FORBIDDEN, "FORBIDDEN", &reason),
+    }
     let feed = match monitor.telemetry(request.uri().query()) {
         Ok(feed) => feed,
         Err(reason) => return error(StatusCode::BAD_REQUEST, "INVALID_ARGS", &reason),

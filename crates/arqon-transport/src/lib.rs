@@ -25,7 +25,9 @@
 //! - [`Acceptor`], [`Connection`], [`Accepted`], [`UpgradeRequest`],
 //!   [`Refusal`]: what the embedding layer implements and returns.
 //! - [`serve_monitoring`], [`Monitor`]: the HTTP monitoring listener
-//!   (health, readiness, status, metrics, telemetry WebSocket).
+//!   (health, readiness, status, metrics, telemetry WebSocket, and the
+//!   dashboard page at `/`); [`Access`]: who may open the dashboard and
+//!   the telemetry stream.
 //! - [`TransportConfig`]: limits and timings.
 //! - [`TransportError`]: this layer's error.
 
@@ -33,8 +35,10 @@ mod accept;
 mod admission;
 mod api;
 mod connection;
+mod cors;
 mod embed;
 mod frames;
+mod guard;
 mod http;
 mod server;
 mod tls;
@@ -49,6 +53,7 @@ use arqon_outbound::OutboundReceiver;
 
 pub use api::{API_PREFIX, ApiFuture, ApiRequest, ApiResponse};
 pub use embed::{Admitted, Endpoint, websocket_accept};
+pub use guard::Access;
 pub use http::{Monitor, TextStream, serve_monitoring};
 pub use server::serve;
 pub use tls::{TlsConfig, tls_config};
