@@ -136,6 +136,9 @@ async fn membership_webhooks_are_per_user_in_order_and_signed() {
     bob.join("chat", "main").await;
     tab1.ok("leave_channel", json!({"room": "chat", "channel": "main"})).await; // ann still there
     drop(tab2); // ann's last connection: member_removed
+    // The disconnect is noticed when the socket closes: wait for it, so the
+    // order below is the order of events on the bus.
+    receiver.until(4).await;
     bob.ok("leave_channel", json!({"room": "chat", "channel": "main"})).await; // vacated
     let events = receiver.until(6).await;
     let user = |name: &str| json!(name);

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arqon_config::WebhooksConfig;
-use arqon_protocol::Timestamp;
+use arqon_protocol::{ChannelKey, Timestamp};
 use arqon_routing::{BusEvent, Observer};
 use bytes::Bytes;
 use serde::Serialize;
@@ -39,6 +39,27 @@ struct Event {
     #[serde(skip_serializing_if = "Option::is_none")]
     message: Option<Box<RawValue>>,
     time_ms: i64,
+}
+
+impl Event {
+    /// An event about channel `key`, now.
+    fn about(event: &'static str, key: &ChannelKey) -> Self {
+        Event {
+            event,
+            room: key.room.to_string(),
+            channel: key.channel.to_string(),
+            user: None,
+            client_id: None,
+            message: None,
+            time_ms: now_ms(),
+        }
+    }
+
+    /// Names the member: its user, or its client id when it has none.
+    fn member(self, user: Option<&str>, client_id: arqon_protocol::ClientId) -> Self {
+        let client_id = user.is_none().then(|| client_id.to_string());
+        Event { user: user.map(str::to_owned), client_id, ..self }
+    }
 }
 
 /// Which events are wanted.
@@ -100,52 +121,24 @@ impl Observer for WebhookSink {
         let w = self.wanted;
         match *event {
             BusEvent::MemberAdded { key, client_id, user, occupied, new_user } => {
-                let base = |name| Event {
-                    event: name,
-                    room: key.room.to_string(),
-                    channel: key.channel.to_string(),
-                    user: None,
-                    client_id: None,
-                    message: None,
-                    time_ms: now_ms(),
-                };
                 if occupied && w.occupied {
-                    self.push(base("channel_occupied"));
+                    self.push(Event::about("channel_occupied", key));
                 }
                 if new_user && w.added {
-                    let client = user.is_none().then(|| client_id.to_string());
-                    self.push(Event { user: user.map(str::to_owned), client_id: client, ..base("member_added") });
+                    self.push(Event::about("member_added", key).member(user, client_id));
                 }
             }
             BusEvent::MemberRemoved { key, client_id, user, vacated, user_gone } => {
-                let base = |name| Event {
-                    event: name,
-                    room: key.room.to_string(),
-                    channel: key.channel.to_string(),
-                    user: None,
-                    client_id: None,
-                    message: None,
-                    time_ms: now_ms(),
-                };
                 if user_gone && w.removed {
-                    let client = user.is_none().then(|| client_id.to_string());
-                    self.push(Event { user: user.map(str::to_owned), client_id: client, ..base("member_removed") });
+                    self.push(Event::about("member_removed", key).member(user, client_id));
                 }
                 if vacated && w.vacated {
-                    self.push(base("channel_vacated"));
+                    self.push(Event::about("channel_vacated", key));
                 }
             }
             BusEvent::MessagePublished { key, frame } if w.published => {
                 let message = RawValue::from_string(frame.as_str().to_owned()).ok();
-                self.push(Event {
-                    event: "message_published",
-                    room: key.room.to_string(),
-                    channel: key.channel.to_string(),
-                    user: None,
-                    client_id: None,
-                    message,
-                    time_ms: now_ms(),
-                });
+                self.push(Event { message, ..Event::about("message_published", key) });
             }
             _ => {}
         }

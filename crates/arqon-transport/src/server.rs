@@ -127,17 +127,7 @@ where
     // their request line, read before the WebSocket handshake starts.
     let mut ahead = Vec::new();
     if acceptor.serves_api() && slot.is_ok() {
-        match tokio::time::timeout_at(deadline, crate::api::read_request_line(&mut stream)).await {
-            Ok(Ok(head)) => ahead = head,
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "reading the request failed");
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "upgrade deadline elapsed");
-                return None;
-            }
-        }
+        ahead = read_within(deadline, peer, crate::api::read_request_line(&mut stream)).await?;
         if crate::api::is_api_request(&ahead) {
             return Some(Box::pin(async move {
                 // The slot is held for the connection's whole life.
@@ -150,17 +140,7 @@ where
     // and the listener's own checks pass, before the handshake.
     let mut vetted = None;
     if acceptor.vets() && slot.is_ok() {
-        match tokio::time::timeout_at(deadline, crate::vet::read_head(&mut stream, &mut ahead)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "reading the request failed");
-                return None;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "upgrade deadline elapsed");
-                return None;
-            }
-        }
+        read_within(deadline, peer, crate::vet::read_head(&mut stream, &mut ahead)).await?;
         if let Some(request) = crate::vet::parse_head(&ahead, peer)
             && (request.path == "/ws" || request.path == "/")
             && check_origin(
@@ -238,6 +218,26 @@ where
     // From here on the connection reads and writes frames itself.
     let (stream, early) = wire.into_parts();
     Some(Box::pin(run_upgraded(stream, early, accepted, slot, config, stop)))
+}
+
+/// Reads part of the upgrade request by `deadline`; `None` (logged) if the
+/// client failed or was too slow.
+async fn read_within<T>(
+    deadline: tokio::time::Instant,
+    peer: std::net::SocketAddr,
+    read: impl Future<Output = std::io::Result<T>>,
+) -> Option<T> {
+    match tokio::time::timeout_at(deadline, read).await {
+        Ok(Ok(value)) => Some(value),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "reading the request failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "upgrade deadline elapsed");
+            None
+        }
+    }
 }
 
 /// The checks every upgrade passes, whichever HTTP server performs it (this
