@@ -144,3 +144,53 @@ async fn a_hook_that_fails_refuses_with_503_or_admits_guests_as_configured() {
     assert_eq!(guest.welcome["payload"]["role"], "guest");
     assert_eq!(status(&format!("{}?token=banned", open.url()), None).await, 403, "a refusal is still a refusal");
 }
+
+/// The application's join hook: decides by channel name.
+async fn join_application() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/join", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            tokio::spawn(async move {
+                let ask: Value = serde_json::from_slice(&read_body(&mut stream).await).unwrap();
+                assert!(ask["client_id"].as_str().is_some_and(|id| id.starts_with("arq_")), "{ask}");
+                let (status, answer) = match ask["channel"].as_str().unwrap_or_default() {
+                    "closed" => ("403 Forbidden", json!({"error": {"message": "members only"}}).to_string()),
+                    "broken" => ("500 Internal Server Error", String::new()),
+                    _ => ("200 OK", String::new()),
+                };
+                let response = format!(
+                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
+                    answer.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    url
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rooms_with_a_join_hook_ask_the_application_and_fail_closed() {
+    let mut config = test_config();
+    config.hooks.join_url = join_application().await;
+    config.hooks.timeout_ms = 500;
+    config.rooms.insert("vip-*".to_owned(), arqon_config::RoomConfig { join_hook: Some(true), ..Default::default() });
+    let key = "join-hook-key-0123456789";
+    let api_key = arqon_config::ApiKey { name: "b".into(), key: key.into(), role: arqon_protocol::Role::Admin };
+    config.api.keys = vec![api_key];
+    let server = TestServer::start_with(config).await;
+    let mut client = server.client().await;
+    client.join("vip-1", "open").await;
+    let refused = client.command("join_channel", json!({"room": "vip-1", "channel": "closed"})).await;
+    assert_eq!(refused["error"]["code"], "FORBIDDEN", "{refused}");
+    assert_eq!(refused["error"]["message"], "members only");
+    assert_eq!(client.err("join_channel", json!({"room": "vip-1", "channel": "broken"})).await, "INTERNAL");
+    client.join("plain", "closed").await; // no hook outside vip-*
+    // The API's subscribe goes through the same hook.
+    let mut api = arqon_e2e::api::ApiConn::connect(server.addr).await;
+    let args = json!({"client_id": client.id, "room": "vip-2", "channel": "closed"}).to_string();
+    let answer = api.post("subscribe", Some(key), &args).await;
+    assert_eq!((answer.status, answer.body["error"]["code"].as_str()), (403, Some("FORBIDDEN")), "{}", answer.text);
+}

@@ -25,16 +25,25 @@ pub struct HooksConfig {
     /// answer, or refuses on 401/403. Empty: off (the `[auth]` mode decides).
     /// Default: empty.
     pub connect_url: String,
-    /// Milliseconds the hook may take. Default: `2000`.
+    /// On `join_channel` (and the API's `subscribe`) in a room whose
+    /// `join_hook` option is on, the bus POSTs who joins what here
+    /// (`http://…`); 200 allows, 401/403 refuse (`FORBIDDEN`). Default: empty.
+    pub join_url: String,
+    /// Milliseconds a hook may take. Default: `2000`.
     pub timeout_ms: u64,
-    /// When the hook is down, slow or answers garbage: `refuse` (503) or
-    /// `guest`. Default: `refuse`.
+    /// When the connect hook is down, slow or answers garbage: `refuse`
+    /// (503) or `guest`. Default: `refuse`. (The join hook always refuses.)
     pub on_failure: HookFailure,
 }
 
 impl Default for HooksConfig {
     fn default() -> Self {
-        HooksConfig { connect_url: String::new(), timeout_ms: 2000, on_failure: HookFailure::Refuse }
+        HooksConfig {
+            connect_url: String::new(),
+            join_url: String::new(),
+            timeout_ms: 2000,
+            on_failure: HookFailure::Refuse,
+        }
     }
 }
 
@@ -44,6 +53,12 @@ impl HooksConfig {
             self.connect_url.is_empty() || self.connect_url.starts_with("http://"),
             "hooks.connect_url",
             format!("{:?}", self.connect_url),
+            "must be empty (off) or an http:// URL (keep the hook on a private network)",
+        )?;
+        rule(
+            self.join_url.is_empty() || self.join_url.starts_with("http://"),
+            "hooks.join_url",
+            format!("{:?}", self.join_url),
             "must be empty (off) or an http:// URL (keep the hook on a private network)",
         )?;
         rule(

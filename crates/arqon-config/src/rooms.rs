@@ -37,6 +37,9 @@ pub struct RoomConfig {
     /// Default: `channels.auto_create`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub auto_create: Option<bool>,
+    /// Whether every join is first put to `hooks.join_url`. Default: `false`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub join_hook: Option<bool>,
 }
 
 /// Whether `pattern` is a room name with optional `*` wildcards: the name
@@ -50,8 +53,15 @@ pub fn valid_room_pattern(pattern: &str) -> bool {
 pub(crate) fn validate(
     rooms: &std::collections::BTreeMap<String, RoomConfig>,
     history_per_channel: usize,
+    join_url: &str,
 ) -> Result<(), ConfigError> {
     for (pattern, room) in rooms {
+        rule(
+            room.join_hook != Some(true) || !join_url.is_empty(),
+            "rooms.*.join_hook",
+            format!("{pattern}: true"),
+            "needs hooks.join_url: there is no hook to ask",
+        )?;
         rule(
             valid_room_pattern(pattern),
             "rooms",

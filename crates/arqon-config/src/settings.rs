@@ -600,7 +600,7 @@ impl Config {
         self.api.validate()?;
         self.webhooks.validate()?;
         self.hooks.validate(server.upgrade_timeout_ms)?;
-        crate::rooms::validate(&self.rooms, limits.history_per_channel)?;
+        crate::rooms::validate(&self.rooms, limits.history_per_channel, &self.hooks.join_url)?;
         self.cluster.validate(self.storage.backend)
     }
 

@@ -723,3 +723,11 @@ fn bad_hook_settings_stop_start_up_naming_them() {
     let hook = load_toml("[hooks]\nconnect_url = \"http://127.0.0.1:8080/c\"\non_failure = \"guest\"\n").unwrap();
     assert_eq!(hook.hooks.on_failure, arqon_config::HookFailure::Guest);
 }
+
+#[test]
+fn a_room_with_a_join_hook_needs_the_hook() {
+    assert_fails_naming(load_toml("[rooms.\"vip-*\"]\njoin_hook = true\n"), &["rooms.*.join_hook", "hooks.join_url"]);
+    assert_fails_naming(load_toml("[hooks]\njoin_url = \"ftp://x\"\n"), &["hooks.join_url"]);
+    let ok = load_toml("[hooks]\njoin_url = \"http://127.0.0.1:1/j\"\n[rooms.\"vip-*\"]\njoin_hook = true\n").unwrap();
+    assert_eq!(ok.rooms["vip-*"].join_hook, Some(true));
+}

@@ -21,6 +21,8 @@
 //!   delivers them in history order, filling gaps from storage or telling
 //!   members with `channel_gap` (`sequence`, [`Router::catch_up`]).
 //! - [`Observer`], [`BusEvent`]: the seam for metrics and telemetry.
+//! - [`JoinGuard`]: the seam for the application's say over joins (rooms
+//!   with the `join_hook` option).
 //! - [`RoutingError`]: this layer's error.
 //!
 //! # Embedding
@@ -53,6 +55,7 @@ mod client;
 mod commands;
 mod config;
 mod error;
+mod join_guard;
 mod member_events;
 mod membership;
 mod observer;
@@ -68,6 +71,7 @@ pub use broker::{Broker, Delivery, Place, Subscribed};
 pub use client::RoomAccess;
 pub use config::{RateLimit, RouterConfig};
 pub use error::RoutingError;
+pub use join_guard::{JoinAsk, JoinGuard, JoinVerdict};
 pub use observer::{BusEvent, FrameKind, NoObserver, Observer};
 pub use outlet::Inbox;
 pub use room_options::{RoomOptions, RoomRule, RoomRules, glob_matches};

@@ -14,7 +14,7 @@ use crate::channel::Channel;
 use crate::client::ClientEntry;
 use crate::member_events::{Gate, SUMMARY_DELAY};
 use crate::router::{Create, Router};
-use crate::{BusEvent, Delivery, Place, RoutingError, retention};
+use crate::{BusEvent, Delivery, JoinAsk, Place, RoutingError, retention};
 
 /// The answer to a join (`join_channel`'s response, the API's `subscribe`).
 #[derive(Debug, Serialize)]
@@ -48,13 +48,33 @@ pub(crate) async fn join(
     member_events: bool,
     respond: impl FnOnce(&Joined<'_>),
 ) -> Result<(), RoutingError> {
-    let least = router.room_options(&key.room).join_role;
+    let options = router.room_options(&key.room);
+    let least = options.join_role;
     if client.role < least {
         return Err(ProtocolError::new(
             ErrorCode::Forbidden,
             format!("joining channels of room {} needs role {least} (you are {})", key.room, client.role),
         )
         .into());
+    }
+    if options.join_hook {
+        // Fail closed: a room that asks the application admits no one the
+        // application was not asked about.
+        let Some(guard) = &router.inner.join_guard else {
+            return Err(ProtocolError::new(
+                ErrorCode::Forbidden,
+                format!("room {} asks a join hook, and none is configured", key.room),
+            )
+            .into());
+        };
+        let ask = JoinAsk {
+            key,
+            client_id: client.id,
+            user: client.user.as_deref(),
+            role: client.role,
+            info: client.info.as_deref(),
+        };
+        guard.allow(&ask).await?;
     }
     // Auto-create on join is for those who may create channels at all.
     let create =

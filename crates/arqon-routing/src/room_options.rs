@@ -23,6 +23,10 @@ pub struct RoomOptions {
     /// Overrides [`RouterConfig::auto_create`](crate::RouterConfig::auto_create)
     /// in this room (`None`: as configured).
     pub auto_create: Option<bool>,
+    /// Whether every join is first put to the router's
+    /// [`JoinGuard`](crate::JoinGuard) (the application's join hook).
+    /// Without a guard such joins are refused. Default: false.
+    pub join_hook: bool,
 }
 
 impl Default for RoomOptions {
@@ -35,6 +39,7 @@ impl Default for RoomOptions {
             join_role: Role::Guest,
             publish_role: Role::User,
             auto_create: None,
+            join_hook: false,
         }
     }
 }

@@ -83,6 +83,7 @@ pub struct RouterBuilder {
     storage: Arc<dyn Storage>,
     broker: Option<Arc<dyn Broker>>,
     observer: Arc<dyn Observer>,
+    join_guard: Option<Arc<dyn crate::JoinGuard>>,
 }
 
 impl std::fmt::Debug for RouterBuilder {
@@ -95,6 +96,12 @@ impl RouterBuilder {
     /// Forwards traffic to other nodes through `broker`.
     pub fn broker(mut self, broker: Arc<dyn Broker>) -> Self {
         self.broker = Some(broker);
+        self
+    }
+
+    /// Asks `guard` about every join in a room whose `join_hook` option is on.
+    pub fn join_guard(mut self, guard: Arc<dyn crate::JoinGuard>) -> Self {
+        self.join_guard = Some(guard);
         self
     }
 
@@ -120,6 +127,7 @@ impl RouterBuilder {
                 expiry_timers: Arc::new(AtomicUsize::new(0)),
                 broker: self.broker,
                 observer: self.observer,
+                join_guard: self.join_guard,
             }),
         }
     }
@@ -150,6 +158,7 @@ pub(crate) struct Inner {
     expiry_timers: Arc<AtomicUsize>,
     broker: Option<Arc<dyn Broker>>,
     pub(crate) observer: Arc<dyn Observer>,
+    pub(crate) join_guard: Option<Arc<dyn crate::JoinGuard>>,
 }
 
 impl std::fmt::Debug for Inner {
@@ -197,7 +206,7 @@ impl Router {
     /// # }
     /// ```
     pub fn builder(config: RouterConfig, storage: Arc<dyn Storage>) -> RouterBuilder {
-        RouterBuilder { config, storage, broker: None, observer: Arc::new(NoObserver) }
+        RouterBuilder { config, storage, broker: None, observer: Arc::new(NoObserver), join_guard: None }
     }
 
     /// The budget of memory held by every client's backlog: bytes used

@@ -165,7 +165,7 @@ fn identity(body: &[u8]) -> Result<Identity, String> {
 }
 
 /// `{"error": {"message"}}` or `{"message"}` of a refusal, if any.
-fn message_of(body: &[u8]) -> Option<String> {
+pub(crate) fn message_of(body: &[u8]) -> Option<String> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let message = value.get("error").and_then(|e| e.get("message")).or_else(|| value.get("message"))?;
     message.as_str().map(|m| m.chars().take(200).collect())

@@ -27,6 +27,7 @@ mod cluster;
 mod connect_hook;
 mod http_client;
 mod instrumented;
+mod join_hook;
 mod monitor;
 mod observer;
 mod storage;
@@ -320,6 +321,10 @@ impl Bus {
         } else {
             Router::builder(router_config(config), storage)
         };
+        let router = match join_hook::HttpJoinGuard::from_config(&config.hooks) {
+            Some(guard) => router.join_guard(guard),
+            None => router,
+        };
         let router = match &broker {
             Some(broker) => router.broker(cluster::for_router(broker)).build(),
             None => router.build(),
@@ -610,6 +615,7 @@ fn room_rules(config: &Config) -> RoomRules {
                     join_role: room.join_role.unwrap_or(defaults.join_role),
                     publish_role: room.publish_role.unwrap_or(defaults.publish_role),
                     auto_create: room.auto_create,
+                    join_hook: room.join_hook.unwrap_or(false),
                 },
             })
             .collect(),
