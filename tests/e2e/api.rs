@@ -13,7 +13,7 @@ const USER_KEY: &str = "user-key-0123456789abcdef";
 
 fn api_config() -> arqon_config::Config {
     let mut config = test_config();
-    let key = |name: &str, key: &str, role| ApiKey { name: name.to_owned(), key: key.to_owned(), role };
+    let key = |name: &str, key: &str, role| ApiKey::new(name, key, role);
     config.api.keys = vec![key("backend", ADMIN_KEY, Role::Admin), key("reports", USER_KEY, Role::User)];
     config
 }
@@ -230,4 +230,26 @@ async fn room_options_from_the_file_apply_on_the_wire() {
     a.ok("ping", json!({})).await;
     assert!(a.take_pending().iter().all(|f| f["payload"]["event"] != "member_joined"));
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_with_a_rate_is_refused_past_it_and_others_are_not() {
+    let mut config = api_config();
+    let mut limited = ApiKey::new("paced", "paced-key-0123456789abcdef", Role::User);
+    limited.rate_per_s = 1;
+    limited.burst = 2;
+    config.api.keys.push(limited);
+    let server = TestServer::start_with(config).await;
+    let mut api = ApiConn::connect(server.addr).await;
+    for _ in 0..2 {
+        assert_eq!(api.post("ping", Some("paced-key-0123456789abcdef"), "{}").await.status, 200);
+    }
+    let refused = api.post("ping", Some("paced-key-0123456789abcdef"), "{}").await;
+    assert_eq!(refused.status, 429, "{}", refused.text);
+    assert_eq!(refused.body["error"]["code"], "RATE_LIMITED");
+    assert!(refused.body["error"]["retry_after_ms"].as_u64().is_some_and(|ms| ms > 0), "{}", refused.text);
+    // Keys without a rate are not limited.
+    for _ in 0..50 {
+        assert_eq!(api.post("ping", Some(USER_KEY), "{}").await.status, 200);
+    }
 }

@@ -178,7 +178,7 @@ async fn rooms_with_a_join_hook_ask_the_application_and_fail_closed() {
     config.hooks.timeout_ms = 500;
     config.rooms.insert("vip-*".to_owned(), arqon_config::RoomConfig { join_hook: Some(true), ..Default::default() });
     let key = "join-hook-key-0123456789";
-    let api_key = arqon_config::ApiKey { name: "b".into(), key: key.into(), role: arqon_protocol::Role::Admin };
+    let api_key = arqon_config::ApiKey::new("b", key, arqon_protocol::Role::Admin);
     config.api.keys = vec![api_key];
     let server = TestServer::start_with(config).await;
     let mut client = server.client().await;

@@ -35,7 +35,7 @@ fn api_config() -> Config {
         });
     }
     for (name, key, role) in [("backend-admin", ADMIN_KEY, Role::Admin), ("backend-user", USER_KEY, Role::User)] {
-        config.api.keys.push(ApiKey { name: name.to_owned(), key: key.to_owned(), role });
+        config.api.keys.push(ApiKey::new(name, key, role));
     }
     config
 }

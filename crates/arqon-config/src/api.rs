@@ -29,6 +29,21 @@ pub struct ApiKey {
     /// `user` (publish, broadcast, send, presence…) or `admin` (also
     /// disconnect, subscribe, unsubscribe, delete_channel). Required.
     pub role: Role,
+    /// Calls per second this key may make; 0: unlimited (the application
+    /// paces itself). Over it, calls get 429 `RATE_LIMITED` with
+    /// `retry_after_ms`. Default: `0`.
+    #[serde(default)]
+    pub rate_per_s: u32,
+    /// Calls at once above `rate_per_s`. Default: `0` (twice the rate).
+    #[serde(default)]
+    pub burst: u32,
+}
+
+impl ApiKey {
+    /// A key with no rate limit.
+    pub fn new(name: impl Into<String>, key: impl Into<String>, role: Role) -> Self {
+        ApiKey { name: name.into(), key: key.into(), role, rate_per_s: 0, burst: 0 }
+    }
 }
 
 impl ApiConfig {

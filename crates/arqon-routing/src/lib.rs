@@ -74,6 +74,7 @@ pub use error::RoutingError;
 pub use join_guard::{JoinAsk, JoinGuard, JoinVerdict};
 pub use observer::{BusEvent, FrameKind, NoObserver, Observer};
 pub use outlet::Inbox;
+pub use rate::CallLimiter;
 pub use room_options::{RoomOptions, RoomRule, RoomRules, glob_matches};
 pub use router::{BusCounts, ChannelSummary, Identity, Router, RouterBuilder};
 pub use session::Session;

@@ -5,6 +5,30 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
+/// A rate shared by many calls from one caller (a server API key): calls
+/// over it are refused with `RATE_LIMITED` and the wait, never queued.
+#[derive(Debug)]
+pub struct CallLimiter(parking_lot::Mutex<TokenBucket>);
+
+impl CallLimiter {
+    /// `limit.rate_per_s` calls per second, `limit.burst` at once (a rate of
+    /// 0: unlimited).
+    pub fn new(limit: crate::RateLimit) -> Self {
+        CallLimiter(parking_lot::Mutex::new(TokenBucket::new(u64::from(limit.rate_per_s), u64::from(limit.burst))))
+    }
+
+    /// Admits one call, or says why not and when to retry.
+    pub fn admit(&self) -> Result<(), arqon_protocol::ProtocolError> {
+        self.0.lock().take_one().map_err(|wait| {
+            arqon_protocol::ProtocolError::new(
+                arqon_protocol::ErrorCode::RateLimited,
+                "rate limit of this key exceeded",
+            )
+            .with_retry_after(wait)
+        })
+    }
+}
+
 /// `rate` units per second on average, up to `burst` at once.
 ///
 /// Owned by one connection's session: no lock, no shared state. Uses tokio's

@@ -3,36 +3,53 @@
 
 use arqon_config::ApiConfig;
 use arqon_protocol::{ErrorCode, ProtocolError, RawValue, Role};
-use arqon_routing::Router;
+use arqon_routing::{CallLimiter, RateLimit, Router};
 use arqon_transport::{ApiRequest, ApiResponse};
 
 use crate::auth::constant_time_eq;
 
-/// The configured keys: name, secret, role.
-#[derive(Clone)]
+/// One configured key.
+struct Key {
+    name: String,
+    secret: Vec<u8>,
+    role: Role,
+    /// Its rate, if it has one.
+    limiter: Option<CallLimiter>,
+}
+
+/// The configured keys.
 pub(crate) struct ApiKeys {
-    keys: Vec<(String, Vec<u8>, Role)>,
+    keys: Vec<Key>,
 }
 
 impl std::fmt::Debug for ApiKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         // Names only: a key is never printed.
-        f.debug_list().entries(self.keys.iter().map(|(name, _, role)| (name, role))).finish()
+        f.debug_list().entries(self.keys.iter().map(|k| (&k.name, k.role))).finish()
     }
 }
 
 impl ApiKeys {
     pub(crate) fn new(config: &ApiConfig) -> Self {
-        ApiKeys { keys: config.keys.iter().map(|k| (k.name.clone(), k.key.clone().into_bytes(), k.role)).collect() }
+        let key = |k: &arqon_config::ApiKey| Key {
+            name: k.name.clone(),
+            secret: k.key.clone().into_bytes(),
+            role: k.role,
+            limiter: (k.rate_per_s > 0).then(|| {
+                let burst = if k.burst == 0 { k.rate_per_s.saturating_mul(2) } else { k.burst };
+                CallLimiter::new(RateLimit { rate_per_s: k.rate_per_s, burst })
+            }),
+        };
+        ApiKeys { keys: config.keys.iter().map(key).collect() }
     }
 
     /// The name and role of `given`. Every key is compared, each in
     /// constant time, so the answer's timing tells nothing about the keys.
-    fn find(&self, given: &[u8]) -> Option<(&str, Role)> {
+    fn find(&self, given: &[u8]) -> Option<&Key> {
         let mut found = None;
-        for (name, key, role) in &self.keys {
-            if constant_time_eq(key, given) && found.is_none() {
-                found = Some((name.as_str(), *role));
+        for key in &self.keys {
+            if constant_time_eq(&key.secret, given) && found.is_none() {
+                found = Some(key);
             }
         }
         found
@@ -55,8 +72,20 @@ pub(crate) fn status_of(code: ErrorCode) -> u16 {
     }
 }
 
+/// The wire's error object, with `retry_after_ms` when the error has one.
 fn error_response(error: &ProtocolError) -> ApiResponse {
-    ApiResponse::error(status_of(error.code), error.code.as_str(), &error.message)
+    #[derive(serde::Serialize)]
+    struct Body<'a> {
+        code: &'static str,
+        message: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
+    }
+    let body = Body { code: error.code.as_str(), message: &error.message, retry_after_ms: error.retry_after_ms };
+    match serde_json::to_string(&serde_json::json!({ "error": body })) {
+        Ok(body) => ApiResponse { status: status_of(error.code), body },
+        Err(_) => ApiResponse::error(status_of(error.code), error.code.as_str(), &error.message),
+    }
 }
 
 /// Answers one API call.
@@ -64,10 +93,14 @@ pub(crate) async fn call(router: &Router, keys: &ApiKeys, request: ApiRequest) -
     let Some(given) = request.key.as_deref() else {
         return ApiResponse::error(401, "UNAUTHORIZED", "an API key is required (Authorization: Bearer <key>)");
     };
-    let Some((name, role)) = keys.find(given.as_bytes()) else {
+    let Some(key) = keys.find(given.as_bytes()) else {
         tracing::info!(peer = %request.peer, command = %request.command, "server API call with an unknown key");
         return ApiResponse::error(401, "UNAUTHORIZED", "unknown API key");
     };
+    let (name, role) = (key.name.as_str(), key.role);
+    if let Some(Err(refused)) = key.limiter.as_ref().map(CallLimiter::admit) {
+        return error_response(&refused);
+    }
     let args = match std::str::from_utf8(&request.body).ok().and_then(|text| {
         serde_json::from_str::<&RawValue>(text).ok().filter(|raw| raw.get().trim_start().starts_with('{'))
     }) {
@@ -111,14 +144,15 @@ mod tests {
 
     #[test]
     fn keys_are_found_by_secret_and_never_printed() {
-        let key = |name: &str, key: &str, role| arqon_config::ApiKey { name: name.into(), key: key.into(), role };
+        let key = |name: &str, key: &str, role| arqon_config::ApiKey::new(name, key, role);
         let config = ApiConfig {
             keys: vec![key("backend", "0123456789abcdef", Role::Admin), key("reports", "fedcba9876543210", Role::User)],
         };
         let keys = ApiKeys::new(&config);
-        assert_eq!(keys.find(b"fedcba9876543210"), Some(("reports", Role::User)));
-        assert_eq!(keys.find(b"0123456789abcdef"), Some(("backend", Role::Admin)));
-        assert_eq!(keys.find(b"0123456789abcde"), None);
+        let found = |given: &[u8]| keys.find(given).map(|k| (k.name.as_str(), k.role));
+        assert_eq!(found(b"fedcba9876543210"), Some(("reports", Role::User)));
+        assert_eq!(found(b"0123456789abcdef"), Some(("backend", Role::Admin)));
+        assert_eq!(found(b"0123456789abcde"), None);
         assert!(!format!("{keys:?}").contains("0123"));
     }
 }
