@@ -657,13 +657,12 @@ impl Router {
     /// Delivers a direct message to every connection of `user` on this
     /// node (`to: "user:NAME"`), each with the protection of a direct
     /// message; `NOT_FOUND` when the user has none the sender may reach.
-    pub(crate) fn publish_user(&self, from: &RoomAccess, user: &str, frame: &Frame) -> Result<usize, RoutingError> {
+    pub(crate) fn publish_user(&self, from: &ClientEntry, user: &str, frame: &Frame) -> Result<usize, RoutingError> {
         let absent = || ProtocolError::new(ErrorCode::NotFound, format!("user {user:?} has no connection")).into();
-        let targets: Vec<Arc<ClientEntry>> = match self.inner.users.get(user) {
-            Some(ids) => ids.iter().filter_map(|id| self.inner.clients.get(id).map(|c| Arc::clone(&c))).collect(),
-            None => Vec::new(),
-        };
-        let targets: Vec<_> = targets.into_iter().filter(|c| from.may_reach(&c.rooms)).collect();
+        // The sender never receives its own message, even when it writes to
+        // its own user (its other tabs do).
+        let targets: Vec<_> =
+            self.user_clients(user).into_iter().filter(|c| c.id != from.id && from.rooms.may_reach(&c.rooms)).collect();
         if targets.is_empty() {
             return Err(absent());
         }

@@ -304,7 +304,7 @@ impl Session {
             }
             Target::Room(room) => router.publish_room(room, self.client.id, encoded).map(Some),
             Target::Client(to) => router.publish_direct(&self.client.rooms, *to, encoded).map(Some),
-            Target::User(user) => router.publish_user(&self.client.rooms, user, &encoded).map(Some),
+            Target::User(user) => router.publish_user(&self.client, user, &encoded).map(Some),
         }
         .map_err(|e| e.into_protocol())?;
         // A retry (None) was neither stored nor delivered: nothing was routed.

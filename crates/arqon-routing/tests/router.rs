@@ -2457,6 +2457,13 @@ async fn a_user_holds_many_connections_and_is_addressed_by_name() {
     }
     let err = bob.message(json!({"to": "user:nobody", "payload": 1})).await.unwrap();
     assert_eq!(code(&err), "NOT_FOUND");
+    // Writing to one's own user reaches the other tabs, never the sender.
+    assert!(tab1.message(json!({"to": "user:ann", "payload": "note to self"})).await.is_none());
+    assert_eq!(tab2.next().await["payload"], "note to self");
+    tab1.assert_quiet();
+    let mut alone = Client::connect_as(&router, user("solo", None));
+    let err = alone.message(json!({"to": "user:solo", "payload": 1})).await.unwrap();
+    assert_eq!(code(&err), "NOT_FOUND", "only the sender itself: nobody to reach");
     // An anonymous sender's messages carry no user; nobody can claim one.
     tab1.join("r", "c").await;
     anonymous.publish("r", "c", json!(1)).await;
