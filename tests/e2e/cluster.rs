@@ -673,3 +673,71 @@ async fn publishers_on_two_nodes_reach_every_subscriber_in_history_order() {
     let gaps = freeze_with_traffic("race", None, (60, 0, 0)).await;
     assert_eq!(gaps, [0, 0]);
 }
+
+/// Nodes whose clients present static tokens naming users.
+async fn start_user_nodes(redis: &RedisProcess, n: usize) -> Vec<TestServer> {
+    let mut nodes = Vec::new();
+    for i in 0..n {
+        let mut config = node_config(redis, &format!("node-{i}"));
+        config.auth.mode = arqon_config::AuthMode::Token;
+        let token = |token: &str, user: &str| arqon_config::StaticToken {
+            token: token.to_owned(),
+            role: arqon_protocol::Role::User,
+            client: user.to_owned(),
+            rooms: Vec::new(),
+        };
+        config.auth.tokens = vec![token("ann-token", "ann"), token("bob-token", "bob")];
+        nodes.push(TestServer::start_with(config).await);
+    }
+    for node in &nodes {
+        until_status(node, |s| s["cluster"]["peers"].as_array().map(Vec::len) == Some(n - 1)).await;
+    }
+    nodes
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_to_a_user_reaches_its_connections_on_every_node_once() {
+    need_redis!("a_message_to_a_user_reaches_its_connections_on_every_node_once");
+    let redis = RedisProcess::start();
+    let nodes = start_user_nodes(&redis, 3).await;
+    let connect =
+        async |node: &TestServer, token: &str| TestClient::connect(&format!("{}?token={token}", node.url())).await;
+    let mut bob = connect(&nodes[0], "bob-token").await;
+    let mut tab1 = connect(&nodes[1], "ann-token").await;
+    let mut tab2 = connect(&nodes[2], "ann-token").await;
+    // Registrations travel asynchronously: probe until both tabs hear bob.
+    let deadline = Instant::now() + TIMEOUT;
+    for probe in 0u64.. {
+        bob.send(json!({"type": "message", "to": "user:ann", "payload": {"probe": probe}})).await;
+        let wait = Duration::from_millis(300);
+        let one = tokio::time::timeout(wait, tab1.recv_where(|f| f["payload"]["probe"] == probe)).await.is_ok();
+        let two = tokio::time::timeout(wait, tab2.recv_where(|f| f["payload"]["probe"] == probe)).await.is_ok();
+        if one && two {
+            break;
+        }
+        assert!(Instant::now() < deadline, "ann's tabs never both became reachable");
+    }
+    for client in [&mut bob, &mut tab1, &mut tab2] {
+        client.take_pending();
+    }
+    bob.send(json!({"type": "message", "to": "user:ann", "payload": "hello ann"})).await;
+    for tab in [&mut tab1, &mut tab2] {
+        let got = tab.recv_where(|f| f["type"] == "message").await;
+        assert_eq!((got["payload"].as_str(), got["user"].as_str()), (Some("hello ann"), Some("bob")), "{got}");
+        tab.expect_silence(Duration::from_millis(300)).await;
+    }
+    // Once ann has no connection anywhere, the user is NOT_FOUND.
+    drop(tab1);
+    drop(tab2);
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        bob.send(json!({"type": "message", "to": "user:ann", "payload": "anyone?"})).await;
+        match tokio::time::timeout(Duration::from_millis(300), bob.recv()).await {
+            Ok(frame) if frame["type"] == "error" => {
+                assert_eq!(frame["error"]["code"], "NOT_FOUND");
+                break;
+            }
+            _ => assert!(Instant::now() < deadline, "a departed user stayed reachable"),
+        }
+    }
+}

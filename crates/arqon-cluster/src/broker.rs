@@ -65,6 +65,10 @@ pub(crate) struct Local {
     pub(crate) members: HashMap<ChannelKey, usize>,
     /// Client → connected (true) or gone (false), latest wins.
     pub(crate) client_changes: HashMap<ClientId, bool>,
+    /// Users with connections on this node.
+    pub(crate) users: HashSet<String>,
+    /// User → present (true) or gone (false), latest wins.
+    pub(crate) user_changes: HashMap<String, bool>,
     /// Channels whose local count or subscription need a look.
     pub(crate) dirty: HashSet<ChannelKey>,
     pub(crate) channel_events: VecDeque<Control>,
@@ -301,6 +305,21 @@ impl Broker for RedisBroker {
             local.clients.remove(&id);
             local.client_changes.insert(id, false);
         });
+    }
+
+    fn user_present(&self, user: &str, present: bool) {
+        self.shared.changed(|local| {
+            if present {
+                local.users.insert(user.to_owned());
+            } else {
+                local.users.remove(user);
+            }
+            local.user_changes.insert(user.to_owned(), present);
+        });
+    }
+
+    fn knows_user(&self, user: &str) -> bool {
+        self.shared.view.read().knows_user(user)
     }
 
     fn channel_created(&self, key: &ChannelKey, created_at: Timestamp) {

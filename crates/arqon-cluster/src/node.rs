@@ -117,7 +117,8 @@ pub(crate) async fn start(
     let node = Node { shared, clients, router };
     // Listen before joining, so nothing announced meanwhile is missed.
     let mut messages = node.clients.subscriber.message_rx();
-    let base = [node.shared.names.control(), node.shared.names.node_topic(&node.shared.node)];
+    let base =
+        [node.shared.names.control(), node.shared.names.node_topic(&node.shared.node), node.shared.names.users_topic()];
     if node.clients.subscriber.subscribe(base.to_vec()).await.is_ok() && node.resync().await.is_ok() {
         node.shared.healthy.store(true, Ordering::Release);
         tracing::info!(node = %node.shared.node, peers = node.shared.view.read().node_count(), "joined the cluster");
@@ -159,6 +160,11 @@ fn command(name: &'static str) -> CustomCommand {
 /// `KEY id…`: arguments of SADD / SREM on a node's client set.
 fn client_args(key: String, ids: &[ClientId]) -> Vec<Value> {
     std::iter::once(Value::from(key)).chain(ids.iter().map(|id| Value::from(id.to_string()))).collect()
+}
+
+/// `KEY user…`: arguments of SADD/SREM on a node's users.
+fn user_args(key: String, users: &[String]) -> Vec<Value> {
+    std::iter::once(Value::from(key)).chain(users.iter().map(|u| Value::from(u.as_str()))).collect()
 }
 
 /// `KEY field count…`: arguments of HSET on a node's member counts.
@@ -235,6 +241,9 @@ impl Node {
                 let owner = self.shared.view.read().node_of(to)?;
                 (names.node_topic(&owner), wire::encode_traffic(node, &Target::Direct(to), &frame))
             }
+            Delivery::User { user, frame, from } => {
+                (names.users_topic(), wire::encode_traffic(node, &Target::User(user, from), &frame))
+            }
         })
     }
 
@@ -261,12 +270,13 @@ impl Node {
 
     async fn announce_pending(&self) -> Result<(), fred::error::Error> {
         let shared = &self.shared;
-        let (clients, dirty, channel_events, counts) = {
+        let (clients, users, dirty, channel_events, counts) = {
             let mut local = shared.local.lock();
             if !shared.is_healthy() {
                 // The rejoin rewrites the whole registry; channel events are
                 // learnt from storage then. Only the subscription waits matter.
                 local.client_changes.clear();
+                local.user_changes.clear();
                 local.channel_events.clear();
                 let dirty: Vec<ChannelKey> = local.dirty.drain().collect();
                 drop(local);
@@ -274,12 +284,13 @@ impl Node {
                 return Ok(());
             }
             let clients = std::mem::take(&mut local.client_changes);
+            let users = std::mem::take(&mut local.user_changes);
             let dirty: Vec<ChannelKey> = local.dirty.drain().collect();
             let counts: Vec<(ChannelKey, usize, bool)> = dirty
                 .iter()
                 .map(|key| (key.clone(), local.members.get(key).copied().unwrap_or(0), local.wants(key)))
                 .collect();
-            (clients, dirty, std::mem::take(&mut local.channel_events), counts)
+            (clients, users, dirty, std::mem::take(&mut local.channel_events), counts)
         };
         let wanted: Vec<(ChannelKey, bool)> = counts.iter().map(|(k, _, w)| (k.clone(), *w)).collect();
         let subscribed = self.update_subscriptions(&wanted).await;
@@ -297,6 +308,20 @@ impl Node {
         }
         if !left.is_empty() {
             pipeline.custom::<Value, Value>(command("SREM"), client_args(names.clients(node), &left)).await?;
+        }
+        let (present, gone): (Vec<String>, Vec<String>) = {
+            let (p, g): (Vec<_>, Vec<_>) = users.into_iter().partition(|(_, present)| *present);
+            (p.into_iter().map(|(u, _)| u).collect(), g.into_iter().map(|(u, _)| u).collect())
+        };
+        if !present.is_empty() {
+            pipeline.custom::<Value, Value>(command("SADD"), user_args(names.users(node), &present)).await?;
+        }
+        if !gone.is_empty() {
+            pipeline.custom::<Value, Value>(command("SREM"), user_args(names.users(node), &gone)).await?;
+        }
+        if !present.is_empty() || !gone.is_empty() {
+            let message = Control::Users { node: node.to_owned(), present, gone };
+            pipeline.publish::<(), _, _>(names.control(), message.to_json()).await?;
         }
         if !joined.is_empty() || !left.is_empty() {
             let message = Control::Clients {
@@ -419,6 +444,7 @@ impl Node {
                     }
                     Target::Room(room, from) => Delivery::Room { room, frame, from },
                     Target::Direct(to) => Delivery::Direct { to, frame },
+                    Target::User(user, from) => Delivery::User { user, frame, from },
                 };
                 self.router.deliver_from_broker(&delivery).await;
             }
@@ -439,6 +465,9 @@ impl Node {
             Control::Clients { node, joined, left } => {
                 let parse = |ids: Vec<String>| ids.iter().filter_map(|id| ClientId::parse(id).ok()).collect::<Vec<_>>();
                 self.shared.view.write().clients(&node, &parse(joined), &parse(left), now);
+            }
+            Control::Users { node, present, gone } => {
+                self.shared.view.write().users(&node, &present, &gone, now);
             }
             Control::Members { node, counts } => {
                 let mut view = self.shared.view.write();
@@ -490,13 +519,18 @@ impl Node {
         let commands = &self.clients.commands;
         let ids: Vec<String> = commands.custom(command("SMEMBERS"), vec![names.clients(node)]).await?;
         let counts: HashMap<String, i64> = commands.custom(command("HGETALL"), vec![names.members(node)]).await?;
+        let users: HashSet<String> = commands
+            .custom::<Vec<String>, _>(command("SMEMBERS"), vec![names.users(node)])
+            .await?
+            .into_iter()
+            .collect();
         let clients: HashSet<ClientId> = ids.iter().filter_map(|id| ClientId::parse(id).ok()).collect();
         let members: HashMap<ChannelKey, usize> = counts
             .iter()
             .filter_map(|(field, n)| Some((wire::parse_member_field(field)?, usize::try_from(*n).ok()?)))
             .filter(|(_, n)| *n > 0)
             .collect();
-        self.shared.view.write().replace(node, clients, members, Instant::now());
+        self.shared.view.write().replace(node, clients, members, users, Instant::now());
         Ok(())
     }
 
@@ -508,9 +542,10 @@ impl Node {
         let names = &shared.names;
         let node = &*shared.node;
         let ttl = ms(shared.options.registry_ttl);
-        let (clients, members, wanted) = {
+        let (clients, members, wanted, users) = {
             let mut local = shared.local.lock();
             local.client_changes.clear();
+            local.user_changes.clear();
             // Topics subscribed before an outage are renewed by the subscriber
             // client itself; this adds what became wanted meanwhile and drops
             // what no longer is.
@@ -521,13 +556,19 @@ impl Node {
                 .chain(local.requested.keys().cloned())
                 .collect();
             let wanted: Vec<(ChannelKey, bool)> = keys.into_iter().map(|k| (k.clone(), local.wants(&k))).collect();
-            (local.clients.iter().copied().collect::<Vec<_>>(), local.members.clone(), wanted)
+            let users: Vec<String> = local.users.iter().cloned().collect();
+            (local.clients.iter().copied().collect::<Vec<_>>(), local.members.clone(), wanted, users)
         };
         self.update_subscriptions(&wanted).await?;
         let pipeline = self.clients.commands.pipeline();
-        pipeline.custom::<Value, String>(command("DEL"), vec![names.clients(node), names.members(node)]).await?;
+        pipeline
+            .custom::<Value, String>(command("DEL"), vec![names.clients(node), names.members(node), names.users(node)])
+            .await?;
         for chunk in clients.chunks(1000) {
             pipeline.custom::<Value, Value>(command("SADD"), client_args(names.clients(node), chunk)).await?;
+        }
+        for chunk in users.chunks(1000) {
+            pipeline.custom::<Value, Value>(command("SADD"), user_args(names.users(node), chunk)).await?;
         }
         let fields: Vec<(&ChannelKey, usize)> = members.iter().map(|(key, n)| (key, *n)).collect();
         for chunk in fields.chunks(1000) {
@@ -578,7 +619,7 @@ impl Node {
                 vec![Value::from(names.nodes()), Value::Integer(now_ms()), Value::from(node)],
             )
             .await?;
-        for key in [names.clients(node), names.members(node)] {
+        for key in [names.clients(node), names.members(node), names.users(node)] {
             pipeline.custom::<Value, Value>(command("PEXPIRE"), vec![Value::from(key), Value::Integer(ttl)]).await?;
         }
         let (topic, beat) = self.control(&Control::Heartbeat { node: node.to_owned() });
@@ -646,7 +687,11 @@ impl Node {
             }
             return;
         }
-        let base = vec![self.shared.names.control(), self.shared.names.node_topic(&self.shared.node)];
+        let base = vec![
+            self.shared.names.control(),
+            self.shared.names.node_topic(&self.shared.node),
+            self.shared.names.users_topic(),
+        ];
         let rejoined = async {
             self.clients.subscriber.subscribe(base).await?;
             self.resync().await
@@ -686,7 +731,10 @@ impl Node {
             let pipeline = self.clients.commands.pipeline();
             let result = async {
                 pipeline
-                    .custom::<Value, String>(command("DEL"), vec![names.clients(node), names.members(node)])
+                    .custom::<Value, String>(
+                        command("DEL"),
+                        vec![names.clients(node), names.members(node), names.users(node)],
+                    )
                     .await?;
                 pipeline.custom::<Value, String>(command("ZREM"), vec![names.nodes(), node.to_owned()]).await?;
                 let (topic, bye) = self.control(&Control::Leaving { node: node.to_owned() });

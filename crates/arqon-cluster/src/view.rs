@@ -13,11 +13,13 @@ struct NodeState {
     last_seen: Instant,
     clients: HashSet<ClientId>,
     members: HashMap<ChannelKey, usize>,
+    /// Users with connections there.
+    users: HashSet<String>,
 }
 
 impl NodeState {
     fn new(now: Instant) -> Self {
-        NodeState { last_seen: now, clients: HashSet::new(), members: HashMap::new() }
+        NodeState { last_seen: now, clients: HashSet::new(), members: HashMap::new(), users: HashSet::new() }
     }
 }
 
@@ -70,6 +72,20 @@ impl RemoteView {
         }
     }
 
+    /// Users that came to and left `node`.
+    pub(crate) fn users(&mut self, node: &str, present: &[String], gone: &[String], now: Instant) {
+        let (_, state) = self.node_mut(node, now);
+        for user in gone {
+            state.users.remove(user);
+        }
+        state.users.extend(present.iter().cloned());
+    }
+
+    /// Whether another node has connections of `user`.
+    pub(crate) fn knows_user(&self, user: &str) -> bool {
+        self.nodes.values().any(|state| state.users.contains(user))
+    }
+
     /// `node` now has `count` members in `key`.
     pub(crate) fn members(&mut self, node: &str, key: &ChannelKey, count: usize, now: Instant) {
         let (_, state) = self.node_mut(node, now);
@@ -84,6 +100,7 @@ impl RemoteView {
         node: &str,
         clients: HashSet<ClientId>,
         members: HashMap<ChannelKey, usize>,
+        users: HashSet<String>,
         now: Instant,
     ) {
         self.remove(node);
@@ -94,7 +111,7 @@ impl RemoteView {
         for (key, count) in &members {
             self.adjust_total(key, 0, *count);
         }
-        self.nodes.insert(name, NodeState { last_seen: now, clients, members });
+        self.nodes.insert(name, NodeState { last_seen: now, clients, members, users });
     }
 
     /// Forgets `node` (it left or died); returns whether it was known.
@@ -224,7 +241,16 @@ mod tests {
         let mut view = RemoteView::default();
         view.clients("a", &[id(1)], &[], now);
         view.members("a", &key("x"), 4, now);
-        view.replace("a", HashSet::from([id(2)]), HashMap::from([(key("y"), 2)]), now);
+        view.users("a", &["ann".to_owned()], &[], now);
+        assert!(view.knows_user("ann"));
+        view.replace(
+            "a",
+            HashSet::from([id(2)]),
+            HashMap::from([(key("y"), 2)]),
+            HashSet::from(["bob".to_owned()]),
+            now,
+        );
+        assert!(!view.knows_user("ann") && view.knows_user("bob"));
         assert_eq!(view.node_of(id(1)), None);
         assert_eq!(view.node_of(id(2)).as_deref(), Some("a"));
         assert_eq!((view.remote_members(&key("x")), view.remote_members(&key("y"))), (0, 2));

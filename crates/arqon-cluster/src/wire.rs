@@ -37,6 +37,17 @@ impl Names {
         format!("{}room:{room}", self.prefix)
     }
 
+    /// Topic of messages to users (`to: "user:NAME"`): every node listens,
+    /// and delivers to its own connections of the user.
+    pub(crate) fn users_topic(&self) -> String {
+        format!("{}users", self.prefix)
+    }
+
+    /// Set of the users with connections on `node`.
+    pub(crate) fn users(&self, node: &str) -> String {
+        format!("{}node:{node}:users", self.prefix)
+    }
+
     /// Sorted set: node id → its last heartbeat (Unix ms).
     pub(crate) fn nodes(&self) -> String {
         format!("{}nodes", self.prefix)
@@ -59,7 +70,7 @@ impl Names {
         };
         if rest == "cluster" {
             Topic::Control
-        } else if rest.starts_with("ch:") || rest.starts_with("room:") {
+        } else if rest.starts_with("ch:") || rest.starts_with("room:") || rest == "users" {
             Topic::Traffic
         } else if let Some(node) = rest.strip_prefix("node:") {
             Topic::Node(node)
@@ -101,6 +112,8 @@ pub(crate) enum Target {
     Room(Name, ClientId),
     /// One client.
     Direct(ClientId),
+    /// Every connection of a user (on the receiving node) but `from`.
+    User(String, ClientId),
 }
 
 /// A forwarded delivery: `origin node`, target and the frame, as
@@ -117,6 +130,8 @@ pub(crate) fn encode_traffic(origin: &str, target: &Target, frame: &Frame) -> By
         Target::Channel(key, from, Place::Unplaced) => format!("{origin}\nc {} {} {from} ?\n", key.room, key.channel),
         Target::Room(room, from) => format!("{origin}\nr {room} {from}\n"),
         Target::Direct(to) => format!("{origin}\nd {to}\n"),
+        // The user last: a user name may hold spaces (never a line break).
+        Target::User(user, from) => format!("{origin}\nu {from} {user}\n"),
     };
     let mut out = BytesMut::with_capacity(header.len() + frame.len());
     out.put_slice(header.as_bytes());
@@ -143,6 +158,7 @@ pub(crate) fn decode_traffic(bytes: &Bytes) -> Option<(&str, Target, Frame)> {
         }
         ["r", room, from] => Target::Room(Name::parse(room).ok()?, ClientId::parse(from).ok()?),
         ["d", to] => Target::Direct(ClientId::parse(to).ok()?),
+        ["u", from, ref user @ ..] if !user.is_empty() => Target::User(user.join(" "), ClientId::parse(from).ok()?),
         _ => return None,
     };
     let frame = Frame::from_utf8(bytes.slice(second + 1..)).ok()?;
@@ -163,6 +179,15 @@ pub(crate) enum Control {
         #[serde(default, skip_serializing_if = "Vec::is_empty")]
         left: Vec<String>,
     },
+    /// Users that now have (`present`) or no longer have (`gone`)
+    /// connections on the sender.
+    Users {
+        node: String,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        present: Vec<String>,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        gone: Vec<String>,
+    },
     /// The sender's member counts of some channels changed.
     Members { node: String, counts: Vec<(String, usize)> },
     /// A channel was created on the sender.
@@ -181,6 +206,7 @@ impl Control {
         match self {
             Control::Heartbeat { node }
             | Control::Clients { node, .. }
+            | Control::Users { node, .. }
             | Control::Members { node, .. }
             | Control::ChannelCreated { node, .. }
             | Control::ChannelDeleted { node, .. }
@@ -223,6 +249,8 @@ mod tests {
             Target::Channel(key, id(1), Place::Unplaced),
             Target::Room(Name::parse("r-2").unwrap(), id(2)),
             Target::Direct(id(3)),
+            Target::User("ann".to_owned(), id(4)),
+            Target::User("Ann  Lee@example.com".to_owned(), id(4)),
         ] {
             let bytes = encode_traffic("node-a", &target, &frame);
             let (origin, back, body) = decode_traffic(&bytes).unwrap();

@@ -39,6 +39,16 @@ pub enum Delivery {
         /// The frame as delivered.
         frame: Frame,
     },
+    /// To every connection of a user on the receiving node
+    /// (`to: "user:NAME"`), but `from`.
+    User {
+        /// The user.
+        user: String,
+        /// The frame as delivered.
+        frame: Frame,
+        /// The sender, who must not receive it.
+        from: ClientId,
+    },
 }
 
 /// Where a channel delivery sits in the channel's history: receiving nodes
@@ -99,6 +109,14 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 
     /// A client of this node disconnected.
     fn client_disconnected(&self, _id: ClientId) {}
+
+    /// `user` now has connections on this node (`present`), or no longer has.
+    fn user_present(&self, _user: &str, _present: bool) {}
+
+    /// Whether `user` has connections on another node.
+    fn knows_user(&self, _user: &str) -> bool {
+        false
+    }
 
     /// A channel was created on this node; other nodes should know it.
     /// (Not called for channels learnt through

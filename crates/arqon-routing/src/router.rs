@@ -241,7 +241,13 @@ impl Router {
             }
         }
         if let Some(user) = user {
-            self.inner.users.entry(user).or_default().push(id);
+            let mut ids = self.inner.users.entry(Arc::clone(&user)).or_default();
+            ids.push(id);
+            if ids.len() == 1
+                && let Some(broker) = &self.inner.broker
+            {
+                broker.user_present(&user, true);
+            }
         }
         self.inner.observer.observe(&BusEvent::ConnectionOpened { client_id: id, role: entry.role });
         if let Some(broker) = &self.inner.broker {
@@ -392,6 +398,12 @@ impl Router {
             }
             Delivery::Room { room, frame, from } => self.deliver_room_local(room, frame, Some(*from)),
             Delivery::Direct { to, frame } => self.deliver_direct_local(*to, frame),
+            Delivery::User { user, frame, from } => self
+                .user_clients(user)
+                .iter()
+                .filter(|c| c.id != *from)
+                .map(|c| self.deliver_direct_local(c.id, frame))
+                .sum(),
         }
     }
 
@@ -663,8 +675,18 @@ impl Router {
         // its own user (its other tabs do).
         let targets: Vec<_> =
             self.user_clients(user).into_iter().filter(|c| c.id != from.id && from.rooms.may_reach(&c.rooms)).collect();
+        // Connections on other nodes, for a sender that may reach anyone
+        // (their rooms are not known here): counted as one, since how many
+        // the other nodes reach is theirs to know.
+        let remote = match &self.inner.broker {
+            Some(broker) if from.rooms == RoomAccess::All && broker.knows_user(user) => {
+                broker.forward(Delivery::User { user: user.to_owned(), frame: frame.clone(), from: from.id });
+                1
+            }
+            _ => 0,
+        };
         if targets.is_empty() {
-            return Err(absent());
+            return if remote > 0 { Ok(remote) } else { Err(absent()) };
         }
         let mut delivered = 0;
         let mut refused = None;
@@ -676,8 +698,8 @@ impl Router {
         }
         match refused {
             // Every connection refused it: the sender learns why and when to retry.
-            Some(error) if delivered == 0 => Err(error.into()),
-            _ => Ok(delivered),
+            Some(error) if delivered == 0 && remote == 0 => Err(error.into()),
+            _ => Ok(delivered + remote),
         }
     }
 
@@ -782,6 +804,9 @@ impl Router {
             ids.get_mut().retain(|c| *c != id);
             if ids.get().is_empty() {
                 ids.remove();
+                if let Some(broker) = &self.inner.broker {
+                    broker.user_present(user, false);
+                }
             }
         }
         if let Some(broker) = &self.inner.broker {
