@@ -741,3 +741,52 @@ async fn a_message_to_a_user_reaches_its_connections_on_every_node_once() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_lists_the_members_of_every_node_and_forgets_a_node_that_goes() {
+    need_redis!("presence_lists_the_members_of_every_node_and_forgets_a_node_that_goes");
+    let redis = RedisProcess::start();
+    let mut nodes = start_user_nodes(&redis, 3).await;
+    let connect =
+        async |node: &TestServer, token: &str| TestClient::connect(&format!("{}?token={token}", node.url())).await;
+    let mut bob = connect(&nodes[0], "bob-token").await;
+    let mut tab1 = connect(&nodes[1], "ann-token").await;
+    let mut tab2 = connect(&nodes[2], "ann-token").await;
+    for client in [&mut bob, &mut tab1, &mut tab2] {
+        client.join("chat", "main").await;
+    }
+    let args = json!({"room": "chat", "channel": "main"});
+    let until_presence = async |client: &mut TestClient, total: u64, users: u64| -> Value {
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            client.take_pending();
+            let page = client.ok("presence", args.clone()).await;
+            if page["total"] == total && page["users"] == users {
+                return page;
+            }
+            assert!(Instant::now() < deadline, "presence stayed {page}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let page = until_presence(&mut bob, 3, 2).await;
+    let mut ids: Vec<&str> =
+        page["members"].as_array().unwrap().iter().map(|m| m["client_id"].as_str().unwrap()).collect();
+    let listed = ids.clone();
+    ids.sort_unstable();
+    assert_eq!(listed, ids, "ordered by client id across nodes");
+    let mut expected = vec![bob.id.as_str(), tab1.id.as_str(), tab2.id.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected);
+    assert!(page["members"].as_array().unwrap().iter().all(|m| m["joined_at"].is_string()));
+    // Paging works over the merged list.
+    let first = bob.ok("presence", json!({"room": "chat", "channel": "main", "limit": 2})).await;
+    let after = first["members"][1]["client_id"].clone();
+    let rest = bob.ok("presence", json!({"room": "chat", "channel": "main", "after": after})).await;
+    assert_eq!(rest["members"].as_array().map(Vec::len), Some(1), "{rest}");
+    // A member that leaves, then a whole node that goes, leave the list.
+    tab1.ok("leave_channel", args.clone()).await;
+    until_presence(&mut bob, 2, 2).await;
+    nodes.pop().unwrap().shutdown().await; // node 2, with tab2
+    drop(tab2);
+    until_presence(&mut bob, 1, 1).await;
+}

@@ -265,9 +265,24 @@ mod redis {
             a.ok("publish", publish(i)).await;
             assert_eq!(b.recv_message().await["payload"], i);
         }
-        // The dead node's member disappears once it has been silent for the TTL.
+        // The dead node's member disappears once it has been silent for the TTL,
+        // from the counts and from presence on every node.
         a.until_members("r", "k", 2).await;
         b.until_members("r", "k", 2).await;
+        for client in [&mut a, &mut b] {
+            let deadline = std::time::Instant::now() + Duration::from_secs(15);
+            loop {
+                client.take_pending();
+                let presence = client.ok("presence", json!({"room": "r", "channel": "k"})).await;
+                let ids: Vec<&str> =
+                    presence["members"].as_array().unwrap().iter().filter_map(|m| m["client_id"].as_str()).collect();
+                if presence["total"] == 2 && !ids.contains(&c.id.as_str()) {
+                    break;
+                }
+                assert!(std::time::Instant::now() < deadline, "the dead node's member stayed: {presence}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
         assert!(killed.elapsed() < Duration::from_secs(15), "took {:?}", killed.elapsed());
         // Its client reconnects to another node and recovers what it missed.
         let mut moved = TestClient::connect(&url1).await;

@@ -8,17 +8,22 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use arqon_protocol::{ChannelKey, ClientId, Name, Timestamp};
-use arqon_routing::{Broker, Delivery, Router, Subscribed};
+use arqon_routing::{Broker, Delivery, PresenceEntry, RemotePresence, Router, Subscribed};
+use fred::interfaces::ClientLike;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::node::{self, Clients, ClusterHandle};
 use crate::view::RemoteView;
-use crate::wire::{Control, Names};
+use crate::wire::{Control, Names, PresenceRecord};
 use crate::{ClusterError, ClusterHealth, ClusterOptions};
 
 /// Channel created/deleted announcements waiting to go out, at most.
 const CHANNEL_EVENTS_MAX: usize = 4096;
+/// Presence changes waiting to be written, at most (past it the oldest go:
+/// other nodes may then list a departed member until this node's next
+/// change of that channel, or miss a new one).
+const PRESENCE_CHANGES_MAX: usize = 100_000;
 
 /// Several ArqonBus nodes sharing one Redis act as one bus through it.
 ///
@@ -67,6 +72,10 @@ pub(crate) struct Local {
     pub(crate) client_changes: HashMap<ClientId, bool>,
     /// Users with connections on this node.
     pub(crate) users: HashSet<String>,
+    /// Presence changes not yet written: (channel, client, its record or
+    /// `None` once it left), in order. Kept through an outage (bounded) so
+    /// that the registry catches up when Redis is back.
+    pub(crate) presence_changes: VecDeque<(ChannelKey, ClientId, Option<String>)>,
     /// User → present (true) or gone (false), latest wins.
     pub(crate) user_changes: HashMap<String, bool>,
     /// Channels whose local count or subscription need a look.
@@ -307,6 +316,57 @@ impl Broker for RedisBroker {
         });
     }
 
+    fn presence_joined(&self, key: &ChannelKey, entry: PresenceEntry) {
+        let record = PresenceRecord {
+            node: self.shared.node.to_string(),
+            user: entry.user,
+            info: entry.info,
+            joined_at: entry.joined_at.to_string(),
+        };
+        let json = serde_json::to_string(&record).unwrap_or_default();
+        self.push_presence(key, entry.client_id, Some(json));
+    }
+
+    fn presence_left(&self, key: &ChannelKey, id: ClientId) {
+        self.push_presence(key, id, None);
+    }
+
+    fn presence(&self, key: &ChannelKey) -> RemotePresence {
+        let shared = Arc::clone(&self.shared);
+        let commands = self.clients.commands().clone();
+        let hash = shared.names.presence(key);
+        Box::pin(async move {
+            if !shared.is_healthy() {
+                return Vec::new();
+            }
+            let read = commands.custom::<HashMap<String, String>, _>(node::command("HGETALL"), vec![hash]).await;
+            let records = match read {
+                Ok(records) => records,
+                Err(error) => {
+                    tracing::debug!(error = %error.details(), "cluster: presence read failed; local members only");
+                    return Vec::new();
+                }
+            };
+            let view = shared.view.read();
+            records
+                .into_iter()
+                .filter_map(|(field, json)| {
+                    let record: PresenceRecord = serde_json::from_str(&json).ok()?;
+                    // Local members come from memory; a dead node's are gone.
+                    if record.node == *shared.node || !view.is_alive(&record.node) {
+                        return None;
+                    }
+                    Some(PresenceEntry {
+                        client_id: ClientId::parse(&field).ok()?,
+                        user: record.user,
+                        info: record.info,
+                        joined_at: Timestamp::parse(&record.joined_at).ok()?,
+                    })
+                })
+                .collect()
+        })
+    }
+
     fn user_present(&self, user: &str, present: bool) {
         self.shared.changed(|local| {
             if present {
@@ -338,6 +398,15 @@ impl Broker for RedisBroker {
 }
 
 impl RedisBroker {
+    fn push_presence(&self, key: &ChannelKey, id: ClientId, record: Option<String>) {
+        self.shared.changed(|local| {
+            if local.presence_changes.len() >= PRESENCE_CHANGES_MAX {
+                local.presence_changes.pop_front();
+            }
+            local.presence_changes.push_back((key.clone(), id, record));
+        });
+    }
+
     fn push_channel_event(&self, event: Control) {
         self.shared.changed(|local| {
             if local.channel_events.len() >= CHANNEL_EVENTS_MAX {

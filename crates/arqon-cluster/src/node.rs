@@ -39,6 +39,11 @@ pub(crate) struct Clients {
 }
 
 impl Clients {
+    /// The client for commands (not the subscriber).
+    pub(crate) fn commands(&self) -> &Client {
+        &self.commands
+    }
+
     pub(crate) async fn connect(options: &ClusterOptions) -> Result<Clients, ClusterError> {
         let mut config = Config::from_url(&options.url)
             .map_err(|e| ClusterError::Config(format!("invalid redis url: {}", e.details())))?;
@@ -153,7 +158,7 @@ pub(crate) async fn start(
     ClusterHandle { stop, tasks, node: Some(node) }
 }
 
-fn command(name: &'static str) -> CustomCommand {
+pub(crate) fn command(name: &'static str) -> CustomCommand {
     CustomCommand::new_static(name, ClusterHash::FirstKey, false)
 }
 
@@ -348,11 +353,37 @@ impl Node {
             };
             pipeline.publish::<(), _, _>(names.control(), message.to_json()).await?;
         }
+        let presence = std::mem::take(&mut shared.local.lock().presence_changes);
+        for (key, id, record) in &presence {
+            let hash = Value::from(names.presence(key));
+            match record {
+                Some(json) => {
+                    let args = vec![hash, Value::from(id.to_string()), Value::from(json.as_str())];
+                    pipeline.custom::<Value, Value>(command("HSET"), args).await?;
+                }
+                None => {
+                    pipeline.custom::<Value, Value>(command("HDEL"), vec![hash, Value::from(id.to_string())]).await?;
+                }
+            }
+        }
         for event in &channel_events {
+            if let Control::ChannelDeleted { room, channel, .. } = event
+                && let Ok(key) = ChannelKey::parse(room, channel)
+            {
+                pipeline.custom::<Value, Value>(command("DEL"), vec![Value::from(names.presence(&key))]).await?;
+            }
             let (topic, value) = self.control(event);
             pipeline.publish::<(), _, _>(topic, value).await?;
         }
-        pipeline.all::<Value>().await.map(drop)
+        let written = pipeline.all::<Value>().await.map(drop);
+        if written.is_err() {
+            // Written once Redis is back, before anything newer.
+            let mut local = shared.local.lock();
+            for change in presence.into_iter().rev() {
+                local.presence_changes.push_front(change);
+            }
+        }
+        written
     }
 
     /// Subscribes to channels (and their rooms) now wanted, unsubscribes from

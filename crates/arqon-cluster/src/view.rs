@@ -81,6 +81,11 @@ impl RemoteView {
         state.users.extend(present.iter().cloned());
     }
 
+    /// Whether `node` is another node alive as far as this one knows.
+    pub(crate) fn is_alive(&self, node: &str) -> bool {
+        self.nodes.contains_key(node)
+    }
+
     /// Whether another node has connections of `user`.
     pub(crate) fn knows_user(&self, user: &str) -> bool {
         self.nodes.values().any(|state| state.users.contains(user))

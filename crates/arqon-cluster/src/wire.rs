@@ -43,6 +43,12 @@ impl Names {
         format!("{}users", self.prefix)
     }
 
+    /// Hash of one channel's members on every node: client id → a
+    /// [`PresenceRecord`] as JSON.
+    pub(crate) fn presence(&self, key: &ChannelKey) -> String {
+        format!("{}presence:{}:{}", self.prefix, key.room, key.channel)
+    }
+
     /// Set of the users with connections on `node`.
     pub(crate) fn users(&self, node: &str) -> String {
         format!("{}node:{node}:users", self.prefix)
@@ -99,6 +105,19 @@ pub(crate) fn member_field(key: &ChannelKey) -> String {
 pub(crate) fn parse_member_field(field: &str) -> Option<ChannelKey> {
     let (room, channel) = field.split_once(':')?;
     ChannelKey::parse(room, channel).ok()
+}
+
+/// One member in a channel's presence hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct PresenceRecord {
+    /// The node holding the connection (its entries vanish with it).
+    pub(crate) node: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) user: Option<String>,
+    /// The credential's `info`, as JSON text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) info: Option<String>,
+    pub(crate) joined_at: String,
 }
 
 /// What a forwarded frame is for. The header names the target so that one

@@ -9,6 +9,22 @@ use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Name, Timestamp};
 /// (see [`Broker::subscribe`]).
 pub type Subscribed = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
+/// One member of a channel, as the nodes tell each other for `presence`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresenceEntry {
+    /// The connection.
+    pub client_id: ClientId,
+    /// Its user, if any.
+    pub user: Option<String>,
+    /// Its credential's `info`, as JSON text, if any.
+    pub info: Option<String>,
+    /// When it joined.
+    pub joined_at: Timestamp,
+}
+
+/// The members of a channel on the other nodes (see [`Broker::presence`]).
+pub type RemotePresence = Pin<Box<dyn Future<Output = Vec<PresenceEntry>> + Send + 'static>>;
+
 /// Traffic crossing nodes: an already-encoded frame and where it goes.
 #[derive(Debug, Clone)]
 pub enum Delivery {
@@ -109,6 +125,17 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 
     /// A client of this node disconnected.
     fn client_disconnected(&self, _id: ClientId) {}
+
+    /// A local client joined `key` (for the other nodes' `presence`).
+    fn presence_joined(&self, _key: &ChannelKey, _entry: PresenceEntry) {}
+
+    /// A local client left `key`.
+    fn presence_left(&self, _key: &ChannelKey, _id: ClientId) {}
+
+    /// The members of `key` on the other nodes that are alive. Default: none.
+    fn presence(&self, _key: &ChannelKey) -> RemotePresence {
+        Box::pin(std::future::ready(Vec::new()))
+    }
 
     /// `user` now has connections on this node (`present`), or no longer has.
     fn user_present(&self, _user: &str, _present: bool) {}

@@ -67,7 +67,7 @@ mod room_options;
 mod router;
 mod session;
 
-pub use broker::{Broker, Delivery, Place, Subscribed};
+pub use broker::{Broker, Delivery, Place, PresenceEntry, RemotePresence, Subscribed};
 pub use client::RoomAccess;
 pub use config::{RateLimit, RouterConfig};
 pub use error::RoutingError;

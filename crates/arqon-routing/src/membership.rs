@@ -14,7 +14,7 @@ use crate::channel::Channel;
 use crate::client::ClientEntry;
 use crate::member_events::{Gate, SUMMARY_DELAY};
 use crate::router::{Create, Router};
-use crate::{BusEvent, Delivery, JoinAsk, Place, RoutingError, retention};
+use crate::{BusEvent, Delivery, JoinAsk, Place, PresenceEntry, RoutingError, retention};
 
 /// The answer to a join (`join_channel`'s response, the API's `subscribe`).
 #[derive(Debug, Serialize)]
@@ -130,6 +130,15 @@ pub(crate) async fn join(
         });
         if let Some(broker) = router.broker() {
             broker.interest(key, joined.members);
+            broker.presence_joined(
+                key,
+                PresenceEntry {
+                    client_id: client.id,
+                    user: client.user.as_deref().map(str::to_owned),
+                    info: client.info.as_deref().map(|info| info.get().to_owned()),
+                    joined_at: Timestamp::now(),
+                },
+            );
         }
         announce(router, client, key, "member_joined", joined.members);
     }
@@ -161,6 +170,7 @@ pub(crate) fn leave(router: &Router, client: &ClientEntry, key: &ChannelKey) -> 
         channel.touch();
         if let Some(broker) = router.broker() {
             broker.interest(key, members);
+            broker.presence_left(key, client.id);
         }
         announce(router, client, key, "member_left", members);
     }

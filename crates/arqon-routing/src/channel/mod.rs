@@ -181,6 +181,21 @@ impl Channel {
         }
     }
 
+    /// Every local member, for a presence merged with other nodes'.
+    pub(crate) fn presence_entries(&self) -> Vec<crate::PresenceEntry> {
+        self.members
+            .read()
+            .map
+            .values()
+            .map(|m| crate::PresenceEntry {
+                client_id: m.client.id,
+                user: m.client.user.as_deref().map(str::to_owned),
+                info: m.client.info.as_deref().map(|info| info.get().to_owned()),
+                joined_at: m.joined_at,
+            })
+            .collect()
+    }
+
     /// Connections and distinct users, without a page.
     pub(crate) fn presence_counts(&self) -> (usize, usize) {
         let members = self.members.read();

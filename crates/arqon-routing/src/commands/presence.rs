@@ -4,9 +4,9 @@ use arqon_protocol::{ClientId, ErrorCode, ProtocolError, RawValue, Role, Timesta
 use serde::Serialize;
 
 use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, ROOM_CHANNEL, Spec, Surface};
-use crate::RoutingError;
 use crate::channel::Channel;
 use crate::router::not_found;
+use crate::{PresenceEntry, RoutingError};
 
 /// `limit` when the caller gives none.
 const DEFAULT_LIMIT: u64 = 100;
@@ -67,10 +67,31 @@ fn channel(ctx: &Ctx<'_>, args: &Args<'_>) -> Result<std::sync::Arc<Channel>, Ro
     Ok(router.lookup(&key).ok_or_else(|| not_found(&key))?)
 }
 
-pub(crate) fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
+pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let channel = channel(ctx, args)?;
     let limit = usize::try_from(args.int("limit").unwrap_or(DEFAULT_LIMIT)).unwrap_or(usize::MAX);
-    let presence = channel.presence(args.client_id("after"), limit);
+    let after = args.client_id("after");
+    if let Some(broker) = ctx.session.router.broker().cloned() {
+        let everyone = cluster_members(&channel, broker.presence(&channel.key).await);
+        let (total, users) = counts(&everyone);
+        let page: Vec<&PresenceEntry> =
+            everyone.iter().filter(|e| after.is_none_or(|after| e.client_id > after)).take(limit).collect();
+        let infos: Vec<Option<Box<RawValue>>> =
+            page.iter().map(|e| e.info.clone().and_then(|info| RawValue::from_string(info).ok())).collect();
+        let members = page
+            .iter()
+            .zip(&infos)
+            .map(|(e, info)| Member {
+                client_id: e.client_id,
+                user: e.user.as_deref(),
+                info: info.as_deref(),
+                joined_at: e.joined_at,
+            })
+            .collect();
+        ctx.respond(&Page { members, total, users });
+        return Ok(());
+    }
+    let presence = channel.presence(after, limit);
     let members = presence
         .page
         .iter()
@@ -85,9 +106,27 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError
     Ok(())
 }
 
-pub(crate) fn run_stats(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
+pub(crate) async fn run_stats(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let channel = channel(ctx, args)?;
-    let (total, users) = channel.presence_counts();
+    let (total, users) = match ctx.session.router.broker().cloned() {
+        Some(broker) => counts(&cluster_members(&channel, broker.presence(&channel.key).await)),
+        None => channel.presence_counts(),
+    };
     ctx.respond(&Stats { total, users });
     Ok(())
+}
+
+/// The channel's members on every node, ordered by client id, each once.
+fn cluster_members(channel: &Channel, remote: Vec<PresenceEntry>) -> Vec<PresenceEntry> {
+    let mut everyone = channel.presence_entries();
+    everyone.extend(remote);
+    everyone.sort_unstable_by_key(|e| e.client_id);
+    everyone.dedup_by_key(|e| e.client_id);
+    everyone
+}
+
+/// Connections and distinct users (an anonymous member counts as one).
+fn counts(members: &[PresenceEntry]) -> (usize, usize) {
+    let named: std::collections::HashSet<&str> = members.iter().filter_map(|e| e.user.as_deref()).collect();
+    (members.len(), named.len() + members.iter().filter(|e| e.user.is_none()).count())
 }
