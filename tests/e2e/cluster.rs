@@ -674,6 +674,9 @@ async fn publishers_on_two_nodes_reach_every_subscriber_in_history_order() {
     assert_eq!(gaps, [0, 0]);
 }
 
+/// The server API key of [`start_user_nodes`]' nodes.
+const API_KEY: &str = "cluster-api-key-0123456789";
+
 /// Nodes whose clients present static tokens naming users.
 async fn start_user_nodes(redis: &RedisProcess, n: usize) -> Vec<TestServer> {
     let mut nodes = Vec::new();
@@ -687,6 +690,7 @@ async fn start_user_nodes(redis: &RedisProcess, n: usize) -> Vec<TestServer> {
             rooms: Vec::new(),
         };
         config.auth.tokens = vec![token("ann-token", "ann"), token("bob-token", "bob")];
+        config.api.keys = vec![arqon_config::ApiKey::new("backend", API_KEY, arqon_protocol::Role::Admin)];
         nodes.push(TestServer::start_with(config).await);
     }
     for node in &nodes {
@@ -789,4 +793,78 @@ async fn presence_lists_the_members_of_every_node_and_forgets_a_node_that_goes()
     nodes.pop().unwrap().shutdown().await; // node 2, with tab2
     drop(tab2);
     until_presence(&mut bob, 1, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_of_one_node_acts_on_clients_of_every_node() {
+    need_redis!("the_api_of_one_node_acts_on_clients_of_every_node");
+    let redis = RedisProcess::start();
+    let nodes = start_user_nodes(&redis, 3).await;
+    let connect =
+        async |node: &TestServer, token: &str| TestClient::connect(&format!("{}?token={token}", node.url())).await;
+    let mut bob = connect(&nodes[1], "bob-token").await;
+    let mut tab1 = connect(&nodes[1], "ann-token").await;
+    let mut tab2 = connect(&nodes[2], "ann-token").await;
+    let mut api = arqon_e2e::api::ApiConn::connect(nodes[0].addr).await;
+    let post = async |api: &mut arqon_e2e::api::ApiConn, command: &str, args: Value| {
+        let answer = api.post(command, Some(API_KEY), &args.to_string()).await;
+        assert_eq!(answer.status, 200, "{command}: {}", answer.text);
+        answer.body
+    };
+    // subscribe: bob, on node 1, joins through node 0's API, then gets what
+    // node 0's API publishes. Registrations travel asynchronously: retry
+    // until node 0 knows bob.
+    let args = json!({"client_id": bob.id, "room": "r", "channel": "sub"});
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let answer = api.post("subscribe", Some(API_KEY), &args.to_string()).await;
+        if answer.status == 200 {
+            break;
+        }
+        assert_eq!(answer.status, 404, "{}", answer.text);
+        assert!(Instant::now() < deadline, "node 0 never learnt of bob");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The join runs on bob's node when the forwarded request arrives.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let info = bob.command("channel_info", json!({"room": "r", "channel": "sub"})).await;
+        if info["payload"]["members"].as_u64() >= Some(1) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never became a member: {info}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        post(&mut api, "publish", json!({"room": "r", "channel": "sub", "payload": "via node 0"})).await;
+        if tokio::time::timeout(Duration::from_millis(300), bob.recv_where(|f| f["payload"] == "via node 0"))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never got node 0's publish");
+    }
+    // unsubscribe: bob is told, and is a member no more.
+    let left = post(&mut api, "unsubscribe", json!({"client_id": bob.id, "room": "r", "channel": "sub"})).await;
+    assert_eq!(left, json!({"left": true}));
+    bob.recv_event("channel_left").await;
+    bob.until_members("r", "sub", 0).await;
+    // disconnect by user: ann's tabs on nodes 1 and 2 are closed with the code.
+    let deadline = Instant::now() + TIMEOUT;
+    loop {
+        let gone = post(&mut api, "disconnect", json!({"user": "ann", "code": 4002, "reason": "signed out"})).await;
+        if gone["disconnected"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "node 0 never learnt of ann");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for tab in [&mut tab1, &mut tab2] {
+        let (frames, closed) = tab.drain_until_closed().await;
+        assert_eq!(closed, arqon_e2e::Closed::Code(4002));
+        assert!(frames.iter().any(|f| f["payload"]["event"] == "disconnected"), "{frames:?}");
+    }
+    bob.ok("ping", json!({})).await;
 }

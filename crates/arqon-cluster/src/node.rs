@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arqon_protocol::{ChannelKey, ClientId, Timestamp};
-use arqon_routing::{Delivery, Place, Router};
+use arqon_routing::{ActionTarget, Delivery, Place, Router};
 use bytes::Bytes;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
@@ -249,6 +249,14 @@ impl Node {
             Delivery::User { user, frame, from } => {
                 (names.users_topic(), wire::encode_traffic(node, &Target::User(user, from), &frame))
             }
+            Delivery::Action { target, action } => {
+                let topic = match &target {
+                    ActionTarget::Client(id) => names.node_topic(&self.shared.view.read().node_of(*id)?),
+                    ActionTarget::User(_) => names.users_topic(),
+                };
+                let body = wire::ActionBody::of(&action).to_frame();
+                (topic, wire::encode_traffic(node, &Target::Action(target), &body))
+            }
         })
     }
 
@@ -476,6 +484,15 @@ impl Node {
                     Target::Room(room, from) => Delivery::Room { room, frame, from },
                     Target::Direct(to) => Delivery::Direct { to, frame },
                     Target::User(user, from) => Delivery::User { user, frame, from },
+                    Target::Action(target) => {
+                        let action =
+                            serde_json::from_str::<wire::ActionBody>(frame.as_str()).ok().and_then(|b| b.action());
+                        let Some(action) = action else {
+                            tracing::debug!("cluster: ignored a malformed action");
+                            return;
+                        };
+                        Delivery::Action { target, action }
+                    }
                 };
                 self.router.deliver_from_broker(&delivery).await;
             }

@@ -2,7 +2,7 @@
 //! framing of forwarded deliveries, and the control messages.
 
 use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Name, Timestamp};
-use arqon_routing::Place;
+use arqon_routing::{ActionTarget, ClientAction, Place};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
@@ -133,6 +133,53 @@ pub(crate) enum Target {
     Direct(ClientId),
     /// Every connection of a user (on the receiving node) but `from`.
     User(String, ClientId),
+    /// An application action about a client or a user; the body is an
+    /// [`ActionBody`], not a frame.
+    Action(ActionTarget),
+}
+
+/// A forwarded [`ClientAction`], as JSON.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum ActionBody {
+    Disconnect { code: u16, reason: Option<String> },
+    Subscribe { room: String, channel: String, since: Option<String> },
+    Unsubscribe { room: String, channel: String },
+}
+
+impl ActionBody {
+    pub(crate) fn of(action: &ClientAction) -> Self {
+        match action {
+            ClientAction::Disconnect { code, reason } => ActionBody::Disconnect { code: *code, reason: reason.clone() },
+            ClientAction::Subscribe { key, since } => ActionBody::Subscribe {
+                room: key.room.to_string(),
+                channel: key.channel.to_string(),
+                since: since.map(|id| id.to_string()),
+            },
+            ClientAction::Unsubscribe { key } => {
+                ActionBody::Unsubscribe { room: key.room.to_string(), channel: key.channel.to_string() }
+            }
+        }
+    }
+
+    /// The action, if every name and id in it is valid.
+    pub(crate) fn action(&self) -> Option<ClientAction> {
+        Some(match self {
+            ActionBody::Disconnect { code, reason } => ClientAction::Disconnect { code: *code, reason: reason.clone() },
+            ActionBody::Subscribe { room, channel, since } => ClientAction::Subscribe {
+                key: ChannelKey::parse(room, channel).ok()?,
+                since: since.as_deref().map(MessageId::parse).transpose().ok()?,
+            },
+            ActionBody::Unsubscribe { room, channel } => {
+                ClientAction::Unsubscribe { key: ChannelKey::parse(room, channel).ok()? }
+            }
+        })
+    }
+
+    pub(crate) fn to_frame(&self) -> Frame {
+        // A derived Serialize of strings and integers cannot fail.
+        Frame::from_text(serde_json::to_string(self).unwrap_or_default())
+    }
 }
 
 /// A forwarded delivery: `origin node`, target and the frame, as
@@ -151,6 +198,8 @@ pub(crate) fn encode_traffic(origin: &str, target: &Target, frame: &Frame) -> By
         Target::Direct(to) => format!("{origin}\nd {to}\n"),
         // The user last: a user name may hold spaces (never a line break).
         Target::User(user, from) => format!("{origin}\nu {from} {user}\n"),
+        Target::Action(ActionTarget::Client(id)) => format!("{origin}\na c {id}\n"),
+        Target::Action(ActionTarget::User(user)) => format!("{origin}\na u {user}\n"),
     };
     let mut out = BytesMut::with_capacity(header.len() + frame.len());
     out.put_slice(header.as_bytes());
@@ -178,6 +227,8 @@ pub(crate) fn decode_traffic(bytes: &Bytes) -> Option<(&str, Target, Frame)> {
         ["r", room, from] => Target::Room(Name::parse(room).ok()?, ClientId::parse(from).ok()?),
         ["d", to] => Target::Direct(ClientId::parse(to).ok()?),
         ["u", from, ref user @ ..] if !user.is_empty() => Target::User(user.join(" "), ClientId::parse(from).ok()?),
+        ["a", "c", id] => Target::Action(ActionTarget::Client(ClientId::parse(id).ok()?)),
+        ["a", "u", ref user @ ..] if !user.is_empty() => Target::Action(ActionTarget::User(user.join(" "))),
         _ => return None,
     };
     let frame = Frame::from_utf8(bytes.slice(second + 1..)).ok()?;
@@ -270,10 +321,26 @@ mod tests {
             Target::Direct(id(3)),
             Target::User("ann".to_owned(), id(4)),
             Target::User("Ann  Lee@example.com".to_owned(), id(4)),
+            Target::Action(ActionTarget::Client(id(5))),
+            Target::Action(ActionTarget::User("ann lee".to_owned())),
         ] {
             let bytes = encode_traffic("node-a", &target, &frame);
             let (origin, back, body) = decode_traffic(&bytes).unwrap();
             assert_eq!((origin, &back, body.as_str()), ("node-a", &target, frame.as_str()));
+        }
+    }
+
+    #[test]
+    fn actions_round_trip() {
+        let key = ChannelKey::parse("r", "c").unwrap();
+        for action in [
+            ClientAction::Disconnect { code: 4001, reason: Some("bye".into()) },
+            ClientAction::Subscribe { key: key.clone(), since: Some(arqon_protocol::IdGenerator::new().message_id()) },
+            ClientAction::Unsubscribe { key },
+        ] {
+            let frame = ActionBody::of(&action).to_frame();
+            let body: ActionBody = serde_json::from_str(frame.as_str()).unwrap();
+            assert_eq!(body.action(), Some(action));
         }
     }
 

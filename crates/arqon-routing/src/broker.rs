@@ -9,6 +9,39 @@ use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Name, Timestamp};
 /// (see [`Broker::subscribe`]).
 pub type Subscribed = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
 
+/// Whom a [`ClientAction`] is about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ActionTarget {
+    /// One connection.
+    Client(ClientId),
+    /// Every connection of a user.
+    User(String),
+}
+
+/// What the application asks of a client on another node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientAction {
+    /// Close it with `code`, after a `disconnected` event with `reason`.
+    Disconnect {
+        /// The close code (4000 to 4999).
+        code: u16,
+        /// Shown to the client.
+        reason: Option<String>,
+    },
+    /// Make it a member of `key`, with the replay after `since`.
+    Subscribe {
+        /// The channel.
+        key: ChannelKey,
+        /// Replay from here.
+        since: Option<MessageId>,
+    },
+    /// Take it out of `key`.
+    Unsubscribe {
+        /// The channel.
+        key: ChannelKey,
+    },
+}
+
 /// One member of a channel, as the nodes tell each other for `presence`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PresenceEntry {
@@ -54,6 +87,14 @@ pub enum Delivery {
         to: ClientId,
         /// The frame as delivered.
         frame: Frame,
+    },
+    /// The application's request about clients connected elsewhere (the
+    /// server API's `disconnect`, `subscribe`, `unsubscribe`).
+    Action {
+        /// Whom it is about.
+        target: ActionTarget,
+        /// What to do.
+        action: ClientAction,
     },
     /// To every connection of a user on the receiving node
     /// (`to: "user:NAME"`), but `from`.

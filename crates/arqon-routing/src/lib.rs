@@ -49,6 +49,7 @@
 //! # }
 //! ```
 
+mod actions;
 mod broker;
 mod channel;
 mod client;
@@ -67,7 +68,7 @@ mod room_options;
 mod router;
 mod session;
 
-pub use broker::{Broker, Delivery, Place, PresenceEntry, RemotePresence, Subscribed};
+pub use broker::{ActionTarget, Broker, ClientAction, Delivery, Place, PresenceEntry, RemotePresence, Subscribed};
 pub use client::RoomAccess;
 pub use config::{RateLimit, RouterConfig};
 pub use error::RoutingError;

@@ -398,6 +398,7 @@ impl Router {
             }
             Delivery::Room { room, frame, from } => self.deliver_room_local(room, frame, Some(*from)),
             Delivery::Direct { to, frame } => self.deliver_direct_local(*to, frame),
+            Delivery::Action { target, action } => crate::actions::act_here(self, target, action).await,
             Delivery::User { user, frame, from } => self
                 .user_clients(user)
                 .iter()

@@ -1,11 +1,11 @@
 //! `disconnect`: the application closes a client's or a user's connections
 //! (server API only).
 
-use arqon_protocol::{CloseReason, ErrorCode, ProtocolError, Role, Timestamp, encode};
+use arqon_protocol::{ErrorCode, ProtocolError, Role};
 use serde::Serialize;
 
 use super::{ArgKind, ArgSpec, Args, Ctx, Kind, Spec, Surface};
-use crate::RoutingError;
+use crate::{ActionTarget, ClientAction, RoutingError, actions};
 
 /// The close code when the caller gives none.
 const DEFAULT_CODE: u16 = 4000;
@@ -30,32 +30,24 @@ struct Disconnected {
     disconnected: usize,
 }
 
-/// The event a client gets right before the close.
-#[derive(Serialize)]
-struct Notice<'a> {
-    event: &'static str,
-    code: u16,
-    reason: Option<&'a str>,
-}
-
 pub(crate) fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let router = ctx.session.router.clone();
-    let clients = match (args.client_id("client_id"), args.text("user")) {
-        (Some(id), None) => router.client(id).into_iter().collect(),
-        (None, Some(user)) => router.user_clients(user),
+    let target = match (args.client_id("client_id"), args.text("user")) {
+        (Some(id), None) => ActionTarget::Client(id),
+        (None, Some(user)) => ActionTarget::User(user.to_owned()),
         _ => {
             return Err(ProtocolError::new(ErrorCode::InvalidArgs, "give exactly one of client_id and user").into());
         }
     };
     let code = args.int("code").and_then(|c| u16::try_from(c).ok()).unwrap_or(DEFAULT_CODE);
     let reason = args.text("reason");
-    let notice = encode::event(router.message_id(), Timestamp::now(), &Notice { event: "disconnected", code, reason });
-    let mut disconnected = 0;
-    for client in &clients {
-        // Queued frames, this notice among them, are written before the close.
-        client.outlet.push(arqon_outbound::Outbound::Frame(notice.clone()));
-        client.outlet.close(CloseReason { code, reason: "disconnected by the application" });
-        disconnected += 1;
+    let here = actions::local_targets(&router, &target);
+    let mut disconnected = actions::disconnect(&router, &here, code, reason);
+    // A client found here is nowhere else; a user's other connections may be.
+    if here.is_empty() || matches!(target, ActionTarget::User(_)) {
+        let action = ClientAction::Disconnect { code, reason: reason.map(str::to_owned) };
+        // Other nodes' connections count as one: how many is theirs to know.
+        disconnected += usize::from(actions::forward(&router, target, action));
     }
     ctx.respond(&Disconnected { disconnected });
     Ok(())

@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use arqon_protocol::{ClientId, ErrorCode, Name, ProtocolError, Role, Timestamp, encode};
+use arqon_protocol::{ClientId, ErrorCode, ProtocolError, Role};
 use serde::Serialize;
 
 use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec, Surface};
 use crate::client::ClientEntry;
-use crate::{RoutingError, membership};
+use crate::membership::Joined;
+use crate::{ActionTarget, ClientAction, RoutingError, actions};
 
 const CLIENT: ArgSpec = ArgSpec::required("client_id", ArgKind::ClientId, "the connection to act on");
 
@@ -41,36 +42,37 @@ struct Left {
     left: bool,
 }
 
-#[derive(Serialize)]
-struct ChannelLeft<'a> {
-    event: &'static str,
-    room: &'a Name,
-    channel: &'a Name,
-}
-
-/// The connected client `client_id`, within the rooms its credentials allow.
-fn target(ctx: &Ctx<'_>, args: &Args<'_>, room: &Name) -> Result<Arc<ClientEntry>, ProtocolError> {
+/// The arguments' client: connected here (`Some`), or on another node
+/// (`None`, the action already forwarded there), else `NOT_FOUND`.
+fn here_or_forward(
+    ctx: &Ctx<'_>,
+    args: &Args<'_>,
+    action: impl FnOnce() -> ClientAction,
+) -> Result<Option<Arc<ClientEntry>>, ProtocolError> {
     let id: ClientId = args.client_id("client_id").ok_or_else(|| super::missing("client_id"))?;
-    let client = ctx
-        .session
-        .router
-        .client(id)
-        .ok_or_else(|| ProtocolError::new(ErrorCode::NotFound, format!("no client {id} is connected")))?;
-    if !client.rooms.allows(room) {
-        return Err(ProtocolError::new(
-            ErrorCode::Forbidden,
-            format!("client {id}'s credentials do not allow room {room}"),
-        ));
+    let router = &ctx.session.router;
+    if let Some(client) = router.client(id) {
+        return Ok(Some(client));
     }
-    Ok(client)
+    if actions::forward(router, ActionTarget::Client(id), action()) {
+        return Ok(None);
+    }
+    Err(ProtocolError::new(ErrorCode::NotFound, format!("no client {id} is connected")))
 }
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let key = args.channel_key()?;
-    let client = target(ctx, args, &key.room)?;
+    let since = args.message_id("since");
     let router = ctx.session.router.clone();
+    let Some(client) = here_or_forward(ctx, args, || ClientAction::Subscribe { key: key.clone(), since })? else {
+        // Joined on its own node right after; the count is the one known here.
+        let members = router.cluster_members(&key, router.lookup(&key).map_or(0, |c| c.member_count()));
+        let joined = Joined { room: &key.room, channel: &key.channel, members: members + 1, truncated: None };
+        ctx.respond(&joined);
+        return Ok(());
+    };
     let mut answer = None;
-    membership::join(&router, &client, &key, args.message_id("since"), true, |joined| {
+    actions::subscribe(&router, &client, &key, since, |joined| {
         answer = Some(serde_json::to_string(joined).unwrap_or_else(|_| "null".to_owned()));
     })
     .await?;
@@ -80,17 +82,12 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
 
 pub(crate) fn run_unsubscribe(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let key = args.channel_key()?;
-    let client = target(ctx, args, &key.room)?;
     let router = ctx.session.router.clone();
-    let left = membership::leave(&router, &client, &key);
-    if left {
-        let event = ChannelLeft { event: "channel_left", room: &key.room, channel: &key.channel };
-        client.outlet.push(arqon_outbound::Outbound::Frame(encode::event(
-            router.message_id(),
-            Timestamp::now(),
-            &event,
-        )));
-    }
+    let left = match here_or_forward(ctx, args, || ClientAction::Unsubscribe { key: key.clone() })? {
+        Some(client) => actions::unsubscribe(&router, &client, &key),
+        // Left on its own node right after.
+        None => true,
+    };
     ctx.respond(&Left { left });
     Ok(())
 }
