@@ -125,7 +125,7 @@ pub(crate) async fn join(
             key,
             client_id: client.id,
             user: client.user.as_deref(),
-            occupied: joined.members == 1,
+            occupied: router.cluster_members(key, joined.members) == 1,
             new_user: joined.new_user,
         });
         if let Some(broker) = router.broker() {
@@ -164,7 +164,7 @@ pub(crate) fn leave(router: &Router, client: &ClientEntry, key: &ChannelKey) -> 
             key,
             client_id: client.id,
             user: client.user.as_deref(),
-            vacated: members == 0,
+            vacated: router.cluster_members(key, members) == 0,
             user_gone: change.user_gone,
         });
         channel.touch();

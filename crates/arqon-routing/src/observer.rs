@@ -112,8 +112,8 @@ pub enum BusEvent<'a> {
         client_id: ClientId,
         /// Its user, if any.
         user: Option<&'a str>,
-        /// It is the channel's first member on this node (the channel is
-        /// now occupied).
+        /// It is the channel's first member (on every node, as far as this
+        /// node knows: the channel is now occupied).
         occupied: bool,
         /// It is its user's first connection in the channel (an anonymous
         /// client always is).
@@ -127,7 +127,8 @@ pub enum BusEvent<'a> {
         client_id: ClientId,
         /// Its user, if any.
         user: Option<&'a str>,
-        /// It was the channel's last member on this node (now vacated).
+        /// It was the channel's last member (on every node, as far as this
+        /// node knows: now vacated).
         vacated: bool,
         /// It was its user's last connection in the channel.
         user_gone: bool,
