@@ -64,7 +64,16 @@ step "every published crate packages and builds from its package"
 # yet still verifies (crates.io is asked only for the others). The tools of
 # this repository are not published. --allow-dirty: this checks the crates,
 # not whether the work tree is committed.
-cargo package --workspace --locked --allow-dirty --quiet \
+# To cargo, a registry crate never changes: it reuses what it unpacked
+# ($CARGO_HOME/registry/src/-HASH/) and compiled (the target dir) of the
+# overlay's arqon packages on the next run, though the sources changed. So
+# the packages build in a target dir of their own, cleared of arqon
+# artifacts each run (the third-party ones stay compiled).
+package_target="${CARGO_TARGET_DIR:-target}/package-verify"
+rm -rf "$package_target/package" "$package_target"/debug/deps/*arqon* \
+    "$package_target"/debug/.fingerprint/arqon* "$package_target"/debug/build/arqon*
+rm -rf "${CARGO_HOME:-$HOME/.cargo}"/registry/src/-*/arqon-*
+CARGO_TARGET_DIR="$package_target" cargo package --workspace --locked --allow-dirty --quiet \
     --exclude arqon-bench --exclude arqon-benches --exclude arqon-e2e
 
 step "without the redis feature: storage lints, the bus builds with no fred, refuses Redis config"
