@@ -7,7 +7,7 @@ use std::time::Duration;
 use arqon_config::HookFailure;
 use arqon_e2e::{TestClient, TestServer, test_config};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite;
 
@@ -19,7 +19,7 @@ async fn application() -> String {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else { return };
             tokio::spawn(async move {
-                let body = read_body(&mut stream).await;
+                let body = arqon_e2e::app::read_request(&mut stream).await.1;
                 let ask: Value = serde_json::from_slice(&body).unwrap();
                 let token = ask["token"].as_str().unwrap_or_default().to_owned();
                 let (status, answer) = match token.as_str() {
@@ -48,29 +48,6 @@ async fn application() -> String {
         }
     });
     url
-}
-
-async fn read_body(stream: &mut tokio::net::TcpStream) -> Vec<u8> {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0);
-        buffer.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: ").and_then(|v| v.trim().parse().ok()))
-                .unwrap_or(0);
-            while buffer.len() < end + 4 + length {
-                let n = stream.read(&mut chunk).await.unwrap();
-                assert!(n > 0);
-                buffer.extend_from_slice(&chunk[..n]);
-            }
-            return buffer[end + 4..end + 4 + length].to_vec();
-        }
-    }
 }
 
 /// The HTTP status of a refused upgrade, or 101.
@@ -153,7 +130,7 @@ async fn join_application() -> String {
         loop {
             let Ok((mut stream, _)) = listener.accept().await else { return };
             tokio::spawn(async move {
-                let ask: Value = serde_json::from_slice(&read_body(&mut stream).await).unwrap();
+                let ask: Value = serde_json::from_slice(&arqon_e2e::app::read_request(&mut stream).await.1).unwrap();
                 assert!(ask["client_id"].as_str().is_some_and(|id| id.starts_with("arq_")), "{ask}");
                 let (status, answer) = match ask["channel"].as_str().unwrap_or_default() {
                     "closed" => ("403 Forbidden", json!({"error": {"message": "members only"}}).to_string()),

@@ -9,7 +9,7 @@ use arqon_config::{AuthMode, StaticToken};
 use arqon_e2e::{TIMEOUT, TestClient, TestServer, http, test_config};
 use arqon_protocol::Role;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 const SECRET: &str = "webhook-secret-0123456789";
@@ -35,7 +35,7 @@ impl Receiver {
             let mut left = failures;
             loop {
                 let Ok((mut stream, _)) = listener.accept().await else { return };
-                let (head, body) = read_request(&mut stream).await;
+                let (head, body) = arqon_e2e::app::read_request(&mut stream).await;
                 assert!(head.starts_with("POST /hooks/arqon HTTP/1.1"), "{head}");
                 let signature = head
                     .lines()
@@ -78,30 +78,6 @@ impl Receiver {
             }
             assert!(tokio::time::Instant::now() < deadline, "only {events:?} arrived");
             tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-}
-
-async fn read_request(stream: &mut tokio::net::TcpStream) -> (String, Vec<u8>) {
-    let mut buffer = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        let n = stream.read(&mut chunk).await.unwrap();
-        assert!(n > 0, "the bus closed before a whole request");
-        buffer.extend_from_slice(&chunk[..n]);
-        if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&buffer[..end]).to_lowercase().replace("post /hooks", "POST /hooks");
-            let head = head.replace("http/1.1", "HTTP/1.1");
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.strip_prefix("content-length: ").and_then(|v| v.trim().parse().ok()))
-                .unwrap_or(0);
-            while buffer.len() < end + 4 + length {
-                let n = stream.read(&mut chunk).await.unwrap();
-                assert!(n > 0, "the bus closed inside a body");
-                buffer.extend_from_slice(&chunk[..n]);
-            }
-            return (head, buffer[end + 4..end + 4 + length].to_vec());
         }
     }
 }

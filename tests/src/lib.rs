@@ -8,6 +8,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 pub mod api;
+pub mod app;
 pub mod redis;
 pub mod tls;
 
