@@ -530,12 +530,7 @@ async fn publisher(
         if run.halt.load(Ordering::Relaxed) {
             break;
         }
-        if let Some(rate) = run.rate {
-            let due = begin + Duration::from_secs_f64(seq as f64 / rate);
-            if due > Instant::now() {
-                tokio::time::sleep_until(due).await;
-            }
-        }
+        pace(begin, seq, run.rate).await;
         if !run.flow.try_admit(&mut cached_min) {
             // About to wait: what is buffered must reach the bus first.
             if writer.flush().await.is_err() {
@@ -611,12 +606,7 @@ async fn api_publisher(
         if run.halt.load(Ordering::Relaxed) {
             break;
         }
-        if let Some(rate) = run.rate {
-            let due = begin + Duration::from_secs_f64(seq as f64 / rate);
-            if due > Instant::now() {
-                tokio::time::sleep_until(due).await;
-            }
-        }
+        pace(begin, seq, run.rate).await;
         tokio::select! {
             _ = run.flow.admit(&mut cached_min) => {}
             _ = stop.wait_for(|s| *s) => break,
@@ -637,6 +627,17 @@ async fn api_publisher(
     }
     let _ = stop.wait_for(|s| *s).await;
     result
+}
+
+/// Waits until message `seq` is due at `rate` per second from `begin`
+/// (no wait without a rate).
+async fn pace(begin: Instant, seq: u64, rate: Option<f64>) {
+    if let Some(rate) = rate {
+        let due = begin + Duration::from_secs_f64(seq as f64 / rate);
+        if due > Instant::now() {
+            tokio::time::sleep_until(due).await;
+        }
+    }
 }
 
 async fn collect<T: Default>(handle: JoinHandle<T>, limit: Duration, report: &mut Report, what: &str) -> T {

@@ -508,31 +508,10 @@ fn batch_item(item: serde_json::Value) -> Result<serde_json::Value, ClientError>
     let Some(error) = error else { return Ok(item) };
     match serde_json::from_value::<WireError>(error.clone()) {
         Ok(error) => {
-            let status = error.code().map_or(500, status_of_code);
+            let status = error.code().map_or(500, ErrorCode::http_status);
             Err(error.into_api_error(status))
         }
         Err(e) => Err(ClientError::Decode(format!("batch result: {e}"))),
-    }
-}
-
-/// The HTTP status the server API gives an error code (PROTOCOL.md 8.3).
-pub(crate) fn status_of_code(code: ErrorCode) -> u16 {
-    match code {
-        ErrorCode::InvalidArgs
-        | ErrorCode::InvalidName
-        | ErrorCode::InvalidEnvelope
-        | ErrorCode::InvalidJson
-        | ErrorCode::InvalidId
-        | ErrorCode::InvalidTimestamp
-        | ErrorCode::UnsupportedVersion
-        | ErrorCode::UnsupportedFrame => 400,
-        ErrorCode::Unauthorized => 401,
-        ErrorCode::Forbidden => 403,
-        ErrorCode::NotFound | ErrorCode::UnknownCommand => 404,
-        ErrorCode::MessageTooLarge => 413,
-        ErrorCode::RateLimited => 429,
-        ErrorCode::StorageUnavailable => 503,
-        _ => 500,
     }
 }
 

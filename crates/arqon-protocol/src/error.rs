@@ -63,6 +63,29 @@ impl ErrorCode {
         ErrorCode::Internal,
     ];
 
+    /// The HTTP status the server API answers this code with (PROTOCOL.md
+    /// section 8.3; the frame-level codes a command cannot produce count as
+    /// the caller's error, 400).
+    pub const fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::InvalidArgs
+            | ErrorCode::InvalidName
+            | ErrorCode::InvalidEnvelope
+            | ErrorCode::InvalidJson
+            | ErrorCode::InvalidId
+            | ErrorCode::InvalidTimestamp
+            | ErrorCode::UnsupportedVersion
+            | ErrorCode::UnsupportedFrame => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound | ErrorCode::UnknownCommand => 404,
+            ErrorCode::MessageTooLarge => 413,
+            ErrorCode::RateLimited => 429,
+            ErrorCode::StorageUnavailable => 503,
+            ErrorCode::Internal => 500,
+        }
+    }
+
     /// The code as it appears on the wire.
     pub const fn as_str(self) -> &'static str {
         match self {

@@ -604,13 +604,13 @@ impl Router {
         create: Create<'_>,
         from: ClientId,
         id: MessageId,
-        frame: Frame,
+        frame: &Frame,
     ) -> Result<Option<usize>, RoutingError> {
         let (channel, _) = self.ensure_channel(key, create).await?;
         match self.publish(&channel, from, id, frame.clone()).await {
             Err(_) if channel.is_deleted() && !matches!(create, Create::No) => {
                 let (channel, _) = self.ensure_channel(key, create).await?;
-                self.publish(&channel, from, id, frame).await
+                self.publish(&channel, from, id, frame.clone()).await
             }
             outcome => outcome,
         }
@@ -711,7 +711,12 @@ impl Router {
 
     /// Whether publishing to or joining a missing channel of `room` creates it.
     pub(crate) fn auto_create(&self, room: &Name) -> bool {
-        self.room_options(room).auto_create.unwrap_or(self.inner.config.auto_create)
+        self.auto_create_with(self.room_options(room))
+    }
+
+    /// [`Router::auto_create`] for a room whose options are at hand.
+    pub(crate) fn auto_create_with(&self, options: &crate::RoomOptions) -> bool {
+        options.auto_create.unwrap_or(self.inner.config.auto_create)
     }
 
     /// A connected client of this node.

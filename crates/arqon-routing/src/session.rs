@@ -279,9 +279,11 @@ impl Session {
             Target::Room(room) => (Some(room), None),
             Target::Client(_) | Target::User(_) => (None, None),
         };
-        if let Some(room) = room {
+        // Looked up once per message: its publish role and auto-create.
+        let options = room.map(|room| router.room_options(room));
+        if let (Some(room), Some(options)) = (room, options) {
             self.require_room(room)?;
-            let least = router.room_options(room).publish_role;
+            let least = options.publish_role;
             if self.client.role < least {
                 return Err(ProtocolError::new(
                     ErrorCode::Forbidden,
@@ -295,8 +297,9 @@ impl Session {
         let bytes = encoded.len();
         let fanout = match target {
             Target::Channel(key) => {
-                let create = if router.auto_create(&key.room) { Create::Auto(&self.client) } else { Create::No };
-                let fanout = router.publish_to(key, create, self.client.id, id, encoded.clone()).await;
+                let creates = options.is_some_and(|options| router.auto_create_with(options));
+                let create = if creates { Create::Auto(&self.client) } else { Create::No };
+                let fanout = router.publish_to(key, create, self.client.id, id, &encoded).await;
                 if let Ok(Some(_)) = fanout {
                     self.observe(&BusEvent::MessagePublished { key, frame: &encoded });
                 }

@@ -2,7 +2,7 @@
 //! a command's args, and the routing core's answer to an HTTP status.
 
 use arqon_config::ApiConfig;
-use arqon_protocol::{ErrorCode, ProtocolError, RawValue, Role};
+use arqon_protocol::{ProtocolError, RawValue, Role};
 use arqon_routing::{CallLimiter, RateLimit, Router};
 use arqon_transport::{ApiRequest, ApiResponse};
 
@@ -56,22 +56,6 @@ impl ApiKeys {
     }
 }
 
-/// The HTTP status of a wire error code (section 8.3).
-pub(crate) fn status_of(code: ErrorCode) -> u16 {
-    match code {
-        ErrorCode::InvalidArgs | ErrorCode::InvalidName | ErrorCode::InvalidEnvelope => 400,
-        ErrorCode::Unauthorized => 401,
-        ErrorCode::Forbidden => 403,
-        ErrorCode::NotFound | ErrorCode::UnknownCommand => 404,
-        ErrorCode::MessageTooLarge => 413,
-        ErrorCode::RateLimited => 429,
-        ErrorCode::StorageUnavailable => 503,
-        ErrorCode::Internal => 500,
-        // Frame-level codes a command cannot produce; a client error if one does.
-        _ => 400,
-    }
-}
-
 /// The wire's error object, with `retry_after_ms` when the error has one.
 fn error_response(error: &ProtocolError) -> ApiResponse {
     #[derive(serde::Serialize)]
@@ -83,8 +67,8 @@ fn error_response(error: &ProtocolError) -> ApiResponse {
     }
     let body = Body { code: error.code.as_str(), message: &error.message, retry_after_ms: error.retry_after_ms };
     match serde_json::to_string(&serde_json::json!({ "error": body })) {
-        Ok(body) => ApiResponse { status: status_of(error.code), body },
-        Err(_) => ApiResponse::error(status_of(error.code), error.code.as_str(), &error.message),
+        Ok(body) => ApiResponse { status: error.code.http_status(), body },
+        Err(_) => ApiResponse::error(error.code.http_status(), error.code.as_str(), &error.message),
     }
 }
 
@@ -121,6 +105,7 @@ pub(crate) async fn call(router: &Router, keys: &ApiKeys, request: ApiRequest) -
 #[cfg(test)]
 mod tests {
     use super::*;
+    use arqon_protocol::ErrorCode;
 
     #[test]
     fn every_code_has_the_documented_status() {
@@ -138,7 +123,7 @@ mod tests {
             (ErrorCode::Internal, 500),
         ];
         for (code, status) in table {
-            assert_eq!(status_of(code), status, "{code:?}");
+            assert_eq!(code.http_status(), status, "{code:?}");
         }
     }
 
