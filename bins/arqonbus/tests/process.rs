@@ -405,6 +405,56 @@ mod redis {
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn server_api_publishes_acknowledged_while_redis_is_dead_survive_kill_9_once() {
+        if !arqon_e2e::redis::redis_available(
+            "server_api_publishes_acknowledged_while_redis_is_dead_survive_kill_9_once",
+        ) {
+            return;
+        }
+        const KEY: &str = "process-api-key-0123456789";
+        let mut redis = tokio::task::block_in_place(arqon_e2e::redis::RedisProcess::start);
+        let journal = redis.dir().join("journal");
+        let config = redis.dir().join("api.toml");
+        std::fs::write(&config, format!("[[api.keys]]\nname = \"t\"\nkey = \"{KEY}\"\nrole = \"user\"\n")).unwrap();
+        let bus_with_api = |redis: &arqon_e2e::redis::RedisProcess| {
+            let mut command = journaled_bus(redis, &journal);
+            command.arg("--config").arg(&config);
+            command
+        };
+        let addr = |url: &str| -> std::net::SocketAddr {
+            url.trim_start_matches("ws://").trim_end_matches("/ws").parse().unwrap()
+        };
+        let (bus, url) = start_command(bus_with_api(&redis)).await;
+        tokio::task::block_in_place(|| redis.kill());
+        // The backend publishes with its own ids, as a retrying backend must.
+        let bodies: Vec<(String, String)> = (0..20)
+            .map(|i| {
+                let id = format!("arq_01JDQ8Z6W3T7M5KX2C9V{i:06}");
+                let body = json!({"room": "r", "channel": "k", "payload": i, "id": id}).to_string();
+                (id, body)
+            })
+            .collect();
+        let mut api = arqon_e2e::api::ApiConn::connect(addr(&url)).await;
+        for (id, body) in &bodies {
+            let answer = api.post("publish", Some(KEY), body).await;
+            assert_eq!((answer.status, answer.body["id"].as_str()), (200, Some(id.as_str())), "{}", answer.text);
+        }
+        signal(&bus, "KILL");
+
+        tokio::task::block_in_place(|| redis.restart());
+        let (_bus, url) = start_command(bus_with_api(&redis)).await;
+        // The backend did not hear the answers, say: it sends them all again.
+        let mut api = arqon_e2e::api::ApiConn::connect(addr(&url)).await;
+        for (id, body) in &bodies {
+            let answer = api.post("publish", Some(KEY), body).await;
+            assert_eq!((answer.status, answer.body["id"].as_str()), (200, Some(id.as_str())), "{}", answer.text);
+        }
+        let mut client = TestClient::connect(&url).await;
+        let expected: Vec<String> = bodies.into_iter().map(|(id, _)| id).collect();
+        assert_eq!(history_ids(&mut client).await, expected, "every acknowledged publish, once, in order");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn sigterm_writes_the_journal_back_within_the_grace_when_redis_returns() {
         if !arqon_e2e::redis::redis_available("sigterm_writes_the_journal_back_within_the_grace_when_redis_returns") {
             return;
