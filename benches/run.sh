@@ -240,6 +240,8 @@ cases() {
         run_case "smoke fanin 5->1" "no loss" 20 fanin --publishers 5 --messages 200 --drain 2
         run_case "smoke latency 200/s ->10" "no loss" 20 latency --rate 200 --duration 1 --subscribers 10 --drain 2
         run_case "smoke conns 200" "all open" 20 conns --connections 200 --settle 0.2
+        run_case "smoke fanout 1->10, 1 KiB text, compressed" "no loss" 20 fanout --subscribers 10 --messages 500 \
+            --drain 2 --payload 1024 --text --compress
         run_case "smoke commands ping" "all answered" 20 commands --command ping --rate 200 --duration 1 --drain 2
         run_case "smoke commands join" "all answered" 20 commands --command join --rate 200 --duration 1 --drain 2
         run_case "smoke fanout 1->10, ordinary" "no loss" 20 fanout --subscribers 10 --messages 500 --drain 2 \
@@ -276,6 +278,14 @@ cases() {
         run_case "api 16x312.5/s ->100, 5 s" "p99 <= 2 ms at 5,000/s" 60 \
             api --publishers 16 --subscribers 100 --rate 312.5 --duration 5 --payload 256 --api-key "$api_key"
         run_case "conns 5000 idle" "<= 8 KiB each (NATS 25 KiB)" 120 conns --connections 5000
+        run_case "conns 5000 idle, compression negotiated" "<= 8 KiB each" 120 conns --connections 5000 --compress
+        # permessage-deflate: the same 1 KiB payloads of varied words (they
+        # compress about as real JSON does), plain and compressed; the
+        # subscribers inflate every compressed frame, as a browser does.
+        run_case "fanout 1->100, 1 KiB text, 20k msgs" "reported (wire bytes)" 120 \
+            fanout --subscribers 100 --messages 20000 --payload 1024 --text
+        run_case "fanout 1->100, 1 KiB text, 20k msgs, compressed" "fewer wire bytes; deliveries/s reported" 120 \
+            fanout --subscribers 100 --messages 20000 --payload 1024 --text --compress
         if [[ $max_conns -ge 100000 ]]; then
             run_case "conns 100000 idle" "open and idle in < 1 GiB" 300 conns --connections 100000
         else

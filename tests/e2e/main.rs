@@ -8,6 +8,7 @@ mod api;
 #[cfg(feature = "redis")]
 mod cluster;
 mod commands;
+mod compression;
 mod deploy;
 mod errors;
 mod hooks;

@@ -64,6 +64,11 @@ fanout, fanin, latency, api:
                        the rate the whole path sustains rather than how much
                        the bus buffers (64 MiB per client); 0 = open loop [512]
   --stalled K          K extra subscribers join and never read
+  --compress           lean subscribers offer permessage-deflate and inflate
+                       every compressed frame (as a browser does); the report
+                       gives the bytes the subscribers read off the wire
+  --text               pad payloads with varied words rather than x, so
+                       that they compress like real messages
   --drain SECS         after publishing, give up after SECS without progress [3]
 
 conns:
@@ -190,6 +195,11 @@ pub(crate) struct Options {
     pub(crate) label: String,
     pub(crate) target: Option<String>,
     pub(crate) allow_loss: bool,
+    /// Lean subscribers offer permessage-deflate and inflate what comes
+    /// compressed.
+    pub(crate) compress: bool,
+    /// Payloads padded with varied words rather than `x`.
+    pub(crate) text: bool,
     pub(crate) room: String,
     pub(crate) channel: String,
     pub(crate) subscribers: usize,
@@ -286,6 +296,8 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
         label: String::new(),
         target: None,
         allow_loss: false,
+        compress: false,
+        text: false,
         room: "bench".to_owned(),
         channel: "c".to_owned(),
         subscribers: match scenario {
@@ -330,6 +342,14 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
         };
         if flag == "--allow-loss" {
             o.allow_loss = true;
+            continue;
+        }
+        if flag == "--compress" {
+            o.compress = true;
+            continue;
+        }
+        if flag == "--text" {
+            o.text = true;
             continue;
         }
         if flag == "-h" || flag == "--help" {
@@ -398,6 +418,9 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
     if let (Some(rate), Some(duration), false) = (o.rate, o.duration, messages_given) {
         o.messages = (rate * duration).round().max(1.0) as u64;
     }
+    if o.compress && o.subscriber == SubscriberKind::Ordinary {
+        return Err(usage("--compress needs lean subscribers: tungstenite, the ordinary client, cannot inflate"));
+    }
     if o.scenario == Scenario::Api && o.api_key.is_none() {
         return Err(usage("api needs --api-key KEY (a key of the bus's [[api.keys]])"));
     }
@@ -428,6 +451,7 @@ impl Options {
             (Scenario::Fanout | Scenario::Fanin | Scenario::Latency | Scenario::Api, SubscriberKind::Ordinary) => {
                 format!("{label}, ordinary subscribers")
             }
+            _ if self.compress => format!("{label}, compressed"),
             _ => label,
         }
     }

@@ -8,6 +8,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Error as WsError, Message};
 
@@ -38,6 +39,7 @@ pub(crate) struct Endpoint {
     url: String,
     addr: SocketAddr,
     per_ip: usize,
+    compress: bool,
 }
 
 /// Read buffer for connections that carry traffic. tungstenite zero-fills
@@ -54,7 +56,15 @@ impl Endpoint {
     /// the source to the OS. Spreading keeps each address under the bus's
     /// per-IP connection limit and within one address's ephemeral ports.
     pub(crate) fn new(url: &str, addr: SocketAddr, per_ip: usize) -> Self {
-        Endpoint { url: url.to_owned(), addr, per_ip }
+        Endpoint { url: url.to_owned(), addr, per_ip, compress: false }
+    }
+
+    /// Connections offer permessage-deflate: lean ones inflate what comes
+    /// compressed; tungstenite cannot, so it is only for idle connections
+    /// (`conns`: nothing they receive is large enough to be compressed).
+    pub(crate) fn compressing(mut self, compress: bool) -> Self {
+        self.compress = compress;
+        self
     }
 
     /// The bus's address (the server API shares the WebSocket listener).
@@ -86,14 +96,37 @@ impl Endpoint {
         Ok(stream)
     }
 
-    /// Completes the WebSocket upgrade over `stream`.
-    async fn upgrade<S>(&self, stream: S, read_buffer: usize) -> Result<WebSocketStream<S>, SetupError>
+    /// Completes the WebSocket upgrade over `stream`, offering
+    /// permessage-deflate if `offer_deflate`; also says whether the server
+    /// accepted it.
+    async fn upgrade<S>(
+        &self,
+        stream: S,
+        read_buffer: usize,
+        offer_deflate: bool,
+    ) -> Result<(WebSocketStream<S>, bool), SetupError>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let config = WebSocketConfig::default().read_buffer_size(read_buffer);
-        match tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config)).await {
-            Ok((ws, _response)) => Ok(ws),
+        let mut request = self.url.as_str().into_client_request().map_err(|e| SetupError::new("BAD_URL", e))?;
+        if offer_deflate {
+            request.headers_mut().insert(
+                "Sec-WebSocket-Extensions",
+                tokio_tungstenite::tungstenite::http::HeaderValue::from_static(
+                    "permessage-deflate; client_max_window_bits",
+                ),
+            );
+        }
+        match tokio_tungstenite::client_async_with_config(request, stream, Some(config)).await {
+            Ok((ws, response)) => {
+                let accepted = response
+                    .headers()
+                    .get("Sec-WebSocket-Extensions")
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(|v| v.starts_with("permessage-deflate"));
+                Ok((ws, accepted))
+            }
             Err(WsError::Http(response)) => {
                 Err(SetupError::new(format!("HTTP_{}", response.status().as_u16()), "upgrade refused"))
             }
@@ -104,16 +137,16 @@ impl Endpoint {
     /// Opens connection number `index` and completes the upgrade.
     pub(crate) async fn connect(&self, index: usize, read_buffer: usize) -> Result<Ws, SetupError> {
         let stream = self.tcp(index).await?;
-        self.upgrade(stream, read_buffer).await
+        Ok(self.upgrade(stream, read_buffer, self.compress).await?.0)
     }
 
     /// Opens connection number `index`, upgrades it with tungstenite, and
     /// hands the socket to the lean client (see [`crate::lean`]).
     pub(crate) async fn connect_lean(&self, index: usize) -> Result<LeanWs, SetupError> {
         let stream = self.tcp(index).await?;
-        let ws = self.upgrade(HeaderOnly::new(stream), IDLE_READ_BUFFER).await?;
+        let (ws, deflate) = self.upgrade(HeaderOnly::new(stream), IDLE_READ_BUFFER, self.compress).await?;
         let seed = u32::try_from(index).unwrap_or(u32::MAX).wrapping_mul(0x9E37_79B9);
-        Ok(LeanWs::new(ws.into_inner().into_inner(), seed))
+        Ok(LeanWs::new(ws.into_inner().into_inner(), seed, deflate))
     }
 }
 

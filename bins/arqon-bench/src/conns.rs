@@ -102,6 +102,9 @@ pub(crate) async fn run(o: &Options) -> Report {
     report.params.insert("connections".into(), o.connections.into());
     report.params.insert("channels".into(), o.channels.into());
     report.params.insert("per_ip".into(), o.per_ip.into());
+    if o.compress {
+        report.params.insert("compress".into(), true.into());
+    }
     report.expected = o.connections as u64;
     if o.server_pid.is_none() {
         eprintln!("no --server-pid: connections are opened, but the server's RSS is not measured");
@@ -110,7 +113,7 @@ pub(crate) async fn run(o: &Options) -> Report {
     report.rss_before_kib = rss_before;
 
     let shared = Arc::new(Shared {
-        endpoint: Endpoint::new(&o.url, o.addr, o.per_ip),
+        endpoint: Endpoint::new(&o.url, o.addr, o.per_ip).compressing(o.compress),
         room: o.room.clone(),
         setup: Semaphore::new(o.concurrency),
         limit: o.timeout.min(Duration::from_secs(30)),

@@ -38,7 +38,47 @@ pub(crate) struct MessageWriter {
     /// `{"type":"message","room":…,"channel":…,"payload":{"x":"`
     prefix: String,
     payload_bytes: usize,
+    /// Pad with words rather than `x`: text that compresses like real
+    /// messages do (about 2 to 3 times), not a thousandfold.
+    text: bool,
 }
+
+/// What a `text` pad is made of: words of a chat message or a status
+/// update, chosen per message.
+const WORDS: [&str; 32] = [
+    "the",
+    "order",
+    "shipped",
+    "user",
+    "status",
+    "online",
+    "price",
+    "updated",
+    "to",
+    "from",
+    "queue",
+    "eu-west",
+    "latency",
+    "ms",
+    "ok",
+    "warning",
+    "temperature",
+    "sensor",
+    "42",
+    "17.5",
+    "account",
+    "balance",
+    "message",
+    "channel",
+    "room",
+    "delivered",
+    "at",
+    "2026-12-06",
+    "id",
+    "retry",
+    "error",
+    "count",
+];
 
 /// Bytes of the payload other than the pad and the three numbers.
 const PAYLOAD_OVERHEAD: usize = r#"{"x":"","p":,"s":,"t":}"#.len();
@@ -57,14 +97,21 @@ impl MessageWriter {
     /// (at least the size of the numbers; smaller requests get no padding).
     pub(crate) fn new(room: &str, channel: &str, payload_bytes: usize) -> Self {
         let prefix = format!(r#"{{"type":"message","room":"{room}","channel":"{channel}","payload":{{"x":""#);
-        MessageWriter { prefix, payload_bytes }
+        MessageWriter { prefix, payload_bytes, text: false }
+    }
+
+    /// Pads payloads with varied words instead of one repeated character
+    /// (`--text`), for measurements where compression matters.
+    pub(crate) fn with_text(mut self, text: bool) -> Self {
+        self.text = text;
+        self
     }
 
     /// Server API `publish` bodies (the command's args) for `room`/`channel`,
     /// with the same stamped payloads.
     pub(crate) fn api(room: &str, channel: &str, payload_bytes: usize) -> Self {
         let prefix = format!(r#"{{"room":"{room}","channel":"{channel}","payload":{{"x":""#);
-        MessageWriter { prefix, payload_bytes }
+        MessageWriter { prefix, payload_bytes, text: false }
     }
 
     /// Writes one complete frame into `out` (cleared first).
@@ -73,7 +120,21 @@ impl MessageWriter {
         let numbers = digits(u64::from(stamp.publisher)) + digits(stamp.seq) + digits(stamp.sent_ns);
         let pad = self.payload_bytes.saturating_sub(PAYLOAD_OVERHEAD + numbers);
         out.push_str(&self.prefix);
-        out.extend(std::iter::repeat_n('x', pad));
+        if self.text {
+            // A cheap generator seeded by the stamp: every message differs.
+            let mut x = (stamp.seq ^ (u64::from(stamp.publisher) << 40)).wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+            let start = out.len();
+            while out.len() - start < pad {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                out.push_str(WORDS[(x % WORDS.len() as u64) as usize]);
+                out.push(' ');
+            }
+            out.truncate(start + pad);
+        } else {
+            out.extend(std::iter::repeat_n('x', pad));
+        }
         // Writing into a String cannot fail.
         let _ = write!(out, r#"","p":{},"s":{},"t":{}}}}}"#, stamp.publisher, stamp.seq, stamp.sent_ns);
     }

@@ -149,6 +149,8 @@ struct SubResult {
     last_ns: u64,
     /// The close code, if the bus closed this subscriber.
     closed: Option<u16>,
+    /// Bytes this subscriber read off the wire (lean subscribers).
+    wire_bytes: u64,
 }
 
 impl SubResult {
@@ -182,6 +184,7 @@ impl SubResult {
     /// (latency and timing are merged by the caller).
     fn count_into(&self, report: &mut Report) {
         report.delivered += self.unique;
+        report.wire_bytes += self.wire_bytes;
         report.duplicates += self.duplicates;
         report.out_of_order += self.out_of_order;
         report.errors_from(&self.errors);
@@ -241,6 +244,8 @@ struct Run {
     publishers: usize,
     messages: u64,
     payload: usize,
+    /// Payloads padded with words (`--text`).
+    text: bool,
     rate: Option<f64>,
     /// Subscribers that have every expected message.
     finished: AtomicUsize,
@@ -354,6 +359,7 @@ async fn subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::
     if !complete {
         run.flow.gone(index);
     }
+    result.wire_bytes = ws.reader.wire_bytes();
     result
 }
 
@@ -519,7 +525,7 @@ async fn publisher(
         reader.abort();
         return result;
     }
-    let message = MessageWriter::new(&run.room, &run.channel, run.payload);
+    let message = MessageWriter::new(&run.room, &run.channel, run.payload).with_text(run.text);
     let mut text = String::with_capacity(run.payload + 128);
     let begin = Instant::now();
     let mut cached_min = 0;
@@ -668,6 +674,12 @@ fn params(o: &Options) -> BTreeMap<String, serde_json::Value> {
     if o.stalled > 0 {
         p.insert("stalled".into(), o.stalled.into());
     }
+    if o.compress {
+        p.insert("compress".into(), true.into());
+    }
+    if o.text {
+        p.insert("text_payload".into(), true.into());
+    }
     if !o.sub_urls.is_empty() {
         let urls: Vec<serde_json::Value> = o.sub_urls.iter().map(|(url, _)| url.clone().into()).collect();
         p.insert("subscriber_urls".into(), urls.into());
@@ -687,8 +699,12 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
     };
     debug_assert!(matches!(o.scenario, Scenario::Fanout | Scenario::Fanin | Scenario::Latency | Scenario::Api));
     let run = Arc::new(Run {
-        endpoint: Endpoint::new(&o.url, o.addr, o.per_ip),
-        sub_endpoints: o.sub_urls.iter().map(|(url, addr)| Endpoint::new(url, *addr, o.per_ip)).collect(),
+        endpoint: Endpoint::new(&o.url, o.addr, o.per_ip).compressing(o.compress),
+        sub_endpoints: o
+            .sub_urls
+            .iter()
+            .map(|(url, addr)| Endpoint::new(url, *addr, o.per_ip).compressing(o.compress))
+            .collect(),
         clock,
         flow: Flow::new(o.window, o.subscribers),
         room: o.room.clone(),
@@ -696,6 +712,7 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
         publishers: o.publishers,
         messages: o.messages,
         payload: o.payload,
+        text: o.text,
         rate: o.rate,
         finished: AtomicUsize::new(0),
         halt: AtomicBool::new(false),
@@ -820,6 +837,9 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
     if report.delivered > 0 && elapsed > 0.0 {
         report.deliveries_per_s = Some(report.delivered as f64 / elapsed);
     }
+    if report.delivered > 0 && report.wire_bytes > 0 {
+        report.wire_bytes_per_delivery = Some(report.wire_bytes as f64 / report.delivered as f64);
+    }
     let publishing = (last_send_ns - start_ns) as f64 / 1e9;
     if report.published > 0 && publishing > 0.0 {
         report.published_per_s = Some(report.published as f64 / publishing);
@@ -906,6 +926,7 @@ mod tests {
                 publishers: 1,
                 messages: 3,
                 payload: 64,
+                text: false,
                 rate: None,
                 finished: AtomicUsize::new(0),
                 halt: AtomicBool::new(false),

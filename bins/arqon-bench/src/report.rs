@@ -94,6 +94,12 @@ pub(crate) struct Report {
     /// Distinct deliveries per second over `elapsed_s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) deliveries_per_s: Option<f64>,
+    /// Bytes the (lean) subscribers read off the wire, frames of every kind.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub(crate) wire_bytes: u64,
+    /// `wire_bytes / delivered`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) wire_bytes_per_delivery: Option<f64>,
     /// Messages sent per second, over the publishing time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) published_per_s: Option<f64>,
@@ -209,6 +215,9 @@ impl Report {
         if let Some(p) = self.published_per_s {
             row("published/s", format!("{p:.0}"));
         }
+        if let Some(b) = self.wire_bytes_per_delivery {
+            row("wire bytes", format!("{} ({b:.0} per delivery)", self.wire_bytes));
+        }
         if let Some(r) = &self.read_rate {
             row("frame size", format!("{} bytes", r.frame_bytes));
             row("read from memory", format!("{:.0} deliveries/s", r.buffer_per_s));
@@ -266,6 +275,11 @@ impl Report {
         let _ = writeln!(stdout, "{json}");
         let _ = stdout.flush();
     }
+}
+
+/// For `skip_serializing_if`: a count of zero is not worth a field.
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 #[cfg(test)]

@@ -48,7 +48,7 @@ pub use security::{
     TlsSettings,
 };
 pub use settings::{
-    ChannelsConfig, Config, JournalConfig, JournalFsync, LimitsConfig, MonitoringConfig, RedbConfig, RedisConfig,
-    ServerConfig, StorageBackend, StorageConfig,
+    ChannelsConfig, CompressionConfig, Config, JournalConfig, JournalFsync, LimitsConfig, MonitoringConfig, RedbConfig,
+    RedisConfig, ServerConfig, StorageBackend, StorageConfig,
 };
 pub use webhooks::{MIN_WEBHOOK_SECRET_BYTES, WEBHOOK_EVENTS, WebhooksConfig};

@@ -37,6 +37,8 @@ pub struct Config {
     pub limits: LimitsConfig,
     /// How channels come into existence. Default: see [`ChannelsConfig`].
     pub channels: ChannelsConfig,
+    /// WebSocket compression (permessage-deflate). Default: see [`CompressionConfig`].
+    pub compression: CompressionConfig,
     /// Roles given to clients. Default: see [`AuthConfig`].
     pub auth: AuthConfig,
     /// Where channel history is kept. Default: see [`StorageConfig`].
@@ -280,6 +282,24 @@ impl Default for ChannelsConfig {
     }
 }
 
+/// `[compression]`: permessage-deflate (RFC 7692) for clients that offer it.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CompressionConfig {
+    /// Whether a client's offer of permessage-deflate is accepted. Default: `true`.
+    pub enabled: bool,
+    /// Frames shorter than this go out uncompressed. Default: `512`.
+    pub min_bytes: usize,
+    /// deflate level, 1 (fastest) to 9 (smallest). Default: `1`.
+    pub level: u8,
+}
+
+impl Default for CompressionConfig {
+    fn default() -> Self {
+        Self { enabled: true, min_bytes: 512, level: 1 }
+    }
+}
+
 /// `[storage]`: the history backend.
 #[derive(Debug, Clone, PartialEq, Default, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
@@ -493,6 +513,12 @@ impl Config {
             "limits.bytes_burst",
             limits.bytes_burst,
             "must be at least 1 while limits.bytes_per_s is above 0",
+        )?;
+        rule(
+            (1..=9).contains(&self.compression.level),
+            "compression.level",
+            self.compression.level,
+            "must be between 1 (fastest) and 9 (smallest)",
         )?;
         rule(limits.abuse_window_s >= 1, "limits.abuse_window_s", limits.abuse_window_s, "must be at least 1")?;
         rule(

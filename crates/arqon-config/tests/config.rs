@@ -272,6 +272,8 @@ fn each_validation_rule_names_key_and_value() {
             "65535",
         ),
         (&[("ARQON_LIMITS__HISTORY_BYTES_TOTAL", "8388607")], "limits.history_bytes_total", "8388607"),
+        (&[("ARQON_COMPRESSION__LEVEL", "0")], "compression.level", "0"),
+        (&[("ARQON_COMPRESSION__LEVEL", "10")], "compression.level", "10"),
     ] {
         let quoted = format!("`{key}`");
         let error = assert_fails_naming(load_env(env), &[&quoted, value]);

@@ -2,7 +2,7 @@
 //! every receiver and by history.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::OnceLock;
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -15,26 +15,57 @@ use crate::{ClientId, ErrorCode, MessageId, Name, PROTOCOL_VERSION, RawJson, Tim
 /// kept in history exists once in memory. A plain `Arc` rather than `Bytes`:
 /// every delivery clones and drops one, and `Bytes` does both through a
 /// vtable call (a tenth of the fan-out profile). One allocation per frame:
-/// the bytes sit in the `Arc`'s own block.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Frame(Arc<[u8]>);
+/// the bytes sit in the `Arc`'s own block, after a slot for the frame's
+/// compressed form (see [`Frame::compressed`]). triomphe's `Arc` holds a
+/// header and a slice in one block, which `std`'s cannot, and has no weak
+/// count to update.
+#[derive(Clone)]
+pub struct Frame(triomphe::Arc<triomphe::HeaderSlice<Compressed, [u8]>>);
+
+/// A frame's compressed form, once a transport asked for it.
+type Compressed = OnceLock<Box<[u8]>>;
+
+impl PartialEq for Frame {
+    fn eq(&self, other: &Frame) -> bool {
+        self.bytes() == other.bytes()
+    }
+}
+
+impl Eq for Frame {}
 
 impl Frame {
     /// Wraps text already known to be one complete envelope (e.g. read back
     /// from a storage backend).
     pub fn from_text(text: impl Into<String>) -> Self {
-        Frame(Arc::from(text.into().into_bytes()))
+        Frame::copy_of(text.into().as_bytes())
+    }
+
+    /// A frame holding a copy of `bytes`, which the caller guarantees to be
+    /// UTF-8.
+    fn copy_of(bytes: &[u8]) -> Self {
+        Frame(triomphe::Arc::from_header_and_slice(OnceLock::new(), bytes))
     }
 
     /// Wraps bytes from a storage backend, checking they are UTF-8.
     pub fn from_utf8(bytes: Bytes) -> Result<Self, std::str::Utf8Error> {
         std::str::from_utf8(&bytes)?;
-        Ok(Frame(Arc::from(&bytes[..])))
+        Ok(Frame::copy_of(&bytes))
     }
 
     /// The encoded JSON, as bytes.
     pub fn bytes(&self) -> &[u8] {
-        &self.0
+        &self.0.slice
+    }
+
+    /// The frame's compressed form, made by `compress` the first time it is
+    /// asked for and kept with the frame from then on: a transport that
+    /// compresses what it delivers (WebSocket permessage-deflate) compresses
+    /// a frame delivered to a thousand receivers once, and every receiver
+    /// writes the same bytes. This crate does not compress; it only keeps
+    /// the result, which lives as long as the frame (in history too).
+    /// Whoever asks must always ask with the same `compress`.
+    pub fn compressed(&self, compress: impl FnOnce(&[u8]) -> Box<[u8]>) -> &[u8] {
+        self.0.header.get_or_init(|| compress(self.bytes()))
     }
 
     /// The frame as `Bytes` sharing the same memory (for I/O libraries).
@@ -45,23 +76,23 @@ impl Frame {
     /// The encoded JSON.
     pub fn as_str(&self) -> &str {
         // Every constructor guarantees UTF-8; the fallback is unreachable.
-        std::str::from_utf8(&self.0).unwrap_or_default()
+        std::str::from_utf8(self.bytes()).unwrap_or_default()
     }
 
     /// Length in bytes.
     pub fn len(&self) -> usize {
-        self.0.len()
+        self.0.slice.len()
     }
 
     /// Whether the frame is empty (never true for an encoded envelope).
     pub fn is_empty(&self) -> bool {
-        self.0.is_empty()
+        self.0.slice.is_empty()
     }
 }
 
 impl AsRef<[u8]> for Frame {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        self.bytes()
     }
 }
 
@@ -151,7 +182,7 @@ impl Writer {
 
     fn finish(mut self) -> Frame {
         self.out.push(b'}');
-        let frame = Frame(Arc::from(&self.out[..]));
+        let frame = Frame::copy_of(&self.out);
         crate::scratch::give(self.out);
         frame
     }
@@ -255,7 +286,7 @@ pub fn messages_response(
         out.extend_from_slice(message.bytes());
     }
     out.extend_from_slice(MESSAGES_RESPONSE_TAIL);
-    let frame = Frame(Arc::from(&out[..]));
+    let frame = Frame::copy_of(&out);
     crate::scratch::give(out);
     frame
 }
@@ -275,7 +306,7 @@ pub fn messages_response_head(id: MessageId, timestamp: Timestamp, request_id: O
     }
     w.key("payload");
     w.out.extend_from_slice(b"{\"messages\":[");
-    let frame = Frame(Arc::from(&w.out[..]));
+    let frame = Frame::copy_of(&w.out);
     crate::scratch::give(w.out);
     frame
 }

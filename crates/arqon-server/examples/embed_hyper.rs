@@ -16,7 +16,7 @@ use arqon_server::{Bus, Config, Endpoint, Refusal, UpgradeRequest, websocket_acc
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue, SEC_WEBSOCKET_ACCEPT, UPGRADE};
+use hyper::header::{CONNECTION, CONTENT_TYPE, HeaderValue, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_EXTENSIONS, UPGRADE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -47,10 +47,12 @@ fn mount(request: Request<Incoming>, bus: &Endpoint, peer: SocketAddr) -> Respon
     };
     let upgrade =
         UpgradeRequest { path: request.uri().path(), query: request.uri().query(), headers: request.headers(), peer };
-    let admitted = match bus.admit(&upgrade) {
+    let mut admitted = match bus.admit(&upgrade) {
         Ok(admitted) => admitted,
         Err(refusal) => return refused(&refusal),
     };
+    // permessage-deflate, if the client offered it: the 101 must say so.
+    let extensions = admitted.accept_compression().and_then(|value| HeaderValue::try_from(value).ok());
     let upgraded = hyper::upgrade::on(request);
     tokio::spawn(async move {
         match upgraded.await {
@@ -64,6 +66,9 @@ fn mount(request: Request<Incoming>, bus: &Endpoint, peer: SocketAddr) -> Respon
     headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
     headers.insert(SEC_WEBSOCKET_ACCEPT, accept);
+    if let Some(extensions) = extensions {
+        headers.insert(SEC_WEBSOCKET_EXTENSIONS, extensions);
+    }
     response
 }
 
@@ -210,6 +215,25 @@ mod tests {
         assert!(hello.ends_with("hello from the service\n"), "{hello}");
         let plain = get(addr, "/bus").await;
         assert!(plain.starts_with("HTTP/1.1 426"), "{plain}");
+
+        // A client offering permessage-deflate gets it through the embedder's
+        // 101 as through the bus's own listener.
+        let mut raw = TcpStream::connect(addr).await.unwrap();
+        let offer = format!(
+            "GET /bus HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Sec-WebSocket-Extensions: permessage-deflate; client_max_window_bits\r\n\r\n"
+        );
+        raw.write_all(offer.as_bytes()).await.unwrap();
+        let mut head = vec![0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), raw.read(&mut head)).await.unwrap().unwrap();
+        let head = String::from_utf8_lossy(&head[..n]).to_lowercase();
+        assert!(head.starts_with("http/1.1 101"), "{head}");
+        assert!(
+            head.contains("sec-websocket-extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"),
+            "{head}"
+        );
+        drop(raw);
 
         // Two clients on /bus: one publishes, the other receives.
         let url = format!("ws://{addr}/bus");

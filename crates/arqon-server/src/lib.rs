@@ -640,6 +640,11 @@ fn transport_config(config: &Config) -> Result<TransportConfig, ServerError> {
         allowed_origins: config.server.allowed_origins.clone(),
         tls,
         write_timeout: Duration::from_millis(config.limits.write_timeout_ms),
+        compression: arqon_transport::Compression {
+            enabled: config.compression.enabled,
+            min_bytes: config.compression.min_bytes,
+            level: config.compression.level,
+        },
         ..TransportConfig::default()
     })
 }

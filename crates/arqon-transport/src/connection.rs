@@ -15,8 +15,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, Wr
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::deflate::Deflate;
 use crate::frames::{Broken, Event, FrameReader};
-use crate::wire::{self, Control, OP_BINARY, OP_PING, OP_TEXT, Replies};
+use crate::wire::{self, COMPRESSED, Control, OP_BINARY, OP_PING, OP_TEXT, Replies};
 use crate::{Accepted, Connection, TransportConfig};
 
 /// Whether the client sent anything since the writer's last heartbeat tick;
@@ -77,13 +78,15 @@ enum Handled {
 
 /// Runs a connection to its end. Returns when the client is gone, the bus
 /// closed it, or shutdown finished with it. `early` holds what the client
-/// sent after its upgrade request.
+/// sent after its upgrade request; `deflate`, what was agreed for
+/// permessage-deflate, if anything.
 pub(crate) async fn run_connection<S, C>(
     mut read: ReadHalf<S>,
     io: WriteHalf<S>,
     early: Vec<u8>,
     accepted: Accepted<C>,
     config: &TransportConfig,
+    deflate: Option<Deflate>,
     stop: watch::Receiver<bool>,
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -103,9 +106,10 @@ pub(crate) async fn run_connection<S, C>(
         grace,
         batch: config.write_batch.max(1),
         ids: IdGenerator::new(),
+        deflate,
     };
     let mut writer = tokio::spawn(writer.run(stop));
-    let mut reader = FrameReader::new(config.max_message_bytes, early);
+    let mut reader = FrameReader::new(config.max_message_bytes, early, deflate.is_some());
     let end = loop {
         match handle(&mut reader, &mut conn, &control).await {
             Ok(Handled::More) => {}
@@ -299,6 +303,8 @@ struct Writer<S> {
     grace: Duration,
     batch: usize,
     ids: IdGenerator,
+    /// permessage-deflate, when the client negotiated it.
+    deflate: Option<Deflate>,
 }
 
 impl<S> Writer<S>
@@ -505,19 +511,69 @@ where
         let mut batch = Batch { buf: scratch::take(), framed: 0 };
         while let Some(item) = self.frames.pop() {
             match item {
-                Outbound::Frame(frame) => self.put(&mut batch, OP_TEXT, frame.bytes()).await?,
+                Outbound::Frame(frame) => self.put_frame(&mut batch, &frame).await?,
                 Outbound::Batch(frames) => {
                     for frame in &frames {
-                        self.put(&mut batch, OP_TEXT, frame.bytes()).await?;
+                        self.put_frame(&mut batch, frame).await?;
                     }
                 }
-                Outbound::Binary(data) => self.put(&mut batch, OP_BINARY, &data).await?,
-                Outbound::Spliced(spliced) => self.put_spliced(&mut batch, &spliced).await?,
+                Outbound::Binary(data) => self.put_message(&mut batch, OP_BINARY, &data).await?,
+                Outbound::Spliced(spliced) => match self.deflate {
+                    Some(deflate) if deflate.applies_to(spliced.len()) => {
+                        let mut whole = scratch::take();
+                        spliced.parts().for_each(|part| whole.extend_from_slice(part));
+                        self.put_compressed(&mut batch, deflate, OP_TEXT, &whole).await?;
+                        scratch::give(whole);
+                    }
+                    _ => self.put_spliced(&mut batch, &spliced).await?,
+                },
             }
         }
         self.write_out(&mut batch.buf).await?;
         scratch::give(batch.buf);
         self.flush().await
+    }
+
+    /// Appends a shared frame: compressed if the client negotiated it and
+    /// the frame is long enough, with the compressed bytes every receiver
+    /// shares.
+    async fn put_frame(&mut self, batch: &mut Batch, frame: &arqon_protocol::Frame) -> Result<(), WriteError> {
+        match self.deflate {
+            Some(deflate) if deflate.applies_to(frame.len()) => {
+                let mut own = scratch::take();
+                let payload = deflate.frame(frame, &mut own);
+                let written = self.put(batch, COMPRESSED | OP_TEXT, payload).await;
+                scratch::give(own);
+                written
+            }
+            _ => self.put(batch, OP_TEXT, frame.bytes()).await,
+        }
+    }
+
+    /// Appends a message for this client alone, compressed if the client
+    /// negotiated it and the message is long enough.
+    async fn put_message(&mut self, batch: &mut Batch, opcode: u8, payload: &[u8]) -> Result<(), WriteError> {
+        match self.deflate {
+            Some(deflate) if deflate.applies_to(payload.len()) => {
+                self.put_compressed(batch, deflate, opcode, payload).await
+            }
+            _ => self.put(batch, opcode, payload).await,
+        }
+    }
+
+    /// Compresses a message for this client alone and appends it.
+    async fn put_compressed(
+        &mut self,
+        batch: &mut Batch,
+        deflate: Deflate,
+        opcode: u8,
+        message: &[u8],
+    ) -> Result<(), WriteError> {
+        let mut compressed = scratch::take();
+        deflate.compress_into(message, &mut compressed);
+        let written = self.put(batch, COMPRESSED | opcode, &compressed).await;
+        scratch::give(compressed);
+        written
     }
 
     /// Appends one text message made of shared pieces: one header, then each
@@ -631,6 +687,7 @@ mod tests {
             grace: GRACE,
             batch: 256,
             ids: IdGenerator::new(),
+            deflate: None,
         };
         let writer = tokio::spawn(writer.run(stopped));
         Harness { client, frames, activity, stop, writer, started: Instant::now() }

@@ -18,7 +18,8 @@ use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::http::{HeaderMap, header};
 
 use crate::admission::{Admission, Slot};
-use crate::server::{admit, run_upgraded};
+use crate::deflate::Deflate;
+use crate::server::{admit, negotiate_compression, run_upgraded};
 use crate::{Acceptor, Refusal, TransportConfig, UpgradeRequest};
 
 /// Any upgraded stream, boxed: `hyper::upgrade::Upgraded` in hyper-util's
@@ -27,8 +28,9 @@ trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 
 impl<S: AsyncRead + AsyncWrite + Unpin + Send> Io for S {}
 
-/// A connection's task, waiting for its stream.
-type Serve = Box<dyn FnOnce(Box<dyn Io>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+/// A connection's task, waiting for its stream and for what was agreed on
+/// compression.
+type Serve = Box<dyn FnOnce(Box<dyn Io>, Option<Deflate>) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 /// An acceptor with its connection type erased, so that [`Endpoint`] and
 /// [`Admitted`] need no type parameter.
@@ -54,7 +56,9 @@ impl<A: Acceptor> Admit for Arc<A> {
         let config = Arc::clone(config);
         // hyper keeps what the client sent after its request inside the
         // upgraded stream: nothing is read early here.
-        Ok(Box::new(move |stream| Box::pin(run_upgraded(stream, Vec::new(), accepted, slot, config, stop))))
+        Ok(Box::new(move |stream, deflate| {
+            Box::pin(run_upgraded(stream, Vec::new(), accepted, slot, config, deflate, stop))
+        }))
     }
 }
 
@@ -128,7 +132,8 @@ impl Endpoint {
         }
         let slot = inner.admission.admit(request.peer.ip(), &inner.config)?;
         let serve = inner.acceptor.admit(request, slot, &inner.config, inner.stop.subscribe())?;
-        Ok(Admitted { serve })
+        let compression = negotiate_compression(request.headers, &inner.config);
+        Ok(Admitted { serve, compression, deflate: None })
     }
 
     /// Tells every connection to close (the `shutdown` event, close 1001),
@@ -154,6 +159,10 @@ impl Endpoint {
 /// A client [`Endpoint::admit`] let in, waiting for its upgraded stream.
 pub struct Admitted {
     serve: Serve,
+    /// What the client's offer and the configuration allow.
+    compression: Option<(Deflate, String)>,
+    /// What the embedder accepted.
+    deflate: Option<Deflate>,
 }
 
 impl fmt::Debug for Admitted {
@@ -163,6 +172,17 @@ impl fmt::Debug for Admitted {
 }
 
 impl Admitted {
+    /// Accepts permessage-deflate, if the client offered it and the
+    /// configuration allows it: the value of the `Sec-WebSocket-Extensions`
+    /// header that the `101` response must then carry. The connection is
+    /// compressed only after this call, so an embedder that never makes it
+    /// (and so never sends the header) gets an uncompressed connection.
+    pub fn accept_compression(&mut self) -> Option<String> {
+        let (deflate, header) = self.compression.take()?;
+        self.deflate = Some(deflate);
+        Some(header)
+    }
+
     /// Serves the connection on `stream`, the upgraded connection (after
     /// the `101` response), until it ends: the client leaves, the bus
     /// closes it, or the endpoint shuts down. With hyper:
@@ -171,7 +191,7 @@ impl Admitted {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     {
-        (self.serve)(Box::new(stream)).await;
+        (self.serve)(Box::new(stream), self.deflate).await;
     }
 }
 

@@ -14,6 +14,11 @@
 //! stray or missing continuation, a one-byte close payload (1002); a text
 //! message or close reason that is not UTF-8 (1007); a frame or message over
 //! the size limit (1009).
+//!
+//! With permessage-deflate negotiated, a message whose first frame has RSV1
+//! set is inflated once whole, into a buffer bounded by the size limit (a
+//! message that would inflate past it is 1009, never allocated), and is
+//! then checked like any other; data that does not inflate is 1007.
 
 use std::cell::Cell;
 use std::future::{Future, poll_fn};
@@ -22,7 +27,7 @@ use std::pin::pin;
 use std::task::{Context, Poll};
 
 use arqon_protocol::CloseReason;
-use arqon_protocol::scratch::Pool;
+use arqon_protocol::scratch::{self, Pool};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::wire::{OP_BINARY, OP_CLOSE, OP_CONTINUATION, OP_PING, OP_PONG, OP_TEXT};
@@ -86,6 +91,9 @@ pub(crate) enum Broken {
     /// A frame or message over the size limit.
     #[error("message too large")]
     TooLarge,
+    /// A compressed message that is not valid deflate data.
+    #[error("invalid compressed data")]
+    Inflate,
 }
 
 impl Broken {
@@ -95,6 +103,7 @@ impl Broken {
             Broken::Protocol => CloseReason { code: 1002, reason: "protocol violation" },
             Broken::Utf8 => CloseReason { code: 1007, reason: "invalid UTF-8" },
             Broken::TooLarge => CloseReason::TOO_LARGE,
+            Broken::Inflate => CloseReason { code: 1007, reason: "invalid compressed data" },
         }
     }
 }
@@ -104,6 +113,8 @@ impl Broken {
 struct Header {
     fin: bool,
     opcode: u8,
+    /// RSV1 on a message's first frame: the message is compressed.
+    compressed: bool,
     /// Header bytes, mask included.
     len: usize,
     payload: usize,
@@ -112,19 +123,22 @@ struct Header {
 
 impl Header {
     /// Parses the header at the start of `data`: `None` until all of it is
-    /// there, an error as soon as the bytes that break a rule are.
-    fn parse(data: &[u8], max_message: usize) -> Result<Option<Header>, Broken> {
+    /// there, an error as soon as the bytes that break a rule are. RSV1 is
+    /// allowed only with permessage-deflate (`deflate`), and only on a
+    /// message's first frame; no other reserved bit ever.
+    fn parse(data: &[u8], max_message: usize, deflate: bool) -> Result<Option<Header>, Broken> {
         let [b0, b1, ..] = *data else { return Ok(None) };
-        if b0 & 0x70 != 0 {
-            // No extension is negotiated, so no reserved bit may be set.
+        let compressed = b0 & 0x70 == 0x40 && deflate;
+        if b0 & 0x70 != 0 && !compressed {
             return Err(Broken::Protocol);
         }
         let fin = b0 & 0x80 != 0;
         let opcode = b0 & 0x0f;
         let short_len = usize::from(b1 & 0x7f);
         match opcode {
-            OP_CONTINUATION | OP_TEXT | OP_BINARY => {}
-            OP_CLOSE | OP_PING | OP_PONG if fin && short_len <= MAX_CONTROL_PAYLOAD => {}
+            OP_TEXT | OP_BINARY => {}
+            OP_CONTINUATION if !compressed => {}
+            OP_CLOSE | OP_PING | OP_PONG if !compressed && fin && short_len <= MAX_CONTROL_PAYLOAD => {}
             _ => return Err(Broken::Protocol),
         }
         if b1 & 0x80 == 0 {
@@ -147,11 +161,16 @@ impl Header {
             return Err(Broken::Protocol);
         }
         let payload = usize::try_from(payload).map_err(|_| Broken::TooLarge)?;
-        if payload > max_message {
+        // A compressed frame is checked again once inflated; what is read
+        // of it is bounded all the same (deflate grows what it cannot
+        // compress by a little).
+        if payload > wire_limit(max_message, deflate) {
             return Err(Broken::TooLarge);
         }
         match data.get(at..at + 4) {
-            Some(&[a, b, c, d]) => Ok(Some(Header { fin, opcode, len: at + 4, payload, mask: [a, b, c, d] })),
+            Some(&[a, b, c, d]) => {
+                Ok(Some(Header { fin, opcode, compressed, len: at + 4, payload, mask: [a, b, c, d] }))
+            }
             _ => Ok(None),
         }
     }
@@ -190,14 +209,42 @@ fn close_reply(payload: &[u8]) -> Result<Option<u16>, Broken> {
     }
 }
 
+/// Most payload bytes a frame (or a fragmented message, assembled) may
+/// carry on the wire: the size limit, plus deflate's worst-case growth when
+/// compression is negotiated.
+fn wire_limit(max_message: usize, deflate: bool) -> usize {
+    if deflate { max_message.saturating_add(max_message / 64 + 1024) } else { max_message }
+}
+
 fn text(bytes: &[u8]) -> Result<&str, Broken> {
     std::str::from_utf8(bytes).map_err(|_| Broken::Utf8)
+}
+
+/// A whole message as its event: inflated into `inflated` first if it was
+/// compressed.
+fn message<'a>(
+    is_text: bool,
+    compressed: bool,
+    bytes: &'a [u8],
+    max_message: usize,
+    inflated: &'a mut Vec<u8>,
+) -> Result<Option<Event<'a>>, Broken> {
+    let bytes = if compressed {
+        *inflated = scratch::take();
+        crate::deflate::inflate_message(bytes, max_message, inflated)?;
+        &inflated[..]
+    } else {
+        bytes
+    };
+    if is_text { text(bytes).map(|t| Some(Event::Text(t))) } else { Ok(Some(Event::Binary(bytes))) }
 }
 
 /// A fragmented message on its way in.
 #[derive(Debug)]
 struct Fragments {
     text: bool,
+    /// The message is compressed: its text is checked once inflated.
+    compressed: bool,
     bytes: Vec<u8>,
     /// How much of `bytes` is known to be UTF-8 (text only): invalid text
     /// fails at the fragment that breaks it, not at the end.
@@ -206,11 +253,11 @@ struct Fragments {
 
 impl Fragments {
     fn push(&mut self, more: &[u8], max_message: usize) -> Result<(), Broken> {
-        if self.bytes.len() + more.len() > max_message {
+        if self.bytes.len() + more.len() > wire_limit(max_message, self.compressed) {
             return Err(Broken::TooLarge);
         }
         self.bytes.extend_from_slice(more);
-        if self.text {
+        if self.text && !self.compressed {
             self.checked = match std::str::from_utf8(&self.bytes[self.checked..]) {
                 Ok(_) => self.bytes.len(),
                 // A character cut between two fragments: check it with the next.
@@ -234,15 +281,28 @@ pub(crate) struct FrameReader {
     fragments: Option<Fragments>,
     /// The last fragmented message completed (what its event borrows).
     assembled: Vec<u8>,
+    /// The last compressed message, inflated (what its event borrows).
+    inflated: Vec<u8>,
     max_message: usize,
+    /// permessage-deflate was negotiated.
+    deflate: bool,
 }
 
 impl FrameReader {
     /// A reader for frames of at most `max_message` payload bytes (and
     /// messages of at most that many once assembled), starting with bytes
     /// that arrived with the upgrade request.
-    pub(crate) fn new(max_message: usize, early: Vec<u8>) -> Self {
-        FrameReader { buf: early, start: 0, want: 0, fragments: None, assembled: Vec::new(), max_message }
+    pub(crate) fn new(max_message: usize, early: Vec<u8>, deflate: bool) -> Self {
+        FrameReader {
+            buf: early,
+            start: 0,
+            want: 0,
+            fragments: None,
+            assembled: Vec::new(),
+            inflated: Vec::new(),
+            max_message,
+            deflate,
+        }
     }
 
     /// The next complete message or control frame among the bytes read,
@@ -251,8 +311,11 @@ impl FrameReader {
         if !self.assembled.is_empty() {
             self.assembled = Vec::new();
         }
+        if self.inflated.capacity() > 0 {
+            scratch::give(std::mem::take(&mut self.inflated));
+        }
         loop {
-            let Some(header) = Header::parse(&self.buf[self.start..], self.max_message)? else {
+            let Some(header) = Header::parse(&self.buf[self.start..], self.max_message, self.deflate)? else {
                 return Ok(None);
             };
             let total = header.len + header.payload;
@@ -267,10 +330,23 @@ impl FrameReader {
             unmask(&mut self.buf[payload.clone()], header.mask);
             match header.opcode {
                 OP_TEXT | OP_BINARY if self.fragments.is_some() => return Err(Broken::Protocol),
-                OP_TEXT if header.fin => return text(&self.buf[payload]).map(|t| Some(Event::Text(t))),
-                OP_BINARY if header.fin => return Ok(Some(Event::Binary(&self.buf[payload]))),
+                OP_TEXT | OP_BINARY if header.fin => {
+                    let is_text = header.opcode == OP_TEXT;
+                    return message(
+                        is_text,
+                        header.compressed,
+                        &self.buf[payload],
+                        self.max_message,
+                        &mut self.inflated,
+                    );
+                }
                 OP_TEXT | OP_BINARY => {
-                    let mut fragments = Fragments { text: header.opcode == OP_TEXT, bytes: Vec::new(), checked: 0 };
+                    let mut fragments = Fragments {
+                        text: header.opcode == OP_TEXT,
+                        compressed: header.compressed,
+                        bytes: Vec::new(),
+                        checked: 0,
+                    };
                     fragments.push(&self.buf[payload], self.max_message)?;
                     self.fragments = Some(fragments);
                 }
@@ -278,15 +354,11 @@ impl FrameReader {
                     let fragments = self.fragments.as_mut().ok_or(Broken::Protocol)?;
                     fragments.push(&self.buf[payload], self.max_message)?;
                     if header.fin {
-                        let Some(Fragments { text: is_text, bytes, .. }) = self.fragments.take() else {
+                        let Some(Fragments { text: is_text, compressed, bytes, .. }) = self.fragments.take() else {
                             return Err(Broken::Protocol);
                         };
                         self.assembled = bytes;
-                        return if is_text {
-                            text(&self.assembled).map(|t| Some(Event::Text(t)))
-                        } else {
-                            Ok(Some(Event::Binary(&self.assembled)))
-                        };
+                        return message(is_text, compressed, &self.assembled, self.max_message, &mut self.inflated);
                     }
                 }
                 OP_PING => return Ok(Some(Event::Ping(&self.buf[payload]))),
@@ -378,7 +450,7 @@ mod tests {
     }
 
     fn reader(bytes: Vec<u8>) -> FrameReader {
-        FrameReader::new(1024, bytes)
+        FrameReader::new(1024, bytes, false)
     }
 
     /// Every event in `bytes`, in order, then the error that stopped them.
@@ -392,6 +464,79 @@ mod tests {
                 Err(broken) => return (seen, Some(broken)),
             }
         }
+    }
+
+    /// Every event a reader that negotiated permessage-deflate finds in
+    /// `bytes`, then the error that stopped them.
+    fn inflated_events(bytes: Vec<u8>, max_message: usize) -> (Vec<String>, Option<Broken>) {
+        let mut reader = FrameReader::new(max_message, bytes, true);
+        let mut seen = Vec::new();
+        loop {
+            match reader.next_event() {
+                Ok(Some(event)) => seen.push(format!("{event:?}")),
+                Ok(None) => return (seen, None),
+                Err(broken) => return (seen, Some(broken)),
+            }
+        }
+    }
+
+    #[test]
+    fn compressed_messages_are_inflated_whole_or_fragmented() {
+        let text = "{\"payload\":\"".to_owned() + &"hello ".repeat(50) + "\"}";
+        let deflated = crate::deflate::compressed(text.as_bytes());
+        let (half, rest) = deflated.split_at(deflated.len() / 2);
+        let mut bytes = frame(0xc1, &deflated); // FIN, RSV1, text
+        bytes.extend(frame(0x81, b"plain")); // uncompressed messages still pass
+        bytes.extend(frame(0x42, half)); // RSV1, binary, not final
+        bytes.extend(frame(0x89, b"p")); // a ping between the fragments
+        bytes.extend(frame(0x80, rest)); // the last continuation, no RSV1
+        let (seen, broken) = inflated_events(bytes, 1024);
+        assert_eq!(broken, None);
+        assert_eq!(seen.len(), 4, "{seen:?}");
+        assert_eq!(seen[0], format!("{:?}", Event::Text(&text)));
+        assert_eq!(seen[1], format!("{:?}", Event::Text("plain")));
+        assert_eq!(seen[3], format!("{:?}", Event::Binary(text.as_bytes())));
+    }
+
+    #[test]
+    fn compression_rules_are_enforced() {
+        let deflated = crate::deflate::compressed(b"hello");
+        // RSV1 without the extension, on a continuation, on a control
+        // frame; RSV2 and RSV3 always.
+        assert_eq!(events(frame(0xc1, &deflated)).1, Some(Broken::Protocol));
+        let mut continued = frame(0x41, &deflated[..1]);
+        continued.extend(frame(0xc0, &deflated[1..]));
+        assert_eq!(inflated_events(continued, 1024).1, Some(Broken::Protocol));
+        assert_eq!(inflated_events(frame(0xc9, b""), 1024).1, Some(Broken::Protocol));
+        assert_eq!(inflated_events(frame(0xa1, &deflated), 1024).1, Some(Broken::Protocol));
+        assert_eq!(inflated_events(frame(0x91, &deflated), 1024).1, Some(Broken::Protocol));
+        // Data that does not inflate is 1007.
+        let (_, broken) = inflated_events(frame(0xc1, &[0xff, 0xff, 0xff]), 1024);
+        assert_eq!(broken, Some(Broken::Inflate));
+        assert_eq!(Broken::Inflate.close_reason().code, 1007);
+        // Text that inflates to invalid UTF-8 is 1007 too.
+        let (_, broken) = inflated_events(frame(0xc1, &crate::deflate::compressed(&[0xc3, 0x28])), 1024);
+        assert_eq!(broken, Some(Broken::Utf8));
+    }
+
+    #[test]
+    fn a_compressed_message_that_inflates_past_the_limit_is_1009() {
+        // 1 MiB of zeros compresses to about a kilobyte: a small frame that
+        // must not become a large allocation.
+        let bomb = crate::deflate::compressed(&vec![0; 1 << 20]);
+        assert!(bomb.len() < 8 * 1024, "{}", bomb.len());
+        let (seen, broken) = inflated_events(frame(0xc2, &bomb), 64 * 1024);
+        assert!(seen.is_empty());
+        assert_eq!(broken, Some(Broken::TooLarge));
+        // The same split into fragments.
+        let (first, rest) = bomb.split_at(10);
+        let mut fragmented = frame(0x42, first);
+        fragmented.extend(frame(0x80, rest));
+        assert_eq!(inflated_events(fragmented, 64 * 1024).1, Some(Broken::TooLarge));
+        // Exactly the limit inflates.
+        let at_limit = crate::deflate::compressed(&vec![0; 64 * 1024]);
+        let (seen, broken) = inflated_events(frame(0xc2, &at_limit), 64 * 1024);
+        assert_eq!((seen.len(), broken), (1, None));
     }
 
     #[test]
@@ -408,12 +553,12 @@ mod tests {
     fn reads_frames_of_each_length_form() {
         for len in [0, 125, 126, 1000] {
             let text = "é".repeat(len / 2) + &"x".repeat(len % 2);
-            let mut reader = FrameReader::new(70_000, frame(0x81, text.as_bytes()));
+            let mut reader = FrameReader::new(70_000, frame(0x81, text.as_bytes()), false);
             assert_eq!(reader.next_event(), Ok(Some(Event::Text(&text))));
             assert_eq!(reader.next_event(), Ok(None));
         }
         let big = vec![7u8; 65_536];
-        let mut reader = FrameReader::new(70_000, frame(0x82, &big));
+        let mut reader = FrameReader::new(70_000, frame(0x82, &big), false);
         assert_eq!(reader.next_event(), Ok(Some(Event::Binary(&big))));
     }
 
@@ -542,7 +687,7 @@ mod tests {
         let mut points: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
         points.push(bytes.len());
         points.sort_unstable();
-        let mut reader = FrameReader::new(max_message, Vec::new());
+        let mut reader = FrameReader::new(max_message, Vec::new(), false);
         let (mut seen, mut from) = (Vec::new(), 0);
         for to in points {
             reader.buf.extend_from_slice(&bytes[from..to]);
@@ -640,7 +785,7 @@ mod tests {
                 client.write_all(&frame(0x81, message.as_bytes())).await.unwrap();
             }
         });
-        let mut reader = FrameReader::new(1024, Vec::new());
+        let mut reader = FrameReader::new(1024, Vec::new(), false);
         let mut got = Vec::new();
         loop {
             while let Some(event) = reader.next_event().unwrap() {
@@ -669,7 +814,7 @@ mod tests {
         let big = "y".repeat(50_000);
         let bytes = frame(0x81, big.as_bytes());
         let writer = tokio::spawn(async move { client.write_all(&bytes).await.unwrap() });
-        let mut reader = FrameReader::new(100_000, Vec::new());
+        let mut reader = FrameReader::new(100_000, Vec::new(), false);
         let text = loop {
             if let Some(Event::Text(text)) = reader.next_event().unwrap() {
                 break text.to_owned();
@@ -689,7 +834,7 @@ mod tests {
         let mut bytes = frame(0x82, &vec![0; 900_000]);
         bytes.truncate(14 + 5_000);
         client.write_all(&bytes).await.unwrap();
-        let mut reader = FrameReader::new(1_048_576, Vec::new());
+        let mut reader = FrameReader::new(1_048_576, Vec::new(), false);
         for _ in 0..3 {
             assert_eq!(reader.next_event(), Ok(None));
             reader.settle();
@@ -702,7 +847,7 @@ mod tests {
     async fn the_end_of_the_stream_is_reported() {
         let (client, mut server) = tokio::io::duplex(64);
         drop(client);
-        let mut reader = FrameReader::new(1024, Vec::new());
+        let mut reader = FrameReader::new(1024, Vec::new(), false);
         assert!(!reader.fill(&mut server).await.unwrap());
     }
 }

@@ -36,6 +36,7 @@ mod admission;
 mod api;
 mod connection;
 mod cors;
+mod deflate;
 mod embed;
 mod frames;
 mod guard;
@@ -52,6 +53,7 @@ use std::time::Duration;
 use arqon_outbound::OutboundReceiver;
 
 pub use api::{API_PREFIX, ApiFuture, ApiRequest, ApiResponse};
+pub use deflate::Compression;
 pub use embed::{Admitted, Endpoint, websocket_accept};
 pub use guard::Access;
 pub use http::{Monitor, TextStream, serve_monitoring};
@@ -93,6 +95,9 @@ pub struct TransportConfig {
     /// byte for this long is closed as a slow consumer (PROTOCOL.md section
     /// 8.1); zero: never. Default: 10 s.
     pub write_timeout: Duration,
+    /// permessage-deflate (RFC 7692) for clients that offer it. Default:
+    /// on, for frames of 512 bytes or more.
+    pub compression: Compression,
 }
 
 impl Default for TransportConfig {
@@ -108,6 +113,7 @@ impl Default for TransportConfig {
             allowed_origins: Vec::new(),
             tls: None,
             write_timeout: Duration::from_secs(10),
+            compression: Compression::default(),
         }
     }
 }

@@ -168,10 +168,11 @@ where
         }
     }
     let mut admitted: Option<Accepted<A::Conn>> = None;
+    let mut deflate = None;
     let refused_by_limit = slot.as_ref().err().cloned();
     // The callback's signature is tungstenite's; its error type is large by design.
     #[allow(clippy::result_large_err)]
-    let callback = |request: &Request, response: Response| -> Result<Response, ErrorResponse> {
+    let callback = |request: &Request, mut response: Response| -> Result<Response, ErrorResponse> {
         let path = request.uri().path();
         if path != "/ws" && path != "/" {
             return Err(refusal_response(&Refusal {
@@ -184,6 +185,12 @@ where
         match admit_vetted(refused_by_limit, &upgrade, &*acceptor, &config, vetted.take()) {
             Ok(accepted) => {
                 admitted = Some(accepted);
+                if let Some((agreed, extensions)) = negotiate_compression(request.headers(), &config)
+                    && let Ok(value) = http::HeaderValue::from_str(&extensions)
+                {
+                    response.headers_mut().insert(http::header::SEC_WEBSOCKET_EXTENSIONS, value);
+                    deflate = Some(agreed);
+                }
                 Ok(response)
             }
             Err(refusal) => Err(refusal_response(&refusal)),
@@ -217,7 +224,17 @@ where
     let slot = slot.ok()?;
     // From here on the connection reads and writes frames itself.
     let (stream, early) = wire.into_parts();
-    Some(Box::pin(run_upgraded(stream, early, accepted, slot, config, stop)))
+    Some(Box::pin(run_upgraded(stream, early, accepted, slot, config, deflate, stop)))
+}
+
+/// permessage-deflate for a request, as `config.compression` allows: what
+/// was agreed and the response's `Sec-WebSocket-Extensions` value.
+pub(crate) fn negotiate_compression(
+    headers: &http::HeaderMap,
+    config: &TransportConfig,
+) -> Option<(crate::deflate::Deflate, String)> {
+    let offers = headers.get_all(http::header::SEC_WEBSOCKET_EXTENSIONS).iter().filter_map(|v| v.to_str().ok());
+    crate::deflate::negotiate(offers, &config.compression)
 }
 
 /// Reads part of the upgrade request by `deadline`; `None` (logged) if the
@@ -273,13 +290,15 @@ fn admit_vetted<A: Acceptor>(
 /// both this listener and [`Endpoint`](crate::Endpoint) (heartbeat, frame
 /// limits, close codes, the writer's slow-consumer timeout, shutdown).
 /// `early` holds what the client sent after its upgrade request; the slot
-/// is held for the connection's whole life.
+/// is held for the connection's whole life; `deflate` is what the upgrade
+/// agreed for compression.
 pub(crate) async fn run_upgraded<S, C>(
     stream: S,
     early: Vec<u8>,
     accepted: Accepted<C>,
     slot: Slot,
     config: Arc<TransportConfig>,
+    deflate: Option<crate::deflate::Deflate>,
     stop: watch::Receiver<bool>,
 ) where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -287,7 +306,7 @@ pub(crate) async fn run_upgraded<S, C>(
 {
     let _slot = slot;
     let (read, write) = tokio::io::split(stream);
-    run_connection(read, write, early, accepted, &config, stop).await;
+    run_connection(read, write, early, accepted, &config, deflate, stop).await;
 }
 
 #[cfg(test)]

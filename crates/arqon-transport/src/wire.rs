@@ -32,11 +32,16 @@ pub(crate) const OP_PING: u8 = 0x9;
 /// Pong frame opcode.
 pub(crate) const OP_PONG: u8 = 0xa;
 
+/// RSV1 on a data frame: the message is compressed (permessage-deflate,
+/// RFC 7692); or-ed into the opcode given to [`put_header`].
+pub(crate) const COMPRESSED: u8 = 0x40;
+
 /// Most control bytes (pongs, the close reply) waiting for the writer; a peer
 /// that pings faster than its connection drains is cut off beyond this.
 const CONTROL_LIMIT: usize = 64 * 1024;
 
-/// Appends an unmasked, final frame header for a payload of `len` bytes.
+/// Appends an unmasked, final frame header for a payload of `len` bytes;
+/// `opcode` may carry [`COMPRESSED`].
 pub(crate) fn put_header(buf: &mut Vec<u8>, opcode: u8, len: usize) {
     buf.push(0x80 | opcode);
     if len < 126 {
