@@ -13,7 +13,9 @@
 # CPython 2.7.18 under target/autobahn-venv (about 3 minutes) and reuses it
 # afterwards. Reports: target/autobahn/reports/index.html.
 #
-# Environment: AUTOBAHN_TIMEOUT (seconds for the whole run, default 1200),
+# Environment: AUTOBAHN_CASES (a JSON list of case patterns, default
+# ["*"]; e.g. '["12.*","13.*"]' for the compression cases alone),
+# AUTOBAHN_TIMEOUT (seconds for the whole run, default 1200),
 # AUTOBAHN_VENV (where the virtualenv lives), PYTHON27 (a python2.7 to use
 # instead of pyenv's), CARGO_PROFILE_FLAG (e.g. --release; default: debug).
 set -euo pipefail
@@ -153,7 +155,7 @@ cat >"$OUT/spec.json" <<EOF
 {
     "outdir": "$OUT/reports",
     "servers": [{"agent": "arqon-transport", "url": "ws://$addr/ws"}],
-    "cases": ["*"],
+    "cases": ${AUTOBAHN_CASES:-["*"]},
     "exclude-cases": ["9.1.4", "9.1.5", "9.1.6", "9.2.4", "9.2.5", "9.2.6", "9.3.*", "9.4.*"],
     "exclude-agent-cases": {}
 }

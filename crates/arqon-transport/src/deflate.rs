@@ -21,8 +21,8 @@ use arqon_protocol::Frame;
 use miniz_oxide::deflate::core::{
     CompressionStrategy, CompressorOxide, TDEFLFlush, TDEFLStatus, compress, create_comp_flags_from_zip_params,
 };
-use miniz_oxide::inflate::stream::{InflateState, inflate};
-use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
+use miniz_oxide::inflate::TINFLStatus;
+use miniz_oxide::inflate::core::{DecompressorOxide, decompress, inflate_flags};
 
 use crate::frames::Broken;
 
@@ -33,8 +33,8 @@ const NAME: &str = "permessage-deflate";
 /// puts back (RFC 7692 7.2.1, 7.2.2).
 const TAIL: [u8; 4] = [0x00, 0x00, 0xff, 0xff];
 
-/// Inflated bytes are produced in steps of at most this, so that a frame
-/// claiming to inflate hugely is stopped at the size limit, not allocated.
+/// The inflated buffer grows by at most this at a time, so that a frame
+/// that inflates hugely is stopped at the size limit, not allocated.
 const INFLATE_STEP: usize = 64 * 1024;
 
 /// Compression settings of a listener.
@@ -166,7 +166,7 @@ thread_local! {
     /// first use, each with the flags it was made with.
     static COMPRESSORS: RefCell<[Option<Compressor>; 2]> = const { RefCell::new([None, None]) };
     /// The thread's inflater, made on first use.
-    static INFLATER: RefCell<Option<Box<InflateState>>> = const { RefCell::new(None) };
+    static INFLATER: RefCell<Option<Box<DecompressorOxide>>> = const { RefCell::new(None) };
 }
 
 /// Appends `message` compressed as one permessage-deflate message (sync
@@ -195,8 +195,14 @@ fn compress_message(message: &[u8], out: &mut Vec<u8>, level: u8, huffman_only: 
             let (status, read, written) = compress(compressor, input, &mut out[at..], TDEFLFlush::Sync);
             out.truncate(at + written);
             input = &input[read..];
+            // Done once all input is in and the sync flush's empty block
+            // is out. A call that only hands over output held back by the
+            // previous one (its buffer was full) leaves room in ours but
+            // has not flushed yet: it must be called again.
             let room_left = out.len() < out.capacity();
-            if status != TDEFLStatus::Okay || (input.is_empty() && room_left) {
+            let flushed = out[start..].ends_with(&TAIL);
+            let stuck = input.is_empty() && written == 0;
+            if status != TDEFLStatus::Okay || (input.is_empty() && room_left && flushed) || stuck {
                 break;
             }
         }
@@ -213,33 +219,49 @@ fn compress_message(message: &[u8], out: &mut Vec<u8>, level: u8, huffman_only: 
 /// Inflates one compressed message into `out` (cleared first), failing with
 /// [`Broken::TooLarge`] as soon as it would exceed `limit` bytes and with
 /// [`Broken::Inflate`] if it is not valid deflate data.
+///
+/// The output is one growing buffer (miniz's non-wrapping mode), so that a
+/// back-reference is checked against what this message produced: the
+/// thread's inflater serves every connection of the thread, and a crafted
+/// message must not reach into another's data. Resetting the inflater is
+/// then only a state change, not a 32 KiB window to clear.
 pub(crate) fn inflate_message(data: &[u8], limit: usize, out: &mut Vec<u8>) -> Result<(), Broken> {
     out.clear();
+    let flags = inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF | inflate_flags::TINFL_FLAG_HAS_MORE_INPUT;
     INFLATER.with_borrow_mut(|inflater| {
-        let state = inflater.get_or_insert_with(|| InflateState::new_boxed(DataFormat::Raw));
-        state.reset(DataFormat::Raw);
-        for mut input in [data, &TAIL[..]] {
+        let inflater = inflater.get_or_insert_with(|| Box::new(DecompressorOxide::new()));
+        inflater.init();
+        let mut written = 0;
+        for input in [data, &TAIL[..]] {
+            let mut read = 0;
             loop {
-                let at = out.len();
-                // One byte past the limit is enough to know it is exceeded.
-                let step = (limit + 1 - at).min(INFLATE_STEP.max(at));
-                out.resize(at + step, 0);
-                let result = inflate(state, input, &mut out[at..], MZFlush::None);
-                out.truncate(at + result.bytes_written);
-                input = &input[result.bytes_consumed..];
-                if out.len() > limit {
+                if written == out.len() {
+                    // One byte past the limit is enough to know it is exceeded.
+                    let grown = (limit + 1).min(written.saturating_mul(2).max(4096)).min(written + INFLATE_STEP);
+                    if grown <= written {
+                        return Err(Broken::TooLarge);
+                    }
+                    out.resize(grown, 0);
+                }
+                let (status, used, produced) = decompress(inflater, &input[read..], out, written, flags);
+                read += used;
+                written += produced;
+                if written > limit {
                     return Err(Broken::TooLarge);
                 }
-                match result.status {
+                match status {
                     // A final block: whatever follows is not part of it.
-                    Ok(MZStatus::StreamEnd) => return Ok(()),
-                    Ok(_) | Err(MZError::Buf) if input.is_empty() && result.bytes_written < step => break,
-                    Ok(_) => {}
-                    Err(MZError::Buf) if result.bytes_written == step => {}
-                    Err(_) => return Err(Broken::Inflate),
+                    TINFLStatus::Done => {
+                        out.truncate(written);
+                        return Ok(());
+                    }
+                    TINFLStatus::NeedsMoreInput => break,
+                    TINFLStatus::HasMoreOutput => {}
+                    _ => return Err(Broken::Inflate),
                 }
             }
         }
+        out.truncate(written);
         Ok(())
     })
 }
@@ -322,6 +344,80 @@ mod tests {
             let message: Vec<u8> = (0..len).map(|i| b"{\"payload\":\"abc\"}"[i % 17] ^ (i / 1000) as u8).collect();
             assert_eq!(round_trip(&message, false), message, "{len}");
             assert_eq!(round_trip(&message, true), message, "{len} narrow");
+        }
+    }
+
+    /// Bytes that do not compress: deflate's stored blocks and output larger
+    /// than the input.
+    fn noise(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    }
+
+    /// Bytes like an 8-bit greyscale image: smooth, noisy, compressing to
+    /// about 90%, so that the compressor's output for one message overflows
+    /// its own buffer and comes out over several calls.
+    fn image(len: usize) -> Vec<u8> {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                let row = (i / 512) as u64;
+                let col = (i % 512) as u64;
+                (100 + (row * 3 + col) % 60 + x % 24) as u8
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_message_whose_output_comes_out_over_several_calls_is_complete() {
+        let deflate = Deflate { narrow_window: false, min_bytes: 0, level: 1 };
+        for round in 0..40 {
+            for len in [65_536, 131_072] {
+                // Runs first (consumed fast, little output), noise after
+                // (much output): the last input goes in with the output
+                // buffer full, and the flush comes a call later.
+                let mut message = vec![7u8; len * round / 40];
+                message.extend(image(len - message.len()));
+                let mut out = Vec::new();
+                deflate.compress_into(&message, &mut out);
+                // Inflated by miniz's one-shot decoder, independent of ours.
+                let mut stream = out.clone();
+                stream.extend_from_slice(&[0x00, 0x00, 0xff, 0xff, 0x03, 0x00]);
+                let inflated = miniz_oxide::inflate::decompress_to_vec(&stream);
+                assert!(inflated.is_ok_and(|bytes| bytes == message), "round {round}, {len} bytes");
+            }
+        }
+    }
+
+    #[test]
+    fn incompressible_messages_survive_a_round_trip() {
+        for len in [100, 65_535, 65_536, 131_072, 1 << 20] {
+            let message = noise(len);
+            assert_eq!(round_trip(&message, false), message, "{len}");
+            assert_eq!(round_trip(&message, true), message, "{len} narrow");
+        }
+    }
+
+    #[test]
+    fn what_other_compressors_send_is_inflated_whole() {
+        // A one-shot stream ending in a final block, at every level.
+        for message in [noise(200_000), b"abc".repeat(100_000)] {
+            for level in [0, 1, 6, 9] {
+                let deflated = miniz_oxide::deflate::compress_to_vec(&message, level);
+                let mut out = Vec::new();
+                inflate_message(&deflated, message.len(), &mut out).unwrap();
+                assert_eq!(out, message, "level {level}");
+            }
         }
     }
 
@@ -411,6 +507,24 @@ mod tests {
                 100.0 * (1.0 - out.len() as f64 / size as f64)
             );
         }
+    }
+
+    #[test]
+    fn a_message_cannot_reach_into_the_previous_one() {
+        // Two messages from one compressor that keeps its window: the second
+        // refers back into the first. Inflated alone (as every message is
+        // here), it must fail, not return bytes of whatever the thread
+        // inflated before.
+        let first = b"secret of another connection: 0123456789abcdef".repeat(4);
+        let mut out = Vec::new();
+        let mut compressor = CompressorOxide::new(create_comp_flags_from_zip_params(6, -15, 0));
+        let mut buf = vec![0; 4096];
+        let (_, _, n) = compress(&mut compressor, &first, &mut buf, TDEFLFlush::Sync);
+        inflate_message(&buf[..n - 4], 10_000, &mut out).unwrap();
+        assert_eq!(out, first);
+        let (_, _, n) = compress(&mut compressor, &first, &mut buf, TDEFLFlush::Sync);
+        assert!(n < 40, "the second message is a back-reference: {n} bytes");
+        assert_eq!(inflate_message(&buf[..n - 4], 10_000, &mut out), Err(Broken::Inflate));
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //! directions, heartbeat pings and idle close, batching queued frames into few
 //! writes (the connection reads and frames everything itself; tungstenite
 //! only performs the upgrade), and graceful shutdown (the `shutdown` event,
-//! then close 1001). It
+//! then close 1001), and permessage-deflate (RFC 7692) for clients that
+//! offer it, with no compression state kept between messages. It
 //! does not know what a frame means: an [`Acceptor`] decides who may connect
 //! and a [`Connection`] handles each text frame, so the same loop serves the
 //! bus, a test echo or a compliance harness (`examples/echo.rs`, which
@@ -28,7 +29,8 @@
 //!   (health, readiness, status, metrics, telemetry WebSocket, and the
 //!   dashboard page at `/`); [`Access`]: who may open the dashboard and
 //!   the telemetry stream.
-//! - [`TransportConfig`]: limits and timings.
+//! - [`TransportConfig`]: limits and timings; [`Compression`]: its
+//!   permessage-deflate settings.
 //! - [`TransportError`]: this layer's error.
 
 mod accept;
