@@ -137,7 +137,12 @@ impl Endpoint {
     /// Opens connection number `index` and completes the upgrade.
     pub(crate) async fn connect(&self, index: usize, read_buffer: usize) -> Result<Ws, SetupError> {
         let stream = self.tcp(index).await?;
-        Ok(self.upgrade(stream, read_buffer, self.compress).await?.0)
+        match self.upgrade(stream, read_buffer, self.compress).await? {
+            (_, false) if self.compress => {
+                Err(SetupError::new("NOT_COMPRESSED", "the server declined permessage-deflate"))
+            }
+            (ws, _) => Ok(ws),
+        }
     }
 
     /// Opens connection number `index`, upgrades it with tungstenite, and

@@ -20,8 +20,8 @@ use std::ops::Range;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 
-use miniz_oxide::inflate::stream::{InflateState, inflate};
-use miniz_oxide::{DataFormat, MZError, MZFlush, MZStatus};
+use miniz_oxide::inflate::TINFLStatus;
+use miniz_oxide::inflate::core::{DecompressorOxide, decompress, inflate_flags};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -173,7 +173,7 @@ fn apply_mask(data: &mut [u8], key: [u8; 4]) {
 }
 
 /// A connection's inflater (permessage-deflate).
-struct Inflater(Box<InflateState>);
+struct Inflater(Box<DecompressorOxide>);
 
 impl std::fmt::Debug for Inflater {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -213,33 +213,38 @@ impl LeanReader {
     }
 
     /// Inflates a compressed message (RFC 7692 7.2.2: the sync flush's tail
-    /// put back) into `inflated`; its range there.
+    /// put back) into `inflated`; its range there. One growing output buffer
+    /// (miniz's non-wrapping mode): resetting the inflater is then a state
+    /// change, not a 32 KiB window to clear.
     fn inflate(&mut self, payload: Range<usize>) -> io::Result<Range<usize>> {
-        let Some(Inflater(state)) = self.inflater.as_mut() else {
+        let Some(Inflater(inflater)) = self.inflater.as_mut() else {
             return Err(protocol_error("a compressed frame without permessage-deflate"));
         };
-        state.reset(DataFormat::Raw);
-        self.inflated.clear();
+        inflater.init();
+        let flags = inflate_flags::TINFL_FLAG_USING_NON_WRAPPING_OUTPUT_BUF | inflate_flags::TINFL_FLAG_HAS_MORE_INPUT;
         let tail = [0x00, 0x00, 0xff, 0xff];
-        for mut input in [&self.buf[payload], &tail[..]] {
+        let mut written = 0;
+        for input in [&self.buf[payload], &tail[..]] {
+            let mut read = 0;
             loop {
-                let at = self.inflated.len();
-                self.inflated.resize(at + 64 * 1024, 0);
-                let result = inflate(state, input, &mut self.inflated[at..], MZFlush::None);
-                self.inflated.truncate(at + result.bytes_written);
-                input = &input[result.bytes_consumed..];
-                match result.status {
-                    Ok(MZStatus::StreamEnd) => return Ok(0..self.inflated.len()),
-                    Ok(_) | Err(MZError::Buf) if input.is_empty() && result.bytes_written < 64 * 1024 => break,
-                    Ok(_) | Err(MZError::Buf) => {}
-                    Err(_) => return Err(protocol_error("a compressed frame that does not inflate")),
+                if written == self.inflated.len() {
+                    if written >= MAX_FRAME {
+                        return Err(protocol_error("frame too large"));
+                    }
+                    self.inflated.resize((written * 2).max(4096), 0);
                 }
-                if self.inflated.len() > MAX_FRAME {
-                    return Err(protocol_error("frame too large"));
+                let (status, used, produced) = decompress(inflater, &input[read..], &mut self.inflated, written, flags);
+                read += used;
+                written += produced;
+                match status {
+                    TINFLStatus::Done => return Ok(0..written),
+                    TINFLStatus::NeedsMoreInput => break,
+                    TINFLStatus::HasMoreOutput => {}
+                    _ => return Err(protocol_error("a compressed frame that does not inflate")),
                 }
             }
         }
-        Ok(0..self.inflated.len())
+        Ok(0..written)
     }
 
     /// Successful reads so far: a new value means fresh bytes arrived (the
@@ -388,7 +393,7 @@ impl LeanWs {
                 end: 0,
                 reads: 0,
                 wire_bytes: 0,
-                inflater: deflate.then(|| Inflater(InflateState::new_boxed(DataFormat::Raw))),
+                inflater: deflate.then(|| Inflater(Box::new(DecompressorOxide::new()))),
                 inflated: Vec::new(),
                 last_inflated: false,
             },
