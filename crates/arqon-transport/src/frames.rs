@@ -455,21 +455,16 @@ mod tests {
 
     /// Every event in `bytes`, in order, then the error that stopped them.
     fn events(bytes: Vec<u8>) -> (Vec<String>, Option<Broken>) {
-        let mut reader = reader(bytes);
-        let mut seen = Vec::new();
-        loop {
-            match reader.next_event() {
-                Ok(Some(event)) => seen.push(format!("{event:?}")),
-                Ok(None) => return (seen, None),
-                Err(broken) => return (seen, Some(broken)),
-            }
-        }
+        events_of(reader(bytes))
     }
 
     /// Every event a reader that negotiated permessage-deflate finds in
     /// `bytes`, then the error that stopped them.
     fn inflated_events(bytes: Vec<u8>, max_message: usize) -> (Vec<String>, Option<Broken>) {
-        let mut reader = FrameReader::new(max_message, bytes, true);
+        events_of(FrameReader::new(max_message, bytes, true))
+    }
+
+    fn events_of(mut reader: FrameReader) -> (Vec<String>, Option<Broken>) {
         let mut seen = Vec::new();
         loop {
             match reader.next_event() {
