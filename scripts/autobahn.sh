@@ -152,11 +152,13 @@ if [ -z "$addr" ]; then
 fi
 log "echo server on $addr"
 
+# Quoted here: inside the here-document a default word would lose its quotes.
+cases=${AUTOBAHN_CASES:-'["*"]'}
 cat >"$OUT/spec.json" <<EOF
 {
     "outdir": "$OUT/reports",
     "servers": [{"agent": "arqon-transport", "url": "ws://$addr/ws"}],
-    "cases": ${AUTOBAHN_CASES:-["*"]},
+    "cases": $cases,
     "exclude-cases": ["9.1.4", "9.1.5", "9.1.6", "9.2.4", "9.2.5", "9.2.6", "9.3.*", "9.4.*"],
     "exclude-agent-cases": {}
 }
