@@ -163,6 +163,15 @@ pub(crate) fn command(name: &'static str) -> CustomCommand {
 }
 
 /// `KEY id…`: arguments of SADD / SREM on a node's client set.
+/// Items whose flag is set, then the others, each in order.
+fn split_by_flag<T>(items: impl IntoIterator<Item = (T, bool)>) -> (Vec<T>, Vec<T>) {
+    let (mut set, mut unset) = (Vec::new(), Vec::new());
+    for (item, flag) in items {
+        if flag { set.push(item) } else { unset.push(item) }
+    }
+    (set, unset)
+}
+
 fn client_args(key: String, ids: &[ClientId]) -> Vec<Value> {
     std::iter::once(Value::from(key)).chain(ids.iter().map(|id| Value::from(id.to_string()))).collect()
 }
@@ -312,20 +321,14 @@ impl Node {
         let names = &shared.names;
         let node = &*shared.node;
         let pipeline = self.clients.commands.pipeline();
-        let (joined, left): (Vec<ClientId>, Vec<ClientId>) = {
-            let (j, l): (Vec<_>, Vec<_>) = clients.into_iter().partition(|(_, connected)| *connected);
-            (j.into_iter().map(|(id, _)| id).collect(), l.into_iter().map(|(id, _)| id).collect())
-        };
+        let (joined, left) = split_by_flag(clients);
         if !joined.is_empty() {
             pipeline.custom::<Value, Value>(command("SADD"), client_args(names.clients(node), &joined)).await?;
         }
         if !left.is_empty() {
             pipeline.custom::<Value, Value>(command("SREM"), client_args(names.clients(node), &left)).await?;
         }
-        let (present, gone): (Vec<String>, Vec<String>) = {
-            let (p, g): (Vec<_>, Vec<_>) = users.into_iter().partition(|(_, present)| *present);
-            (p.into_iter().map(|(u, _)| u).collect(), g.into_iter().map(|(u, _)| u).collect())
-        };
+        let (present, gone) = split_by_flag(users);
         if !present.is_empty() {
             pipeline.custom::<Value, Value>(command("SADD"), user_args(names.users(node), &present)).await?;
         }

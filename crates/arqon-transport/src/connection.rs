@@ -539,12 +539,11 @@ where
     /// shares.
     async fn put_frame(&mut self, batch: &mut Batch, frame: &arqon_protocol::Frame) -> Result<(), WriteError> {
         match self.deflate {
+            Some(deflate) if deflate.applies_to(frame.len()) && deflate.shares_frames() => {
+                self.put(batch, COMPRESSED | OP_TEXT, deflate.frame(frame)).await
+            }
             Some(deflate) if deflate.applies_to(frame.len()) => {
-                let mut own = scratch::take();
-                let payload = deflate.frame(frame, &mut own);
-                let written = self.put(batch, COMPRESSED | OP_TEXT, payload).await;
-                scratch::give(own);
-                written
+                self.put_compressed(batch, deflate, OP_TEXT, frame.bytes()).await
             }
             _ => self.put(batch, OP_TEXT, frame.bytes()).await,
         }
