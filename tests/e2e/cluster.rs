@@ -793,6 +793,89 @@ async fn presence_lists_the_members_of_every_node_and_forgets_a_node_that_goes()
     nodes.pop().unwrap().shutdown().await; // node 2, with tab2
     drop(tab2);
     until_presence(&mut bob, 1, 1).await;
+    // A node that shuts down takes its entries out of Redis itself.
+    assert_eq!(redis.command_values(&["HKEYS", "arqon:presence:chat:main"]), [bob.id.clone()]);
+    assert_eq!(redis.command(&["EXISTS", "arqon:node:node-2:presence"]), ":0");
+}
+
+/// Presence of `chat/main` as seen by `client`: (total, client ids).
+async fn presence_ids(client: &mut TestClient) -> (u64, Vec<String>) {
+    client.take_pending();
+    let page = client.ok("presence", json!({"room": "chat", "channel": "main"})).await;
+    let ids = page["members"].as_array().unwrap().iter().map(|m| m["client_id"].as_str().unwrap().to_owned()).collect();
+    (page["total"].as_u64().unwrap(), ids)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_is_rewritten_when_redis_comes_back_empty() {
+    need_redis!("presence_is_rewritten_when_redis_comes_back_empty");
+    let mut redis = RedisProcess::start(); // no persistence: it restarts empty
+    let nodes = start_user_nodes(&redis, 2).await;
+    let connect =
+        async |node: &TestServer, token: &str| TestClient::connect(&format!("{}?token={token}", node.url())).await;
+    let mut bob = connect(&nodes[0], "bob-token").await;
+    let mut ann = connect(&nodes[1], "ann-token").await;
+    let mut gone = connect(&nodes[1], "ann-token").await;
+    for client in [&mut bob, &mut ann, &mut gone] {
+        client.join("chat", "main").await;
+    }
+    let until = async |client: &mut TestClient, mut expected: Vec<String>| {
+        expected.sort();
+        let deadline = Instant::now() + TIMEOUT;
+        loop {
+            let (total, ids) = presence_ids(client).await;
+            if ids == expected && total == expected.len() as u64 {
+                return;
+            }
+            assert!(Instant::now() < deadline, "presence stayed {ids:?}, wanted {expected:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let all = vec![bob.id.clone(), ann.id.clone(), gone.id.clone()];
+    until(&mut bob, all).await;
+
+    redis.kill();
+    for node in &nodes {
+        until_status(node, |s| s["cluster"]["healthy"] == false).await;
+    }
+    // A member leaves while Redis is away: its removal cannot be written.
+    gone.ok("leave_channel", json!({"room": "chat", "channel": "main"})).await;
+    redis.restart();
+    for node in &nodes {
+        until_status(node, |s| s["cluster"]["healthy"] == true).await;
+    }
+    // Each node wrote its members back: bob's node lists ann again, and not
+    // the member that left during the outage.
+    let mut expected = vec![bob.id.clone(), ann.id.clone()];
+    until(&mut bob, expected.clone()).await;
+    until(&mut ann, expected.clone()).await;
+    let mut keys = redis.command_values(&["HKEYS", "arqon:presence:chat:main"]);
+    keys.sort();
+    expected.sort();
+    assert_eq!(keys, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_starting_removes_the_presence_left_by_a_dead_one() {
+    need_redis!("a_node_starting_removes_the_presence_left_by_a_dead_one");
+    let redis = RedisProcess::start();
+    // What a node killed long ago left behind: its heartbeat, long past,
+    // its entries, and the set naming where they are. A live entry of the
+    // same channel stays.
+    let old = "1000";
+    redis.command(&["ZADD", "arqon:nodes", old, "ghost"]);
+    let ghost = r#"{"node":"ghost","joined_at":"2026-01-01T00:00:00.000Z"}"#;
+    let live = r#"{"node":"elsewhere","joined_at":"2026-01-01T00:00:00.000Z"}"#;
+    redis.command(&["HSET", "arqon:presence:chat:main", "ghost-member-1", ghost]);
+    redis.command(&["HSET", "arqon:presence:chat:main", "live-member", live]);
+    redis.command(&["HSET", "arqon:presence:chat:side", "ghost-member-2", ghost]);
+    redis.command(&["SADD", "arqon:node:ghost:presence", "chat:main", "chat:side"]);
+    let node = TestServer::start_with(node_config(&redis, "node-0")).await;
+    until_status(&node, |s| s["cluster"]["healthy"] == true).await;
+    assert_eq!(redis.command_values(&["HKEYS", "arqon:presence:chat:main"]), ["live-member"]);
+    assert_eq!(redis.command(&["EXISTS", "arqon:presence:chat:side"]), ":0");
+    assert_eq!(redis.command(&["EXISTS", "arqon:node:ghost:presence"]), ":0");
+    node.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

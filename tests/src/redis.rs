@@ -180,6 +180,19 @@ impl RedisProcess {
     /// Sends one raw command (e.g. `"DBSIZE"`) and returns the reply line,
     /// for tests that look at Redis directly.
     pub fn command(&self, args: &[&str]) -> String {
+        read_reply(&mut self.send(args))
+    }
+
+    /// Sends one raw command and returns its whole reply as text: an
+    /// array's elements, one bulk string, or the reply line of the others.
+    pub fn command_values(&self, args: &[&str]) -> Vec<String> {
+        let mut values = Vec::new();
+        read_values(&mut self.send(args), &mut values);
+        values
+    }
+
+    /// A new connection with `args` sent on it as one command.
+    fn send(&self, args: &[&str]) -> TcpStream {
         let mut stream = TcpStream::connect((Ipv4Addr::LOCALHOST, self.port)).expect("connect to redis-server");
         stream.set_read_timeout(Some(Duration::from_secs(10))).expect("set a read timeout");
         let mut request = format!("*{}\r\n", args.len());
@@ -187,7 +200,7 @@ impl RedisProcess {
             request.push_str(&format!("${}\r\n{arg}\r\n", arg.len()));
         }
         stream.write_all(request.as_bytes()).expect("send the command");
-        read_reply(&mut stream)
+        stream
     }
 
     fn signal(&self, signal: &str) {
@@ -280,4 +293,24 @@ fn read_reply(stream: &mut TcpStream) -> String {
         }
     }
     String::from_utf8_lossy(&reply).trim_end().to_owned()
+}
+
+/// Reads one reply, appending its values (an array's recursively).
+fn read_values(stream: &mut TcpStream, values: &mut Vec<String>) {
+    let line = read_reply(stream);
+    let count = |line: &str| line[1..].parse::<i64>().unwrap_or(-1);
+    match line.as_bytes().first() {
+        Some(b'*') => {
+            for _ in 0..count(&line).max(0) {
+                read_values(stream, values);
+            }
+        }
+        Some(b'$') if count(&line) >= 0 => {
+            let mut body = vec![0u8; usize::try_from(count(&line)).unwrap_or(0) + 2];
+            stream.read_exact(&mut body).expect("read a bulk string");
+            body.truncate(body.len() - 2);
+            values.push(String::from_utf8_lossy(&body).into_owned());
+        }
+        _ => values.push(line),
+    }
 }

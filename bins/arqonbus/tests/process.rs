@@ -284,6 +284,21 @@ mod redis {
             }
         }
         assert!(killed.elapsed() < Duration::from_secs(15), "took {:?}", killed.elapsed());
+        // Nor does it leave anything in Redis: a survivor removes its entries.
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let mut entries = tokio::task::block_in_place(|| redis.command_values(&["HKEYS", "arqon:presence:r:k"]));
+            let set = tokio::task::block_in_place(|| redis.command(&["EXISTS", "arqon:node:n2:presence"]));
+            if set == ":0" {
+                entries.sort();
+                let mut expected = vec![a.id.clone(), b.id.clone()];
+                expected.sort();
+                assert_eq!(entries, expected, "only the live nodes' members are left");
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "the dead node's entries stayed: {entries:?}, set {set}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
         // Its client reconnects to another node and recovers what it missed.
         let mut moved = TestClient::connect(&url1).await;
         let args = json!({"room": "r", "channel": "k", "since": last_seen_by_c.unwrap()});

@@ -20,10 +20,6 @@ use crate::{ClusterError, ClusterHealth, ClusterOptions};
 
 /// Channel created/deleted announcements waiting to go out, at most.
 const CHANNEL_EVENTS_MAX: usize = 4096;
-/// Presence changes waiting to be written, at most (past it the oldest go:
-/// other nodes may then list a departed member until this node's next
-/// change of that channel, or miss a new one).
-const PRESENCE_CHANGES_MAX: usize = 100_000;
 
 /// Several ArqonBus nodes sharing one Redis act as one bus through it.
 ///
@@ -72,10 +68,12 @@ pub(crate) struct Local {
     pub(crate) client_changes: HashMap<ClientId, bool>,
     /// Users with connections on this node.
     pub(crate) users: HashSet<String>,
-    /// Presence changes not yet written: (channel, client, its record or
-    /// `None` once it left), in order. Kept through an outage (bounded) so
-    /// that the registry catches up when Redis is back.
-    pub(crate) presence_changes: VecDeque<(ChannelKey, ClientId, Option<String>)>,
+    /// This node's members' presence records (JSON) by channel: what the
+    /// rejoin rewrites, since Redis may come back without them.
+    pub(crate) presence: HashMap<ChannelKey, crate::presence::Records>,
+    /// Presence fields not yet written, latest wins (`None`: the member
+    /// left). Dropped during an outage: the rejoin rewrites from `presence`.
+    pub(crate) presence_changes: HashMap<(ChannelKey, ClientId), Option<Arc<str>>>,
     /// User → present (true) or gone (false), latest wins.
     pub(crate) user_changes: HashMap<String, bool>,
     /// Channels whose local count or subscription need a look.
@@ -239,6 +237,14 @@ impl Shared {
         self.suspect(keys);
     }
 
+    /// Drops this node's presence in a deleted channel: its members were
+    /// removed without leaving one by one, and the hash is deleted whole.
+    pub(crate) fn forget_presence(&self, key: &ChannelKey) {
+        let mut local = self.local.lock();
+        local.presence.remove(key);
+        local.presence_changes.retain(|(changed, _), _| changed != key);
+    }
+
     fn changed(&self, f: impl FnOnce(&mut Local)) {
         f(&mut self.local.lock());
         self.wake.notify_one();
@@ -324,7 +330,7 @@ impl Broker for RedisBroker {
             joined_at: entry.joined_at.to_string(),
         };
         let json = serde_json::to_string(&record).unwrap_or_default();
-        self.push_presence(key, entry.client_id, Some(json));
+        self.push_presence(key, entry.client_id, Some(Arc::from(json)));
     }
 
     fn presence_left(&self, key: &ChannelKey, id: ClientId) {
@@ -388,6 +394,7 @@ impl Broker for RedisBroker {
     }
 
     fn channel_deleted(&self, key: &ChannelKey) {
+        self.shared.forget_presence(key);
         let event = Control::ChannelDeleted {
             node: self.shared.node.to_string(),
             room: key.room.to_string(),
@@ -398,12 +405,22 @@ impl Broker for RedisBroker {
 }
 
 impl RedisBroker {
-    fn push_presence(&self, key: &ChannelKey, id: ClientId, record: Option<String>) {
+    fn push_presence(&self, key: &ChannelKey, id: ClientId, record: Option<Arc<str>>) {
         self.shared.changed(|local| {
-            if local.presence_changes.len() >= PRESENCE_CHANGES_MAX {
-                local.presence_changes.pop_front();
+            match &record {
+                Some(json) => {
+                    local.presence.entry(key.clone()).or_default().insert(id, Arc::clone(json));
+                }
+                None => {
+                    if let Some(members) = local.presence.get_mut(key) {
+                        members.remove(&id);
+                        if members.is_empty() {
+                            local.presence.remove(key);
+                        }
+                    }
+                }
             }
-            local.presence_changes.push_back((key.clone(), id, record));
+            local.presence_changes.insert((key.clone(), id), record);
         });
     }
 

@@ -33,6 +33,7 @@
 
 mod broker;
 mod node;
+mod presence;
 mod view;
 mod wire;
 

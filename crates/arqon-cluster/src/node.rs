@@ -19,6 +19,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::broker::Shared;
+use crate::presence;
 use crate::wire::{self, Control, Target, Topic};
 use crate::{ClusterError, ClusterOptions};
 
@@ -292,13 +293,14 @@ impl Node {
 
     async fn announce_pending(&self) -> Result<(), fred::error::Error> {
         let shared = &self.shared;
-        let (clients, users, dirty, channel_events, counts) = {
+        let (clients, users, dirty, channel_events, counts, presence, presence_keys) = {
             let mut local = shared.local.lock();
             if !shared.is_healthy() {
                 // The rejoin rewrites the whole registry; channel events are
                 // learnt from storage then. Only the subscription waits matter.
                 local.client_changes.clear();
                 local.user_changes.clear();
+                local.presence_changes.clear();
                 local.channel_events.clear();
                 let dirty: Vec<ChannelKey> = local.dirty.drain().collect();
                 drop(local);
@@ -312,7 +314,11 @@ impl Node {
                 .iter()
                 .map(|key| (key.clone(), local.members.get(key).copied().unwrap_or(0), local.wants(key)))
                 .collect();
-            (clients, users, dirty, std::mem::take(&mut local.channel_events), counts)
+            let presence = std::mem::take(&mut local.presence_changes);
+            // Whether this node still has entries in each channel touched.
+            let presence_keys: HashMap<ChannelKey, bool> =
+                presence.keys().map(|(key, _)| (key.clone(), local.presence.contains_key(key))).collect();
+            (clients, users, dirty, std::mem::take(&mut local.channel_events), counts, presence, presence_keys)
         };
         let wanted: Vec<(ChannelKey, bool)> = counts.iter().map(|(k, _, w)| (k.clone(), *w)).collect();
         let subscribed = self.update_subscriptions(&wanted).await;
@@ -364,17 +370,23 @@ impl Node {
             };
             pipeline.publish::<(), _, _>(names.control(), message.to_json()).await?;
         }
-        let presence = std::mem::take(&mut shared.local.lock().presence_changes);
-        for (key, id, record) in &presence {
-            let hash = Value::from(names.presence(key));
+        for ((key, id), record) in presence {
+            let hash = Value::from(names.presence(&key));
             match record {
                 Some(json) => {
-                    let args = vec![hash, Value::from(id.to_string()), Value::from(json.as_str())];
+                    let args = vec![hash, Value::from(id.to_string()), Value::from(&*json)];
                     pipeline.custom::<Value, Value>(command("HSET"), args).await?;
                 }
                 None => {
                     pipeline.custom::<Value, Value>(command("HDEL"), vec![hash, Value::from(id.to_string())]).await?;
                 }
+            }
+        }
+        let (holding, emptied) = split_by_flag(presence_keys);
+        for (verb, keys) in [("SADD", holding), ("SREM", emptied)] {
+            if !keys.is_empty() {
+                let args = presence::channel_set_args(names, node, &keys);
+                pipeline.custom::<Value, Value>(command(verb), args).await?;
             }
         }
         for event in &channel_events {
@@ -386,15 +398,8 @@ impl Node {
             let (topic, value) = self.control(event);
             pipeline.publish::<(), _, _>(topic, value).await?;
         }
-        let written = pipeline.all::<Value>().await.map(drop);
-        if written.is_err() {
-            // Written once Redis is back, before anything newer.
-            let mut local = shared.local.lock();
-            for change in presence.into_iter().rev() {
-                local.presence_changes.push_front(change);
-            }
-        }
-        written
+        // On failure the node is cut off, and its rejoin rewrites everything.
+        pipeline.all::<Value>().await.map(drop)
     }
 
     /// Subscribes to channels (and their rooms) now wanted, unsubscribes from
@@ -537,6 +542,7 @@ impl Node {
             Control::ChannelDeleted { node, room, channel } => {
                 self.shared.view.write().seen(&node, now);
                 if let Ok(key) = ChannelKey::parse(&room, &channel) {
+                    self.shared.forget_presence(&key);
                     self.router.channel_deleted_elsewhere(&key).await;
                 }
             }
@@ -593,10 +599,13 @@ impl Node {
         let names = &shared.names;
         let node = &*shared.node;
         let ttl = ms(shared.options.registry_ttl);
-        let (clients, members, wanted, users) = {
+        let (clients, members, wanted, users, presence) = {
             let mut local = shared.local.lock();
             local.client_changes.clear();
             local.user_changes.clear();
+            local.presence_changes.clear();
+            let presence: Vec<(ChannelKey, presence::Records)> =
+                local.presence.iter().map(|(key, records)| (key.clone(), records.clone())).collect();
             // Topics subscribed before an outage are renewed by the subscriber
             // client itself; this adds what became wanted meanwhile and drops
             // what no longer is.
@@ -608,10 +617,29 @@ impl Node {
                 .collect();
             let wanted: Vec<(ChannelKey, bool)> = keys.into_iter().map(|k| (k.clone(), local.wants(&k))).collect();
             let users: Vec<String> = local.users.iter().cloned().collect();
-            (local.clients.iter().copied().collect::<Vec<_>>(), local.members.clone(), wanted, users)
+            (local.clients.iter().copied().collect::<Vec<_>>(), local.members.clone(), wanted, users, presence)
         };
         self.update_subscriptions(&wanted).await?;
+        // Nodes silent past the TTL: their presence entries go (each purge
+        // checks again, atomically, that the node is still silent).
+        let cutoff = now_ms() - ttl;
+        let silent: Vec<String> = self
+            .clients
+            .commands
+            .custom(
+                command("ZRANGEBYSCORE"),
+                vec![Value::from(names.nodes()), Value::from("-inf"), Value::Integer(cutoff)],
+            )
+            .await?;
         let pipeline = self.clients.commands.pipeline();
+        // Registered first: from here on no other node purges this one's
+        // entries as a dead node's.
+        self.queue_registered(&pipeline).await?;
+        for other in silent.iter().filter(|n| n.as_str() != node) {
+            presence::queue_purge(&pipeline, names, other, cutoff).await?;
+        }
+        presence::queue_purge(&pipeline, names, node, presence::ALWAYS).await?;
+        presence::queue_rewrite(&pipeline, names, node, &presence).await?;
         pipeline
             .custom::<Value, String>(command("DEL"), vec![names.clients(node), names.members(node), names.users(node)])
             .await?;
@@ -664,17 +692,37 @@ impl Node {
     ) -> Result<(), fred::error::Error> {
         let names = &self.shared.names;
         let node = &*self.shared.node;
-        pipeline
-            .custom::<Value, Value>(
-                command("ZADD"),
-                vec![Value::from(names.nodes()), Value::Integer(now_ms()), Value::from(node)],
-            )
-            .await?;
+        self.queue_registered(pipeline).await?;
         for key in [names.clients(node), names.members(node), names.users(node)] {
             pipeline.custom::<Value, Value>(command("PEXPIRE"), vec![Value::from(key), Value::Integer(ttl)]).await?;
         }
         let (topic, beat) = self.control(&Control::Heartbeat { node: node.to_owned() });
         pipeline.publish::<(), _, _>(topic, beat).await
+    }
+
+    /// Queues this node's entry in the registry of nodes, with the time now.
+    async fn queue_registered(&self, pipeline: &fred::clients::Pipeline<Client>) -> Result<(), fred::error::Error> {
+        let args =
+            vec![Value::from(self.shared.names.nodes()), Value::Integer(now_ms()), Value::from(&*self.shared.node)];
+        pipeline.custom::<Value, Value>(command("ZADD"), args).await.map(drop)
+    }
+
+    /// Removes the presence entries of nodes found dead (best effort: a
+    /// node that rejoins later, or starts, purges whatever is left).
+    async fn purge_dead(self, dead: Vec<Arc<str>>) {
+        let cutoff = now_ms() - ms(self.shared.options.registry_ttl);
+        let pipeline = self.clients.commands.pipeline();
+        let result = async {
+            for node in &dead {
+                presence::queue_purge(&pipeline, &self.shared.names, node, cutoff).await?;
+            }
+            pipeline.all::<Vec<Value>>().await
+        }
+        .await;
+        match result {
+            Ok(removed) => tracing::debug!(?dead, ?removed, "cluster: dead nodes' presence entries removed"),
+            Err(error) => tracing::debug!(error = %error.details(), "cluster: could not remove dead nodes' presence"),
+        }
     }
 
     /// Heartbeats, forgets silent nodes and stale subscriptions, and rejoins
@@ -703,8 +751,12 @@ impl Node {
                 checking = Some(tokio::spawn(self.clone().check_suspects()));
             }
             let now = Instant::now();
-            for dead in self.shared.view.write().sweep(now, ttl) {
-                tracing::warn!(node = %dead, "cluster: node silent past the registry TTL; forgetting its clients");
+            let dead = self.shared.view.write().sweep(now, ttl);
+            for node in &dead {
+                tracing::warn!(node = %node, "cluster: node silent past the registry TTL; forgetting its clients");
+            }
+            if !dead.is_empty() && self.shared.is_healthy() {
+                tokio::spawn(self.clone().purge_dead(dead));
             }
             let mut local = self.shared.local.lock();
             let stale: Vec<ChannelKey> = local
@@ -781,6 +833,7 @@ impl Node {
         if self.shared.is_healthy() {
             let pipeline = self.clients.commands.pipeline();
             let result = async {
+                presence::queue_purge(&pipeline, names, node, presence::ALWAYS).await?;
                 pipeline
                     .custom::<Value, String>(
                         command("DEL"),

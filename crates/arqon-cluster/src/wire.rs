@@ -46,7 +46,19 @@ impl Names {
     /// Hash of one channel's members on every node: client id → a
     /// [`PresenceRecord`] as JSON.
     pub(crate) fn presence(&self, key: &ChannelKey) -> String {
-        format!("{}presence:{}:{}", self.prefix, key.room, key.channel)
+        format!("{}{}", self.presence_prefix(), member_field(key))
+    }
+
+    /// What a presence hash's name is before its `room:channel`.
+    pub(crate) fn presence_prefix(&self) -> String {
+        format!("{}presence:", self.prefix)
+    }
+
+    /// Set of the channels (`room:channel`) whose presence hash holds
+    /// entries of `node`: what to clean once it is gone. It does not expire,
+    /// so that the node's entries can be found however long it stayed away.
+    pub(crate) fn presence_channels(&self, node: &str) -> String {
+        format!("{}node:{node}:presence", self.prefix)
     }
 
     /// Set of the users with connections on `node`.
