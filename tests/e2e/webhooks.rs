@@ -176,3 +176,64 @@ async fn a_receiver_that_is_down_never_slows_delivery_and_drops_are_counted() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_queued_at_shutdown_are_sent_before_the_bus_stops() {
+    let (receiver, url) = Receiver::start(0).await;
+    let mut config = config(&url);
+    // A batch would wait a minute to fill: only the shutdown sends it.
+    config.webhooks.flush_ms = 60_000;
+    let server = TestServer::start_with(config).await;
+    let base = server.url();
+    let connect = async |token: &str| TestClient::connect(&format!("{base}?token={token}")).await;
+    let (mut ann, mut bob) = (connect("ann-token").await, connect("bob-token").await);
+    ann.join("chat", "main").await;
+    bob.join("chat", "main").await;
+    assert!(receiver.events().is_empty(), "nothing sent before the shutdown");
+    server.shutdown().await;
+    // Sent by the time the bus stopped, the shutdown's own disconnects too.
+    let events: Vec<(String, Value)> =
+        receiver.events().iter().map(|e| (e["event"].as_str().unwrap().to_owned(), e["user"].clone())).collect();
+    let event = |name: &str, user: Value| (name.to_owned(), user);
+    assert_eq!(
+        events[..3],
+        [
+            event("channel_occupied", Value::Null),
+            event("member_added", json!("ann")),
+            event("member_added", json!("bob"))
+        ]
+    );
+    let mut removed = events[3..].to_vec();
+    removed.sort_by_key(|(name, user)| (name.clone(), user.to_string()));
+    assert_eq!(
+        removed,
+        [
+            event("channel_vacated", Value::Null),
+            event("member_removed", json!("ann")),
+            event("member_removed", json!("bob"))
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_answers_does_not_hold_up_the_shutdown() {
+    // Accepts connections and never answers.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut streams = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            streams.push(stream);
+        }
+    });
+    let mut config = config(&url);
+    config.webhooks.flush_ms = 60_000;
+    config.server.shutdown_grace_ms = 300;
+    let server = TestServer::start_with(config).await;
+    let mut ann = TestClient::connect(&format!("{}?token=ann-token", server.url())).await;
+    ann.join("chat", "main").await;
+    // Each POST could take 5 s and be retried 5 times: the grace bounds it
+    // (TestServer::shutdown fails past its own timeout).
+    server.shutdown().await;
+    held.abort();
+}

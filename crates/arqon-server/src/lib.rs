@@ -141,6 +141,8 @@ pub struct Bus {
     /// The degradation wrapper over Redis, whose journal the shutdown
     /// writes back within what is left of `shutdown_grace`.
     fallback: Option<Arc<arqon_storage::FallbackStorage>>,
+    /// Sends the webhook events still queued at shutdown.
+    webhooks: Option<webhooks::WebhookTask>,
     shutdown_grace: Duration,
     about: About,
 }
@@ -305,11 +307,11 @@ impl Bus {
     ) -> Result<Bus, ServerError> {
         let telemetry = Arc::new(Telemetry::new(config.monitoring.telemetry_buffer));
         let broker = cluster::open_broker(config).await?;
-        let webhooks = config.webhooks.enabled().then(|| {
-            let (sink, deliver) = webhooks::WebhookSink::start(&config.webhooks, Arc::clone(&telemetry));
-            tokio::spawn(deliver);
-            sink
-        });
+        let (webhooks, webhook_task) = config
+            .webhooks
+            .enabled()
+            .then(|| webhooks::WebhookSink::start(&config.webhooks, Arc::clone(&telemetry)))
+            .unzip();
         // With monitoring off nothing would read the numbers: skip collecting them.
         let router = if config.monitoring.enabled {
             let storage: Arc<dyn Storage> = Arc::new(Instrumented::new(storage, Arc::clone(&telemetry)));
@@ -371,6 +373,7 @@ impl Bus {
             telemetry,
             cluster,
             fallback,
+            webhooks: webhook_task,
             shutdown_grace: Duration::from_millis(config.server.shutdown_grace_ms),
             about: About::of(config, storage_name),
         })
@@ -438,6 +441,7 @@ impl Bus {
             telemetry,
             cluster,
             fallback,
+            webhooks,
             shutdown_grace,
             about,
         } = self;
@@ -510,11 +514,21 @@ impl Bus {
             cluster::shutdown(handle).await;
         }
         // What is left of the grace goes to writing the storage journal
-        // back (what does not make it stays on disk for the next start).
-        if let Some(fallback) = fallback {
-            let began = began_rx.await.unwrap_or_else(|_| tokio::time::Instant::now());
-            fallback.close(shutdown_grace.saturating_sub(began.elapsed())).await;
-        }
+        // back (what does not make it stays on disk for the next start) and,
+        // meanwhile, to sending the webhook events still queued.
+        let began = began_rx.await.unwrap_or_else(|_| tokio::time::Instant::now());
+        let left = shutdown_grace.saturating_sub(began.elapsed());
+        let journal = async {
+            if let Some(fallback) = fallback {
+                fallback.close(left).await;
+            }
+        };
+        let events = async {
+            if let Some(webhooks) = webhooks {
+                webhooks.close(left).await;
+            }
+        };
+        tokio::join!(journal, events);
         tracing::info!("stopped");
         Ok(result?)
     }

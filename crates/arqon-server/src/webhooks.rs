@@ -5,7 +5,9 @@
 //! copies the events wanted into a bounded queue and never waits. One task
 //! drains it: it gathers a batch, signs it (HMAC-SHA256 of the body in
 //! `X-Arqon-Signature`), POSTs it, and retries with backoff; past the
-//! queue's bound or the retries, events are dropped and counted.
+//! queue's bound or the retries, events are dropped and counted. At
+//! shutdown, [`WebhookTask::close`] has it send what is queued (the
+//! disconnects of the shutdown among it) within the grace.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,7 +19,9 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 use crate::http_client::Target;
 use crate::observer::Telemetry;
@@ -94,15 +98,17 @@ pub(crate) struct WebhookSink {
 }
 
 impl WebhookSink {
-    /// The sink and the task that delivers what it queues (spawn it).
-    pub(crate) fn start(
-        config: &WebhooksConfig,
-        telemetry: Arc<Telemetry>,
-    ) -> (WebhookSink, impl std::future::Future<Output = ()> + Send + 'static) {
+    /// The sink, and the running task that delivers what it queues.
+    pub(crate) fn start(config: &WebhooksConfig, telemetry: Arc<Telemetry>) -> (WebhookSink, WebhookTask) {
         let (queue, events) = mpsc::channel(config.queue);
-        let sink = WebhookSink { wanted: Wanted::of(&config.events), queue, telemetry: Arc::clone(&telemetry) };
-        let sender = Sender::new(config, telemetry);
-        (sink, sender.run(events))
+        let (close, closing) = oneshot::channel();
+        let task = WebhookTask {
+            close,
+            queue: queue.clone(),
+            task: tokio::spawn(Sender::new(config, Arc::clone(&telemetry)).run(events, closing)),
+        };
+        let sink = WebhookSink { wanted: Wanted::of(&config.events), queue, telemetry };
+        (sink, task)
     }
 
     fn push(&self, event: Event) {
@@ -145,6 +151,29 @@ impl Observer for WebhookSink {
     }
 }
 
+/// The delivering task, for the shutdown.
+#[derive(Debug)]
+pub(crate) struct WebhookTask {
+    close: oneshot::Sender<Instant>,
+    /// To tell how many events were left behind.
+    queue: mpsc::Sender<Event>,
+    task: JoinHandle<()>,
+}
+
+impl WebhookTask {
+    /// Sends every event queued so far (no more waiting for a batch to
+    /// fill), then stops; gives up after `grace`, counting what was left as
+    /// dropped (`shutdown`).
+    pub(crate) async fn close(self, grace: Duration) {
+        let deadline = Instant::now() + grace;
+        let _ = self.close.send(deadline);
+        if tokio::time::timeout_at(deadline, self.task).await.is_err() {
+            let left = self.queue.max_capacity() - self.queue.capacity();
+            tracing::warn!(events = left, "webhook events still queued at the end of the shutdown grace");
+        }
+    }
+}
+
 /// The delivering half.
 struct Sender {
     target: Target,
@@ -174,19 +203,47 @@ impl Sender {
         }
     }
 
-    async fn run(self, mut events: mpsc::Receiver<Event>) {
+    async fn run(self, mut events: mpsc::Receiver<Event>, mut closing: oneshot::Receiver<Instant>) {
         let mut batch = Vec::with_capacity(self.batch_max);
-        // Ends when the bus (the sink's last sender) is gone.
-        while let Some(first) = events.recv().await {
-            batch.push(first);
-            let deadline = tokio::time::Instant::now() + self.flush;
+        let deadline = 'running: loop {
+            tokio::select! {
+                at = &mut closing => break 'running at.ok(),
+                first = events.recv() => match first {
+                    Some(event) => batch.push(event),
+                    None => return,
+                },
+            }
+            let flush_at = Instant::now() + self.flush;
             while batch.len() < self.batch_max {
-                match tokio::time::timeout_at(deadline, events.recv()).await {
-                    Ok(Some(event)) => batch.push(event),
-                    Ok(None) | Err(_) => break,
+                tokio::select! {
+                    at = &mut closing => break 'running at.ok(),
+                    next = tokio::time::timeout_at(flush_at, events.recv()) => match next {
+                        Ok(Some(event)) => batch.push(event),
+                        Ok(None) | Err(_) => break,
+                    },
                 }
             }
             self.deliver(&batch).await;
+            batch.clear();
+        };
+        // Closing: what is queued now goes, in full batches, until the deadline.
+        let Some(deadline) = deadline else { return };
+        events.close();
+        loop {
+            while batch.len() < self.batch_max
+                && let Ok(event) = events.try_recv()
+            {
+                batch.push(event);
+            }
+            if batch.is_empty() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, self.deliver(&batch)).await.is_err() {
+                let left = batch.len() + events.len();
+                tracing::warn!(events = left, "webhook events not sent within the shutdown grace");
+                self.telemetry.metrics.webhook_dropped("shutdown", left as u64);
+                return;
+            }
             batch.clear();
         }
     }

@@ -137,7 +137,7 @@ static LATENCY_BUCKETS_NS: [u64; 12] = [
 pub const SLOW_CAUSES: [&str; 3] = ["backlog", "write_timeout", "budget"];
 /// Why webhook events are dropped, as the `reason` label of
 /// `arqon_webhook_events_dropped_total`.
-pub const WEBHOOK_DROPS: [&str; 2] = ["queue_full", "failed"];
+pub const WEBHOOK_DROPS: [&str; 3] = ["queue_full", "failed", "shutdown"];
 /// Buckets for fan-out (members reached per message).
 static FANOUT_BUCKETS: [u64; 10] = [0, 1, 2, 5, 10, 50, 100, 500, 1000, 10000];
 /// Nanoseconds to seconds.
@@ -173,7 +173,7 @@ impl BusMetrics {
             metrics::describe_counter!("arqon_webhook_events_sent_total", "Webhook events the receiver accepted.");
             metrics::describe_counter!(
                 "arqon_webhook_events_dropped_total",
-                "Webhook events dropped, by reason (queue_full, failed)."
+                "Webhook events dropped, by reason (queue_full, failed, shutdown)."
             );
             metrics::describe_gauge!(
                 "arqon_storage_journal_bytes",
@@ -337,7 +337,8 @@ impl BusMetrics {
     }
 
     /// Webhook events dropped: `reason` is one of [`WEBHOOK_DROPS`]
-    /// (`queue_full`: the receiver is behind; `failed`: a batch out of retries).
+    /// (`queue_full`: the receiver is behind; `failed`: a batch out of retries;
+    /// `shutdown`: not sent within the shutdown grace).
     pub fn webhook_dropped(&self, reason: &str, events: u64) {
         if let Some(at) = WEBHOOK_DROPS.iter().position(|r| *r == reason) {
             self.webhook_dropped[at].increment(events);
