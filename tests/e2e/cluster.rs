@@ -4,6 +4,8 @@
 //! Redis killed and restarted under traffic. (A node killed with kill -9 is
 //! in bins/arqonbus/tests/process.rs, which runs real processes.)
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use arqon_config::{Config, StorageBackend};
@@ -423,6 +425,11 @@ async fn garbage_on_cluster_topics_is_ignored() {
         ("arqon:ch:r:g", "x\nc r g arq_bad\n{}"),
         ("arqon:ch:r:g", "no header at all"),
         ("arqon:node:node-0", "x\nd arq_01ARZ3NDEKTSV4RRFFQ69G5FAV\nnot json but delivered as is"),
+        // Action requests and answers that parse as nothing, or answer nothing asked.
+        ("arqon:node:node-0", "x\na 5 c arq_bad\n{}"),
+        ("arqon:node:node-0", "x\na 5 c arq_01ARZ3NDEKTSV4RRFFQ69G5FAV\nnot json"),
+        ("arqon:node:node-0", "x\ny 999\nnot json"),
+        ("arqon:node:node-0", "x\ny 999\n{\"touched\":1}"),
     ] {
         redis.command(&["PUBLISH", topic, body]);
     }
@@ -689,7 +696,9 @@ async fn start_user_nodes(redis: &RedisProcess, n: usize) -> Vec<TestServer> {
             client: user.to_owned(),
             rooms: Vec::new(),
         };
-        config.auth.tokens = vec![token("ann-token", "ann"), token("bob-token", "bob")];
+        // eve may use room "allowed" only.
+        let eve = arqon_config::StaticToken { rooms: vec!["allowed".to_owned()], ..token("eve-token", "eve") };
+        config.auth.tokens = vec![token("ann-token", "ann"), token("bob-token", "bob"), eve];
         config.api.keys = vec![arqon_config::ApiKey::new("backend", API_KEY, arqon_protocol::Role::Admin)];
         nodes.push(TestServer::start_with(config).await);
     }
@@ -894,30 +903,43 @@ async fn the_api_of_one_node_acts_on_clients_of_every_node() {
         assert_eq!(answer.status, 200, "{command}: {}", answer.text);
         answer.body
     };
+    let mut eve = connect(&nodes[2], "eve-token").await;
     // subscribe: bob, on node 1, joins through node 0's API, then gets what
     // node 0's API publishes. Registrations travel asynchronously: retry
     // until node 0 knows bob.
     let args = json!({"client_id": bob.id, "room": "r", "channel": "sub"});
     let deadline = Instant::now() + TIMEOUT;
-    loop {
+    let joined = loop {
         let answer = api.post("subscribe", Some(API_KEY), &args.to_string()).await;
         if answer.status == 200 {
-            break;
+            break answer.body;
         }
         assert_eq!(answer.status, 404, "{}", answer.text);
         assert!(Instant::now() < deadline, "node 0 never learnt of bob");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // The join runs on bob's node when the forwarded request arrives.
+    };
+    // The answer is bob's node's: the join is done when it comes.
+    assert_eq!(
+        (joined["room"].as_str(), joined["channel"].as_str(), joined["members"].as_u64()),
+        (Some("r"), Some("sub"), Some(1)),
+        "{joined}"
+    );
+    let info = bob.ok("channel_info", json!({"room": "r", "channel": "sub"})).await;
+    assert_eq!(info["members"], 1, "{info}");
+    // A refusal on the client's node is the API's answer: eve may not use r.
     let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let info = bob.command("channel_info", json!({"room": "r", "channel": "sub"})).await;
-        if info["payload"]["members"].as_u64() >= Some(1) {
-            break;
+    let refused = loop {
+        let args = json!({"client_id": eve.id, "room": "r", "channel": "sub"});
+        let answer = api.post("subscribe", Some(API_KEY), &args.to_string()).await;
+        if answer.status != 404 {
+            break answer;
         }
-        assert!(Instant::now() < deadline, "bob never became a member: {info}");
+        assert!(Instant::now() < deadline, "node 0 never learnt of eve");
         tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    };
+    assert_eq!(refused.status, 403, "{}", refused.text);
+    assert_eq!(refused.body["error"]["code"], "FORBIDDEN", "{}", refused.text);
+    eve.expect_silence(Duration::from_millis(200)).await;
     let deadline = Instant::now() + TIMEOUT;
     loop {
         post(&mut api, "publish", json!({"room": "r", "channel": "sub", "payload": "via node 0"})).await;
@@ -934,11 +956,16 @@ async fn the_api_of_one_node_acts_on_clients_of_every_node() {
     assert_eq!(left, json!({"left": true}));
     bob.recv_event("channel_left").await;
     bob.until_members("r", "sub", 0).await;
+    // Not a member any more: the second says so.
+    let again = post(&mut api, "unsubscribe", json!({"client_id": bob.id, "room": "r", "channel": "sub"})).await;
+    assert_eq!(again, json!({"left": false}));
     // disconnect by user: ann's tabs on nodes 1 and 2 are closed with the code.
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let gone = post(&mut api, "disconnect", json!({"user": "ann", "code": 4002, "reason": "signed out"})).await;
         if gone["disconnected"].as_u64() > Some(0) {
+            // Counted by the nodes that closed them: one tab on each.
+            assert_eq!(gone["disconnected"], 2, "{gone}");
             break;
         }
         assert!(Instant::now() < deadline, "node 0 never learnt of ann");
@@ -950,4 +977,46 @@ async fn the_api_of_one_node_acts_on_clients_of_every_node() {
         assert!(frames.iter().any(|f| f["payload"]["event"] == "disconnected"), "{frames:?}");
     }
     bob.ok("ping", json!({})).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_api_action_on_a_node_that_never_answers_fails_after_a_bounded_wait() {
+    need_redis!("an_api_action_on_a_node_that_never_answers_fails_after_a_bounded_wait");
+    let redis = Arc::new(RedisProcess::start());
+    let node = start_user_nodes(&redis, 1).await.remove(0);
+    // A node that registered a client and then froze: its heartbeats go on
+    // (so it is alive), but nothing answers on its topic.
+    let ghost_client = arqon_protocol::IdGenerator::new().client_id().to_string();
+    redis.command(&["SADD", "arqon:node:ghost:clients", &ghost_client]);
+    let beating = Arc::new(AtomicBool::new(true));
+    let heartbeats = std::thread::spawn({
+        let (redis, beating) = (Arc::clone(&redis), Arc::clone(&beating));
+        move || {
+            while beating.load(Ordering::Relaxed) {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis();
+                redis.command(&["ZADD", "arqon:nodes", &now.to_string(), "ghost"]);
+                redis.command(&["PUBLISH", "arqon:cluster", r#"{"t":"heartbeat","node":"ghost"}"#]);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        }
+    });
+    let mut api = arqon_e2e::api::ApiConn::connect(node.addr).await;
+    let args = json!({"client_id": ghost_client, "room": "r", "channel": "c"}).to_string();
+    let deadline = Instant::now() + TIMEOUT;
+    let answer = loop {
+        let answer = api.post("subscribe", Some(API_KEY), &args).await;
+        if answer.status != 404 {
+            break answer;
+        }
+        assert!(Instant::now() < deadline, "the node never learnt of the ghost's client");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(answer.status, 500, "{}", answer.text);
+    assert_eq!(answer.body["error"]["code"], "INTERNAL");
+    assert!(answer.text.contains("did not answer in time"), "{}", answer.text);
+    // The connection and the bus are fine.
+    let pong = api.post("ping", Some(API_KEY), "{}").await;
+    assert_eq!(pong.status, 200, "{}", pong.text);
+    beating.store(false, Ordering::Relaxed);
+    heartbeats.join().unwrap();
 }

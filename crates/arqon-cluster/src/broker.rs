@@ -8,11 +8,15 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use arqon_protocol::{ChannelKey, ClientId, Name, Timestamp};
-use arqon_routing::{Broker, Delivery, PresenceEntry, RemotePresence, Router, Subscribed};
+use arqon_routing::{
+    ActionReport, ActionTarget, Broker, ClientAction, Delivery, PresenceEntry, RemoteAction, RemotePresence, Router,
+    Subscribed,
+};
 use fred::interfaces::ClientLike;
 use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc, oneshot};
 
+use crate::actions::PendingActions;
 use crate::node::{self, Clients, ClusterHandle};
 use crate::view::RemoteView;
 use crate::wire::{Control, Names, PresenceRecord};
@@ -20,6 +24,17 @@ use crate::{ClusterError, ClusterHealth, ClusterOptions};
 
 /// Channel created/deleted announcements waiting to go out, at most.
 const CHANNEL_EVENTS_MAX: usize = 4096;
+
+/// What the publishing task sends to the other nodes.
+#[derive(Debug)]
+pub(crate) enum Outgoing {
+    /// The router's traffic.
+    Traffic(Delivery),
+    /// Request `request`: an action for the node(s) holding `target`.
+    Action { request: u64, target: ActionTarget, action: ClientAction },
+    /// This node's answer to `node`'s request `request`.
+    Reply { node: String, request: u64, report: ActionReport },
+}
 
 /// Several ArqonBus nodes sharing one Redis act as one bus through it.
 ///
@@ -30,7 +45,7 @@ const CHANNEL_EVENTS_MAX: usize = 4096;
 pub struct RedisBroker {
     pub(crate) shared: Arc<Shared>,
     clients: Clients,
-    outgoing: Arc<Mutex<Option<mpsc::Receiver<Delivery>>>>,
+    outgoing: Arc<Mutex<Option<mpsc::Receiver<Outgoing>>>>,
 }
 
 /// State shared by the broker handle and its tasks.
@@ -39,8 +54,10 @@ pub(crate) struct Shared {
     pub(crate) node: Arc<str>,
     pub(crate) names: Names,
     pub(crate) options: ClusterOptions,
-    forward: mpsc::Sender<Delivery>,
+    pub(crate) forward: mpsc::Sender<Outgoing>,
     pub(crate) view: RwLock<RemoteView>,
+    /// This node's actions waiting for other nodes' answers.
+    pub(crate) actions: PendingActions,
     pub(crate) local: Mutex<Local>,
     pub(crate) subs: Mutex<Subscriptions>,
     /// Wakes the announcing task when `local` has something pending.
@@ -156,6 +173,7 @@ impl RedisBroker {
             options,
             forward,
             view: RwLock::new(RemoteView::default()),
+            actions: PendingActions::default(),
             local: Mutex::new(Local::default()),
             subs: Mutex::new(Subscriptions::default()),
             wake: Notify::new(),
@@ -258,9 +276,44 @@ impl Broker for RedisBroker {
             shared.drop_deliveries(1, "redis unreachable");
             return;
         }
-        if shared.forward.try_send(delivery).is_err() {
+        if shared.forward.try_send(Outgoing::Traffic(delivery)).is_err() {
             shared.drop_deliveries(1, "forward queue full");
         }
+    }
+
+    fn act(&self, target: ActionTarget, action: ClientAction) -> Option<RemoteAction> {
+        let shared = Arc::clone(&self.shared);
+        let nodes = {
+            let view = shared.view.read();
+            match &target {
+                ActionTarget::Client(id) => usize::from(view.node_of(*id).is_some()),
+                // Every node hears the users topic, and every one answers.
+                ActionTarget::User(user) if view.knows_user(user) => view.node_count(),
+                ActionTarget::User(_) => 0,
+            }
+        };
+        if nodes == 0 {
+            return None;
+        }
+        let unreachable = ActionReport { unanswered: nodes, ..ActionReport::default() };
+        if !shared.is_healthy() {
+            return Some(Box::pin(std::future::ready(unreachable)));
+        }
+        let (request, mut answered) = shared.actions.register(nodes);
+        if shared.forward.try_send(Outgoing::Action { request, target, action }).is_err() {
+            shared.actions.give_up(request);
+            return Some(Box::pin(std::future::ready(unreachable)));
+        }
+        // A publish, the other node's work (one storage read for a
+        // subscribe's replay) and the answer's publish.
+        let wait = shared.options.command_timeout * 3;
+        Some(Box::pin(async move {
+            if let Ok(Ok(report)) = tokio::time::timeout(wait, &mut answered).await {
+                return report;
+            }
+            // Complete at the very last moment, or given up on.
+            shared.actions.give_up(request).or_else(|| answered.try_recv().ok()).unwrap_or_default()
+        }))
     }
 
     fn knows_client(&self, id: ClientId) -> bool {

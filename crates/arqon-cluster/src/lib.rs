@@ -31,6 +31,7 @@
 //! - `view`: the other nodes as last heard: clients, counts, liveness.
 //! - `wire`: topic and key names, forwarded-frame framing, control messages.
 
+mod actions;
 mod broker;
 mod node;
 mod presence;

@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arqon_protocol::{ChannelKey, ClientId, Timestamp};
-use arqon_routing::{ActionTarget, Delivery, Place, Router};
+use arqon_routing::{ActionReport, ActionTarget, Delivery, Place, Router};
 use bytes::Bytes;
 use fred::clients::{Client, SubscriberClient};
 use fred::interfaces::{ClientLike, EventInterface, PubsubInterface};
@@ -18,7 +18,7 @@ use fred::types::{ClusterHash, CustomCommand, Message};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use crate::broker::Shared;
+use crate::broker::{Outgoing, Shared};
 use crate::presence;
 use crate::wire::{self, Control, Target, Topic};
 use crate::{ClusterError, ClusterOptions};
@@ -114,7 +114,7 @@ pub(crate) async fn start(
     shared: Arc<Shared>,
     clients: Clients,
     router: Router,
-    outgoing: Option<mpsc::Receiver<Delivery>>,
+    outgoing: Option<mpsc::Receiver<Outgoing>>,
 ) -> ClusterHandle {
     let (stop, stopped) = watch::channel(false);
     let Some(outgoing) = outgoing else {
@@ -206,7 +206,7 @@ impl Node {
     }
 
     /// Sends queued deliveries to the other nodes, a pipeline per batch.
-    async fn publish(self, mut outgoing: mpsc::Receiver<Delivery>, mut stopped: watch::Receiver<bool>) {
+    async fn publish(self, mut outgoing: mpsc::Receiver<Outgoing>, mut stopped: watch::Receiver<bool>) {
         let mut batch = Vec::with_capacity(BATCH);
         loop {
             tokio::select! {
@@ -221,8 +221,8 @@ impl Node {
             }
             let pipeline = self.clients.commands.pipeline();
             let mut queued = 0;
-            for delivery in batch.drain(..) {
-                let Some((topic, payload)) = self.encode(delivery) else { continue };
+            for item in batch.drain(..) {
+                let Some((topic, payload)) = self.encode(item) else { continue };
                 if pipeline.publish::<(), _, _>(topic, payload).await.is_ok() {
                     queued += 1;
                 }
@@ -240,9 +240,31 @@ impl Node {
         }
     }
 
-    fn encode(&self, delivery: Delivery) -> Option<(String, Bytes)> {
+    fn encode(&self, item: Outgoing) -> Option<(String, Bytes)> {
         let names = &self.shared.names;
         let node = &self.shared.node;
+        let delivery = match item {
+            Outgoing::Traffic(delivery) => delivery,
+            Outgoing::Action { request, target, action } => {
+                let topic = match &target {
+                    ActionTarget::Client(id) => {
+                        let Some(owner) = self.shared.view.read().node_of(*id) else {
+                            // Gone meanwhile: nothing to do, and nobody to wait for.
+                            self.shared.actions.answered(request, ActionReport::default());
+                            return None;
+                        };
+                        names.node_topic(&owner)
+                    }
+                    ActionTarget::User(_) => names.users_topic(),
+                };
+                let body = wire::ActionBody::of(&action).to_frame();
+                return Some((topic, wire::encode_traffic(node, &Target::Action(request, target), &body)));
+            }
+            Outgoing::Reply { node: asker, request, report } => {
+                let body = wire::ReplyBody::of(&report).to_frame();
+                return Some((names.node_topic(&asker), wire::encode_traffic(node, &Target::Reply(request), &body)));
+            }
+        };
         Some(match delivery {
             Delivery::Channel { key, frame, from, place } => {
                 let topic = names.channel_topic(&key);
@@ -258,14 +280,6 @@ impl Node {
             }
             Delivery::User { user, frame, from } => {
                 (names.users_topic(), wire::encode_traffic(node, &Target::User(user, from), &frame))
-            }
-            Delivery::Action { target, action } => {
-                let topic = match &target {
-                    ActionTarget::Client(id) => names.node_topic(&self.shared.view.read().node_of(*id)?),
-                    ActionTarget::User(_) => names.users_topic(),
-                };
-                let body = wire::ActionBody::of(&action).to_frame();
-                (topic, wire::encode_traffic(node, &Target::Action(target), &body))
             }
         })
     }
@@ -492,14 +506,27 @@ impl Node {
                     Target::Room(room, from) => Delivery::Room { room, frame, from },
                     Target::Direct(to) => Delivery::Direct { to, frame },
                     Target::User(user, from) => Delivery::User { user, frame, from },
-                    Target::Action(target) => {
+                    Target::Action(request, target) => {
                         let action =
                             serde_json::from_str::<wire::ActionBody>(frame.as_str()).ok().and_then(|b| b.action());
                         let Some(action) = action else {
                             tracing::debug!("cluster: ignored a malformed action");
                             return;
                         };
-                        Delivery::Action { target, action }
+                        let report = self.router.act_for_broker(&target, &action).await;
+                        let reply = Outgoing::Reply { node: origin.to_owned(), request, report };
+                        if shared.forward.try_send(reply).is_err() {
+                            // The asking node's wait ends without this answer.
+                            shared.drop_deliveries(1, "forward queue full");
+                        }
+                        return;
+                    }
+                    Target::Reply(request) => {
+                        match serde_json::from_str::<wire::ReplyBody>(frame.as_str()) {
+                            Ok(reply) => shared.actions.answered(request, reply.report()),
+                            Err(_) => tracing::debug!("cluster: ignored a malformed action reply"),
+                        }
+                        return;
                     }
                 };
                 self.router.deliver_from_broker(&delivery).await;

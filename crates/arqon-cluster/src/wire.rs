@@ -1,8 +1,8 @@
 //! What nodes say to each other through Redis: topic and key names, the
 //! framing of forwarded deliveries, and the control messages.
 
-use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Name, Timestamp};
-use arqon_routing::{ActionTarget, ClientAction, Place};
+use arqon_protocol::{ChannelKey, ClientId, ErrorCode, Frame, MessageId, Name, ProtocolError, Timestamp};
+use arqon_routing::{ActionReport, ActionTarget, ClientAction, Place};
 use bytes::{BufMut, Bytes, BytesMut};
 use serde::{Deserialize, Serialize};
 
@@ -145,9 +145,12 @@ pub(crate) enum Target {
     Direct(ClientId),
     /// Every connection of a user (on the receiving node) but `from`.
     User(String, ClientId),
-    /// An application action about a client or a user; the body is an
-    /// [`ActionBody`], not a frame.
-    Action(ActionTarget),
+    /// Request `n`: an application action about a client or a user; the
+    /// body is an [`ActionBody`], not a frame. Every node that gets it
+    /// answers on the origin's topic.
+    Action(u64, ActionTarget),
+    /// The answer to this node's request `n`; the body is a [`ReplyBody`].
+    Reply(u64),
 }
 
 /// A forwarded [`ClientAction`], as JSON.
@@ -194,6 +197,41 @@ impl ActionBody {
     }
 }
 
+/// A node's answer to an action, as JSON: an [`ActionReport`] without the
+/// count of nodes that did not answer (the asking node knows it).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct ReplyBody {
+    touched: usize,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    answer: Option<String>,
+    /// The refusal's wire code and message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    refused: Option<(String, String)>,
+}
+
+impl ReplyBody {
+    pub(crate) fn of(report: &ActionReport) -> Self {
+        ReplyBody {
+            touched: report.touched,
+            answer: report.answer.clone(),
+            refused: report.refused.as_ref().map(|e| (e.code.to_string(), e.message.clone())),
+        }
+    }
+
+    /// The report; a refusal with an unknown code becomes `INTERNAL`.
+    pub(crate) fn report(self) -> ActionReport {
+        let refused = self.refused.map(|(code, message)| {
+            ProtocolError::new(ErrorCode::from_wire(&code).unwrap_or(ErrorCode::Internal), message)
+        });
+        ActionReport { touched: self.touched, answer: self.answer, refused, unanswered: 0 }
+    }
+
+    pub(crate) fn to_frame(&self) -> Frame {
+        // A derived Serialize of strings and integers cannot fail.
+        Frame::from_text(serde_json::to_string(self).unwrap_or_default())
+    }
+}
+
 /// A forwarded delivery: `origin node`, target and the frame, as
 /// `node \n c room channel from [place] \n frame` (or `r room from`, `d to`),
 /// where a stored message's place is `position id`, or `?` while it has
@@ -210,8 +248,9 @@ pub(crate) fn encode_traffic(origin: &str, target: &Target, frame: &Frame) -> By
         Target::Direct(to) => format!("{origin}\nd {to}\n"),
         // The user last: a user name may hold spaces (never a line break).
         Target::User(user, from) => format!("{origin}\nu {from} {user}\n"),
-        Target::Action(ActionTarget::Client(id)) => format!("{origin}\na c {id}\n"),
-        Target::Action(ActionTarget::User(user)) => format!("{origin}\na u {user}\n"),
+        Target::Action(request, ActionTarget::Client(id)) => format!("{origin}\na {request} c {id}\n"),
+        Target::Action(request, ActionTarget::User(user)) => format!("{origin}\na {request} u {user}\n"),
+        Target::Reply(request) => format!("{origin}\ny {request}\n"),
     };
     let mut out = BytesMut::with_capacity(header.len() + frame.len());
     out.put_slice(header.as_bytes());
@@ -239,8 +278,13 @@ pub(crate) fn decode_traffic(bytes: &Bytes) -> Option<(&str, Target, Frame)> {
         ["r", room, from] => Target::Room(Name::parse(room).ok()?, ClientId::parse(from).ok()?),
         ["d", to] => Target::Direct(ClientId::parse(to).ok()?),
         ["u", from, ref user @ ..] if !user.is_empty() => Target::User(user.join(" "), ClientId::parse(from).ok()?),
-        ["a", "c", id] => Target::Action(ActionTarget::Client(ClientId::parse(id).ok()?)),
-        ["a", "u", ref user @ ..] if !user.is_empty() => Target::Action(ActionTarget::User(user.join(" "))),
+        ["a", request, "c", id] => {
+            Target::Action(request.parse().ok()?, ActionTarget::Client(ClientId::parse(id).ok()?))
+        }
+        ["a", request, "u", ref user @ ..] if !user.is_empty() => {
+            Target::Action(request.parse().ok()?, ActionTarget::User(user.join(" ")))
+        }
+        ["y", request] => Target::Reply(request.parse().ok()?),
         _ => return None,
     };
     let frame = Frame::from_utf8(bytes.slice(second + 1..)).ok()?;
@@ -333,8 +377,9 @@ mod tests {
             Target::Direct(id(3)),
             Target::User("ann".to_owned(), id(4)),
             Target::User("Ann  Lee@example.com".to_owned(), id(4)),
-            Target::Action(ActionTarget::Client(id(5))),
-            Target::Action(ActionTarget::User("ann lee".to_owned())),
+            Target::Action(7, ActionTarget::Client(id(5))),
+            Target::Action(u64::MAX, ActionTarget::User("ann lee".to_owned())),
+            Target::Reply(7),
         ] {
             let bytes = encode_traffic("node-a", &target, &frame);
             let (origin, back, body) = decode_traffic(&bytes).unwrap();
@@ -357,6 +402,22 @@ mod tests {
     }
 
     #[test]
+    fn replies_round_trip() {
+        let refused = ProtocolError::new(ErrorCode::Forbidden, "room r is not allowed");
+        for report in [
+            ActionReport { touched: 2, ..ActionReport::default() },
+            ActionReport { touched: 1, answer: Some(r#"{"members":3}"#.into()), ..ActionReport::default() },
+            ActionReport { refused: Some(refused), ..ActionReport::default() },
+        ] {
+            let frame = ReplyBody::of(&report).to_frame();
+            let body: ReplyBody = serde_json::from_str(frame.as_str()).unwrap();
+            assert_eq!(body.report(), report);
+        }
+        let odd: ReplyBody = serde_json::from_str(r#"{"touched":0,"refused":["NEW_CODE","x"]}"#).unwrap();
+        assert_eq!(odd.report().refused.map(|e| e.code), Some(ErrorCode::Internal));
+    }
+
+    #[test]
     fn malformed_traffic_is_rejected() {
         let from = id(1).to_string();
         let bad_places = [
@@ -371,6 +432,8 @@ mod tests {
             "node\nx a\n{}",
             "node\nd arq_bad\n{}",
             "node\nc r: c arq_x\n{}",
+            "node\na x c arq_x\n{}",
+            "node\ny -1\n{}",
         ]) {
             assert!(decode_traffic(&Bytes::copy_from_slice(bad.as_bytes())).is_none(), "{bad:?}");
         }

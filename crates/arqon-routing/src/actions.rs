@@ -11,7 +11,7 @@ use serde::Serialize;
 use crate::client::ClientEntry;
 use crate::membership::{self, Joined};
 use crate::router::Router;
-use crate::{ActionTarget, ClientAction, Delivery, RoutingError};
+use crate::{ActionReport, ActionTarget, ClientAction, RemoteAction, RoutingError};
 
 /// The event a client gets right before the application's close.
 #[derive(Serialize)]
@@ -86,40 +86,59 @@ pub(crate) fn local_targets(router: &Router, target: &ActionTarget) -> Vec<Arc<C
 }
 
 /// Carries out an action another node's API call asked for, on this node's
-/// connections of `target`; returns how many it touched. Refusals (a room
-/// the client's credentials do not allow, a missing channel) are logged: the
-/// caller was answered already.
-pub(crate) async fn act_here(router: &Router, target: &ActionTarget, action: &ClientAction) -> usize {
+/// connections of `target`, and reports what it did: how many it touched, a
+/// subscribe's answer, the first refusal.
+pub(crate) async fn act_here(router: &Router, target: &ActionTarget, action: &ClientAction) -> ActionReport {
     let clients = local_targets(router, target);
+    let mut report = ActionReport::default();
     match action {
-        ClientAction::Disconnect { code, reason } => disconnect(router, &clients, *code, reason.as_deref()),
+        ClientAction::Disconnect { code, reason } => {
+            report.touched = disconnect(router, &clients, *code, reason.as_deref());
+        }
         ClientAction::Subscribe { key, since } => {
-            let mut done = 0;
             for client in &clients {
-                match subscribe(router, client, key, *since, |_| {}).await {
-                    Ok(()) => done += 1,
-                    Err(e) => tracing::info!(client_id = %client.id, error = %e.into_protocol().message,
-                        "a subscribe asked by another node was refused"),
+                let mut answer = None;
+                let joined = subscribe(router, client, key, *since, |joined| {
+                    answer = serde_json::to_string(joined).ok();
+                })
+                .await;
+                match joined {
+                    Ok(()) => {
+                        report.touched += 1;
+                        report.answer = report.answer.take().or(answer);
+                    }
+                    Err(e) => report.refused = report.refused.take().or(Some(e.into_protocol())),
                 }
             }
-            done
         }
-        ClientAction::Unsubscribe { key } => clients.iter().filter(|c| unsubscribe(router, c, key)).count(),
+        ClientAction::Unsubscribe { key } => {
+            report.touched = clients.iter().filter(|c| unsubscribe(router, c, key)).count();
+        }
     }
+    report
 }
 
-/// Sends `action` for `target` to the node(s) holding it; returns whether
-/// any other node does.
-pub(crate) fn forward(router: &Router, target: ActionTarget, action: ClientAction) -> bool {
-    let Some(broker) = router.broker() else {
-        return false;
-    };
-    let elsewhere = match &target {
-        ActionTarget::Client(id) => broker.knows_client(*id),
-        ActionTarget::User(user) => broker.knows_user(user),
-    };
-    if elsewhere {
-        broker.forward(Delivery::Action { target, action });
+/// Sends `action` for `target` to the other nodes holding it; `None` when
+/// none does.
+pub(crate) fn remote(router: &Router, target: ActionTarget, action: ClientAction) -> Option<RemoteAction> {
+    router.broker()?.act(target, action)
+}
+
+/// What the API answers for an action carried out on other nodes: their
+/// refusal, or an error when none of the nodes asked answered in time.
+pub(crate) fn settle(report: ActionReport, target: &ActionTarget) -> Result<ActionReport, ProtocolError> {
+    if let Some(refused) = report.refused {
+        return Err(refused);
     }
-    elsewhere
+    if report.touched == 0 && report.unanswered > 0 {
+        let whom = match target {
+            ActionTarget::Client(id) => format!("client {id}"),
+            ActionTarget::User(user) => format!("user {user}"),
+        };
+        return Err(ProtocolError::new(
+            ErrorCode::Internal,
+            format!("the node holding {whom} did not answer in time; the action may still take effect"),
+        ));
+    }
+    Ok(report)
 }

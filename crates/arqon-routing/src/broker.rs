@@ -3,7 +3,7 @@
 use std::future::Future;
 use std::pin::Pin;
 
-use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Name, Timestamp};
+use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Name, ProtocolError, Timestamp};
 
 /// Resolves once this node receives a channel's traffic from the other nodes
 /// (see [`Broker::subscribe`]).
@@ -41,6 +41,36 @@ pub enum ClientAction {
         key: ChannelKey,
     },
 }
+
+/// What the nodes asked to carry out a [`ClientAction`] did (see
+/// [`Broker::act`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ActionReport {
+    /// Connections the action closed, subscribed or took out of the channel.
+    pub touched: usize,
+    /// A `subscribe`'s answer: the body of the `join_channel` response
+    /// (JSON) from the node that carried it out.
+    pub answer: Option<String>,
+    /// Why a node refused (a room the client's credentials do not allow, a
+    /// channel that does not exist…), if one did.
+    pub refused: Option<ProtocolError>,
+    /// Nodes asked that did not answer in time: the action may still take
+    /// effect there.
+    pub unanswered: usize,
+}
+
+impl ActionReport {
+    /// Adds what one more node did.
+    pub fn merge(&mut self, other: ActionReport) {
+        self.touched += other.touched;
+        self.answer = self.answer.take().or(other.answer);
+        self.refused = self.refused.take().or(other.refused);
+        self.unanswered += other.unanswered;
+    }
+}
+
+/// The outcome of an action sent to other nodes (see [`Broker::act`]).
+pub type RemoteAction = Pin<Box<dyn Future<Output = ActionReport> + Send + 'static>>;
 
 /// One member of a channel, as the nodes tell each other for `presence`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,14 +117,6 @@ pub enum Delivery {
         to: ClientId,
         /// The frame as delivered.
         frame: Frame,
-    },
-    /// The application's request about clients connected elsewhere (the
-    /// server API's `disconnect`, `subscribe`, `unsubscribe`).
-    Action {
-        /// Whom it is about.
-        target: ActionTarget,
-        /// What to do.
-        action: ClientAction,
     },
     /// To every connection of a user on the receiving node
     /// (`to: "user:NAME"`), but `from`.
@@ -184,6 +206,16 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// Whether `user` has connections on another node.
     fn knows_user(&self, _user: &str) -> bool {
         false
+    }
+
+    /// Carries out the application's `action` (the server API's
+    /// `disconnect`, `subscribe`, `unsubscribe`) on `target`'s connections
+    /// on the other nodes, which call
+    /// [`Router::act_for_broker`](crate::Router::act_for_broker); resolves
+    /// with what they did once each has answered or a bounded wait is over.
+    /// `None` when no other node holds the target. Default: `None`.
+    fn act(&self, _target: ActionTarget, _action: ClientAction) -> Option<RemoteAction> {
+        None
     }
 
     /// A channel was created on this node; other nodes should know it.

@@ -68,7 +68,10 @@ mod room_options;
 mod router;
 mod session;
 
-pub use broker::{ActionTarget, Broker, ClientAction, Delivery, Place, PresenceEntry, RemotePresence, Subscribed};
+pub use broker::{
+    ActionReport, ActionTarget, Broker, ClientAction, Delivery, Place, PresenceEntry, RemoteAction, RemotePresence,
+    Subscribed,
+};
 pub use client::RoomAccess;
 pub use config::{RateLimit, RouterConfig};
 pub use error::RoutingError;

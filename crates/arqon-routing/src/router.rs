@@ -14,7 +14,7 @@ use foldhash::fast::RandomState;
 use parking_lot::Mutex;
 use tokio::time::Instant;
 
-use crate::broker::{Broker, Delivery, Place};
+use crate::broker::{ActionReport, ActionTarget, Broker, ClientAction, Delivery, Place};
 use crate::channel::Channel;
 use crate::client::{ClientEntry, RoomAccess};
 use crate::observer::{BusEvent, NoObserver, Observer};
@@ -398,7 +398,6 @@ impl Router {
             }
             Delivery::Room { room, frame, from } => self.deliver_room_local(room, frame, Some(*from)),
             Delivery::Direct { to, frame } => self.deliver_direct_local(*to, frame),
-            Delivery::Action { target, action } => crate::actions::act_here(self, target, action).await,
             Delivery::User { user, frame, from } => self
                 .user_clients(user)
                 .iter()
@@ -406,6 +405,14 @@ impl Router {
                 .map(|c| self.deliver_direct_local(c.id, frame))
                 .sum(),
         }
+    }
+
+    /// Carries out, on this node's connections of `target`, an action the
+    /// application asked of another node's server API (see
+    /// [`Broker::act`](crate::Broker::act)); reports what it did, for that
+    /// node to answer with.
+    pub async fn act_for_broker(&self, target: &ActionTarget, action: &ClientAction) -> ActionReport {
+        crate::actions::act_here(self, target, action).await
     }
 
     /// Another node created a channel: make it known here (no storage write,

@@ -30,7 +30,7 @@ struct Disconnected {
     disconnected: usize,
 }
 
-pub(crate) fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
+pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let router = ctx.session.router.clone();
     let target = match (args.client_id("client_id"), args.text("user")) {
         (Some(id), None) => ActionTarget::Client(id),
@@ -46,8 +46,12 @@ pub(crate) fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError
     // A client found here is nowhere else; a user's other connections may be.
     if here.is_empty() || matches!(target, ActionTarget::User(_)) {
         let action = ClientAction::Disconnect { code, reason: reason.map(str::to_owned) };
-        // Other nodes' connections count as one: how many is theirs to know.
-        disconnected += usize::from(actions::forward(&router, target, action));
+        if let Some(remote) = actions::remote(&router, target.clone(), action) {
+            let report = remote.await;
+            // What this node closed stands, whatever the others say.
+            let report = if disconnected == 0 { actions::settle(report, &target)? } else { report };
+            disconnected += report.touched;
+        }
     }
     ctx.respond(&Disconnected { disconnected });
     Ok(())

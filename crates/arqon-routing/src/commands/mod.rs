@@ -139,9 +139,9 @@ pub(crate) async fn run(spec: &Spec, ctx: &mut Ctx<'_>, args: Args<'_>) -> Resul
         Kind::PresenceStats => presence::run_stats(ctx, &args).await,
         Kind::Broadcast => deliver::run_broadcast(ctx, &args).await,
         Kind::Send => deliver::run_send(ctx, &args).await,
-        Kind::Disconnect => disconnect::run(ctx, &args),
+        Kind::Disconnect => disconnect::run(ctx, &args).await,
         Kind::Subscribe => subscribe::run(ctx, &args).await,
-        Kind::Unsubscribe => subscribe::run_unsubscribe(ctx, &args),
+        Kind::Unsubscribe => subscribe::run_unsubscribe(ctx, &args).await,
         Kind::Batch => batch::run(ctx, &args).await,
     }
 }

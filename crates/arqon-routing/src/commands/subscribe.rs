@@ -8,8 +8,7 @@ use serde::Serialize;
 
 use super::{ArgKind, ArgSpec, Args, CHANNEL, Ctx, Kind, ROOM, Spec, Surface};
 use crate::client::ClientEntry;
-use crate::membership::Joined;
-use crate::{ActionTarget, ClientAction, RoutingError, actions};
+use crate::{ActionReport, ActionTarget, ClientAction, RoutingError, actions};
 
 const CLIENT: ArgSpec = ArgSpec::required("client_id", ArgKind::ClientId, "the connection to act on");
 
@@ -42,34 +41,47 @@ struct Left {
     left: bool,
 }
 
-/// The arguments' client: connected here (`Some`), or on another node
-/// (`None`, the action already forwarded there), else `NOT_FOUND`.
-fn here_or_forward(
+/// Where the arguments' client is: connected here, or on another node
+/// (which was asked to carry the action out and reported).
+enum Whereabouts {
+    Here(Arc<ClientEntry>),
+    Elsewhere(ActionReport),
+}
+
+/// Finds the arguments' client here, or has the node holding it carry out
+/// `action`; `NOT_FOUND` when no node holds it, that node's refusal if it
+/// refused.
+async fn here_or_elsewhere(
     ctx: &Ctx<'_>,
     args: &Args<'_>,
     action: impl FnOnce() -> ClientAction,
-) -> Result<Option<Arc<ClientEntry>>, ProtocolError> {
+) -> Result<Whereabouts, ProtocolError> {
     let id: ClientId = args.client_id("client_id").ok_or_else(|| super::missing("client_id"))?;
     let router = &ctx.session.router;
     if let Some(client) = router.client(id) {
-        return Ok(Some(client));
+        return Ok(Whereabouts::Here(client));
     }
-    if actions::forward(router, ActionTarget::Client(id), action()) {
-        return Ok(None);
-    }
-    Err(ProtocolError::new(ErrorCode::NotFound, format!("no client {id} is connected")))
+    let target = ActionTarget::Client(id);
+    let remote = actions::remote(router, target.clone(), action()).ok_or_else(|| not_connected(id))?;
+    Ok(Whereabouts::Elsewhere(actions::settle(remote.await, &target)?))
+}
+
+fn not_connected(id: ClientId) -> ProtocolError {
+    ProtocolError::new(ErrorCode::NotFound, format!("no client {id} is connected"))
 }
 
 pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let key = args.channel_key()?;
     let since = args.message_id("since");
     let router = ctx.session.router.clone();
-    let Some(client) = here_or_forward(ctx, args, || ClientAction::Subscribe { key: key.clone(), since })? else {
-        // Joined on its own node right after; the count is the one known here.
-        let members = router.cluster_members(&key, router.lookup(&key).map_or(0, |c| c.member_count()));
-        let joined = Joined { room: &key.room, channel: &key.channel, members: members + 1, truncated: None };
-        ctx.respond(&joined);
-        return Ok(());
+    let client = match here_or_elsewhere(ctx, args, || ClientAction::Subscribe { key: key.clone(), since }).await? {
+        Whereabouts::Here(client) => client,
+        // Joined on its own node, which sent the join's answer.
+        Whereabouts::Elsewhere(report) => {
+            let id = args.client_id("client_id").ok_or_else(|| super::missing("client_id"))?;
+            ctx.session.captured = Some(report.answer.ok_or_else(|| not_connected(id))?);
+            return Ok(());
+        }
     };
     let mut answer = None;
     actions::subscribe(&router, &client, &key, since, |joined| {
@@ -80,13 +92,12 @@ pub(crate) async fn run(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), Routin
     Ok(())
 }
 
-pub(crate) fn run_unsubscribe(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
+pub(crate) async fn run_unsubscribe(ctx: &mut Ctx<'_>, args: &Args<'_>) -> Result<(), RoutingError> {
     let key = args.channel_key()?;
     let router = ctx.session.router.clone();
-    let left = match here_or_forward(ctx, args, || ClientAction::Unsubscribe { key: key.clone() })? {
-        Some(client) => actions::unsubscribe(&router, &client, &key),
-        // Left on its own node right after.
-        None => true,
+    let left = match here_or_elsewhere(ctx, args, || ClientAction::Unsubscribe { key: key.clone() }).await? {
+        Whereabouts::Here(client) => actions::unsubscribe(&router, &client, &key),
+        Whereabouts::Elsewhere(report) => report.touched > 0,
     };
     ctx.respond(&Left { left });
     Ok(())
