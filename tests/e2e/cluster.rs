@@ -57,7 +57,7 @@ async fn status(node: &TestServer) -> Value {
 }
 
 /// Waits until the node's `/status` satisfies `pred`.
-async fn until_status(node: &TestServer, pred: impl Fn(&Value) -> bool) -> Value {
+pub(crate) async fn until_status(node: &TestServer, pred: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + TIMEOUT;
     loop {
         let status = status(node).await;

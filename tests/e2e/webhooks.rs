@@ -83,7 +83,11 @@ impl Receiver {
 }
 
 fn config(url: &str) -> arqon_config::Config {
-    let mut config = test_config();
+    with_webhooks(test_config(), url)
+}
+
+/// `config` with ann's and bob's tokens and webhooks to `url`.
+fn with_webhooks(mut config: arqon_config::Config, url: &str) -> arqon_config::Config {
     config.auth.mode = AuthMode::Token;
     let token = |token: &str, user: &str| StaticToken {
         token: token.to_owned(),
@@ -236,4 +240,123 @@ async fn a_receiver_that_never_answers_does_not_hold_up_the_shutdown() {
     // (TestServer::shutdown fails past its own timeout).
     server.shutdown().await;
     held.abort();
+}
+
+#[cfg(feature = "redis")]
+mod cluster {
+    use std::time::Instant;
+
+    use arqon_e2e::redis::{RedisProcess, redis_available};
+
+    use super::*;
+    use crate::cluster::{node_config, until_status};
+
+    /// `n` nodes over `redis`, webhooks to `url`, each knowing the others.
+    async fn start_nodes(redis: &RedisProcess, url: &str, n: usize) -> Vec<TestServer> {
+        let mut nodes = Vec::new();
+        for i in 0..n {
+            nodes.push(TestServer::start_with(with_webhooks(node_config(redis, &format!("node-{i}")), url)).await);
+        }
+        for node in &nodes {
+            until_status(node, |s| s["cluster"]["peers"].as_array().map(Vec::len) == Some(n - 1)).await;
+        }
+        nodes
+    }
+
+    fn pairs(events: &[(String, Value)]) -> Vec<(&str, Value)> {
+        events.iter().map(|(e, u)| (e.as_str(), u.clone())).collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn member_webhooks_fire_once_for_the_whole_cluster() {
+        if !redis_available("member_webhooks_fire_once_for_the_whole_cluster") {
+            return;
+        }
+        let redis = RedisProcess::start();
+        let (receiver, url) = Receiver::start(0).await;
+        let nodes = start_nodes(&redis, &url, 2).await;
+        let connect =
+            async |node: &TestServer, token: &str| TestClient::connect(&format!("{}?token={token}", node.url())).await;
+        let main = json!({"room": "chat", "channel": "main"});
+        let mut tab1 = connect(&nodes[0], "ann-token").await;
+        tab1.join("chat", "main").await;
+        receiver.until(2).await;
+        // ann's second tab, on the other node: nothing new for the cluster.
+        let mut tab2 = connect(&nodes[1], "ann-token").await;
+        tab2.join("chat", "main").await;
+        let mut bob = connect(&nodes[1], "bob-token").await;
+        bob.join("chat", "main").await;
+        receiver.until(3).await;
+        // ann's tab on node 0 leaves, the one on node 1 stays: nothing.
+        tab1.ok("leave_channel", main.clone()).await;
+        drop(tab2); // ann's last connection anywhere
+        receiver.until(4).await;
+        bob.ok("leave_channel", main.clone()).await;
+        let events = receiver.until(6).await;
+        assert_eq!(
+            pairs(&events),
+            [
+                ("channel_occupied", Value::Null),
+                ("member_added", json!("ann")),
+                ("member_added", json!("bob")),
+                ("member_removed", json!("ann")),
+                ("member_removed", json!("bob")),
+                ("channel_vacated", Value::Null),
+            ]
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(receiver.events().len(), 6, "no other event: {:?}", receiver.events());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_members_of_a_dead_node_are_removed_once_by_a_survivor() {
+        if !redis_available("the_members_of_a_dead_node_are_removed_once_by_a_survivor") {
+            return;
+        }
+        let redis = RedisProcess::start();
+        // What a node killed long ago left: an old heartbeat, and in the
+        // ledger ann (held there only) and bob (held by another node too).
+        redis.command(&["ZADD", "arqon:nodes", "1000", "ghost"]);
+        redis.command(&["SADD", "arqon:node:ghost:presence", "chat:main"]);
+        redis.command(&["HSET", "arqon:holders:chat:main", "ghost\nu:ann", "1", "ghost\nu:bob", "1"]);
+        redis.command(&["HSET", "arqon:holders:chat:main", "elsewhere\nu:bob", "1"]);
+        redis.command(&["HSET", "arqon:identities:chat:main", "u:ann", "1", "u:bob", "2"]);
+        let (receiver, url) = Receiver::start(0).await;
+        let nodes = start_nodes(&redis, &url, 2).await;
+        // One of the two nodes started first and removed them; never both.
+        let events = receiver.until(1).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(receiver.events().len(), 1, "{:?}", receiver.events());
+        assert_eq!(pairs(&events), [("member_removed", json!("ann"))]);
+        assert_eq!(redis.command_values(&["HGETALL", "arqon:identities:chat:main"]), ["u:bob", "1"]);
+        assert_eq!(redis.command_values(&["HKEYS", "arqon:holders:chat:main"]), ["elsewhere\nu:bob"]);
+        drop(nodes);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_who_left_while_redis_was_away_is_removed_when_it_is_back() {
+        if !redis_available("a_member_who_left_while_redis_was_away_is_removed_when_it_is_back") {
+            return;
+        }
+        let mut redis = RedisProcess::start_durable(); // it comes back with its data
+        let (receiver, url) = Receiver::start(0).await;
+        let nodes = start_nodes(&redis, &url, 1).await;
+        let mut ann = TestClient::connect(&format!("{}?token=ann-token", nodes[0].url())).await;
+        ann.join("chat", "main").await;
+        receiver.until(2).await;
+        redis.kill();
+        until_status(&nodes[0], |s| s["cluster"]["healthy"] == false).await;
+        ann.ok("leave_channel", json!({"room": "chat", "channel": "main"})).await;
+        redis.restart();
+        until_status(&nodes[0], |s| s["cluster"]["healthy"] == true).await;
+        let events = receiver.until(4).await;
+        assert_eq!(pairs(&events[2..]), [("member_removed", json!("ann")), ("channel_vacated", Value::Null)]);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert_eq!(receiver.events().len(), 4, "once: {:?}", receiver.events());
+        let deadline = Instant::now() + TIMEOUT;
+        while redis.command(&["EXISTS", "arqon:identities:chat:main"]) != ":0" {
+            assert!(Instant::now() < deadline, "the ledger kept ann");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
 }

@@ -17,11 +17,14 @@ use parking_lot::{Mutex, RwLock};
 use tokio::sync::{Notify, mpsc, oneshot};
 
 use crate::actions::PendingActions;
+use crate::ledger::{Ledger, Transition};
 use crate::node::{self, Clients, ClusterHandle};
 use crate::view::RemoteView;
 use crate::wire::{Control, Names, PresenceRecord};
 use crate::{ClusterError, ClusterHealth, ClusterOptions};
 
+/// Ledger transitions found by this node waiting to be read, at most.
+const TRANSITIONS_MAX: usize = 10_000;
 /// Channel created/deleted announcements waiting to go out, at most.
 const CHANNEL_EVENTS_MAX: usize = 4096;
 
@@ -58,6 +61,9 @@ pub(crate) struct Shared {
     pub(crate) view: RwLock<RemoteView>,
     /// This node's actions waiting for other nodes' answers.
     pub(crate) actions: PendingActions,
+    /// Where the ledger transitions this node finds go, once the ledger is
+    /// on (see [`RedisBroker::ledger`]).
+    transitions: Mutex<Option<mpsc::Sender<Transition>>>,
     pub(crate) local: Mutex<Local>,
     pub(crate) subs: Mutex<Subscriptions>,
     /// Wakes the announcing task when `local` has something pending.
@@ -174,6 +180,7 @@ impl RedisBroker {
             forward,
             view: RwLock::new(RemoteView::default()),
             actions: PendingActions::default(),
+            transitions: Mutex::new(None),
             local: Mutex::new(Local::default()),
             subs: Mutex::new(Subscriptions::default()),
             wake: Notify::new(),
@@ -201,6 +208,18 @@ impl RedisBroker {
         node::start(Arc::clone(&self.shared), self.clients.clone(), router, outgoing).await
     }
 
+    /// The cluster-wide membership ledger, for webhooks that fire once per
+    /// cluster (docs/cluster.md), and the transitions the node finds by
+    /// itself: the members of a dead node it removed, and its own
+    /// corrections when it rejoins. From the first call on, the node keeps
+    /// its holdings in the ledger in line with its members; call it before
+    /// [`RedisBroker::start`], and on every node or none.
+    pub fn ledger(&self) -> (Ledger, mpsc::Receiver<Transition>) {
+        let (found, transitions) = mpsc::channel(TRANSITIONS_MAX);
+        *self.shared.transitions.lock() = Some(found);
+        (Ledger { shared: Arc::clone(&self.shared), commands: self.clients.commands().clone() }, transitions)
+    }
+
     /// Health and counters, for status, metrics and telemetry.
     pub fn health(&self) -> ClusterHealth {
         let shared = &self.shared;
@@ -216,6 +235,21 @@ impl RedisBroker {
 }
 
 impl Shared {
+    /// Whether the ledger is on (see [`RedisBroker::ledger`]).
+    pub(crate) fn ledger_on(&self) -> bool {
+        self.transitions.lock().is_some()
+    }
+
+    /// Hands transitions found by this node to the ledger's user.
+    pub(crate) fn report(&self, found: Vec<Transition>) {
+        let Some(sender) = self.transitions.lock().clone() else { return };
+        for transition in found {
+            if sender.try_send(transition).is_err() {
+                tracing::warn!("cluster: membership transitions are not being read; dropping one");
+            }
+        }
+    }
+
     pub(crate) fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Acquire)
     }

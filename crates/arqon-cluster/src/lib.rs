@@ -27,12 +27,19 @@
 //!
 //! - `broker`: [`RedisBroker`], the synchronous side the router calls
 //!   (bounded queues, the cached view).
+//! - `actions`: the server API's actions on clients of other nodes, as
+//!   requests with answers.
+//! - `ledger`: who is in each channel on any node, for webhooks
+//!   ([`Ledger`]).
+//! - `presence`: rewriting this node's presence entries, removing a dead
+//!   node's.
 //! - `node`: the background tasks that talk to Redis ([`ClusterHandle`]).
 //! - `view`: the other nodes as last heard: clients, counts, liveness.
 //! - `wire`: topic and key names, forwarded-frame framing, control messages.
 
 mod actions;
 mod broker;
+mod ledger;
 mod node;
 mod presence;
 mod view;
@@ -41,6 +48,7 @@ mod wire;
 use std::time::Duration;
 
 pub use broker::RedisBroker;
+pub use ledger::{Ledger, Member, Transition};
 pub use node::ClusterHandle;
 
 /// How a node joins the cluster.

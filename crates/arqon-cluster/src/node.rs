@@ -19,9 +19,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::broker::{Outgoing, Shared};
-use crate::presence;
 use crate::wire::{self, Control, Target, Topic};
 use crate::{ClusterError, ClusterOptions};
+use crate::{ledger, presence};
 
 /// Most forwarded deliveries sent in one pipeline.
 const BATCH: usize = 256;
@@ -407,7 +407,14 @@ impl Node {
             if let Control::ChannelDeleted { room, channel, .. } = event
                 && let Ok(key) = ChannelKey::parse(room, channel)
             {
-                pipeline.custom::<Value, Value>(command("DEL"), vec![Value::from(names.presence(&key))]).await?;
+                let (holders, identities) = names.ledger_prefixes();
+                let field = wire::member_field(&key);
+                let keys = vec![
+                    Value::from(names.presence(&key)),
+                    Value::from(format!("{holders}{field}")),
+                    Value::from(format!("{identities}{field}")),
+                ];
+                pipeline.custom::<Value, Value>(command("DEL"), keys).await?;
             }
             let (topic, value) = self.control(event);
             pipeline.publish::<(), _, _>(topic, value).await?;
@@ -647,25 +654,35 @@ impl Node {
             (local.clients.iter().copied().collect::<Vec<_>>(), local.members.clone(), wanted, users, presence)
         };
         self.update_subscriptions(&wanted).await?;
+        // Registered first: from here on no other node purges this one's
+        // entries as a dead node's.
+        let registered = self.clients.commands.pipeline();
+        self.queue_registered(&registered).await?;
+        registered.all::<Value>().await?;
+        if shared.ledger_on() {
+            // Before the purge below drops the set of channels it held in.
+            let args = ledger::sync_args(names, node, ledger::holdings(&presence));
+            let corrections: Value = self.clients.commands.custom(command("EVAL"), args).await?;
+            shared.report(ledger::transitions(corrections));
+        }
         // Nodes silent past the TTL: their presence entries go (each purge
         // checks again, atomically, that the node is still silent).
         let cutoff = now_ms() - ttl;
-        let silent: Vec<String> = self
+        let silent: Vec<Arc<str>> = self
             .clients
             .commands
-            .custom(
+            .custom::<Vec<String>, _>(
                 command("ZRANGEBYSCORE"),
                 vec![Value::from(names.nodes()), Value::from("-inf"), Value::Integer(cutoff)],
             )
-            .await?;
+            .await?
+            .into_iter()
+            .filter(|n| n.as_str() != node)
+            .map(Arc::from)
+            .collect();
+        self.purge(&silent, cutoff).await?;
         let pipeline = self.clients.commands.pipeline();
-        // Registered first: from here on no other node purges this one's
-        // entries as a dead node's.
-        self.queue_registered(&pipeline).await?;
-        for other in silent.iter().filter(|n| n.as_str() != node) {
-            presence::queue_purge(&pipeline, names, other, cutoff).await?;
-        }
-        presence::queue_purge(&pipeline, names, node, presence::ALWAYS).await?;
+        presence::queue_purge(&pipeline, names, node, presence::ALWAYS, presence::Ledger::Keep).await?;
         presence::queue_rewrite(&pipeline, names, node, &presence).await?;
         pipeline
             .custom::<Value, String>(command("DEL"), vec![names.clients(node), names.members(node), names.users(node)])
@@ -738,18 +755,26 @@ impl Node {
     /// node that rejoins later, or starts, purges whatever is left).
     async fn purge_dead(self, dead: Vec<Arc<str>>) {
         let cutoff = now_ms() - ms(self.shared.options.registry_ttl);
+        if let Err(error) = self.purge(&dead, cutoff).await {
+            tracing::debug!(error = %error.details(), "cluster: could not remove dead nodes' presence");
+        }
+    }
+
+    /// Removes the presence entries of `nodes` silent since `cutoff` (Unix
+    /// ms), and their members from the ledger, reporting what that changes.
+    async fn purge(&self, nodes: &[Arc<str>], cutoff: i64) -> Result<(), fred::error::Error> {
+        if nodes.is_empty() {
+            return Ok(());
+        }
+        let ledger = if self.shared.ledger_on() { presence::Ledger::Leave } else { presence::Ledger::Keep };
         let pipeline = self.clients.commands.pipeline();
-        let result = async {
-            for node in &dead {
-                presence::queue_purge(&pipeline, &self.shared.names, node, cutoff).await?;
-            }
-            pipeline.all::<Vec<Value>>().await
+        for node in nodes {
+            presence::queue_purge(&pipeline, &self.shared.names, node, cutoff, ledger).await?;
         }
-        .await;
-        match result {
-            Ok(removed) => tracing::debug!(?dead, ?removed, "cluster: dead nodes' presence entries removed"),
-            Err(error) => tracing::debug!(error = %error.details(), "cluster: could not remove dead nodes' presence"),
-        }
+        let results: Vec<Value> = pipeline.all().await?;
+        tracing::debug!(?nodes, "cluster: silent nodes' presence entries removed");
+        self.shared.report(results.into_iter().flat_map(presence::purge_transitions).collect());
+        Ok(())
     }
 
     /// Heartbeats, forgets silent nodes and stale subscriptions, and rejoins
@@ -860,7 +885,7 @@ impl Node {
         if self.shared.is_healthy() {
             let pipeline = self.clients.commands.pipeline();
             let result = async {
-                presence::queue_purge(&pipeline, names, node, presence::ALWAYS).await?;
+                presence::queue_purge(&pipeline, names, node, presence::ALWAYS, presence::Ledger::Leave).await?;
                 pipeline
                     .custom::<Value, String>(
                         command("DEL"),

@@ -17,12 +17,16 @@ use crate::wire::{self, Names};
 /// Removes node `ARGV[1]`'s entries from the presence hashes listed in its
 /// set `KEYS[2]`, then the set, unless its heartbeat in `KEYS[1]` is newer
 /// than `ARGV[2]` (it came back: its own rejoin rewrites its entries, and
-/// this check and the purge are one atomic step). Returns the entries
-/// removed, or -1 when the node is alive.
-const PURGE: &str = r"
+/// this check and the purge are one atomic step). Unless `ARGV[4]` is empty,
+/// also leaves the node's members in the ledger (`ARGV[4]`, `ARGV[5]`: the
+/// holders' and identities' prefixes, see `ledger`). Returns `{-1}` when
+/// the node is alive, else the entries removed followed by the ledger's
+/// transitions.
+pub(crate) const PURGE: &str = r"
 local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if beat and tonumber(beat) > tonumber(ARGV[2]) then return -1 end
-local removed = 0
+if beat and tonumber(beat) > tonumber(ARGV[2]) then return {-1} end
+local out = {0}
+local mark = ARGV[1] .. '\n'
 for _, field in ipairs(redis.call('SMEMBERS', KEYS[2])) do
   local hash = ARGV[3] .. field
   local entries = redis.call('HGETALL', hash)
@@ -30,12 +34,25 @@ for _, field in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     local ok, record = pcall(cjson.decode, entries[i + 1])
     if ok and type(record) == 'table' and record.node == ARGV[1] then
       redis.call('HDEL', hash, entries[i])
-      removed = removed + 1
+      out[1] = out[1] + 1
+    end
+  end
+  if ARGV[4] ~= '' then
+    local holders, identities = ARGV[4] .. field, ARGV[5] .. field
+    for _, f in ipairs(redis.call('HKEYS', holders)) do
+      if string.sub(f, 1, #mark) == mark then
+        local m = string.sub(f, #mark + 1)
+        redis.call('HDEL', holders, f)
+        if redis.call('HINCRBY', identities, m, -1) <= 0 then
+          redis.call('HDEL', identities, m)
+          for _, v in ipairs({field, m, 0, redis.call('HLEN', identities) == 0 and 1 or 0}) do out[#out + 1] = v end
+        end
+      end
     end
   end
 end
 redis.call('DEL', KEYS[2])
-return removed
+return out
 ";
 
 /// One channel's presence records of this node: client → record (JSON).
@@ -44,14 +61,29 @@ pub(crate) type Records = HashMap<ClientId, Arc<str>>;
 /// This node's own cutoff: its entries go whatever its heartbeat says.
 pub(crate) const ALWAYS: i64 = i64::MAX;
 
-/// Queues the removal of `node`'s presence entries everywhere, unless its
-/// last heartbeat is after `cutoff_ms` (Unix ms).
+/// What a purge does besides the presence entries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ledger {
+    /// Also leave the node's members in the ledger.
+    Leave,
+    /// Leave the ledger alone (a rejoin brings it in line with `SYNC`).
+    Keep,
+}
+
+/// Queues the removal of `node`'s presence entries everywhere (and its
+/// members from the ledger), unless its last heartbeat is after
+/// `cutoff_ms` (Unix ms).
 pub(crate) async fn queue_purge(
     pipeline: &Pipeline<Client>,
     names: &Names,
     node: &str,
     cutoff_ms: i64,
+    ledger: Ledger,
 ) -> Result<(), fred::error::Error> {
+    let (holders, identities) = match ledger {
+        Ledger::Leave => names.ledger_prefixes(),
+        Ledger::Keep => (String::new(), String::new()),
+    };
     let args = vec![
         Value::from(PURGE),
         Value::Integer(2),
@@ -60,8 +92,21 @@ pub(crate) async fn queue_purge(
         Value::from(node),
         Value::Integer(cutoff_ms),
         Value::from(names.presence_prefix()),
+        Value::from(holders),
+        Value::from(identities),
     ];
     pipeline.custom::<Value, Value>(command("EVAL"), args).await.map(drop)
+}
+
+/// The ledger transitions in a purge's result.
+pub(crate) fn purge_transitions(result: Value) -> Vec<crate::ledger::Transition> {
+    match result {
+        Value::Array(mut items) if !items.is_empty() => {
+            items.remove(0);
+            crate::ledger::transitions(Value::Array(items))
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Queues writing `entries` (this node's members, by channel) back: the

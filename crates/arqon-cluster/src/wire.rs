@@ -54,6 +54,13 @@ impl Names {
         format!("{}presence:", self.prefix)
     }
 
+    /// What the membership ledger's hashes are named before `room:channel`:
+    /// `NODE\nMEMBER` → 1 (who holds which member), and `MEMBER` → on how
+    /// many nodes (see `ledger`).
+    pub(crate) fn ledger_prefixes(&self) -> (String, String) {
+        (format!("{}holders:", self.prefix), format!("{}identities:", self.prefix))
+    }
+
     /// Set of the channels (`room:channel`) whose presence hash holds
     /// entries of `node`: what to clean once it is gone. It does not expire,
     /// so that the node's entries can be found however long it stayed away.

@@ -35,8 +35,14 @@ mod with_redis {
     use arqon_telemetry::ClusterReport;
     use serde_json::json;
 
+    use std::future::Future;
+    use std::pin::Pin;
+
+    use arqon_protocol::ChannelKey;
+
     use crate::ServerError;
     use crate::observer::Telemetry;
+    use crate::webhooks::{Change, ClusterMembership, Member, Membership};
 
     /// This node's link to the others.
     pub(crate) type Broker = arqon_cluster::RedisBroker;
@@ -77,6 +83,49 @@ mod with_redis {
     /// This node's id.
     pub(crate) fn node_id(broker: &Broker) -> &str {
         broker.node_id()
+    }
+
+    /// The cluster's ledger, for webhooks that fire once per cluster.
+    pub(crate) fn membership(broker: &Broker) -> ClusterMembership {
+        let (ledger, mut transitions) = broker.ledger();
+        let (found_tx, found) = tokio::sync::mpsc::channel(1024);
+        tokio::spawn(async move {
+            while let Some(transition) = transitions.recv().await {
+                if found_tx.send(change(transition)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        ClusterMembership { judge: Box::new(LedgerJudge(ledger)), found }
+    }
+
+    #[derive(Debug)]
+    struct LedgerJudge(arqon_cluster::Ledger);
+
+    impl Membership for LedgerJudge {
+        fn judge<'a>(
+            &'a self,
+            key: &'a ChannelKey,
+            member: &'a Member,
+            present: bool,
+        ) -> Pin<Box<dyn Future<Output = Result<Option<Change>, String>> + Send + 'a>> {
+            Box::pin(async move {
+                let member = match member {
+                    Member::User(user) => arqon_cluster::Member::User(user.clone()),
+                    Member::Client(id) => arqon_cluster::Member::Client(*id),
+                };
+                let judged = if present { self.0.enter(key, &member).await } else { self.0.leave(key, &member).await };
+                judged.map(|t| t.map(change)).map_err(|e| e.to_string())
+            })
+        }
+    }
+
+    fn change(transition: arqon_cluster::Transition) -> Change {
+        let member = match transition.member {
+            arqon_cluster::Member::User(user) => Member::User(user),
+            arqon_cluster::Member::Client(id) => Member::Client(id),
+        };
+        Change { key: transition.key, member, present: transition.present, channel: transition.channel }
     }
 
     /// The cluster part of `/status` and `/ready`.
@@ -167,6 +216,10 @@ mod without_redis {
     }
 
     pub(crate) fn status(broker: &Broker) -> serde_json::Value {
+        match *broker {}
+    }
+
+    pub(crate) fn membership(broker: &Broker) -> crate::webhooks::ClusterMembership {
         match *broker {}
     }
 

@@ -310,7 +310,10 @@ impl Bus {
         let (webhooks, webhook_task) = config
             .webhooks
             .enabled()
-            .then(|| webhooks::WebhookSink::start(&config.webhooks, Arc::clone(&telemetry)))
+            .then(|| {
+                let membership = broker.as_ref().map(cluster::membership);
+                webhooks::WebhookSink::start(&config.webhooks, Arc::clone(&telemetry), membership)
+            })
             .unzip();
         // With monitoring off nothing would read the numbers: skip collecting them.
         let router = if config.monitoring.enabled {
@@ -509,13 +512,10 @@ impl Bus {
         }
         let _ = health_task.await;
         let _ = reclaim_task.await;
-        // Last: the other nodes forget this one's clients at once.
-        if let Some(handle) = cluster_handle {
-            cluster::shutdown(handle).await;
-        }
         // What is left of the grace goes to writing the storage journal
         // back (what does not make it stays on disk for the next start) and,
-        // meanwhile, to sending the webhook events still queued.
+        // meanwhile, to sending the webhook events still queued, which in a
+        // cluster the ledger judges first: the node leaves the cluster after.
         let began = began_rx.await.unwrap_or_else(|_| tokio::time::Instant::now());
         let left = shutdown_grace.saturating_sub(began.elapsed());
         let journal = async {
@@ -523,12 +523,16 @@ impl Bus {
                 fallback.close(left).await;
             }
         };
-        let events = async {
+        let events_then_cluster = async {
             if let Some(webhooks) = webhooks {
                 webhooks.close(left).await;
             }
+            // Last: the other nodes forget this one's clients at once.
+            if let Some(handle) = cluster_handle {
+                cluster::shutdown(handle).await;
+            }
         };
-        tokio::join!(journal, events);
+        tokio::join!(journal, events_then_cluster);
         tracing::info!("stopped");
         Ok(result?)
     }

@@ -9,11 +9,13 @@
 //! shutdown, [`WebhookTask::close`] has it send what is queued (the
 //! disconnects of the shutdown among it) within the grace.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arqon_config::WebhooksConfig;
-use arqon_protocol::{ChannelKey, Timestamp};
+use arqon_protocol::{ChannelKey, ClientId, Timestamp};
 use arqon_routing::{BusEvent, Observer};
 use bytes::Bytes;
 use serde::Serialize;
@@ -29,6 +31,62 @@ use crate::observer::Telemetry;
 /// First retry's wait; doubled each time up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// What the sink queues: an event ready to send or, in a cluster, a
+/// member's change on this node for the ledger to judge.
+#[derive(Debug)]
+enum Item {
+    Ready(Event),
+    /// This node's first (`present`) or last connection of a member.
+    Member {
+        key: ChannelKey,
+        member: Member,
+        present: bool,
+        time_ms: i64,
+    },
+    /// A change the cluster's node found by itself.
+    Found(Change),
+}
+
+/// A member of a channel, as the cluster's ledger counts them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Member {
+    /// Every connection of a user is one member.
+    User(String),
+    /// A connection without a user is a member of its own.
+    Client(ClientId),
+}
+
+/// A member change as the whole cluster sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub(crate) key: ChannelKey,
+    pub(crate) member: Member,
+    /// Added (on no node before), or removed (on no node now).
+    pub(crate) present: bool,
+    /// The channel was occupied or vacated with it.
+    pub(crate) channel: bool,
+}
+
+/// Tells which of this node's member changes are the cluster's.
+pub(crate) trait Membership: Send + Sync + std::fmt::Debug + 'static {
+    /// This node got `member`'s first connection in `key` (`present`) or
+    /// lost its last: the cluster-wide change, if it is one.
+    fn judge<'a>(
+        &'a self,
+        key: &'a ChannelKey,
+        member: &'a Member,
+        present: bool,
+    ) -> Pin<Box<dyn Future<Output = Result<Option<Change>, String>> + Send + 'a>>;
+}
+
+/// In a cluster, what the webhooks need of it.
+#[derive(Debug)]
+pub(crate) struct ClusterMembership {
+    pub(crate) judge: Box<dyn Membership>,
+    /// Changes the node finds by itself.
+    pub(crate) found: mpsc::Receiver<Change>,
+}
 
 /// One event as the receiver gets it.
 #[derive(Debug, Clone, Serialize)]
@@ -60,9 +118,17 @@ impl Event {
     }
 
     /// Names the member: its user, or its client id when it has none.
-    fn member(self, user: Option<&str>, client_id: arqon_protocol::ClientId) -> Self {
+    fn member(self, user: Option<&str>, client_id: ClientId) -> Self {
         let client_id = user.is_none().then(|| client_id.to_string());
         Event { user: user.map(str::to_owned), client_id, ..self }
+    }
+
+    /// Names `member`.
+    fn of(self, member: &Member) -> Self {
+        match member {
+            Member::User(user) => Event { user: Some(user.clone()), ..self },
+            Member::Client(id) => Event { client_id: Some(id.to_string()), ..self },
+        }
     }
 }
 
@@ -93,27 +159,47 @@ impl Wanted {
 #[derive(Debug)]
 pub(crate) struct WebhookSink {
     wanted: Wanted,
-    queue: mpsc::Sender<Event>,
+    /// Member changes go to the cluster's ledger first.
+    clustered: bool,
+    queue: mpsc::Sender<Item>,
     telemetry: Arc<Telemetry>,
 }
 
 impl WebhookSink {
-    /// The sink, and the running task that delivers what it queues.
-    pub(crate) fn start(config: &WebhooksConfig, telemetry: Arc<Telemetry>) -> (WebhookSink, WebhookTask) {
-        let (queue, events) = mpsc::channel(config.queue);
+    /// The sink, and the running task that delivers what it queues. In a
+    /// cluster, `membership` decides which member changes are the
+    /// cluster's.
+    pub(crate) fn start(
+        config: &WebhooksConfig,
+        telemetry: Arc<Telemetry>,
+        membership: Option<ClusterMembership>,
+    ) -> (WebhookSink, WebhookTask) {
+        let (queue, items) = mpsc::channel(config.queue);
         let (close, closing) = oneshot::channel();
-        let task = WebhookTask {
-            close,
-            queue: queue.clone(),
-            task: tokio::spawn(Sender::new(config, Arc::clone(&telemetry)).run(events, closing)),
-        };
-        let sink = WebhookSink { wanted: Wanted::of(&config.events), queue, telemetry };
-        (sink, task)
+        let wanted = Wanted::of(&config.events);
+        let clustered = membership.is_some();
+        let sender = Sender::new(config, wanted, membership, Arc::clone(&telemetry));
+        let task = WebhookTask { close, queue: queue.clone(), task: tokio::spawn(sender.run(items, closing)) };
+        (WebhookSink { wanted, clustered, queue, telemetry }, task)
     }
 
     fn push(&self, event: Event) {
-        if self.queue.try_send(event).is_err() {
+        self.push_item(Item::Ready(event));
+    }
+
+    fn push_item(&self, item: Item) {
+        if self.queue.try_send(item).is_err() {
             self.telemetry.metrics.webhook_dropped("queue_full", 1);
+        }
+    }
+
+    /// In a cluster: this node's first or last connection of a member
+    /// (`edge`), if any member event is wanted.
+    fn push_member(&self, key: &ChannelKey, user: Option<&str>, client_id: ClientId, present: bool, edge: bool) {
+        let w = self.wanted;
+        if edge && (w.occupied || w.vacated || w.added || w.removed) {
+            let member = user.map_or(Member::Client(client_id), |u| Member::User(u.to_owned()));
+            self.push_item(Item::Member { key: key.clone(), member, present, time_ms: now_ms() });
         }
     }
 }
@@ -126,6 +212,14 @@ impl Observer for WebhookSink {
     fn observe(&self, event: &BusEvent<'_>) {
         let w = self.wanted;
         match *event {
+            // In a cluster the ledger decides; this node's first and last
+            // connections of a member are what it judges.
+            BusEvent::MemberAdded { key, client_id, user, new_user, .. } if self.clustered => {
+                self.push_member(key, user, client_id, true, new_user);
+            }
+            BusEvent::MemberRemoved { key, client_id, user, user_gone, .. } if self.clustered => {
+                self.push_member(key, user, client_id, false, user_gone);
+            }
             BusEvent::MemberAdded { key, client_id, user, occupied, new_user } => {
                 if occupied && w.occupied {
                     self.push(Event::about("channel_occupied", key));
@@ -156,7 +250,7 @@ impl Observer for WebhookSink {
 pub(crate) struct WebhookTask {
     close: oneshot::Sender<Instant>,
     /// To tell how many events were left behind.
-    queue: mpsc::Sender<Event>,
+    queue: mpsc::Sender<Item>,
     task: JoinHandle<()>,
 }
 
@@ -176,6 +270,8 @@ impl WebhookTask {
 
 /// The delivering half.
 struct Sender {
+    wanted: Wanted,
+    membership: Option<ClusterMembership>,
     target: Target,
     secret: Vec<u8>,
     batch_max: usize,
@@ -191,8 +287,15 @@ struct Batch<'a> {
 }
 
 impl Sender {
-    fn new(config: &WebhooksConfig, telemetry: Arc<Telemetry>) -> Self {
+    fn new(
+        config: &WebhooksConfig,
+        wanted: Wanted,
+        membership: Option<ClusterMembership>,
+        telemetry: Arc<Telemetry>,
+    ) -> Self {
         Sender {
+            wanted,
+            membership,
             target: Target::parse(&config.url),
             secret: config.secret.clone().into_bytes(),
             batch_max: config.batch_max,
@@ -203,22 +306,25 @@ impl Sender {
         }
     }
 
-    async fn run(self, mut events: mpsc::Receiver<Event>, mut closing: oneshot::Receiver<Instant>) {
+    async fn run(mut self, mut items: mpsc::Receiver<Item>, mut closing: oneshot::Receiver<Instant>) {
         let mut batch = Vec::with_capacity(self.batch_max);
         let deadline = 'running: loop {
             tokio::select! {
                 at = &mut closing => break 'running at.ok(),
-                first = events.recv() => match first {
-                    Some(event) => batch.push(event),
+                first = self.next(&mut items) => match first {
+                    Some(item) => self.resolve(item, &mut batch).await,
                     None => return,
                 },
+            }
+            if batch.is_empty() {
+                continue;
             }
             let flush_at = Instant::now() + self.flush;
             while batch.len() < self.batch_max {
                 tokio::select! {
                     at = &mut closing => break 'running at.ok(),
-                    next = tokio::time::timeout_at(flush_at, events.recv()) => match next {
-                        Ok(Some(event)) => batch.push(event),
+                    next = tokio::time::timeout_at(flush_at, self.next(&mut items)) => match next {
+                        Ok(Some(item)) => self.resolve(item, &mut batch).await,
                         Ok(None) | Err(_) => break,
                     },
                 }
@@ -228,23 +334,74 @@ impl Sender {
         };
         // Closing: what is queued now goes, in full batches, until the deadline.
         let Some(deadline) = deadline else { return };
-        events.close();
-        loop {
-            while batch.len() < self.batch_max
-                && let Ok(event) = events.try_recv()
-            {
-                batch.push(event);
+        items.close();
+        let drain = async {
+            loop {
+                while batch.len() < self.batch_max
+                    && let Ok(item) = items.try_recv()
+                {
+                    self.resolve(item, &mut batch).await;
+                }
+                if batch.is_empty() {
+                    return;
+                }
+                self.deliver(&batch).await;
+                batch.clear();
             }
-            if batch.is_empty() {
-                return;
+        };
+        if tokio::time::timeout_at(deadline, drain).await.is_err() {
+            let left = batch.len() + items.len();
+            tracing::warn!(events = left, "webhook events not sent within the shutdown grace");
+            self.telemetry.metrics.webhook_dropped("shutdown", left as u64);
+        }
+    }
+
+    /// The next item: queued by the sink or, in a cluster, a change the
+    /// node found by itself (a dead node's members, its rejoin's corrections).
+    async fn next(&mut self, items: &mut mpsc::Receiver<Item>) -> Option<Item> {
+        let Some(membership) = self.membership.as_mut() else { return items.recv().await };
+        tokio::select! {
+            item = items.recv() => item,
+            Some(change) = membership.found.recv() => Some(Item::Found(change)),
+        }
+    }
+
+    /// Turns `item` into the events it stands for, appended to `batch`.
+    async fn resolve(&self, item: Item, batch: &mut Vec<Event>) {
+        match item {
+            Item::Ready(event) => batch.push(event),
+            Item::Member { key, member, present, time_ms } => {
+                let Some(membership) = &self.membership else { return };
+                match membership.judge.judge(&key, &member, present).await {
+                    Ok(Some(change)) => self.push_change(&change, time_ms, batch),
+                    Ok(None) => {}
+                    // The node's rejoin reports the net change.
+                    Err(e) => tracing::debug!(error = %e, "the cluster's ledger could not judge a member change"),
+                }
             }
-            if tokio::time::timeout_at(deadline, self.deliver(&batch)).await.is_err() {
-                let left = batch.len() + events.len();
-                tracing::warn!(events = left, "webhook events not sent within the shutdown grace");
-                self.telemetry.metrics.webhook_dropped("shutdown", left as u64);
-                return;
+            Item::Found(change) => self.push_change(&change, now_ms(), batch),
+        }
+    }
+
+    /// The events of one cluster-wide change, in the order a single node
+    /// sends them.
+    fn push_change(&self, change: &Change, time_ms: i64, batch: &mut Vec<Event>) {
+        let w = self.wanted;
+        let event = |name: &'static str| Event { time_ms, ..Event::about(name, &change.key) };
+        if change.present {
+            if change.channel && w.occupied {
+                batch.push(event("channel_occupied"));
             }
-            batch.clear();
+            if w.added {
+                batch.push(event("member_added").of(&change.member));
+            }
+        } else {
+            if w.removed {
+                batch.push(event("member_removed").of(&change.member));
+            }
+            if change.channel && w.vacated {
+                batch.push(event("channel_vacated"));
+            }
         }
     }
 
