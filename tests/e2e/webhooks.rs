@@ -6,10 +6,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use arqon_config::{AuthMode, StaticToken};
+use arqon_e2e::tls::SelfSigned;
 use arqon_e2e::{TIMEOUT, TestClient, TestServer, http, test_config};
 use arqon_protocol::Role;
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const SECRET: &str = "webhook-secret-0123456789";
@@ -23,37 +24,70 @@ type Accepted = Arc<Mutex<Vec<(String, Vec<u8>)>>>;
 struct Receiver {
     accepted: Accepted,
     refused: Arc<Mutex<usize>>,
+    handshakes_failed: Arc<Mutex<usize>>,
 }
 
 impl Receiver {
     async fn start(failures: usize) -> (Receiver, String) {
+        Self::start_on(failures, None).await
+    }
+
+    /// The same over TLS, with `cert` (for `localhost`).
+    async fn start_tls(failures: usize, cert: &SelfSigned) -> (Receiver, String) {
+        use tokio_rustls::rustls::{ServerConfig, crypto, pki_types::PrivateKeyDer};
+        let key = PrivateKeyDer::Pkcs8(cert.key.signing_key.serialize_der().into());
+        let config = ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![cert.key.cert.der().clone()], key)
+            .unwrap();
+        Self::start_on(failures, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+    }
+
+    async fn start_on(failures: usize, tls: Option<tokio_rustls::TlsAcceptor>) -> (Receiver, String) {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let url = format!("http://{}/hooks/arqon", listener.local_addr().unwrap());
+        let port = listener.local_addr().unwrap().port();
+        let url = match tls {
+            Some(_) => format!("https://localhost:{port}/hooks/arqon"),
+            None => format!("http://127.0.0.1:{port}/hooks/arqon"),
+        };
         let receiver = Receiver::default();
         let state = receiver.clone();
         tokio::spawn(async move {
             let mut left = failures;
             loop {
-                let Ok((mut stream, _)) = listener.accept().await else { return };
-                let (head, body) = arqon_e2e::app::read_request(&mut stream).await;
-                assert!(head.starts_with("POST /hooks/arqon HTTP/1.1"), "{head}");
-                let signature = head
-                    .lines()
-                    .find_map(|l| l.strip_prefix("x-arqon-signature: ").map(str::to_owned))
-                    .unwrap_or_default();
-                let status = if left > 0 {
-                    left -= 1;
-                    *state.refused.lock().unwrap() += 1;
-                    "500 Internal Server Error"
-                } else {
-                    state.accepted.lock().unwrap().push((signature, body));
-                    "200 OK"
-                };
-                let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-                let _ = stream.write_all(answer.as_bytes()).await;
+                let Ok((stream, _)) = listener.accept().await else { return };
+                match &tls {
+                    // A handshake the bus gives up on is no request.
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(mut stream) => state.answer(&mut stream, &mut left).await,
+                        Err(_) => *state.handshakes_failed.lock().unwrap() += 1,
+                    },
+                    None => state.answer(&mut { stream }, &mut left).await,
+                }
             }
         });
         (receiver, url)
+    }
+
+    /// Reads one request and answers it: 500 while `left` failures remain.
+    async fn answer<S: AsyncRead + AsyncWrite + Unpin>(&self, stream: &mut S, left: &mut usize) {
+        let (head, body) = arqon_e2e::app::read_request(stream).await;
+        assert!(head.starts_with("POST /hooks/arqon HTTP/1.1"), "{head}");
+        let signature =
+            head.lines().find_map(|l| l.strip_prefix("x-arqon-signature: ").map(str::to_owned)).unwrap_or_default();
+        let status = if *left > 0 {
+            *left -= 1;
+            *self.refused.lock().unwrap() += 1;
+            "500 Internal Server Error"
+        } else {
+            self.accepted.lock().unwrap().push((signature, body));
+            "200 OK"
+        };
+        let answer = format!("HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+        let _ = stream.write_all(answer.as_bytes()).await;
+        let _ = stream.shutdown().await;
     }
 
     /// Every event accepted so far, in order, each batch's signature checked.
@@ -240,6 +274,56 @@ async fn a_receiver_that_never_answers_does_not_hold_up_the_shutdown() {
     // (TestServer::shutdown fails past its own timeout).
     server.shutdown().await;
     held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn webhooks_go_over_https_to_a_receiver_whose_ca_is_configured() {
+    let cert = SelfSigned::new("webhooks-https");
+    let (receiver, url) = Receiver::start_tls(0, &cert).await;
+    let mut config = config(&url);
+    config.webhooks.ca_file = cert.cert_path.display().to_string();
+    let server = TestServer::start_with(config).await;
+    let mut ann = TestClient::connect(&format!("{}?token=ann-token", server.url())).await;
+    ann.join("chat", "main").await;
+    let events = receiver.until(2).await;
+    assert_eq!(events[1], ("member_added".to_owned(), json!("ann")));
+    assert!(receiver.events().iter().all(|e| e["room"] == "chat"), "signed and whole");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_receiver_with_an_unknown_ca_gets_nothing_and_the_drop_is_counted() {
+    let cert = SelfSigned::new("webhooks-untrusted");
+    let (receiver, url) = Receiver::start_tls(0, &cert).await;
+    let mut config = config(&url); // no ca_file: the self-signed certificate is not trusted
+    config.webhooks.retries = 1;
+    let server = TestServer::start_with(config).await;
+    let mut ann = TestClient::connect(&format!("{}?token=ann-token", server.url())).await;
+    ann.join("chat", "main").await;
+    let monitoring = server.monitoring.unwrap();
+    let deadline = tokio::time::Instant::now() + TIMEOUT;
+    loop {
+        let (_, metrics) = http(monitoring, "GET", "/metrics").await;
+        if metrics.lines().any(|l| l.starts_with("arqon_webhook_events_dropped_total{reason=\"failed\"} 2")) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the failed batch was not counted:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(receiver.events().is_empty());
+    assert!(*receiver.handshakes_failed.lock().unwrap() >= 2, "each attempt was refused at the handshake");
+    ann.ok("ping", json!({})).await;
+}
+
+#[test]
+fn a_webhook_ca_file_without_certificates_fails_start_up_naming_it() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ca = std::env::temp_dir().join(format!("arqon-not-a-ca-{}.pem", std::process::id()));
+    std::fs::write(&ca, "no certificate here\n").unwrap();
+    let mut config = config("https://localhost:1/x");
+    config.webhooks.ca_file = ca.display().to_string();
+    let error = runtime.block_on(arqon_server::Bus::bind(&config)).unwrap_err().to_string();
+    assert!(error.contains("webhooks.ca_file") && error.contains("holds no certificate"), "{error}");
+    let _ = std::fs::remove_file(ca);
 }
 
 #[cfg(feature = "redis")]

@@ -1,12 +1,11 @@
 //! The application side of hooks and webhooks in tests: reading one HTTP
 //! request that the bus sends, as a small local HTTP server would.
 
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Reads one request from `stream`: its head (request line and headers,
 /// header names in lower case) and its body (by `Content-Length`).
-pub async fn read_request(stream: &mut TcpStream) -> (String, Vec<u8>) {
+pub async fn read_request<S: AsyncRead + Unpin>(stream: &mut S) -> (String, Vec<u8>) {
     let mut buffer = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {

@@ -17,9 +17,12 @@ pub const MIN_WEBHOOK_SECRET_BYTES: usize = 16;
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WebhooksConfig {
-    /// Where batches are POSTed, `http://HOST:PORT/PATH`; empty: off.
-    /// Default: empty.
+    /// Where batches are POSTed, `http://HOST:PORT/PATH` or `https://…`;
+    /// empty: off. Default: empty.
     pub url: String,
+    /// A PEM file of CA certificates to trust for an `https://` URL,
+    /// besides the web's public roots (a private CA). Default: empty.
+    pub ca_file: String,
     /// The HMAC-SHA256 key of the `X-Arqon-Signature` header; at least 16
     /// bytes when `url` is set. Default: empty.
     pub secret: String,
@@ -45,6 +48,7 @@ impl Default for WebhooksConfig {
     fn default() -> Self {
         WebhooksConfig {
             url: String::new(),
+            ca_file: String::new(),
             secret: String::new(),
             events: WEBHOOK_EVENTS[..4].iter().map(|e| (*e).to_owned()).collect(),
             batch_max: 100,
@@ -64,11 +68,12 @@ impl WebhooksConfig {
 
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         rule(
-            self.url.is_empty() || self.url.starts_with("http://"),
+            self.url.is_empty() || crate::hooks::is_http_url(&self.url),
             "webhooks.url",
             format!("{:?}", self.url),
-            "must be empty (off) or an http:// URL (https is not supported: keep the receiver on a private network)",
+            "must be empty (off) or an http:// or https:// URL with a host",
         )?;
+        crate::hooks::ca_file_rule("webhooks.ca_file", &self.ca_file)?;
         rule(
             !self.enabled() || self.secret.len() >= MIN_WEBHOOK_SECRET_BYTES,
             "webhooks.secret",

@@ -702,9 +702,21 @@ fn bad_api_keys_and_room_options_stop_start_up_naming_them() {
 #[test]
 fn bad_webhook_settings_stop_start_up_naming_them() {
     assert_fails_naming(
-        load_toml("[webhooks]\nurl = \"https://x/y\"\nsecret = \"0123456789abcdef\"\n"),
-        &["webhooks.url", "http://"],
+        load_toml("[webhooks]\nurl = \"ftp://x/y\"\nsecret = \"0123456789abcdef\"\n"),
+        &["webhooks.url", "https://"],
     );
+    assert_fails_naming(
+        load_toml("[webhooks]\nurl = \"https:///y\"\nsecret = \"0123456789abcdef\"\n"),
+        &["webhooks.url", "with a host"],
+    );
+    assert_fails_naming(
+        load_toml(
+            "[webhooks]\nurl = \"https://x/y\"\nsecret = \"0123456789abcdef\"\nca_file = \"/nonexistent/ca.pem\"\n",
+        ),
+        &["webhooks.ca_file", "/nonexistent/ca.pem"],
+    );
+    let tls = load_toml("[webhooks]\nurl = \"https://hooks.example.com/y\"\nsecret = \"0123456789abcdef\"\n").unwrap();
+    assert!(tls.webhooks.enabled());
     assert_fails_naming(
         load_toml("[webhooks]\nurl = \"http://x/y\"\nsecret = \"short\"\n"),
         &["webhooks.secret", "16 bytes"],
@@ -719,7 +731,10 @@ fn bad_webhook_settings_stop_start_up_naming_them() {
 
 #[test]
 fn bad_hook_settings_stop_start_up_naming_them() {
-    assert_fails_naming(load_toml("[hooks]\nconnect_url = \"https://app/x\"\n"), &["hooks.connect_url", "http://"]);
+    assert_fails_naming(load_toml("[hooks]\nconnect_url = \"app/x\"\n"), &["hooks.connect_url", "http://"]);
+    assert_fails_naming(load_toml("[hooks]\nca_file = \"/nonexistent/ca.pem\"\n"), &["hooks.ca_file"]);
+    let tls = load_toml("[hooks]\nconnect_url = \"https://app/x\"\n").unwrap();
+    assert_eq!(tls.hooks.connect_url, "https://app/x");
     assert_fails_naming(load_toml("[hooks]\ntimeout_ms = 20000\n"), &["hooks.timeout_ms", "upgrade_timeout_ms"]);
     assert_fails_naming(load_toml("[hooks]\non_failure = \"open\"\n"), &["hooks.on_failure", "open"]);
     let hook = load_toml("[hooks]\nconnect_url = \"http://127.0.0.1:8080/c\"\non_failure = \"guest\"\n").unwrap();

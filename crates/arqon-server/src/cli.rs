@@ -153,6 +153,12 @@ fn check_config(path: Option<&std::path::Path>) -> Result<String, ServerError> {
     let config = Config::from_env(path)?;
     crate::transport_config(&config)?;
     crate::auth::Authenticator::from_config(&config.auth)?;
+    // The CA files of https:// hooks and webhooks.
+    crate::connect_hook::ConnectHook::from_config(&config.hooks)?;
+    crate::join_hook::HttpJoinGuard::from_config(&config.hooks)?;
+    if config.webhooks.enabled() {
+        crate::http_client::Target::parse(&config.webhooks.url, &config.webhooks.ca_file, "webhooks.ca_file")?;
+    }
     let vars = std::env::vars_os()
         .filter(|(name, _)| {
             let name = name.to_string_lossy();

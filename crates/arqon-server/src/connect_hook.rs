@@ -19,6 +19,7 @@ use arqon_transport::{Refusal, UpgradeRequest, VetRequest};
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
+use crate::ServerError;
 use crate::auth::{credentials, room_access};
 use crate::http_client::Target;
 
@@ -71,14 +72,17 @@ fn refusal(status: u16, code: &'static str, message: impl Into<String>) -> Refus
 }
 
 impl ConnectHook {
-    pub(crate) fn from_config(config: &HooksConfig) -> Option<Arc<ConnectHook>> {
-        (!config.connect_url.is_empty()).then(|| {
-            Arc::new(ConnectHook {
-                target: Target::parse(&config.connect_url),
-                timeout: Duration::from_millis(config.timeout_ms),
-                on_failure: config.on_failure,
-            })
-        })
+    /// The hook, if configured; an `https://` URL whose CA file cannot be
+    /// used is an error.
+    pub(crate) fn from_config(config: &HooksConfig) -> Result<Option<Arc<ConnectHook>>, ServerError> {
+        if config.connect_url.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(ConnectHook {
+            target: Target::parse(&config.connect_url, &config.ca_file, "hooks.ca_file")?,
+            timeout: Duration::from_millis(config.timeout_ms),
+            on_failure: config.on_failure,
+        })))
     }
 
     /// Who the client of `request` is, as the application says.

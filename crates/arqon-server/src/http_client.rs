@@ -1,11 +1,21 @@
 //! The one HTTP client of the server: a POST of a JSON body to the
-//! application (webhooks, the connect hook), one connection per request,
-//! `http://` only (these receivers sit on the application's private network).
+//! application (webhooks, the connect and join hooks), one connection per
+//! request, over `http://` or `https://` (the web's public roots plus the
+//! CA file configured beside the URL).
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::TlsConnector;
+use tokio_rustls::rustls::pki_types::pem::PemObject;
+use tokio_rustls::rustls::pki_types::{CertificateDer, ServerName};
+use tokio_rustls::rustls::{ClientConfig, RootCertStore, crypto};
+
+use crate::ServerError;
 
 /// Largest answer body read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
@@ -13,7 +23,7 @@ const MAX_ANSWER_BYTES: usize = 64 * 1024;
 /// Why a POST failed.
 pub(crate) type PostError = Box<dyn std::error::Error + Send + Sync>;
 
-/// An `http://HOST:PORT/PATH` target, parsed once.
+/// An `http://` or `https://HOST[:PORT]/PATH` target, parsed once.
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     /// `HOST:PORT` to connect to.
@@ -21,50 +31,134 @@ pub(crate) struct Target {
     /// The `Host` header.
     authority: String,
     path: String,
+    /// For `https://`: the TLS settings and the name the certificate must have.
+    tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
 }
 
 impl Target {
-    /// Parses `url`; configuration validation already checked the scheme.
-    pub(crate) fn parse(url: &str) -> Self {
-        let rest = url.strip_prefix("http://").unwrap_or(url);
+    /// Parses `url` (configuration validation checked its scheme and host);
+    /// for `https://`, loads the roots: the web's, and those of `ca_file`
+    /// (the config key `ca_key` names it in errors).
+    pub(crate) fn parse(url: &str, ca_file: &str, ca_key: &str) -> Result<Self, ServerError> {
+        let (rest, https) = match url.strip_prefix("https://") {
+            Some(rest) => (rest, true),
+            None => (url.strip_prefix("http://").unwrap_or(url), false),
+        };
         let (authority, path) = rest.split_once('/').map_or((rest, "/".to_owned()), |(a, p)| (a, format!("/{p}")));
-        let connect = if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
-        Target { connect, authority: authority.to_owned(), path }
+        // A port follows the last colon, unless it closes an IPv6 literal.
+        let has_port = authority.rsplit_once(':').is_some_and(|(_, port)| !port.contains(']'));
+        let connect = match (has_port, https) {
+            (true, _) => authority.to_owned(),
+            (false, true) => format!("{authority}:443"),
+            (false, false) => format!("{authority}:80"),
+        };
+        let tls = if https {
+            let host = connect.rsplit_once(':').map_or(connect.as_str(), |(host, _)| host);
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            let name = ServerName::try_from(host.to_owned())
+                .map_err(|e| ServerError::Tls(format!("{url}: {host:?} is not a host name: {e}")))?;
+            Some((client_config(ca_file, ca_key)?, name))
+        } else {
+            None
+        };
+        Ok(Target { connect, authority: authority.to_owned(), path, tls })
     }
 
     /// POSTs `body` with `headers`; returns the status and (at most 64 KiB
     /// of) the answer.
     pub(crate) async fn post(&self, body: Bytes, headers: &[(&str, &str)]) -> Result<(StatusCode, Bytes), PostError> {
-        let stream = tokio::net::TcpStream::connect(&self.connect).await?;
-        let _ = stream.set_nodelay(true);
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
-        let connection = tokio::spawn(connection);
         let mut request = Request::post(&self.path)
             .header(hyper::header::HOST, &self.authority)
             .header(hyper::header::CONTENT_TYPE, "application/json");
         for (name, value) in headers {
             request = request.header(*name, *value);
         }
-        let response = sender.send_request(request.body(Full::new(body))?).await?;
-        let status = response.status();
-        let answer = Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await?.to_bytes();
-        connection.abort();
-        Ok((status, answer))
+        let request = request.body(Full::new(body))?;
+        let stream = tokio::net::TcpStream::connect(&self.connect).await?;
+        let _ = stream.set_nodelay(true);
+        match &self.tls {
+            None => exchange(stream, request).await,
+            Some((config, name)) => {
+                let stream = TlsConnector::from(Arc::clone(config)).connect(name.clone(), stream).await?;
+                exchange(stream, request).await
+            }
+        }
     }
+}
+
+/// One request and its answer on a fresh connection.
+async fn exchange<S>(io: S, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), PostError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    let connection = tokio::spawn(connection);
+    let response = sender.send_request(request).await?;
+    let status = response.status();
+    let answer = Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await?.to_bytes();
+    connection.abort();
+    Ok((status, answer))
+}
+
+/// The TLS client settings: the web's public roots, and the certificates
+/// of `ca_file` if set (a private CA).
+fn client_config(ca_file: &str, ca_key: &str) -> Result<Arc<ClientConfig>, ServerError> {
+    let mut roots = RootCertStore { roots: webpki_roots::TLS_SERVER_ROOTS.to_vec() };
+    if !ca_file.is_empty() {
+        let bad = |why: String| ServerError::Tls(format!("{ca_key} = {ca_file:?}: {why}"));
+        let pem = std::fs::read(ca_file).map_err(|e| bad(e.to_string()))?;
+        let mut added = 0;
+        for cert in CertificateDer::pem_slice_iter(&pem) {
+            roots.add(cert.map_err(|e| bad(format!("not PEM: {e}")))?).map_err(|e| bad(e.to_string()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(bad("holds no certificate".to_owned()));
+        }
+    }
+    let config = ClientConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| ServerError::Tls(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn parse(url: &str) -> Target {
+        Target::parse(url, "", "webhooks.ca_file").unwrap()
+    }
+
     #[test]
     fn urls_split_into_address_host_and_path() {
-        let t = Target::parse("http://10.0.0.5:8080/hooks/arqon");
+        let t = parse("http://10.0.0.5:8080/hooks/arqon");
         assert_eq!(
             (t.connect.as_str(), t.authority.as_str(), t.path.as_str()),
             ("10.0.0.5:8080", "10.0.0.5:8080", "/hooks/arqon")
         );
-        let t = Target::parse("http://app.internal");
+        assert!(t.tls.is_none());
+        let t = parse("http://app.internal");
         assert_eq!((t.connect.as_str(), t.path.as_str()), ("app.internal:80", "/"));
+        let t = parse("https://hooks.example.com/in");
+        assert_eq!((t.connect.as_str(), t.path.as_str()), ("hooks.example.com:443", "/in"));
+        assert!(matches!(&t.tls, Some((_, ServerName::DnsName(name))) if name.as_ref() == "hooks.example.com"));
+        let t = parse("https://[::1]:8443/in");
+        assert_eq!(t.connect, "[::1]:8443");
+        assert!(matches!(&t.tls, Some((_, ServerName::IpAddress(_)))));
+        assert_eq!(parse("https://[::1]/in").connect, "[::1]:443");
+    }
+
+    #[test]
+    fn a_ca_file_that_cannot_be_used_is_named() {
+        let missing = Target::parse("https://x/y", "/nonexistent/ca.pem", "webhooks.ca_file").unwrap_err();
+        assert!(missing.to_string().contains("webhooks.ca_file = \"/nonexistent/ca.pem\""), "{missing}");
+        let empty = std::env::temp_dir().join(format!("arqon-empty-ca-{}.pem", std::process::id()));
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let none = Target::parse("https://x/y", &empty.display().to_string(), "hooks.ca_file").unwrap_err();
+        assert!(none.to_string().contains("holds no certificate"), "{none}");
+        let _ = std::fs::remove_file(empty);
     }
 }

@@ -13,6 +13,7 @@ use arqon_routing::{JoinAsk, JoinGuard, JoinVerdict};
 use bytes::Bytes;
 use serde::Serialize;
 
+use crate::ServerError;
 use crate::connect_hook::message_of;
 use crate::http_client::Target;
 
@@ -35,13 +36,16 @@ struct Ask<'a> {
 }
 
 impl HttpJoinGuard {
-    pub(crate) fn from_config(config: &HooksConfig) -> Option<Arc<dyn JoinGuard>> {
-        (!config.join_url.is_empty()).then(|| {
-            Arc::new(HttpJoinGuard {
-                target: Target::parse(&config.join_url),
-                timeout: Duration::from_millis(config.timeout_ms),
-            }) as Arc<dyn JoinGuard>
-        })
+    /// The hook, if configured; an `https://` URL whose CA file cannot be
+    /// used is an error.
+    pub(crate) fn from_config(config: &HooksConfig) -> Result<Option<Arc<dyn JoinGuard>>, ServerError> {
+        if config.join_url.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Arc::new(HttpJoinGuard {
+            target: Target::parse(&config.join_url, &config.ca_file, "hooks.ca_file")?,
+            timeout: Duration::from_millis(config.timeout_ms),
+        })))
     }
 }
 

@@ -307,14 +307,13 @@ impl Bus {
     ) -> Result<Bus, ServerError> {
         let telemetry = Arc::new(Telemetry::new(config.monitoring.telemetry_buffer));
         let broker = cluster::open_broker(config).await?;
-        let (webhooks, webhook_task) = config
-            .webhooks
-            .enabled()
-            .then(|| {
-                let membership = broker.as_ref().map(cluster::membership);
-                webhooks::WebhookSink::start(&config.webhooks, Arc::clone(&telemetry), membership)
-            })
-            .unzip();
+        let (webhooks, webhook_task) = if config.webhooks.enabled() {
+            let membership = broker.as_ref().map(cluster::membership);
+            let (sink, task) = webhooks::WebhookSink::start(&config.webhooks, Arc::clone(&telemetry), membership)?;
+            (Some(sink), Some(task))
+        } else {
+            (None, None)
+        };
         // With monitoring off nothing would read the numbers: skip collecting them.
         let router = if config.monitoring.enabled {
             let storage: Arc<dyn Storage> = Arc::new(Instrumented::new(storage, Arc::clone(&telemetry)));
@@ -326,7 +325,7 @@ impl Bus {
         } else {
             Router::builder(router_config(config), storage)
         };
-        let router = match join_hook::HttpJoinGuard::from_config(&config.hooks) {
+        let router = match join_hook::HttpJoinGuard::from_config(&config.hooks)? {
             Some(guard) => router.join_guard(guard),
             None => router,
         };
@@ -363,7 +362,7 @@ impl Bus {
             router.clone(),
             authenticator,
             api::ApiKeys::new(&config.api),
-            connect_hook::ConnectHook::from_config(&config.hooks),
+            connect_hook::ConnectHook::from_config(&config.hooks)?,
         ));
         let endpoint = Endpoint::new(Arc::clone(&acceptor), transport.clone());
         Ok(Bus {

@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::ServerError;
 use crate::http_client::Target;
 use crate::observer::Telemetry;
 
@@ -173,14 +174,14 @@ impl WebhookSink {
         config: &WebhooksConfig,
         telemetry: Arc<Telemetry>,
         membership: Option<ClusterMembership>,
-    ) -> (WebhookSink, WebhookTask) {
+    ) -> Result<(WebhookSink, WebhookTask), ServerError> {
         let (queue, items) = mpsc::channel(config.queue);
         let (close, closing) = oneshot::channel();
         let wanted = Wanted::of(&config.events);
         let clustered = membership.is_some();
-        let sender = Sender::new(config, wanted, membership, Arc::clone(&telemetry));
+        let sender = Sender::new(config, wanted, membership, Arc::clone(&telemetry))?;
         let task = WebhookTask { close, queue: queue.clone(), task: tokio::spawn(sender.run(items, closing)) };
-        (WebhookSink { wanted, clustered, queue, telemetry }, task)
+        Ok((WebhookSink { wanted, clustered, queue, telemetry }, task))
     }
 
     fn push(&self, event: Event) {
@@ -292,18 +293,18 @@ impl Sender {
         wanted: Wanted,
         membership: Option<ClusterMembership>,
         telemetry: Arc<Telemetry>,
-    ) -> Self {
-        Sender {
+    ) -> Result<Self, ServerError> {
+        Ok(Sender {
             wanted,
             membership,
-            target: Target::parse(&config.url),
+            target: Target::parse(&config.url, &config.ca_file, "webhooks.ca_file")?,
             secret: config.secret.clone().into_bytes(),
             batch_max: config.batch_max,
             flush: Duration::from_millis(config.flush_ms),
             timeout: Duration::from_millis(config.timeout_ms),
             retries: config.retries,
             telemetry,
-        }
+        })
     }
 
     async fn run(mut self, mut items: mpsc::Receiver<Item>, mut closing: oneshot::Receiver<Instant>) {
