@@ -31,15 +31,15 @@ async fn route(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match request.uri().path() {
         "/hello" => text(StatusCode::OK, "text/plain", "hello from the service\n".to_owned()),
-        "/bus" => mount(request, &bus, peer),
+        "/bus" => mount(request, &bus, peer).await,
         _ => text(StatusCode::NOT_FOUND, "text/plain", "not found\n".to_owned()),
     })
 }
 
 /// `/bus`: the WebSocket upgrade. The endpoint admits the client (limits,
-/// origin, credentials); hyper switches protocols; the upgraded stream is
-/// then the bus's.
-fn mount(request: Request<Incoming>, bus: &Endpoint, peer: SocketAddr) -> Response<Full<Bytes>> {
+/// origin, the connect hook if configured, credentials); hyper switches
+/// protocols; the upgraded stream is then the bus's.
+async fn mount(request: Request<Incoming>, bus: &Endpoint, peer: SocketAddr) -> Response<Full<Bytes>> {
     let accept = match websocket_accept(request.headers()).map(HeaderValue::try_from) {
         Ok(Ok(accept)) => accept,
         Ok(Err(_)) => return text(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", "bad accept key\n".to_owned()),
@@ -47,7 +47,7 @@ fn mount(request: Request<Incoming>, bus: &Endpoint, peer: SocketAddr) -> Respon
     };
     let upgrade =
         UpgradeRequest { path: request.uri().path(), query: request.uri().query(), headers: request.headers(), peer };
-    let mut admitted = match bus.admit(&upgrade) {
+    let mut admitted = match bus.admit(&upgrade).await {
         Ok(admitted) => admitted,
         Err(refusal) => return refused(&refusal),
     };
@@ -147,8 +147,14 @@ mod tests {
     /// The service on 127.0.0.1, port 0, with a bus that allows 4 KiB frames.
     async fn start() -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
         let mut config = Config::default();
-        config.monitoring.enabled = false;
         config.limits.max_message_bytes = 4096;
+        start_with(config).await
+    }
+
+    async fn start_with(
+        mut config: Config,
+    ) -> (SocketAddr, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+        config.monitoring.enabled = false;
         let bus = Bus::builder(&config).embedded().bind().await.unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -263,6 +269,48 @@ mod tests {
         stop.send(()).unwrap();
         assert_eq!(close_code(&mut bob).await, Some(CloseCode::Away));
         drop(bob);
+        tokio::time::timeout(Duration::from_secs(10), bus).await.unwrap().unwrap();
+    }
+
+    /// A connect hook: admits `?token=ok` as ann, refuses anything else (401).
+    async fn hook() -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/connect", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let mut request = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Head and body: the bus sends both in one short write, closing nothing.
+                while !String::from_utf8_lossy(&request).contains("\"path\"") {
+                    let n = stream.read(&mut chunk).await.unwrap();
+                    assert!(n > 0);
+                    request.extend_from_slice(&chunk[..n]);
+                }
+                let answer = if String::from_utf8_lossy(&request).contains("\"token\":\"ok\"") {
+                    let body = r#"{"user":"ann"}"#;
+                    format!("HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len())
+                } else {
+                    "HTTP/1.1 401 Unauthorized\r\ncontent-length: 0\r\nconnection: close\r\n\r\n".to_owned()
+                };
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        url
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_connect_hook_decides_on_the_mounted_path_too() {
+        let mut config = Config::default();
+        config.hooks.connect_url = hook().await;
+        let (addr, stop, bus) = start_with(config).await;
+        let (mut ann, _) = tokio_tungstenite::connect_async(format!("ws://{addr}/bus?token=ok")).await.unwrap();
+        let welcome = next_json(&mut ann, "event").await;
+        assert_eq!(welcome["payload"]["user"], "ann", "{welcome}");
+        let refused = tokio_tungstenite::connect_async(format!("ws://{addr}/bus?token=bad")).await.unwrap_err();
+        let tokio_tungstenite::tungstenite::Error::Http(response) = refused else { panic!("{refused}") };
+        assert_eq!(response.status(), 401);
+        drop(ann);
+        stop.send(()).unwrap();
         tokio::time::timeout(Duration::from_secs(10), bus).await.unwrap().unwrap();
     }
 }

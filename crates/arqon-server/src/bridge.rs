@@ -85,13 +85,14 @@ impl Acceptor for BusAcceptor {
         let identity = match (&self.connect_hook, vetted.and_then(|v| v.downcast::<Identity>().ok())) {
             (_, Some(identity)) => *identity,
             (None, None) => self.authenticator.identify(request)?,
-            // An upgrade that skipped the hook (an embedding service's own
-            // HTTP server): fail closed rather than let it in unasked.
+            // An upgrade that reached the acceptor without the hook's answer
+            // (no path of this crate or of `Endpoint` does that): fail
+            // closed rather than let it in unasked.
             (Some(_), None) => {
                 return Err(Refusal {
                     status: 503,
                     code: "INTERNAL",
-                    message: "this bus asks a connect hook, which this endpoint cannot reach".to_owned(),
+                    message: "this bus asks a connect hook, which was not asked about this connection".to_owned(),
                 });
             }
         };

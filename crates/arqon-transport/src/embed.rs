@@ -17,10 +17,11 @@ use tokio::sync::watch;
 use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
 use tokio_tungstenite::tungstenite::http::{HeaderMap, header};
 
+use crate::admission::check_origin;
 use crate::admission::{Admission, Slot};
 use crate::deflate::Deflate;
-use crate::server::{admit, negotiate_compression, run_upgraded};
-use crate::{Acceptor, Refusal, TransportConfig, UpgradeRequest};
+use crate::server::{admit_vetted, negotiate_compression, run_upgraded};
+use crate::{Acceptor, Refusal, TransportConfig, UpgradeRequest, VetFuture, VetRequest, Vetted};
 
 /// Any upgraded stream, boxed: `hyper::upgrade::Upgraded` in hyper-util's
 /// `TokioIo`, a `TcpStream`, a TLS stream.
@@ -35,9 +36,14 @@ type Serve = Box<dyn FnOnce(Box<dyn Io>, Option<Deflate>) -> Pin<Box<dyn Future<
 /// An acceptor with its connection type erased, so that [`Endpoint`] and
 /// [`Admitted`] need no type parameter.
 trait Admit: Send + Sync {
+    fn vets(&self) -> bool;
+
+    fn vet(&self, request: VetRequest) -> VetFuture;
+
     fn admit(
         &self,
         request: &UpgradeRequest<'_>,
+        vetted: Option<Vetted>,
         slot: Slot,
         config: &Arc<TransportConfig>,
         stop: watch::Receiver<bool>,
@@ -45,14 +51,23 @@ trait Admit: Send + Sync {
 }
 
 impl<A: Acceptor> Admit for Arc<A> {
+    fn vets(&self) -> bool {
+        (**self).vets()
+    }
+
+    fn vet(&self, request: VetRequest) -> VetFuture {
+        (**self).vet(request)
+    }
+
     fn admit(
         &self,
         request: &UpgradeRequest<'_>,
+        vetted: Option<Vetted>,
         slot: Slot,
         config: &Arc<TransportConfig>,
         stop: watch::Receiver<bool>,
     ) -> Result<Serve, Refusal> {
-        let accepted = admit(None, request, &**self, config)?;
+        let accepted = admit_vetted(None, request, &**self, config, vetted)?;
         let config = Arc::clone(config);
         // hyper keeps what the client sent after its request inside the
         // upgraded stream: nothing is read early here.
@@ -115,23 +130,42 @@ impl Endpoint {
     }
 
     /// Decides whether the client behind `request` may connect: the
-    /// connection limits (503, 429), the browser origin (403), then the
-    /// acceptor (authentication, say). Once shut down, every request is
-    /// refused (503).
+    /// connection limits (503, 429), the acceptor's vetting if it has one
+    /// (the bus's connect hook, which the application answers
+    /// asynchronously), the browser origin (403), then the acceptor
+    /// (authentication, say). Once shut down, every request is refused
+    /// (503).
     ///
     /// An [`Admitted`] holds its connection slot until it is served to the
     /// end or dropped (an upgrade that never completes).
-    pub fn admit(&self, request: &UpgradeRequest<'_>) -> Result<Admitted, Refusal> {
+    pub async fn admit(&self, request: &UpgradeRequest<'_>) -> Result<Admitted, Refusal> {
         let inner = &self.inner;
+        let stopped =
+            || Refusal { status: 503, code: "UNAVAILABLE", message: "the server is shutting down".to_owned() };
         if *inner.stop.borrow() {
-            return Err(Refusal {
-                status: 503,
-                code: "UNAVAILABLE",
-                message: "the server is shutting down".to_owned(),
-            });
+            return Err(stopped());
         }
         let slot = inner.admission.admit(request.peer.ip(), &inner.config)?;
-        let serve = inner.acceptor.admit(request, slot, &inner.config, inner.stop.subscribe())?;
+        let vetted = if inner.acceptor.vets() {
+            // The application is not asked about a foreign page's request.
+            let origin = request.headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+            check_origin(origin, &inner.config.allowed_origins)?;
+            let ask = VetRequest {
+                path: request.path.to_owned(),
+                query: request.query.map(str::to_owned),
+                headers: request.headers.clone(),
+                peer: request.peer,
+            };
+            let vetted = inner.acceptor.vet(ask).await?;
+            // The endpoint may have shut down while the application answered.
+            if *inner.stop.borrow() {
+                return Err(stopped());
+            }
+            Some(vetted)
+        } else {
+            None
+        };
+        let serve = inner.acceptor.admit(request, vetted, slot, &inner.config, inner.stop.subscribe())?;
         let compression = negotiate_compression(request.headers, &inner.config);
         Ok(Admitted { serve, compression, deflate: None })
     }

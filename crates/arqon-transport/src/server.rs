@@ -260,18 +260,8 @@ async fn read_within<T>(
 /// The checks every upgrade passes, whichever HTTP server performs it (this
 /// listener, or an embedder's through [`Endpoint`](crate::Endpoint)), in
 /// order: the connection limits (`refused_by_limit`, from taking the slot),
-/// the browser origin, then the acceptor.
-pub(crate) fn admit<A: Acceptor>(
-    refused_by_limit: Option<Refusal>,
-    request: &UpgradeRequest<'_>,
-    acceptor: &A,
-    config: &TransportConfig,
-) -> Result<Accepted<A::Conn>, Refusal> {
-    admit_vetted(refused_by_limit, request, acceptor, config, None)
-}
-
-/// [`admit`], handing the acceptor what its vetting found.
-fn admit_vetted<A: Acceptor>(
+/// the browser origin, then the acceptor, handed what its vetting found.
+pub(crate) fn admit_vetted<A: Acceptor>(
     refused_by_limit: Option<Refusal>,
     request: &UpgradeRequest<'_>,
     acceptor: &A,

@@ -10,7 +10,10 @@ use std::time::Duration;
 
 use arqon_outbound::{Budget, Outbound, OutboundSender};
 use arqon_protocol::Frame;
-use arqon_transport::{Accepted, Acceptor, Connection, Endpoint, HeaderMap, Refusal, TransportConfig, UpgradeRequest};
+use arqon_transport::{
+    Accepted, Acceptor, Connection, Endpoint, HeaderMap, Refusal, TransportConfig, UpgradeRequest, VetFuture,
+    VetRequest, Vetted,
+};
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
@@ -46,6 +49,43 @@ impl Acceptor for EchoAcceptor {
     }
 }
 
+/// Vets like a connect hook: asks "the application" (a header here), and
+/// accepts only what it vetted.
+struct HookAcceptor {
+    asked: std::sync::atomic::AtomicUsize,
+}
+
+impl Acceptor for HookAcceptor {
+    type Conn = Echo;
+
+    fn accept(&self, _request: &UpgradeRequest<'_>) -> Result<Accepted<Echo>, Refusal> {
+        Err(Refusal { status: 503, code: "INTERNAL", message: "not vetted".to_owned() })
+    }
+
+    fn vets(&self) -> bool {
+        true
+    }
+
+    fn vet(&self, request: VetRequest) -> VetFuture {
+        self.asked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let user = request.headers.get("x-user").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Box::pin(async move {
+            tokio::task::yield_now().await; // the application answers later
+            match user {
+                Some(user) => Ok(Box::new(user) as Vetted),
+                None => Err(Refusal { status: 401, code: "UNAUTHORIZED", message: "who are you?".to_owned() }),
+            }
+        })
+    }
+
+    fn accept_vetted(&self, request: &UpgradeRequest<'_>, vetted: Option<Vetted>) -> Result<Accepted<Echo>, Refusal> {
+        match vetted.and_then(|v| v.downcast::<String>().ok()) {
+            Some(user) if *user == "ann" => EchoAcceptor.accept(request),
+            _ => self.accept(request),
+        }
+    }
+}
+
 fn request(headers: &HeaderMap) -> UpgradeRequest<'_> {
     let peer = SocketAddr::from(([127, 0, 0, 1], 40000));
     UpgradeRequest { path: "/bus", query: None, headers, peer }
@@ -60,24 +100,24 @@ async fn admitting_applies_the_listeners_limits_and_origin_check() {
     };
     let endpoint = Endpoint::new(Arc::new(EchoAcceptor), config);
     let headers = HeaderMap::new();
-    let first = endpoint.admit(&request(&headers)).unwrap();
-    assert_eq!(endpoint.admit(&request(&headers)).unwrap_err().status, 429);
+    let first = endpoint.admit(&request(&headers)).await.unwrap();
+    assert_eq!(endpoint.admit(&request(&headers)).await.unwrap_err().status, 429);
     // A dropped admission (an upgrade that never completed) frees its slot.
     drop(first);
-    let second = endpoint.admit(&request(&headers)).unwrap();
+    let second = endpoint.admit(&request(&headers)).await.unwrap();
     drop(second);
     let mut foreign = HeaderMap::new();
     foreign.insert("origin", HeaderValue::from_static("https://elsewhere.example"));
-    assert_eq!(endpoint.admit(&request(&foreign)).unwrap_err().status, 403);
+    assert_eq!(endpoint.admit(&request(&foreign)).await.unwrap_err().status, 403);
     endpoint.shutdown().await;
-    assert_eq!(endpoint.admit(&request(&headers)).unwrap_err().status, 503);
+    assert_eq!(endpoint.admit(&request(&headers)).await.unwrap_err().status, 503);
 }
 
 #[tokio::test]
 async fn an_upgraded_stream_is_served_until_shutdown_closes_it_1001() {
     let endpoint = Endpoint::new(Arc::new(EchoAcceptor), TransportConfig::default());
     let headers = HeaderMap::new();
-    let admitted = endpoint.admit(&request(&headers)).unwrap();
+    let admitted = endpoint.admit(&request(&headers)).await.unwrap();
     let (client_io, server_io) = tokio::io::duplex(64 * 1024);
     let served = tokio::spawn(admitted.serve(server_io));
     let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
@@ -100,4 +140,23 @@ async fn an_upgraded_stream_is_served_until_shutdown_closes_it_1001() {
     drop(client);
     tokio::time::timeout(TIMEOUT, served).await.unwrap().unwrap();
     tokio::time::timeout(TIMEOUT, shutdown).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn an_acceptor_that_vets_is_asked_before_admitting_and_its_refusal_is_the_answer() {
+    let config =
+        TransportConfig { allowed_origins: vec!["https://app.example".to_owned()], ..TransportConfig::default() };
+    let acceptor = Arc::new(HookAcceptor { asked: Default::default() });
+    let endpoint = Endpoint::new(Arc::clone(&acceptor), config);
+    let mut ann = HeaderMap::new();
+    ann.insert("x-user", HeaderValue::from_static("ann"));
+    assert!(endpoint.admit(&request(&ann)).await.is_ok(), "vetted, then accepted");
+    let nobody = HeaderMap::new();
+    let refused = endpoint.admit(&request(&nobody)).await.unwrap_err();
+    assert_eq!((refused.status, refused.code), (401, "UNAUTHORIZED"));
+    // A foreign page's request is refused before the application is asked.
+    let mut foreign = ann.clone();
+    foreign.insert("origin", HeaderValue::from_static("https://elsewhere.example"));
+    assert_eq!(endpoint.admit(&request(&foreign)).await.unwrap_err().status, 403);
+    assert_eq!(acceptor.asked.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
