@@ -713,11 +713,9 @@ async fn a_message_to_a_user_reaches_its_connections_on_every_node_once() {
     need_redis!("a_message_to_a_user_reaches_its_connections_on_every_node_once");
     let redis = RedisProcess::start();
     let nodes = start_user_nodes(&redis, 3).await;
-    let connect =
-        async |node: &TestServer, token: &str| TestClient::connect(&format!("{}?token={token}", node.url())).await;
-    let mut bob = connect(&nodes[0], "bob-token").await;
-    let mut tab1 = connect(&nodes[1], "ann-token").await;
-    let mut tab2 = connect(&nodes[2], "ann-token").await;
+    let mut bob = nodes[0].client_as("bob-token").await;
+    let mut tab1 = nodes[1].client_as("ann-token").await;
+    let mut tab2 = nodes[2].client_as("ann-token").await;
     // Registrations travel asynchronously: probe until both tabs hear bob.
     let deadline = Instant::now() + TIMEOUT;
     for probe in 0u64.. {
@@ -760,11 +758,9 @@ async fn presence_lists_the_members_of_every_node_and_forgets_a_node_that_goes()
     need_redis!("presence_lists_the_members_of_every_node_and_forgets_a_node_that_goes");
     let redis = RedisProcess::start();
     let mut nodes = start_user_nodes(&redis, 3).await;
-    let connect =
-        async |node: &TestServer, token: &str| TestClient::connect(&format!("{}?token={token}", node.url())).await;
-    let mut bob = connect(&nodes[0], "bob-token").await;
-    let mut tab1 = connect(&nodes[1], "ann-token").await;
-    let mut tab2 = connect(&nodes[2], "ann-token").await;
+    let mut bob = nodes[0].client_as("bob-token").await;
+    let mut tab1 = nodes[1].client_as("ann-token").await;
+    let mut tab2 = nodes[2].client_as("ann-token").await;
     for client in [&mut bob, &mut tab1, &mut tab2] {
         client.join("chat", "main").await;
     }
@@ -820,11 +816,9 @@ async fn presence_is_rewritten_when_redis_comes_back_empty() {
     need_redis!("presence_is_rewritten_when_redis_comes_back_empty");
     let mut redis = RedisProcess::start(); // no persistence: it restarts empty
     let nodes = start_user_nodes(&redis, 2).await;
-    let connect =
-        async |node: &TestServer, token: &str| TestClient::connect(&format!("{}?token={token}", node.url())).await;
-    let mut bob = connect(&nodes[0], "bob-token").await;
-    let mut ann = connect(&nodes[1], "ann-token").await;
-    let mut gone = connect(&nodes[1], "ann-token").await;
+    let mut bob = nodes[0].client_as("bob-token").await;
+    let mut ann = nodes[1].client_as("ann-token").await;
+    let mut gone = nodes[1].client_as("ann-token").await;
     for client in [&mut bob, &mut ann, &mut gone] {
         client.join("chat", "main").await;
     }
@@ -892,18 +886,16 @@ async fn the_api_of_one_node_acts_on_clients_of_every_node() {
     need_redis!("the_api_of_one_node_acts_on_clients_of_every_node");
     let redis = RedisProcess::start();
     let nodes = start_user_nodes(&redis, 3).await;
-    let connect =
-        async |node: &TestServer, token: &str| TestClient::connect(&format!("{}?token={token}", node.url())).await;
-    let mut bob = connect(&nodes[1], "bob-token").await;
-    let mut tab1 = connect(&nodes[1], "ann-token").await;
-    let mut tab2 = connect(&nodes[2], "ann-token").await;
+    let mut bob = nodes[1].client_as("bob-token").await;
+    let mut tab1 = nodes[1].client_as("ann-token").await;
+    let mut tab2 = nodes[2].client_as("ann-token").await;
     let mut api = arqon_e2e::api::ApiConn::connect(nodes[0].addr).await;
     let post = async |api: &mut arqon_e2e::api::ApiConn, command: &str, args: Value| {
         let answer = api.post(command, Some(API_KEY), &args.to_string()).await;
         assert_eq!(answer.status, 200, "{command}: {}", answer.text);
         answer.body
     };
-    let mut eve = connect(&nodes[2], "eve-token").await;
+    let mut eve = nodes[2].client_as("eve-token").await;
     // subscribe: bob, on node 1, joins through node 0's API, then gets what
     // node 0's API publishes. Registrations travel asynchronously: retry
     // until node 0 knows bob.

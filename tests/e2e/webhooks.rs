@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use arqon_config::{AuthMode, StaticToken};
 use arqon_e2e::tls::SelfSigned;
-use arqon_e2e::{TIMEOUT, TestClient, TestServer, http, test_config};
+use arqon_e2e::{TIMEOUT, TestServer, http, test_config};
 use arqon_protocol::Role;
 use serde_json::{Value, json};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
@@ -140,13 +140,11 @@ fn with_webhooks(mut config: arqon_config::Config, url: &str) -> arqon_config::C
 async fn membership_webhooks_are_per_user_in_order_and_signed() {
     let (receiver, url) = Receiver::start(1).await;
     let server = TestServer::start_with(config(&url)).await;
-    let base = server.url();
-    let connect = async |token: &str| TestClient::connect(&format!("{base}?token={token}")).await;
-    let mut tab1 = connect("ann-token").await;
+    let mut tab1 = server.client_as("ann-token").await;
     tab1.join("chat", "main").await;
-    let mut tab2 = connect("ann-token").await;
+    let mut tab2 = server.client_as("ann-token").await;
     tab2.join("chat", "main").await; // ann's second tab: no member_added
-    let mut bob = connect("bob-token").await;
+    let mut bob = server.client_as("bob-token").await;
     bob.join("chat", "main").await;
     tab1.ok("leave_channel", json!({"room": "chat", "channel": "main"})).await; // ann still there
     drop(tab2); // ann's last connection: member_removed
@@ -184,9 +182,7 @@ async fn a_receiver_that_is_down_never_slows_delivery_and_drops_are_counted() {
     config.webhooks.queue = 4;
     config.webhooks.events.push("message_published".to_owned());
     let server = TestServer::start_with(config).await;
-    let base = server.url();
-    let connect = async |token: &str| TestClient::connect(&format!("{base}?token={token}")).await;
-    let (mut ann, mut bob) = (connect("ann-token").await, connect("bob-token").await);
+    let (mut ann, mut bob) = (server.client_as("ann-token").await, server.client_as("bob-token").await);
     ann.join("r", "c").await;
     bob.join("r", "c").await;
     // 200 acknowledged publishes, each an event the queue cannot hold.
@@ -222,9 +218,7 @@ async fn events_queued_at_shutdown_are_sent_before_the_bus_stops() {
     // A batch would wait a minute to fill: only the shutdown sends it.
     config.webhooks.flush_ms = 60_000;
     let server = TestServer::start_with(config).await;
-    let base = server.url();
-    let connect = async |token: &str| TestClient::connect(&format!("{base}?token={token}")).await;
-    let (mut ann, mut bob) = (connect("ann-token").await, connect("bob-token").await);
+    let (mut ann, mut bob) = (server.client_as("ann-token").await, server.client_as("bob-token").await);
     ann.join("chat", "main").await;
     bob.join("chat", "main").await;
     assert!(receiver.events().is_empty(), "nothing sent before the shutdown");
@@ -268,7 +262,7 @@ async fn a_receiver_that_never_answers_does_not_hold_up_the_shutdown() {
     config.webhooks.flush_ms = 60_000;
     config.server.shutdown_grace_ms = 300;
     let server = TestServer::start_with(config).await;
-    let mut ann = TestClient::connect(&format!("{}?token=ann-token", server.url())).await;
+    let mut ann = server.client_as("ann-token").await;
     ann.join("chat", "main").await;
     // Each POST could take 5 s and be retried 5 times: the grace bounds it
     // (TestServer::shutdown fails past its own timeout).
@@ -283,7 +277,7 @@ async fn webhooks_go_over_https_to_a_receiver_whose_ca_is_configured() {
     let mut config = config(&url);
     config.webhooks.ca_file = cert.cert_path.display().to_string();
     let server = TestServer::start_with(config).await;
-    let mut ann = TestClient::connect(&format!("{}?token=ann-token", server.url())).await;
+    let mut ann = server.client_as("ann-token").await;
     ann.join("chat", "main").await;
     let events = receiver.until(2).await;
     assert_eq!(events[1], ("member_added".to_owned(), json!("ann")));
@@ -297,7 +291,7 @@ async fn an_https_receiver_with_an_unknown_ca_gets_nothing_and_the_drop_is_count
     let mut config = config(&url); // no ca_file: the self-signed certificate is not trusted
     config.webhooks.retries = 1;
     let server = TestServer::start_with(config).await;
-    let mut ann = TestClient::connect(&format!("{}?token=ann-token", server.url())).await;
+    let mut ann = server.client_as("ann-token").await;
     ann.join("chat", "main").await;
     let monitoring = server.monitoring.unwrap();
     let deadline = tokio::time::Instant::now() + TIMEOUT;
@@ -359,16 +353,14 @@ mod cluster {
         let redis = RedisProcess::start();
         let (receiver, url) = Receiver::start(0).await;
         let nodes = start_nodes(&redis, &url, 2).await;
-        let connect =
-            async |node: &TestServer, token: &str| TestClient::connect(&format!("{}?token={token}", node.url())).await;
         let main = json!({"room": "chat", "channel": "main"});
-        let mut tab1 = connect(&nodes[0], "ann-token").await;
+        let mut tab1 = nodes[0].client_as("ann-token").await;
         tab1.join("chat", "main").await;
         receiver.until(2).await;
         // ann's second tab, on the other node: nothing new for the cluster.
-        let mut tab2 = connect(&nodes[1], "ann-token").await;
+        let mut tab2 = nodes[1].client_as("ann-token").await;
         tab2.join("chat", "main").await;
-        let mut bob = connect(&nodes[1], "bob-token").await;
+        let mut bob = nodes[1].client_as("bob-token").await;
         bob.join("chat", "main").await;
         receiver.until(3).await;
         // ann's tab on node 0 leaves, the one on node 1 stays: nothing.
@@ -425,7 +417,7 @@ mod cluster {
         let mut redis = RedisProcess::start_durable(); // it comes back with its data
         let (receiver, url) = Receiver::start(0).await;
         let nodes = start_nodes(&redis, &url, 1).await;
-        let mut ann = TestClient::connect(&format!("{}?token=ann-token", nodes[0].url())).await;
+        let mut ann = nodes[0].client_as("ann-token").await;
         ann.join("chat", "main").await;
         receiver.until(2).await;
         redis.kill();

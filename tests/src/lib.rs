@@ -122,6 +122,11 @@ impl TestServer {
         TestClient::connect(&self.url()).await
     }
 
+    /// A client connected with `?token=TOKEN`.
+    pub async fn client_as(&self, token: &str) -> TestClient {
+        TestClient::connect(&format!("{}?token={token}", self.url())).await
+    }
+
     /// Asks the server to shut down without waiting for it.
     pub fn begin_shutdown(&mut self) {
         if let Some(stop) = self.stop.take() {

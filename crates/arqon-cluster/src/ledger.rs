@@ -48,11 +48,36 @@ redis.call('HDEL', KEYS[2], ARGV[2])
 return {ARGV[3], ARGV[2], 0, redis.call('HLEN', KEYS[2]) == 0 and 1 or 0}
 ";
 
+/// The Lua function `SYNC` and the purge of a dead node share: takes node
+/// `mark` (`NODE\n`) out of channel `c`'s members but those in `keep`,
+/// appending the transitions to `out`.
+macro_rules! leave_lua {
+    () => {
+        r"
+local function leave_all(mark, c, holders, identities, keep, out)
+  for _, f in ipairs(redis.call('HKEYS', holders)) do
+    local m = string.sub(f, #mark + 1)
+    if string.sub(f, 1, #mark) == mark and not keep[m] then
+      redis.call('HDEL', holders, f)
+      if redis.call('HINCRBY', identities, m, -1) <= 0 then
+        redis.call('HDEL', identities, m)
+        for _, v in ipairs({c, m, 0, redis.call('HLEN', identities) == 0 and 1 or 0}) do out[#out + 1] = v end
+      end
+    end
+  end
+end
+"
+    };
+}
+pub(crate) use leave_lua;
+
 /// Makes node `ARGV[1]`'s holdings exactly the (channel, member) pairs
 /// from `ARGV[4]` on, in the channels listed there and in its
 /// presence-channel set `KEYS[1]`. `ARGV[2]`, `ARGV[3]`: the holders' and
 /// identities' prefixes.
-const SYNC: &str = r"
+const SYNC: &str = concat!(
+    leave_lua!(),
+    r"
 local mark = ARGV[1] .. '\n'
 local want, channels = {}, {}
 local function visit(c)
@@ -63,16 +88,7 @@ for _, c in ipairs(redis.call('SMEMBERS', KEYS[1])) do visit(c) end
 local out = {}
 for _, c in ipairs(channels) do
   local holders, identities = ARGV[2] .. c, ARGV[3] .. c
-  for _, f in ipairs(redis.call('HKEYS', holders)) do
-    local m = string.sub(f, #mark + 1)
-    if string.sub(f, 1, #mark) == mark and not want[c][m] then
-      redis.call('HDEL', holders, f)
-      if redis.call('HINCRBY', identities, m, -1) <= 0 then
-        redis.call('HDEL', identities, m)
-        for _, v in ipairs({c, m, 0, redis.call('HLEN', identities) == 0 and 1 or 0}) do out[#out + 1] = v end
-      end
-    end
-  end
+  leave_all(mark, c, holders, identities, want[c], out)
   for m in pairs(want[c]) do
     if redis.call('HSETNX', holders, mark .. m, 1) == 1 and redis.call('HINCRBY', identities, m, 1) == 1 then
       for _, v in ipairs({c, m, 1, redis.call('HLEN', identities) == 1 and 1 or 0}) do out[#out + 1] = v end
@@ -80,7 +96,8 @@ for _, c in ipairs(channels) do
   end
 end
 return out
-";
+"
+);
 
 /// A member of a channel, as the ledger counts them.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

@@ -11,6 +11,7 @@ use fred::clients::{Client, Pipeline};
 use fred::interfaces::ClientLike;
 use fred::prelude::Value;
 
+use crate::ledger::leave_lua;
 use crate::node::command;
 use crate::wire::{self, Names};
 
@@ -22,7 +23,9 @@ use crate::wire::{self, Names};
 /// holders' and identities' prefixes, see `ledger`). Returns `{-1}` when
 /// the node is alive, else the entries removed followed by the ledger's
 /// transitions.
-pub(crate) const PURGE: &str = r"
+pub(crate) const PURGE: &str = concat!(
+    leave_lua!(),
+    r"
 local beat = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if beat and tonumber(beat) > tonumber(ARGV[2]) then return {-1} end
 local out = {0}
@@ -38,22 +41,13 @@ for _, field in ipairs(redis.call('SMEMBERS', KEYS[2])) do
     end
   end
   if ARGV[4] ~= '' then
-    local holders, identities = ARGV[4] .. field, ARGV[5] .. field
-    for _, f in ipairs(redis.call('HKEYS', holders)) do
-      if string.sub(f, 1, #mark) == mark then
-        local m = string.sub(f, #mark + 1)
-        redis.call('HDEL', holders, f)
-        if redis.call('HINCRBY', identities, m, -1) <= 0 then
-          redis.call('HDEL', identities, m)
-          for _, v in ipairs({field, m, 0, redis.call('HLEN', identities) == 0 and 1 or 0}) do out[#out + 1] = v end
-        end
-      end
-    end
+    leave_all(mark, field, ARGV[4] .. field, ARGV[5] .. field, {}, out)
   end
 end
 redis.call('DEL', KEYS[2])
 return out
-";
+"
+);
 
 /// One channel's presence records of this node: client → record (JSON).
 pub(crate) type Records = HashMap<ClientId, Arc<str>>;
