@@ -84,6 +84,13 @@ fn metrics(scenario: &str) -> Vec<Metric> {
             metric("latency p50", |r| r.latency.map(|l| l.p50_us), millis),
             metric("latency p99", |r| r.latency.map(|l| l.p99_us), millis),
         ],
+        // The server API: publishes/s is the headline (each one fans out).
+        "api" => vec![
+            metric("published/s", |r| r.published_per_s, per_second),
+            metric("deliveries/s", |r| r.deliveries_per_s, per_second),
+            metric("latency p50", |r| r.latency.map(|l| l.p50_us), millis),
+            metric("latency p99", |r| r.latency.map(|l| l.p99_us), millis),
+        ],
         "latency" => vec![
             metric("latency p50", |r| r.latency.map(|l| l.p50_us), millis),
             metric("latency p99", |r| r.latency.map(|l| l.p99_us), millis),
@@ -109,7 +116,7 @@ fn metrics(scenario: &str) -> Vec<Metric> {
         ],
         _ => Vec::new(),
     };
-    if matches!(scenario, "fanout" | "fanin" | "latency") {
+    if matches!(scenario, "fanout" | "fanin" | "latency" | "api") {
         list.push(metric("subscribers closed", |r| Some(r.closed.values().sum::<u64>() as f64), |v| format!("{v:.0}")));
     }
     if !matches!(scenario, "conns" | "readrate") {
@@ -277,6 +284,10 @@ mod tests {
         assert!(table.contains("| r | read from memory | **500 k/s** |"), "{table}");
         assert!(table.contains("|  | read from a socket | **250 k/s** |"), "{table}");
         assert!(table.contains("|  | frame size | **420 B** |"), "{table}");
+        let api = r#"{"scenario":"api","label":"p","published_per_s":15723.4,"deliveries_per_s":1.57e6,"latency":{"count":1,"p50_us":1482.7,"p99_us":2686.9,"p999_us":1.0,"max_us":1.0,"mean_us":1.0}}"#;
+        let table = super::table(api).unwrap();
+        assert!(table.contains("| p | published/s | **16 k/s** |"), "{table}");
+        assert!(table.contains("|  | latency p99 | **2.687 ms** |"), "{table}");
         assert!(super::table("{oops").is_err());
     }
 }
