@@ -311,6 +311,93 @@ mod redis {
         let _ = n2;
     }
 
+    /// Membership events a receiver got, in order: (event, client_id).
+    type Events = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+    /// A webhook receiver that accepts every batch; its URL and what it got.
+    async fn webhook_receiver() -> (String, Events) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hooks", listener.local_addr().unwrap());
+        let events = Events::default();
+        let got = std::sync::Arc::clone(&events);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let (_, body) = arqon_e2e::app::read_request(&mut stream).await;
+                let batch: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                for event in batch["events"].as_array().unwrap() {
+                    let id = event["client_id"].as_str().unwrap_or_default().to_owned();
+                    got.lock().unwrap().push((event["event"].as_str().unwrap().to_owned(), id));
+                }
+                let answer = "HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+                let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, answer.as_bytes()).await;
+            }
+        });
+        (url, events)
+    }
+
+    /// Waits until `events` holds `n`; returns them.
+    async fn until_events(events: &Events, n: usize) -> Vec<(String, String)> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = events.lock().unwrap().clone();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(std::time::Instant::now() < deadline, "only {got:?} arrived");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_node_killed_with_kill_9_has_its_members_removed_once_by_a_survivor() {
+        if !arqon_e2e::redis::redis_available("a_node_killed_with_kill_9_has_its_members_removed_once") {
+            return;
+        }
+        let redis = arqon_e2e::redis::RedisProcess::start();
+        let (url, events) = webhook_receiver().await;
+        let webhooks = |mut command: Command| {
+            command
+                .env("ARQON_WEBHOOKS__URL", &url)
+                .env("ARQON_WEBHOOKS__SECRET", "webhook-secret-0123456789")
+                .env("ARQON_WEBHOOKS__FLUSH_MS", "10");
+            command
+        };
+        let node = |name: &str| {
+            let mut command = arqonbus();
+            command
+                .env("ARQON_STORAGE__BACKEND", "redis")
+                .env("ARQON_STORAGE__REDIS__URL", redis.url())
+                .env("ARQON_CLUSTER__ENABLED", "true")
+                .env("ARQON_CLUSTER__NODE_ID", name)
+                .env("ARQON_CLUSTER__REGISTRY_TTL_MS", "1500")
+                .env("ARQON_STORAGE__JOURNAL__PATH", redis.dir().join(format!("journal-{name}")))
+                .env("ARQON_LIMITS__RATE_PER_S", "0");
+            webhooks(command)
+        };
+        let (_n0, url0) = start_command(node("n0")).await;
+        let (n1, url1) = start_command(node("n1")).await;
+        let mut a = TestClient::connect(&url0).await;
+        a.join("r", "k").await;
+        until_events(&events, 2).await; // channel_occupied, member_added a
+        let mut c = TestClient::connect(&url1).await;
+        c.join("r", "k").await;
+        let got = until_events(&events, 3).await;
+        assert_eq!(got[2], ("member_added".to_owned(), c.id.clone()), "{got:?}");
+
+        signal(&n1, "KILL");
+        assert!(matches!(c.closed().await, Closed::Eof | Closed::Code(1006)));
+        // Silent past the TTL: n0 removes its member, once; a stays.
+        let got = until_events(&events, 4).await;
+        assert_eq!(got[3], ("member_removed".to_owned(), c.id.clone()), "{got:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert_eq!(events.lock().unwrap().len(), 4, "once");
+        a.ok("leave_channel", json!({"room": "r", "channel": "k"})).await;
+        let got = until_events(&events, 6).await;
+        assert_eq!(got[4], ("member_removed".to_owned(), a.id.clone()), "{got:?}");
+        assert_eq!(got[5].0, "channel_vacated", "{got:?}");
+        let _ = n1;
+    }
+
     /// A bus over `redis` with its storage journal in `journal`: short Redis
     /// timeouts, no rate limit, a 1.5 s shutdown grace.
     fn journaled_bus(redis: &arqon_e2e::redis::RedisProcess, journal: &std::path::Path) -> Command {
