@@ -1,12 +1,16 @@
 //! The one HTTP client of the server: a POST of a JSON body to the
-//! application (webhooks, the connect and join hooks), one connection per
-//! request, over `http://` or `https://` (the web's public roots plus the
-//! CA file configured beside the URL).
+//! application (webhooks, the connect and join hooks), over `http://` or
+//! `https://` (the web's public roots plus the CA file configured beside the
+//! URL). Connections are kept alive and reused for a few seconds, so that a
+//! burst of upgrades does not open (and, over https, handshake) one
+//! connection per client.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
+use hyper::client::conn::http1::SendRequest;
 use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -19,9 +23,18 @@ use crate::ServerError;
 
 /// Largest answer body read.
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
+/// Idle connections kept per target, at most.
+const IDLE_MAX: usize = 8;
+/// How long an idle connection is reused: below the shortest keep-alive
+/// timeout common servers use (Node's 5 s), so that the application rarely
+/// closes one just as it is picked.
+const IDLE_FOR: Duration = Duration::from_secs(4);
 
 /// Why a POST failed.
 pub(crate) type PostError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A kept-alive connection and since when it is idle.
+type Idle = (SendRequest<Full<Bytes>>, Instant);
 
 /// An `http://` or `https://HOST[:PORT]/PATH` target, parsed once.
 #[derive(Debug, Clone)]
@@ -33,6 +46,8 @@ pub(crate) struct Target {
     path: String,
     /// For `https://`: the TLS settings and the name the certificate must have.
     tls: Option<(Arc<ClientConfig>, ServerName<'static>)>,
+    /// Kept-alive connections, the most recently used last; shared by clones.
+    idle: Arc<Mutex<Vec<Idle>>>,
 }
 
 impl Target {
@@ -61,43 +76,85 @@ impl Target {
         } else {
             None
         };
-        Ok(Target { connect, authority: authority.to_owned(), path, tls })
+        Ok(Target { connect, authority: authority.to_owned(), path, tls, idle: Arc::default() })
     }
 
     /// POSTs `body` with `headers`; returns the status and (at most 64 KiB
     /// of) the answer.
     pub(crate) async fn post(&self, body: Bytes, headers: &[(&str, &str)]) -> Result<(StatusCode, Bytes), PostError> {
-        let mut request = Request::post(&self.path)
-            .header(hyper::header::HOST, &self.authority)
-            .header(hyper::header::CONTENT_TYPE, "application/json");
-        for (name, value) in headers {
-            request = request.header(*name, *value);
+        let request = || {
+            let mut request = Request::post(&self.path)
+                .header(hyper::header::HOST, &self.authority)
+                .header(hyper::header::CONTENT_TYPE, "application/json");
+            for (name, value) in headers {
+                request = request.header(*name, *value);
+            }
+            request.body(Full::new(body.clone()))
+        };
+        if let Some(sender) = self.take_idle() {
+            // The application may have closed it meanwhile: then once more on
+            // a fresh connection.
+            if let Ok(answer) = self.exchange(sender, request()?).await {
+                return Ok(answer);
+            }
         }
-        let request = request.body(Full::new(body))?;
+        let sender = self.open().await?;
+        self.exchange(sender, request()?).await
+    }
+
+    /// An idle connection still open and young enough, if any.
+    fn take_idle(&self) -> Option<SendRequest<Full<Bytes>>> {
+        let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        while let Some((sender, since)) = idle.pop() {
+            if since.elapsed() < IDLE_FOR && sender.is_ready() {
+                return Some(sender);
+            }
+        }
+        None
+    }
+
+    /// A new connection (TLS for `https://`), its task running.
+    async fn open(&self) -> Result<SendRequest<Full<Bytes>>, PostError> {
         let stream = tokio::net::TcpStream::connect(&self.connect).await?;
         let _ = stream.set_nodelay(true);
         match &self.tls {
-            None => exchange(stream, request).await,
+            None => handshake(stream).await,
             Some((config, name)) => {
-                let stream = TlsConnector::from(Arc::clone(config)).connect(name.clone(), stream).await?;
-                exchange(stream, request).await
+                handshake(TlsConnector::from(Arc::clone(config)).connect(name.clone(), stream).await?).await
             }
         }
     }
+
+    /// One request and its whole answer on `sender`'s connection, which is
+    /// kept for the next request if it stays open.
+    async fn exchange(
+        &self,
+        mut sender: SendRequest<Full<Bytes>>,
+        request: Request<Full<Bytes>>,
+    ) -> Result<(StatusCode, Bytes), PostError> {
+        let response = sender.send_request(request).await?;
+        let status = response.status();
+        let answer = Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await?.to_bytes();
+        if sender.is_ready() {
+            let mut idle = self.idle.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            idle.retain(|(sender, since)| since.elapsed() < IDLE_FOR && !sender.is_closed());
+            if idle.len() < IDLE_MAX {
+                idle.push((sender, Instant::now()));
+            }
+        }
+        Ok((status, answer))
+    }
 }
 
-/// One request and its answer on a fresh connection.
-async fn exchange<S>(io: S, request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), PostError>
+/// The HTTP/1.1 handshake on `io`; the connection's task ends when the
+/// last sender is dropped or the application closes it.
+async fn handshake<S>(io: S) -> Result<SendRequest<Full<Bytes>>, PostError>
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
-    let connection = tokio::spawn(connection);
-    let response = sender.send_request(request).await?;
-    let status = response.status();
-    let answer = Limited::new(response.into_body(), MAX_ANSWER_BYTES).collect().await?.to_bytes();
-    connection.abort();
-    Ok((status, answer))
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 /// The TLS client settings: the web's public roots, and the certificates
@@ -160,5 +217,60 @@ mod tests {
         let none = Target::parse("https://x/y", &empty.display().to_string(), "hooks.ca_file").unwrap_err();
         assert!(none.to_string().contains("holds no certificate"), "{none}");
         let _ = std::fs::remove_file(empty);
+    }
+}
+
+#[cfg(test)]
+mod keep_alive {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use hyper::body::Incoming;
+    use hyper::service::service_fn;
+    use tokio::net::TcpListener;
+    use tokio::task::JoinHandle;
+
+    use super::*;
+
+    /// An application that keeps connections alive: its URL, how many it
+    /// accepted, and the connections' tasks (abort them to close them).
+    async fn application() -> (String, Arc<AtomicUsize>, Arc<Mutex<Vec<JoinHandle<()>>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let tasks = Arc::new(Mutex::new(Vec::new()));
+        let (count, live) = (Arc::clone(&accepted), Arc::clone(&tasks));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let service = service_fn(|_: Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(hyper::Response::new(Full::new(Bytes::from_static(b"{}"))))
+                });
+                let connection =
+                    hyper::server::conn::http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+                live.lock().unwrap().push(tokio::spawn(async move {
+                    let _ = connection.await;
+                }));
+            }
+        });
+        (url, accepted, tasks)
+    }
+
+    #[tokio::test]
+    async fn connections_are_reused_and_a_closed_one_is_replaced() {
+        let (url, accepted, tasks) = application().await;
+        let target = Target::parse(&url, "", "hooks.ca_file").unwrap();
+        for _ in 0..3 {
+            let (status, answer) = target.post(Bytes::from_static(b"{}"), &[]).await.unwrap();
+            assert_eq!((status, &answer[..]), (StatusCode::OK, &b"{}"[..]));
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one connection for three requests");
+        // The application closes its idle connections: the next request
+        // still succeeds, on a new one.
+        for task in tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+        let (status, _) = target.post(Bytes::from_static(b"{}"), &[]).await.unwrap();
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 }
