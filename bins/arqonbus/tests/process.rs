@@ -216,8 +216,9 @@ async fn a_redis_config_fails_start_up_in_a_build_without_redis() {
 mod redis {
     use super::*;
 
-    /// A cluster node over `redis`, with a short registry TTL.
-    async fn start_node(redis: &arqon_e2e::redis::RedisProcess, node: &str) -> (Child, String) {
+    /// The command of a cluster node over `redis`, with a short registry TTL
+    /// and a storage journal of its own.
+    fn node_command(redis: &arqon_e2e::redis::RedisProcess, node: &str) -> Command {
         let mut command = arqonbus();
         command
             .env("ARQON_STORAGE__BACKEND", "redis")
@@ -225,9 +226,14 @@ mod redis {
             .env("ARQON_CLUSTER__ENABLED", "true")
             .env("ARQON_CLUSTER__NODE_ID", node)
             .env("ARQON_CLUSTER__REGISTRY_TTL_MS", "1500")
-            .env("ARQON_STORAGE__JOURNAL__PATH", redis.dir().join("journal"))
+            .env("ARQON_STORAGE__JOURNAL__PATH", redis.dir().join(format!("journal-{node}")))
             .env("ARQON_LIMITS__RATE_PER_S", "0");
-        start_command(command).await
+        command
+    }
+
+    /// A cluster node over `redis`, started.
+    async fn start_node(redis: &arqon_e2e::redis::RedisProcess, node: &str) -> (Child, String) {
+        start_command(node_command(redis, node)).await
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -355,24 +361,13 @@ mod redis {
         }
         let redis = arqon_e2e::redis::RedisProcess::start();
         let (url, events) = webhook_receiver().await;
-        let webhooks = |mut command: Command| {
+        let node = |name: &str| {
+            let mut command = node_command(&redis, name);
             command
                 .env("ARQON_WEBHOOKS__URL", &url)
                 .env("ARQON_WEBHOOKS__SECRET", "webhook-secret-0123456789")
                 .env("ARQON_WEBHOOKS__FLUSH_MS", "10");
             command
-        };
-        let node = |name: &str| {
-            let mut command = arqonbus();
-            command
-                .env("ARQON_STORAGE__BACKEND", "redis")
-                .env("ARQON_STORAGE__REDIS__URL", redis.url())
-                .env("ARQON_CLUSTER__ENABLED", "true")
-                .env("ARQON_CLUSTER__NODE_ID", name)
-                .env("ARQON_CLUSTER__REGISTRY_TTL_MS", "1500")
-                .env("ARQON_STORAGE__JOURNAL__PATH", redis.dir().join(format!("journal-{name}")))
-                .env("ARQON_LIMITS__RATE_PER_S", "0");
-            webhooks(command)
         };
         let (_n0, url0) = start_command(node("n0")).await;
         let (n1, url1) = start_command(node("n1")).await;
