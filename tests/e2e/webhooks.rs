@@ -211,6 +211,33 @@ async fn a_receiver_that_is_down_never_slows_delivery_and_drops_are_counted() {
     }
 }
 
+/// The events of ann and bob joining `chat/main` and of the shutdown closing
+/// them: the joins' three first (the two joins ran on two threads, so their
+/// events may cross), then the two removals and the vacated channel, in any
+/// order.
+fn assert_joined_then_closed(receiver: &Receiver) {
+    let events: Vec<(String, Value)> =
+        receiver.events().iter().map(|e| (e["event"].as_str().unwrap().to_owned(), e["user"].clone())).collect();
+    assert_eq!(events.len(), 6, "{events:?}");
+    let sorted = |mut part: Vec<(String, Value)>| {
+        part.sort_by_key(|(name, user)| (name.clone(), user.to_string()));
+        part
+    };
+    let event = |name: &str, user: Value| (name.to_owned(), user);
+    let joined = [
+        event("channel_occupied", Value::Null),
+        event("member_added", json!("ann")),
+        event("member_added", json!("bob")),
+    ];
+    assert_eq!(sorted(events[..3].to_vec()), joined, "{events:?}");
+    let closed = [
+        event("channel_vacated", Value::Null),
+        event("member_removed", json!("ann")),
+        event("member_removed", json!("bob")),
+    ];
+    assert_eq!(sorted(events[3..].to_vec()), closed, "{events:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_queued_at_shutdown_are_sent_before_the_bus_stops() {
     let (receiver, url) = Receiver::start(0).await;
@@ -222,29 +249,35 @@ async fn events_queued_at_shutdown_are_sent_before_the_bus_stops() {
     ann.join("chat", "main").await;
     bob.join("chat", "main").await;
     assert!(receiver.events().is_empty(), "nothing sent before the shutdown");
+    // The clients answer the bus's close, as browsers do.
+    let closing = [ann, bob].map(|mut client| tokio::spawn(async move { client.drain_until_closed().await }));
     server.shutdown().await;
+    for client in closing {
+        client.await.unwrap();
+    }
     // Sent by the time the bus stopped, the shutdown's own disconnects too.
-    let events: Vec<(String, Value)> =
-        receiver.events().iter().map(|e| (e["event"].as_str().unwrap().to_owned(), e["user"].clone())).collect();
-    let event = |name: &str, user: Value| (name.to_owned(), user);
-    assert_eq!(
-        events[..3],
-        [
-            event("channel_occupied", Value::Null),
-            event("member_added", json!("ann")),
-            event("member_added", json!("bob"))
-        ]
-    );
-    let mut removed = events[3..].to_vec();
-    removed.sort_by_key(|(name, user)| (name.clone(), user.to_string()));
-    assert_eq!(
-        removed,
-        [
-            event("channel_vacated", Value::Null),
-            event("member_removed", json!("ann")),
-            event("member_removed", json!("bob"))
-        ]
-    );
+    assert_joined_then_closed(&receiver);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_slow_to_close_does_not_take_the_grace_from_the_webhooks() {
+    let (receiver, url) = Receiver::start(0).await;
+    let mut config = config(&url);
+    config.webhooks.flush_ms = 60_000;
+    config.server.shutdown_grace_ms = 1500;
+    let server = TestServer::start_with(config).await;
+    // ann never answers the close: the bus waits for her the whole grace.
+    let mut ann = server.client_as("ann-token").await;
+    ann.join("chat", "main").await;
+    let mut bob = server.client_as("bob-token").await;
+    bob.join("chat", "main").await;
+    let bob_closing = tokio::spawn(async move { bob.drain_until_closed().await });
+    server.shutdown().await;
+    bob_closing.await.unwrap();
+    // Everything went while ann held on: the webhooks did not wait for the
+    // connections to end before sending.
+    assert_joined_then_closed(&receiver);
+    drop(ann);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -489,9 +489,14 @@ impl Bus {
         accepting.store(true, Ordering::Release);
         let flag = Arc::clone(&accepting);
         let (began_tx, began_rx) = tokio::sync::oneshot::channel();
+        let hurry_webhooks = webhooks.as_ref().map(webhooks::WebhookTask::hurry);
         let shutdown = async move {
             shutdown.await;
-            let _ = began_tx.send(tokio::time::Instant::now());
+            let began = tokio::time::Instant::now();
+            let _ = began_tx.send(began);
+            if let Some(hurry) = hurry_webhooks {
+                hurry(began + shutdown_grace);
+            }
             // Not ready from the first moment of shutdown, while connections drain.
             flag.store(false, Ordering::Release);
         };

@@ -21,7 +21,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::value::RawValue;
 use sha2::{Digest, Sha256};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -176,11 +176,13 @@ impl WebhookSink {
         membership: Option<ClusterMembership>,
     ) -> Result<(WebhookSink, WebhookTask), ServerError> {
         let (queue, items) = mpsc::channel(config.queue);
-        let (close, closing) = oneshot::channel();
+        let (hurry, hurried) = watch::channel(None);
+        let (finished, done) = oneshot::channel();
         let wanted = Wanted::of(&config.events);
         let clustered = membership.is_some();
         let sender = Sender::new(config, wanted, membership, Arc::clone(&telemetry))?;
-        let task = WebhookTask { close, queue: queue.clone(), task: tokio::spawn(sender.run(items, closing)) };
+        let task = tokio::spawn(sender.run(items, hurried, done));
+        let task = WebhookTask { hurry: Arc::new(hurry), finished, queue: queue.clone(), task };
         Ok((WebhookSink { wanted, clustered, queue, telemetry }, task))
     }
 
@@ -249,19 +251,38 @@ impl Observer for WebhookSink {
 /// The delivering task, for the shutdown.
 #[derive(Debug)]
 pub(crate) struct WebhookTask {
-    close: oneshot::Sender<Instant>,
+    /// Set when the shutdown begins, to its deadline.
+    hurry: Arc<watch::Sender<Option<Instant>>>,
+    /// Sent once every connection is closed: no more events come.
+    finished: oneshot::Sender<()>,
     /// To tell how many events were left behind.
     queue: mpsc::Sender<Item>,
     task: JoinHandle<()>,
 }
 
 impl WebhookTask {
-    /// Sends every event queued so far (no more waiting for a batch to
-    /// fill), then stops; gives up after `grace`, counting what was left as
-    /// dropped (`shutdown`).
+    /// What the shutdown calls as it begins, with its deadline: from then
+    /// on every event goes at once (no more waiting for a batch to fill),
+    /// while the connections close, so that clients slow to close cannot
+    /// take the whole grace from the webhooks.
+    pub(crate) fn hurry(&self) -> impl Fn(Instant) + Send + 'static {
+        let hurry = Arc::clone(&self.hurry);
+        move |deadline| {
+            hurry.send_replace(Some(deadline));
+        }
+    }
+
+    /// Once every connection is closed: sends what is still queued, then
+    /// stops; gives up at the deadline given to [`WebhookTask::hurry`] (or
+    /// after `grace` if none was), counting what was left as dropped
+    /// (`shutdown`).
     pub(crate) async fn close(self, grace: Duration) {
-        let deadline = Instant::now() + grace;
-        let _ = self.close.send(deadline);
+        let deadline = match *self.hurry.borrow() {
+            Some(deadline) => deadline,
+            None => Instant::now() + grace,
+        };
+        self.hurry.send_replace(Some(deadline));
+        let _ = self.finished.send(());
         if tokio::time::timeout_at(deadline, self.task).await.is_err() {
             let left = self.queue.max_capacity() - self.queue.capacity();
             tracing::warn!(events = left, "webhook events still queued at the end of the shutdown grace");
@@ -307,11 +328,17 @@ impl Sender {
         })
     }
 
-    async fn run(mut self, mut items: mpsc::Receiver<Item>, mut closing: oneshot::Receiver<Instant>) {
+    async fn run(
+        mut self,
+        mut items: mpsc::Receiver<Item>,
+        mut hurry: watch::Receiver<Option<Instant>>,
+        mut finished: oneshot::Receiver<()>,
+    ) {
         let mut batch = Vec::with_capacity(self.batch_max);
+        let hurried = |hurry: &watch::Receiver<Option<Instant>>| *hurry.borrow();
         let deadline = 'running: loop {
             tokio::select! {
-                at = &mut closing => break 'running at.ok(),
+                Ok(()) = hurry.changed() => if let Some(at) = hurried(&hurry) { break 'running at },
                 first = self.next(&mut items) => match first {
                     Some(item) => self.resolve(item, &mut batch).await,
                     None => return,
@@ -323,7 +350,7 @@ impl Sender {
             let flush_at = Instant::now() + self.flush;
             while batch.len() < self.batch_max {
                 tokio::select! {
-                    at = &mut closing => break 'running at.ok(),
+                    Ok(()) = hurry.changed() => if let Some(at) = hurried(&hurry) { break 'running at },
                     next = tokio::time::timeout_at(flush_at, self.next(&mut items)) => match next {
                         Ok(Some(item)) => self.resolve(item, &mut batch).await,
                         Ok(None) | Err(_) => break,
@@ -333,21 +360,32 @@ impl Sender {
             self.deliver(&batch).await;
             batch.clear();
         };
-        // Closing: what is queued now goes, in full batches, until the deadline.
-        let Some(deadline) = deadline else { return };
-        items.close();
+        // Shutting down: what is queued, and what the closing connections
+        // add, goes at once in full batches, until every connection is
+        // closed and nothing is left, or the deadline.
         let drain = async {
+            let mut all_closed = false;
             loop {
                 while batch.len() < self.batch_max
                     && let Ok(item) = items.try_recv()
                 {
                     self.resolve(item, &mut batch).await;
                 }
-                if batch.is_empty() {
+                if !batch.is_empty() {
+                    self.deliver(&batch).await;
+                    batch.clear();
+                    continue;
+                }
+                if all_closed {
                     return;
                 }
-                self.deliver(&batch).await;
-                batch.clear();
+                tokio::select! {
+                    item = items.recv() => match item {
+                        Some(item) => self.resolve(item, &mut batch).await,
+                        None => return,
+                    },
+                    _ = &mut finished => all_closed = true,
+                }
             }
         };
         if tokio::time::timeout_at(deadline, drain).await.is_err() {
