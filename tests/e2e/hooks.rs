@@ -7,47 +7,67 @@ use std::time::Duration;
 use arqon_config::HookFailure;
 use arqon_e2e::{TestClient, TestServer, test_config};
 use serde_json::{Value, json};
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_tungstenite::tungstenite;
 
 /// The application: decides by the token it is sent.
 async fn application() -> String {
+    application_on(None).await
+}
+
+/// The application over https with `tls`, or plain http.
+async fn application_on(tls: Option<tokio_rustls::TlsAcceptor>) -> String {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!("http://{}/connect", listener.local_addr().unwrap());
+    let port = listener.local_addr().unwrap().port();
+    let url = match tls {
+        Some(_) => format!("https://localhost:{port}/connect"),
+        None => format!("http://127.0.0.1:{port}/connect"),
+    };
     tokio::spawn(async move {
         loop {
-            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let Ok((stream, _)) = listener.accept().await else { return };
+            let tls = tls.clone();
             tokio::spawn(async move {
-                let body = arqon_e2e::app::read_request(&mut stream).await.1;
-                let ask: Value = serde_json::from_slice(&body).unwrap();
-                let token = ask["token"].as_str().unwrap_or_default().to_owned();
-                let (status, answer) = match token.as_str() {
-                    "ann" => (
-                        "200 OK",
-                        json!({"user": "ann", "role": "user", "info": {"plan": "pro"}, "rooms": ["chat"]}).to_string(),
-                    ),
-                    "cookie" => {
-                        let session = ask["cookies"]["session"].as_str().unwrap_or_default().to_owned();
-                        ("200 OK", json!({"user": session, "rooms": "*"}).to_string())
+                match tls {
+                    Some(tls) => {
+                        if let Ok(mut stream) = tls.accept(stream).await {
+                            decide(&mut stream).await;
+                        }
                     }
-                    "banned" => ("403 Forbidden", json!({"error": {"message": "you are banned"}}).to_string()),
-                    "garbage" => ("200 OK", "{not json".to_owned()),
-                    "slow" => {
-                        tokio::time::sleep(Duration::from_secs(3)).await;
-                        ("200 OK", "{}".to_owned())
-                    }
-                    _ => ("401 Unauthorized", "{}".to_owned()),
-                };
-                let response = format!(
-                    "HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}",
-                    answer.len()
-                );
-                let _ = stream.write_all(response.as_bytes()).await;
+                    None => decide(&mut { stream }).await,
+                }
             });
         }
     });
     url
+}
+
+/// Reads one connect-hook request and answers it by its token.
+async fn decide<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
+    let body = arqon_e2e::app::read_request(stream).await.1;
+    let ask: Value = serde_json::from_slice(&body).unwrap();
+    let token = ask["token"].as_str().unwrap_or_default().to_owned();
+    let (status, answer) = match token.as_str() {
+        "ann" => {
+            ("200 OK", json!({"user": "ann", "role": "user", "info": {"plan": "pro"}, "rooms": ["chat"]}).to_string())
+        }
+        "cookie" => {
+            let session = ask["cookies"]["session"].as_str().unwrap_or_default().to_owned();
+            ("200 OK", json!({"user": session, "rooms": "*"}).to_string())
+        }
+        "banned" => ("403 Forbidden", json!({"error": {"message": "you are banned"}}).to_string()),
+        "garbage" => ("200 OK", "{not json".to_owned()),
+        "slow" => {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            ("200 OK", "{}".to_owned())
+        }
+        _ => ("401 Unauthorized", "{}".to_owned()),
+    };
+    let response =
+        format!("HTTP/1.1 {status}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{answer}", answer.len());
+    let _ = stream.write_all(response.as_bytes()).await;
+    let _ = stream.shutdown().await;
 }
 
 /// The HTTP status of a refused upgrade, or 101.
@@ -97,6 +117,22 @@ async fn the_application_admits_with_an_identity_or_refuses() {
     assert_eq!(status(&format!("{url}?token=banned"), None).await, 403);
     assert_eq!(status(&format!("{url}?token=nobody"), None).await, 401);
     assert_eq!(status(&url, None).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connect_hook_goes_over_https_to_an_application_whose_ca_is_configured() {
+    let cert = arqon_e2e::tls::SelfSigned::new("connect-hook-https");
+    let hook = application_on(Some(cert.acceptor())).await;
+    let mut trusted = config(&hook, HookFailure::Refuse);
+    trusted.hooks.ca_file = cert.cert_path.display().to_string();
+    let server = TestServer::start_with(trusted).await;
+    let ann = server.client_as("ann").await;
+    assert_eq!(ann.welcome["payload"]["user"], "ann", "{}", ann.welcome);
+    assert_eq!(status(&format!("{}?token=stranger", server.url()), None).await, 401);
+    // Without the CA, the application's certificate does not check out: a
+    // failed hook, so the connection is refused (503), not admitted.
+    let untrusted = TestServer::start_with(config(&hook, HookFailure::Refuse)).await;
+    assert_eq!(status(&format!("{}?token=ann", untrusted.url()), None).await, 503);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

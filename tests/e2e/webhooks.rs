@@ -34,15 +34,7 @@ impl Receiver {
 
     /// The same over TLS, with `cert` (for `localhost`).
     async fn start_tls(failures: usize, cert: &SelfSigned) -> (Receiver, String) {
-        use tokio_rustls::rustls::{ServerConfig, crypto, pki_types::PrivateKeyDer};
-        let key = PrivateKeyDer::Pkcs8(cert.key.signing_key.serialize_der().into());
-        let config = ServerConfig::builder_with_provider(Arc::new(crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![cert.key.cert.der().clone()], key)
-            .unwrap();
-        Self::start_on(failures, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))).await
+        Self::start_on(failures, Some(cert.acceptor())).await
     }
 
     async fn start_on(failures: usize, tls: Option<tokio_rustls::TlsAcceptor>) -> (Receiver, String) {

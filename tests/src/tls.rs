@@ -30,6 +30,20 @@ impl SelfSigned {
         SelfSigned { key, cert_pem, cert_path, dir }
     }
 
+    /// A TLS acceptor serving this certificate (an https application in a
+    /// test).
+    pub fn acceptor(&self) -> tokio_rustls::TlsAcceptor {
+        use tokio_rustls::rustls::{ServerConfig, crypto, pki_types::PrivateKeyDer};
+        let key = PrivateKeyDer::Pkcs8(self.key.signing_key.serialize_der().into());
+        let config = ServerConfig::builder_with_provider(std::sync::Arc::new(crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(vec![self.key.cert.der().clone()], key)
+            .unwrap();
+        tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config))
+    }
+
     /// `config` serving TLS with this certificate.
     pub fn config(&self, mut config: Config) -> Config {
         config.tls.cert = self.cert_path.display().to_string();
