@@ -193,13 +193,13 @@ impl Ledger {
         member: &Member,
         extra_keys: Vec<Value>,
     ) -> Result<Option<Transition>, ClusterError> {
-        let (holders, identities) = self.shared.names.ledger_prefixes();
+        let (holders, identities) = self.shared.names.ledger(key);
         let field = wire::member_field(key);
         let mut args = vec![
             Value::from(script),
             Value::Integer(2 + i64::try_from(extra_keys.len()).unwrap_or(0)),
-            Value::from(format!("{holders}{field}")),
-            Value::from(format!("{identities}{field}")),
+            Value::from(holders),
+            Value::from(identities),
         ];
         args.extend(extra_keys);
         args.extend([Value::from(&*self.shared.node), Value::from(member.encode()), Value::from(field)]);

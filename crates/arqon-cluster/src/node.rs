@@ -163,7 +163,6 @@ pub(crate) fn command(name: &'static str) -> CustomCommand {
     CustomCommand::new_static(name, ClusterHash::FirstKey, false)
 }
 
-/// `KEY id…`: arguments of SADD / SREM on a node's client set.
 /// Items whose flag is set, then the others, each in order.
 fn split_by_flag<T>(items: impl IntoIterator<Item = (T, bool)>) -> (Vec<T>, Vec<T>) {
     let (mut set, mut unset) = (Vec::new(), Vec::new());
@@ -173,6 +172,7 @@ fn split_by_flag<T>(items: impl IntoIterator<Item = (T, bool)>) -> (Vec<T>, Vec<
     (set, unset)
 }
 
+/// `KEY id…`: arguments of SADD / SREM on a node's client set.
 fn client_args(key: String, ids: &[ClientId]) -> Vec<Value> {
     std::iter::once(Value::from(key)).chain(ids.iter().map(|id| Value::from(id.to_string()))).collect()
 }
@@ -407,13 +407,8 @@ impl Node {
             if let Control::ChannelDeleted { room, channel, .. } = event
                 && let Ok(key) = ChannelKey::parse(room, channel)
             {
-                let (holders, identities) = names.ledger_prefixes();
-                let field = wire::member_field(&key);
-                let keys = vec![
-                    Value::from(names.presence(&key)),
-                    Value::from(format!("{holders}{field}")),
-                    Value::from(format!("{identities}{field}")),
-                ];
+                let (holders, identities) = names.ledger(&key);
+                let keys = vec![Value::from(names.presence(&key)), Value::from(holders), Value::from(identities)];
                 pipeline.custom::<Value, Value>(command("DEL"), keys).await?;
             }
             let (topic, value) = self.control(event);

@@ -61,6 +61,14 @@ impl Names {
         (format!("{}holders:", self.prefix), format!("{}identities:", self.prefix))
     }
 
+    /// The membership ledger's two hashes of channel `key`: its holders and
+    /// its identities.
+    pub(crate) fn ledger(&self, key: &ChannelKey) -> (String, String) {
+        let (holders, identities) = self.ledger_prefixes();
+        let field = member_field(key);
+        (format!("{holders}{field}"), format!("{identities}{field}"))
+    }
+
     /// Set of the channels (`room:channel`) whose presence hash holds
     /// entries of `node`: what to clean once it is gone. It does not expire,
     /// so that the node's entries can be found however long it stayed away.
