@@ -17,13 +17,17 @@
 //!
 //! - [`queue`]: a connection's [`OutboundSender`] and [`OutboundReceiver`].
 //! - [`Outbound`]: one item of a backlog (a frame, a replay batch, binary data).
+//! - [`Fanout`]: a channel's frames stored once, queued to each receiver as
+//!   runs of a shared chunk instead of an entry per delivery.
 //! - [`Budget`]: the global budget, shared by every queue of one bus.
 //! - [`Closing`], [`SlowCause`]: why a connection is being closed.
 
 mod budget;
+mod fanout;
 mod queue;
 
 pub use budget::Budget;
+pub use fanout::{Fanout, FanoutFrame};
 pub use queue::{
     Closing, Outbound, OutboundReceiver, OutboundSender, Recv, SlowCause, Spliced, TryRecvError, TrySendError, queue,
 };

@@ -2,12 +2,13 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::task::{Context, Poll, Waker};
 
 use arqon_protocol::{CloseReason, Frame};
 
 use crate::budget::Budget;
+use crate::fanout::{Chunk, FanoutFrame};
 
 /// One item of a connection's backlog.
 #[derive(Debug, Clone)]
@@ -160,6 +161,7 @@ pub fn queue(max_bytes: usize, budget: &Arc<Budget>) -> (OutboundSender, Outboun
         evicted: AtomicBool::new(false),
         state: Mutex::new(State {
             items: VecDeque::new(),
+            frames: 0,
             backlog: 0,
             charged: 0,
             waker: None,
@@ -168,8 +170,12 @@ pub fn queue(max_bytes: usize, budget: &Arc<Budget>) -> (OutboundSender, Outboun
             receiver_gone: false,
         }),
     });
-    let receiver =
-        OutboundReceiver { shared: Arc::clone(&shared), taken: VecDeque::new(), released: Released::default() };
+    let receiver = OutboundReceiver {
+        shared: Arc::clone(&shared),
+        taken: VecDeque::new(),
+        taken_frames: 0,
+        released: Released::default(),
+    };
     (OutboundSender { shared }, receiver)
 }
 
@@ -180,12 +186,68 @@ const IDLE_KEEP: usize = 4;
 /// A queued item and what it costs: `bytes` against its connection's
 /// backlog, `share` against the global budget (a frame delivered to `n`
 /// connections charges each `1/n` of its size, so that the budget counts
-/// the shared memory once).
+/// the shared memory once). A run's costs are its frames' together.
 #[derive(Debug)]
 struct Entry {
-    item: Outbound,
+    item: Queued,
     bytes: u32,
     share: u32,
+}
+
+#[derive(Debug)]
+enum Queued {
+    /// One item, for this connection alone or shared.
+    One(Outbound),
+    /// Frames `next..end` of a channel's fanout chunk, written in order
+    /// (see [`crate::fanout`]): a burst to this connection costs one entry
+    /// per chunk, not one per frame.
+    Run { chunk: Chunk, next: u16, end: u16 },
+}
+
+/// What a push queues.
+enum Push<'a> {
+    One(Outbound),
+    Fanout(&'a FanoutFrame),
+}
+
+impl Push<'_> {
+    fn bytes(&self) -> usize {
+        match self {
+            Push::One(item) => item.bytes(),
+            Push::Fanout(frame) => frame.frame.len(),
+        }
+    }
+
+    /// The item handed back when the push fails.
+    fn give_back(self) -> Outbound {
+        match self {
+            Push::One(item) => item,
+            Push::Fanout(frame) => Outbound::Frame(frame.frame.clone()),
+        }
+    }
+
+    /// Queues it: a fanout frame that follows the queue's last run in the
+    /// same chunk extends that run.
+    fn enqueue(self, items: &mut VecDeque<Entry>, bytes: u32, share: u32) {
+        if let Push::Fanout(frame) = &self
+            && let Some(Entry { item: Queued::Run { chunk, end, .. }, bytes: run_bytes, share: run_share }) =
+                items.back_mut()
+            && Arc::ptr_eq(chunk, &frame.chunk)
+            && *end == frame.index
+        {
+            *end += 1;
+            *run_bytes = run_bytes.saturating_add(bytes);
+            *run_share = run_share.saturating_add(share);
+            return;
+        }
+        let item = match self {
+            Push::One(item) => Queued::One(item),
+            Push::Fanout(frame) => {
+                Queued::Run { chunk: Arc::clone(&frame.chunk), next: frame.index, end: frame.index + 1 }
+            }
+        };
+        items.push_back(Entry { item, bytes, share });
+    }
 }
 
 /// A size as stored in an [`Entry`]; nothing queued comes near 4 GiB.
@@ -208,6 +270,8 @@ pub(crate) struct Shared {
 #[derive(Debug)]
 struct State {
     items: VecDeque<Entry>,
+    /// Frames (and other items) in `items`: a run counts each of its frames.
+    frames: usize,
     /// Bytes queued or taken by the writer and not yet written.
     backlog: usize,
     /// What this queue holds of the global budget.
@@ -243,6 +307,7 @@ impl Shared {
                 self.evicted.store(true, Ordering::Release);
                 self.budget.release(std::mem::take(&mut state.charged));
                 state.backlog = 0;
+                state.frames = 0;
                 std::mem::take(&mut state.items)
             } else {
                 VecDeque::new()
@@ -305,24 +370,38 @@ impl OutboundSender {
     /// Queues `item`, one copy of a frame shared by several connections:
     /// `share` is this copy's part of the frame's size in the global budget.
     pub fn try_send_shared(&self, item: Outbound, share: usize) -> Result<(), TrySendError> {
-        let bytes = item.bytes();
+        self.push(Push::One(item), share)
+    }
+
+    /// Queues a frame of a channel's [`Fanout`](crate::Fanout), by reference
+    /// to the chunk that holds it: right after the previous frame of the same
+    /// chunk it costs no new entry. `share` as for
+    /// [`try_send_shared`](Self::try_send_shared).
+    pub fn try_send_fanout(&self, frame: &FanoutFrame, share: usize) -> Result<(), TrySendError> {
+        self.push(Push::Fanout(frame), share)
+    }
+
+    fn push(&self, push: Push<'_>, share: usize) -> Result<(), TrySendError> {
+        let bytes = push.bytes();
         let (waker, over_budget) = {
             let mut state = self.shared.lock();
             if state.closing.is_some() || state.receiver_gone {
-                return Err(TrySendError::Closed(item));
+                return Err(TrySendError::Closed(push.give_back()));
             }
             if self.shared.max_bytes > 0 && state.backlog + bytes > self.shared.max_bytes {
-                return Err(TrySendError::Full(item));
+                return Err(TrySendError::Full(push.give_back()));
             }
             // Charged before the item is visible to the writer, so that its
             // release can never come first.
             let over_budget = self.shared.budget.charge(share);
-            state.items.push_back(Entry { item, bytes: small(bytes), share: small(share) });
+            let was_empty = state.items.is_empty();
+            push.enqueue(&mut state.items, small(bytes), small(share));
+            state.frames += 1;
             state.backlog += bytes;
             state.charged += share;
             // Only the empty -> non-empty transition wakes the writer: it
             // takes everything queued when it runs.
-            (if state.items.len() == 1 { state.waker.take() } else { None }, over_budget)
+            (if was_empty { state.waker.take() } else { None }, over_budget)
         };
         if let Some(waker) = waker {
             waker.wake();
@@ -350,9 +429,10 @@ impl OutboundSender {
         self.shared.lock().backlog
     }
 
-    /// Items queued and not yet taken by the writer.
+    /// Items queued and not yet taken by the writer (a fanout run counts
+    /// each of its frames).
     pub fn len(&self) -> usize {
-        self.shared.lock().items.len()
+        self.shared.lock().frames
     }
 
     /// Whether nothing is queued.
@@ -425,6 +505,8 @@ pub struct OutboundReceiver {
     shared: Arc<Shared>,
     /// Taken from the queue, not popped yet.
     taken: VecDeque<Entry>,
+    /// Items in `taken` (a run counts each of its frames).
+    taken_frames: usize,
     released: Released,
 }
 
@@ -438,6 +520,7 @@ impl OutboundReceiver {
         let mut state = self.shared.lock();
         settle(&mut self.released, &self.shared.budget, &mut state);
         if !state.items.is_empty() {
+            self.taken_frames += std::mem::take(&mut state.frames);
             if self.taken.is_empty() {
                 // The emptied deque becomes the queue's storage.
                 std::mem::swap(&mut state.items, &mut self.taken);
@@ -477,22 +560,48 @@ impl OutboundReceiver {
         if state.items.is_empty() {
             return false;
         }
+        self.taken_frames += std::mem::take(&mut state.frames);
         self.taken.append(&mut state.items);
         true
     }
 
     /// The next taken item, which from now on no longer counts against the
-    /// backlog (it is being written).
+    /// backlog (it is being written). A fanout run comes out frame by frame.
     pub fn pop(&mut self) -> Option<Outbound> {
-        let entry = self.taken.pop_front()?;
-        self.released.bytes += entry.bytes as usize;
-        self.released.share += entry.share as usize;
-        Some(entry.item)
+        loop {
+            let entry = self.taken.front_mut()?;
+            self.taken_frames = self.taken_frames.saturating_sub(1);
+            if let Queued::Run { chunk, next, end } = &mut entry.item
+                && *next + 1 < *end
+            {
+                // Not the run's last frame: the entry stays, lighter by one.
+                let frame = chunk.get(usize::from(*next)).and_then(OnceLock::get).cloned();
+                *next += 1;
+                let Some(frame) = frame else { continue };
+                let bytes = small(frame.len()).min(entry.bytes);
+                entry.bytes -= bytes;
+                self.released.bytes += bytes as usize;
+                return Some(Outbound::Frame(frame));
+            }
+            let entry = self.taken.pop_front()?;
+            self.released.bytes += entry.bytes as usize;
+            self.released.share += entry.share as usize;
+            match entry.item {
+                Queued::One(item) => return Some(item),
+                Queued::Run { chunk, next, .. } => {
+                    // Every slot of a run was written before it was queued.
+                    if let Some(frame) = chunk.get(usize::from(next)).and_then(OnceLock::get) {
+                        return Some(Outbound::Frame(frame.clone()));
+                    }
+                }
+            }
+        }
     }
 
-    /// Items taken and not popped yet.
+    /// Items taken and not popped yet (a fanout run counts each of its
+    /// frames).
     pub fn taken(&self) -> usize {
-        self.taken.len()
+        self.taken_frames
     }
 
     /// Drops every taken item unwritten.
@@ -526,7 +635,7 @@ impl OutboundReceiver {
 
     /// Items taken or queued, not yet popped.
     pub fn len(&self) -> usize {
-        self.taken.len() + self.shared.lock().items.len()
+        self.taken_frames + self.shared.lock().frames
     }
 
     /// Whether nothing waits to be written.
@@ -583,6 +692,7 @@ impl Drop for OutboundReceiver {
             self.released = Released::default();
             self.shared.budget.release(std::mem::take(&mut state.charged));
             state.backlog = 0;
+            state.frames = 0;
             std::mem::take(&mut state.items)
         };
         // Nobody will write these: free them now, not when the last sender goes.
@@ -785,5 +895,63 @@ mod tests {
         assert_eq!(queues[0].0.backlog_bytes(), 100, "each backlog counts the whole frame");
         drop(queues);
         assert_eq!(budget.used(), 0);
+    }
+
+    #[test]
+    fn fanout_frames_queue_as_runs_in_order_with_other_items() {
+        let budget = Budget::unlimited();
+        let (tx, mut rx) = queue(0, &budget);
+        let (count, waker) = waker();
+        let mut cx = Context::from_waker(&waker);
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        let mut fanout = crate::Fanout::new();
+        let frames: Vec<_> = (0..6).map(|n| fanout.append(Frame::from_text(format!("f{n}")))).collect();
+        tx.try_send_fanout(&frames[0], 1).unwrap();
+        tx.try_send_fanout(&frames[1], 1).unwrap();
+        tx.try_send(frame("own")).unwrap();
+        for f in &frames[2..] {
+            tx.try_send_fanout(f, 1).unwrap();
+        }
+        assert_eq!(count.0.load(Ordering::SeqCst), 1, "one wake for the burst");
+        assert_eq!(tx.len(), 7, "every frame counts, whatever the entries");
+        assert_eq!(tx.shared.lock().items.len(), 4, "run f0-f1, own, run f2-f3 (first chunk), run f4-f5");
+        assert_eq!(tx.backlog_bytes(), 15);
+        assert_eq!(budget.used(), 2 + 3 + 4);
+        assert_eq!(rx.poll_recv(&mut cx), Poll::Ready(Recv::Items));
+        assert_eq!(rx.taken(), 7);
+        assert_eq!(text(&rx.pop().unwrap()), "f0");
+        assert_eq!(rx.taken(), 6);
+        assert_eq!(drain(&mut rx), ["f1", "own", "f2", "f3", "f4", "f5"]);
+        assert!(rx.poll_recv(&mut cx).is_pending());
+        assert_eq!((tx.backlog_bytes(), budget.used(), rx.len()), (0, 0, 0), "everything released once written");
+    }
+
+    #[test]
+    fn a_run_is_bounded_like_any_item_and_freed_with_the_queue() {
+        let budget = Budget::unlimited();
+        let (tx, mut rx) = queue(5, &budget);
+        let mut fanout = crate::Fanout::new();
+        let a = fanout.append(Frame::from_text("aa"));
+        let b = fanout.append(Frame::from_text("bb"));
+        let c = fanout.append(Frame::from_text("cc"));
+        tx.try_send_fanout(&a, 2).unwrap();
+        tx.try_send_fanout(&b, 2).unwrap();
+        match tx.try_send_fanout(&c, 2) {
+            Err(TrySendError::Full(item)) => assert_eq!(text(&item), "cc", "the frame is handed back"),
+            other => panic!("2 + 2 + 2 > 5 must be refused: {other:?}"),
+        }
+        // Half the run written: its bytes go as each frame is popped, its
+        // share once the whole run is.
+        assert!(rx.try_recv_all());
+        assert_eq!(text(&rx.pop().unwrap()), "aa");
+        assert!(!rx.try_recv_all());
+        assert_eq!((tx.backlog_bytes(), budget.used()), (2, 4));
+        tx.close(Closing::slow(SlowCause::Backlog));
+        rx.discard();
+        assert_eq!((tx.backlog_bytes(), budget.used()), (0, 0));
+        drop((a, b, c));
+        drop(rx);
+        // Nothing holds the chunk: the next append starts a fresh one.
+        assert_eq!(fanout.append(Frame::from_text("d")).index, 0);
     }
 }

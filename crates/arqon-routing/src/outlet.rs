@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use arqon_outbound::{Budget, Closing, Outbound, OutboundReceiver, OutboundSender, SlowCause, TrySendError};
+use arqon_outbound::{
+    Budget, Closing, FanoutFrame, Outbound, OutboundReceiver, OutboundSender, SlowCause, TrySendError,
+};
 
 /// Where the bus puts frames for one client, and how it asks the transport
 /// to close that client.
@@ -42,7 +44,18 @@ impl Outlet {
     /// Queues one copy of a frame shared by several clients; `share` is this
     /// copy's part of its size in the global budget.
     pub(crate) fn push_shared(&self, item: Outbound, share: usize) -> bool {
-        match self.tx.try_send_shared(item, share) {
+        self.settle(self.tx.try_send_shared(item, share))
+    }
+
+    /// Queues a frame of a channel's fanout (stored once, queued by
+    /// reference); `share` as for [`push_shared`](Self::push_shared).
+    pub(crate) fn push_fanout(&self, frame: &FanoutFrame, share: usize) -> bool {
+        self.settle(self.tx.try_send_fanout(frame, share))
+    }
+
+    /// What a push did: a full backlog closes this client as a slow consumer.
+    fn settle(&self, pushed: Result<(), TrySendError>) -> bool {
+        match pushed {
             Ok(()) => true,
             Err(TrySendError::Full(_)) => {
                 self.tx.close(Closing::slow(SlowCause::Backlog));

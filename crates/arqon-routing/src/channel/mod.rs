@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use arqon_outbound::Outbound;
+use arqon_outbound::{Fanout, Outbound};
 use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Timestamp};
 use arqon_storage::{Appended, ChannelStats, Since, Storage, StoredMessage, append_fast};
 use parking_lot::{Mutex, RwLock};
@@ -81,6 +81,9 @@ pub(crate) struct Channel {
     member_events: parking_lot::Mutex<Option<MemberEventGate>>,
     /// Members that joined with `member_events: false`.
     quiet: parking_lot::Mutex<HashSet<ClientId>>,
+    /// The frames delivered to every member, stored once and queued by
+    /// reference (a burst costs memory per frame, not per delivery).
+    fanout: parking_lot::Mutex<Fanout>,
 }
 
 /// `Channel::idle_since` of a channel not (yet) seen idle.
@@ -100,6 +103,7 @@ impl Channel {
             idle_since: AtomicU64::new(NOT_IDLE),
             member_events: parking_lot::Mutex::new(None),
             quiet: parking_lot::Mutex::new(HashSet::new()),
+            fanout: parking_lot::Mutex::new(Fanout::new()),
         }
     }
 
@@ -341,10 +345,14 @@ impl Channel {
     pub(crate) fn deliver(&self, frame: &Frame, except: Option<ClientId>) -> usize {
         let members = &self.members.read().map;
         let recipients = members.len() - usize::from(except.is_some_and(|id| members.contains_key(&id)));
+        if recipients == 0 {
+            return 0;
+        }
         let share = share(frame.len(), recipients);
+        let appended = self.fanout.lock().append(frame.clone());
         let mut delivered = 0;
         for (id, member) in members.iter() {
-            if Some(*id) != except && member.client.outlet.push_shared(Outbound::Frame(frame.clone()), share) {
+            if Some(*id) != except && member.client.outlet.push_fanout(&appended, share) {
                 delivered += 1;
             }
         }
