@@ -167,8 +167,7 @@ impl Limiter {
     /// Admits a frame of `bytes` payload bytes, taking one frame token and
     /// `bytes` byte tokens, or refuses it taking nothing (and counts the
     /// refusal).
-    pub(crate) fn admit(&mut self, bytes: usize) -> Verdict {
-        let now = Instant::now();
+    pub(crate) fn admit(&mut self, bytes: usize, now: Instant) -> Verdict {
         let cost = bytes as f64;
         let frame_wait = self.frames.wait(now, 1.0);
         let byte_wait = self.bytes.wait(now, cost);
@@ -202,23 +201,25 @@ mod tests {
     async fn burst_then_steady_rate() {
         let mut limiter = Limiter::new(limits(100, 200));
         for _ in 0..200 {
-            assert_eq!(limiter.admit(1), Verdict::Pass);
+            assert_eq!(limiter.admit(1, Instant::now()), Verdict::Pass);
         }
-        let Verdict::Refused { retry_after, abusive } = limiter.admit(1) else { panic!("over the burst") };
+        let Verdict::Refused { retry_after, abusive } = limiter.admit(1, Instant::now()) else {
+            panic!("over the burst")
+        };
         assert_eq!(retry_after, Duration::from_millis(10));
         assert!(!abusive, "abuse_limit 0: never");
         tokio::time::advance(Duration::from_millis(100)).await;
         for _ in 0..10 {
-            assert_eq!(limiter.admit(1), Verdict::Pass);
+            assert_eq!(limiter.admit(1, Instant::now()), Verdict::Pass);
         }
-        assert_ne!(limiter.admit(1), Verdict::Pass);
+        assert_ne!(limiter.admit(1, Instant::now()), Verdict::Pass);
     }
 
     #[tokio::test(start_paused = true)]
     async fn zero_rate_is_unlimited() {
         let mut limiter = Limiter::new(limits(0, 0));
         for _ in 0..100_000 {
-            assert_eq!(limiter.admit(1 << 20), Verdict::Pass);
+            assert_eq!(limiter.admit(1 << 20, Instant::now()), Verdict::Pass);
         }
     }
 
@@ -226,24 +227,26 @@ mod tests {
     async fn bytes_are_limited_beside_frames() {
         let mut limiter = Limiter::new(Limits { bytes_per_s: 1000, byte_burst: 4000, ..limits(0, 0) });
         for _ in 0..4 {
-            assert_eq!(limiter.admit(1000), Verdict::Pass);
+            assert_eq!(limiter.admit(1000, Instant::now()), Verdict::Pass);
         }
-        let Verdict::Refused { retry_after, .. } = limiter.admit(1000) else { panic!("over the byte burst") };
+        let Verdict::Refused { retry_after, .. } = limiter.admit(1000, Instant::now()) else {
+            panic!("over the byte burst")
+        };
         assert_eq!(retry_after, Duration::from_secs(1));
         tokio::time::advance(Duration::from_millis(500)).await;
-        assert_eq!(limiter.admit(500), Verdict::Pass, "refill at 1000 bytes/s");
-        assert_ne!(limiter.admit(1), Verdict::Pass);
+        assert_eq!(limiter.admit(500, Instant::now()), Verdict::Pass, "refill at 1000 bytes/s");
+        assert_ne!(limiter.admit(1, Instant::now()), Verdict::Pass);
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_frame_larger_than_the_byte_burst_passes_on_a_full_bucket() {
         let mut limiter = Limiter::new(Limits { bytes_per_s: 1000, byte_burst: 1000, ..limits(0, 0) });
-        assert_eq!(limiter.admit(5000), Verdict::Pass);
+        assert_eq!(limiter.admit(5000, Instant::now()), Verdict::Pass);
         // In debt for 4 s, then full again after one more.
-        let Verdict::Refused { retry_after, .. } = limiter.admit(5000) else { panic!("in debt") };
+        let Verdict::Refused { retry_after, .. } = limiter.admit(5000, Instant::now()) else { panic!("in debt") };
         assert_eq!(retry_after, Duration::from_secs(5));
         tokio::time::advance(Duration::from_secs(5)).await;
-        assert_eq!(limiter.admit(5000), Verdict::Pass);
+        assert_eq!(limiter.admit(5000, Instant::now()), Verdict::Pass);
     }
 
     #[tokio::test(start_paused = true)]
@@ -255,7 +258,7 @@ mod tests {
         let mut refused = 0;
         let mut closed_after = None;
         for i in 0..900 {
-            match limiter.admit(1) {
+            match limiter.admit(1, Instant::now()) {
                 Verdict::Pass => {}
                 Verdict::Refused { abusive, .. } => {
                     refused += 1;
@@ -277,8 +280,10 @@ mod tests {
         let mut limiter = Limiter::new(Limits { abuse_limit: 20, ..limits(10, 1) });
         // One refusal per second drains faster (2/s) than it fills.
         for _ in 0..1000 {
-            assert_eq!(limiter.admit(1), Verdict::Pass);
-            let Verdict::Refused { abusive, .. } = limiter.admit(1) else { panic!("right after a pass") };
+            assert_eq!(limiter.admit(1, Instant::now()), Verdict::Pass);
+            let Verdict::Refused { abusive, .. } = limiter.admit(1, Instant::now()) else {
+                panic!("right after a pass")
+            };
             assert!(!abusive);
             tokio::time::advance(Duration::from_secs(1)).await;
         }

@@ -27,7 +27,7 @@ pub struct Session {
     /// Every frame the client sends (text, binary, ping) passes through it.
     limiter: Limiter,
     /// When the frame being handled arrived (for routing latency).
-    received: std::time::Instant,
+    received: tokio::time::Instant,
     /// The credentials' expiry timer, if any: aborted when the session ends,
     /// so that nothing the connection started outlives it.
     pub(crate) expiry: Option<crate::router::ExpiryTimer>,
@@ -74,7 +74,7 @@ impl Session {
             client,
             ids: IdGenerator::new(),
             limiter,
-            received: std::time::Instant::now(),
+            received: tokio::time::Instant::now(),
             expiry: None,
             captured: None,
         }
@@ -114,7 +114,7 @@ impl Session {
 
     /// Handles one text frame from the client.
     pub async fn handle_text(&mut self, text: &str) {
-        self.received = std::time::Instant::now();
+        self.received = tokio::time::Instant::now();
         // Checked before parsing; the id is recovered only to let the client
         // correlate the refusal.
         if !self.admit(text.len(), "frame not processed", || arqon_protocol::extract_id(text)) {
@@ -142,6 +142,7 @@ impl Session {
     /// Answers a binary frame of `len` bytes: not part of the protocol, but
     /// counted against the client's frame and byte rates like any frame.
     pub fn handle_binary(&mut self, len: usize) {
+        self.received = tokio::time::Instant::now();
         if !self.admit(len, "frame not processed", || None) {
             return;
         }
@@ -156,15 +157,17 @@ impl Session {
     /// returns whether the transport may answer it with a pong. An over-rate
     /// ping gets `RATE_LIMITED` instead and counts as a refusal.
     pub fn handle_ping(&mut self, len: usize) -> bool {
+        self.received = tokio::time::Instant::now();
         self.admit(len, "ping not answered", || None)
     }
 
-    /// Runs a frame of `bytes` bytes past the client's limits. Over them, the
+    /// Runs a frame of `bytes` bytes, received at `self.received`, past the
+    /// client's limits. Over them, the
     /// client gets `RATE_LIMITED` with `retry_after_ms` (`what` says what
     /// became of the frame) and, once it keeps sending over its rate, is
     /// closed with 1008.
     fn admit(&mut self, bytes: usize, what: &str, request_id: impl FnOnce() -> Option<MessageId>) -> bool {
-        let Verdict::Refused { retry_after, abusive } = self.limiter.admit(bytes) else {
+        let Verdict::Refused { retry_after, abusive } = self.limiter.admit(bytes, self.received) else {
             return true;
         };
         self.observe(&BusEvent::RateLimited { client_id: self.client.id });
@@ -208,7 +211,7 @@ impl Session {
                     return Err(spoofed_from());
                 }
                 self.require(Role::User, "sending messages")?;
-                let id = frame.id.unwrap_or_else(|| self.ids.message_id());
+                let id = frame.id.unwrap_or_else(|| self.ids.message_id_at(now));
                 self.send_message(target, id, now, payload, frame.meta).await.map(|_| ())
             }
         }
@@ -252,7 +255,7 @@ impl Session {
     /// command's args object; the answer is the response `payload` as JSON
     /// text, or the error the WebSocket path would send.
     pub async fn call(&mut self, command: &str, args: Option<RawJson<'_>>) -> Result<String, ProtocolError> {
-        self.received = std::time::Instant::now();
+        self.received = tokio::time::Instant::now();
         self.observe(&BusEvent::FrameReceived { kind: FrameKind::Command });
         self.captured = None;
         self.run_command(command, args, None, Timestamp::now()).await?;

@@ -270,14 +270,18 @@ impl Log {
     /// Appends as newest unless the id is kept, then evicts the oldest until
     /// within `bounds`.
     fn push(&mut self, message: StoredMessage, bounds: Bounds) -> Appended {
-        if self.index.contains_key(&message.id) {
-            return Appended::Duplicate;
-        }
+        // A dead log's index is empty: nothing to be a duplicate of.
         if self.dead {
             return Appended::Stored;
         }
         let seq = self.first_seq + self.entries.len() as u64;
-        self.index.insert(message.id, seq);
+        // One lookup for both the duplicate check and the insert.
+        match self.index.entry(message.id) {
+            std::collections::hash_map::Entry::Occupied(_) => return Appended::Duplicate,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(seq);
+            }
+        }
         self.bytes += charge(&message);
         self.entries.push_back(message);
         while (self.entries.len() > bounds.messages || self.bytes > bounds.bytes) && self.evict_oldest() > 0 {}
