@@ -126,6 +126,7 @@ fn tick_text(metric: Metric, v: f64) -> String {
         Metric::DeliveriesPerS => format!("{} k", trim(format!("{:.0}", v / 1e3))),
         Metric::P50Us | Metric::P99Us | Metric::P999Us => trim(format!("{:.3}", v / 1000.0)),
         Metric::RssPerConnKib => trim(format!("{v:.1}")),
+        Metric::RssGrowthKib => trim(format!("{:.1}", v / 1024.0)),
     }
 }
 

@@ -30,6 +30,8 @@ pub(crate) enum Metric {
     P999Us,
     /// Server RSS per idle connection, KiB.
     RssPerConnKib,
+    /// The server's peak RSS growth over a run (a burst's memory), KiB.
+    RssGrowthKib,
 }
 
 impl Metric {
@@ -38,7 +40,7 @@ impl Metric {
         match self {
             Metric::DeliveriesPerS => "deliveries/s",
             Metric::P50Us | Metric::P99Us | Metric::P999Us => "us",
-            Metric::RssPerConnKib => "KiB",
+            Metric::RssPerConnKib | Metric::RssGrowthKib => "KiB",
         }
     }
 
@@ -50,6 +52,7 @@ impl Metric {
             Metric::P99Us => "p99",
             Metric::P999Us => "p99.9",
             Metric::RssPerConnKib => "RSS per connection",
+            Metric::RssGrowthKib => "peak RSS growth",
         }
     }
 
@@ -70,6 +73,7 @@ impl Metric {
             Metric::P50Us | Metric::P99Us | Metric::P999Us => format!("{:.3} ms", v / 1000.0),
             Metric::RssPerConnKib if v >= 10.0 => format!("{v:.1} KiB"),
             Metric::RssPerConnKib => format!("{v:.2} KiB"),
+            Metric::RssGrowthKib => format!("{:.1} MiB", v / 1024.0),
         }
     }
 
@@ -87,7 +91,7 @@ impl Metric {
     /// runs (`latency`) is their rate, not a finding, so it is left out.
     fn of_scenario(scenario: &str) -> &'static [Metric] {
         match scenario {
-            "fanout" | "fanin" => &[Metric::DeliveriesPerS],
+            "fanout" | "fanin" => &[Metric::DeliveriesPerS, Metric::RssGrowthKib],
             "latency" | "commands" => &[Metric::P50Us, Metric::P99Us, Metric::P999Us],
             "conns" => &[Metric::RssPerConnKib],
             _ => &[],
@@ -101,6 +105,7 @@ impl Metric {
             Metric::P99Us => r.latency.map(|l| l.p99_us),
             Metric::P999Us => r.latency.map(|l| l.p999_us),
             Metric::RssPerConnKib => r.rss_per_conn_kib,
+            Metric::RssGrowthKib => r.rss_growth_kib.map(|k| k as f64),
         }
     }
 }

@@ -49,7 +49,8 @@ fn cell_range(f: &Figure) -> String {
 }
 
 /// The table: one row per configuration, on the metric its scenario is
-/// judged by.
+/// judged by, and one more for each other metric the configuration has a
+/// target on (a burst's memory).
 pub(crate) fn table(figures: &Figures, reference: &Reference) -> String {
     let peers = reference.peer_names();
     let mut out = String::from("| configuration | ArqonBus: median (range) |");
@@ -60,10 +61,11 @@ pub(crate) fn table(figures: &Figures, reference: &Reference) -> String {
     out.push_str(&"---|".repeat(peers.len()));
     out.push_str("---|---|---|\n");
     for f in &figures.figures {
-        if Metric::headline(&f.scenario) != Some(f.metric) {
+        let case = reference.case(&f.label);
+        let judged = case.and_then(|c| c.target(f.metric)).is_some();
+        if Metric::headline(&f.scenario) != Some(f.metric) && !judged {
             continue;
         }
-        let case = reference.case(&f.label);
         let title = case.map_or(f.label.as_str(), |c| c.title.as_str());
         let _ = write!(out, "| {title} | {} |", cell_range(f));
         for p in &peers {
@@ -130,6 +132,9 @@ mod tests {
         let figures = figures::parse(
             r#"{"measured":"2026-12-06","figures":[
             {"label":"fanin 50->1, 2k each","scenario":"fanin","metric":"deliveries_per_s","unit":"deliveries/s","median":969000,"min":877000,"max":987000},
+            {"label":"fanin 50->1, 2k each","scenario":"fanin","metric":"rss_growth_kib","unit":"KiB","median":3000},
+            {"label":"burst","scenario":"fanout","metric":"deliveries_per_s","unit":"deliveries/s","median":650000},
+            {"label":"burst","scenario":"fanout","metric":"rss_growth_kib","unit":"KiB","median":12800,"min":11900,"max":14336},
             {"label":"latency 1k/s ->100, 5 s","scenario":"latency","metric":"p50_us","unit":"us","median":460,"measured":"2026-11-30"},
             {"label":"latency 1k/s ->100, 5 s","scenario":"latency","metric":"p99_us","unit":"us","median":860,"measured":"2026-11-30"}]}"#,
         )
@@ -137,7 +142,9 @@ mod tests {
         let reference = Reference::parse(
             r#"{"cases":[{"label":"fanin 50->1, 2k each","title":"fan-in 50 -> 1","peers":[
             {"name":"NATS","metric":"deliveries_per_s","value":950000,"source":"t"}],
-            "targets":[{"metric":"deliveries_per_s","value":1.5e6,"text":">= 1.5 M/s","source":"t"}]}]}"#,
+            "targets":[{"metric":"deliveries_per_s","value":1.5e6,"text":">= 1.5 M/s","source":"t"}]},
+            {"label":"burst","title":"burst","targets":[
+            {"metric":"rss_growth_kib","value":15000,"text":"<= 15 MB","source":"t"}]}]}"#,
         )
         .unwrap();
         let table = table(&figures, &reference);
@@ -147,8 +154,14 @@ mod tests {
             lines[2],
             "| fan-in 50 -> 1 | **969 k/s** (877 – 987 k/s) | 950 k/s | >= 1.5 M/s | **no** | 2026-12-06 |"
         );
-        assert_eq!(lines[3], "| latency 1k/s ->100, 5 s | p99 **0.860 ms** |  |  |  | 2026-11-30 |");
-        assert_eq!(lines.len(), 4, "{table}");
+        // A metric other than the headline gets a row only where it has a target.
+        assert_eq!(lines[3], "| burst | **650 k/s** |  |  |  | 2026-12-06 |");
+        assert_eq!(
+            lines[4],
+            "| burst | peak RSS growth **12.5 MiB** (11.6 – 14.0 MiB) |  | <= 15 MB | yes | 2026-12-06 |"
+        );
+        assert_eq!(lines[5], "| latency 1k/s ->100, 5 s | p99 **0.860 ms** |  |  |  | 2026-11-30 |");
+        assert_eq!(lines.len(), 6, "{table}");
     }
 
     #[test]

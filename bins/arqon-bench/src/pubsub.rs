@@ -780,6 +780,7 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
 
     let server_cpu = CpuMeter::start(o.server_pid);
     let generator_cpu = CpuMeter::start(None);
+    let rss_at_start = o.server_pid.and_then(crate::procfs::rss_kib);
     let start_ns = run.clock.now_ns();
     if report.failure.is_none() {
         let _ = start_tx.send(true);
@@ -805,6 +806,8 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
     }
     report.server_cpu_pct = server_cpu.percent();
     report.generator_cpu_pct = generator_cpu.percent();
+    let peak = o.server_pid.and_then(crate::procfs::peak_rss_kib);
+    report.rss_growth_kib = rss_at_start.zip(peak).map(|(start, peak)| peak.saturating_sub(start));
     run.halt.store(true, Ordering::SeqCst);
     let _ = stop_tx.send(true);
     drop(start_tx);

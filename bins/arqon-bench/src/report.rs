@@ -121,6 +121,11 @@ pub(crate) struct Report {
     /// `(rss_after - rss_before) / connections`, KiB.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) rss_per_conn_kib: Option<f64>,
+    /// The server's peak RSS during the measured phase (`VmHWM` at its end)
+    /// minus its RSS at the start, KiB: what a burst cost it (`fanout`,
+    /// `fanin`; a fresh server per run, as `benches/run.sh` starts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) rss_growth_kib: Option<u64>,
     /// Seconds to open and join every connection (`conns`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) open_s: Option<f64>,
@@ -243,6 +248,9 @@ impl Report {
         }
         if let Some(open) = self.open_s {
             row("open + join time", format!("{open:.2} s"));
+        }
+        if let Some(growth) = self.rss_growth_kib {
+            row("server peak RSS growth", format!("{:.1} MiB", growth as f64 / 1024.0));
         }
         if let Some(cpu) = self.server_cpu_pct {
             row("server CPU", format!("{cpu:.0}% of a core"));

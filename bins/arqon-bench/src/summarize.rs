@@ -83,6 +83,7 @@ fn metrics(scenario: &str) -> Vec<Metric> {
             metric("published/s", |r| r.published_per_s, per_second),
             metric("latency p50", |r| r.latency.map(|l| l.p50_us), millis),
             metric("latency p99", |r| r.latency.map(|l| l.p99_us), millis),
+            metric("server peak RSS growth", |r| r.rss_growth_kib.map(|k| k as f64), mib),
         ],
         // The server API: publishes/s is the headline (each one fans out).
         "api" => vec![

@@ -7,7 +7,9 @@
 //! and the [`Budget`], the memory held by the queued frames of all
 //! connections together (a frame shared by many receivers counted once),
 //! which closes the connections with the largest backlogs first when it is
-//! exceeded. It is synchronous code over a mutex and a `std` waker: it spawns
+//! exceeded; and a channel's [`Fanout`], which stores each frame the channel
+//! delivers once, so that the queues of its members hold runs of shared
+//! chunks rather than an entry per delivery. It is synchronous code over a mutex and a `std` waker: it spawns
 //! nothing, performs no I/O and needs no runtime, so the routing layer (which
 //! pushes) and the transport layer (whose writer drains) share it without
 //! either knowing the other. It depends only on `arqon-protocol` (for the
