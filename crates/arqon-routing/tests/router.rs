@@ -475,6 +475,101 @@ async fn one_senders_messages_arrive_in_order() {
     b.assert_quiet();
 }
 
+/// Publishers on several threads into two channels while the subscribers
+/// drain on others: each subscriber gets every message once, and each
+/// publisher's in the order it sent them (a channel's frames go through its
+/// shared fanout chunks and the queues' runs, which a push extends while the
+/// writer takes what came before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_publishers_reach_every_member_once_in_order() {
+    const PUBLISHERS: usize = 4;
+    const EACH: usize = 400;
+    let router = router();
+    let mut setup = Client::connect(&router, Role::User);
+    setup.create("r", "c").await;
+    setup.create("r", "d").await;
+    let mut readers = Vec::new();
+    for _ in 0..3 {
+        let mut sub = Client::connect(&router, Role::User);
+        sub.join("r", "c").await;
+        sub.join("r", "d").await;
+        sub.drain();
+        readers.push(tokio::spawn(async move {
+            let mut seen = vec![Vec::new(); PUBLISHERS];
+            let mut total = 0;
+            while total < PUBLISHERS * EACH {
+                let frame = sub.next().await;
+                if frame["type"] != "message" {
+                    continue;
+                }
+                let (p, n) = (frame["payload"]["p"].as_u64().unwrap(), frame["payload"]["n"].as_u64().unwrap());
+                let channel = if n % 3 == 2 { "d" } else { "c" };
+                assert_eq!(frame["channel"], channel, "{frame}");
+                seen[usize::try_from(p).unwrap()].push(n);
+                total += 1;
+                // Hand the thread over now and then, so pushes land while
+                // this reader is between two takes.
+                if total % 50 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+            while let Some(frame) = sub.try_next() {
+                assert_ne!(frame["type"], "message", "one too many: {frame}");
+            }
+            // Kept to the end: a reader leaving would send the others member events.
+            (seen, sub)
+        }));
+    }
+    // The publishers are members too: their own messages skip their queues,
+    // so a run must never grow across the gap.
+    let mut joined = Vec::new();
+    for _ in 0..PUBLISHERS {
+        let mut publisher = Client::connect(&router, Role::User);
+        publisher.join("r", "c").await;
+        publisher.join("r", "d").await;
+        joined.push(publisher);
+    }
+    let publishers: Vec<_> = joined
+        .into_iter()
+        .enumerate()
+        .map(|(p, mut publisher)| {
+            tokio::spawn(async move {
+                for n in 0..EACH {
+                    let channel = if n % 3 == 2 { "d" } else { "c" };
+                    let frame =
+                        json!({"type": "message", "room": "r", "channel": channel, "payload": {"p": p, "n": n}});
+                    publisher.send_value(frame).await;
+                }
+                publisher
+            })
+        })
+        .collect();
+    let mut done = Vec::new();
+    for publisher in publishers {
+        done.push(publisher.await.unwrap());
+    }
+    let expected: Vec<u64> = (0..EACH as u64).collect();
+    for (me, publisher) in done.iter_mut().enumerate() {
+        let mut seen = vec![Vec::new(); PUBLISHERS];
+        while let Some(frame) = publisher.try_next() {
+            if frame["type"] == "message" {
+                let (p, n) = (frame["payload"]["p"].as_u64().unwrap(), frame["payload"]["n"].as_u64().unwrap());
+                seen[usize::try_from(p).unwrap()].push(n);
+            }
+        }
+        for (p, got) in seen.iter().enumerate() {
+            let want: &[u64] = if p == me { &[] } else { &expected };
+            assert_eq!(got, want, "publisher {me} from {p}: the others' messages once, in order, never its own");
+        }
+    }
+    for reader in readers {
+        let (seen, _sub) = tokio::time::timeout(WAIT, reader).await.expect("every message arrives").unwrap();
+        for (p, got) in seen.iter().enumerate() {
+            assert_eq!(got, &expected, "publisher {p}: every message once, in order");
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Commands (section 4)
 // ---------------------------------------------------------------------------
