@@ -17,7 +17,8 @@ use serde_json::value::RawValue;
 
 use crate::scan::{Cursor, NotFast, RawJson, Scan};
 use crate::{
-    ChannelKey, ClientId, ErrorCode, MAX_META_KEYS, MessageId, Name, PROTOCOL_VERSION, ProtocolError, Timestamp,
+    ChannelKey, ClientId, ErrorCode, MAX_META_KEYS, MessageId, Name, PROTOCOL_VERSION, ProtocolError, RecentNames,
+    Timestamp,
 };
 
 /// Where a client's `message` goes.
@@ -153,20 +154,32 @@ fn envelope_error(message: impl Into<String>) -> ProtocolError {
 /// On failure the error carries the code to report (the first that applies,
 /// in the contract's order) and the frame's id when it was valid.
 pub fn decode(text: &str, now: Timestamp) -> Result<ClientFrame<'_>, ProtocolError> {
+    decode_with(text, now, &mut RecentNames::default())
+}
+
+/// [`decode`] for a connection that keeps its [`RecentNames`]: the same
+/// checks and errors, with the room and channel names reused while the
+/// client keeps naming the same ones.
+pub fn decode_with<'a>(
+    text: &'a str,
+    now: Timestamp,
+    names: &mut RecentNames,
+) -> Result<ClientFrame<'a>, ProtocolError> {
     match scan(text) {
         // The scanner has validated the JSON and the nesting of raw values.
         Ok(wire) => {
             // The id is parsed for `request_id` only if the frame is refused.
             let id = wire.id.clone();
-            check(wire, now).map_err(|e| e.with_request_id(id.as_deref().and_then(|id| MessageId::parse(id).ok())))
+            check(wire, now, names)
+                .map_err(|e| e.with_request_id(id.as_deref().and_then(|id| MessageId::parse(id).ok())))
         }
-        Err(NotFast) => decode_slow(text, now),
+        Err(NotFast) => decode_slow(text, now, names),
     }
 }
 
 /// The serde path: every frame the scanner passes on, and the reference the
 /// scanner must agree with (see the differential test).
-fn decode_slow(text: &str, now: Timestamp) -> Result<ClientFrame<'_>, ProtocolError> {
+fn decode_slow<'a>(text: &'a str, now: Timestamp, names: &mut RecentNames) -> Result<ClientFrame<'a>, ProtocolError> {
     // serde also reads a struct from an array, field by field: without this
     // check `[1,null,"message",null,"r"]` would pass for an envelope.
     if !is_object_text(text) {
@@ -186,7 +199,7 @@ fn decode_slow(text: &str, now: Timestamp) -> Result<ClientFrame<'_>, ProtocolEr
         .into_iter()
         .flatten()
         .try_for_each(|raw| check_depth(raw.get()))
-        .and_then(|()| check(wire, now))
+        .and_then(|()| check(wire, now, names))
         .map_err(|e| e.with_request_id(request_id))
 }
 
@@ -333,7 +346,7 @@ fn classify_failure(text: &str, err: &serde_json::Error) -> ProtocolError {
 
 /// The checks after parsing, shared by both paths. Step 0 (nesting) is
 /// behind us: the scanner counted it, and the serde path checked it.
-fn check<'a>(wire: Wire<'a>, now: Timestamp) -> Result<ClientFrame<'a>, ProtocolError> {
+fn check<'a>(wire: Wire<'a>, now: Timestamp, names: &mut RecentNames) -> Result<ClientFrame<'a>, ProtocolError> {
     // 1. INVALID_ENVELOPE: structure and combinations.
     if wire.request_id.is_some() || wire.error.is_some() {
         return Err(envelope_error("request_id and error are set by the server only"));
@@ -407,8 +420,8 @@ fn check<'a>(wire: Wire<'a>, now: Timestamp) -> Result<ClientFrame<'a>, Protocol
     } else {
         let target = match (to, wire.room.as_deref(), wire.channel.as_deref()) {
             (Some(to), _, _) => to,
-            (None, Some(room), Some(channel)) => Target::Channel(ChannelKey::parse(room, channel)?),
-            (None, Some(room), None) => Target::Room(Name::parse(room)?),
+            (None, Some(room), Some(channel)) => Target::Channel(names.key(room, channel)?),
+            (None, Some(room), None) => Target::Room(names.room(room)?),
             (None, None, _) => return Err(envelope_error("a message needs a target")),
         };
         FrameBody::Message { target, payload: wire.payload }
@@ -648,7 +661,7 @@ mod tests {
             assert!(scan(text).is_err(), "{text}");
             assert_eq!(
                 decode(text, now()).map(|f| format!("{f:?}")),
-                decode_slow(text, now()).map(|f| format!("{f:?}"))
+                decode_slow(text, now(), &mut RecentNames::default()).map(|f| format!("{f:?}"))
             );
         }
         // Escaped names are still names; serde unescapes them.
@@ -842,7 +855,7 @@ mod tests {
         let mut check_one = |text: &str| {
             cases += 1;
             fast += usize::from(scan(text).is_ok());
-            let (new, old) = (decode(text, now), decode_slow(text, now));
+            let (new, old) = (decode(text, now), decode_slow(text, now, &mut RecentNames::default()));
             match (&new, &old) {
                 (Ok(new), Ok(old)) => {
                     accepted += 1;

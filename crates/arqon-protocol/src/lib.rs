@@ -38,12 +38,12 @@ mod timestamp;
 
 pub use close::CloseReason;
 pub use decode::{
-    ClientFrame, FrameBody, MAX_USER_BYTES, Target, USER_PREFIX, check_user, decode, extract_id, parse_to,
+    ClientFrame, FrameBody, MAX_USER_BYTES, Target, USER_PREFIX, check_user, decode, decode_with, extract_id, parse_to,
 };
 pub use encode::{Frame, Sender};
 pub use error::{ErrorCode, ProtocolError};
 pub use id::{ClientId, IdGenerator, MessageId};
-pub use name::{ChannelKey, Name};
+pub use name::{ChannelKey, Name, RecentNames};
 pub use role::Role;
 pub use scan::RawJson;
 pub use timestamp::Timestamp;

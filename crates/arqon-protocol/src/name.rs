@@ -94,6 +94,40 @@ impl fmt::Display for ChannelKey {
     }
 }
 
+/// The room and channel names a connection named last, handed out again
+/// while it keeps naming the same ones: a publisher usually sends to one
+/// channel over and over, and reusing the names spares two allocations per
+/// message. What it returns is exactly what [`ChannelKey::parse`] and
+/// [`Name::parse`] would (a name equal to one already checked is valid).
+#[derive(Debug, Default, Clone)]
+pub struct RecentNames {
+    room: Option<Name>,
+    channel: Option<Name>,
+}
+
+impl RecentNames {
+    /// [`ChannelKey::parse`], reusing the last names where they match.
+    pub fn key(&mut self, room: &str, channel: &str) -> Result<ChannelKey, ProtocolError> {
+        Ok(ChannelKey { room: reuse(&mut self.room, room)?, channel: reuse(&mut self.channel, channel)? })
+    }
+
+    /// [`Name::parse`] of a room, reusing the last room name if it matches.
+    pub fn room(&mut self, room: &str) -> Result<Name, ProtocolError> {
+        reuse(&mut self.room, room)
+    }
+}
+
+fn reuse(last: &mut Option<Name>, text: &str) -> Result<Name, ProtocolError> {
+    if let Some(name) = last
+        && name.as_str() == text
+    {
+        return Ok(name.clone());
+    }
+    let name = Name::parse(text)?;
+    *last = Some(name.clone());
+    Ok(name)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,5 +144,26 @@ mod tests {
         for bad in ["", " ", "a b", "a/b", "é", "a\n", &"x".repeat(65), "a*", "#x"] {
             assert_eq!(Name::parse(bad).unwrap_err().code, ErrorCode::InvalidName, "{bad:?}");
         }
+    }
+
+    #[test]
+    fn recent_names_are_reused_and_checked_like_fresh_ones() {
+        let mut names = RecentNames::default();
+        let first = names.key("room", "chat").unwrap();
+        let again = names.key("room", "chat").unwrap();
+        assert_eq!(first, ChannelKey::parse("room", "chat").unwrap());
+        assert_eq!(again, first);
+        assert!(std::ptr::eq(first.room.as_str(), again.room.as_str()), "the same room name, not a copy");
+        assert!(std::ptr::eq(first.channel.as_str(), again.channel.as_str()));
+        let other = names.key("room", "news").unwrap();
+        assert_eq!(other, ChannelKey::parse("room", "news").unwrap());
+        assert!(std::ptr::eq(first.room.as_str(), other.room.as_str()));
+        assert_eq!(names.room("room").unwrap(), Name::parse("room").unwrap());
+        for (room, channel) in [("room", "bad name"), ("", "chat"), ("r".repeat(65).as_str(), "chat")] {
+            let fresh = ChannelKey::parse(room, channel).unwrap_err();
+            let recent = names.key(room, channel).unwrap_err();
+            assert_eq!((recent.code, recent.message), (fresh.code, fresh.message));
+        }
+        assert_eq!(names.key("room", "news").unwrap(), other, "a refused name does not replace a good one");
     }
 }

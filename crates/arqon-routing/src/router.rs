@@ -612,11 +612,23 @@ impl Router {
         from: ClientId,
         id: MessageId,
         frame: &Frame,
+        last: &mut Option<Arc<Channel>>,
     ) -> Result<Option<usize>, RoutingError> {
-        let (channel, _) = self.ensure_channel(key, create).await?;
+        // The sender's last channel, unless it was deleted since (a deletion
+        // that races this publish makes it fail below, as a lookup would).
+        let cached = last.as_ref().filter(|channel| channel.key == *key && !channel.is_deleted());
+        let channel = match cached {
+            Some(channel) => Arc::clone(channel),
+            None => {
+                let (channel, _) = self.ensure_channel(key, create).await?;
+                *last = Some(Arc::clone(&channel));
+                channel
+            }
+        };
         match self.publish(&channel, from, id, frame.clone()).await {
             Err(_) if channel.is_deleted() && !matches!(create, Create::No) => {
                 let (channel, _) = self.ensure_channel(key, create).await?;
+                *last = Some(Arc::clone(&channel));
                 self.publish(&channel, from, id, frame.clone()).await
             }
             outcome => outcome,

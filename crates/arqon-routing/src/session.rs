@@ -6,10 +6,11 @@ use arqon_outbound::Outbound;
 use arqon_protocol::encode::{self, MessageFrame};
 use arqon_protocol::{
     ClientFrame, ClientId, CloseReason, ErrorCode, Frame, FrameBody, IdGenerator, MessageId, ProtocolError, RawJson,
-    Role, Sender, Target, Timestamp,
+    RecentNames, Role, Sender, Target, Timestamp,
 };
 use serde::Serialize;
 
+use crate::channel::Channel;
 use crate::client::ClientEntry;
 use crate::commands;
 use crate::observer::{BusEvent, FrameKind};
@@ -34,6 +35,12 @@ pub struct Session {
     /// The response payload of the command being run, on an API session
     /// (which answers through [`Session::call`], not a frame).
     pub(crate) captured: Option<String>,
+    /// The room and channel names this client sent last, reused while it
+    /// keeps sending to the same ones (no allocation per message).
+    names: RecentNames,
+    /// The channel this client published to last, while it is not deleted:
+    /// a publisher's next message skips the channel table.
+    last_channel: Option<Arc<Channel>>,
 }
 
 #[derive(Serialize)]
@@ -77,6 +84,8 @@ impl Session {
             received: tokio::time::Instant::now(),
             expiry: None,
             captured: None,
+            names: RecentNames::default(),
+            last_channel: None,
         }
     }
 
@@ -121,7 +130,7 @@ impl Session {
             return;
         }
         let now = Timestamp::now();
-        let frame = match arqon_protocol::decode(text, now) {
+        let frame = match arqon_protocol::decode_with(text, now, &mut self.names) {
             Ok(frame) => frame,
             Err(error) => {
                 self.observe(&BusEvent::FrameReceived { kind: FrameKind::Invalid });
@@ -302,7 +311,7 @@ impl Session {
             Target::Channel(key) => {
                 let creates = options.is_some_and(|options| router.auto_create_with(options));
                 let create = if creates { Create::Auto(&self.client) } else { Create::No };
-                let fanout = router.publish_to(key, create, self.client.id, id, &encoded).await;
+                let fanout = router.publish_to(key, create, self.client.id, id, &encoded, &mut self.last_channel).await;
                 if let Ok(Some(_)) = fanout {
                     self.observe(&BusEvent::MessagePublished { key, frame: &encoded });
                 }

@@ -826,6 +826,35 @@ async fn command_errors_follow_the_contract() {
     assert_eq!(a.fail("delete_channel", json!({"room": "r", "channel": "c"})).await["code"], "NOT_FOUND");
 }
 
+/// A sender's messages go to the channel that exists when each is sent, not
+/// to the one it sent to last (the session keeps that one to skip the
+/// channel table): after a delete, the next message fails without
+/// auto-create, and reaches the re-created channel's members once it exists.
+#[tokio::test]
+async fn a_senders_next_message_follows_a_deleted_and_recreated_channel() {
+    let router = router_with(RouterConfig { auto_create: false, ..config() });
+    let mut admin = Client::connect(&router, Role::Admin);
+    let mut sender = Client::connect(&router, Role::User);
+    let mut reader = Client::connect(&router, Role::Guest);
+    admin.create("r", "c").await;
+    reader.join("r", "c").await;
+    assert!(sender.message(json!({"room": "r", "channel": "c", "payload": 1})).await.is_none());
+    assert_eq!(reader.next().await["payload"], 1);
+
+    admin.ok("delete_channel", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(reader.next().await["payload"]["event"], "channel_deleted");
+    let refused = sender.message(json!({"room": "r", "channel": "c", "payload": 2})).await.expect("an error");
+    assert_eq!(code(&refused), "NOT_FOUND", "{refused}");
+
+    admin.create("r", "c").await;
+    reader.join("r", "c").await;
+    assert!(sender.message(json!({"room": "r", "channel": "c", "payload": 3})).await.is_none());
+    assert_eq!(reader.next().await["payload"], 3);
+    let history = admin.ok("history", json!({"room": "r", "channel": "c"})).await;
+    assert_eq!(history["messages"].as_array().unwrap().len(), 1, "only the new channel's message: {history}");
+    reader.assert_quiet();
+}
+
 #[tokio::test]
 async fn delete_channel_tells_its_members_and_ends_their_membership() {
     let router = router();
