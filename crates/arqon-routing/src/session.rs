@@ -35,12 +35,20 @@ pub struct Session {
     /// The response payload of the command being run, on an API session
     /// (which answers through [`Session::call`], not a frame).
     pub(crate) captured: Option<String>,
-    /// The room and channel names this client sent last, reused while it
-    /// keeps sending to the same ones (no allocation per message).
+    /// What a client that sends messages keeps between them; made on its
+    /// first message, so that a connection that only listens (most of them)
+    /// does not carry it.
+    recent: Option<Box<Recent>>,
+}
+
+/// A sender's last target, reused while it keeps sending there.
+#[derive(Debug, Default)]
+struct Recent {
+    /// The room and channel names it sent to last (no allocation per message).
     names: RecentNames,
-    /// The channel this client published to last, while it is not deleted:
-    /// a publisher's next message skips the channel table.
-    last_channel: Option<Arc<Channel>>,
+    /// The channel it published to last, while it is not deleted: the next
+    /// message skips the channel table.
+    channel: Option<Arc<Channel>>,
 }
 
 #[derive(Serialize)]
@@ -84,8 +92,7 @@ impl Session {
             received: tokio::time::Instant::now(),
             expiry: None,
             captured: None,
-            names: RecentNames::default(),
-            last_channel: None,
+            recent: None,
         }
     }
 
@@ -130,8 +137,15 @@ impl Session {
             return;
         }
         let now = Timestamp::now();
-        let frame = match arqon_protocol::decode_with(text, now, &mut self.names) {
-            Ok(frame) => frame,
+        let mut fresh = RecentNames::default();
+        let names = self.recent.as_mut().map_or(&mut fresh, |recent| &mut recent.names);
+        let frame = match arqon_protocol::decode_with(text, now, names) {
+            Ok(frame) => {
+                if self.recent.is_none() && matches!(frame.body, FrameBody::Message { .. }) {
+                    self.recent = Some(Box::new(Recent { names: fresh, channel: None }));
+                }
+                frame
+            }
             Err(error) => {
                 self.observe(&BusEvent::FrameReceived { kind: FrameKind::Invalid });
                 return self.send_error(&error);
@@ -311,7 +325,9 @@ impl Session {
             Target::Channel(key) => {
                 let creates = options.is_some_and(|options| router.auto_create_with(options));
                 let create = if creates { Create::Auto(&self.client) } else { Create::No };
-                let fanout = router.publish_to(key, create, self.client.id, id, &encoded, &mut self.last_channel).await;
+                let mut unkept = None;
+                let last = self.recent.as_mut().map_or(&mut unkept, |recent| &mut recent.channel);
+                let fanout = router.publish_to(key, create, self.client.id, id, &encoded, last).await;
                 if let Ok(Some(_)) = fanout {
                     self.observe(&BusEvent::MessagePublished { key, frame: &encoded });
                 }
