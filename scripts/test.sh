@@ -24,6 +24,13 @@ else
     echo "note: redis-server not found; Redis tests will say they are skipped" >&2
 fi
 
+# nats-server: the load generator's peer mode (`benches/run.sh --peer nats`)
+# has a smoke run below; it fails under CI=true when missing.
+if ! command -v nats-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nats-server >/dev/null
+fi
+
 # The browser tests (tests/browser) drive Debian's chromium headless; nothing
 # downloads a browser. They fail under CI=true when it is missing.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -103,6 +110,14 @@ cargo test --workspace --locked
 step "benches build, load generator smoke run"
 cargo bench --locked -p arqon-benches --no-run
 bash benches/run.sh --smoke
+if command -v nats-server >/dev/null 2>&1; then
+    bash benches/run.sh --smoke --peer nats --out target/bench-results/smoke-nats
+elif [ "${CI:-}" = true ]; then
+    echo "nats-server is required in CI (the load generator's peer mode) and could not be installed" >&2
+    exit 1
+else
+    echo "note: nats-server not found; the load generator's peer mode smoke run is skipped" >&2
+fi
 
 step "WebSocket compliance (Autobahn fuzzingclient)"
 # Exit 77: skipped outside CI (no Python 2.7); the script said so loudly.

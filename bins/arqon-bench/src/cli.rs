@@ -70,6 +70,10 @@ fanout, fanin, latency, api:
   --text               pad payloads with varied words rather than x, so
                        that they compress like real messages
   --drain SECS         after publishing, give up after SECS without progress [3]
+  --peer nats          fanout, fanin, latency: drive nats-server's WebSocket
+                       listener instead of the bus (--url ws://IP:PORT), with
+                       the same load, payloads and lean reader; the subject is
+                       ROOM.CHANNEL [bus]
 
 conns:
   --connections C --channels K (connection i joins channel idle-(i mod K)) [1]
@@ -160,6 +164,15 @@ impl SubscriberKind {
     }
 }
 
+/// The server a pub/sub scenario drives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Peer {
+    /// ArqonBus, protocol v1.
+    Bus,
+    /// nats-server over its WebSocket listener (see [`crate::nats`]).
+    Nats,
+}
+
 /// Which command the `commands` scenario times.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum CommandKind {
@@ -204,6 +217,7 @@ pub(crate) struct Options {
     pub(crate) channel: String,
     pub(crate) subscribers: usize,
     pub(crate) subscriber: SubscriberKind,
+    pub(crate) peer: Peer,
     pub(crate) publishers: usize,
     pub(crate) messages: u64,
     pub(crate) payload: usize,
@@ -310,6 +324,7 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
             _ => 1,
         },
         subscriber: SubscriberKind::Lean,
+        peer: Peer::Bus,
         messages: match scenario {
             Scenario::Fanin | Scenario::Api => 2000,
             Scenario::Readrate => 100_000,
@@ -398,6 +413,13 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
             "--channels" => o.channels = number::<usize>(&flag, v)?.max(1),
             "--concurrency" => o.concurrency = number::<usize>(&flag, v)?.max(1),
             "--settle" => o.settle = seconds(&flag, v)?,
+            "--peer" => {
+                o.peer = match v {
+                    "bus" | "arqonbus" => Peer::Bus,
+                    "nats" => Peer::Nats,
+                    other => return Err(usage(format!("--peer: {other:?} is not bus or nats"))),
+                }
+            }
             "--command" => {
                 o.command = match v {
                     "ping" => CommandKind::Ping,
@@ -420,6 +442,17 @@ pub(crate) fn parse(args: impl IntoIterator<Item = String>) -> Result<Invocation
     }
     if o.compress && o.subscriber == SubscriberKind::Ordinary {
         return Err(usage("--compress needs lean subscribers: tungstenite, the ordinary client, cannot inflate"));
+    }
+    if o.peer == Peer::Nats
+        && (!matches!(o.scenario, Scenario::Fanout | Scenario::Fanin | Scenario::Latency)
+            || o.subscriber != SubscriberKind::Lean
+            || o.compress
+            || o.stalled > 0
+            || !o.sub_urls.is_empty())
+    {
+        return Err(usage(
+            "--peer nats runs fanout, fanin and latency with lean subscribers (no --compress, --stalled or --sub-url)",
+        ));
     }
     if o.scenario == Scenario::Api && o.api_key.is_none() {
         return Err(usage("api needs --api-key KEY (a key of the bus's [[api.keys]])"));
@@ -452,6 +485,7 @@ impl Options {
                 format!("{label}, ordinary subscribers")
             }
             _ if self.compress => format!("{label}, compressed"),
+            _ if self.peer == Peer::Nats => format!("{label}, nats-server"),
             _ => label,
         }
     }

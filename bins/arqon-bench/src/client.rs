@@ -28,7 +28,7 @@ pub(crate) struct SetupError {
 }
 
 impl SetupError {
-    fn new(code: impl Into<String>, detail: impl std::fmt::Display) -> Self {
+    pub(crate) fn new(code: impl Into<String>, detail: impl std::fmt::Display) -> Self {
         SetupError { code: code.into(), detail: detail.to_string() }
     }
 }

@@ -41,6 +41,9 @@ pub(crate) struct MessageWriter {
     /// Pad with words rather than `x`: text that compresses like real
     /// messages do (about 2 to 3 times), not a thousandfold.
     text: bool,
+    /// What closes the frame after the payload's last number: the payload's
+    /// brace, and the envelope's unless the payload goes bare.
+    suffix: &'static str,
 }
 
 /// What a `text` pad is made of: words of a chat message or a status
@@ -97,7 +100,13 @@ impl MessageWriter {
     /// (at least the size of the numbers; smaller requests get no padding).
     pub(crate) fn new(room: &str, channel: &str, payload_bytes: usize) -> Self {
         let prefix = format!(r#"{{"type":"message","room":"{room}","channel":"{channel}","payload":{{"x":""#);
-        MessageWriter { prefix, payload_bytes, text: false }
+        MessageWriter { prefix, payload_bytes, text: false, suffix: "}}" }
+    }
+
+    /// The payloads alone, for a peer whose messages are opaque bytes (a NATS
+    /// `PUB` body): the same stamps and sizes, read back by [`stamp_payload`].
+    pub(crate) fn bare(payload_bytes: usize) -> Self {
+        MessageWriter { prefix: r#"{"x":""#.to_owned(), payload_bytes, text: false, suffix: "}" }
     }
 
     /// Pads payloads with varied words instead of one repeated character
@@ -111,7 +120,7 @@ impl MessageWriter {
     /// with the same stamped payloads.
     pub(crate) fn api(room: &str, channel: &str, payload_bytes: usize) -> Self {
         let prefix = format!(r#"{{"room":"{room}","channel":"{channel}","payload":{{"x":""#);
-        MessageWriter { prefix, payload_bytes, text: false }
+        MessageWriter { prefix, payload_bytes, text: false, suffix: "}}" }
     }
 
     /// Writes one complete frame into `out` (cleared first).
@@ -136,7 +145,8 @@ impl MessageWriter {
             out.extend(std::iter::repeat_n('x', pad));
         }
         // Writing into a String cannot fail.
-        let _ = write!(out, r#"","p":{},"s":{},"t":{}}}}}"#, stamp.publisher, stamp.seq, stamp.sent_ns);
+        let _ = write!(out, r#"","p":{},"s":{},"t":{}"#, stamp.publisher, stamp.seq, stamp.sent_ns);
+        out.push_str(self.suffix);
     }
 }
 
@@ -166,7 +176,16 @@ fn tag_before(bytes: &[u8], end: usize, tag: &[u8]) -> Option<usize> {
 /// The fast path: the stamp of a delivered benchmark message, read backwards
 /// from the end of the frame; `None` if the frame does not end that way.
 pub(crate) fn stamp_fast(frame: &[u8]) -> Option<Stamp> {
-    let end = tag_before(frame, frame.len(), b"}}")?;
+    stamp_ending(frame, b"}}")
+}
+
+/// The stamp of a bare payload ([`MessageWriter::bare`]).
+pub(crate) fn stamp_payload(payload: &[u8]) -> Option<Stamp> {
+    stamp_ending(payload, b"}")
+}
+
+fn stamp_ending(frame: &[u8], suffix: &[u8]) -> Option<Stamp> {
+    let end = tag_before(frame, frame.len(), suffix)?;
     let (sent_ns, end) = number_before(frame, end)?;
     let end = tag_before(frame, end, br#","t":"#)?;
     let (seq, end) = number_before(frame, end)?;
@@ -290,6 +309,24 @@ mod tests {
             assert_eq!(stamp_fast(frame.as_bytes()), Some(stamp));
             assert!(matches!(classify(&frame), Incoming::Message(s) if s == stamp));
         }
+    }
+
+    #[test]
+    fn bare_payloads_have_the_requested_size_and_round_trip() {
+        let writer = MessageWriter::bare(256);
+        let mut out = String::new();
+        for stamp in [Stamp { publisher: 0, seq: 0, sent_ns: 0 }, Stamp { publisher: 49, seq: 19_999, sent_ns: 98_765 }]
+        {
+            writer.write(&mut out, stamp);
+            assert_eq!(out.len(), 256, "{out}");
+            let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(v["s"], stamp.seq, "{out}");
+            assert_eq!(stamp_payload(out.as_bytes()), Some(stamp));
+            // A bare payload is not an envelope, and an envelope not a bare payload.
+            assert_eq!(stamp_fast(out.as_bytes()), None);
+        }
+        MessageWriter::new("bench", "c", 256).write(&mut out, Stamp { publisher: 1, seq: 2, sent_ns: 3 });
+        assert_eq!(stamp_payload(out.as_bytes()), None);
     }
 
     #[test]

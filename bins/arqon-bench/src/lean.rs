@@ -116,8 +116,9 @@ impl AsyncWrite for HeaderOnly {
 pub(crate) enum Event {
     /// A text frame; its payload is `reader.bytes(range)`.
     Text(Range<usize>),
-    /// A binary frame (the bus sends none).
-    Binary,
+    /// A binary frame (the bus sends none; nats-server sends only these),
+    /// its payload's range.
+    Binary(Range<usize>),
     /// A ping, with its payload's range.
     Ping(Range<usize>),
     /// A pong.
@@ -275,7 +276,7 @@ impl LeanReader {
                     return match header.opcode {
                         0x1 if header.compressed => self.inflate(payload).map(Event::Text),
                         0x1 => Ok(Event::Text(payload)),
-                        0x2 => Ok(Event::Binary),
+                        0x2 => Ok(Event::Binary(payload)),
                         0x8 => {
                             let code = self.buf.get(payload.start..payload.start + 2);
                             Ok(Event::Close(code.map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]))))

@@ -18,7 +18,10 @@
 //!
 //! Subscribers are lean (the default) or, with `--subscriber ordinary`, read
 //! like an application ([`crate::ordinary`]); both kinds check and time
-//! every delivery the same way and report a close by the bus.
+//! every delivery the same way and report a close by the bus. With
+//! `--peer nats` the same run drives nats-server instead ([`nats`]).
+
+mod nats;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -32,7 +35,7 @@ use tokio::time::Instant;
 use tokio_tungstenite::tungstenite::Message;
 
 use crate::Clock;
-use crate::cli::{Options, Scenario, SubscriberKind};
+use crate::cli::{Options, Peer, Scenario, SubscriberKind};
 use crate::client::{BUSY_READ_BUFFER, Endpoint, SetupError, open, open_lean};
 use crate::frame::{Incoming, MessageWriter, Stamp, classify, stamp_fast};
 use crate::histogram::Histogram;
@@ -234,6 +237,8 @@ struct PubResult {
 /// Shared by every task of a run.
 #[derive(Debug)]
 struct Run {
+    /// The server driven: the bus, or nats-server.
+    peer: Peer,
     endpoint: Endpoint,
     /// Where subscribers connect, round-robin; empty: `endpoint`.
     sub_endpoints: Vec<Endpoint>,
@@ -347,7 +352,7 @@ async fn subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::
                 result.error("CLOSED");
                 break;
             }
-            Ok(Event::Binary) => result.error("UNEXPECTED_BINARY"),
+            Ok(Event::Binary(_)) => result.error("UNEXPECTED_BINARY"),
             Ok(Event::Ping(_) | Event::Pong) => {}
             Err(e) => {
                 eprintln!("subscriber {index}: read failed: {e}");
@@ -469,7 +474,13 @@ async fn stalled(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::Rec
 }
 
 /// Counts what the bus sends a publisher: nothing, unless something fails.
-async fn publisher_reader(mut reader: LeanReader, mut stop: watch::Receiver<bool>) -> BTreeMap<String, u64> {
+/// (nats-server's pings go unanswered: a run ends long before it would
+/// give up on a publisher.)
+async fn publisher_reader(
+    mut reader: LeanReader,
+    peer: Peer,
+    mut stop: watch::Receiver<bool>,
+) -> BTreeMap<String, u64> {
     let mut errors: BTreeMap<String, u64> = BTreeMap::new();
     let stopped = stop.wait_for(|s| *s);
     tokio::pin!(stopped);
@@ -480,6 +491,15 @@ async fn publisher_reader(mut reader: LeanReader, mut stop: watch::Receiver<bool
             _ = &mut stopped => break,
         };
         let (code, fatal) = match event {
+            Ok(Event::Text(range) | Event::Binary(range)) if peer == Peer::Nats => {
+                match nats::errors_in(reader.bytes(range)) {
+                    0 => continue,
+                    n => {
+                        *errors.entry("publisher:NATS_ERR".to_owned()).or_default() += n as u64;
+                        continue;
+                    }
+                }
+            }
             Ok(Event::Text(range)) => match classify(&String::from_utf8_lossy(reader.bytes(range))) {
                 Incoming::Error { code } => (code, false),
                 _ => continue,
@@ -487,7 +507,7 @@ async fn publisher_reader(mut reader: LeanReader, mut stop: watch::Receiver<bool
             // A publisher writes all the time, which keeps it alive without
             // answering pings.
             Ok(Event::Ping(_) | Event::Pong) => continue,
-            Ok(Event::Binary) => ("UNEXPECTED_BINARY".to_owned(), false),
+            Ok(Event::Binary(_)) => ("UNEXPECTED_BINARY".to_owned(), false),
             Ok(Event::Close(code)) => (format!("CLOSE_{code}"), true),
             Ok(Event::Eof) => ("CLOSED".to_owned(), true),
             Err(_) => ("READ_FAILED".to_owned(), true),
@@ -509,7 +529,11 @@ async fn publisher(
     stop: watch::Receiver<bool>,
 ) -> PubResult {
     let mut result = PubResult::default();
-    let ws = match setup_lean(&run, index, false).await {
+    let opened = match run.peer {
+        Peer::Bus => setup_lean(&run, index, false).await,
+        Peer::Nats => nats::open(&run, index, None).await.map(|(ws, _)| ws),
+    };
+    let ws = match opened {
         Ok(ws) => {
             let _ = ready.send(Ok(())).await;
             ws
@@ -520,13 +544,19 @@ async fn publisher(
         }
     };
     let LeanWs { reader, mut writer } = ws;
-    let reader = tokio::spawn(publisher_reader(reader, stop.clone()));
+    let reader = tokio::spawn(publisher_reader(reader, run.peer, stop.clone()));
     if start.wait_for(|s| *s).await.is_err() {
         reader.abort();
         return result;
     }
-    let message = MessageWriter::new(&run.room, &run.channel, run.payload).with_text(run.text);
+    let message = match run.peer {
+        Peer::Bus => MessageWriter::new(&run.room, &run.channel, run.payload),
+        Peer::Nats => MessageWriter::bare(run.payload),
+    }
+    .with_text(run.text);
+    let subject = nats::subject(&run.room, &run.channel);
     let mut text = String::with_capacity(run.payload + 128);
+    let mut payload = String::with_capacity(run.payload + 16);
     let begin = Instant::now();
     let mut cached_min = 0;
     let mut unflushed = 0u32;
@@ -550,7 +580,14 @@ async fn publisher(
             }
         }
         let sent_ns = run.clock.now_ns();
-        message.write(&mut text, Stamp { publisher, seq, sent_ns });
+        let stamp = Stamp { publisher, seq, sent_ns };
+        match run.peer {
+            Peer::Bus => message.write(&mut text, stamp),
+            Peer::Nats => {
+                message.write(&mut payload, stamp);
+                nats::publish(&subject, &payload, &mut text);
+            }
+        }
         writer.queue_text(&text);
         result.sent += 1;
         result.last_ns = sent_ns;
@@ -677,6 +714,9 @@ fn params(o: &Options) -> BTreeMap<String, serde_json::Value> {
     if o.compress {
         p.insert("compress".into(), true.into());
     }
+    if o.peer == Peer::Nats {
+        p.insert("peer".into(), "nats".into());
+    }
     if o.text {
         p.insert("text_payload".into(), true.into());
     }
@@ -699,6 +739,7 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
     };
     debug_assert!(matches!(o.scenario, Scenario::Fanout | Scenario::Fanin | Scenario::Latency | Scenario::Api));
     let run = Arc::new(Run {
+        peer: o.peer,
         endpoint: Endpoint::new(&o.url, o.addr, o.per_ip).compressing(o.compress),
         sub_endpoints: o
             .sub_urls
@@ -731,6 +772,7 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
         .map(|i| {
             let (run, ready, stop) = (Arc::clone(&run), ready_tx.clone(), stop_rx.clone());
             match o.subscriber {
+                SubscriberKind::Lean if o.peer == Peer::Nats => tokio::spawn(nats::subscriber(run, i, ready, stop)),
                 SubscriberKind::Lean => tokio::spawn(subscriber(run, i, ready, stop)),
                 SubscriberKind::Ordinary => tokio::spawn(ordinary_subscriber(run, i, ready, stop)),
             }
@@ -920,6 +962,7 @@ mod tests {
             let addr = listener.local_addr().unwrap();
             let bus = tokio::spawn(closing_bus(listener));
             let run = Arc::new(Run {
+                peer: Peer::Bus,
                 endpoint: Endpoint::new(&format!("ws://{addr}/ws"), addr, 0),
                 sub_endpoints: Vec::new(),
                 clock: Clock::new(),
