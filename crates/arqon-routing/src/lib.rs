@@ -81,4 +81,4 @@ pub use outlet::Inbox;
 pub use rate::CallLimiter;
 pub use room_options::{RoomOptions, RoomRule, RoomRules, glob_matches};
 pub use router::{BusCounts, ChannelSummary, Identity, Router, RouterBuilder};
-pub use session::Session;
+pub use session::{Arrival, Session};

@@ -17,6 +17,30 @@ use crate::observer::{BusEvent, FrameKind};
 use crate::rate::{Limiter, Limits, Verdict};
 use crate::router::{Create, Router};
 
+/// When a frame arrived: the instant its rate limits and routing latency
+/// count from, and the wall-clock time a message is stamped with. A transport
+/// takes one per read from its socket and hands it over with each frame that
+/// read completed ([`Session::handle_text_at`]): frames that arrived together
+/// share it, and the clock is read once per read rather than once per frame.
+#[derive(Debug, Clone, Copy)]
+pub struct Arrival {
+    instant: tokio::time::Instant,
+    timestamp: Timestamp,
+}
+
+impl Arrival {
+    /// Now.
+    pub fn now() -> Self {
+        Arrival { instant: tokio::time::Instant::now(), timestamp: Timestamp::now() }
+    }
+
+    /// At `instant`, stamped `timestamp` (a transport that keeps its own
+    /// clock, or a frame taken from a queue some time after it arrived).
+    pub fn at(instant: tokio::time::Instant, timestamp: Timestamp) -> Self {
+        Arrival { instant, timestamp }
+    }
+}
+
 /// A connected client's session. Feed it every frame the client sends; it
 /// answers through the client's [`Inbox`](crate::Inbox). Dropping it
 /// disconnects the client (leaving its channels).
@@ -128,15 +152,22 @@ impl Session {
         self.push(encode::event(ids.message_id(), Timestamp::now(), &welcome));
     }
 
-    /// Handles one text frame from the client.
+    /// Handles one text frame from the client, arrived now.
     pub async fn handle_text(&mut self, text: &str) {
-        self.received = tokio::time::Instant::now();
+        self.handle_text_at(text, Arrival::now()).await;
+    }
+
+    /// Handles one text frame from the client that arrived at `arrival`: the
+    /// frame's rate limits and routing latency count from it, and a message
+    /// is stamped with its time.
+    pub async fn handle_text_at(&mut self, text: &str, arrival: Arrival) {
+        self.received = arrival.instant;
         // Checked before parsing; the id is recovered only to let the client
         // correlate the refusal.
         if !self.admit(text.len(), "frame not processed", || arqon_protocol::extract_id(text)) {
             return;
         }
-        let now = Timestamp::now();
+        let now = arrival.timestamp;
         let mut fresh = RecentNames::default();
         let names = self.recent.as_mut().map_or(&mut fresh, |recent| &mut recent.names);
         let frame = match arqon_protocol::decode_with(text, now, names) {

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use arqon_outbound::{Closing, Outbound, SlowCause};
 use arqon_protocol::{ChannelKey, ClientId, CloseReason, ErrorCode, Frame, IdGenerator, MessageId, Role, Timestamp};
-use arqon_routing::{Broker, Delivery, Identity, Inbox, Place, RoomAccess, Router, RouterConfig, Session};
+use arqon_routing::{Arrival, Broker, Delivery, Identity, Inbox, Place, RoomAccess, Router, RouterConfig, Session};
 use arqon_storage::{
     AppendNow, Appended, ChannelRecord, ChannelStats, Health, MemoryStorage, Since, Storage, StorageError,
     StoredMessage, async_trait,
@@ -1481,6 +1481,43 @@ async fn rate_limit_refuses_over_the_burst_until_time_passes() {
         assert_eq!(a.ok("ping", json!({})).await, json!({"pong": true}));
     }
     assert_eq!(a.inbox.frames.closing(), None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn frames_that_arrived_together_share_their_arrival() {
+    // What a transport does: one arrival per read, handed with every frame
+    // that read completed, whenever each is handled.
+    let router = router_with(RouterConfig { rate_per_s: 10, burst: 2, abuse_limit: 0, ..config() });
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::User);
+    b.join("r", "c").await;
+    let read_at = tokio::time::Instant::now();
+    let stamped = Timestamp::from_unix_ms(1_700_000_000_123);
+    let arrival = Arrival::at(read_at, stamped);
+    let frame = |n: u32| json!({"type": "message", "room": "r", "channel": "c", "payload": n}).to_string();
+    // Handled a second later, the two still arrived together: stamped with
+    // the read's time, and the bucket has not refilled between them.
+    tokio::time::advance(Duration::from_secs(1)).await;
+    for n in 1..=2 {
+        a.session.handle_text_at(&frame(n), arrival).await;
+        let delivered = b.next().await;
+        assert_eq!(delivered["payload"], n);
+        assert_eq!(delivered["timestamp"], "2023-11-14T22:13:20.123Z");
+    }
+    // The burst of 2 is spent at the arrival's instant, not at the handling's.
+    a.session.handle_text_at(&frame(3), arrival).await;
+    let error = a.next().await;
+    assert_eq!(code(&error), "RATE_LIMITED");
+    assert_eq!(error["error"]["retry_after_ms"], 100);
+    b.assert_quiet();
+    // A later read: the bucket refilled by the time between the reads.
+    let later = Arrival::at(read_at + Duration::from_millis(100), Timestamp::from_unix_ms(1_700_000_000_223));
+    a.session.handle_text_at(&frame(4), later).await;
+    let delivered = b.next().await;
+    assert_eq!(
+        (delivered["payload"].clone(), delivered["timestamp"].clone()),
+        (json!(4), json!("2023-11-14T22:13:20.223Z"))
+    );
 }
 
 #[tokio::test(start_paused = true)]

@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use arqon_routing::Identity;
-use arqon_routing::{Router, Session};
+use arqon_routing::{Arrival, Router, Session};
 use arqon_transport::{
     Accepted, Acceptor, ApiFuture, ApiRequest, Connection, Refusal, UpgradeRequest, VetFuture, VetRequest, Vetted,
 };
@@ -44,7 +44,7 @@ impl BusAcceptor {
         })?;
         let span = tracing::info_span!("connection", client_id = %session.client_id(), peer = %request.peer);
         span.in_scope(|| tracing::debug!(role = %session.role(), "client connected"));
-        Ok(Accepted { conn: SessionConn { session, span }, frames: inbox.frames })
+        Ok(Accepted { conn: SessionConn { session, span, arrival: Arrival::now() }, frames: inbox.frames })
     }
 }
 
@@ -54,6 +54,9 @@ impl BusAcceptor {
 pub(crate) struct SessionConn {
     session: Session,
     span: tracing::Span,
+    /// When the last read from the socket returned: the frames it completed
+    /// arrived then.
+    arrival: Arrival,
 }
 
 impl Acceptor for BusAcceptor {
@@ -112,9 +115,13 @@ impl Acceptor for BusAcceptor {
 }
 
 impl Connection for SessionConn {
+    fn on_read(&mut self) {
+        self.arrival = Arrival::now();
+    }
+
     async fn on_text(&mut self, text: &str) {
         let span = self.span.clone();
-        self.session.handle_text(text).instrument(span).await;
+        self.session.handle_text_at(text, self.arrival).instrument(span).await;
     }
 
     fn on_binary(&mut self, data: &[u8]) {

@@ -131,7 +131,10 @@ pub(crate) async fn run_connection<S, C>(
         tokio::select! {
             filled = reader.fill(&mut read) => match filled {
                 // Any frame counts as life, pongs included.
-                Ok(true) => activity.touch(),
+                Ok(true) => {
+                    activity.touch();
+                    conn.on_read();
+                }
                 Ok(false) => break End::Gone,
                 Err(e) => {
                     tracing::debug!(error = %e, "read failed");

@@ -229,6 +229,12 @@ pub trait Acceptor: Send + Sync + 'static {
 
 /// Handles one client's frames. Dropping it means the client is gone.
 pub trait Connection: Send + 'static {
+    /// Bytes arrived: called once per read from the socket, before the
+    /// frames that read completed are handed over, so that a handler which
+    /// timestamps frames can read the clock once per read rather than once
+    /// per frame. Default: nothing.
+    fn on_read(&mut self) {}
+
     /// A text frame arrived.
     fn on_text(&mut self, text: &str) -> impl Future<Output = ()> + Send;
 

@@ -38,6 +38,38 @@ impl Connection for Echo {
     fn on_oversize(&mut self) {}
 }
 
+/// Echoes text frames prefixed with how many reads the transport reported
+/// before them.
+struct ReadCounter {
+    frames: OutboundSender,
+    reads: usize,
+}
+
+impl Connection for ReadCounter {
+    fn on_read(&mut self) {
+        self.reads += 1;
+    }
+
+    async fn on_text(&mut self, text: &str) {
+        let _ = self.frames.try_send(Outbound::Frame(Frame::from_text(format!("{}:{text}", self.reads))));
+    }
+
+    fn on_binary(&mut self, _data: &[u8]) {}
+
+    fn on_oversize(&mut self) {}
+}
+
+struct ReadCounterAcceptor;
+
+impl Acceptor for ReadCounterAcceptor {
+    type Conn = ReadCounter;
+
+    fn accept(&self, _request: &UpgradeRequest<'_>) -> Result<Accepted<ReadCounter>, Refusal> {
+        let (frames_tx, frames) = arqon_outbound::queue(64 * 1024, &Budget::unlimited());
+        Ok(Accepted { conn: ReadCounter { frames: frames_tx, reads: 0 }, frames })
+    }
+}
+
 struct EchoAcceptor;
 
 impl Acceptor for EchoAcceptor {
@@ -140,6 +172,35 @@ async fn an_upgraded_stream_is_served_until_shutdown_closes_it_1001() {
     drop(client);
     tokio::time::timeout(TIMEOUT, served).await.unwrap().unwrap();
     tokio::time::timeout(TIMEOUT, shutdown).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn each_read_is_reported_before_the_frames_it_completed() {
+    let endpoint = Endpoint::new(Arc::new(ReadCounterAcceptor), TransportConfig::default());
+    let headers = HeaderMap::new();
+    let admitted = endpoint.admit(&request(&headers)).await.unwrap();
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn(admitted.serve(server_io));
+    let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    let reads_before = |text: &str, echoed: Message| -> usize {
+        let echoed = echoed.into_text().unwrap();
+        let (reads, rest) = echoed.split_once(':').unwrap();
+        assert_eq!(rest, text);
+        reads.parse().unwrap()
+    };
+    let mut last = 0;
+    for text in ["a", "b", "c"] {
+        // Sent only once the previous one was handled: another read must
+        // have brought it.
+        client.send(Message::text(text)).await.unwrap();
+        let echoed = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap().unwrap().unwrap();
+        let reads = reads_before(text, echoed);
+        assert!(reads > last, "{text} was handled after {reads} reads, the frame before it after {last}");
+        last = reads;
+    }
+    drop(client);
+    tokio::time::timeout(TIMEOUT, served).await.unwrap().unwrap();
+    endpoint.shutdown().await;
 }
 
 #[tokio::test]
