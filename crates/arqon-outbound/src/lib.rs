@@ -31,5 +31,6 @@ mod queue;
 pub use budget::Budget;
 pub use fanout::{Fanout, FanoutFrame};
 pub use queue::{
-    Closing, Outbound, OutboundReceiver, OutboundSender, Recv, SlowCause, Spliced, TryRecvError, TrySendError, queue,
+    Closing, Outbound, OutboundReceiver, OutboundSender, Popped, Recv, SlowCause, Spliced, TryRecvError, TrySendError,
+    queue,
 };

@@ -496,6 +496,25 @@ struct Released {
     share: usize,
 }
 
+/// What [`OutboundReceiver::pop_with`] hands out.
+#[derive(Debug)]
+pub enum Popped<'a> {
+    /// A frame of a fanout run, lent (the run keeps it).
+    Frame(&'a Frame),
+    /// Any other item, given.
+    Item(Outbound),
+}
+
+impl Popped<'_> {
+    /// As an item of its own (a lent frame is cloned).
+    pub fn into_item(self) -> Outbound {
+        match self {
+            Popped::Frame(frame) => Outbound::Frame(frame.clone()),
+            Popped::Item(item) => item,
+        }
+    }
+}
+
 /// The receiving half of [`queue`], owned by the connection's writer: it
 /// takes everything queued at once ([`poll_recv`](Self::poll_recv)), then
 /// pops the items one by one as it writes them. An item counts against the
@@ -568,6 +587,13 @@ impl OutboundReceiver {
     /// The next taken item, which from now on no longer counts against the
     /// backlog (it is being written). A fanout run comes out frame by frame.
     pub fn pop(&mut self) -> Option<Outbound> {
+        self.pop_with(|popped| popped.into_item())
+    }
+
+    /// [`pop`](Self::pop), lending a fanout run's frame to `take` rather
+    /// than cloning it: a writer that copies frames into its buffer spends
+    /// no reference count per delivery.
+    pub fn pop_with<T>(&mut self, take: impl FnOnce(Popped<'_>) -> T) -> Option<T> {
         loop {
             let entry = self.taken.front_mut()?;
             self.taken_frames = self.taken_frames.saturating_sub(1);
@@ -575,23 +601,23 @@ impl OutboundReceiver {
                 && *next + 1 < *end
             {
                 // Not the run's last frame: the entry stays, lighter by one.
-                let frame = chunk.get(usize::from(*next)).and_then(OnceLock::get).cloned();
+                let at = usize::from(*next);
                 *next += 1;
-                let Some(frame) = frame else { continue };
+                let Some(frame) = chunk.get(at).and_then(OnceLock::get) else { continue };
                 let bytes = small(frame.len()).min(entry.bytes);
                 entry.bytes -= bytes;
                 self.released.bytes += bytes as usize;
-                return Some(Outbound::Frame(frame));
+                return Some(take(Popped::Frame(frame)));
             }
             let entry = self.taken.pop_front()?;
             self.released.bytes += entry.bytes as usize;
             self.released.share += entry.share as usize;
             match entry.item {
-                Queued::One(item) => return Some(item),
+                Queued::One(item) => return Some(take(Popped::Item(item))),
                 Queued::Run { chunk, next, .. } => {
                     // Every slot of a run was written before it was queued.
                     if let Some(frame) = chunk.get(usize::from(next)).and_then(OnceLock::get) {
-                        return Some(Outbound::Frame(frame.clone()));
+                        return Some(take(Popped::Frame(frame)));
                     }
                 }
             }
@@ -924,6 +950,39 @@ mod tests {
         assert_eq!(drain(&mut rx), ["f1", "own", "f2", "f3", "f4", "f5"]);
         assert!(rx.poll_recv(&mut cx).is_pending());
         assert_eq!((tx.backlog_bytes(), budget.used(), rx.len()), (0, 0, 0), "everything released once written");
+    }
+
+    #[test]
+    fn a_runs_frames_are_lent_and_released_as_pop_releases_them() {
+        let budget = Budget::unlimited();
+        let (tx, mut rx) = queue(0, &budget);
+        let mut fanout = crate::Fanout::new();
+        let frames: Vec<_> = (0..3).map(|n| fanout.append(Frame::from_text(format!("f{n}")))).collect();
+        tx.try_send_fanout(&frames[0], 1).unwrap();
+        tx.try_send(frame("own")).unwrap();
+        tx.try_send_fanout(&frames[1], 1).unwrap();
+        tx.try_send_fanout(&frames[2], 1).unwrap();
+        drop(frames);
+        assert!(rx.try_recv_all());
+        let mut seen = Vec::new();
+        while let Some(()) = rx.pop_with(|popped| {
+            seen.push(match popped {
+                Popped::Frame(frame) => format!("lent {}", String::from_utf8_lossy(frame.bytes())),
+                Popped::Item(item) => format!("given {}", text(&item)),
+            });
+        }) {
+            // Bytes go as each frame is popped, a run's share with its last
+            // frame (settled when the writer next looks at the queue).
+            if seen.len() == 3 {
+                assert!(!rx.try_recv_all());
+                assert_eq!((tx.backlog_bytes(), budget.used(), rx.taken()), (2, 2, 1), "f2 and the run f1-f2's share");
+            }
+        }
+        // A run's last frame is lent too: the popped entry keeps its chunk
+        // alive for the call.
+        assert_eq!(seen, ["lent f0", "given own", "lent f1", "lent f2"]);
+        assert!(!rx.try_recv_all());
+        assert_eq!((tx.backlog_bytes(), budget.used(), rx.taken()), (0, 0, 0));
     }
 
     #[test]

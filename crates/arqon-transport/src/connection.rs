@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use arqon_outbound::{Closing, Outbound, OutboundReceiver, Recv, SlowCause, Spliced};
+use arqon_outbound::{Closing, Outbound, OutboundReceiver, Popped, Recv, SlowCause, Spliced};
 use arqon_protocol::{CloseReason, IdGenerator, Timestamp, encode, scratch};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadHalf, WriteHalf};
 use tokio::sync::watch;
@@ -51,6 +51,17 @@ const FLUSH_BYTES: usize = 64 * 1024;
 struct Batch {
     buf: Vec<u8>,
     framed: usize,
+}
+
+/// What [`Writer::append_plain`] stopped at.
+enum Next {
+    /// The batch is full: write it out.
+    Full,
+    /// Nothing more is queued.
+    Empty,
+    /// An item that needs more than appending (compression, a large payload,
+    /// a batch of frames, spliced pieces, binary data).
+    Item(Outbound),
 }
 
 /// How the reader's loop ended.
@@ -512,7 +523,19 @@ where
             return Ok(());
         }
         let mut batch = Batch { buf: scratch::take(), framed: 0 };
-        while let Some(item) = self.frames.pop() {
+        loop {
+            let item = match self.append_plain(&mut batch) {
+                Next::Full => {
+                    self.write_out(&mut batch.buf).await?;
+                    batch.framed = 0;
+                    if self.frames.is_evicted() {
+                        return Err(WriteError::Evicted);
+                    }
+                    continue;
+                }
+                Next::Empty => break,
+                Next::Item(item) => item,
+            };
             match item {
                 Outbound::Frame(frame) => self.put_frame(&mut batch, &frame).await?,
                 Outbound::Batch(frames) => {
@@ -535,6 +558,42 @@ where
         self.write_out(&mut batch.buf).await?;
         scratch::give(batch.buf);
         self.flush().await
+    }
+
+    /// Appends queued frames that go out as they are (uncompressed, smaller
+    /// than [`LARGE_PAYLOAD`]) to the batch, with no future per frame: the
+    /// common case. Stops when the batch is full, when nothing is queued, or
+    /// at the first item that needs more than appending, which it returns.
+    fn append_plain(&mut self, batch: &mut Batch) -> Next {
+        let deflate = self.deflate;
+        let plain = |frame: &arqon_protocol::Frame| {
+            frame.len() < LARGE_PAYLOAD && !deflate.is_some_and(|d| d.applies_to(frame.len()))
+        };
+        loop {
+            if batch.framed >= self.batch || batch.buf.len() >= FLUSH_BYTES {
+                return Next::Full;
+            }
+            // A run's frames are lent, not cloned: copied into the batch.
+            let popped = self.frames.pop_with(|popped| {
+                let frame = match &popped {
+                    Popped::Frame(frame) => *frame,
+                    Popped::Item(Outbound::Frame(frame)) => frame,
+                    Popped::Item(_) => return Some(popped.into_item()),
+                };
+                if !plain(frame) {
+                    return Some(popped.into_item());
+                }
+                wire::put_header(&mut batch.buf, OP_TEXT, frame.len());
+                batch.buf.extend_from_slice(frame.bytes());
+                batch.framed += 1;
+                None
+            });
+            match popped {
+                None => return Next::Empty,
+                Some(Some(item)) => return Next::Item(item),
+                Some(None) => {}
+            }
+        }
     }
 
     /// Appends a shared frame: compressed if the client negotiated it and
@@ -804,6 +863,47 @@ mod tests {
         assert_eq!((opcode, payload.len()), (OP_TEXT, expected.len()));
         assert_eq!(payload, expected.bytes());
         assert_eq!(read_frame(&mut h.client).await, (OP_TEXT, vec![b'x'; 5]));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn plain_frames_runs_and_items_that_need_more_go_out_in_queue_order() {
+        let mut h = harness(16 * 1024, 0);
+        let mut fanout = arqon_outbound::Fanout::new();
+        let mut expected = Vec::new();
+        // Plain frames past several batches' worth of bytes, a run of a
+        // channel's frames (lent to the writer), a payload written straight
+        // from its storage, a replay batch, each between plain frames.
+        for n in 0..150 {
+            let frame = Frame::from_text(format!("{n:04}").repeat(250));
+            expected.push(frame.bytes().to_vec());
+            h.frames.try_send(Outbound::Frame(frame)).unwrap();
+            match n {
+                40 => {
+                    for m in 0..5 {
+                        let frame = Frame::from_text(format!("run {m}"));
+                        expected.push(frame.bytes().to_vec());
+                        h.frames.try_send_fanout(&fanout.append(frame), 1).unwrap();
+                    }
+                }
+                80 => {
+                    let large = Frame::from_text("L".repeat(LARGE_PAYLOAD + 1));
+                    expected.push(large.bytes().to_vec());
+                    h.frames.try_send(Outbound::Frame(large)).unwrap();
+                }
+                120 => {
+                    let replay: Box<[Frame]> = (0..3).map(|m| Frame::from_text(format!("replay {m}"))).collect();
+                    expected.extend(replay.iter().map(|f| f.bytes().to_vec()));
+                    h.frames.try_send(Outbound::Batch(replay)).unwrap();
+                }
+                _ => {}
+            }
+        }
+        for (at, want) in expected.iter().enumerate() {
+            let (opcode, payload) = read_frame(&mut h.client).await;
+            assert_eq!(opcode, OP_TEXT);
+            assert!(payload == *want, "frame {at}: {} bytes, expected {}", payload.len(), want.len());
+        }
+        assert_eq!(h.frames.backlog_bytes(), 0);
     }
 
     #[tokio::test(start_paused = true)]
