@@ -378,7 +378,9 @@ struct Member {
 /// and go (so `presence` need not walk them to count).
 #[derive(Debug, Default)]
 struct Members {
-    map: HashMap<ClientId, Member>,
+    /// Keyed by server-made ids, looked up per message (the sender is
+    /// skipped): foldhash, not SipHash.
+    map: HashMap<ClientId, Member, foldhash::fast::RandomState>,
     /// user → its connections among the members.
     users: HashMap<Arc<str>, usize>,
     /// Members without a user.
