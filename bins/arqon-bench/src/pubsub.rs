@@ -296,18 +296,63 @@ fn other_frame(result: &mut SubResult, frame: Incoming) {
     }
 }
 
-async fn subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::Receiver<bool>) -> SubResult {
-    let mut result = SubResult::new(run.publishers, run.messages);
-    let mut ws = match setup_lean(&run, index, true).await {
-        Ok(ws) => {
+/// Tells the run how a subscriber's set-up went; `None` if it failed (the
+/// window then no longer waits for it).
+async fn announce<T>(run: &Run, index: usize, ready: &Ready, opened: Result<T, SetupError>) -> Option<T> {
+    match opened {
+        Ok(conn) => {
             let _ = ready.send(Ok(())).await;
-            ws
+            Some(conn)
         }
         Err(e) => {
             run.flow.gone(index);
             let _ = ready.send(Err(e)).await;
-            return result;
+            None
         }
+    }
+}
+
+/// What a lean subscriber does with what its reader found.
+enum Read {
+    /// A data frame: its payload's range.
+    Data(std::ops::Range<usize>),
+    /// Nothing to count (a ping, a pong, an unexpected frame already noted).
+    Skip,
+    /// The connection ended (recorded in the result).
+    End,
+}
+
+/// Sorts a lean subscriber's read into [`Read`], recording closes and
+/// failures; `binary` says whether binary frames carry data (nats-server's).
+fn sort_read(result: &mut SubResult, index: usize, event: std::io::Result<Event>, binary: bool) -> Read {
+    match event {
+        Ok(Event::Text(range)) => Read::Data(range),
+        Ok(Event::Binary(range)) if binary => Read::Data(range),
+        Ok(Event::Binary(_)) => {
+            result.error("UNEXPECTED_BINARY");
+            Read::Skip
+        }
+        Ok(Event::Ping(_) | Event::Pong) => Read::Skip,
+        Ok(Event::Close(code)) => {
+            result.close(code);
+            Read::End
+        }
+        Ok(Event::Eof) => {
+            result.error("CLOSED");
+            Read::End
+        }
+        Err(e) => {
+            eprintln!("subscriber {index}: read failed: {e}");
+            result.error("READ_FAILED");
+            Read::End
+        }
+    }
+}
+
+async fn subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::Receiver<bool>) -> SubResult {
+    let mut result = SubResult::new(run.publishers, run.messages);
+    let Some(mut ws) = announce(&run, index, &ready, setup_lean(&run, index, true).await).await else {
+        return result;
     };
     let mut complete = false;
     // One stop future for the whole loop, polled only when no frame is
@@ -323,43 +368,29 @@ async fn subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::
             event = ws.next() => event,
             _ = &mut stopped => break,
         };
-        match event {
-            Ok(Event::Text(range)) => {
-                if ws.reader.reads() != read_seen {
-                    read_seen = ws.reader.reads();
-                    now = run.clock.now_ns();
-                }
-                let bytes = ws.reader.bytes(range);
-                let stamp = match stamp_fast(bytes) {
-                    Some(stamp) => stamp,
-                    None => match classify(&String::from_utf8_lossy(bytes)) {
-                        Incoming::Message(stamp) => stamp,
-                        other => {
-                            other_frame(&mut result, other);
-                            continue;
-                        }
-                    },
-                };
-                result.on_message(stamp, now, run.messages);
-                run.flow.on_received(index);
-                result.note_complete(&run, &mut complete);
-            }
-            Ok(Event::Close(code)) => {
-                result.close(code);
-                break;
-            }
-            Ok(Event::Eof) => {
-                result.error("CLOSED");
-                break;
-            }
-            Ok(Event::Binary(_)) => result.error("UNEXPECTED_BINARY"),
-            Ok(Event::Ping(_) | Event::Pong) => {}
-            Err(e) => {
-                eprintln!("subscriber {index}: read failed: {e}");
-                result.error("READ_FAILED");
-                break;
-            }
+        let range = match sort_read(&mut result, index, event, false) {
+            Read::Data(range) => range,
+            Read::Skip => continue,
+            Read::End => break,
+        };
+        if ws.reader.reads() != read_seen {
+            read_seen = ws.reader.reads();
+            now = run.clock.now_ns();
         }
+        let bytes = ws.reader.bytes(range);
+        let stamp = match stamp_fast(bytes) {
+            Some(stamp) => stamp,
+            None => match classify(&String::from_utf8_lossy(bytes)) {
+                Incoming::Message(stamp) => stamp,
+                other => {
+                    other_frame(&mut result, other);
+                    continue;
+                }
+            },
+        };
+        result.on_message(stamp, now, run.messages);
+        run.flow.on_received(index);
+        result.note_complete(&run, &mut complete);
     }
     if !complete {
         run.flow.gone(index);
@@ -381,16 +412,8 @@ async fn ordinary_subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop
         }
         Err(_) => Err(SetupError { code: "SETUP".into(), detail: "closed".into() }),
     };
-    let mut ws = match opened {
-        Ok(ws) => {
-            let _ = ready.send(Ok(())).await;
-            ws
-        }
-        Err(e) => {
-            run.flow.gone(index);
-            let _ = ready.send(Err(e)).await;
-            return result;
-        }
+    let Some(mut ws) = announce(&run, index, &ready, opened).await else {
+        return result;
     };
     let mut complete = false;
     let stopped = stop.wait_for(|s| *s);

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{Ready, Run, SubResult};
+use super::{Read, Ready, Run, SubResult, announce, sort_read};
 use crate::client::SetupError;
 use crate::frame::stamp_payload;
 use crate::lean::{Event, LeanWs};
@@ -164,16 +164,9 @@ pub(super) async fn subscriber(
 ) -> SubResult {
     let mut result = SubResult::new(run.publishers, run.messages);
     let subject = subject(&run.room, &run.channel);
-    let (mut ws, mut parser) = match open(&run, index, Some(&subject)).await {
-        Ok(opened) => {
-            let _ = ready.send(Ok(())).await;
-            opened
-        }
-        Err(e) => {
-            run.flow.gone(index);
-            let _ = ready.send(Err(e)).await;
-            return result;
-        }
+    let Some((mut ws, mut parser)) = announce(&run, index, &ready, open(&run, index, Some(&subject)).await).await
+    else {
+        return result;
     };
     let mut complete = false;
     let stopped = stop.wait_for(|s| *s);
@@ -185,22 +178,10 @@ pub(super) async fn subscriber(
             event = ws.next() => event,
             _ = &mut stopped => break,
         };
-        let range = match event {
-            Ok(Event::Binary(range) | Event::Text(range)) => range,
-            Ok(Event::Close(code)) => {
-                result.close(code);
-                break;
-            }
-            Ok(Event::Eof) => {
-                result.error("CLOSED");
-                break;
-            }
-            Ok(Event::Ping(_) | Event::Pong) => continue,
-            Err(e) => {
-                eprintln!("subscriber {index}: read failed: {e}");
-                result.error("READ_FAILED");
-                break;
-            }
+        let range = match sort_read(&mut result, index, event, true) {
+            Read::Data(range) => range,
+            Read::Skip => continue,
+            Read::End => break,
         };
         if ws.reader.reads() != read_seen {
             read_seen = ws.reader.reads();
