@@ -199,6 +199,15 @@ impl SubResult {
         }
     }
 
+    /// Records a delivery to subscriber `index` that arrived at `now_ns`,
+    /// moves the run's window, and counts the subscriber as done once it has
+    /// every message.
+    fn count(&mut self, run: &Run, index: usize, stamp: Stamp, now_ns: u64, complete: &mut bool) {
+        self.on_message(stamp, now_ns, run.messages);
+        run.flow.on_received(index);
+        self.note_complete(run, complete);
+    }
+
     /// Records a delivery; false if it was not a new one.
     fn on_message(&mut self, stamp: Stamp, now_ns: u64, messages: u64) -> bool {
         let Some(track) = self.tracks.get_mut(stamp.publisher as usize) else {
@@ -322,6 +331,55 @@ enum Read {
     End,
 }
 
+/// A lean subscriber's data frames, each with the time its read returned:
+/// frames that arrived in one read arrived together, so the clock is read
+/// once per read, not per frame.
+struct Reads {
+    /// Binary frames carry data (nats-server's).
+    binary: bool,
+    seen: u64,
+    now_ns: u64,
+}
+
+impl Reads {
+    fn new(binary: bool) -> Self {
+        Reads { binary, seen: u64::MAX, now_ns: 0 }
+    }
+
+    /// The next data frame's range and arrival; `None` once `stopped` fires
+    /// or the connection ends (recorded in `result`).
+    async fn next<F: Future + Unpin>(
+        &mut self,
+        ws: &mut LeanWs,
+        stopped: &mut F,
+        run: &Run,
+        result: &mut SubResult,
+        index: usize,
+    ) -> Option<(std::ops::Range<usize>, u64)> {
+        loop {
+            // One stop future for the whole loop, polled only when no frame
+            // is ready: creating and polling one per frame costs more than
+            // the frame.
+            let event = tokio::select! {
+                biased;
+                event = ws.next() => event,
+                _ = &mut *stopped => return None,
+            };
+            match sort_read(result, index, event, self.binary) {
+                Read::Data(range) => {
+                    if ws.reader.reads() != self.seen {
+                        self.seen = ws.reader.reads();
+                        self.now_ns = run.clock.now_ns();
+                    }
+                    return Some((range, self.now_ns));
+                }
+                Read::Skip => {}
+                Read::End => return None,
+            }
+        }
+    }
+}
+
 /// Sorts a lean subscriber's read into [`Read`], recording closes and
 /// failures; `binary` says whether binary frames carry data (nats-server's).
 fn sort_read(result: &mut SubResult, index: usize, event: std::io::Result<Event>, binary: bool) -> Read {
@@ -355,28 +413,10 @@ async fn subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::
         return result;
     };
     let mut complete = false;
-    // One stop future for the whole loop, polled only when no frame is
-    // ready: creating and polling one per frame costs more than the frame.
     let stopped = stop.wait_for(|s| *s);
     tokio::pin!(stopped);
-    // Frames that arrived in one read arrived together: one clock reading
-    // per read, not per frame.
-    let (mut read_seen, mut now) = (u64::MAX, 0);
-    loop {
-        let event = tokio::select! {
-            biased;
-            event = ws.next() => event,
-            _ = &mut stopped => break,
-        };
-        let range = match sort_read(&mut result, index, event, false) {
-            Read::Data(range) => range,
-            Read::Skip => continue,
-            Read::End => break,
-        };
-        if ws.reader.reads() != read_seen {
-            read_seen = ws.reader.reads();
-            now = run.clock.now_ns();
-        }
+    let mut reads = Reads::new(false);
+    while let Some((range, now)) = reads.next(&mut ws, &mut stopped, &run, &mut result, index).await {
         let bytes = ws.reader.bytes(range);
         let stamp = match stamp_fast(bytes) {
             Some(stamp) => stamp,
@@ -388,9 +428,7 @@ async fn subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::
                 }
             },
         };
-        result.on_message(stamp, now, run.messages);
-        run.flow.on_received(index);
-        result.note_complete(&run, &mut complete);
+        result.count(&run, index, stamp, now, &mut complete);
     }
     if !complete {
         run.flow.gone(index);
@@ -427,9 +465,7 @@ async fn ordinary_subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop
         match message {
             Some(Ok(Message::Text(text))) => match ordinary::classify_value(text.as_str()) {
                 Incoming::Message(stamp) => {
-                    result.on_message(stamp, run.clock.now_ns(), run.messages);
-                    run.flow.on_received(index);
-                    result.note_complete(&run, &mut complete);
+                    result.count(&run, index, stamp, run.clock.now_ns(), &mut complete);
                 }
                 other => other_frame(&mut result, other),
             },

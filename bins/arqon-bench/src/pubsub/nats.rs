@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{Read, Ready, Run, SubResult, announce, sort_read};
+use super::{Reads, Ready, Run, SubResult, announce};
 use crate::client::SetupError;
 use crate::frame::stamp_payload;
 use crate::lean::{Event, LeanWs};
@@ -171,31 +171,13 @@ pub(super) async fn subscriber(
     let mut complete = false;
     let stopped = stop.wait_for(|s| *s);
     tokio::pin!(stopped);
-    let (mut read_seen, mut now) = (u64::MAX, 0);
-    'frames: loop {
-        let event = tokio::select! {
-            biased;
-            event = ws.next() => event,
-            _ = &mut stopped => break,
-        };
-        let range = match sort_read(&mut result, index, event, true) {
-            Read::Data(range) => range,
-            Read::Skip => continue,
-            Read::End => break,
-        };
-        if ws.reader.reads() != read_seen {
-            read_seen = ws.reader.reads();
-            now = run.clock.now_ns();
-        }
+    let mut reads = Reads::new(true);
+    'frames: while let Some((range, now)) = reads.next(&mut ws, &mut stopped, &run, &mut result, index).await {
         parser.feed(ws.reader.bytes(range));
         loop {
             match parser.next() {
                 Ok(Some(Op::Msg(payload))) => match stamp_payload(parser.bytes(payload)) {
-                    Some(stamp) => {
-                        result.on_message(stamp, now, run.messages);
-                        run.flow.on_received(index);
-                        result.note_complete(&run, &mut complete);
-                    }
+                    Some(stamp) => result.count(&run, index, stamp, now, &mut complete),
                     None => result.error("FOREIGN_MESSAGE"),
                 },
                 Ok(Some(Op::Ping)) => {
