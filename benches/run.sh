@@ -125,48 +125,55 @@ api_key=bench-api-key-0123456789abcdef
 bench_config=$out/bench.toml
 printf '[[api.keys]]\nname = "bench"\nkey = "%s"\nrole = "user"\n' "$api_key" >"$bench_config"
 
-# nats-server with its WebSocket listener on a free loopback port, pinned
-# and prioritised like the bus (GOMAXPROCS follows the pinning: one core).
-start_nats() {
-    local port conf=$out/nats.conf
-    port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    printf 'listen: "127.0.0.1:-1"\nwebsocket {\n  listen: "127.0.0.1:%s"\n  no_tls: true\n}\n' "$port" >"$conf"
-    "${server_pin[@]}" nats-server -c "$conf" >>"$out/server.stderr" 2>&1 &
-    server_pid=$!
-    server_url=ws://127.0.0.1:$port/
+# await_start WHAT CHECK...: runs CHECK every 50 ms, for at most 10 s, while
+# the server process lives.
+await_start() {
+    local what=$1
+    shift
     for _ in $(seq 1 200); do
-        (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return 0
+        "$@" && return 0
         if ! kill -0 "$server_pid" 2>/dev/null; then
-            echo "nats-server exited at start-up:" >&2
+            echo "$what exited at start-up:" >&2
             tail -5 "$out/server.stderr" >&2
             return 1
         fi
         sleep 0.05
     done
-    echo "nats-server did not listen within 10 s" >&2
+    echo "$what did not start within 10 s" >&2
     return 1
+}
+
+# The bus prints its address once it listens.
+bus_listening() {
+    server_url=$(sed -n 's|^ArqonBus listening on \(ws://[^ ]*\)$|\1|p' "$out/server.stdout")
+    [[ -n $server_url ]]
+}
+
+nats_port=""
+nats_listening() {
+    (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null
+}
+
+# nats-server with its WebSocket listener on a free loopback port, pinned
+# and prioritised like the bus (GOMAXPROCS follows the pinning: one core).
+start_nats() {
+    local conf=$out/nats.conf
+    nats_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    printf 'listen: "127.0.0.1:-1"\nwebsocket {\n  listen: "127.0.0.1:%s"\n  no_tls: true\n}\n' "$nats_port" >"$conf"
+    "${server_pin[@]}" nats-server -c "$conf" >>"$out/server.stderr" 2>&1 &
+    server_pid=$!
+    server_url=ws://127.0.0.1:$nats_port/
+    await_start nats-server nats_listening
 }
 
 start_server() {
     [[ $peer == nats ]] && { start_nats; return; }
-    local stdout=$out/server.stdout stderr=$out/server.stderr
-    : >"$stdout"
+    : >"$out/server.stdout"
     ARQON_SERVER__HOST=127.0.0.1 ARQON_SERVER__PORT=0 ARQON_MONITORING__PORT=0 \
         ARQON_LIMITS__RATE_PER_S=0 ARQON_LIMITS__BYTES_PER_S=0 ARQON_LOG=warn \
-        "${server_pin[@]}" "$server_bin" --config "$bench_config" >"$stdout" 2>>"$stderr" &
+        "${server_pin[@]}" "$server_bin" --config "$bench_config" >"$out/server.stdout" 2>>"$out/server.stderr" &
     server_pid=$!
-    for _ in $(seq 1 200); do
-        server_url=$(sed -n 's|^ArqonBus listening on \(ws://[^ ]*\)$|\1|p' "$stdout")
-        [[ -n $server_url ]] && return 0
-        if ! kill -0 "$server_pid" 2>/dev/null; then
-            echo "server exited at start-up:" >&2
-            tail -5 "$stderr" >&2
-            return 1
-        fi
-        sleep 0.05
-    done
-    echo "server did not report its address within 10 s" >&2
-    return 1
+    await_start server bus_listening
 }
 
 stop_server() {
