@@ -24,13 +24,6 @@ else
     echo "note: redis-server not found; Redis tests will say they are skipped" >&2
 fi
 
-# nats-server: the load generator's peer mode (`benches/run.sh --peer nats`)
-# has a smoke run below; it fails under CI=true when missing.
-if ! command -v nats-server >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nats-server >/dev/null
-fi
-
 # The browser tests (tests/browser) drive Debian's chromium headless; nothing
 # downloads a browser. They fail under CI=true when it is missing.
 if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -39,10 +32,13 @@ if ! command -v chromium >/dev/null 2>&1 && [ "$(id -u)" = 0 ] && command -v apt
 fi
 
 # deploy/ checks: `systemd-analyze verify` of the unit, `promtool check rules`
-# of the alerts (tests/e2e/deploy.rs; they fail under CI=true when missing).
+# of the alerts (tests/e2e/deploy.rs; they fail under CI=true when missing);
+# nats-server for the load generator's peer mode (`benches/run.sh --peer
+# nats`), whose smoke run below fails under CI=true when it is missing.
 missing=()
 command -v systemd-analyze >/dev/null 2>&1 || missing+=(systemd)
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+command -v nats-server >/dev/null 2>&1 || missing+=(nats-server)
 if [ "${#missing[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null

@@ -169,7 +169,7 @@ impl SubscriberKind {
 pub(crate) enum Peer {
     /// ArqonBus, protocol v1.
     Bus,
-    /// nats-server over its WebSocket listener (see [`crate::nats`]).
+    /// nats-server over its WebSocket listener (`pubsub/nats.rs`).
     Nats,
 }
 

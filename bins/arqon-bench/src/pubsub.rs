@@ -285,11 +285,15 @@ impl Run {
 
 type Ready = mpsc::Sender<Result<(), SetupError>>;
 
+/// One of the `--concurrency` handshakes allowed in flight.
+async fn setup_slot(run: &Run) -> Result<tokio::sync::SemaphorePermit<'_>, SetupError> {
+    run.setup.acquire().await.map_err(|_| SetupError::new("SETUP", "closed"))
+}
+
 /// Sets up a publisher or subscriber on the lean client, one of at most
 /// `--concurrency` handshakes at a time.
 async fn setup_lean(run: &Run, index: usize, join: bool) -> Result<LeanWs, SetupError> {
-    let _permit =
-        run.setup.acquire().await.map_err(|_| SetupError { code: "SETUP".into(), detail: "closed".into() })?;
+    let _permit = setup_slot(run).await?;
     let channel = join.then_some((run.room.as_str(), run.channel.as_str()));
     open_lean(run.endpoint_for(index, join), index, channel, run.setup_limit).await
 }
@@ -443,13 +447,12 @@ async fn subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::
 /// message. Pings are answered by tungstenite on the next read.
 async fn ordinary_subscriber(run: Arc<Run>, index: usize, ready: Ready, mut stop: watch::Receiver<bool>) -> SubResult {
     let mut result = SubResult::new(run.publishers, run.messages);
-    let opened = match run.setup.acquire().await {
-        Ok(_permit) => {
-            let channel = Some((run.room.as_str(), run.channel.as_str()));
-            open(run.endpoint_for(index, true), index, ordinary::READ_BUFFER, channel, run.setup_limit).await
-        }
-        Err(_) => Err(SetupError { code: "SETUP".into(), detail: "closed".into() }),
-    };
+    let opened = async {
+        let _permit = setup_slot(&run).await?;
+        let channel = Some((run.room.as_str(), run.channel.as_str()));
+        open(run.endpoint_for(index, true), index, ordinary::READ_BUFFER, channel, run.setup_limit).await
+    }
+    .await;
     let Some(mut ws) = announce(&run, index, &ready, opened).await else {
         return result;
     };
@@ -551,13 +554,11 @@ async fn publisher_reader(
         };
         let (code, fatal) = match event {
             Ok(Event::Text(range) | Event::Binary(range)) if peer == Peer::Nats => {
-                match nats::errors_in(reader.bytes(range)) {
-                    0 => continue,
-                    n => {
-                        *errors.entry("publisher:NATS_ERR".to_owned()).or_default() += n as u64;
-                        continue;
-                    }
+                let refused = nats::errors_in(reader.bytes(range)) as u64;
+                if refused > 0 {
+                    *errors.entry("publisher:NATS_ERR".to_owned()).or_default() += refused;
                 }
+                continue;
             }
             Ok(Event::Text(range)) => match classify(&String::from_utf8_lossy(reader.bytes(range))) {
                 Incoming::Error { code } => (code, false),

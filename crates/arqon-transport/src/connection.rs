@@ -526,11 +526,7 @@ where
         loop {
             let item = match self.append_plain(&mut batch) {
                 Next::Full => {
-                    self.write_out(&mut batch.buf).await?;
-                    batch.framed = 0;
-                    if self.frames.is_evicted() {
-                        return Err(WriteError::Evicted);
-                    }
+                    self.write_batch(&mut batch).await?;
                     continue;
                 }
                 Next::Empty => break,
@@ -570,7 +566,7 @@ where
             frame.len() < LARGE_PAYLOAD && !deflate.is_some_and(|d| d.applies_to(frame.len()))
         };
         loop {
-            if batch.framed >= self.batch || batch.buf.len() >= FLUSH_BYTES {
+            if self.is_full(batch) {
                 return Next::Full;
             }
             // A run's frames are lent, not cloned: copied into the batch.
@@ -681,8 +677,7 @@ where
 
     /// Appends one frame to the batch, writing the batch out when it is full;
     /// a large payload is written straight from its own storage after what
-    /// the batch holds. Between two writes, a slow-consumer close from the
-    /// bus stops the writing.
+    /// the batch holds.
     async fn put(&mut self, batch: &mut Batch, opcode: u8, payload: &[u8]) -> Result<(), WriteError> {
         wire::put_header(&mut batch.buf, opcode, payload.len());
         if payload.len() < LARGE_PAYLOAD {
@@ -692,12 +687,24 @@ where
             self.write_all(payload).await?;
         }
         batch.framed += 1;
-        if batch.framed >= self.batch || batch.buf.len() >= FLUSH_BYTES {
-            self.write_out(&mut batch.buf).await?;
-            batch.framed = 0;
-            if self.frames.is_evicted() {
-                return Err(WriteError::Evicted);
-            }
+        if self.is_full(batch) {
+            self.write_batch(batch).await?;
+        }
+        Ok(())
+    }
+
+    /// Whether the batch holds as many frames or bytes as one write takes.
+    fn is_full(&self, batch: &Batch) -> bool {
+        batch.framed >= self.batch || batch.buf.len() >= FLUSH_BYTES
+    }
+
+    /// Writes a full batch out. Between two writes, a slow-consumer close
+    /// from the bus stops the writing.
+    async fn write_batch(&mut self, batch: &mut Batch) -> Result<(), WriteError> {
+        self.write_out(&mut batch.buf).await?;
+        batch.framed = 0;
+        if self.frames.is_evicted() {
+            return Err(WriteError::Evicted);
         }
         Ok(())
     }

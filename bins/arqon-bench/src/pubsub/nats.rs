@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::{Reads, Ready, Run, SubResult, announce};
+use super::{Reads, Ready, Run, SubResult, announce, setup_slot};
 use crate::client::SetupError;
 use crate::frame::stamp_payload;
 use crate::lean::{Event, LeanWs};
@@ -121,7 +121,7 @@ impl Parser {
 /// for a subscriber) and waits for the `PONG` that shows the server has
 /// handled them; all within the run's set-up limit.
 pub(super) async fn open(run: &Run, index: usize, subject: Option<&str>) -> Result<(LeanWs, Parser), SetupError> {
-    let _permit = run.setup.acquire().await.map_err(|_| SetupError::new("SETUP", "closed"))?;
+    let _permit = setup_slot(run).await?;
     let setup = async {
         let mut ws = run.endpoint_for(index, subject.is_some()).connect_lean(index).await?;
         let mut hello = CONNECT.to_owned();
