@@ -914,6 +914,32 @@ mod tests {
     }
 
     #[tokio::test(start_paused = true)]
+    async fn a_slow_consumer_close_stops_a_backlog_of_plain_frames_between_two_writes() {
+        let mut h = harness(64 * 1024, 0);
+        // About 300 KB of plain frames, taken at once: several writes of 64 KiB.
+        for n in 0..300 {
+            h.frames.try_send(Outbound::Frame(Frame::from_text(format!("{n:04}").repeat(250)))).unwrap();
+        }
+        // The client reads a little, then the bus gives up on it.
+        for _ in 0..10 {
+            assert_eq!(read_frame(&mut h.client).await.0, OP_TEXT);
+        }
+        h.frames.close(Closing::slow(SlowCause::Backlog));
+        let mut written = 10;
+        let close = loop {
+            match read_frame(&mut h.client).await {
+                (OP_TEXT, _) => written += 1,
+                (opcode, payload) => break (opcode, payload),
+            }
+        };
+        assert_eq!(close.0, crate::wire::OP_CLOSE);
+        assert_eq!(close_code(&close.1), 1008);
+        // The write under way finishes; the rest of the backlog is dropped.
+        assert!(written < 150, "{written} of 300 frames written after the close");
+        assert_eq!(h.writer.await.unwrap().closed, Some(Closing::slow(SlowCause::Backlog)));
+    }
+
+    #[tokio::test(start_paused = true)]
     async fn shutdown_writes_the_backlog_then_the_event_then_1001() {
         let mut h = harness(64 * 1024, 0);
         h.frames.try_send(text(10)).unwrap();
