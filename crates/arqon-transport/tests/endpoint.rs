@@ -4,6 +4,8 @@
 //! here is an in-memory pipe whose client side speaks WebSocket with no
 //! handshake, as a stream an embedder's server hands over would.
 
+#![allow(clippy::unwrap_used)]
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -123,6 +125,20 @@ fn request(headers: &HeaderMap) -> UpgradeRequest<'_> {
     UpgradeRequest { path: "/bus", query: None, headers, peer }
 }
 
+/// An endpoint of `acceptor` serving one admitted connection over an
+/// in-memory pipe: the endpoint, the serving task and the client's end.
+async fn served_over_a_pipe<A: Acceptor>(
+    acceptor: A,
+) -> (Endpoint, tokio::task::JoinHandle<()>, WebSocketStream<tokio::io::DuplexStream>) {
+    let endpoint = Endpoint::new(Arc::new(acceptor), TransportConfig::default());
+    let headers = HeaderMap::new();
+    let admitted = endpoint.admit(&request(&headers)).await.unwrap();
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let served = tokio::spawn(admitted.serve(server_io));
+    let client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    (endpoint, served, client)
+}
+
 #[tokio::test]
 async fn admitting_applies_the_listeners_limits_and_origin_check() {
     let config = TransportConfig {
@@ -147,12 +163,7 @@ async fn admitting_applies_the_listeners_limits_and_origin_check() {
 
 #[tokio::test]
 async fn an_upgraded_stream_is_served_until_shutdown_closes_it_1001() {
-    let endpoint = Endpoint::new(Arc::new(EchoAcceptor), TransportConfig::default());
-    let headers = HeaderMap::new();
-    let admitted = endpoint.admit(&request(&headers)).await.unwrap();
-    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(admitted.serve(server_io));
-    let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    let (endpoint, served, mut client) = served_over_a_pipe(EchoAcceptor).await;
 
     client.send(Message::text("hello")).await.unwrap();
     let echoed = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap().unwrap().unwrap();
@@ -176,12 +187,7 @@ async fn an_upgraded_stream_is_served_until_shutdown_closes_it_1001() {
 
 #[tokio::test]
 async fn each_read_is_reported_before_the_frames_it_completed() {
-    let endpoint = Endpoint::new(Arc::new(ReadCounterAcceptor), TransportConfig::default());
-    let headers = HeaderMap::new();
-    let admitted = endpoint.admit(&request(&headers)).await.unwrap();
-    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
-    let served = tokio::spawn(admitted.serve(server_io));
-    let mut client = WebSocketStream::from_raw_socket(client_io, Role::Client, None).await;
+    let (endpoint, served, mut client) = served_over_a_pipe(ReadCounterAcceptor).await;
     let reads_before = |text: &str, echoed: Message| -> usize {
         let echoed = echoed.into_text().unwrap();
         let (reads, rest) = echoed.split_once(':').unwrap();
