@@ -614,10 +614,7 @@ impl Router {
         frame: &Frame,
         last: &mut Option<Arc<Channel>>,
     ) -> Result<Option<usize>, RoutingError> {
-        // The sender's last channel, unless it was deleted since (a deletion
-        // that races this publish makes it fail below, as a lookup would).
-        let cached = last.as_ref().filter(|channel| channel.key == *key && !channel.is_deleted());
-        let channel = match cached {
+        let channel = match last.as_ref().filter(|channel| is_cached(channel, key)) {
             Some(channel) => Arc::clone(channel),
             None => {
                 let (channel, _) = self.ensure_channel(key, create).await?;
@@ -633,6 +630,24 @@ impl Router {
             }
             outcome => outcome,
         }
+    }
+
+    /// [`Router::publish_to`] without waiting, to the sender's `last`
+    /// channel: `None`, having done nothing, when that would wait (or
+    /// `last` is not `key`'s channel, or publishing goes through the
+    /// cluster).
+    pub(crate) fn publish_now(
+        &self,
+        key: &ChannelKey,
+        from: ClientId,
+        id: MessageId,
+        frame: &Frame,
+        last: Option<&Arc<Channel>>,
+    ) -> Option<Result<Option<usize>, RoutingError>> {
+        if self.inner.broker.is_some() {
+            return None;
+        }
+        last.filter(|channel| is_cached(channel, key))?.publish_now(&*self.inner.storage, id, frame, from)
     }
 
     /// Appends a channel message to history, then delivers it to every member
@@ -903,6 +918,12 @@ pub(crate) enum Create<'a> {
     /// `create_channel`: kept however idle it gets; an existing
     /// auto-created channel is claimed (kept) too.
     Explicit(&'a ClientEntry),
+}
+
+/// Whether the sender's last channel is `key`'s and not deleted since (a
+/// deletion that races a publish makes the publish fail, as a lookup would).
+fn is_cached(last: &Channel, key: &ChannelKey) -> bool {
+    last.key == *key && !last.is_deleted()
 }
 
 /// A channel cap refused a creation.

@@ -1,12 +1,13 @@
 //! One connected client's view of the bus: reads its frames, answers them.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use arqon_outbound::Outbound;
 use arqon_protocol::encode::{self, MessageFrame};
 use arqon_protocol::{
-    ClientFrame, ClientId, CloseReason, ErrorCode, Frame, FrameBody, IdGenerator, MessageId, ProtocolError, RawJson,
-    RecentNames, Role, Sender, Target, Timestamp,
+    ChannelKey, ClientFrame, ClientId, CloseReason, ErrorCode, Frame, FrameBody, IdGenerator, MessageId, ProtocolError,
+    RawJson, RecentNames, Role, Sender, Target, Timestamp,
 };
 use serde::Serialize;
 
@@ -161,11 +162,22 @@ impl Session {
     /// frame's rate limits and routing latency count from it, and a message
     /// is stamped with its time.
     pub async fn handle_text_at(&mut self, text: &str, arrival: Arrival) {
+        if let Some(rest) = self.handle_text_now(text, arrival) {
+            rest.await;
+        }
+    }
+
+    /// [`Session::handle_text_at`] as far as it goes without waiting, which
+    /// for a message to a channel the client sent to before is all of it:
+    /// returns the rest to await, if any. A transport that boxes each
+    /// frame's future then boxes only that rest (commands, a first message
+    /// to a channel, a publish that must wait for the channel or storage).
+    pub fn handle_text_now(&mut self, text: &str, arrival: Arrival) -> Option<impl Future<Output = ()> + Send> {
         self.received = arrival.instant;
         // Checked before parsing; the id is recovered only to let the client
         // correlate the refusal.
         if !self.admit(text.len(), "frame not processed", || arqon_protocol::extract_id(text)) {
-            return;
+            return None;
         }
         let now = arrival.timestamp;
         let mut fresh = RecentNames::default();
@@ -179,7 +191,8 @@ impl Session {
             }
             Err(error) => {
                 self.observe(&BusEvent::FrameReceived { kind: FrameKind::Invalid });
-                return self.send_error(&error);
+                self.send_error(&error);
+                return None;
             }
         };
         let kind = match frame.body {
@@ -188,9 +201,19 @@ impl Session {
         };
         self.observe(&BusEvent::FrameReceived { kind });
         let request_id = frame.id;
-        if let Err(error) = self.dispatch(frame, now).await {
-            self.send_error(&error.with_request_id(request_id));
-        }
+        let later = match self.dispatch_now(frame, now) {
+            Ok(None) => return None,
+            Ok(Some(later)) => later,
+            Err(error) => {
+                self.send_error(&error.with_request_id(request_id));
+                return None;
+            }
+        };
+        Some(async move {
+            if let Err(error) = self.dispatch_later(later, now).await {
+                self.send_error(&error.with_request_id(request_id));
+            }
+        })
     }
 
     /// Answers a binary frame of `len` bytes: not part of the protocol, but
@@ -248,25 +271,45 @@ impl Session {
         self.client.outlet.close(CloseReason::TOO_LARGE);
     }
 
-    async fn dispatch(&mut self, frame: ClientFrame<'_>, now: Timestamp) -> Result<(), ProtocolError> {
-        match frame.body {
-            FrameBody::Command { ref name, args } => {
-                if !frame.from_is(self.client.id) {
+    /// Runs a frame as far as it goes without waiting; returns what is left.
+    fn dispatch_now<'a>(&mut self, frame: ClientFrame<'a>, now: Timestamp) -> Result<Option<Later<'a>>, ProtocolError> {
+        let own = frame.from_is(self.client.id);
+        let (target, payload) = match frame.body {
+            FrameBody::Message { target, payload } => (target, payload),
+            FrameBody::Command { name, args } => return Ok(Some(Later::Command { name, args, id: frame.id, own })),
+        };
+        if !own {
+            return Err(spoofed_from());
+        }
+        self.require(Role::User, "sending messages")?;
+        let id = frame.id.unwrap_or_else(|| self.ids.message_id_at(now));
+        let out = self.prepare_message(&target, id, now, payload, frame.meta)?;
+        match self.route_now(&target, &out) {
+            Routing::Done(fanout) => {
+                self.routed(&target, &out, fanout?);
+                Ok(None)
+            }
+            Routing::Waits(_) => Ok(Some(Later::Publish { target, out })),
+        }
+    }
+
+    /// Runs what [`Session::dispatch_now`] left.
+    async fn dispatch_later(&mut self, later: Later<'_>, now: Timestamp) -> Result<(), ProtocolError> {
+        match later {
+            Later::Command { name, args, id, own } => {
+                if !own {
                     // Checked once the command is known to exist and its
                     // args parse, as before: the precedence of errors.
-                    let command = find_command(name, self.client.server)?;
+                    let command = find_command(&name, self.client.server)?;
                     commands::Args::parse(args, command.args)?;
                     return Err(spoofed_from());
                 }
-                self.run_command(name, args, frame.id, now).await
+                self.run_command(&name, args, id, now).await
             }
-            FrameBody::Message { ref target, payload } => {
-                if !frame.from_is(self.client.id) {
-                    return Err(spoofed_from());
-                }
-                self.require(Role::User, "sending messages")?;
-                let id = frame.id.unwrap_or_else(|| self.ids.message_id_at(now));
-                self.send_message(target, id, now, payload, frame.meta).await.map(|_| ())
+            Later::Publish { target, out } => {
+                let fanout = self.route(&target, &out).await?;
+                self.routed(&target, &out, fanout);
+                Ok(())
             }
         }
     }
@@ -325,17 +368,26 @@ impl Session {
         payload: Option<RawJson<'_>>,
         meta: Option<RawJson<'_>>,
     ) -> Result<Routed, ProtocolError> {
+        let out = self.prepare_message(target, id, now, payload, meta)?;
+        let fanout = self.route(target, &out).await?;
+        Ok(self.routed(target, &out, fanout))
+    }
+
+    /// Checks that this client may send to `target` and encodes the message.
+    fn prepare_message(
+        &self,
+        target: &Target,
+        id: MessageId,
+        now: Timestamp,
+        payload: Option<RawJson<'_>>,
+        meta: Option<RawJson<'_>>,
+    ) -> Result<Outgoing, ProtocolError> {
         let router = &self.router;
         let (from, user) = match self.client.server {
             true => (Sender::Server, None),
             false => (Sender::Client(self.client.id), self.client.user.as_deref()),
         };
-        let mut frame = MessageFrame { id, timestamp: now, from, user, room: None, channel: None, payload, meta };
-        let (room, channel) = match target {
-            Target::Channel(key) => (Some(&key.room), Some(&key.channel)),
-            Target::Room(room) => (Some(room), None),
-            Target::Client(_) | Target::User(_) => (None, None),
-        };
+        let (room, channel) = names(target);
         // Looked up once per message: its publish role and auto-create.
         let options = room.map(|room| router.room_options(room));
         if let (Some(room), Some(options)) = (room, options) {
@@ -348,33 +400,61 @@ impl Session {
                 ));
             }
         }
-        frame.room = room;
-        frame.channel = channel;
-        let encoded = frame.encode();
-        let bytes = encoded.len();
+        let frame = MessageFrame { id, timestamp: now, from, user, room, channel, payload, meta }.encode();
+        let creates = options.is_some_and(|options| router.auto_create_with(options));
+        Ok(Outgoing { id, frame, creates })
+    }
+
+    /// Routes a message, waiting if it must; returns how many connections it
+    /// was queued for (`None` for a retry).
+    async fn route(&mut self, target: &Target, out: &Outgoing) -> Result<Option<usize>, ProtocolError> {
+        match self.route_now(target, out) {
+            Routing::Done(fanout) => fanout,
+            Routing::Waits(key) => self.publish_later(key, out).await,
+        }
+    }
+
+    /// Routes a message without waiting, or says which channel's publish
+    /// must wait, having done nothing.
+    fn route_now<'t>(&mut self, target: &'t Target, out: &Outgoing) -> Routing<'t> {
+        let router = &self.router;
         let fanout = match target {
             Target::Channel(key) => {
-                let creates = options.is_some_and(|options| router.auto_create_with(options));
-                let create = if creates { Create::Auto(&self.client) } else { Create::No };
-                let mut unkept = None;
-                let last = self.recent.as_mut().map_or(&mut unkept, |recent| &mut recent.channel);
-                let fanout = router.publish_to(key, create, self.client.id, id, &encoded, last).await;
-                if let Ok(Some(_)) = fanout {
-                    self.observe(&BusEvent::MessagePublished { key, frame: &encoded });
+                let last = self.recent.as_ref().and_then(|recent| recent.channel.as_ref());
+                match router.publish_now(key, self.client.id, out.id, &out.frame, last) {
+                    Some(fanout) => fanout,
+                    None => return Routing::Waits(key),
                 }
-                fanout
             }
-            Target::Room(room) => router.publish_room(room, self.client.id, encoded).map(Some),
-            Target::Client(to) => router.publish_direct(&self.client.rooms, *to, encoded).map(Some),
-            Target::User(user) => router.publish_user(&self.client, user, &encoded).map(Some),
-        }
-        .map_err(|e| e.into_protocol())?;
-        // A retry (None) was neither stored nor delivered: nothing was routed.
+            Target::Room(room) => router.publish_room(room, self.client.id, out.frame.clone()).map(Some),
+            Target::Client(to) => router.publish_direct(&self.client.rooms, *to, out.frame.clone()).map(Some),
+            Target::User(user) => router.publish_user(&self.client, user, &out.frame).map(Some),
+        };
+        Routing::Done(fanout.map_err(|e| e.into_protocol()))
+    }
+
+    /// Publishes to `key`, waiting as needed (for the channel's creation,
+    /// its order lock, the storage).
+    async fn publish_later(&mut self, key: &ChannelKey, out: &Outgoing) -> Result<Option<usize>, ProtocolError> {
+        let create = if out.creates { Create::Auto(&self.client) } else { Create::No };
+        let mut unkept = None;
+        let last = self.recent.as_mut().map_or(&mut unkept, |recent| &mut recent.channel);
+        let router = &self.router;
+        router.publish_to(key, create, self.client.id, out.id, &out.frame, last).await.map_err(|e| e.into_protocol())
+    }
+
+    /// Reports a routed message (`fanout`: `None` for a recognised retry,
+    /// which was neither stored nor delivered).
+    fn routed(&self, target: &Target, out: &Outgoing, fanout: Option<usize>) -> Routed {
         if let Some(fanout) = fanout {
-            let latency = self.received.elapsed();
+            if let Target::Channel(key) = target {
+                self.observe(&BusEvent::MessagePublished { key, frame: &out.frame });
+            }
+            let (room, channel) = names(target);
+            let (bytes, latency) = (out.frame.len(), self.received.elapsed());
             self.observe(&BusEvent::MessageRouted { room, channel, fanout, bytes, latency });
         }
-        Ok(Routed { id, fanout: fanout.unwrap_or(0) })
+        Routed { id: out.id, fanout: fanout.unwrap_or(0) }
     }
 
     /// Checks the client's room access (e.g. a token's `rooms` claim).
@@ -442,6 +522,41 @@ fn find_command(name: &str, server: bool) -> Result<&'static commands::Spec, Pro
         ));
     }
     Ok(command)
+}
+
+/// What [`Session::handle_text_now`] leaves to await.
+enum Later<'a> {
+    /// A command (every command may wait); `own`: its `from`, if any, is
+    /// the client's.
+    Command { name: Cow<'a, str>, args: Option<RawJson<'a>>, id: Option<MessageId>, own: bool },
+    /// A message to a channel whose publish must wait.
+    Publish { target: Target, out: Outgoing },
+}
+
+/// What routing a message without waiting came to.
+enum Routing<'t> {
+    /// Routed: how many connections it was queued for (`None` for a retry).
+    Done(Result<Option<usize>, ProtocolError>),
+    /// The publish to this channel must wait.
+    Waits(&'t ChannelKey),
+}
+
+/// A message checked and encoded, ready to route.
+struct Outgoing {
+    id: MessageId,
+    /// The delivered frame, shared by every receiver and history.
+    frame: Frame,
+    /// Its room auto-creates a missing channel.
+    creates: bool,
+}
+
+/// The room and channel a message to `target` names.
+fn names(target: &Target) -> (Option<&arqon_protocol::Name>, Option<&arqon_protocol::Name>) {
+    match target {
+        Target::Channel(key) => (Some(&key.room), Some(&key.channel)),
+        Target::Room(room) => (Some(room), None),
+        Target::Client(_) | Target::User(_) => (None, None),
+    }
 }
 
 /// What routing a message did.

@@ -1212,6 +1212,101 @@ impl Storage for Yielding {
     }
 }
 
+/// Memory storage whose `since` (a join's replay) waits for a permit; every
+/// other call goes straight through, appends at once included.
+struct GatedReplay {
+    memory: MemoryStorage,
+    gate: tokio::sync::Semaphore,
+}
+
+#[async_trait]
+impl Storage for GatedReplay {
+    async fn create_channel(&self, key: &ChannelKey, at: Timestamp) -> Result<(ChannelRecord, bool), StorageError> {
+        self.memory.create_channel(key, at).await
+    }
+    async fn channels(&self) -> Result<Vec<ChannelRecord>, StorageError> {
+        self.memory.channels().await
+    }
+    async fn delete_channel(&self, key: &ChannelKey) -> Result<bool, StorageError> {
+        self.memory.delete_channel(key).await
+    }
+    async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
+        self.memory.append(key, message).await
+    }
+    fn append_now(&self, key: &ChannelKey, message: StoredMessage) -> AppendNow {
+        self.memory.append_now(key, message)
+    }
+    async fn history(
+        &self,
+        key: &ChannelKey,
+        limit: usize,
+        before: Option<MessageId>,
+    ) -> Result<Vec<StoredMessage>, StorageError> {
+        self.memory.history(key, limit, before).await
+    }
+    async fn since(&self, key: &ChannelKey, after: MessageId) -> Result<Since, StorageError> {
+        let _permit = self.gate.acquire().await.map_err(|e| StorageError::Backend(e.to_string()))?;
+        self.memory.since(key, after).await
+    }
+    async fn stats(&self, key: &ChannelKey) -> Result<ChannelStats, StorageError> {
+        self.memory.stats(key).await
+    }
+    fn health(&self) -> Health {
+        self.memory.health()
+    }
+}
+
+fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Output> {
+    future.poll(&mut std::task::Context::from_waker(std::task::Waker::noop()))
+}
+
+#[tokio::test]
+async fn a_message_routed_without_waiting_never_overtakes_a_join_that_holds_the_order() {
+    let storage = Arc::new(GatedReplay { memory: MemoryStorage::new(1000), gate: tokio::sync::Semaphore::new(0) });
+    let router = Router::new(config(), Arc::clone(&storage) as Arc<dyn Storage>);
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::Guest);
+    let ids: Vec<MessageId> = (0..3).map(|_| a.new_id()).collect();
+    let texts: Vec<String> = (0..3)
+        .map(|n| {
+            json!({"type": "message", "id": ids[n].to_string(), "room": "r", "channel": "c", "payload": n}).to_string()
+        })
+        .collect();
+
+    // A first message to a channel waits (for its creation); the next one
+    // to the same channel is routed with nothing left to await.
+    a.session.handle_text_now(&texts[0], Arrival::now()).expect("a first message waits for its channel").await;
+    assert!(a.session.handle_text_now(&texts[1], Arrival::now()).is_none(), "routed at once");
+
+    // b joins since the first: the join holds the channel's order while its
+    // replay is read, and the read waits for the gate.
+    let join = json!({"type": "command", "id": b.new_id().to_string(), "command": "join_channel",
+                      "args": {"room": "r", "channel": "c", "since": ids[0].to_string()}})
+    .to_string();
+    let mut joining = Box::pin(b.session.handle_text(&join));
+    assert!(poll_once(joining.as_mut()).is_pending(), "the replay read waits for the gate");
+    // Meanwhile a message comes: it finds the order held, so it is left to
+    // await, and waiting it neither stores nor delivers anything.
+    let rest = a.session.handle_text_now(&texts[2], Arrival::now()).expect("the order is held: the message waits");
+    let mut publishing = Box::pin(rest);
+    assert!(poll_once(publishing.as_mut()).is_pending());
+    assert_eq!(storage.memory.stats(&key("r", "c")).await.unwrap().stored, 2);
+
+    storage.gate.add_permits(1);
+    joining.await;
+    publishing.await;
+    drop(a);
+    let joined = b.next().await;
+    assert_eq!(joined["type"], "response", "{joined}");
+    let replayed = match b.next_outbound().await {
+        Outbound::Batch(frames) => frames.iter().map(|f| parse_frame(f)["payload"].clone()).collect::<Vec<_>>(),
+        other => panic!("expected the replay, got {other:?}"),
+    };
+    assert_eq!(replayed, [json!(1)], "the replay holds what came before the join");
+    assert_eq!(b.next().await["payload"], 2, "the message that waited comes after it, live");
+    b.assert_quiet();
+}
+
 #[tokio::test]
 async fn join_since_during_publishing_misses_nothing_and_repeats_nothing() {
     const N: usize = 40;

@@ -124,6 +124,14 @@ impl Connection for SessionConn {
         self.session.handle_text_at(text, self.arrival).instrument(span).await;
     }
 
+    /// A message to a channel the client sent to before is routed here,
+    /// with no future at all.
+    fn on_text_now(&mut self, text: &str) -> Option<impl Future<Output = ()> + Send> {
+        let _entered = self.span.enter();
+        let rest = self.session.handle_text_now(text, self.arrival)?;
+        Some(rest.instrument(self.span.clone()))
+    }
+
     fn on_binary(&mut self, data: &[u8]) {
         let _entered = self.span.enter();
         self.session.handle_binary(data.len());

@@ -202,8 +202,12 @@ async fn handle<C: Connection>(reader: &mut FrameReader, conn: &mut C, control: 
         match event {
             // Boxed: the handler's future (over 1 KiB for the bus) would
             // otherwise be part of the connection's state, kept by every idle
-            // connection; one allocation per message is the price.
-            Event::Text(text) => Box::pin(conn.on_text(text)).await,
+            // connection; one allocation per frame that waits is the price.
+            Event::Text(text) => {
+                if let Some(rest) = conn.on_text_now(text) {
+                    Box::pin(rest).await;
+                }
+            }
             Event::Binary(data) => conn.on_binary(data),
             // The handler may refuse an over-rate ping; the control limit
             // still cuts off a client that pings faster than it drains.

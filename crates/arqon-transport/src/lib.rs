@@ -238,6 +238,16 @@ pub trait Connection: Send + 'static {
     /// A text frame arrived.
     fn on_text(&mut self, text: &str) -> impl Future<Output = ()> + Send;
 
+    /// A text frame arrived: the transport calls this, not
+    /// [`Connection::on_text`] directly. The transport boxes each frame's
+    /// future (so that an idle connection does not keep one), so a handler
+    /// that often finishes without waiting overrides this: it handles what
+    /// needs no waiting at once and returns the rest, if any, to await.
+    /// Default: all of [`Connection::on_text`].
+    fn on_text_now(&mut self, text: &str) -> Option<impl Future<Output = ()> + Send> {
+        Some(self.on_text(text))
+    }
+
     /// A binary frame arrived.
     fn on_binary(&mut self, data: &[u8]);
 

@@ -16,7 +16,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use arqon_outbound::{Fanout, Outbound};
 use arqon_protocol::{ChannelKey, ClientId, Frame, MessageId, Timestamp};
-use arqon_storage::{Appended, ChannelStats, Since, Storage, StoredMessage, append_fast};
+use arqon_storage::{AppendNow, Appended, ChannelStats, Since, Storage, StorageError, StoredMessage, append_fast};
 use parking_lot::{Mutex, RwLock};
 
 use crate::RoutingError;
@@ -264,7 +264,43 @@ impl Channel {
         self.touch();
         let stored = StoredMessage { id, frame: frame.clone() };
         // Synchronous when the backend can (memory): no boxed futures per message.
-        if append_fast(storage, &self.key, stored).await? == Appended::Duplicate {
+        let appended = append_fast(storage, &self.key, stored).await;
+        self.appended(appended, frame, from)
+    }
+
+    /// [`Channel::publish`] without waiting: `None`, having done nothing,
+    /// when it would have to wait (the order lock is held, the backend
+    /// cannot append at once) or the channel is deleted (the waiting path
+    /// decides what that means).
+    pub(crate) fn publish_now(
+        &self,
+        storage: &dyn Storage,
+        id: MessageId,
+        frame: &Frame,
+        from: ClientId,
+    ) -> Option<Result<Option<usize>, RoutingError>> {
+        // Not a queue jump: the lock has waiters only while it is held.
+        let _order = self.order.try_lock().ok()?;
+        if self.is_deleted() {
+            return None;
+        }
+        let appended = match storage.append_now(&self.key, StoredMessage { id, frame: frame.clone() }) {
+            AppendNow::Done(appended) => appended,
+            AppendNow::Later(_) => return None,
+        };
+        self.touch();
+        Some(self.appended(appended, frame, from))
+    }
+
+    /// Delivers an appended message to the members but `from` (a retry,
+    /// not appended again, goes to no one); under the order lock.
+    fn appended(
+        &self,
+        appended: Result<Appended, StorageError>,
+        frame: &Frame,
+        from: ClientId,
+    ) -> Result<Option<usize>, RoutingError> {
+        if appended? == Appended::Duplicate {
             return Ok(None);
         }
         Ok(Some(self.deliver(frame, Some(from))))
