@@ -204,8 +204,11 @@ async fn handle<C: Connection>(reader: &mut FrameReader, conn: &mut C, control: 
             // otherwise be part of the connection's state, kept by every idle
             // connection; one allocation per frame that waits is the price.
             Event::Text(text) => {
-                if let Some(rest) = conn.on_text_now(text) {
-                    Box::pin(rest).await;
+                // Boxed in the same statement: a future held in a local
+                // across the await would take room in this one's state.
+                let rest = conn.on_text_now(text).map(Box::pin);
+                if let Some(rest) = rest {
+                    rest.await;
                 }
             }
             Event::Binary(data) => conn.on_binary(data),

@@ -61,6 +61,49 @@ impl Connection for ReadCounter {
     fn on_oversize(&mut self) {}
 }
 
+/// Echoes a text frame at once unless it starts with `wait`; those are left
+/// to await, and echoed after the scheduler has run other tasks. Its
+/// `on_text` marks its echo: the transport should never call it.
+struct PartlyAtOnce {
+    frames: OutboundSender,
+}
+
+impl Connection for PartlyAtOnce {
+    async fn on_text(&mut self, text: &str) {
+        let _ = self.frames.try_send(Outbound::Frame(Frame::from_text(format!("on_text: {text}"))));
+    }
+
+    fn on_text_now(&mut self, text: &str) -> Option<impl Future<Output = ()> + Send> {
+        let echo = Outbound::Frame(Frame::from_text(text));
+        if !text.starts_with("wait") {
+            let _ = self.frames.try_send(echo);
+            return None;
+        }
+        let frames = &self.frames;
+        Some(async move {
+            for _ in 0..3 {
+                tokio::task::yield_now().await;
+            }
+            let _ = frames.try_send(echo);
+        })
+    }
+
+    fn on_binary(&mut self, _data: &[u8]) {}
+
+    fn on_oversize(&mut self) {}
+}
+
+struct PartlyAtOnceAcceptor;
+
+impl Acceptor for PartlyAtOnceAcceptor {
+    type Conn = PartlyAtOnce;
+
+    fn accept(&self, _request: &UpgradeRequest<'_>) -> Result<Accepted<PartlyAtOnce>, Refusal> {
+        let (frames_tx, frames) = arqon_outbound::queue(64 * 1024, &Budget::unlimited());
+        Ok(Accepted { conn: PartlyAtOnce { frames: frames_tx }, frames })
+    }
+}
+
 struct ReadCounterAcceptor;
 
 impl Acceptor for ReadCounterAcceptor {
@@ -203,6 +246,25 @@ async fn each_read_is_reported_before_the_frames_it_completed() {
         let reads = reads_before(text, echoed);
         assert!(reads > last, "{text} was handled after {reads} reads, the frame before it after {last}");
         last = reads;
+    }
+    drop(client);
+    tokio::time::timeout(TIMEOUT, served).await.unwrap().unwrap();
+    endpoint.shutdown().await;
+}
+
+#[tokio::test]
+async fn what_a_handler_leaves_to_await_is_awaited_before_the_next_frame() {
+    let (endpoint, served, mut client) = served_over_a_pipe(PartlyAtOnceAcceptor).await;
+    let texts = ["wait 1", "now 2", "wait 3", "wait 4", "now 5"];
+    // Sent back to back: the frames after a waiting one are read (often in
+    // the same read) while it waits.
+    for text in texts {
+        client.feed(Message::text(text)).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    for text in texts {
+        let echoed = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap().unwrap().unwrap();
+        assert_eq!(echoed.into_text().unwrap(), text);
     }
     drop(client);
     tokio::time::timeout(TIMEOUT, served).await.unwrap().unwrap();
