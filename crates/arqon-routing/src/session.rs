@@ -172,6 +172,8 @@ impl Session {
     /// returns the rest to await, if any. A transport that boxes each
     /// frame's future then boxes only that rest (commands, a first message
     /// to a channel, a publish that must wait for the channel or storage).
+    /// Await the rest before handing over the client's next frame: a
+    /// client's frames are handled in the order it sent them.
     pub fn handle_text_now(&mut self, text: &str, arrival: Arrival) -> Option<impl Future<Output = ()> + Send> {
         self.received = arrival.instant;
         // Checked before parsing; the id is recovered only to let the client
