@@ -420,9 +420,9 @@ async fn a_retried_message_is_neither_stored_nor_delivered_again() {
 
 #[tokio::test]
 async fn through_a_backend_that_appends_later_messages_are_stored_delivered_and_deduplicated() {
-    // `Yielding` keeps the default `append_now`, so every publish takes the
-    // awaited `append`.
-    let storage = Yielding(MemoryStorage::new(1000));
+    // A yielding backend keeps the default `append_now`, so every publish
+    // takes the awaited `append`.
+    let storage = Scripted::yielding();
     let probe = StoredMessage { id: IdGenerator::new().message_id(), frame: Frame::from_text("{}") };
     assert_eq!(storage.append_now(&key("r", "probe"), probe.clone()), AppendNow::Later(probe));
     retried_message_is_neither_stored_nor_delivered_again(Router::new(config(), Arc::new(storage))).await;
@@ -1168,60 +1168,41 @@ async fn a_replay_counts_its_bytes_against_the_backlog() {
     assert!(b.inbox.frames.recv().await.is_none(), "what was queued is dropped");
 }
 
-/// Memory storage that yields to the scheduler inside every call, so that
-/// publishers and joiners interleave at the storage await points.
-struct Yielding(MemoryStorage);
-
-#[async_trait]
-impl Storage for Yielding {
-    async fn create_channel(&self, key: &ChannelKey, at: Timestamp) -> Result<(ChannelRecord, bool), StorageError> {
-        tokio::task::yield_now().await;
-        self.0.create_channel(key, at).await
-    }
-    async fn channels(&self) -> Result<Vec<ChannelRecord>, StorageError> {
-        self.0.channels().await
-    }
-    async fn delete_channel(&self, key: &ChannelKey) -> Result<bool, StorageError> {
-        self.0.delete_channel(key).await
-    }
-    async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
-        tokio::task::yield_now().await;
-        let appended = self.0.append(key, message).await;
-        tokio::task::yield_now().await;
-        appended
-    }
-    async fn history(
-        &self,
-        key: &ChannelKey,
-        limit: usize,
-        before: Option<MessageId>,
-    ) -> Result<Vec<StoredMessage>, StorageError> {
-        self.0.history(key, limit, before).await
-    }
-    async fn since(&self, key: &ChannelKey, after: MessageId) -> Result<Since, StorageError> {
-        tokio::task::yield_now().await;
-        let since = self.0.since(key, after).await;
-        tokio::task::yield_now().await;
-        since
-    }
-    async fn stats(&self, key: &ChannelKey) -> Result<ChannelStats, StorageError> {
-        self.0.stats(key).await
-    }
-    fn health(&self) -> Health {
-        self.0.health()
-    }
-}
-
-/// Memory storage whose `since` (a join's replay) waits for a permit; every
-/// other call goes straight through, appends at once included.
-struct GatedReplay {
+/// Memory storage with the waits of a real backend where a test wants them.
+struct Scripted {
     memory: MemoryStorage,
-    gate: tokio::sync::Semaphore,
+    waits: Waits,
+}
+
+enum Waits {
+    /// Yields to the scheduler inside its calls, so that publishers and
+    /// joiners interleave at the storage await points; it keeps the default
+    /// `append_now`, so every publish waits for its append.
+    Yielding,
+    /// Appends at once, but a join's replay (`since`) waits for a permit.
+    GatedReplay(tokio::sync::Semaphore),
+}
+
+impl Scripted {
+    fn yielding() -> Self {
+        Scripted { memory: MemoryStorage::new(1000), waits: Waits::Yielding }
+    }
+
+    fn gated_replay() -> Self {
+        Scripted { memory: MemoryStorage::new(1000), waits: Waits::GatedReplay(tokio::sync::Semaphore::new(0)) }
+    }
+
+    async fn yield_if_yielding(&self) {
+        if let Waits::Yielding = self.waits {
+            tokio::task::yield_now().await;
+        }
+    }
 }
 
 #[async_trait]
-impl Storage for GatedReplay {
+impl Storage for Scripted {
     async fn create_channel(&self, key: &ChannelKey, at: Timestamp) -> Result<(ChannelRecord, bool), StorageError> {
+        self.yield_if_yielding().await;
         self.memory.create_channel(key, at).await
     }
     async fn channels(&self) -> Result<Vec<ChannelRecord>, StorageError> {
@@ -1231,10 +1212,16 @@ impl Storage for GatedReplay {
         self.memory.delete_channel(key).await
     }
     async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
-        self.memory.append(key, message).await
+        self.yield_if_yielding().await;
+        let appended = self.memory.append(key, message).await;
+        self.yield_if_yielding().await;
+        appended
     }
     fn append_now(&self, key: &ChannelKey, message: StoredMessage) -> AppendNow {
-        self.memory.append_now(key, message)
+        match self.waits {
+            Waits::Yielding => AppendNow::Later(message),
+            Waits::GatedReplay(_) => self.memory.append_now(key, message),
+        }
     }
     async fn history(
         &self,
@@ -1245,8 +1232,14 @@ impl Storage for GatedReplay {
         self.memory.history(key, limit, before).await
     }
     async fn since(&self, key: &ChannelKey, after: MessageId) -> Result<Since, StorageError> {
-        let _permit = self.gate.acquire().await.map_err(|e| StorageError::Backend(e.to_string()))?;
-        self.memory.since(key, after).await
+        let _permit = match &self.waits {
+            Waits::GatedReplay(gate) => Some(gate.acquire().await.map_err(|e| StorageError::Backend(e.to_string()))?),
+            Waits::Yielding => None,
+        };
+        self.yield_if_yielding().await;
+        let since = self.memory.since(key, after).await;
+        self.yield_if_yielding().await;
+        since
     }
     async fn stats(&self, key: &ChannelKey) -> Result<ChannelStats, StorageError> {
         self.memory.stats(key).await
@@ -1262,7 +1255,7 @@ fn poll_once<F: Future>(future: std::pin::Pin<&mut F>) -> std::task::Poll<F::Out
 
 #[tokio::test]
 async fn a_message_routed_without_waiting_never_overtakes_a_join_that_holds_the_order() {
-    let storage = Arc::new(GatedReplay { memory: MemoryStorage::new(1000), gate: tokio::sync::Semaphore::new(0) });
+    let storage = Arc::new(Scripted::gated_replay());
     let router = Router::new(config(), Arc::clone(&storage) as Arc<dyn Storage>);
     let mut a = Client::connect(&router, Role::User);
     let mut b = Client::connect(&router, Role::Guest);
@@ -1292,7 +1285,9 @@ async fn a_message_routed_without_waiting_never_overtakes_a_join_that_holds_the_
     assert!(poll_once(publishing.as_mut()).is_pending());
     assert_eq!(storage.memory.stats(&key("r", "c")).await.unwrap().stored, 2);
 
-    storage.gate.add_permits(1);
+    if let Waits::GatedReplay(gate) = &storage.waits {
+        gate.add_permits(1);
+    }
     joining.await;
     publishing.await;
     drop(a);
@@ -1312,7 +1307,7 @@ async fn join_since_during_publishing_misses_nothing_and_repeats_nothing() {
     const N: usize = 40;
     let mut replay_sizes = Vec::new();
     for delay in 0..N {
-        let router = Router::new(config(), Arc::new(Yielding(MemoryStorage::new(1000))));
+        let router = Router::new(config(), Arc::new(Scripted::yielding()));
         let mut a = Client::connect(&router, Role::User);
         let mut b = Client::connect(&router, Role::Guest);
         let ids: Vec<MessageId> = (0..=N).map(|_| a.new_id()).collect();
@@ -1349,7 +1344,7 @@ async fn join_since_during_publishing_misses_nothing_and_repeats_nothing() {
 #[tokio::test]
 async fn racing_deletes_and_a_re_create_leave_no_member_behind() {
     for delay in 0..24 {
-        let router = Router::new(config(), Arc::new(Yielding(MemoryStorage::new(1000))));
+        let router = Router::new(config(), Arc::new(Scripted::yielding()));
         let mut p = Client::connect(&router, Role::User);
         let mut d1 = Client::connect(&router, Role::Admin);
         let mut d2 = Client::connect(&router, Role::Admin);

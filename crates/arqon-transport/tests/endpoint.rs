@@ -93,38 +93,20 @@ impl Connection for PartlyAtOnce {
     fn on_oversize(&mut self) {}
 }
 
-struct PartlyAtOnceAcceptor;
+/// Accepts every upgrade with the connection it builds around the
+/// connection's outbound queue.
+struct AcceptWith<C>(fn(OutboundSender) -> C);
 
-impl Acceptor for PartlyAtOnceAcceptor {
-    type Conn = PartlyAtOnce;
+impl<C: Connection> Acceptor for AcceptWith<C> {
+    type Conn = C;
 
-    fn accept(&self, _request: &UpgradeRequest<'_>) -> Result<Accepted<PartlyAtOnce>, Refusal> {
+    fn accept(&self, _request: &UpgradeRequest<'_>) -> Result<Accepted<C>, Refusal> {
         let (frames_tx, frames) = arqon_outbound::queue(64 * 1024, &Budget::unlimited());
-        Ok(Accepted { conn: PartlyAtOnce { frames: frames_tx }, frames })
+        Ok(Accepted { conn: (self.0)(frames_tx), frames })
     }
 }
 
-struct ReadCounterAcceptor;
-
-impl Acceptor for ReadCounterAcceptor {
-    type Conn = ReadCounter;
-
-    fn accept(&self, _request: &UpgradeRequest<'_>) -> Result<Accepted<ReadCounter>, Refusal> {
-        let (frames_tx, frames) = arqon_outbound::queue(64 * 1024, &Budget::unlimited());
-        Ok(Accepted { conn: ReadCounter { frames: frames_tx, reads: 0 }, frames })
-    }
-}
-
-struct EchoAcceptor;
-
-impl Acceptor for EchoAcceptor {
-    type Conn = Echo;
-
-    fn accept(&self, _request: &UpgradeRequest<'_>) -> Result<Accepted<Echo>, Refusal> {
-        let (frames_tx, frames) = arqon_outbound::queue(64 * 1024, &Budget::unlimited());
-        Ok(Accepted { conn: Echo { frames: frames_tx }, frames })
-    }
-}
+const ECHO: AcceptWith<Echo> = AcceptWith(|frames| Echo { frames });
 
 /// Vets like a connect hook: asks "the application" (a header here), and
 /// accepts only what it vetted.
@@ -157,7 +139,7 @@ impl Acceptor for HookAcceptor {
 
     fn accept_vetted(&self, request: &UpgradeRequest<'_>, vetted: Option<Vetted>) -> Result<Accepted<Echo>, Refusal> {
         match vetted.and_then(|v| v.downcast::<String>().ok()) {
-            Some(user) if *user == "ann" => EchoAcceptor.accept(request),
+            Some(user) if *user == "ann" => ECHO.accept(request),
             _ => self.accept(request),
         }
     }
@@ -189,7 +171,7 @@ async fn admitting_applies_the_listeners_limits_and_origin_check() {
         allowed_origins: vec!["https://app.example".to_owned()],
         ..TransportConfig::default()
     };
-    let endpoint = Endpoint::new(Arc::new(EchoAcceptor), config);
+    let endpoint = Endpoint::new(Arc::new(ECHO), config);
     let headers = HeaderMap::new();
     let first = endpoint.admit(&request(&headers)).await.unwrap();
     assert_eq!(endpoint.admit(&request(&headers)).await.unwrap_err().status, 429);
@@ -206,7 +188,7 @@ async fn admitting_applies_the_listeners_limits_and_origin_check() {
 
 #[tokio::test]
 async fn an_upgraded_stream_is_served_until_shutdown_closes_it_1001() {
-    let (endpoint, served, mut client) = served_over_a_pipe(EchoAcceptor).await;
+    let (endpoint, served, mut client) = served_over_a_pipe(ECHO).await;
 
     client.send(Message::text("hello")).await.unwrap();
     let echoed = tokio::time::timeout(TIMEOUT, client.next()).await.unwrap().unwrap().unwrap();
@@ -230,7 +212,8 @@ async fn an_upgraded_stream_is_served_until_shutdown_closes_it_1001() {
 
 #[tokio::test]
 async fn each_read_is_reported_before_the_frames_it_completed() {
-    let (endpoint, served, mut client) = served_over_a_pipe(ReadCounterAcceptor).await;
+    let (endpoint, served, mut client) =
+        served_over_a_pipe(AcceptWith(|frames| ReadCounter { frames, reads: 0 })).await;
     let reads_before = |text: &str, echoed: Message| -> usize {
         let echoed = echoed.into_text().unwrap();
         let (reads, rest) = echoed.split_once(':').unwrap();
@@ -254,7 +237,7 @@ async fn each_read_is_reported_before_the_frames_it_completed() {
 
 #[tokio::test]
 async fn what_a_handler_leaves_to_await_is_awaited_before_the_next_frame() {
-    let (endpoint, served, mut client) = served_over_a_pipe(PartlyAtOnceAcceptor).await;
+    let (endpoint, served, mut client) = served_over_a_pipe(AcceptWith(|frames| PartlyAtOnce { frames })).await;
     let texts = ["wait 1", "now 2", "wait 3", "wait 4", "now 5"];
     // Sent back to back: the frames after a waiting one are read (often in
     // the same read) while it waits.
