@@ -476,10 +476,12 @@ async fn one_senders_messages_arrive_in_order() {
 }
 
 /// Publishers on several threads into two channels while the subscribers
-/// drain on others: each subscriber gets every message once, and each
+/// drain on others: each subscriber gets every message once, each
 /// publisher's in the order it sent them (a channel's frames go through its
 /// shared fanout chunks and the queues' runs, which a push extends while the
-/// writer takes what came before).
+/// writer takes what came before), and every subscriber gets a channel's
+/// messages in the same order (a publish, whether it waited for the
+/// channel's order lock or took it at once, delivers under it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_publishers_reach_every_member_once_in_order() {
     const PUBLISHERS: usize = 4;
@@ -496,6 +498,8 @@ async fn concurrent_publishers_reach_every_member_once_in_order() {
         sub.drain();
         readers.push(tokio::spawn(async move {
             let mut seen = vec![Vec::new(); PUBLISHERS];
+            // Per channel (c, d): the (publisher, n) pairs in arrival order.
+            let mut order = [Vec::new(), Vec::new()];
             let mut total = 0;
             while total < PUBLISHERS * EACH {
                 let frame = sub.next().await;
@@ -506,6 +510,7 @@ async fn concurrent_publishers_reach_every_member_once_in_order() {
                 let channel = if n % 3 == 2 { "d" } else { "c" };
                 assert_eq!(frame["channel"], channel, "{frame}");
                 seen[usize::try_from(p).unwrap()].push(n);
+                order[usize::from(channel == "d")].push((p, n));
                 total += 1;
                 // Hand the thread over now and then, so pushes land while
                 // this reader is between two takes.
@@ -517,7 +522,7 @@ async fn concurrent_publishers_reach_every_member_once_in_order() {
                 assert_ne!(frame["type"], "message", "one too many: {frame}");
             }
             // Kept to the end: a reader leaving would send the others member events.
-            (seen, sub)
+            (seen, order, sub)
         }));
     }
     // The publishers are members too: their own messages skip their queues,
@@ -562,10 +567,15 @@ async fn concurrent_publishers_reach_every_member_once_in_order() {
             assert_eq!(got, want, "publisher {me} from {p}: the others' messages once, in order, never its own");
         }
     }
+    let mut first_order = None;
     for reader in readers {
-        let (seen, _sub) = tokio::time::timeout(WAIT, reader).await.expect("every message arrives").unwrap();
+        let (seen, order, _sub) = tokio::time::timeout(WAIT, reader).await.expect("every message arrives").unwrap();
         for (p, got) in seen.iter().enumerate() {
             assert_eq!(got, &expected, "publisher {p}: every message once, in order");
+        }
+        match &first_order {
+            None => first_order = Some(order),
+            Some(first) => assert!(*first == order, "two subscribers saw a channel's messages in different orders"),
         }
     }
 }
