@@ -166,7 +166,10 @@ EOF
 
 log "running wstest -m fuzzingclient (output in $OUT/wstest.log)"
 set +e
-(cd "$OUT" && PYTHONWARNINGS=ignore "$VENV/py27/bin/wstest" -m fuzzingclient -s spec.json >"$OUT/wstest.log" 2>&1)
+# Through the venv's python rather than the script's `#!` line, which names
+# the path the venv was made at: a target dir moved with its checkout keeps
+# a venv that still works.
+(cd "$OUT" && PYTHONWARNINGS=ignore "$PY" "$VENV/py27/bin/wstest" -m fuzzingclient -s spec.json >"$OUT/wstest.log" 2>&1)
 wstest_rc=$?
 set -e
 cleanup
