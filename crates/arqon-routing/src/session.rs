@@ -309,7 +309,12 @@ impl Session {
                 self.run_command(&name, args, id, now).await
             }
             Later::Publish { target, out } => {
-                let fanout = self.route(&target, &out).await?;
+                // `dispatch_now` found the channel's publish must wait: go
+                // straight to waiting rather than try at once again.
+                let fanout = match &target {
+                    Target::Channel(key) => self.publish_later(key, &out).await?,
+                    _ => self.route(&target, &out).await?,
+                };
                 self.routed(&target, &out, fanout);
                 Ok(())
             }

@@ -120,8 +120,9 @@ impl Connection for SessionConn {
     }
 
     async fn on_text(&mut self, text: &str) {
-        let span = self.span.clone();
-        self.session.handle_text_at(text, self.arrival).instrument(span).await;
+        if let Some(rest) = self.on_text_now(text) {
+            rest.await;
+        }
     }
 
     /// A message to a channel the client sent to before is routed here,

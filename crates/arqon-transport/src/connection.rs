@@ -657,9 +657,8 @@ where
             }
         }
         batch.framed += 1;
-        if batch.framed >= self.batch || batch.buf.len() >= FLUSH_BYTES {
-            self.write_out(&mut batch.buf).await?;
-            batch.framed = 0;
+        if self.is_full(batch) {
+            self.write_batch(batch).await?;
         }
         Ok(())
     }
