@@ -37,10 +37,12 @@ async fn metrics_count_a_known_sequence_exactly() {
     let (mut a, mut b, c) = (server.client().await, server.client().await, server.client().await);
     a.join("m", "c").await;
     b.join("m", "c").await;
-    for i in 0..3 {
+    // Nine: the routing latency is timed for a connection's first message
+    // and one in eight after it (arqon_routing::LATENCY_SAMPLE).
+    for i in 0..9 {
         a.publish_ff("m", "c", json!(i)).await;
     }
-    for _ in 0..3 {
+    for _ in 0..9 {
         b.recv_message().await;
     }
     a.err("dance", json!({})).await;
@@ -50,14 +52,14 @@ async fn metrics_count_a_known_sequence_exactly() {
     let text = wait_for_metric(mon, "arqon_connections_closed_total", 1.0).await;
     assert_eq!(sample(&text, "arqon_connections_opened_total"), Some(3.0), "{text}");
     assert_eq!(sample(&text, "arqon_connections"), Some(2.0));
-    assert_eq!(sample(&text, r#"arqon_frames_received_total{type="message"}"#), Some(3.0));
+    assert_eq!(sample(&text, r#"arqon_frames_received_total{type="message"}"#), Some(9.0));
     // join, join, dance
     assert_eq!(sample(&text, r#"arqon_frames_received_total{type="command"}"#), Some(3.0));
     assert_eq!(sample(&text, r#"arqon_frames_received_total{type="invalid"}"#), Some(1.0));
-    assert_eq!(sample(&text, "arqon_messages_routed_total"), Some(3.0));
-    assert_eq!(sample(&text, "arqon_messages_delivered_total"), Some(3.0));
-    assert_eq!(sample(&text, "arqon_message_fanout_count"), Some(3.0));
-    assert_eq!(sample(&text, "arqon_routing_latency_seconds_count"), Some(3.0));
+    assert_eq!(sample(&text, "arqon_messages_routed_total"), Some(9.0));
+    assert_eq!(sample(&text, "arqon_messages_delivered_total"), Some(9.0));
+    assert_eq!(sample(&text, "arqon_message_fanout_count"), Some(9.0));
+    assert_eq!(sample(&text, "arqon_routing_latency_seconds_count"), Some(2.0));
     assert_eq!(sample(&text, r#"arqon_errors_total{code="UNKNOWN_COMMAND"}"#), Some(1.0));
     assert_eq!(sample(&text, r#"arqon_errors_total{code="INVALID_JSON"}"#), Some(1.0));
     assert_eq!(sample(&text, r#"arqon_errors_total{code="NOT_FOUND"}"#), Some(0.0));
@@ -65,7 +67,7 @@ async fn metrics_count_a_known_sequence_exactly() {
         sample(&text, r#"arqon_command_duration_seconds_count{command="join_channel",outcome="ok"}"#),
         Some(2.0)
     );
-    assert_eq!(sample(&text, r#"arqon_storage_operations_total{op="append"}"#), Some(3.0));
+    assert_eq!(sample(&text, r#"arqon_storage_operations_total{op="append"}"#), Some(9.0));
     assert_eq!(sample(&text, "arqon_storage_healthy"), Some(1.0));
     assert_eq!(sample(&text, "arqon_rate_limited_total"), Some(0.0));
     for cause in arqon_telemetry::SLOW_CAUSES {
@@ -232,7 +234,11 @@ async fn telemetry_observer_sees_a_known_sequence_in_order() {
         ],
     )
     .await;
+    // Two from one connection: while the stream is watched, every message
+    // is timed, not only the first of a connection (and one in eight).
     a.publish_ff("t", "c", json!("hello")).await;
+    a.publish_ff("t", "c", json!("again")).await;
+    b.recv_message().await;
     b.recv_message().await;
     a.err("dance", json!({})).await;
     let b_id = b.id.clone();
@@ -240,6 +246,7 @@ async fn telemetry_observer_sees_a_known_sequence_in_order() {
     expect_events(
         &mut all,
         &[
+            ("message_routed", None),
             ("message_routed", None),
             // An unknown command never runs: an error, no command_executed.
             ("error", Some(a.id.clone())),

@@ -76,7 +76,7 @@ pub use client::RoomAccess;
 pub use config::{RateLimit, RouterConfig};
 pub use error::RoutingError;
 pub use join_guard::{JoinAsk, JoinGuard, JoinVerdict};
-pub use observer::{BusEvent, FrameKind, NoObserver, Observer};
+pub use observer::{BusEvent, FrameKind, LATENCY_SAMPLE, NoObserver, Observer};
 pub use outlet::Inbox;
 pub use rate::CallLimiter;
 pub use room_options::{RoomOptions, RoomRule, RoomRules, glob_matches};

@@ -63,8 +63,11 @@ pub enum BusEvent<'a> {
         fanout: usize,
         /// Encoded frame size.
         bytes: usize,
-        /// From frame receipt to the last delivery queued.
-        latency: Duration,
+        /// From frame receipt to the last delivery queued, if this message
+        /// was timed: a connection's first message and one in
+        /// [`LATENCY_SAMPLE`] after it, or every one while
+        /// [`Observer::times_every_message`] says so.
+        latency: Option<Duration>,
     },
     /// A command finished.
     CommandExecuted {
@@ -148,7 +151,20 @@ pub enum BusEvent<'a> {
 pub trait Observer: Send + Sync + std::fmt::Debug + 'static {
     /// Something happened.
     fn observe(&self, event: &BusEvent<'_>);
+
+    /// Whether every routed message should be timed now, rather than one in
+    /// [`LATENCY_SAMPLE`] per connection (e.g. while someone watches each
+    /// message's latency live). Asked once per message: keep it cheap.
+    fn times_every_message(&self) -> bool {
+        false
+    }
 }
+
+/// One routed message in this many, per connection, carries its routing
+/// latency in [`BusEvent::MessageRouted`]: reading the clock for every
+/// message cost a few percent of the bus's CPU, and a latency histogram
+/// needs a sample.
+pub const LATENCY_SAMPLE: u8 = 8;
 
 /// The default: observes nothing.
 #[derive(Debug, Clone, Copy, Default)]

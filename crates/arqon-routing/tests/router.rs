@@ -3025,3 +3025,49 @@ async fn a_rooms_history_size_narrows_history_and_replay() {
     };
     assert_eq!(replay, [json!(3), json!(4)]);
 }
+
+/// Records whether each routed message carried its latency; asks for every
+/// one to be timed while `every` is set.
+#[derive(Debug, Default)]
+struct LatencyRecorder {
+    timed: Mutex<Vec<bool>>,
+    every: std::sync::atomic::AtomicBool,
+}
+
+impl arqon_routing::Observer for LatencyRecorder {
+    fn observe(&self, event: &arqon_routing::BusEvent<'_>) {
+        if let arqon_routing::BusEvent::MessageRouted { latency, .. } = event {
+            self.timed.lock().unwrap().push(latency.is_some());
+        }
+    }
+
+    fn times_every_message(&self) -> bool {
+        self.every.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+#[tokio::test]
+async fn routing_latency_is_timed_for_a_sample_unless_the_observer_wants_every_message() {
+    use arqon_routing::LATENCY_SAMPLE;
+    let recorder = Arc::new(LatencyRecorder::default());
+    let router = Router::builder(config(), Arc::new(MemoryStorage::new(1000)))
+        .observer(Arc::clone(&recorder) as Arc<dyn arqon_routing::Observer>)
+        .build();
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::User);
+    let sample = usize::from(LATENCY_SAMPLE);
+    for n in 0..2 * sample + 1 {
+        a.send_value(json!({"type": "message", "room": "r", "channel": "c", "payload": n})).await;
+    }
+    // The first message of each connection, and one in LATENCY_SAMPLE after it.
+    b.send_value(json!({"type": "message", "room": "r", "channel": "c", "payload": "b"})).await;
+    let timed: Vec<bool> = std::mem::take(&mut *recorder.timed.lock().unwrap());
+    let expected: Vec<bool> = (0..2 * sample + 1).map(|n| n % sample == 0).chain([true]).collect();
+    assert_eq!(timed, expected);
+    // While the observer asks (someone watches each message), every one.
+    recorder.every.store(true, std::sync::atomic::Ordering::Relaxed);
+    for n in 0..3 {
+        a.send_value(json!({"type": "message", "room": "r", "channel": "c", "payload": n})).await;
+    }
+    assert_eq!(*recorder.timed.lock().unwrap(), [true, true, true]);
+}

@@ -47,7 +47,9 @@ impl Observer for Telemetry {
                             "channel": channel.map(|c| c.as_str()),
                             "fanout": fanout,
                             "bytes": bytes,
-                            "latency_us": u64::try_from(latency.as_micros()).unwrap_or(u64::MAX),
+                            // Every message is timed while the stream is watched;
+                            // null for one routed just before a watcher came.
+                            "latency_us": latency.map(|l| u64::try_from(l.as_micros()).unwrap_or(u64::MAX)),
                         }),
                     );
                 }
@@ -117,5 +119,11 @@ impl Observer for BusObserver {
         if let Some(webhooks) = &self.webhooks {
             webhooks.observe(event);
         }
+    }
+
+    /// While the telemetry stream is watched: each `message_routed` event
+    /// carries its own latency.
+    fn times_every_message(&self) -> bool {
+        self.telemetry.as_ref().is_some_and(|telemetry| telemetry.hub.is_observed())
     }
 }

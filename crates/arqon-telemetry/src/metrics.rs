@@ -265,7 +265,12 @@ impl BusMetrics {
         histogram::header(out, name, "histogram", "Clients reached per routed message.");
         self.fanout.render(out, name, "", 1.0);
         let name = "arqon_routing_latency_seconds";
-        histogram::header(out, name, "histogram", "From frame receipt to delivery queued, per routed message.");
+        histogram::header(
+            out,
+            name,
+            "histogram",
+            "From frame receipt to delivery queued, for a sample of routed messages (one in 8 per connection).",
+        );
         self.latency.render(out, name, "", NS);
         let name = "arqon_command_duration_seconds";
         histogram::header(out, name, "histogram", "Command execution time.");
@@ -309,10 +314,13 @@ impl BusMetrics {
         }
     }
 
-    /// A message was routed to `fanout` clients after `latency`.
-    pub fn message_routed(&self, fanout: usize, latency: Duration) {
+    /// A message was routed to `fanout` clients, after `latency` if it was
+    /// timed (the latency histogram is a sample of the messages).
+    pub fn message_routed(&self, fanout: usize, latency: Option<Duration>) {
         self.fanout.record(fanout as u64);
-        self.latency.record(nanos(latency));
+        if let Some(latency) = latency {
+            self.latency.record(nanos(latency));
+        }
     }
 
     /// A command ran; `outcome` is `ok` or an error code.
@@ -454,7 +462,7 @@ mod tests {
         m.connection_opened();
         m.connection_closed();
         m.frame_received("command");
-        m.message_routed(3, Duration::from_micros(120));
+        m.message_routed(3, Some(Duration::from_micros(120)));
         m.error(ErrorCode::NotFound);
         m.command_executed("ping", "ok", Duration::from_micros(10));
         m.storage_op("append", true);
@@ -463,6 +471,12 @@ mod tests {
         assert_eq!(sample(&text, "arqon_connections_opened_total"), Some(2.0));
         assert_eq!(sample(&text, r#"arqon_frames_received_total{type="command"}"#), Some(1.0));
         assert_eq!(sample(&text, "arqon_messages_delivered_total"), Some(3.0));
+        // A message routed untimed counts, and adds nothing to the latency sample.
+        m.message_routed(2, None);
+        let text = m.render();
+        assert_eq!(sample(&text, "arqon_messages_routed_total"), Some(2.0));
+        assert_eq!(sample(&text, "arqon_messages_delivered_total"), Some(5.0));
+        assert_eq!(sample(&text, "arqon_routing_latency_seconds_count"), Some(1.0));
         assert_eq!(sample(&text, r#"arqon_errors_total{code="NOT_FOUND"}"#), Some(1.0));
         assert_eq!(sample(&text, r#"arqon_command_duration_seconds_count{command="ping",outcome="ok"}"#), Some(1.0));
         assert_eq!(sample(&text, r#"arqon_storage_operations_total{op="append"}"#), Some(1.0));
@@ -472,7 +486,7 @@ mod tests {
     fn every_line_is_a_comment_or_a_sample() {
         let m = BusMetrics::new();
         m.connection_opened();
-        m.message_routed(2, Duration::from_micros(700));
+        m.message_routed(2, Some(Duration::from_micros(700)));
         m.command_executed("ping", "ok", Duration::from_micros(10));
         m.error(ErrorCode::NotFound);
         let text = m.render();
