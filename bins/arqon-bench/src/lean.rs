@@ -263,42 +263,51 @@ impl LeanReader {
         self.reads
     }
 
+    /// The next frame if a whole one is buffered; `None` when more bytes
+    /// must be read first. No future per frame: at millions of frames a
+    /// second, awaiting each one was a visible share of the generator's CPU.
+    pub(crate) fn buffered(&mut self) -> Option<io::Result<Event>> {
+        let header = parse_header(&self.buf[self.start..self.end])?;
+        let total = header.header_len.saturating_add(header.payload_len);
+        if header.payload_len > MAX_FRAME {
+            return Some(Err(protocol_error("frame too large")));
+        }
+        if self.end - self.start < total {
+            if total > self.buf.len() {
+                self.compact();
+                self.buf.resize(total, 0);
+            }
+            return None;
+        }
+        let payload = self.start + header.header_len..self.start + total;
+        self.start += total;
+        if let Some(key) = header.mask {
+            apply_mask(&mut self.buf[payload.clone()], key);
+        }
+        if !header.fin || header.opcode == 0 {
+            return Some(Err(protocol_error("fragmented frames are not supported")));
+        }
+        self.last_inflated = header.compressed && header.opcode == 0x1;
+        Some(match header.opcode {
+            0x1 if header.compressed => self.inflate(payload).map(Event::Text),
+            0x1 => Ok(Event::Text(payload)),
+            0x2 => Ok(Event::Binary(payload)),
+            0x8 => {
+                let code = self.buf.get(payload.start..payload.start + 2);
+                Ok(Event::Close(code.map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]))))
+            }
+            0x9 => Ok(Event::Ping(payload)),
+            0xA => Ok(Event::Pong),
+            _ => Err(protocol_error("unknown opcode")),
+        })
+    }
+
     /// The next frame. Cancel-safe: a read interrupted by `select!` loses
     /// nothing, since bytes are only consumed once a whole frame is there.
     pub(crate) async fn next(&mut self) -> io::Result<Event> {
         loop {
-            if let Some(header) = parse_header(&self.buf[self.start..self.end]) {
-                let total = header.header_len.saturating_add(header.payload_len);
-                if header.payload_len > MAX_FRAME {
-                    return Err(protocol_error("frame too large"));
-                }
-                if self.end - self.start >= total {
-                    let payload = self.start + header.header_len..self.start + total;
-                    self.start += total;
-                    if let Some(key) = header.mask {
-                        apply_mask(&mut self.buf[payload.clone()], key);
-                    }
-                    if !header.fin || header.opcode == 0 {
-                        return Err(protocol_error("fragmented frames are not supported"));
-                    }
-                    self.last_inflated = header.compressed && header.opcode == 0x1;
-                    return match header.opcode {
-                        0x1 if header.compressed => self.inflate(payload).map(Event::Text),
-                        0x1 => Ok(Event::Text(payload)),
-                        0x2 => Ok(Event::Binary(payload)),
-                        0x8 => {
-                            let code = self.buf.get(payload.start..payload.start + 2);
-                            Ok(Event::Close(code.map_or(1005, |c| u16::from_be_bytes([c[0], c[1]]))))
-                        }
-                        0x9 => Ok(Event::Ping(payload)),
-                        0xA => Ok(Event::Pong),
-                        _ => Err(protocol_error("unknown opcode")),
-                    };
-                }
-                if total > self.buf.len() {
-                    self.compact();
-                    self.buf.resize(total, 0);
-                }
+            if let Some(event) = self.buffered() {
+                return event;
             }
             if self.buf.len() - self.end < MIN_READ {
                 self.compact();
@@ -388,6 +397,9 @@ pub(crate) struct LeanWs {
     pub(crate) reader: LeanReader,
     /// Frames out.
     pub(crate) writer: LeanWriter,
+    /// A pong queued by [`LeanWs::buffered`], sent by the next
+    /// [`LeanWs::next`].
+    pong_queued: bool,
 }
 
 impl LeanWs {
@@ -408,12 +420,17 @@ impl LeanWs {
                 last_inflated: false,
             },
             writer: LeanWriter { half: write, out: Vec::with_capacity(4096), rng: seed | 1 },
+            pong_queued: false,
         }
     }
 
     /// The next frame that is not a ping or pong; pings are answered on the
     /// way (the bus closes a client that stays silent for two heartbeats).
     pub(crate) async fn next(&mut self) -> io::Result<Event> {
+        if self.pong_queued {
+            self.writer.flush().await?;
+            self.pong_queued = false;
+        }
         loop {
             match self.reader.next().await? {
                 Event::Ping(range) => {
@@ -423,6 +440,23 @@ impl LeanWs {
                 }
                 Event::Pong => {}
                 other => return Ok(other),
+            }
+        }
+    }
+
+    /// [`LeanWs::next`] if a whole frame is buffered, without waiting;
+    /// `None` when more bytes must be read. Pings found on the way are
+    /// answered when `next` is called (it is, once the buffer is drained).
+    pub(crate) fn buffered(&mut self) -> Option<io::Result<Event>> {
+        loop {
+            match self.reader.buffered()? {
+                Ok(Event::Ping(range)) => {
+                    let payload = self.reader.bytes(range).to_vec();
+                    self.writer.queue_pong(&payload);
+                    self.pong_queued = true;
+                }
+                Ok(Event::Pong) => {}
+                other => return Some(other),
             }
         }
     }
@@ -535,5 +569,45 @@ mod tests {
         let Event::Pong = server.reader.next().await.unwrap() else { panic!() };
         drop(client);
         assert_eq!(server.reader.next().await.unwrap(), Event::Eof);
+    }
+
+    #[tokio::test]
+    async fn buffered_frames_come_without_waiting_and_a_ping_among_them_is_answered_by_next() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client = tokio::spawn(async move { TcpStream::connect(addr).await.unwrap() });
+        let (server, _) = listener.accept().await.unwrap();
+        let mut client = LeanWs::new(client.await.unwrap(), 7, false);
+        let mut server = LeanWs::new(server, 9, false);
+        assert!(client.buffered().is_none(), "nothing read yet");
+        server.writer.queue_text("one");
+        server.writer.queue(0x9, b"hb");
+        server.writer.queue_text("two");
+        server.writer.queue_text("three");
+        server.writer.flush().await.unwrap();
+        // The first frame takes a read; the rest of that read is buffered.
+        let Event::Text(r) = client.next().await.unwrap() else { panic!() };
+        assert_eq!(client.reader.bytes(r), b"one");
+        let mut rest = Vec::new();
+        while rest.len() < 2 {
+            match client.buffered() {
+                Some(Ok(Event::Text(r))) => rest.push(client.reader.bytes(r).to_vec()),
+                Some(other) => panic!("unexpected {other:?}"),
+                // A read that split the frames: wait for the rest.
+                None => {
+                    let Event::Text(r) = client.next().await.unwrap() else { panic!() };
+                    rest.push(client.reader.bytes(r).to_vec());
+                }
+            }
+        }
+        assert_eq!(rest, [b"two".to_vec(), b"three".to_vec()]);
+        assert!(client.buffered().is_none());
+        // The ping skipped by `buffered` is answered by the next `next`,
+        // before it waits for anything else.
+        let waiting = tokio::spawn(async move { client.next().await.map(|_| ()) });
+        let Event::Pong = server.reader.next().await.unwrap() else { panic!("the ping was not answered") };
+        server.writer.queue_text("four");
+        server.writer.flush().await.unwrap();
+        waiting.await.unwrap().unwrap();
     }
 }

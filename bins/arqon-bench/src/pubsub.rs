@@ -364,10 +364,15 @@ impl Reads {
             // One stop future for the whole loop, polled only when no frame
             // is ready: creating and polling one per frame costs more than
             // the frame.
-            let event = tokio::select! {
-                biased;
-                event = ws.next() => event,
-                _ = &mut *stopped => return None,
+            // A buffered frame first, without a future; then wait for one,
+            // or for the stop.
+            let event = match ws.buffered() {
+                Some(event) => event,
+                None => tokio::select! {
+                    biased;
+                    event = ws.next() => event,
+                    _ = &mut *stopped => return None,
+                },
             };
             match sort_read(result, index, event, self.binary) {
                 Read::Data(range) => {
@@ -603,7 +608,7 @@ async fn publisher(
             return result;
         }
     };
-    let LeanWs { reader, mut writer } = ws;
+    let LeanWs { reader, mut writer, .. } = ws;
     let reader = tokio::spawn(publisher_reader(reader, run.peer, stop.clone()));
     if start.wait_for(|s| *s).await.is_err() {
         reader.abort();
