@@ -156,12 +156,20 @@ arq_id!(
 );
 
 /// Monotonic id source: ids from one generator sort in the order made, even
-/// within one millisecond.
+/// within one millisecond, and cannot be guessed from the ones before.
+///
+/// A new millisecond starts from 80 fresh random bits; a later id in the same
+/// millisecond (or after the clock went back) is the previous one plus a
+/// random step of 1 to 2^32, never plus one. Plus one would let a client that
+/// saw another's message id send the next one first: the bus would then take
+/// the other's message for a retry of it (PROTOCOL.md section 3) and neither
+/// store nor deliver it.
 ///
 /// Not shared: each connection owns one, so id generation takes no lock.
 #[derive(Default)]
 pub struct IdGenerator {
-    inner: ulid::Generator,
+    /// The last id made (0 before the first).
+    last: u128,
 }
 
 impl fmt::Debug for IdGenerator {
@@ -169,6 +177,9 @@ impl fmt::Debug for IdGenerator {
         f.debug_struct("IdGenerator").finish_non_exhaustive()
     }
 }
+
+/// The random part of a ULID: its low 80 bits.
+const RANDOM_BITS: u32 = 80;
 
 impl IdGenerator {
     /// A fresh generator.
@@ -178,9 +189,28 @@ impl IdGenerator {
 
     /// The next ULID; strictly greater than the previous one.
     pub fn next_ulid(&mut self) -> Ulid {
-        // `generate` fails only when 2^80 ids were made in one millisecond;
-        // a fresh random ULID is the sane fallback.
-        self.inner.generate().unwrap_or_else(|_| Ulid::new())
+        self.next_at(crate::Timestamp::now())
+    }
+
+    /// The next ULID with its time part from `now` (unless the clock went
+    /// back, when the previous id's time carries on).
+    fn next_at(&mut self, now: crate::Timestamp) -> Ulid {
+        use rand::Rng as _;
+        let mut rng = rand::rng();
+        // ULIDs hold 48 bits of milliseconds: years 1970 to 10889.
+        let ms = u128::from(u64::try_from(now.unix_ms()).unwrap_or(0) & 0xFFFF_FFFF_FFFF);
+        // One draw: its top 80 bits for a fresh id, its low 32 for a step.
+        let random: u128 = rng.random();
+        let fresh = (ms << RANDOM_BITS) | (random >> (128 - RANDOM_BITS));
+        let next = if fresh > self.last {
+            fresh
+        } else {
+            let step = (random & u128::from(u32::MAX)) + 1;
+            // Past the last ULID there is none greater: the fresh one then.
+            self.last.checked_add(step).unwrap_or(fresh)
+        };
+        self.last = next;
+        Ulid(next)
     }
 
     /// The next message id.
@@ -193,9 +223,7 @@ impl IdGenerator {
     /// message path reads the clock once). Strictly greater than the
     /// previous id, as [`message_id`](Self::message_id).
     pub fn message_id_at(&mut self, now: crate::Timestamp) -> MessageId {
-        let Ok(ms) = u64::try_from(now.unix_ms()) else { return self.message_id() };
-        let at = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
-        MessageId(self.inner.generate_from_datetime(at).unwrap_or_else(|_| Ulid::new()))
+        MessageId(self.next_at(now))
     }
 
     /// The next client id.
@@ -257,6 +285,27 @@ mod tests {
             last = next;
         }
         assert!(ids.message_id() > last);
+    }
+
+    #[test]
+    fn ids_of_one_millisecond_grow_by_steps_no_one_can_guess() {
+        let mut ids = IdGenerator::new();
+        let now = crate::Timestamp::from_unix_ms(1_765_000_000_000);
+        let made: Vec<u128> = (0..2_000).map(|_| ids.message_id_at(now).ulid().0).collect();
+        let steps: Vec<u128> = made.windows(2).map(|w| w[1] - w[0]).collect();
+        assert!(steps.iter().all(|&step| step > 0), "strictly growing");
+        // Plus one (what a counter does) would let a client send another's
+        // next id first; one in 2^32 by chance, so never here.
+        assert!(!steps.contains(&1), "a step of one");
+        let distinct: std::collections::HashSet<&u128> = steps.iter().collect();
+        assert!(distinct.len() > steps.len() * 9 / 10, "steps are random, not a pattern");
+        assert!(made.iter().all(|&id| id >> 80 == 1_765_000_000_000), "every id carries the millisecond");
+        // A clock that goes back keeps the order.
+        let earlier = ids.message_id_at(crate::Timestamp::from_unix_ms(1_700_000_000_000)).ulid().0;
+        assert!(earlier > made[made.len() - 1]);
+        // Generators do not follow one another.
+        let mut other = IdGenerator::new();
+        assert_ne!(other.message_id_at(now).ulid().0 >> 40, made[0] >> 40);
     }
 
     #[test]

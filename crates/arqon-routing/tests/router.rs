@@ -3071,3 +3071,39 @@ async fn routing_latency_is_timed_for_a_sample_unless_the_observer_wants_every_m
     }
     assert_eq!(*recorder.timed.lock().unwrap(), [true, true, true]);
 }
+
+/// A client that sees another's message id must not be able to send that
+/// client's next id first: the bus would take the other's next message for
+/// a retry of its own (neither stored nor delivered). The worst case for the
+/// id generator: every frame of the victim arrives in one millisecond.
+#[tokio::test]
+async fn a_client_cannot_take_the_next_ids_of_anothers_messages() {
+    let router = router();
+    let mut a = Client::connect(&router, Role::User);
+    let mut b = Client::connect(&router, Role::User);
+    b.ok("join_channel", json!({"room": "r", "channel": "c"})).await;
+    let arrival = Arrival::at(tokio::time::Instant::now(), Timestamp::now());
+    let message = |n: u32| json!({"type": "message", "room": "r", "channel": "c", "payload": n}).to_string();
+    a.session.handle_text_at(&message(0), arrival).await;
+    let seen = b.next().await;
+    assert_eq!(seen["payload"], 0, "{seen}");
+    let seen = MessageId::parse(seen["id"].as_str().unwrap()).unwrap();
+    // b takes the ids a counter would give a next.
+    for step in 1..=64 {
+        let mut squat = seen.ulid();
+        squat.0 += step;
+        b.send_value(json!({
+            "type": "message", "room": "r", "channel": "c",
+            "id": MessageId::from_ulid(squat).to_string(), "payload": "squat",
+        }))
+        .await;
+    }
+    for n in 1..=5 {
+        a.session.handle_text_at(&message(n), arrival).await;
+    }
+    for n in 1..=5 {
+        let got = b.next().await;
+        assert_eq!(got["payload"], n, "a's message {n} was taken for a retry of b's: {got}");
+    }
+    b.assert_quiet();
+}
