@@ -515,14 +515,19 @@ mod tests {
         assert_eq!(advance(advance(0, b'\r'), b'\r'), 1);
     }
 
-    #[tokio::test]
-    async fn compressed_frames_are_inflated_and_counted_as_wire_bytes() {
+    /// A lean client and a lean server connected over loopback (the client
+    /// inflates if `deflate`).
+    async fn connected(deflate: bool) -> (LeanWs, LeanWs) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let client = tokio::spawn(async move { TcpStream::connect(addr).await.unwrap() });
         let (server, _) = listener.accept().await.unwrap();
-        let mut client = LeanWs::new(client.await.unwrap(), 7, true);
-        let mut server = LeanWs::new(server, 9, false);
+        (LeanWs::new(client.await.unwrap(), 7, deflate), LeanWs::new(server, 9, false))
+    }
+
+    #[tokio::test]
+    async fn compressed_frames_are_inflated_and_counted_as_wire_bytes() {
+        let (mut client, mut server) = connected(true).await;
         let text = "the order shipped ".repeat(100);
         let deflated = miniz_oxide::deflate::compress_to_vec(text.as_bytes(), 1);
         server.writer.queue(0x40 | 0x1, &deflated);
@@ -538,12 +543,7 @@ mod tests {
 
     #[tokio::test]
     async fn frames_round_trip_over_a_socket() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client = tokio::spawn(async move { TcpStream::connect(addr).await.unwrap() });
-        let (server, _) = listener.accept().await.unwrap();
-        let mut client = LeanWs::new(client.await.unwrap(), 7, false);
-        let mut server = LeanWs::new(server, 9, false);
+        let (mut client, mut server) = connected(false).await;
         // Client frames are masked; the reader unmasks them.
         let big = "y".repeat(70_000);
         client.writer.queue_text("hello");
@@ -573,12 +573,7 @@ mod tests {
 
     #[tokio::test]
     async fn buffered_frames_come_without_waiting_and_a_ping_among_them_is_answered_by_next() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let client = tokio::spawn(async move { TcpStream::connect(addr).await.unwrap() });
-        let (server, _) = listener.accept().await.unwrap();
-        let mut client = LeanWs::new(client.await.unwrap(), 7, false);
-        let mut server = LeanWs::new(server, 9, false);
+        let (mut client, mut server) = connected(false).await;
         assert!(client.buffered().is_none(), "nothing read yet");
         server.writer.queue_text("one");
         server.writer.queue(0x9, b"hb");
