@@ -57,9 +57,9 @@ impl Encoded {
         // bits 125 to 127): the highest differing bit, 127 - leading zeros,
         // falls in character (2 + leading zeros) / 5.
         let first = (differ.leading_zeros() as usize + 2) / 5;
-        for (i, char) in self.text.iter_mut().enumerate().skip(first) {
+        for (i, digit) in self.text.iter_mut().enumerate().skip(first) {
             let shift = 5 * (ULID_LEN - 1 - i);
-            *char = ALPHABET[((value >> shift) & 31) as usize];
+            *digit = ALPHABET[((value >> shift) & 31) as usize];
         }
         self.value = value;
         self
