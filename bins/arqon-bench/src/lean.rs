@@ -167,21 +167,6 @@ fn protocol_error(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, what.to_owned())
 }
 
-/// XORs `data` with the repeated masking `key`, eight bytes at a time: byte
-/// by byte, masking every published frame was a seventh of the generator's
-/// CPU, enough to make the generator, not the server, the limit of fan-in.
-fn apply_mask(data: &mut [u8], key: [u8; 4]) {
-    let word = u64::from_ne_bytes([key[0], key[1], key[2], key[3], key[0], key[1], key[2], key[3]]);
-    let (words, tail) = data.as_chunks_mut::<8>();
-    for chunk in words {
-        *chunk = (u64::from_ne_bytes(*chunk) ^ word).to_ne_bytes();
-    }
-    // The tail starts at a multiple of 8, so at key[0] again.
-    for (byte, k) in tail.iter_mut().zip(key.iter().cycle()) {
-        *byte ^= k;
-    }
-}
-
 /// A connection's inflater (permessage-deflate).
 struct Inflater(Box<DecompressorOxide>);
 
@@ -282,7 +267,7 @@ impl LeanReader {
         let payload = self.start + header.header_len..self.start + total;
         self.start += total;
         if let Some(key) = header.mask {
-            apply_mask(&mut self.buf[payload.clone()], key);
+            arqon_transport::mask(&mut self.buf[payload.clone()], key);
         }
         if !header.fin || header.opcode == 0 {
             return Some(Err(protocol_error("fragmented frames are not supported")));
@@ -309,17 +294,26 @@ impl LeanReader {
             if let Some(event) = self.buffered() {
                 return event;
             }
-            if self.buf.len() - self.end < MIN_READ {
-                self.compact();
-            }
-            let n = self.half.read(&mut self.buf[self.end..]).await?;
-            if n == 0 {
+            if !self.fill().await? {
                 return Ok(Event::Eof);
             }
-            self.end += n;
-            self.reads += 1;
-            self.wire_bytes += n as u64;
         }
+    }
+
+    /// Reads once from the socket into the buffer; false at the end of the
+    /// stream.
+    async fn fill(&mut self) -> io::Result<bool> {
+        if self.buf.len() - self.end < MIN_READ {
+            self.compact();
+        }
+        let n = self.half.read(&mut self.buf[self.end..]).await?;
+        if n == 0 {
+            return Ok(false);
+        }
+        self.end += n;
+        self.reads += 1;
+        self.wire_bytes += n as u64;
+        Ok(true)
     }
 
     fn compact(&mut self) {
@@ -367,7 +361,7 @@ impl LeanWriter {
         self.out.extend_from_slice(&key);
         let start = self.out.len();
         self.out.extend_from_slice(payload);
-        apply_mask(&mut self.out[start..], key);
+        arqon_transport::mask(&mut self.out[start..], key);
     }
 
     /// Appends a text frame.
@@ -427,26 +421,27 @@ impl LeanWs {
     /// The next frame that is not a ping or pong; pings are answered on the
     /// way (the bus closes a client that stays silent for two heartbeats).
     pub(crate) async fn next(&mut self) -> io::Result<Event> {
-        if self.pong_queued {
-            self.writer.flush().await?;
-            self.pong_queued = false;
-        }
         loop {
-            match self.reader.next().await? {
-                Event::Ping(range) => {
-                    let payload = self.reader.bytes(range).to_vec();
-                    self.writer.queue_pong(&payload);
-                    self.writer.flush().await?;
-                }
-                Event::Pong => {}
-                other => return Ok(other),
+            let event = self.buffered();
+            // Pongs for the pings `buffered` found, now or before: sent
+            // before returning or waiting for more.
+            if self.pong_queued {
+                self.writer.flush().await?;
+                self.pong_queued = false;
+            }
+            if let Some(event) = event {
+                return event;
+            }
+            if !self.reader.fill().await? {
+                return Ok(Event::Eof);
             }
         }
     }
 
-    /// [`LeanWs::next`] if a whole frame is buffered, without waiting;
-    /// `None` when more bytes must be read. Pings found on the way are
-    /// answered when `next` is called (it is, once the buffer is drained).
+    /// The next frame that is not a ping or pong if a whole one is
+    /// buffered, without waiting; `None` when more bytes must be read.
+    /// Pings found on the way are answered by the next [`LeanWs::next`]
+    /// (called once the buffer is drained).
     pub(crate) fn buffered(&mut self) -> Option<io::Result<Event>> {
         loop {
             match self.reader.buffered()? {
@@ -488,20 +483,6 @@ mod tests {
         assert_eq!(parse_header(&masked).map(|h| (h.header_len, h.mask)), Some((6, Some([1, 2, 3, 4]))));
         assert_eq!(parse_header(&[0x01, 0]).map(|h| h.fin), Some(false));
         assert_eq!(parse_header(&[0xc1, 0]).map(|h| h.compressed), Some(true));
-    }
-
-    #[test]
-    fn masking_a_word_at_a_time_is_masking_each_byte() {
-        let key = [0x12, 0x34, 0x56, 0x78];
-        for len in 0..40 {
-            let data: Vec<u8> = (0..len).map(|i| (i * 7 + 3) as u8).collect();
-            let mut masked = data.clone();
-            apply_mask(&mut masked, key);
-            let expected: Vec<u8> = data.iter().enumerate().map(|(i, b)| b ^ key[i % 4]).collect();
-            assert_eq!(masked, expected, "length {len}");
-            apply_mask(&mut masked, key);
-            assert_eq!(masked, data, "unmasking, length {len}");
-        }
     }
 
     #[test]

@@ -110,9 +110,10 @@ macro_rules! arq_id {
 
         impl fmt::Display for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                let mut buf = [0u8; ULID_LEN];
                 f.write_str(PREFIX)?;
-                f.write_str(self.0.array_to_str(&mut buf))
+                // The one encoder `write_to` uses, from zero: every character.
+                let text = Encoded::ZERO.to(self.0.0).text;
+                f.write_str(std::str::from_utf8(&text).map_err(|_| fmt::Error)?)
             }
         }
 

@@ -176,17 +176,19 @@ impl Header {
     }
 }
 
-/// Removes the client's mask, eight bytes at a time.
-fn unmask(data: &mut [u8], mask: [u8; 4]) {
-    let [a, b, c, d] = mask;
-    let key = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
+/// XORs `data` with a frame's masking key, eight bytes at a time: masking
+/// and unmasking are the same operation (RFC 6455 5.3). Public for clients
+/// built on this crate's framing, such as the load generator.
+pub fn mask(data: &mut [u8], key: [u8; 4]) {
+    let [a, b, c, d] = key;
+    let word_key = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
     let (words, tail) = data.as_chunks_mut::<8>();
     for word in words {
-        *word = (u64::from_ne_bytes(*word) ^ key).to_ne_bytes();
+        *word = (u64::from_ne_bytes(*word) ^ word_key).to_ne_bytes();
     }
-    // The tail starts at a multiple of 8, so the mask starts over with it.
-    for (byte, key) in tail.iter_mut().zip(mask.iter().cycle()) {
-        *byte ^= key;
+    // The tail starts at a multiple of 8, so the key starts over with it.
+    for (byte, k) in tail.iter_mut().zip(key.iter().cycle()) {
+        *byte ^= k;
     }
 }
 
@@ -327,7 +329,7 @@ impl FrameReader {
             let at = self.start + header.len;
             let payload = at..at + header.payload;
             self.start += total;
-            unmask(&mut self.buf[payload.clone()], header.mask);
+            mask(&mut self.buf[payload.clone()], header.mask);
             match header.opcode {
                 OP_TEXT | OP_BINARY if self.fragments.is_some() => return Err(Broken::Protocol),
                 OP_TEXT | OP_BINARY if header.fin => {
@@ -539,7 +541,7 @@ mod tests {
         for len in [0, 1, 3, 7, 8, 9, 15, 16, 17, 125, 126, 300, 65_536] {
             let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut masked: Vec<u8> = payload.iter().zip(MASK.iter().cycle()).map(|(b, k)| b ^ k).collect();
-            unmask(&mut masked, MASK);
+            mask(&mut masked, MASK);
             assert_eq!(masked, payload, "length {len}");
         }
     }

@@ -57,6 +57,7 @@ use arqon_outbound::OutboundReceiver;
 pub use api::{API_PREFIX, ApiFuture, ApiRequest, ApiResponse};
 pub use deflate::Compression;
 pub use embed::{Admitted, Endpoint, websocket_accept};
+pub use frames::mask;
 pub use guard::Access;
 pub use http::{Monitor, TextStream, serve_monitoring};
 pub use server::serve;
