@@ -12,6 +12,15 @@ export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+step "disk"
+# The builds take about 3.5 GiB (README.md); a full disk shows up as a rustc
+# I/O error deep in the log, so say it here first.
+free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
+echo "free: $((free_kib / 1024)) MiB on $(df -P . | awk 'NR == 2 { print $6 }')"
+if [ "$free_kib" -lt $((6 * 1024 * 1024)) ]; then
+    echo "warning: under 6 GiB free; the builds need about 3.5 GiB and may run out of disk" >&2
+fi
+
 step "tools"
 if ! command -v redis-server >/dev/null 2>&1; then
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
@@ -112,6 +121,8 @@ cargo build --locked -p arqonbus
 
 step "cargo test"
 cargo test --workspace --locked
+
+echo "disk: target/ holds $(du -sh "${CARGO_TARGET_DIR:-target}" | cut -f1)"
 
 step "benches build, load generator smoke run"
 cargo bench --locked -p arqon-benches --no-run
