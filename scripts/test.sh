@@ -15,8 +15,8 @@ step() { printf '\n==> %s\n' "$*"; }
 step "disk"
 # The builds take about 3.5 GiB (README.md); a full disk shows up as a rustc
 # I/O error deep in the log, so say it here first.
-free_kib=$(df -Pk . | awk 'NR == 2 { print $4 }')
-echo "free: $((free_kib / 1024)) MiB on $(df -P . | awk 'NR == 2 { print $6 }')"
+read -r free_kib mount < <(df -Pk . | awk 'NR == 2 { print $4, $6 }')
+echo "free: $((free_kib / 1024)) MiB on $mount"
 if [ "$free_kib" -lt $((6 * 1024 * 1024)) ]; then
     echo "warning: under 6 GiB free; the builds need about 3.5 GiB and may run out of disk" >&2
 fi
