@@ -1,9 +1,10 @@
 //! The in-memory backend: one bounded log per channel, lost on restart.
 
+use std::cell::RefCell;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::fmt;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Weak};
 
 use arqon_protocol::{ChannelKey, MessageId, Timestamp};
 use async_trait::async_trait;
@@ -40,6 +41,8 @@ pub(crate) const MESSAGE_OVERHEAD_BYTES: usize = 96;
 /// is a sixteenth under the budget (the headroom spares the scan of every
 /// channel on each following append).
 pub struct MemoryStorage {
+    /// Tells this backend's logs from another's in a thread's [`LAST_LOG`].
+    instance: u64,
     /// Most messages kept per channel.
     max_per_channel: usize,
     /// Most bytes kept per channel.
@@ -75,7 +78,9 @@ impl MemoryStorage {
     /// When a channel's log is full, each append evicts its oldest message.
     /// `0` keeps no history at all: appends succeed and are dropped at once.
     pub fn new(max_per_channel: usize) -> Self {
+        static INSTANCES: AtomicU64 = AtomicU64::new(0);
         MemoryStorage {
+            instance: INSTANCES.fetch_add(1, Ordering::Relaxed),
             max_per_channel,
             bytes_per_channel: Self::DEFAULT_BYTES_PER_CHANNEL,
             bytes_total: Self::DEFAULT_BYTES_TOTAL,
@@ -125,18 +130,58 @@ impl MemoryStorage {
         Arc::clone(log.value())
     }
 
+    /// Runs `append` on `key`'s log, locked.
+    ///
+    /// A publisher sends to one channel over and over: the log this thread
+    /// appended to last spares the map's lookup (hashing the key, the
+    /// shard's lock), a third of an append. Only `delete_channel` takes a
+    /// log out of the map, and it marks the log dead, so a remembered log
+    /// found dead is looked up again: after a delete and re-create the
+    /// append goes to the new log. A looked-up log found dead is an append
+    /// racing the delete, which keeps nothing, as if it came just before.
+    fn with_append_log<R>(&self, key: &ChannelKey, append: impl FnOnce(&mut Log) -> R) -> R {
+        if let Some(log) = self.remembered_log(key) {
+            let mut log = log.lock();
+            if !log.dead {
+                return append(&mut log);
+            }
+        }
+        let log = self.remember_log(key);
+        let mut log = log.lock();
+        append(&mut log)
+    }
+
+    /// The log this thread appended to last, if it is `key`'s in this
+    /// backend and still there (it may be dead: see [`Self::with_append_log`]).
+    fn remembered_log(&self, key: &ChannelKey) -> Option<Arc<Mutex<Log>>> {
+        let remembered = |last: &RefCell<Option<LastLog>>| {
+            let last = last.borrow();
+            let last = last.as_ref().filter(|last| last.instance == self.instance && same_key(&last.key, key))?;
+            last.log.upgrade()
+        };
+        // `None` also while the thread's locals are torn down.
+        LAST_LOG.try_with(remembered).ok().flatten()
+    }
+
+    /// [`Self::log_or_create`], remembered as this thread's last log.
+    fn remember_log(&self, key: &ChannelKey) -> Arc<Mutex<Log>> {
+        let log = self.log_or_create(key);
+        let remember = LastLog { instance: self.instance, key: key.clone(), log: Arc::downgrade(&log) };
+        // Unremembered if the thread's locals are being torn down.
+        let _ = LAST_LOG.try_with(|last| *last.borrow_mut() = Some(remember));
+        log
+    }
+
     /// The one append both [`Storage::append`] and [`Storage::append_now`]
     /// run, so that the two cannot drift apart.
     fn push(&self, key: &ChannelKey, message: StoredMessage) -> Appended {
         let bounds = Bounds { messages: self.max_per_channel, bytes: self.bytes_per_channel };
-        let appended = {
-            let log = self.log_or_create(key);
-            let mut log = log.lock();
+        let appended = self.with_append_log(key, |log| {
             let before = log.bytes;
             let appended = log.push(message, bounds);
             self.account(before, log.bytes);
             appended
-        };
+        });
         // After the log's lock is released: trimming locks other logs.
         self.enforce_total();
         appended
@@ -221,6 +266,27 @@ impl fmt::Debug for MemoryStorage {
             .field("logs", &self.logs.len())
             .finish()
     }
+}
+
+thread_local! {
+    /// The log this thread appended to last (see [`MemoryStorage::with_append_log`]).
+    /// Weak, so that it keeps neither a deleted channel's log nor a dropped
+    /// backend's alive.
+    static LAST_LOG: RefCell<Option<LastLog>> = const { RefCell::new(None) };
+}
+
+struct LastLog {
+    /// [`MemoryStorage::instance`] of the backend the log belongs to.
+    instance: u64,
+    key: ChannelKey,
+    log: Weak<Mutex<Log>>,
+}
+
+/// `a == b`, deciding at once when both share their names' text (a
+/// publisher's keys do: `RecentNames` hands out the same names again).
+fn same_key(a: &ChannelKey, b: &ChannelKey) -> bool {
+    let shared = |x: &str, y: &str| std::ptr::eq(x, y);
+    (shared(a.room.as_str(), b.room.as_str()) && shared(a.channel.as_str(), b.channel.as_str())) || a == b
 }
 
 /// A channel's bounds: messages and bytes.
@@ -524,6 +590,51 @@ mod tests {
         assert_eq!((health.history_bytes, health.history_bytes_budget), (0, 256 << 20));
         assert_eq!(storage.max_per_channel, 1_000);
         assert_eq!(storage.bytes_per_channel, 8 << 20);
+    }
+
+    #[tokio::test]
+    async fn an_append_after_a_delete_and_re_create_goes_to_the_new_log() {
+        let storage = MemoryStorage::new(10);
+        let mut ids = IdGenerator::new();
+        let key = ChannelKey::parse("r", "c").unwrap();
+        let (first, second) = (ids.message_id(), ids.message_id());
+        storage.append(&key, message(first)).await.unwrap();
+        // Held across the delete, as a read racing it would: the remembered
+        // log outlives it, dead.
+        let old = storage.log(&key).unwrap();
+        storage.delete_channel(&key).await.unwrap();
+        storage.create_channel(&key, Timestamp::now()).await.unwrap();
+        // This thread remembers the deleted (dead) log from the first append.
+        storage.append(&key, message(second)).await.unwrap();
+        let kept: Vec<MessageId> = storage.history(&key, 10, None).await.unwrap().iter().map(|m| m.id).collect();
+        assert_eq!(kept, vec![second]);
+        assert_eq!(storage.held_bytes(), charge(&message(second)));
+        assert!(old.lock().entries.is_empty());
+    }
+
+    #[tokio::test]
+    async fn two_backends_on_one_thread_keep_their_own_logs_of_the_same_channel() {
+        let (a, b) = (MemoryStorage::new(10), MemoryStorage::new(10));
+        let mut ids = IdGenerator::new();
+        let key = ChannelKey::parse("r", "c").unwrap();
+        let (to_a, to_b) = (ids.message_id(), ids.message_id());
+        a.append(&key, message(to_a)).await.unwrap();
+        b.append(&key, message(to_b)).await.unwrap();
+        a.append(&ChannelKey::parse("r", "c").unwrap(), message(ids.message_id())).await.unwrap();
+        let ids_of = |kept: Vec<StoredMessage>| kept.iter().map(|m| m.id).collect::<Vec<_>>();
+        assert_eq!(ids_of(b.history(&key, 10, None).await.unwrap()), vec![to_b]);
+        let in_a = ids_of(a.history(&key, 10, None).await.unwrap());
+        assert_eq!((in_a.len(), in_a[0]), (2, to_a));
+    }
+
+    #[tokio::test]
+    async fn the_remembered_log_does_not_keep_a_dropped_backends_history() {
+        let storage = MemoryStorage::new(10);
+        let key = ChannelKey::parse("r", "c").unwrap();
+        storage.append(&key, message(IdGenerator::new().message_id())).await.unwrap();
+        assert!(LAST_LOG.with_borrow(|last| last.as_ref().is_some_and(|last| last.log.upgrade().is_some())));
+        drop(storage);
+        assert!(LAST_LOG.with_borrow(|last| last.as_ref().is_some_and(|last| last.log.upgrade().is_none())));
     }
 
     #[tokio::test]
