@@ -1512,6 +1512,26 @@ async fn a_slow_consumer_is_closed_by_bytes_and_the_others_get_everything() {
 }
 
 #[tokio::test]
+async fn a_channels_only_member_gets_every_message_in_order_and_is_closed_by_bytes_too() {
+    // One member takes the plain-frame path of delivery (no shared chunk).
+    let router = router_with(RouterConfig { max_backlog_bytes: 2000, ..config() });
+    let mut publisher = Client::connect(&router, Role::User);
+    publisher.create("r", "c").await;
+    let mut only = Client::connect(&router, Role::Guest);
+    only.join("r", "c").await;
+    for n in 0..5 {
+        assert!(publisher.message(json!({"room": "r", "channel": "c", "payload": n})).await.is_none());
+        assert_eq!(only.next().await["payload"], n);
+    }
+    only.assert_quiet();
+    for n in 5..50 {
+        assert!(publisher.message(json!({"room": "r", "channel": "c", "payload": n})).await.is_none());
+    }
+    assert_eq!(only.inbox.frames.closing(), Some(Closing::slow(SlowCause::Backlog)));
+    assert_eq!(publisher.inbox.frames.closing(), None);
+}
+
+#[tokio::test]
 async fn past_the_global_budget_the_largest_backlog_is_closed_first() {
     // Budget 4,000 bytes; members that never read. A frame shared by both
     // is counted once, so two members reading nothing hold one copy.

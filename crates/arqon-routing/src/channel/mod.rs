@@ -380,6 +380,13 @@ impl Channel {
     /// Queues `frame` for every member except `except`; returns how many got it.
     pub(crate) fn deliver(&self, frame: &Frame, except: Option<ClientId>) -> usize {
         let members = &self.members.read().map;
+        if members.len() == 1 {
+            // One member (fan-in, a one-to-one channel): a shared chunk
+            // would hold the one reference the frame itself is, and filling
+            // it was a third of this delivery.
+            let to = members.iter().find(|(id, _)| Some(**id) != except);
+            return to.map_or(0, |(_, member)| usize::from(member.client.outlet.push(Outbound::Frame(frame.clone()))));
+        }
         let recipients = members.len() - usize::from(except.is_some_and(|id| members.contains_key(&id)));
         if recipients == 0 {
             return 0;
