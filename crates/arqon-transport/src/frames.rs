@@ -223,7 +223,9 @@ fn wire_limit(max_message: usize, deflate: bool) -> usize {
 }
 
 fn text(bytes: &[u8]) -> Result<&str, Broken> {
-    std::str::from_utf8(bytes).map_err(|_| Broken::Utf8)
+    // Every text frame is checked whole here; simdutf8 accepts exactly
+    // what std's check does, in a few times fewer instructions.
+    simdutf8::basic::from_utf8(bytes).map_err(|_| Broken::Utf8)
 }
 
 /// A whole message as its event: inflated into `inflated` first if it was
@@ -631,6 +633,39 @@ mod tests {
         // Decided from the first two bytes: no need to wait for the payload.
         assert_eq!(events(frame(0xc1, &[0; 500])[..2].to_vec()).1, Some(Broken::Protocol));
         assert_eq!(events(stray_continuation).1, None, "two bytes of a valid header wait for more");
+    }
+
+    #[test]
+    fn a_text_frame_is_accepted_exactly_when_std_accepts_its_utf8() {
+        let pieces: [&[u8]; 12] = [
+            b"a",
+            "\u{e9}".as_bytes(),
+            "\u{20ac}".as_bytes(),
+            "\u{1d11e}".as_bytes(),
+            b"\xc0\xaf",         // overlong
+            b"\xed\xa0\x80",     // a surrogate
+            b"\xf4\x90\x80\x80", // above U+10FFFF
+            b"\xe2\x82",         // cut short
+            b"\x80",             // a lone continuation byte
+            b"\xff",
+            b"\xf0\x9f\x98", // cut short, four-byte form
+            b"\x00\x7f",     // ASCII edges
+        ];
+        // Before, across and after the validator's 32- and 64-byte blocks.
+        for lead in 0..140 {
+            for piece in pieces {
+                for trail in [0, 1, 7, 70] {
+                    let mut bytes = vec![b'x'; lead];
+                    bytes.extend_from_slice(piece);
+                    bytes.extend(std::iter::repeat_n("\u{e9}".as_bytes(), trail).flatten());
+                    let std_says = std::str::from_utf8(&bytes).is_ok();
+                    assert_eq!(text(&bytes).is_ok(), std_says, "{bytes:?}");
+                    if std_says {
+                        assert_eq!(text(&bytes).unwrap().as_bytes(), &bytes[..]);
+                    }
+                }
+            }
+        }
     }
 
     #[test]
