@@ -99,10 +99,14 @@ impl fmt::Display for ChannelKey {
 /// channel over and over, and reusing the names spares two allocations per
 /// message. What it returns is exactly what [`ChannelKey::parse`] and
 /// [`Name::parse`] would (a name equal to one already checked is valid).
+///
+/// It also keeps the opening of the last message envelope the decoder read
+/// up to its payload (see [`crate::decode_with`]), for the same reason.
 #[derive(Debug, Default, Clone)]
 pub struct RecentNames {
     room: Option<Name>,
     channel: Option<Name>,
+    pub(crate) head: crate::decode::Head,
 }
 
 impl RecentNames {

@@ -57,6 +57,17 @@ impl<'a> Cursor<'a> {
         Cursor { text, bytes: text.as_bytes(), pos: 0 }
     }
 
+    /// How far the cursor is into the text.
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    /// Moves the cursor to `pos` (a place an earlier scan of the same
+    /// bytes reached).
+    pub(crate) fn seek(&mut self, pos: usize) {
+        self.pos = pos;
+    }
+
     fn rest(&self) -> &'a [u8] {
         self.bytes.get(self.pos..).unwrap_or_default()
     }
