@@ -139,6 +139,11 @@ struct Wire<'a> {
     request_id: Option<IgnoredAny>,
     #[serde(default)]
     error: Option<IgnoredAny>,
+    /// Its room and channel are those of the connection's [`Head`] (the
+    /// scan kept or resumed a head that names both), whose key is then kept
+    /// with it.
+    #[serde(skip)]
+    headed: bool,
 }
 
 /// A present field is `Some`, even when it is JSON `null`.
@@ -213,8 +218,9 @@ fn scan<'a>(text: &'a str, head: &mut Head) -> Scan<Wire<'a>> {
     let mut c = Cursor::new(text);
     // One bit per `Field` seen, for duplicates (which serde refuses).
     let (mut wire, mut seen, mut resumed) = match head.resume(text) {
-        Some((wire, seen)) => {
+        Some((mut wire, seen)) => {
             c.seek(head.bytes.len());
+            wire.headed = head.names_both();
             (wire, seen, true)
         }
         None => {
@@ -234,7 +240,7 @@ fn scan<'a>(text: &'a str, head: &mut Head) -> Scan<Wire<'a>> {
             seen |= bit;
             c.expect(b':')?;
             if let Field::Payload = field {
-                head.remember(text, c.position(), seen, &wire);
+                wire.headed = head.remember(text, c.position(), seen, &wire) && head.names_both();
             }
             field
         };
@@ -288,6 +294,9 @@ pub(crate) struct Head {
     room: Option<Range<usize>>,
     channel: Option<Range<usize>>,
     to: Option<Range<usize>>,
+    /// The channel its room and channel name, once a frame's check made it
+    /// (so a resumed frame's names are not compared again).
+    key: Option<ChannelKey>,
 }
 
 impl Head {
@@ -324,12 +333,13 @@ impl Head {
     }
 
     /// Keeps `text[..end]`, the opening just scanned (with `seen` and what
-    /// `wire` holds so far), unless it holds other fields or is too long.
-    fn remember(&mut self, text: &str, end: usize, seen: u16, wire: &Wire<'_>) {
+    /// `wire` holds so far), unless it holds other fields or is too long;
+    /// returns whether it did.
+    fn remember(&mut self, text: &str, end: usize, seen: u16, wire: &Wire<'_>) -> bool {
         if seen & !Self::FIELDS != 0 || end > Self::MAX_BYTES {
-            return;
+            return false;
         }
-        let Some(bytes) = text.as_bytes().get(..end) else { return };
+        let Some(bytes) = text.as_bytes().get(..end) else { return false };
         // Every string the scanner returns is a slice of `text`.
         let range = |field: &Option<Cow<'_, str>>| {
             field.as_deref().map(|s| {
@@ -340,12 +350,31 @@ impl Head {
         let kind = (seen & 1 << Field::Type as u16 != 0).then_some(&wire.kind).cloned();
         let ranges = [range(&kind), range(&wire.room), range(&wire.channel), range(&wire.to)];
         if ranges.iter().flatten().any(|r| r.end > end) {
-            return;
+            return false;
         }
         let [kind, room, channel, to] = ranges;
         self.bytes.clear();
         self.bytes.extend_from_slice(bytes);
-        *self = Head { bytes: std::mem::take(&mut self.bytes), seen, version: wire.version, kind, room, channel, to };
+        let bytes = std::mem::take(&mut self.bytes);
+        *self = Head { bytes, seen, version: wire.version, kind, room, channel, to, key: None };
+        true
+    }
+
+    /// Whether the head names both room and channel: a frame that opens
+    /// with it cannot name them again (a duplicate key), so they are the
+    /// frame's, and [`Self::kept_key`] is the frame's key.
+    fn names_both(&self) -> bool {
+        self.room.is_some() && self.channel.is_some()
+    }
+
+    /// The key of the head's room and channel, once one was kept.
+    pub(crate) fn kept_key(&self) -> Option<&ChannelKey> {
+        self.key.as_ref()
+    }
+
+    /// Keeps the key of the head's room and channel.
+    pub(crate) fn keep_key(&mut self, key: ChannelKey) {
+        self.key = Some(key);
     }
 }
 
@@ -518,6 +547,7 @@ fn check<'a>(wire: Wire<'a>, now: Timestamp, names: &mut RecentNames) -> Result<
     } else {
         let target = match (to, wire.room.as_deref(), wire.channel.as_deref()) {
             (Some(to), _, _) => to,
+            (None, Some(room), Some(channel)) if wire.headed => Target::Channel(names.head_key(room, channel)?),
             (None, Some(room), Some(channel)) => Target::Channel(names.key(room, channel)?),
             (None, Some(room), None) => Target::Room(names.room(room)?),
             (None, None, _) => return Err(envelope_error("a message needs a target")),
@@ -773,7 +803,14 @@ mod tests {
             assert_eq!(format!("{:?}", decode_with(&text, now, &mut names)), format!("{fresh:?}"), "{text}");
             assert_eq!(names.head.bytes, head.as_bytes(), "{text}");
         }
+        // Names after the payload are not the opening's: each frame keeps its own.
+        let late = r#"{"type":"message","payload":1,"#;
+        for names_after in [r#""room":"a","channel":"b"}"#, r#""room":"x","channel":"y"}"#, r#""room":"x"}"#] {
+            let text = format!("{late}{names_after}");
+            assert_eq!(format!("{:?}", decode_with(&text, now, &mut names)), format!("{:?}", decode(&text, now)));
+        }
         // Openings with other fields are not kept; the last one stays.
+        assert!(decode_with(&format!("{head}1}}"), now, &mut names).is_ok());
         let with_id = format!(r#"{{"id":"{ID}","type":"message","room":"r","payload":1}}"#);
         assert!(decode_with(&with_id, now, &mut names).is_ok());
         assert_eq!(names.head.bytes, head.as_bytes());

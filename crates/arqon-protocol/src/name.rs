@@ -115,6 +115,18 @@ impl RecentNames {
         Ok(ChannelKey { room: reuse(&mut self.room, room)?, channel: reuse(&mut self.channel, channel)? })
     }
 
+    /// [`Self::key`] of the envelope head's room and channel (`room` and
+    /// `channel` are its names): kept with the head, so that a frame that
+    /// resumed at the head's end compares no names.
+    pub(crate) fn head_key(&mut self, room: &str, channel: &str) -> Result<ChannelKey, ProtocolError> {
+        if let Some(key) = self.head.kept_key() {
+            return Ok(key.clone());
+        }
+        let key = self.key(room, channel)?;
+        self.head.keep_key(key.clone());
+        Ok(key)
+    }
+
     /// [`Name::parse`] of a room, reusing the last room name if it matches.
     pub fn room(&mut self, room: &str) -> Result<Name, ProtocolError> {
         reuse(&mut self.room, room)
