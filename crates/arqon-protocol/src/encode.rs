@@ -188,6 +188,42 @@ impl Writer {
     }
 }
 
+/// Writes `,"room":…,"channel":…`. A thread delivers the same channel's
+/// messages over and over: the text of the last pair is kept with the names
+/// themselves, so that a frame to the same names (the same shared text, as
+/// a publisher's keys are) copies it at once. Holding the names keeps their
+/// text alive, so the same address cannot mean other names.
+fn channel_fields(room: &Name, channel: &Name, out: &mut Vec<u8>) {
+    thread_local! {
+        static LAST: std::cell::RefCell<Option<(Name, Name, Vec<u8>)>> = const { std::cell::RefCell::new(None) };
+    }
+    let write = |room: &Name, channel: &Name, out: &mut Vec<u8>| {
+        for (key, name) in [(&b",\"room\":\""[..], room), (&b"\",\"channel\":\""[..], channel)] {
+            out.extend_from_slice(key);
+            out.extend_from_slice(name.as_str().as_bytes());
+        }
+        out.push(b'"');
+    };
+    let same = |a: &Name, b: &Name| std::ptr::eq(a.as_str(), b.as_str());
+    let kept = LAST.try_with(|last| {
+        let mut last = last.try_borrow_mut().ok()?;
+        match &mut *last {
+            Some((r, c, text)) if same(r, room) && same(c, channel) => out.extend_from_slice(text),
+            last => {
+                let mut text = Vec::with_capacity(room.as_str().len() + channel.as_str().len() + 24);
+                write(room, channel, &mut text);
+                out.extend_from_slice(&text);
+                *last = Some((room.clone(), channel.clone(), text));
+            }
+        }
+        Some(())
+    });
+    // While the thread's locals are torn down: written in full.
+    if !matches!(kept, Ok(Some(()))) {
+        write(room, channel, out);
+    }
+}
+
 /// `from` of a message the application's backend sent through the server API.
 pub const SERVER_SENDER: &str = "server";
 
@@ -232,11 +268,16 @@ impl MessageFrame<'_> {
     pub fn encode(&self) -> Frame {
         let hint = self.payload.map_or(0, |p| p.get().len()) + self.meta.map_or(0, |m| m.get().len());
         let mut w = Writer::start(hint, self.id, "message", self.timestamp);
-        if let Some(room) = self.room {
-            w.token("room", room.as_str());
-        }
-        if let Some(channel) = self.channel {
-            w.token("channel", channel.as_str());
+        match (self.room, self.channel) {
+            (Some(room), Some(channel)) => channel_fields(room, channel, &mut w.out),
+            (room, channel) => {
+                if let Some(room) = room {
+                    w.token("room", room.as_str());
+                }
+                if let Some(channel) = channel {
+                    w.token("channel", channel.as_str());
+                }
+            }
         }
         match self.from {
             Sender::Client(id) => w.id("from", |out| id.write_to(out)),
@@ -391,6 +432,41 @@ mod tests {
         assert_eq!(v["user"], "ann \"a\"");
         assert_eq!(frame.timestamp(), Some(Timestamp::from_unix_ms(0)));
         assert_eq!(Frame::from_text(r#"{"a":1}"#).timestamp(), None);
+    }
+
+    #[test]
+    fn every_frame_names_its_own_room_and_channel_whatever_the_thread_sent_before() {
+        let mut ids = IdGenerator::new();
+        let mut encode = |room: Option<&Name>, channel: Option<&Name>| {
+            let frame = MessageFrame {
+                id: ids.message_id(),
+                timestamp: Timestamp::from_unix_ms(0),
+                from: Sender::Server,
+                user: None,
+                room,
+                channel,
+                payload: None,
+                meta: None,
+            }
+            .encode();
+            let v = parse(&frame);
+            (v["room"].as_str().map(str::to_owned), v["channel"].as_str().map(str::to_owned))
+        };
+        let name = |text: &str| Name::parse(text).unwrap();
+        let owned = |room: &str, channel: &str| (Some(room.to_owned()), Some(channel.to_owned()));
+        let (r, c, d) = (name("r"), name("c"), name("d"));
+        assert_eq!(encode(Some(&r), Some(&c)), owned("r", "c"));
+        assert_eq!(encode(Some(&r), Some(&c)), owned("r", "c"), "the same names again");
+        assert_eq!(encode(Some(&r), Some(&d)), owned("r", "d"));
+        assert_eq!(encode(Some(&d), Some(&r)), owned("d", "r"));
+        assert_eq!(encode(Some(&r), None), (Some("r".to_owned()), None));
+        // Names made anew each time (another text at a freed address must not
+        // pass for the kept one).
+        for i in 0..50 {
+            let (room, channel) = (name(&format!("room{i}")), name(&format!("ch{}", i % 3)));
+            assert_eq!(encode(Some(&room), Some(&channel)), owned(&format!("room{i}"), &format!("ch{}", i % 3)));
+        }
+        assert_eq!(encode(Some(&name("r")), Some(&name("c"))), owned("r", "c"), "equal text, other names");
     }
 
     #[test]
