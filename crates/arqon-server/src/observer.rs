@@ -20,17 +20,19 @@ impl Telemetry {
 
 impl Observer for Telemetry {
     fn observe(&self, event: &BusEvent<'_>) {
-        let observed = self.hub.is_observed();
+        // Asked where an event may be published: most events a busy bus
+        // sees (frames, routed messages) only count.
+        let observed = || self.hub.is_observed();
         match *event {
             BusEvent::ConnectionOpened { client_id, role } => {
                 self.metrics.connection_opened();
-                if observed {
+                if observed() {
                     self.hub.publish("connection_opened", json!({"client_id": client_id, "role": role}));
                 }
             }
             BusEvent::ConnectionClosed { client_id } => {
                 self.metrics.connection_closed();
-                if observed {
+                if observed() {
                     self.hub.publish("connection_closed", json!({"client_id": client_id}));
                 }
             }
@@ -39,7 +41,7 @@ impl Observer for Telemetry {
             }
             BusEvent::MessageRouted { room, channel, fanout, bytes, latency } => {
                 self.metrics.message_routed(fanout, latency);
-                if observed {
+                if observed() {
                     self.hub.publish(
                         "message_routed",
                         json!({
@@ -57,7 +59,7 @@ impl Observer for Telemetry {
             BusEvent::CommandExecuted { command, error, duration } => {
                 let outcome = error.map_or("ok", |code| code.as_str());
                 self.metrics.command_executed(command, outcome, duration);
-                if observed {
+                if observed() {
                     self.hub.publish(
                         "command_executed",
                         json!({
@@ -70,29 +72,29 @@ impl Observer for Telemetry {
             }
             BusEvent::Error { client_id, code } => {
                 self.metrics.error(code);
-                if observed {
+                if observed() {
                     self.hub.publish("error", json!({"client_id": client_id, "code": code.as_str()}));
                 }
             }
             BusEvent::RateLimited { client_id } => {
                 self.metrics.rate_limited();
-                if observed {
+                if observed() {
                     self.hub.publish("rate_limited", json!({"client_id": client_id}));
                 }
             }
             BusEvent::SlowConsumer { client_id, cause } => {
                 self.metrics.slow_consumer(cause.as_str());
-                if observed {
+                if observed() {
                     self.hub.publish("slow_consumer", json!({"client_id": client_id, "cause": cause.as_str()}));
                 }
             }
             BusEvent::ChannelCreated { key } => {
-                if observed {
+                if observed() {
                     self.hub.publish("channel_created", json!({"room": key.room, "channel": key.channel}));
                 }
             }
             BusEvent::ChannelDeleted { key } => {
-                if observed {
+                if observed() {
                     self.hub.publish("channel_deleted", json!({"room": key.room, "channel": key.channel}));
                 }
             }
