@@ -48,8 +48,10 @@ pub(crate) struct Removed {
     pub(crate) user_gone: bool,
 }
 
+mod order;
 mod sequence;
 
+use order::{OrderGuard, OrderLock};
 use sequence::Sequence;
 
 /// A live channel.
@@ -62,7 +64,7 @@ use sequence::Sequence;
 pub(crate) struct Channel {
     pub(crate) key: ChannelKey,
     pub(crate) created_at: Timestamp,
-    order: tokio::sync::Mutex<()>,
+    order: OrderLock,
     /// Where the members are in history, on a cluster node (`sequence`);
     /// touched only under `order`.
     sequence: Mutex<Sequence>,
@@ -94,7 +96,7 @@ impl Channel {
         Channel {
             key,
             created_at,
-            order: tokio::sync::Mutex::new(()),
+            order: OrderLock::default(),
             sequence: Mutex::new(Sequence::default()),
             members: RwLock::new(Members::default()),
             deleted: AtomicBool::new(false),
@@ -279,8 +281,8 @@ impl Channel {
         frame: &Frame,
         from: ClientId,
     ) -> Option<Result<Option<usize>, RoutingError>> {
-        // Not a queue jump: the lock has waiters only while it is held.
-        let _order = self.order.try_lock().ok()?;
+        // Not a queue jump: a waiter that holds the lock's mutex keeps it out.
+        let _order = self.order.try_now()?;
         if self.is_deleted() {
             return None;
         }
@@ -361,16 +363,9 @@ impl Channel {
         Ok(Some(self.members.write().take()))
     }
 
-    /// Takes `order`. Uncontended (the common case) it is taken at once,
-    /// skipping the acquire future; otherwise this waits in the mutex's FIFO
-    /// queue as `lock()` does. `try_lock` cannot jump that queue: a waiter
-    /// exists only while the lock is held, and a release hands the lock to
-    /// the first waiter directly.
-    async fn lock_order(&self) -> tokio::sync::MutexGuard<'_, ()> {
-        match self.order.try_lock() {
-            Ok(guard) => guard,
-            Err(_) => self.order.lock().await,
-        }
+    /// Takes `order`, waiting in turn (see [`order`]).
+    async fn lock_order(&self) -> OrderGuard<'_> {
+        self.order.lock().await
     }
 
     pub(crate) fn is_deleted(&self) -> bool {
