@@ -154,6 +154,9 @@ impl<'a> Cursor<'a> {
         // MAX_DEPTH < 128, so one u128 is the whole stack.
         let mut objects: u128 = 0;
         let mut depth = 0usize;
+        // The innermost container is an object (the stack's top bit, kept
+        // at hand: most value ends are commas, which need only it).
+        let mut object = false;
         loop {
             // A value is expected here.
             match self.next_token()? {
@@ -162,16 +165,17 @@ impl<'a> Cursor<'a> {
                     if depth == MAX_DEPTH {
                         return Err(NotFast);
                     }
-                    let object = open == b'{';
-                    let bit = 1u128 << depth;
-                    objects = if object { objects | bit } else { objects & !bit };
-                    depth += 1;
+                    let opened = open == b'{';
                     self.skip_ws();
-                    let close = if object { b'}' } else { b']' };
+                    let close = if opened { b'}' } else { b']' };
                     if self.bytes.get(self.pos) == Some(&close) {
+                        // Empty: closed at once, the stack untouched.
                         self.pos += 1;
-                        depth -= 1;
                     } else {
+                        let bit = 1u128 << depth;
+                        objects = if opened { objects | bit } else { objects & !bit };
+                        depth += 1;
+                        object = opened;
                         if object {
                             self.member_key()?;
                         }
@@ -189,7 +193,6 @@ impl<'a> Cursor<'a> {
                 if depth == 0 {
                     return self.text.get(start..self.pos).map(RawJson::new).ok_or(NotFast);
                 }
-                let object = objects & (1u128 << (depth - 1)) != 0;
                 match self.next_token()? {
                     b',' => {
                         if object {
@@ -197,10 +200,12 @@ impl<'a> Cursor<'a> {
                         }
                         break;
                     }
-                    b'}' if object => depth -= 1,
-                    b']' if !object => depth -= 1,
+                    b'}' if object => {}
+                    b']' if !object => {}
                     _ => return Err(NotFast),
                 }
+                depth -= 1;
+                object = depth > 0 && objects & (1u128 << (depth - 1)) != 0;
             }
         }
     }
