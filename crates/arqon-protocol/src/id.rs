@@ -344,6 +344,8 @@ mod tests {
         for value in values {
             let id = MessageId::from_ulid(Ulid(value));
             assert_eq!(written(id), id.to_string(), "{value:#x}");
+            // And both are the ulid crate's text.
+            assert_eq!(written(id), format!("arq_{}", Ulid(value)), "{value:#x}");
             // Once more: the same value, unchanged text.
             assert_eq!(written(id), id.to_string(), "{value:#x} again");
         }
