@@ -185,15 +185,21 @@ impl Session {
             return None;
         }
         let now = arrival.timestamp;
-        let mut fresh = RecentNames::default();
-        let names = self.recent.as_mut().map_or(&mut fresh, |recent| &mut recent.names);
-        let frame = match arqon_protocol::decode_with(text, now, names) {
-            Ok(frame) => {
-                if self.recent.is_none() && matches!(frame.body, FrameBody::Message { .. }) {
+        let decoded = match self.recent.as_mut() {
+            Some(recent) => arqon_protocol::decode_with(text, now, &mut recent.names),
+            // Kept from the first message on (a connection that only sends
+            // commands keeps nothing).
+            None => {
+                let mut fresh = RecentNames::default();
+                let decoded = arqon_protocol::decode_with(text, now, &mut fresh);
+                if let Ok(ClientFrame { body: FrameBody::Message { .. }, .. }) = &decoded {
                     self.recent = Some(Box::new(Recent { names: fresh, channel: None }));
                 }
-                frame
+                decoded
             }
+        };
+        let frame = match decoded {
+            Ok(frame) => frame,
             Err(error) => {
                 self.observe(&BusEvent::FrameReceived { kind: FrameKind::Invalid });
                 self.send_error(&error);
