@@ -279,7 +279,7 @@ fn scan<'a>(text: &'a str, head: &mut Head) -> Scan<Wire<'a>> {
 /// (`{"type":"message","room":…,"channel":…,"payload":` opens every one), and
 /// the scan's state after those bytes depends on nothing else: a frame that
 /// opens with the same bytes resumes there, sparing the envelope's keys and
-/// names (a twentieth of a message's CPU). Kept only for openings made of
+/// names (a tenth of a fan-in message's instructions). Kept only for openings made of
 /// `version`, `type`, `room`, `channel` and `to`, so that an `id` (which
 /// differs every time) never churns it.
 #[derive(Debug, Default, Clone)]
@@ -379,7 +379,7 @@ impl Head {
 }
 
 /// The keys of [`Wire`], as the scanner matches them (unescaped only).
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Field {
     Version,
     Id,
