@@ -352,11 +352,10 @@ impl Head {
         if ranges.iter().flatten().any(|r| r.end > end) {
             return false;
         }
-        let [kind, room, channel, to] = ranges;
         self.bytes.clear();
         self.bytes.extend_from_slice(bytes);
-        let bytes = std::mem::take(&mut self.bytes);
-        *self = Head { bytes, seen, version: wire.version, kind, room, channel, to, key: None };
+        [self.kind, self.room, self.channel, self.to] = ranges;
+        (self.seen, self.version, self.key) = (seen, wire.version, None);
         true
     }
 

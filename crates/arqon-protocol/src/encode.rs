@@ -198,11 +198,10 @@ fn channel_fields(room: &Name, channel: &Name, out: &mut Vec<u8>) {
         static LAST: std::cell::RefCell<Option<(Name, Name, Vec<u8>)>> = const { std::cell::RefCell::new(None) };
     }
     let write = |room: &Name, channel: &Name, out: &mut Vec<u8>| {
-        for (key, name) in [(&b",\"room\":\""[..], room), (&b"\",\"channel\":\""[..], channel)] {
-            out.extend_from_slice(key);
-            out.extend_from_slice(name.as_str().as_bytes());
-        }
-        out.push(b'"');
+        let mut w = Writer { out: std::mem::take(out) };
+        w.token("room", room.as_str());
+        w.token("channel", channel.as_str());
+        *out = w.out;
     };
     let same = |a: &Name, b: &Name| std::ptr::eq(a.as_str(), b.as_str());
     let kept = LAST.try_with(|last| {

@@ -51,7 +51,7 @@ pub(crate) struct Removed {
 mod order;
 mod sequence;
 
-use order::{OrderGuard, OrderLock};
+use order::OrderLock;
 use sequence::Sequence;
 
 /// A live channel.
@@ -259,7 +259,7 @@ impl Channel {
         frame: &Frame,
         from: ClientId,
     ) -> Result<Option<usize>, RoutingError> {
-        let _order = self.lock_order().await;
+        let _order = self.order.lock().await;
         if self.is_deleted() {
             return Err(not_found(&self.key).into());
         }
@@ -323,7 +323,7 @@ impl Channel {
     where
         R: AsyncFnOnce() -> Result<Option<Since>, RoutingError>,
     {
-        let _order = self.lock_order().await;
+        let _order = self.order.lock().await;
         if self.is_deleted() {
             return Err(not_found(&self.key).into());
         }
@@ -341,7 +341,7 @@ impl Channel {
     /// The channel's stored count and last id, taken when every message
     /// counted has also been queued to the members.
     pub(crate) async fn stats(&self, storage: &dyn Storage) -> Result<ChannelStats, RoutingError> {
-        let _order = self.lock_order().await;
+        let _order = self.order.lock().await;
         Ok(storage.stats(&self.key).await?)
     }
 
@@ -355,17 +355,12 @@ impl Channel {
     where
         F: Future<Output = Result<bool, RoutingError>>,
     {
-        let _order = self.lock_order().await;
+        let _order = self.order.lock().await;
         if self.is_deleted() || !forget.await? {
             return Ok(None);
         }
         self.deleted.store(true, Ordering::Release);
         Ok(Some(self.members.write().take()))
-    }
-
-    /// Takes `order`, waiting in turn (see [`order`]).
-    async fn lock_order(&self) -> OrderGuard<'_> {
-        self.order.lock().await
     }
 
     pub(crate) fn is_deleted(&self) -> bool {

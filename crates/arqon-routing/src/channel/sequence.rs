@@ -219,7 +219,7 @@ impl Router {
         stored: StoredMessage,
         broker: &Arc<dyn Broker>,
     ) -> Result<Option<usize>, RoutingError> {
-        let _order = channel.lock_order().await;
+        let _order = channel.order.lock().await;
         if channel.is_deleted() {
             return Err(crate::router::not_found(&channel.key).into());
         }
@@ -255,7 +255,7 @@ impl Router {
         id: MessageId,
     ) -> usize {
         let Some(channel) = self.lookup(key) else { return 0 };
-        let _order = channel.lock_order().await;
+        let _order = channel.order.lock().await;
         if channel.is_deleted() {
             return 0;
         }
@@ -268,7 +268,7 @@ impl Router {
     /// another node stored messages without publishing their place.
     pub async fn catch_up(&self, key: &ChannelKey) {
         let Some(channel) = self.lookup(key) else { return };
-        let _order = channel.lock_order().await;
+        let _order = channel.order.lock().await;
         if channel.is_deleted() || self.no_members(&channel) {
             return;
         }
