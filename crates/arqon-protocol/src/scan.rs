@@ -150,193 +150,270 @@ impl<'a> Cursor<'a> {
     pub(crate) fn value(&mut self) -> Scan<RawJson<'a>> {
         self.skip_ws();
         let start = self.pos;
-        // Bit `d` set: the container at depth `d + 1` is an object.
-        // MAX_DEPTH < 128, so one u128 is the whole stack.
-        let mut objects: u128 = 0;
-        let mut depth = 0usize;
-        // The innermost container is an object (the stack's top bit, kept
-        // at hand: most value ends are commas, which need only it).
-        let mut object = false;
-        loop {
-            // A value is expected here.
-            match self.next_token()? {
-                b'"' => self.skip_string()?,
-                open @ (b'{' | b'[') => {
-                    if depth == MAX_DEPTH {
-                        return Err(NotFast);
-                    }
-                    let opened = open == b'{';
-                    self.skip_ws();
-                    let close = if opened { b'}' } else { b']' };
-                    if self.bytes.get(self.pos) == Some(&close) {
-                        // Empty: closed at once, the stack untouched.
-                        self.pos += 1;
-                    } else {
-                        let bit = 1u128 << depth;
-                        objects = if opened { objects | bit } else { objects & !bit };
-                        depth += 1;
-                        object = opened;
-                        if object {
-                            self.member_key()?;
-                        }
-                        continue;
-                    }
-                }
-                b't' => self.literal(b"rue")?,
-                b'f' => self.literal(b"alse")?,
-                b'n' => self.literal(b"ull")?,
-                first @ (b'-' | b'0'..=b'9') => self.skip_number(first)?,
-                _ => return Err(NotFast),
-            }
-            // A value just ended: close containers until one wants more.
-            loop {
-                if depth == 0 {
-                    return self.text.get(start..self.pos).map(RawJson::new).ok_or(NotFast);
-                }
-                match self.next_token()? {
-                    b',' => {
-                        if object {
-                            self.member_key()?;
-                        }
-                        break;
-                    }
-                    b'}' if object => {}
-                    b']' if !object => {}
-                    _ => return Err(NotFast),
-                }
-                depth -= 1;
-                object = depth > 0 && objects & (1u128 << (depth - 1)) != 0;
-            }
-        }
-    }
-
-    /// `"key":` inside a raw object (any valid string).
-    fn member_key(&mut self) -> Scan<()> {
-        self.expect(b'"')?;
-        self.skip_string()?;
-        self.expect(b':')
-    }
-
-    fn literal(&mut self, rest: &[u8]) -> Scan<()> {
-        if self.rest().starts_with(rest) {
-            self.pos += rest.len();
-            Ok(())
-        } else {
-            Err(NotFast)
-        }
-    }
-
-    /// After the opening quote: to just past the closing one. Escapes must
-    /// be valid (`\u` with four hex digits; lone surrogates are allowed in
-    /// a raw value, as serde_json allows them); raw control characters are not.
-    fn skip_string(&mut self) -> Scan<()> {
-        loop {
-            let stop = self.string_end(self.pos);
-            match self.bytes.get(stop) {
-                Some(b'"') => {
-                    self.pos = stop + 1;
-                    return Ok(());
-                }
-                Some(b'\\') => {
-                    self.pos = stop + 1;
-                    match self.bytes.get(self.pos) {
-                        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => self.pos += 1,
-                        Some(b'u') => {
-                            let hex = self.bytes.get(self.pos + 1..self.pos + 5).ok_or(NotFast)?;
-                            if !hex.iter().all(u8::is_ascii_hexdigit) {
-                                return Err(NotFast);
-                            }
-                            self.pos += 5;
-                        }
-                        _ => return Err(NotFast),
-                    }
-                }
-                _ => return Err(NotFast),
-            }
-        }
+        self.pos = skip_value(self.bytes, start).ok_or(NotFast)?;
+        self.text.get(start..self.pos).map(RawJson::new).ok_or(NotFast)
     }
 
     /// From `from`, the index of the first `"`, `\\` or control character
-    /// (or the end). Long strings (payload text, most of a frame) skip
-    /// clean 32-byte blocks, a test the compiler turns into a few vector
-    /// instructions; then eight bytes at a time with bit tricks on a `u64`
-    /// find the exact byte (a byte loop with an early exit is not
-    /// vectorized).
-    fn string_stop(&self, from: usize) -> usize {
-        let rest = self.bytes.get(from..).unwrap_or_default();
-        let (blocks, _) = rest.as_chunks::<32>();
-        let clean = 32 * blocks.iter().take_while(|block| !any_special(block)).count();
-        let rest = rest.get(clean..).unwrap_or_default();
-        let (words, tail) = rest.as_chunks::<8>();
-        for (i, &word) in words.iter().enumerate() {
-            let found = special_bytes(word);
-            if found != 0 {
-                // Little-endian: the lowest flagged byte comes first.
-                return from + clean + i * 8 + found.trailing_zeros() as usize / 8;
-            }
-        }
-        // Fewer than 8 bytes left.
-        let special = |b: &u8| *b == b'"' || *b == b'\\' || *b < 0x20;
-        from + clean + words.len() * 8 + tail.iter().position(special).unwrap_or(tail.len())
-    }
-
-    /// [`Self::string_stop`], with its first word tested inline: most
-    /// envelope strings (keys, names, ids) end within it.
-    #[inline]
+    /// (or the end).
     fn string_end(&self, from: usize) -> usize {
-        match self.bytes.get(from..from + 8).map(<[u8; 8]>::try_from) {
-            Some(Ok(word)) => match special_bytes(word) {
-                0 => self.string_stop(from + 8),
-                found => from + found.trailing_zeros() as usize / 8,
-            },
-            _ => self.string_stop(from),
-        }
+        string_end(self.bytes, from)
     }
+}
 
-    /// The rest of a number whose first byte (`-` or a digit) was consumed,
-    /// per the JSON grammar: no leading zeros, digits after `.` and `e`.
-    fn skip_number(&mut self, first: u8) -> Scan<()> {
-        let first = if first == b'-' { self.take().ok_or(NotFast)? } else { first };
-        match first {
-            b'0' => {}
-            b'1'..=b'9' => self.digits(),
-            _ => return Err(NotFast),
-        }
-        if let Some(b'0'..=b'9') = self.bytes.get(self.pos) {
-            // A leading zero followed by more digits.
-            return Err(NotFast);
-        }
-        if self.bytes.get(self.pos) == Some(&b'.') {
-            self.pos += 1;
-            self.some_digits()?;
-        }
-        if let Some(b'e' | b'E') = self.bytes.get(self.pos) {
-            self.pos += 1;
-            if let Some(b'+' | b'-') = self.bytes.get(self.pos) {
-                self.pos += 1;
+/// The end of the JSON value at `pos` (no whitespace before it), if it is
+/// one. The raw-value half of the scanner: the position lives in a local,
+/// not behind `&mut self`, so that it stays in a register, and the common
+/// tokens (plain strings and keys, digits) are read inline.
+fn skip_value(bytes: &[u8], mut pos: usize) -> Option<usize> {
+    // Bit `d` set: the container at depth `d + 1` is an object.
+    // MAX_DEPTH < 128, so one u128 is the whole stack.
+    let mut objects: u128 = 0;
+    let mut depth = 0usize;
+    // The innermost container is an object (the stack's top bit, kept
+    // at hand: most value ends are commas, which need only it).
+    let mut object = false;
+    loop {
+        // A value is expected here.
+        match token(bytes, &mut pos)? {
+            b'"' => pos = skip_string(bytes, pos)?,
+            open @ (b'{' | b'[') => {
+                if depth == MAX_DEPTH {
+                    return None;
+                }
+                let opened = open == b'{';
+                pos = skip_ws(bytes, pos);
+                let close = if opened { b'}' } else { b']' };
+                if bytes.get(pos) == Some(&close) {
+                    // Empty: closed at once, the stack untouched.
+                    pos += 1;
+                } else {
+                    let bit = 1u128 << depth;
+                    objects = if opened { objects | bit } else { objects & !bit };
+                    depth += 1;
+                    object = opened;
+                    if object {
+                        pos = member_key(bytes, pos)?;
+                    }
+                    continue;
+                }
             }
-            self.some_digits()?;
+            b't' => pos = literal(bytes, pos, b"rue")?,
+            b'f' => pos = literal(bytes, pos, b"alse")?,
+            b'n' => pos = literal(bytes, pos, b"ull")?,
+            first @ (b'-' | b'0'..=b'9') => pos = skip_number(bytes, pos, first)?,
+            _ => return None,
         }
-        Ok(())
-    }
-
-    fn take(&mut self) -> Option<u8> {
-        let b = *self.bytes.get(self.pos)?;
-        self.pos += 1;
-        Some(b)
-    }
-
-    fn digits(&mut self) {
-        while let Some(b'0'..=b'9') = self.bytes.get(self.pos) {
-            self.pos += 1;
+        // A value just ended: close containers until one wants more.
+        loop {
+            if depth == 0 {
+                return Some(pos);
+            }
+            match token(bytes, &mut pos)? {
+                b',' => {
+                    if object {
+                        pos = member_key(bytes, pos)?;
+                    }
+                    break;
+                }
+                b'}' if object => {}
+                b']' if !object => {}
+                _ => return None,
+            }
+            depth -= 1;
+            object = depth > 0 && objects & (1u128 << (depth - 1)) != 0;
         }
     }
+}
 
-    fn some_digits(&mut self) -> Scan<()> {
-        let start = self.pos;
-        self.digits();
-        if self.pos > start { Ok(()) } else { Err(NotFast) }
+/// Past JSON whitespace from `pos`.
+#[inline(always)]
+fn skip_ws(bytes: &[u8], mut pos: usize) -> usize {
+    while let Some(b' ' | b'\t' | b'\n' | b'\r') = bytes.get(pos) {
+        pos += 1;
     }
+    pos
+}
+
+/// The next byte after whitespace, consumed. Machine-written JSON has no
+/// whitespace between tokens: the byte at hand is read once.
+#[inline(always)]
+fn token(bytes: &[u8], pos: &mut usize) -> Option<u8> {
+    let mut b = *bytes.get(*pos)?;
+    if let b' ' | b'\t' | b'\n' | b'\r' = b {
+        *pos = skip_ws(bytes, *pos);
+        b = *bytes.get(*pos)?;
+    }
+    *pos += 1;
+    Some(b)
+}
+
+/// `"key":` inside a raw object (any valid string), from `pos` (whitespace
+/// allowed before it and before the colon).
+#[inline(always)]
+fn member_key(bytes: &[u8], mut pos: usize) -> Option<usize> {
+    if token(bytes, &mut pos)? != b'"' {
+        return None;
+    }
+    pos = skip_string(bytes, pos)?;
+    (token(bytes, &mut pos)? == b':').then_some(pos)
+}
+
+/// `rest` of a literal whose first byte was consumed.
+fn literal(bytes: &[u8], pos: usize, rest: &[u8]) -> Option<usize> {
+    bytes.get(pos..)?.starts_with(rest).then_some(pos + rest.len())
+}
+
+/// After a string's opening quote at `pos - 1`: just past its closing one.
+/// A plain run up to the quote (nearly every string) is found inline; an
+/// escape goes to [`skip_escaped`].
+#[inline(always)]
+fn skip_string(bytes: &[u8], pos: usize) -> Option<usize> {
+    let stop = string_end(bytes, pos);
+    match bytes.get(stop) {
+        Some(b'"') => Some(stop + 1),
+        _ => skip_escaped(bytes, stop),
+    }
+}
+
+/// The rest of a string from `stop`, a byte that is not its closing quote.
+/// Escapes must be valid (`\\u` with four hex digits; lone surrogates are
+/// allowed in a raw value, as serde_json allows them); raw control
+/// characters are not.
+#[cold]
+fn skip_escaped(bytes: &[u8], mut stop: usize) -> Option<usize> {
+    loop {
+        match bytes.get(stop) {
+            Some(b'"') => return Some(stop + 1),
+            Some(b'\\') => {
+                let mut pos = stop + 1;
+                match bytes.get(pos) {
+                    Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => pos += 1,
+                    Some(b'u') => {
+                        let hex = bytes.get(pos + 1..pos + 5)?;
+                        if !hex.iter().all(u8::is_ascii_hexdigit) {
+                            return None;
+                        }
+                        pos += 5;
+                    }
+                    _ => return None,
+                }
+                stop = string_end(bytes, pos);
+            }
+            _ => return None,
+        }
+    }
+}
+
+/// From `from`, the index of the first `"`, `\\` or control character (or
+/// the end). Its first word is tested inline: most strings (keys, names,
+/// ids) end within it.
+#[inline(always)]
+fn string_end(bytes: &[u8], from: usize) -> usize {
+    match bytes.get(from..from + 8).map(<[u8; 8]>::try_from) {
+        Some(Ok(word)) => match special_bytes(word) {
+            0 => string_stop(bytes, from + 8),
+            found => from + found.trailing_zeros() as usize / 8,
+        },
+        _ => string_stop(bytes, from),
+    }
+}
+
+/// [`string_end`] past its first word. Long strings (payload text, most of
+/// a frame) skip clean 32-byte blocks, a test the compiler turns into a few
+/// vector instructions; then eight bytes at a time with bit tricks on a
+/// `u64` find the exact byte (a byte loop with an early exit is not
+/// vectorized).
+fn string_stop(bytes: &[u8], from: usize) -> usize {
+    let rest = bytes.get(from..).unwrap_or_default();
+    let (blocks, _) = rest.as_chunks::<32>();
+    let clean = 32 * blocks.iter().take_while(|block| !any_special(block)).count();
+    let rest = rest.get(clean..).unwrap_or_default();
+    let (words, tail) = rest.as_chunks::<8>();
+    for (i, &word) in words.iter().enumerate() {
+        let found = special_bytes(word);
+        if found != 0 {
+            // Little-endian: the lowest flagged byte comes first.
+            return from + clean + i * 8 + found.trailing_zeros() as usize / 8;
+        }
+    }
+    // Fewer than 8 bytes left.
+    let special = |b: &u8| *b == b'"' || *b == b'\\' || *b < 0x20;
+    from + clean + words.len() * 8 + tail.iter().position(special).unwrap_or(tail.len())
+}
+
+/// The rest of a number whose first byte (`-` or a digit) was consumed at
+/// `pos - 1`, per the JSON grammar: no leading zeros, digits after `.` and
+/// `e`.
+#[inline(always)]
+fn skip_number(bytes: &[u8], mut pos: usize, first: u8) -> Option<usize> {
+    let first = if first == b'-' {
+        pos += 1;
+        *bytes.get(pos - 1)?
+    } else {
+        first
+    };
+    match first {
+        b'0' => {}
+        b'1'..=b'9' => pos = digits(bytes, pos),
+        _ => return None,
+    }
+    match bytes.get(pos) {
+        // A leading zero followed by more digits.
+        Some(b'0'..=b'9') => None,
+        Some(b'.' | b'e' | b'E') => skip_fraction(bytes, pos),
+        _ => Some(pos),
+    }
+}
+
+/// A number's fraction and exponent, from `pos` (at `.`, `e` or `E`).
+fn skip_fraction(bytes: &[u8], mut pos: usize) -> Option<usize> {
+    if bytes.get(pos) == Some(&b'.') {
+        pos = some_digits(bytes, pos + 1)?;
+    }
+    if let Some(b'e' | b'E') = bytes.get(pos) {
+        pos += 1;
+        if let Some(b'+' | b'-') = bytes.get(pos) {
+            pos += 1;
+        }
+        pos = some_digits(bytes, pos)?;
+    }
+    Some(pos)
+}
+
+/// Past the digits from `pos`, eight at a time while eight bytes are left.
+#[inline(always)]
+fn digits(bytes: &[u8], mut pos: usize) -> usize {
+    while let Some(Ok(word)) = bytes.get(pos..pos + 8).map(<[u8; 8]>::try_from) {
+        match non_digits(word) {
+            0 => pos += 8,
+            found => return pos + found.trailing_zeros() as usize / 8,
+        }
+    }
+    while let Some(b'0'..=b'9') = bytes.get(pos) {
+        pos += 1;
+    }
+    pos
+}
+
+/// Past at least one digit from `pos`.
+fn some_digits(bytes: &[u8], pos: usize) -> Option<usize> {
+    let end = digits(bytes, pos);
+    (end > pos).then_some(end)
+}
+
+/// Flags (high bit) the bytes of `word` that are not ASCII digits. Exact
+/// for every byte: no borrow or carry crosses a byte.
+fn non_digits(word: [u8; 8]) -> u64 {
+    const LOW7: u64 = u64::from_le_bytes([0x7f; 8]);
+    const HIGH: u64 = u64::from_le_bytes([0x80; 8]);
+    const ONES: u64 = u64::from_le_bytes([1; 8]);
+    // Digits become 0 to 9; every other byte something else.
+    let x = u64::from_le_bytes(word) ^ (ONES * u64::from(b'0'));
+    // Per byte, at most 0x7f + 0x76 < 0x100: the high bit is set exactly
+    // when the low seven bits are 10 or more. A high bit of its own (a byte
+    // of 0x80 or more) is not a digit either.
+    (((x & LOW7) + ONES * (0x80 - 10)) | x) & HIGH
 }
 
 /// Whether `block` holds a byte that ends a plain run of string text. No
@@ -536,12 +613,39 @@ mod tests {
                 bytes.push(special);
                 bytes.extend_from_slice(b"yy\"");
                 let text = String::from_utf8(bytes).unwrap();
-                assert_eq!(Cursor::new(&text).string_stop(0), len, "{text:?}");
-                assert_eq!(Cursor::new(&text).string_end(0), len, "{text:?}");
+                assert_eq!(string_stop(text.as_bytes(), 0), len, "{text:?}");
+                assert_eq!(string_end(text.as_bytes(), 0), len, "{text:?}");
             }
             let plain = "é".repeat(len);
-            assert_eq!(Cursor::new(&plain).string_stop(0), plain.len());
-            assert_eq!(Cursor::new(&plain).string_end(0), plain.len());
+            assert_eq!(string_stop(plain.as_bytes(), 0), plain.len());
+            assert_eq!(string_end(plain.as_bytes(), 0), plain.len());
+        }
+    }
+
+    /// The word-at-a-time digit test flags exactly the bytes that are not
+    /// ASCII digits, whatever their neighbours: every byte value, at every
+    /// place in a word, between digits (whose borrows a looser trick would
+    /// carry into the next byte, taking `:` for a digit).
+    #[test]
+    fn non_digits_flags_exactly_the_bytes_that_are_not_digits() {
+        for place in 0..8 {
+            for fill in [b'0', b'9', b'5', b'x'] {
+                for byte in 0..=u8::MAX {
+                    let mut word = [fill; 8];
+                    word[place] = byte;
+                    let expected = word
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, b)| !b.is_ascii_digit())
+                        .fold(0u64, |flags, (i, _)| flags | 0x80 << (8 * i));
+                    assert_eq!(non_digits(word), expected, "{word:?}");
+                }
+            }
+        }
+        for (text, end) in
+            [("", 0), ("7", 1), ("12345678", 8), ("123456789:", 9), ("1234567:1", 7), ("0123456789012345678x", 19)]
+        {
+            assert_eq!(digits(text.as_bytes(), 0), end, "{text:?}");
         }
     }
 
