@@ -462,6 +462,68 @@ mod tests {
         assert_eq!(whole(text), serde_accepts(text), "{text:?}");
     }
 
+    /// JSON text with every byte the grammar cares about.
+    fn json_like() -> impl proptest::strategy::Strategy<Value = String> {
+        r#"[{}\[\]":, \t\n0-9.eE+\-\\/ubfnrtl"aé]{0,48}"#
+    }
+
+    /// A valid value's text, then one byte replaced, inserted or removed.
+    fn nearly_valid() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(serde_json::Value::from),
+            "[a-z\"\\\\\u{1}é]{0,40}".prop_map(serde_json::Value::from),
+        ];
+        let value = leaf.prop_recursive(4, 32, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(serde_json::Value::from),
+                prop::collection::btree_map("[a-z]{0,10}", inner, 0..6)
+                    .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+            ]
+        });
+        (value, any::<prop::sample::Index>(), 0u8..4, select_byte()).prop_map(|(value, at, how, byte)| {
+            let mut bytes = value.to_string().into_bytes();
+            let at = at.index(bytes.len() + 1);
+            match how {
+                0 => {}
+                1 if at < bytes.len() => bytes[at] = byte,
+                2 => bytes.insert(at, byte),
+                _ if at < bytes.len() => {
+                    bytes.remove(at);
+                }
+                _ => {}
+            }
+            String::from_utf8_lossy(&bytes).into_owned()
+        })
+    }
+
+    fn select_byte() -> impl proptest::strategy::Strategy<Value = u8> {
+        proptest::sample::select(b"{}[]\":, \t\n0123456789.eE+-\\/ux\x01".to_vec())
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(2000))]
+
+        /// The scanner and serde_json agree on every text: the scanner may
+        /// only accept what serde accepts, and (on these texts, which need
+        /// no depth beyond the limit) it accepts all of it.
+        #[test]
+        fn the_scanner_accepts_exactly_what_serde_accepts(text in json_like()) {
+            agrees(&text);
+        }
+
+        #[test]
+        fn the_scanner_agrees_with_serde_on_nearly_valid_json(text in nearly_valid()) {
+            agrees(&text);
+            // Inside an object too, after a key, as a payload is.
+            agrees(&format!("{{\"p\":{text}}}"));
+            agrees(&format!("[{text},{text}]"));
+        }
+    }
+
     #[test]
     fn every_kind_of_value() {
         for text in [
