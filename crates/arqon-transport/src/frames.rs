@@ -180,19 +180,27 @@ impl Header {
     }
 }
 
-/// XORs `data` with a frame's masking key, eight bytes at a time: masking
-/// and unmasking are the same operation (RFC 6455 5.3). Public for clients
+/// XORs `data` with a frame's masking key, 32 bytes at a time (a loop the
+/// compiler turns into vector instructions), then eight: masking and
+/// unmasking are the same operation (RFC 6455 5.3). Public for clients
 /// built on this crate's framing, such as the load generator.
 pub fn mask(data: &mut [u8], key: [u8; 4]) {
     let [a, b, c, d] = key;
+    let block_key: [u8; 32] = std::array::from_fn(|i| key[i % 4]);
+    let (blocks, rest) = data.as_chunks_mut::<32>();
+    for block in blocks {
+        for (byte, k) in block.iter_mut().zip(block_key) {
+            *byte ^= k;
+        }
+    }
+    // Every chunk starts at a multiple of 4, so the key starts over with it.
     let word_key = u64::from_ne_bytes([a, b, c, d, a, b, c, d]);
-    let (words, tail) = data.as_chunks_mut::<8>();
+    let (words, tail) = rest.as_chunks_mut::<8>();
     for word in words {
         *word = (u64::from_ne_bytes(*word) ^ word_key).to_ne_bytes();
     }
-    // The tail starts at a multiple of 8, so the key starts over with it.
-    for (byte, k) in tail.iter_mut().zip(key.iter().cycle()) {
-        *byte ^= k;
+    for (i, byte) in tail.iter_mut().enumerate() {
+        *byte ^= key[i % 4];
     }
 }
 
@@ -544,7 +552,8 @@ mod tests {
 
     #[test]
     fn unmasks_every_length_and_alignment() {
-        for len in [0, 1, 3, 7, 8, 9, 15, 16, 17, 125, 126, 300, 65_536] {
+        // Every split between 32-byte blocks, words and the byte tail.
+        for len in (0..=100).chain([125, 126, 300, 65_536, 65_539]) {
             let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
             let mut masked: Vec<u8> = payload.iter().zip(MASK.iter().cycle()).map(|(b, k)| b ^ k).collect();
             mask(&mut masked, MASK);
