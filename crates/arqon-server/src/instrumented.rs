@@ -8,6 +8,8 @@ use arqon_storage::{
     StoredMessage, async_trait,
 };
 
+use arqon_telemetry::StorageOp;
+
 use crate::observer::Telemetry;
 
 /// A `Storage` that counts every call, by operation and outcome.
@@ -27,7 +29,7 @@ impl Instrumented {
         Instrumented { inner, telemetry }
     }
 
-    fn count<T>(&self, op: &'static str, result: Result<T, StorageError>) -> Result<T, StorageError> {
+    fn count<T>(&self, op: StorageOp, result: Result<T, StorageError>) -> Result<T, StorageError> {
         // An unknown cursor is the client's mistake, not a storage failure.
         let ok = matches!(result, Ok(_) | Err(StorageError::UnknownCursor(_)));
         self.telemetry.metrics.storage_op(op, ok);
@@ -42,19 +44,19 @@ impl Storage for Instrumented {
         key: &ChannelKey,
         created_at: Timestamp,
     ) -> Result<(ChannelRecord, bool), StorageError> {
-        self.count("create_channel", self.inner.create_channel(key, created_at).await)
+        self.count(StorageOp::CreateChannel, self.inner.create_channel(key, created_at).await)
     }
 
     async fn channels(&self) -> Result<Vec<ChannelRecord>, StorageError> {
-        self.count("channels", self.inner.channels().await)
+        self.count(StorageOp::Channels, self.inner.channels().await)
     }
 
     async fn delete_channel(&self, key: &ChannelKey) -> Result<bool, StorageError> {
-        self.count("delete_channel", self.inner.delete_channel(key).await)
+        self.count(StorageOp::DeleteChannel, self.inner.delete_channel(key).await)
     }
 
     async fn append(&self, key: &ChannelKey, message: StoredMessage) -> Result<Appended, StorageError> {
-        self.count("append", self.inner.append(key, message).await)
+        self.count(StorageOp::Append, self.inner.append(key, message).await)
     }
 
     /// Counted here only when the inner backend finished the append; when it
@@ -62,7 +64,7 @@ impl Storage for Instrumented {
     /// append is counted once whichever way it went.
     fn append_now(&self, key: &ChannelKey, message: StoredMessage) -> AppendNow {
         match self.inner.append_now(key, message) {
-            AppendNow::Done(appended) => AppendNow::Done(self.count("append", appended)),
+            AppendNow::Done(appended) => AppendNow::Done(self.count(StorageOp::Append, appended)),
             later @ AppendNow::Later(_) => later,
         }
     }
@@ -72,7 +74,7 @@ impl Storage for Instrumented {
         key: &ChannelKey,
         message: StoredMessage,
     ) -> Result<(Appended, Option<u64>), StorageError> {
-        self.count("append", self.inner.append_placed(key, message).await)
+        self.count(StorageOp::Append, self.inner.append_placed(key, message).await)
     }
 
     async fn read_placed(
@@ -82,7 +84,7 @@ impl Storage for Instrumented {
         limit: usize,
     ) -> Result<Option<PlacedRead>, StorageError> {
         // A positioned `since` (join replays, gap fills): counted as one.
-        self.count("since", self.inner.read_placed(key, after, limit).await)
+        self.count(StorageOp::Since, self.inner.read_placed(key, after, limit).await)
     }
 
     async fn history(
@@ -91,15 +93,15 @@ impl Storage for Instrumented {
         limit: usize,
         before: Option<MessageId>,
     ) -> Result<Vec<StoredMessage>, StorageError> {
-        self.count("history", self.inner.history(key, limit, before).await)
+        self.count(StorageOp::History, self.inner.history(key, limit, before).await)
     }
 
     async fn since(&self, key: &ChannelKey, after: MessageId) -> Result<Since, StorageError> {
-        self.count("since", self.inner.since(key, after).await)
+        self.count(StorageOp::Since, self.inner.since(key, after).await)
     }
 
     async fn stats(&self, key: &ChannelKey) -> Result<ChannelStats, StorageError> {
-        self.count("stats", self.inner.stats(key).await)
+        self.count(StorageOp::Stats, self.inner.stats(key).await)
     }
 
     fn health(&self) -> Health {

@@ -19,7 +19,7 @@ mod metrics;
 mod stream;
 
 pub use metrics::{
-    BudgetReport, BusMetrics, CHANNEL_LIMIT_SCOPES, ClusterReport, FRAME_KINDS, SLOW_CAUSES, STORAGE_OPS,
+    BudgetReport, BusMetrics, CHANNEL_LIMIT_SCOPES, ClusterReport, FRAME_KINDS, SLOW_CAUSES, STORAGE_OPS, StorageOp,
     WEBHOOK_DROPS, sample,
 };
 pub use stream::{DEFAULT_CAPACITY, EVENT_TYPES, TelemetryHub, parse_filter};

@@ -12,9 +12,63 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 
 use crate::histogram::{self, Count, Histogram};
 
-/// Storage operations counted by `arqon_storage_operations_total{op}`.
-pub const STORAGE_OPS: [&str; 7] =
-    ["create_channel", "channels", "delete_channel", "append", "history", "since", "stats"];
+/// A storage operation, counted by `arqon_storage_operations_total{op}`.
+/// Typed, so that counting an append (one per message) is an index, not a
+/// search by name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StorageOp {
+    /// `create_channel`.
+    CreateChannel,
+    /// `channels`.
+    Channels,
+    /// `delete_channel`.
+    DeleteChannel,
+    /// `append` (and its immediate and placed forms).
+    Append,
+    /// `history`.
+    History,
+    /// `since` (and placed reads).
+    Since,
+    /// `stats`.
+    Stats,
+}
+
+impl StorageOp {
+    /// Every operation, in the order of [`STORAGE_OPS`].
+    pub const ALL: [StorageOp; 7] = [
+        StorageOp::CreateChannel,
+        StorageOp::Channels,
+        StorageOp::DeleteChannel,
+        StorageOp::Append,
+        StorageOp::History,
+        StorageOp::Since,
+        StorageOp::Stats,
+    ];
+
+    /// The `op` label.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            StorageOp::CreateChannel => "create_channel",
+            StorageOp::Channels => "channels",
+            StorageOp::DeleteChannel => "delete_channel",
+            StorageOp::Append => "append",
+            StorageOp::History => "history",
+            StorageOp::Since => "since",
+            StorageOp::Stats => "stats",
+        }
+    }
+}
+
+/// The `op` labels of `arqon_storage_operations_total`.
+pub const STORAGE_OPS: [&str; 7] = {
+    let mut labels = [""; 7];
+    let mut i = 0;
+    while i < labels.len() {
+        labels[i] = StorageOp::ALL[i].as_str();
+        i += 1;
+    }
+    labels
+};
 
 /// Frame kinds counted by `arqon_frames_received_total{type}`.
 pub const FRAME_KINDS: [&str; 5] = ["message", "command", "invalid", "binary", "oversize"];
@@ -426,11 +480,12 @@ impl BusMetrics {
         cluster.dropped.absolute(report.dropped);
     }
 
-    /// Counts one storage operation (`op`, one of [`STORAGE_OPS`]) and
-    /// whether it failed. Pre-registered: appends are on the message path.
-    pub fn storage_op(&self, op: &str, ok: bool) {
-        if let Some(i) = STORAGE_OPS.iter().position(|o| *o == op) {
-            if ok { &self.storage_ok[i] } else { &self.storage_failed[i] }.increment(1);
+    /// Counts one storage operation and whether it failed. Pre-registered:
+    /// appends are on the message path.
+    pub fn storage_op(&self, op: StorageOp, ok: bool) {
+        let i = op as usize;
+        if let Some(counter) = if ok { &self.storage_ok } else { &self.storage_failed }.get(i) {
+            counter.increment(1);
         }
     }
 }
@@ -465,7 +520,7 @@ mod tests {
         m.message_routed(3, Some(Duration::from_micros(120)));
         m.error(ErrorCode::NotFound);
         m.command_executed("ping", "ok", Duration::from_micros(10));
-        m.storage_op("append", true);
+        m.storage_op(StorageOp::Append, true);
         let text = m.render();
         assert_eq!(sample(&text, "arqon_connections"), Some(1.0), "{text}");
         assert_eq!(sample(&text, "arqon_connections_opened_total"), Some(2.0));
