@@ -51,10 +51,13 @@ impl TokenBucket {
     /// How long until `cost` tokens can be taken (`None`: now). A cost above
     /// the burst is admitted once the bucket is full (the bucket then goes
     /// into debt), so that no single frame is refused forever.
+    #[inline] // An unlimited bucket (rate 0) costs a comparison, not a call.
     fn wait(&mut self, now: Instant, cost: f64) -> Option<Duration> {
-        if self.rate_per_s == 0.0 {
-            return None;
-        }
+        if self.rate_per_s == 0.0 { None } else { self.refill_and_wait(now, cost) }
+    }
+
+    /// [`TokenBucket::wait`] of a limited bucket.
+    fn refill_and_wait(&mut self, now: Instant, cost: f64) -> Option<Duration> {
         let refill = now.saturating_duration_since(self.last).as_secs_f64() * self.rate_per_s;
         self.tokens = (self.tokens + refill).min(self.burst);
         self.last = now;
@@ -167,6 +170,7 @@ impl Limiter {
     /// Admits a frame of `bytes` payload bytes, taking one frame token and
     /// `bytes` byte tokens, or refuses it taking nothing (and counts the
     /// refusal).
+    #[inline] // One caller, on every frame.
     pub(crate) fn admit(&mut self, bytes: usize, now: Instant) -> Verdict {
         let cost = bytes as f64;
         let frame_wait = self.frames.wait(now, 1.0);
