@@ -324,11 +324,12 @@ impl Head {
             Some(range) => text.get(range.clone()).map(|s| Some(Cow::Borrowed(s))),
             None => Some(None),
         };
-        wire.version = self.version;
-        wire.kind = field(&self.kind)?.unwrap_or_default();
-        wire.room = field(&self.room)?;
-        wire.channel = field(&self.channel)?;
-        wire.to = field(&self.to)?;
+        // All read before any is written: `wire` is untouched unless this
+        // resumes.
+        let (kind, room, channel, to) =
+            (field(&self.kind)?, field(&self.room)?, field(&self.channel)?, field(&self.to)?);
+        (wire.version, wire.kind) = (self.version, kind.unwrap_or_default());
+        (wire.room, wire.channel, wire.to) = (room, channel, to);
         Some(self.seen)
     }
 
