@@ -11,8 +11,25 @@ pub(crate) const MAX_NAME_LEN: usize = 64;
 /// A room or channel name: 1 to 64 characters of `A-Z a-z 0-9 _ - .`.
 ///
 /// Cheap to clone (shared), and needs no escaping in JSON.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Eq, PartialOrd, Ord)]
 pub struct Name(Arc<str>);
+
+/// Names sharing their text are equal without reading it: a channel's key
+/// and the keys its publishers decode to share it (see
+/// [`RecentNames::adopt`]), and are compared on every message. (`Arc`'s own
+/// pointer shortcut does not apply to `str`.)
+impl PartialEq for Name {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.0, &other.0) || self.0 == other.0
+    }
+}
+
+/// As the text's, like equality.
+impl std::hash::Hash for Name {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.0.hash(state);
+    }
+}
 
 impl Name {
     /// Validates a name.
@@ -131,6 +148,22 @@ impl RecentNames {
     pub fn room(&mut self, room: &str) -> Result<Name, ProtocolError> {
         reuse(&mut self.room, room)
     }
+
+    /// Takes `key`'s names for the equal ones kept here (a channel's own
+    /// key, say), so that the keys handed out from now on share their
+    /// text with it and compare equal by pointer, without reading it.
+    pub fn adopt(&mut self, key: &ChannelKey) {
+        let take = |kept: &mut Option<Name>, name: &Name| {
+            if kept.as_ref() == Some(name) {
+                *kept = Some(name.clone());
+            }
+        };
+        take(&mut self.room, &key.room);
+        take(&mut self.channel, &key.channel);
+        if self.head.kept_key() == Some(key) {
+            self.head.keep_key(key.clone());
+        }
+    }
 }
 
 fn reuse(last: &mut Option<Name>, text: &str) -> Result<Name, ProtocolError> {
@@ -181,5 +214,40 @@ mod tests {
             assert_eq!((recent.code, recent.message), (fresh.code, fresh.message));
         }
         assert_eq!(names.key("room", "news").unwrap(), other, "a refused name does not replace a good one");
+    }
+
+    #[test]
+    fn names_are_equal_and_hash_alike_by_text_whether_or_not_they_share_it() {
+        use std::hash::BuildHasher;
+        let (a, b, c) = (Name::parse("room").unwrap(), Name::parse("room").unwrap(), Name::parse("rooms").unwrap());
+        assert!(!std::ptr::eq(a.as_str(), b.as_str()));
+        assert_eq!(a, b);
+        assert_eq!(a, a.clone());
+        assert_ne!(a, c);
+        let hasher = std::collections::hash_map::RandomState::new();
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one(&b));
+        assert_eq!(hasher.hash_one(&a), hasher.hash_one("room"));
+    }
+
+    #[test]
+    fn adopted_names_are_handed_out_from_then_on_and_unequal_ones_are_not_taken() {
+        let same = |a: &ChannelKey, b: &ChannelKey| {
+            std::ptr::eq(a.room.as_str(), b.room.as_str()) && std::ptr::eq(a.channel.as_str(), b.channel.as_str())
+        };
+        let mut names = RecentNames::default();
+        let before = names.head_key("room", "chat").unwrap();
+        // The channel's own key: equal, another allocation.
+        let own = ChannelKey::parse("room", "chat").unwrap();
+        assert!(!same(&before, &own));
+        names.adopt(&own);
+        assert!(same(&names.key("room", "chat").unwrap(), &own));
+        assert!(same(&names.head_key("room", "chat").unwrap(), &own));
+        // Another key: only what is equal is taken, the head's key stays.
+        let elsewhere = ChannelKey::parse("elsewhere", "chat").unwrap();
+        names.adopt(&elsewhere);
+        assert!(same(&names.head_key("room", "chat").unwrap(), &own));
+        let key = names.key("room", "chat").unwrap();
+        assert_eq!(key, own);
+        assert!(std::ptr::eq(key.room.as_str(), own.room.as_str()));
     }
 }

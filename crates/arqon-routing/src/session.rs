@@ -456,7 +456,14 @@ impl Session {
         let mut unkept = None;
         let last = self.recent.as_mut().map_or(&mut unkept, |recent| &mut recent.channel);
         let router = &self.router;
-        router.publish_to(key, create, self.client.id, out.id, &out.frame, last).await.map_err(|e| e.into_protocol())
+        let fanout = router.publish_to(key, create, self.client.id, out.id, &out.frame, last).await;
+        // The channel is now the sender's last: its key's names become the
+        // ones the sender's next frames decode to, so that checking the
+        // cached channel compares pointers, not text.
+        if let Some(Recent { names, channel: Some(channel) }) = self.recent.as_deref_mut() {
+            names.adopt(&channel.key);
+        }
+        fanout.map_err(|e| e.into_protocol())
     }
 
     /// Reports a routed message (`fanout`: `None` for a recognised retry,

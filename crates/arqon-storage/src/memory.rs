@@ -156,7 +156,7 @@ impl MemoryStorage {
     fn remembered_log(&self, key: &ChannelKey) -> Option<Arc<Mutex<Log>>> {
         let remembered = |last: &RefCell<Option<LastLog>>| {
             let last = last.borrow();
-            let last = last.as_ref().filter(|last| last.instance == self.instance && same_key(&last.key, key))?;
+            let last = last.as_ref().filter(|last| last.instance == self.instance && last.key == *key)?;
             last.log.upgrade()
         };
         // `None` also while the thread's locals are torn down.
@@ -280,13 +280,6 @@ struct LastLog {
     instance: u64,
     key: ChannelKey,
     log: Weak<Mutex<Log>>,
-}
-
-/// `a == b`, deciding at once when both share their names' text (a
-/// publisher's keys do: `RecentNames` hands out the same names again).
-fn same_key(a: &ChannelKey, b: &ChannelKey) -> bool {
-    let shared = |x: &str, y: &str| std::ptr::eq(x, y);
-    (shared(a.room.as_str(), b.room.as_str()) && shared(a.channel.as_str(), b.channel.as_str())) || a == b
 }
 
 /// A channel's bounds: messages and bytes.
