@@ -7,7 +7,6 @@ use arqon_storage::{
     After, AppendNow, Appended, ChannelRecord, ChannelStats, Health, PlacedRead, Since, Storage, StorageError,
     StoredMessage, async_trait,
 };
-
 use arqon_telemetry::StorageOp;
 
 use crate::observer::Telemetry;

@@ -510,6 +510,30 @@ fn nanos(d: Duration) -> u64 {
 mod tests {
     use super::*;
 
+    /// `storage_op` indexes the counters by the operation's discriminant:
+    /// `ALL` (and so the labels) must be in declaration order, every one once.
+    #[test]
+    fn storage_ops_index_their_own_labels() {
+        for (i, op) in StorageOp::ALL.into_iter().enumerate() {
+            assert_eq!(op as usize, i);
+            assert_eq!(STORAGE_OPS[i], op.as_str());
+        }
+        let m = BusMetrics::new();
+        for op in StorageOp::ALL {
+            m.storage_op(op, true);
+            m.storage_op(op, false);
+        }
+        let text = m.render();
+        for label in STORAGE_OPS {
+            assert_eq!(
+                sample(&text, &format!("arqon_storage_operations_total{{op=\"{label}\"}}")),
+                Some(1.0),
+                "{label}"
+            );
+            assert_eq!(sample(&text, &format!("arqon_storage_failures_total{{op=\"{label}\"}}")), Some(1.0), "{label}");
+        }
+    }
+
     #[test]
     fn records_and_renders() {
         let m = BusMetrics::new();
