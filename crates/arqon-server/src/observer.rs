@@ -115,15 +115,7 @@ pub(crate) struct BusObserver {
 
 impl Observer for BusObserver {
     fn observe(&self, event: &BusEvent<'_>) {
-        // These three are for webhooks alone (`Telemetry::observe` passes
-        // them by); one of them comes with every channel message.
-        let webhooks_only = matches!(
-            event,
-            BusEvent::MemberAdded { .. } | BusEvent::MemberRemoved { .. } | BusEvent::MessagePublished { .. }
-        );
-        if let Some(telemetry) = &self.telemetry
-            && !webhooks_only
-        {
+        if let Some(telemetry) = &self.telemetry {
             telemetry.observe(event);
         }
         if let Some(webhooks) = &self.webhooks {
