@@ -44,6 +44,7 @@ mod histogram;
 mod lean;
 mod ordinary;
 mod overview;
+mod pace;
 mod procfs;
 mod pubsub;
 mod reference;

@@ -41,6 +41,7 @@ use crate::frame::{Incoming, MessageWriter, Stamp, classify, stamp_fast};
 use crate::histogram::Histogram;
 use crate::lean::{Event, LeanReader, LeanWs};
 use crate::ordinary;
+use crate::pace::Pacer;
 use crate::procfs::CpuMeter;
 use crate::report::{Latency, Report};
 
@@ -622,7 +623,11 @@ async fn publisher(
     let subject = nats::subject(&run.room, &run.channel);
     let mut text = String::with_capacity(run.payload + 128);
     let mut payload = String::with_capacity(run.payload + 16);
-    let begin = Instant::now();
+    let Ok(mut pacer) = start_pacer(&run) else {
+        reader.abort();
+        *result.errors.entry("publisher:PACER_FAILED".to_owned()).or_default() += 1;
+        return result;
+    };
     let mut cached_min = 0;
     let mut unflushed = 0u32;
     let mut stop_admit = stop.clone();
@@ -631,7 +636,11 @@ async fn publisher(
         if run.halt.load(Ordering::Relaxed) {
             break;
         }
-        pace(begin, seq, run.rate).await;
+        if let Some(pacer) = &mut pacer
+            && !pacer.tick().await
+        {
+            break;
+        }
         if !run.flow.try_admit(&mut cached_min) {
             // About to wait: what is buffered must reach the bus first.
             if writer.flush().await.is_err() {
@@ -708,13 +717,20 @@ async fn api_publisher(
     }
     let message = MessageWriter::api(&run.room, &run.channel, run.payload);
     let mut text = String::with_capacity(run.payload + 128);
-    let begin = Instant::now();
+    let Ok(mut pacer) = start_pacer(&run) else {
+        *result.errors.entry("publisher:PACER_FAILED".to_owned()).or_default() += 1;
+        return result;
+    };
     let mut cached_min = 0;
     for seq in 0..run.messages {
         if run.halt.load(Ordering::Relaxed) {
             break;
         }
-        pace(begin, seq, run.rate).await;
+        if let Some(pacer) = &mut pacer
+            && !pacer.tick().await
+        {
+            break;
+        }
         tokio::select! {
             _ = run.flow.admit(&mut cached_min) => {}
             _ = stop.wait_for(|s| *s) => break,
@@ -737,15 +753,9 @@ async fn api_publisher(
     result
 }
 
-/// Waits until message `seq` is due at `rate` per second from `begin`
-/// (no wait without a rate).
-async fn pace(begin: Instant, seq: u64, rate: Option<f64>) {
-    if let Some(rate) = rate {
-        let due = begin + Duration::from_secs_f64(seq as f64 / rate);
-        if due > Instant::now() {
-            tokio::time::sleep_until(due).await;
-        }
-    }
+/// The clock of a paced publisher (`--rate`); none at full speed.
+fn start_pacer(run: &Run) -> Result<Option<Pacer>, std::io::Error> {
+    run.rate.map(|rate| Pacer::start(rate, run.messages)).transpose()
 }
 
 async fn collect<T: Default>(handle: JoinHandle<T>, limit: Duration, report: &mut Report, what: &str) -> T {
