@@ -23,6 +23,7 @@ use crate::cli::{CommandKind, Options};
 use crate::client::{BUSY_READ_BUFFER, Endpoint, open};
 use crate::frame::{Incoming, classify, request_id_fast};
 use crate::histogram::Histogram;
+use crate::pace::Pacer;
 use crate::report::{Latency, Report};
 
 /// Not yet sent.
@@ -152,13 +153,20 @@ pub(crate) async fn run(o: &Options, clock: Clock) -> Report {
     let begin = Instant::now();
     let start_ns = clock.now_ns();
     let mut sent = 0u64;
+    let mut pacer = Pacer::start(rate, o.messages);
+    if pacer.is_err() {
+        report.error("PACER_FAILED", 1);
+    }
     'send: for tick in 0..ticks {
+        let Ok(pacer) = &mut pacer else { break };
         let due = begin + Duration::from_secs_f64(tick as f64 / rate);
         if due >= deadline {
             report.timed_out = true;
             break;
         }
-        tokio::time::sleep_until(due).await;
+        if !pacer.tick().await {
+            break;
+        }
         for (k, name) in names.iter().enumerate() {
             let index = tick * per_tick + k;
             let frame = command_frame(name, index, &o.room, &o.channel);
