@@ -8,6 +8,8 @@
 # Server on core 0, generator on core 1, rate limits lifted as in run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/bus_url.sh
+source benches/bus_url.sh
 bin=${1:-target/release}
 subscriber=${2:-ordinary}
 out=$(mktemp)
@@ -15,13 +17,7 @@ ARQON_SERVER__PORT=0 ARQON_MONITORING__PORT=0 ARQON_LIMITS__RATE_PER_S=0 ARQON_L
     ARQON_LOG=warn taskset -c 0 "$bin/arqonbus" >"$out" 2>/dev/null &
 pid=$!
 trap 'kill $pid 2>/dev/null || true; rm -f "$out"' EXIT
-url=""
-for _ in $(seq 1 200); do
-    url=$(sed -n 's|^ArqonBus listening on \(ws://[^ ]*\)$|\1|p' "$out")
-    [[ -n $url ]] && break
-    sleep 0.05
-done
-[[ -n $url ]] || { echo "server did not start" >&2; exit 1; }
+url=$(bus_url "$out") || { echo "server did not start" >&2; exit 1; }
 base=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
 taskset -c 1 "$bin/arqon-bench" fanout --url "$url" --subscribers 100 --messages 20000 --payload 256 \
     --subscriber "$subscriber" --window 0 --timeout 120 | grep -E '^(delivered|lost|subscribers closed|deliveries/s)'

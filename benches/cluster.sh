@@ -19,6 +19,8 @@
 # target/bench-results/cluster-<time>/ (results.md, results.jsonl, run.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/bus_url.sh
+source benches/bus_url.sh
 
 runs=3
 bin_dir=""
@@ -83,12 +85,11 @@ start_node() {
     fi
     env "${env[@]}" "${pin0[@]}" "$bin_dir/arqonbus" >"$stdout" 2>>"$out/$name.stderr" &
     node_pids+=($!)
-    for _ in $(seq 1 200); do
-        local url
-        url=$(sed -n 's|^ArqonBus listening on \(ws://[^ ]*\)$|\1|p' "$stdout")
-        if [[ -n $url ]]; then node_urls+=("$url"); return 0; fi
-        sleep 0.05
-    done
+    local url
+    if url=$(bus_url "$stdout"); then
+        node_urls+=("$url")
+        return 0
+    fi
     echo "node $name did not start" >&2
     return 1
 }

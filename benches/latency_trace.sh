@@ -17,6 +17,8 @@
 # kernel.perf_event_paranoid <= -1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/bus_url.sh
+source benches/bus_url.sh
 
 bin_dir=""
 peer=bus
@@ -60,12 +62,7 @@ else
         ARQON_LIMITS__RATE_PER_S=0 ARQON_LIMITS__BYTES_PER_S=0 ARQON_LOG=warn \
         taskset -c 0 "$bin_dir/arqonbus" --config "$work/bench.toml" >"$work/server.log" 2>&1 &
     server_pid=$!
-    url=""
-    for _ in $(seq 1 200); do
-        url=$(sed -n 's|^ArqonBus listening on \(ws://[^ ]*\)$|\1|p' "$work/server.log")
-        [[ -n $url ]] && break
-        sleep 0.05
-    done
+    url=$(bus_url "$work/server.log") || url=""
     peer_args=()
 fi
 [[ -n $url ]] || { echo "latency_trace.sh: the server did not start" >&2; exit 1; }
