@@ -8,8 +8,8 @@
 # Server on core 0, generator on core 1, rate limits lifted as in run.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=benches/bus_url.sh
-source benches/bus_url.sh
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 bin=${1:-target/release}
 subscriber=${2:-ordinary}
 out=$(mktemp)

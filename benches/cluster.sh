@@ -19,8 +19,8 @@
 # target/bench-results/cluster-<time>/ (results.md, results.jsonl, run.log).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=benches/bus_url.sh
-source benches/bus_url.sh
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 runs=3
 bin_dir=""
@@ -52,7 +52,7 @@ if command -v taskset >/dev/null && [[ $(nproc) -ge 2 ]]; then
     pin0=(taskset -c 0); pin1=(taskset -c 1)
 fi
 
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 redis_dir=$(mktemp -d)
 "${pin1[@]}" redis-server --port "$port" --bind 127.0.0.1 --save "" --appendonly no --dir "$redis_dir" \
     --logfile "$out/redis.log" &

@@ -21,6 +21,8 @@
 # Needs valgrind (Debian: apt-get install valgrind). Not part of the test
 # suite; performance-notes.md says where it was used.
 set -euo pipefail
+# shellcheck source=benches/lib.sh
+source "$(dirname "$0")/lib.sh"
 
 bin_dir=""
 messages=1000
@@ -48,7 +50,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+port=$(free_port)
 ARQON_SERVER__HOST=127.0.0.1 ARQON_SERVER__PORT=$port ARQON_MONITORING__PORT=0 \
     ARQON_LIMITS__RATE_PER_S=0 ARQON_LIMITS__BYTES_PER_S=0 ARQON_LOG=warn \
     taskset -c 0 valgrind --tool=callgrind --callgrind-out-file="$work/cg.%p" "$bin_dir/arqonbus" \

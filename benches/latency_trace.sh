@@ -17,8 +17,8 @@
 # kernel.perf_event_paranoid <= -1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# shellcheck source=benches/bus_url.sh
-source benches/bus_url.sh
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 bin_dir=""
 peer=bus
@@ -46,11 +46,9 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
-
 if [[ $peer == nats ]]; then
     port=$(free_port)
-    printf 'listen: "127.0.0.1:-1"\nwebsocket {\n  listen: "127.0.0.1:%s"\n  no_tls: true\n}\n' "$port" >"$work/nats.conf"
+    nats_config "$work/nats.conf" "$port"
     taskset -c 0 nats-server -c "$work/nats.conf" >"$work/server.log" 2>&1 &
     server_pid=$!
     url=ws://127.0.0.1:$port/

@@ -35,6 +35,8 @@
 # "Ordinary clients").
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=benches/lib.sh
+source benches/lib.sh
 
 mode=full
 runs=3
@@ -158,8 +160,8 @@ nats_listening() {
 # and prioritised like the bus (GOMAXPROCS follows the pinning: one core).
 start_nats() {
     local conf=$out/nats.conf
-    nats_port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
-    printf 'listen: "127.0.0.1:-1"\nwebsocket {\n  listen: "127.0.0.1:%s"\n  no_tls: true\n}\n' "$nats_port" >"$conf"
+    nats_port=$(free_port)
+    nats_config "$conf" "$nats_port"
     "${server_pin[@]}" nats-server -c "$conf" >>"$out/server.stderr" 2>&1 &
     server_pid=$!
     server_url=ws://127.0.0.1:$nats_port/
